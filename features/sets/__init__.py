@@ -1,0 +1,1 @@
+"""Concrete feature sets, one module per versioned set."""

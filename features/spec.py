@@ -1,0 +1,183 @@
+"""Feature sets declared as data.
+
+A :class:`FeatureSet` names the entity key, the event columns and a tuple of
+:class:`Feature` declarations (aggregation x source column x window x default).
+It is evaluated by :func:`features.kernel.compute` and nothing else, so the same
+declaration yields the same numbers on every engine and on the serving path.
+
+Feature sets are versioned by name (``customer_activity_v1``, then ``_v2``);
+never edit a published one in place — its fingerprint changes and every table,
+model and serving-log row that carries the old fingerprint is flagged as skew.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+#: Aggregations the kernel implements. ``count`` counts rows (a null source value
+#: still counts); the others ignore null source values.
+AGGREGATIONS = (
+    "count",
+    "sum",
+    "mean",
+    "min",
+    "max",
+    "distinct_count",
+    "days_since_last",
+    "days_since_first",
+    "ratio",
+)
+MODES = ("known_at", "as_of")
+_INTEGER_AGGS = ("count", "distinct_count")
+_NEEDS_COLUMN = ("sum", "mean", "min", "max", "distinct_count")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One aggregate over one window.
+
+    ``window_days`` is the look-back in days (``None`` = all history): an event
+    counts for a query at ``t`` when ``t - window <= event_ts < t``.
+    ``default`` is the value of an aggregate over no values (DESIGN §1: 0 for
+    counts and sums, null otherwise). ``ratio`` divides two other features of the
+    same set (``numerator`` / ``denominator``); a zero or null denominator gives
+    the default. ``tolerance`` is ``(absolute, relative)`` for skew comparisons
+    (exact by default).
+    """
+
+    name: str
+    agg: str
+    column: str | None = None
+    window_days: float | None = None
+    default: float | None = None
+    numerator: str | None = None
+    denominator: str | None = None
+    tolerance: tuple[float, float] = (0.0, 0.0)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.agg not in AGGREGATIONS:
+            raise ValueError(f"feature {self.name!r}: unknown aggregation {self.agg!r}; expected one of {AGGREGATIONS}")
+        if self.agg in _NEEDS_COLUMN and not self.column:
+            raise ValueError(f"feature {self.name!r}: aggregation {self.agg!r} needs a source column")
+        if self.agg == "ratio" and not (self.numerator and self.denominator):
+            raise ValueError(f"feature {self.name!r}: a ratio needs a numerator and a denominator feature")
+        if self.window_days is not None and not self.window_days > 0:
+            raise ValueError(f"feature {self.name!r}: window_days must be > 0 or None, got {self.window_days!r}")
+
+    @property
+    def is_integer(self) -> bool:
+        """Counts are int64 and never null; every other feature is float64."""
+        return self.agg in _INTEGER_AGGS
+
+    @property
+    def window_us(self) -> int | None:
+        if self.window_days is None:
+            return None
+        return int(round(self.window_days * 86_400_000_000))
+
+
+def count(name: str, window_days: float | None, **kw) -> Feature:
+    return Feature(name, "count", window_days=window_days, default=kw.pop("default", 0), **kw)
+
+
+def agg(name: str, how: str, column: str, window_days: float | None, **kw) -> Feature:
+    default = kw.pop("default", 0.0 if how == "sum" else (0 if how == "distinct_count" else None))
+    return Feature(name, how, column=column, window_days=window_days, default=default, **kw)
+
+
+def ratio(name: str, numerator: str, denominator: str, **kw) -> Feature:
+    return Feature(name, "ratio", numerator=numerator, denominator=denominator, **kw)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named, versioned collection of features over one event table."""
+
+    name: str
+    entity: str
+    features: tuple[Feature, ...]
+    timestamp: str = "event_ts"
+    ingested_at: str = "ingested_at"
+    event_id: str = "event_id"
+    #: Mode used to build training sets; serving and daily snapshots are ``known_at``.
+    training_mode: str = "known_at"
+    description: str = ""
+    owner: str = ""
+    _fingerprint: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in self.features]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"feature set {self.name!r}: duplicate feature names {dupes}")
+        seen: set[str] = set()
+        for f in self.features:
+            if f.agg == "ratio":
+                missing = [n for n in (f.numerator, f.denominator) if n not in seen]
+                if missing:
+                    raise ValueError(
+                        f"feature set {self.name!r}: ratio {f.name!r} refers to {missing}, "
+                        "which must be declared before it"
+                    )
+            seen.add(f.name)
+        reserved = {self.entity, "as_of"}
+        clash = reserved & seen
+        if clash:
+            raise ValueError(f"feature set {self.name!r}: feature names clash with key columns {sorted(clash)}")
+        if self.training_mode not in MODES:
+            raise ValueError(f"feature set {self.name!r}: training_mode must be one of {MODES}")
+
+    @property
+    def source_columns(self) -> tuple[str, ...]:
+        """Event columns the features read, beyond keys and timestamps."""
+        cols = []
+        for f in self.features:
+            if f.column and f.column not in cols:
+                cols.append(f.column)
+        return tuple(cols)
+
+    @property
+    def event_columns(self) -> tuple[str, ...]:
+        return (self.event_id, self.entity, self.timestamp, self.ingested_at, *self.source_columns)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.features)
+
+    @property
+    def horizon_days(self) -> float | None:
+        """How much history a query needs (None: all of it). The online store keeps this much."""
+        windows = [f.window_days for f in self.features if f.agg != "ratio"]
+        if any(w is None for w in windows):
+            return None
+        return max(windows) if windows else 0.0
+
+    def feature(self, name: str) -> Feature:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(f"feature set {self.name!r} has no feature {name!r}")
+
+    def spec_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("_fingerprint", None)
+        return d
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of the declared spec and the kernel's source (first 16 hex digits).
+
+        A change to either — a window, a default, one line of the kernel — gives a
+        new fingerprint, which every table, model and serving-log row carries.
+        """
+        if not self._fingerprint:
+            kernel_src = (Path(__file__).with_name("kernel.py")).read_bytes()
+            h = hashlib.sha256()
+            h.update(json.dumps(self.spec_dict(), sort_keys=True, default=str).encode())
+            h.update(b"\0")
+            h.update(kernel_src)
+            object.__setattr__(self, "_fingerprint", f"{self.name}:{h.hexdigest()[:16]}")
+        return self._fingerprint
