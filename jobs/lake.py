@@ -1,0 +1,580 @@
+"""The lake: daily-partitioned Parquet tables on any fsspec filesystem.
+
+A table is `<root>/<name>/ds=YYYY-MM-DD/` holding `part-<writeid>-<nnnnn>.parquet` files and a
+`_manifest.json`. Only files listed in the manifest belong to the partition, and a partition
+without a manifest does not exist. Readers verify every file against its manifest.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+MANIFEST = "_manifest.json"
+
+_DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
+_PART = re.compile(r"^part-(?P<wid>[0-9A-Za-z]+)-(?P<seq>\d{5,})\.parquet$")
+_TMP = re.compile(r"^_manifest\.json\.tmp-(?P<wid>[0-9A-Za-z]+)$")
+_HASH_KEYS = ("lockstep-rows-k1", "lockstep-rows-k2")  # hash_pandas_object wants 16 chars
+# hash_key only affects string columns, so the second row hash also gets a constant salt column
+# in front: that changes how column hashes are combined, making the two sums independent.
+_HASH_SALT = np.uint64(0x9E3779B97F4A7C15)
+# Integers and booleans hash through pandas' masked dtypes, so nulls never turn them into floats.
+_HASH_TYPES = {
+    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
+}
+_BLOCK = 8 << 20
+
+
+class LakeError(Exception):
+    """Anything wrong with reading or writing the lake."""
+
+
+class MissingPartitionError(LakeError):
+    """Some days of a requested range have no published partition."""
+
+    def __init__(self, table: str, missing: list[str]):
+        self.table, self.missing = table, list(missing)
+        super().__init__(f"table {table!r} has no published partition for ds {_runs(self.missing)}")
+
+    def __reduce__(self):  # keep picklable (dask ships exceptions between processes)
+        return (type(self), (self.table, self.missing))
+
+
+class CorruptPartitionError(LakeError):
+    """A published partition's files do not match its manifest."""
+
+    def __init__(self, table: str, ds: str, file: str, problem: str):
+        self.table, self.ds, self.file, self.problem = table, ds, file, problem
+        super().__init__(f"table {table!r} ds={ds}: file {file}: {problem}")
+
+    def __reduce__(self):
+        return (type(self), (self.table, self.ds, self.file, self.problem))
+
+
+@dataclass
+class Manifest:
+    """What a published partition holds, who produced it and from which inputs."""
+
+    table: str
+    ds: str
+    rows: int
+    schema: list[dict[str, Any]]  # [{name, type, nullable}]
+    files: list[dict[str, Any]]  # [{name, rows, bytes, sha256}]
+    content_fingerprint: str
+    producer: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # "table/ds=..." -> content fingerprint
+    created_at: str = ""
+
+    def to_json(self) -> str:
+        """The manifest as JSON text."""
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Manifest:
+        """Parse a manifest; unknown keys are ignored, missing ones raise LakeError."""
+        try:
+            data = json.loads(text)
+            return cls(**{f.name: data[f.name] for f in fields(cls)})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LakeError(f"invalid manifest: {exc!r}") from exc
+
+
+class Lake:
+    """A lake rooted at a local path or any fsspec URL."""
+
+    def __init__(self, root: str, storage_options: dict | None = None,
+                 verify_checksums: bool = True):
+        self.root = str(root)
+        self.storage_options = dict(storage_options or {})
+        self.verify_checksums = verify_checksums
+        self.fs, self._root = fsspec.core.url_to_fs(self.root, **self.storage_options)
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Lake({self.root!r})"
+
+    def path(self, *parts: str) -> str:
+        """URL of a location in the lake (a plain absolute path for a local lake)."""
+        for part in parts:
+            if not part or any(seg in ("", ".", "..") for seg in str(part).split("/")):
+                raise LakeError(f"bad path component {part!r}")
+        return self._url("/".join([self._root.rstrip("/"), *map(str, parts)]))
+
+    def table(self, name: str, schema: pa.Schema | None = None) -> Table:
+        """The table `name`; with a schema, every write is selected and cast to it."""
+        if not _TABLE.match(name):
+            raise LakeError(f"bad table name {name!r}")
+        return Table(self, name, schema)
+
+    def _url(self, path: str) -> str:
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def _arrow_fs(self) -> pafs.FileSystem:
+        # Arrow's native local filesystem is much faster than going through the fsspec handler.
+        if self.is_local:
+            return pafs.LocalFileSystem()
+        return pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+
+
+class Table:
+    """One table of the lake: a set of daily partitions."""
+
+    def __init__(self, lake: Lake, name: str, schema: pa.Schema | None = None):
+        self.lake, self.name = lake, name
+        self.schema = None if schema is None else _normalise_schema(schema)
+        self.fs = lake.fs
+        self._dir = f"{lake._root.rstrip('/')}/{name}"
+
+    def __repr__(self) -> str:
+        return f"Table({self.lake.root!r}, {self.name!r})"
+
+    # ---- partitions -------------------------------------------------------------------------
+    def partition_path(self, ds: str | dt.date) -> str:
+        """URL of the directory of partition `ds`."""
+        return self.lake._url(self._pdir(_check_ds(ds)))
+
+    def partitions(self) -> list[str]:
+        """Published ds values, sorted: directories holding a valid manifest."""
+        out = []
+        for path in self.fs.glob(f"{self._dir}/ds=*/{MANIFEST}"):
+            ds = path.rsplit("/", 2)[-2][len("ds="):]
+            if _DS.match(ds) and self.exists(ds):
+                out.append(ds)
+        return sorted(out)
+
+    def exists(self, ds: str | dt.date) -> bool:
+        """Whether partition `ds` is published (has a valid manifest)."""
+        try:
+            self.manifest(ds)
+            return True
+        except LakeError:
+            return False
+
+    def manifest(self, ds: str | dt.date) -> Manifest:
+        """The manifest of partition `ds`; MissingPartitionError if it is not published."""
+        ds = _check_ds(ds)
+        path = f"{self._pdir(ds)}/{MANIFEST}"
+        try:
+            raw = self.fs.cat_file(path)
+        except FileNotFoundError:
+            raise MissingPartitionError(self.name, [ds]) from None
+        try:
+            m = Manifest.from_json(raw)
+        except LakeError as exc:
+            raise CorruptPartitionError(self.name, ds, self.lake._url(path), str(exc)) from None
+        if (m.table, m.ds) != (self.name, ds):
+            raise CorruptPartitionError(self.name, ds, self.lake._url(path),
+                                        f"manifest is for {m.table!r} ds={m.ds}")
+        return m
+
+    def first_ds(self) -> str | None:
+        """The earliest published ds, or None if there is none."""
+        parts = self.partitions()
+        return parts[0] if parts else None
+
+    def last_ds(self) -> str | None:
+        """The latest published ds, or None if there is none."""
+        parts = self.partitions()
+        return parts[-1] if parts else None
+
+    # ---- writing ----------------------------------------------------------------------------
+    def write_partition(self, ds: str | dt.date, data: Any, *, producer: dict,
+                        inputs: dict | None = None, rows_per_file: int = 1_000_000) -> Manifest:
+        """Write and atomically publish partition `ds`, replacing any previous version whole.
+
+        `data` is a pandas DataFrame, a pyarrow Table/RecordBatch, or an iterable of them that is
+        streamed chunk by chunk (a new part file every `rows_per_file` rows). Chunks are cast to
+        the table schema, or to the first chunk's schema; timestamps are stored as us, UTC.
+        """
+        ds = _check_ds(ds)
+        if rows_per_file < 1:
+            raise ValueError("rows_per_file must be >= 1")
+        producer, inputs = dict(producer), dict(inputs or {})
+        try:  # fail before writing gigabytes, not at the manifest
+            json.dumps([producer, inputs])
+        except TypeError as exc:
+            raise LakeError(f"producer/inputs must be JSON-serialisable: {exc}") from None
+        pdir = self._pdir(ds)
+        self.fs.makedirs(pdir, exist_ok=True)
+        wid = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ") + uuid.uuid4().hex[:8]
+        writer = _PartWriter(self.lake, pdir, wid, rows_per_file)
+        schema, rows, sum1, sum2 = self.schema, 0, 0, 0
+        try:
+            for chunk in _chunks(data):
+                tbl = _to_arrow(chunk, self.name, ds)
+                if schema is None:
+                    schema = _normalise_schema(tbl.schema)
+                tbl = _conform(tbl, schema, self.name, ds)
+                if tbl.num_rows == 0:
+                    continue
+                h1, h2 = _row_hash_sums(tbl)
+                sum1, sum2 = (sum1 + h1) % 2**64, (sum2 + h2) % 2**64
+                rows += tbl.num_rows
+                writer.write(tbl, schema)
+            if schema is None:
+                raise LakeError(f"table {self.name!r} ds={ds}: no data and no schema; "
+                                "give the table a schema to publish an empty partition")
+            files = writer.finish(schema)
+        except BaseException:
+            writer.abort()
+            raise
+        fingerprint = hashlib.sha256(
+            f"{_schema_string(schema)}|{rows}|{sum1:016x}|{sum2:016x}".encode()).hexdigest()
+        manifest = Manifest(
+            table=self.name, ds=ds, rows=rows, schema=_render_schema(schema), files=files,
+            content_fingerprint=fingerprint, producer=producer, inputs=inputs,
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        )
+        try:
+            previous = {f["name"] for f in self.manifest(ds).files}
+        except LakeError:
+            previous = set()
+        self._publish(pdir, wid, manifest)
+        self._cleanup(pdir, wid, {f["name"] for f in files}, previous)
+        return manifest
+
+    def _publish(self, pdir: str, wid: str, manifest: Manifest) -> None:
+        tmp, final = f"{pdir}/{MANIFEST}.tmp-{wid}", f"{pdir}/{MANIFEST}"
+        payload = manifest.to_json().encode()
+        if self.lake.is_local:
+            # fsync data entries, then the manifest, then rename: after a power cut the manifest
+            # never points at files that did not make it to disk.
+            _fsync_dir(pdir)
+            with open(tmp, "wb") as fh:
+                fh.write(payload)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+            _fsync_dir(pdir)
+        else:
+            self.fs.pipe_file(tmp, payload)
+            self.fs.mv(tmp, final)
+            self.fs.invalidate_cache(pdir)
+
+    def _cleanup(self, pdir: str, wid: str, keep: set[str], previous: set[str]) -> None:
+        # Remove the replaced version and leftovers of crashed writes that started before this
+        # one; newer write ids may belong to a write still in progress, so they stay.
+        self.fs.invalidate_cache(pdir)
+        for path in self.fs.ls(pdir, detail=False):
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            if name == MANIFEST or name in keep:
+                continue
+            m = _PART.match(name) or _TMP.match(name)
+            if name in previous or (m and m["wid"] < wid):
+                try:
+                    self.fs.rm_file(path)
+                except FileNotFoundError:
+                    pass
+
+    # ---- reading ----------------------------------------------------------------------------
+    def files(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
+        """Verified data file URLs of every partition in the inclusive daily range."""
+        return [self.lake._url(p) for p in self._verified_paths(ds_from, ds_to)]
+
+    def dataset(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> pads.Dataset:
+        """A pyarrow dataset over the verified files of the range."""
+        paths = self._verified_paths(ds_from, ds_to)
+        return pads.dataset(paths, format="parquet", filesystem=self.lake._arrow_fs(),
+                            schema=self.schema)
+
+    def read(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None,
+             columns: list[str] | None = None) -> pd.DataFrame:
+        """The rows of the range as one DataFrame (empty, with the schema, if there are none)."""
+        return self.dataset(ds_from, ds_to).to_table(columns=columns).to_pandas()
+
+    def iter_batches(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None,
+                     columns: list[str] | None = None,
+                     batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
+        """The rows of the range as DataFrames of at most `batch_size` rows.
+
+        Verification happens at the call, not at the first iteration.
+        """
+        dataset = self.dataset(ds_from, ds_to)
+
+        def gen() -> Iterator[pd.DataFrame]:
+            empty = True
+            for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+                if batch.num_rows:
+                    empty = False
+                    yield batch.to_pandas()
+            if empty:
+                yield dataset.to_table(columns=columns).to_pandas()
+
+        return gen()
+
+    def _verified_paths(self, ds_from, ds_to) -> list[str]:
+        manifests, missing = [], []
+        for ds in _day_range(ds_from, ds_to):
+            try:
+                manifests.append(self.manifest(ds))
+            except MissingPartitionError:
+                missing.append(ds)
+        if missing:
+            raise MissingPartitionError(self.name, missing)
+        return [p for m in manifests for p in self._verify(m)]
+
+    def _verify(self, m: Manifest) -> list[str]:
+        pdir = self._pdir(m.ds)
+        self.fs.invalidate_cache(pdir)
+        sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"]
+                 for e in self.fs.ls(pdir, detail=True)}
+        if sum(f["rows"] for f in m.files) != m.rows:
+            raise CorruptPartitionError(self.name, m.ds, self.lake._url(f"{pdir}/{MANIFEST}"),
+                                        "file row counts do not add up to the manifest's rows")
+        paths = []
+        for f in m.files:
+            path = f"{pdir}/{f['name']}"
+
+            def bad(problem: str, path=path) -> CorruptPartitionError:
+                return CorruptPartitionError(self.name, m.ds, self.lake._url(path), problem)
+
+            if f["name"] not in sizes:
+                raise bad("file is missing")
+            if sizes[f["name"]] != f["bytes"]:
+                raise bad(f"size is {sizes[f['name']]} bytes, manifest says {f['bytes']}")
+            if self.lake.verify_checksums:
+                digest = _sha256(self.fs, path)
+                if digest != f["sha256"]:
+                    raise bad(f"sha256 is {digest}, manifest says {f['sha256']}")
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    n = pq.ParquetFile(fh).metadata.num_rows
+            except (OSError, ValueError, pa.ArrowException) as exc:  # not what was written
+                raise bad(f"unreadable Parquet footer: {exc}") from None
+            if n != f["rows"]:
+                raise bad(f"Parquet footer has {n} rows, manifest says {f['rows']}")
+            paths.append(path)
+        return paths
+
+    def _pdir(self, ds: str) -> str:
+        return f"{self._dir}/ds={ds}"
+
+
+class _HashingSink:
+    """A write-only file wrapper that counts and sha256-hashes what goes through it."""
+
+    def __init__(self, raw):
+        self.raw, self.bytes, self.sha = raw, 0, hashlib.sha256()
+        self.closed = False
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:  # pyarrow closes its sink; the real close happens in _PartWriter
+        self.closed = True
+
+
+class _PartWriter:
+    """Streams Arrow tables into rolling part files of one write."""
+
+    def __init__(self, lake: Lake, pdir: str, wid: str, rows_per_file: int):
+        self.lake, self.pdir, self.wid, self.rows_per_file = lake, pdir, wid, rows_per_file
+        self.files: list[dict] = []
+        self._opened: list[str] = []
+        self._raw = self._sink = self._pw = None
+        self._rows = 0
+
+    def write(self, tbl: pa.Table, schema: pa.Schema) -> None:
+        offset = 0
+        while offset < tbl.num_rows:
+            if self._pw is None:
+                self._open(schema)
+            take = min(self.rows_per_file - self._rows, tbl.num_rows - offset)
+            self._pw.write_table(tbl.slice(offset, take))
+            offset += take
+            self._rows += take
+            if self._rows >= self.rows_per_file:
+                self._close()
+
+    def finish(self, schema: pa.Schema) -> list[dict]:
+        if self._pw is None and not self.files:
+            self._open(schema)  # an empty partition still carries its schema in one empty file
+        if self._pw is not None:
+            self._close()
+        return self.files
+
+    def abort(self) -> None:
+        # Best effort: a failed write leaves nothing behind (a killed one is cleaned up later).
+        with contextlib.suppress(OSError, ValueError, pa.ArrowException):
+            if self._pw is not None:
+                self._pw.close()
+            if self._raw is not None:
+                self._raw.close()
+        for path in self._opened:
+            with contextlib.suppress(OSError):
+                self.lake.fs.rm_file(path)
+
+    def _open(self, schema: pa.Schema) -> None:
+        name = f"part-{self.wid}-{len(self.files):05d}.parquet"
+        path = f"{self.pdir}/{name}"
+        self._opened.append(path)
+        # The file outlives this call (closed in _close/abort), so no context manager here.
+        self._raw = (open(path, "wb") if self.lake.is_local  # noqa: SIM115
+                     else self.lake.fs.open(path, "wb"))
+        self._sink = _HashingSink(self._raw)
+        strings = [f.name for f in schema if pa.types.is_string(f.type)]
+        self._pw = pq.ParquetWriter(self._sink, schema, compression="zstd",
+                                    use_dictionary=strings or False, coerce_timestamps="us")
+        self._name, self._rows = name, 0
+
+    def _close(self) -> None:
+        self._pw.close()
+        self._raw.flush()
+        if self.lake.is_local:
+            os.fsync(self._raw.fileno())
+        self._raw.close()
+        self.files.append({"name": self._name, "rows": self._rows, "bytes": self._sink.bytes,
+                           "sha256": self._sink.sha.hexdigest()})
+        self._raw = self._sink = self._pw = None
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def _check_ds(ds: str | dt.date) -> str:
+    if isinstance(ds, dt.date) and not isinstance(ds, dt.datetime):
+        return ds.isoformat()
+    if isinstance(ds, str) and _DS.match(ds):
+        try:
+            dt.date.fromisoformat(ds)
+            return ds
+        except ValueError:
+            pass
+    raise LakeError(f"ds must be a YYYY-MM-DD date, got {ds!r}")
+
+
+def _day_range(ds_from, ds_to) -> list[str]:
+    start = dt.date.fromisoformat(_check_ds(ds_from))
+    end = start if ds_to is None else dt.date.fromisoformat(_check_ds(ds_to))
+    if end < start:
+        raise LakeError(f"empty ds range {start}..{end}")
+    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def _runs(days: list[str]) -> str:
+    """'a, c..e' for sorted days a, c, d, e."""
+    runs: list[list[dt.date]] = []
+    for d in map(dt.date.fromisoformat, days):
+        if runs and (d - runs[-1][1]).days == 1:
+            runs[-1][1] = d
+        else:
+            runs.append([d, d])
+    return ", ".join(a.isoformat() if a == b else f"{a}..{b}" for a, b in runs)
+
+
+def _chunks(data: Any) -> Iterator[Any]:
+    # A DataFrame is itself iterable (over column names), so test the single-chunk types first.
+    if isinstance(data, (pd.DataFrame, pa.Table, pa.RecordBatch)):
+        yield data
+    elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        yield from data
+    else:
+        raise LakeError(f"cannot write {type(data).__name__}: "
+                        "expected a DataFrame, an Arrow Table or an iterable of them")
+
+
+def _to_arrow(chunk: Any, table: str, ds: str) -> pa.Table:
+    if isinstance(chunk, pd.DataFrame):
+        return pa.Table.from_pandas(chunk, preserve_index=False)
+    if isinstance(chunk, pa.RecordBatch):
+        return pa.Table.from_batches([chunk])
+    if isinstance(chunk, pa.Table):
+        return chunk
+    raise LakeError(f"table {table!r} ds={ds}: cannot write a chunk of type {type(chunk).__name__}")
+
+
+def _normalise_type(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", tz="UTC")  # naive timestamps are taken as UTC
+    if pa.types.is_large_string(t) or (pa.types.is_dictionary(t) and (
+            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))):
+        return pa.string()
+    return t
+
+
+def _normalise_schema(schema: pa.Schema) -> pa.Schema:
+    """The stored form of a schema: timestamps us/UTC, plain strings, no pandas metadata."""
+    return pa.schema([pa.field(f.name, _normalise_type(f.type), f.nullable) for f in schema])
+
+
+def _conform(tbl: pa.Table, schema: pa.Schema, table: str, ds: str) -> pa.Table:
+    arrays = []
+    for f in schema:
+        if f.name not in tbl.column_names:
+            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} is missing from the data "
+                            f"(has {tbl.column_names})")
+        col = tbl.column(f.name)
+        try:
+            col = col.cast(f.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} cannot be cast "
+                            f"from {col.type} to {f.type}: {exc}") from None
+        if not f.nullable and col.null_count:
+            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} is not nullable "
+                            f"but has {col.null_count} nulls")
+        arrays.append(col)
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def _row_hash_sums(tbl: pa.Table) -> tuple[int, int]:
+    """Two independent order-free sums (mod 2**64) of per-row hashes of the stored rows."""
+    # Hash the pandas view of the *stored* Arrow table, so the result depends only on what is
+    # written, never on whether the chunk arrived as pandas or Arrow.
+    df = tbl.to_pandas(types_mapper=_HASH_TYPES.get)
+    h1 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[0]).to_numpy()
+    df.insert(0, "__lockstep_salt__", np.full(len(df), _HASH_SALT), allow_duplicates=True)
+    h2 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[1]).to_numpy()
+    return int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64))
+
+
+def _render_schema(schema: pa.Schema) -> list[dict[str, Any]]:
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema]
+
+
+def _schema_string(schema: pa.Schema) -> str:
+    return json.dumps(_render_schema(schema), sort_keys=True)
+
+
+def _sha256(fs, path: str) -> str:
+    sha = hashlib.sha256()
+    with fs.open(path, "rb") as fh:
+        while block := fh.read(_BLOCK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
