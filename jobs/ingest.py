@@ -1,0 +1,204 @@
+"""CDNOW transaction log -> ``raw_events`` (the real data set of the demo and the tests).
+
+Source: ``jobs/data/CDNOW_master.txt.gz`` (attribution in ``jobs/data/README.md``),
+69,659 whitespace-separated lines after one header line:
+``customer_id date(YYYYMMDD) number_of_cds dollar_value``.
+
+Mapping to ``RAW_EVENTS``:
+
+- ``event_id``: the 1-based data line number (header excluded), so an event's id
+  is stable for as long as the source file is, and re-ingesting gives the same ids.
+- ``customer_id``: the zero-padded id as int64.
+- ``event_ts``: the purchase date at 00:00:00 UTC (the source has dates only).
+  A customer's purchases on one day therefore tie on ``event_ts``; downstream
+  ties are broken by ``event_id``, i.e. by source line order.
+- ``ingested_at``: the end of the purchase day, 23:59:59.999999 UTC, as a daily
+  export would deliver it. Each event lands in the ingest partition of its own
+  day, and a ``known_at`` snapshot at D+1 00:00 sees every purchase of day D.
+- ``n_items``: ``number_of_cds``; ``amount``: ``dollar_value`` (float64, dollars).
+- ``category``: a price band from dollars per CD. Cut points sit around the
+  quartiles of the per-CD price (p25 $12.27, median $13.99, p75 $15.49; a
+  full-price CD of 1997 cost $12-16):
+
+  ==========  ===========================  ============
+  band        dollars per CD               share of rows
+  ==========  ===========================  ============
+  free        amount == 0                  0.1% (80)
+  budget      0 < price < 12.00            23.0%
+  standard    12.00 <= price < 16.00       55.3%
+  premium     price >= 16.00               21.5%
+  (null)      n_items == 0 or amount null  0 rows
+  ==========  ===========================  ============
+
+  Comparisons are on integer cents (``cents < 1200 * n_items``) so a price of
+  exactly $12.00 or $16.00 is never misplaced by float rounding.
+
+Oddities found in the file, and how each is handled (no row is dropped):
+
+- 80 rows with ``dollar_value == 0`` (all with 1 CD; promotions or fully
+  discounted orders): kept with ``amount = 0.0`` and category ``free``, so they
+  count as purchases but add nothing to spend.
+- No row has ``number_of_cds == 0`` and none has a negative value; a zero-CD row
+  would get a null category (there is no price per CD), not be dropped.
+- 255 lines repeat an earlier line exactly (same customer, day, CDs and
+  dollars; e.g. customer 499 bought several $11.49 orders on 1997-10-01). The
+  file has no order id, and repeated same-price orders on one day are plausible,
+  so they are kept as separate purchases with their own ``event_id``s — they are
+  not re-deliveries, which in Lockstep are rows sharing an ``event_id``.
+- 2,068 rows share (customer, day) with another row: several orders on a day,
+  kept; they tie on ``event_ts`` (see above).
+- Every calendar day from 1997-01-01 to 1998-06-30 (546 days) has purchases, so
+  no ingest partition of the data's span is empty; a range beyond it is.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from jobs.schemas import RAW_EVENTS, RAW_EVENTS_COLUMNS, RAW_EVENTS_TABLE, to_raw_events
+
+CDNOW_PATH = Path(__file__).with_name("data") / "CDNOW_master.txt.gz"
+CDNOW_COLUMNS = ("customer_id", "date", "number_of_cds", "dollar_value")
+
+#: Price bands in dollars per CD: (label, upper bound in cents per CD, exclusive).
+PRICE_BANDS = (("budget", 1200), ("standard", 1600))
+TOP_BAND = "premium"
+FREE_BAND = "free"
+
+_DAY_US = 86_400_000_000
+
+
+def price_band(amount, n_items) -> np.ndarray:
+    """Category label per row (object array; ``None`` where there is no price per CD).
+
+    ``free`` for a zero amount, else ``budget`` / ``standard`` / ``premium`` by
+    dollars per CD (cut points ``PRICE_BANDS``); ``None`` when ``n_items`` is 0
+    or null, or ``amount`` is null.
+    """
+    amount = pd.to_numeric(pd.Series(amount), errors="raise").astype("float64").to_numpy()
+    n = pd.Series(n_items).astype("Float64").to_numpy(dtype="float64", na_value=np.nan)
+    out = np.full(len(amount), None, dtype=object)
+    valid = ~np.isnan(amount) & ~np.isnan(n) & (n > 0)
+    cents = np.zeros(len(amount), dtype=np.int64)
+    cents[valid] = np.rint(amount[valid] * 100).astype(np.int64)
+    n_int = np.where(valid, n, 1).astype(np.int64)
+    out[valid] = TOP_BAND
+    # Assign from the highest band down so each row ends in the lowest band it fits.
+    for label, upper_cents in reversed(PRICE_BANDS):
+        out[valid & (cents < upper_cents * n_int)] = label
+    out[valid & (cents == 0)] = FREE_BAND
+    return out
+
+
+def _parse_ds(value) -> dt.date:
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
+
+
+def _day_range(ds_from: dt.date, ds_to: dt.date) -> list[dt.date]:
+    if ds_to < ds_from:
+        raise ValueError(f"ds_to {ds_to} is before ds_from {ds_from}")
+    return [ds_from + dt.timedelta(days=i) for i in range((ds_to - ds_from).days + 1)]
+
+
+def read_cdnow(path=None) -> pd.DataFrame:
+    """The CDNOW log as a frame in the ``RAW_EVENTS`` schema, in source line order.
+
+    Raises ``ValueError`` naming the line of any malformed row (wrong field
+    count, bad date, negative or non-numeric value).
+    """
+    path = Path(path) if path is not None else CDNOW_PATH
+    raw = pd.read_csv(
+        path,
+        sep=r"\s+",
+        header=None,
+        skiprows=1,
+        names=list(CDNOW_COLUMNS),
+        dtype=str,
+        skip_blank_lines=False,
+        compression="gzip" if path.suffix == ".gz" else None,
+    )
+    line_no = np.arange(1, len(raw) + 1, dtype=np.int64)
+    bad = raw.isna().any(axis=1).to_numpy()
+    if bad.any():
+        raise ValueError(f"{path}: malformed data line(s) {line_no[bad][:10].tolist()} (expected 4 fields)")
+
+    def numeric(col: str, kind: str) -> np.ndarray:
+        values = pd.to_numeric(raw[col], errors="coerce")
+        wrong = values.isna() | (values < 0)
+        if kind == "int":
+            wrong |= values % 1 != 0
+        wrong = wrong.to_numpy()
+        if wrong.any():
+            raise ValueError(f"{path}: bad {col} on data line(s) {line_no[wrong][:10].tolist()}")
+        return values.to_numpy(dtype="int64" if kind == "int" else "float64")
+
+    customer_id = numeric("customer_id", "int")
+    n_items = numeric("number_of_cds", "int")
+    amount = numeric("dollar_value", "float")
+    day = pd.to_datetime(raw["date"], format="%Y%m%d", errors="coerce")
+    if day.isna().any():
+        bad_lines = line_no[day.isna().to_numpy()][:10].tolist()
+        raise ValueError(f"{path}: bad date on data line(s) {bad_lines}")
+    event_ts = day.astype("datetime64[us]").dt.tz_localize("UTC")
+    ingested_at = event_ts + pd.Timedelta(microseconds=_DAY_US - 1)
+    df = pd.DataFrame(
+        {
+            "event_id": line_no,
+            "customer_id": customer_id,
+            "event_ts": event_ts,
+            "ingested_at": ingested_at,
+            "n_items": n_items,
+            "amount": amount,
+            "category": pd.array(price_band(amount, n_items), dtype="str"),
+        }
+    )
+    return df[list(RAW_EVENTS_COLUMNS)]
+
+
+def iter_ingest_days(events: pd.DataFrame, ds_from, ds_to):
+    """Yield ``(ds, frame)`` for every calendar day in ``[ds_from, ds_to]``, the frame
+    holding the events with ``date(ingested_at) == ds`` sorted by ``event_id``
+    (an empty frame for a day without events)."""
+    ingest_day = events["ingested_at"].dt.tz_convert("UTC").dt.date
+    groups = {d: g for d, g in events.groupby(ingest_day, sort=False)}
+    empty = events.iloc[0:0]
+    for day in _day_range(_parse_ds(ds_from), _parse_ds(ds_to)):
+        part = groups.get(day, empty)
+        yield day.isoformat(), part.sort_values("event_id", kind="stable").reset_index(drop=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ingest_cdnow(lake, ds_from=None, ds_to=None, source=None) -> list:
+    """Write ``raw_events`` partitions by ingest date, one per calendar day in
+    ``[ds_from, ds_to]`` (default: the data's full span, 1997-01-01..1998-06-30),
+    empty for a day without events. Returns the manifests in ``ds`` order.
+
+    Idempotent: a re-run replaces each partition with identical content.
+    """
+    path = Path(source) if source is not None else CDNOW_PATH
+    events = read_cdnow(path)
+    ingest_day = events["ingested_at"].dt.date
+    ds_from = _parse_ds(ds_from) if ds_from is not None else ingest_day.min()
+    ds_to = _parse_ds(ds_to) if ds_to is not None else ingest_day.max()
+    table = lake.table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    producer = {"job": "ingest_cdnow", "source": path.name, "price_bands_cents": dict(PRICE_BANDS)}
+    inputs = {path.name: _sha256(path)}
+    manifests = []
+    for ds, part in iter_ingest_days(events, ds_from, ds_to):
+        manifests.append(table.write_partition(ds, to_raw_events(part), producer=producer, inputs=inputs))
+    return manifests
