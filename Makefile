@@ -1,0 +1,33 @@
+# The two commands of the README. Both create ./.venv and install what they need.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
+	@command -v java >/dev/null || { echo "need Java 17 on PATH (Spark)"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Run the whole pipeline on the embedded default (real CDNOW data) and print where its outputs are.
+demo: $(STAMP)
+	$(BIN)/lockstep demo
+
+## Run the test suite (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## Benchmarks (long; not part of the tests).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check features jobs dags tests bench
+
+clean:
+	rm -rf .lockstep

@@ -1,0 +1,47 @@
+"""The ``lockstep`` console entry point."""
+import subprocess
+import sys
+
+from jobs.cli import main
+
+
+def test_help_lists_the_jobs(capsys):
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("demo", "ingest-cdnow", "generate", "snapshot", "show", "features"):
+        assert command in out
+
+
+def test_features_prints_fingerprints(capsys):
+    from features import registry
+
+    assert main(["features", "-v"]) == 0
+    out = capsys.readouterr().out
+    assert registry.get("customer_activity_v1").fingerprint in out and "recency_days" in out
+
+
+def test_ingest_snapshot_show_round_trip(tmp_path, capsys):
+    lake = str(tmp_path / "lake")
+    assert main(["--lake", lake, "ingest-cdnow", "--from", "1997-01-01", "--to", "1997-01-10"]) == 0
+    assert main(["--lake", lake, "snapshot", "--ds", "1997-01-09", "--to", "1997-01-10"]) == 0
+    assert main(["--lake", lake, "show", "feature_snapshots/customer_activity_v1"]) == 0
+    out = capsys.readouterr().out
+    assert "raw_events: 10 partitions" in out
+    assert "feature_snapshots/customer_activity_v1: 2 partitions 1997-01-09..1997-01-10" in out
+
+
+def test_job_errors_exit_1_with_a_message(tmp_path, capsys):
+    assert main(["--lake", str(tmp_path), "snapshot", "--ds", "1997-01-05"]) == 1
+    assert "no raw_events partitions" in capsys.readouterr().err
+
+
+def test_bad_engine_is_rejected_at_the_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "--engine", "flink", "features"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "invalid choice: 'flink'" in proc.stderr
+
+
+def test_bad_engine_from_the_environment_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOCKSTEP_ENGINE", "flink")
+    assert main(["--lake", str(tmp_path), "snapshot", "--ds", "1997-01-05"]) == 1
+    assert "unknown engine 'flink'" in capsys.readouterr().err
