@@ -30,6 +30,9 @@ US_PER_DAY = 86_400_000_000
 #: Upper bound on (query, event) pairs materialised at once; queries are processed
 #: in chunks under it so memory stays bounded whatever the history length.
 MAX_PAIRS = 4_000_000
+#: (entity, microsecond offset) is packed into one int64 key below this bound; beyond it
+#: (very long spans x many entities) dense ranks of the event times are used instead.
+PACK_LIMIT = 2**62
 AS_OF = "as_of"
 
 
@@ -107,36 +110,65 @@ class _EventIndex:
     """Deduplicated events sorted by (entity, event_ts, event_id), with search keys."""
 
     def __init__(self, events: pd.DataFrame, fs: FeatureSet):
-        self.fs = fs
         eid = _key_array(events[fs.event_id], fs.event_id)
         ts = to_us(events[fs.timestamp], f"events.{fs.timestamp}")
         ing = to_us(events[fs.ingested_at], f"events.{fs.ingested_at}")
-        keep = _dedup(events, fs, eid, ts, ing)
-        self._frame = events.iloc[keep] if keep is not None else events
-        if keep is not None:
-            eid, ts, ing = eid[keep], ts[keep], ing[keep]
-        self._entity_codes, self._entity_uniques = pd.factorize(self._frame[fs.entity], use_na_sentinel=True)
-        if (self._entity_codes < 0).any():
+        by_id = np.argsort(eid, kind="stable")
+        sorted_ids = eid[by_id]
+        if (sorted_ids[1:] == sorted_ids[:-1]).any():
+            keep = _dedup(events, fs, eid, ts, ing)
+            events, eid, ts, ing = events.iloc[keep], eid[keep], ts[keep], ing[keep]
+            by_id = np.argsort(eid, kind="stable")
+        self._frame = events
+        codes, self._entity_uniques = pd.factorize(events[fs.entity], use_na_sentinel=True)
+        if (codes < 0).any():
             raise ValueError(f"events.{fs.entity}: null entity keys")
-        order = np.lexsort((eid, ts, self._entity_codes))
-        self.ts, self.ing = ts[order], ing[order]
+        codes = codes.astype(np.int64)
+        coord = self._time_coordinates(ts, len(self._entity_uniques))
+        key = codes * self._stride + coord
+        # Stable sort by (entity, time) of rows already in event_id order = (entity, event_ts, event_id).
+        order = by_id[np.argsort(key[by_id], kind="stable")]
         self._order = order
-        self.code = self._entity_codes[order].astype(np.int64)
-        # Dense ranks of event times make (entity, time) one sortable int64 key.
-        self.times = np.unique(self.ts)
-        self._stride = np.int64(len(self.times) + 1)
-        self.key = self.code * self._stride + np.searchsorted(self.times, self.ts)
-        self._columns: dict[tuple[str, str], np.ndarray] = {}
+        self.ts, self.ing, self.key = ts[order], ing[order], key[order]
+        self._columns: dict = {}
+
+    def _time_coordinates(self, ts: np.ndarray, n_entities: int) -> np.ndarray:
+        """Integer time coordinates such that (entity, coordinate) packs into one int64 key.
+
+        Microsecond offsets when they fit (the common case), else dense ranks of the
+        event times; both order every event and query time exactly as the timestamps do.
+        """
+        self._times = None
+        if len(ts) == 0:
+            self._tmin, self._stride = np.int64(0), np.int64(2)
+            return ts
+        self._tmin = ts.min()
+        span = int(ts.max()) - int(self._tmin) + 2
+        if (n_entities + 1) * span < PACK_LIMIT:
+            self._stride = np.int64(span)
+            return ts - self._tmin
+        self._times = np.unique(ts)
+        self._stride = np.int64(len(self._times) + 1)
+        return np.searchsorted(self._times, ts)
+
+    def coordinate(self, t_us: np.ndarray) -> np.ndarray:
+        """Coordinate c(t) with: event coordinate >= c(t)  <=>  event_ts >= t."""
+        if self._times is not None:
+            return np.searchsorted(self._times, t_us, side="left")
+        return np.clip(t_us - self._tmin, 0, self._stride - 1)
 
     def codes_for(self, entities: pd.Series) -> np.ndarray:
         """Entity code per query; -1 for an entity with no events."""
         idx = pd.Index(self._entity_uniques)
         return idx.get_indexer(pd.Index(entities.to_numpy())).astype(np.int64)
 
-    def bound(self, q_code: np.ndarray, t_us: np.ndarray) -> np.ndarray:
-        """Index of the entity's first event with event_ts >= t (its events < t end there)."""
-        rank = np.searchsorted(self.times, t_us, side="left")
-        pos = np.searchsorted(self.key, q_code * self._stride + rank, side="left")
+    def bound(self, q_code: np.ndarray, t_us: np.ndarray | None) -> np.ndarray:
+        """Index of the entity's first event with event_ts >= t (t None: its first event).
+
+        Fastest with queries sorted by (entity, t): numpy's searchsorted then walks forward.
+        """
+        coord = 0 if t_us is None else self.coordinate(t_us)
+        pos = np.searchsorted(self.key, q_code * self._stride + coord, side="left")
         return np.where(q_code < 0, 0, pos)
 
     def numeric(self, column: str) -> np.ndarray:
@@ -154,10 +186,9 @@ class _EventIndex:
         got = self._columns.get((column, "cat"))
         if got is None:
             codes, uniques = pd.factorize(self._frame[column], use_na_sentinel=True)
-            got = codes.astype(np.int64)[self._order]
+            got = (codes.astype(np.int64)[self._order], max(len(uniques), 1))
             self._columns[(column, "cat")] = got
-            self._columns[(column, "ncat")] = np.int64(max(len(uniques), 1))
-        return got, int(self._columns[(column, "ncat")])
+        return got
 
 
 def _key_array(s: pd.Series, what: str) -> np.ndarray:
@@ -168,14 +199,12 @@ def _key_array(s: pd.Series, what: str) -> np.ndarray:
     return pd.factorize(s, sort=True)[0].astype(np.int64)
 
 
-def _dedup(events: pd.DataFrame, fs: FeatureSet, eid, ts, ing) -> np.ndarray | None:
-    """Row positions to keep: per event_id the earliest ingested_at (None when no duplicates).
+def _dedup(events: pd.DataFrame, fs: FeatureSet, eid, ts, ing) -> np.ndarray:
+    """Row positions to keep: per event_id the earliest ingested_at.
 
     Ties on ingested_at are broken by event_ts and then the source values (nulls
     last), so the choice does not depend on the input's row order (which differs per engine).
     """
-    if len(eid) == 0 or len(pd.unique(eid)) == len(eid):
-        return None
     keys = []
     for col in reversed(fs.source_columns):
         codes, uniques = pd.factorize(events[col], sort=True, use_na_sentinel=True)
@@ -196,30 +225,27 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
 
 def _evaluate(ev: _EventIndex, q_code, q_t, fs: FeatureSet, mode: str) -> dict[str, np.ndarray]:
     n = len(q_t)
-    base = [f for f in fs.features if f.agg != "ratio"]
     out = {f.name: np.empty(n, dtype=np.int64 if f.is_integer else np.float64) for f in fs.features}
-    windows = {f.window_us for f in base}
-    widest = None if None in windows else max(windows, default=0)
-    hi = ev.bound(q_code, q_t)
-    lo = np.where(q_code < 0, 0, np.searchsorted(ev.key, q_code * ev._stride, side="left")) if widest is None \
-        else ev.bound(q_code, q_t - widest)
-    lengths = hi - lo
-
-    for qs, qe in _chunks(lengths, MAX_PAIRS):
-        qi, ei = _pairs(lo[qs:qe], lengths[qs:qe])
-        t = q_t[qs:qe]
-        if mode == "known_at":
-            keep = ev.ing[ei] < t[qi]
-            qi, ei = qi[keep], ei[keep]
-        for w in windows:
-            if w is None:
-                qw, ew = qi, ei
-            else:
-                m = ev.ts[ei] >= t[qi] - w
-                qw, ew = qi[m], ei[m]
-            for f in base:
-                if f.window_us == w:
-                    out[f.name][qs:qe] = _aggregate(f, ev, qw, ew, t, qe - qs)
+    by_window: dict[int | None, list[Feature]] = {}
+    for f in fs.features:
+        if f.agg != "ratio":
+            by_window.setdefault(f.window_us, []).append(f)
+    # Work on queries sorted by (entity, as_of): searchsorted is fast on sorted needles.
+    order = np.lexsort((q_t, q_code))
+    code, t_all = q_code[order], q_t[order]
+    hi = ev.bound(code, t_all)
+    for w, feats in by_window.items():
+        lo = ev.bound(code, None if w is None else t_all - w)
+        lengths = hi - lo
+        for qs, qe in _chunks(lengths, MAX_PAIRS):
+            qi, ei = _pairs(lo[qs:qe], lengths[qs:qe])
+            t = t_all[qs:qe]
+            if mode == "known_at":
+                keep = ev.ing[ei] < t[qi]
+                qi, ei = qi[keep], ei[keep]
+            rows = _WindowRows(ev, qi, ei, qe - qs)
+            for f in feats:
+                out[f.name][order[qs:qe]] = _aggregate(f, rows, t)
     for f in fs.features:
         if f.agg == "ratio":
             out[f.name] = _ratio(out[f.numerator], out[f.denominator], f.default)
@@ -250,32 +276,49 @@ def _pairs(lo: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return qi, ei
 
 
-def _aggregate(f: Feature, ev: _EventIndex, qi, ei, t, n: int) -> np.ndarray:
-    """One feature over (query, event) pairs sorted by query then (event_ts, event_id)."""
+class _WindowRows:
+    """One window's (query, event) pairs, sorted by query then (event_ts, event_id),
+    with the gathers that several features of the window share."""
+
+    def __init__(self, ev: _EventIndex, qi: np.ndarray, ei: np.ndarray, n: int):
+        self.ev, self.qi, self.ei, self.n = ev, qi, ei, n
+        self._cache: dict = {}
+
+    def segments(self) -> tuple[np.ndarray, np.ndarray]:
+        if "seg" not in self._cache:
+            self._cache["seg"] = _segments(self.qi)
+        return self._cache["seg"]
+
+    def non_null(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query ids, values, per-query count) of the non-null values of ``column``."""
+        key = ("num", column)
+        if key not in self._cache:
+            v = self.ev.numeric(column)[self.ei]
+            nn = ~np.isnan(v)
+            qn = self.qi[nn]
+            self._cache[key] = (qn, v[nn], np.bincount(qn, minlength=self.n))
+        return self._cache[key]
+
+
+def _aggregate(f: Feature, rows: _WindowRows, t: np.ndarray) -> np.ndarray:
+    """One feature over a window's rows; ``t`` are the queries' times."""
+    n, qi, ei = rows.n, rows.qi, rows.ei
     if f.agg == "count":
         c = np.bincount(qi, minlength=n)
         return np.where(c > 0, c, int(f.default or 0)).astype(np.int64)
     if f.agg == "distinct_count":
-        codes, ncat = ev.categorical(f.column)
-        c = codes[ei]
-        valid = c >= 0
-        uniq = np.unique(qi[valid] * ncat + c[valid])
-        cnt = np.bincount(uniq // ncat, minlength=n)
+        cnt = _distinct(rows, f.column)
         return np.where(cnt > 0, cnt, int(f.default or 0)).astype(np.int64)
+    default = np.nan if f.default is None else float(f.default)
     if f.agg in ("days_since_last", "days_since_first"):
-        res = np.full(n, np.nan if f.default is None else float(f.default))
+        res = np.full(n, default)
         if len(qi):
-            starts, ends = _segments(qi)
+            starts, ends = rows.segments()
             pick = ends - 1 if f.agg == "days_since_last" else starts
             q = qi[pick]
-            res[q] = (t[q] - ev.ts[ei[pick]]).astype(np.float64) / US_PER_DAY
+            res[q] = (t[q] - rows.ev.ts[ei[pick]]).astype(np.float64) / US_PER_DAY
         return res
-
-    v = ev.numeric(f.column)[ei]
-    nn = ~np.isnan(v)
-    qn, vn = qi[nn], v[nn]
-    cnt = np.bincount(qn, minlength=n)
-    default = np.nan if f.default is None else float(f.default)
+    qn, vn, cnt = rows.non_null(f.column)
     if f.agg in ("sum", "mean"):
         total = np.bincount(qn, weights=vn, minlength=n)  # sequential, in row order
         if f.agg == "mean":
@@ -285,9 +328,26 @@ def _aggregate(f: Feature, ev: _EventIndex, qi, ei, t, n: int) -> np.ndarray:
     res = np.full(n, default)
     if len(qn):
         ufunc = np.minimum if f.agg == "min" else np.maximum
-        starts, _ = _segments(qn)
+        starts = np.flatnonzero(np.r_[True, qn[1:] != qn[:-1]])
         res[qn[starts]] = ufunc.reduceat(vn, starts)  # min/max are exact in any order
     return res
+
+
+def _distinct(rows: _WindowRows, column: str) -> np.ndarray:
+    """Distinct non-null values of ``column`` per query."""
+    codes, ncat = rows.ev.categorical(column)
+    c = codes[rows.ei]
+    if ncat <= 63 and len(c):
+        # one bit per category, OR-ed per query, then counted
+        bits = np.where(c >= 0, np.left_shift(np.uint64(1), np.maximum(c, 0).astype(np.uint64)), np.uint64(0))
+        starts, _ = rows.segments()
+        out = np.zeros(rows.n, dtype=np.int64)
+        out[rows.qi[starts]] = np.bitwise_count(np.bitwise_or.reduceat(bits, starts))
+        return out
+    valid = c >= 0
+    keys = np.sort(rows.qi[valid] * ncat + c[valid])
+    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
+    return np.bincount(keys[first] // ncat, minlength=rows.n)
 
 
 def _segments(sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -219,7 +219,8 @@ def test_output_columns_match_compute_dtypes():
         assert cols[f.name] == ("int64" if out[f.name].dtype == np.int64 else "double")
 
 
-def test_chunking_does_not_change_results(monkeypatch):
+@pytest.mark.parametrize("knob, value", [("MAX_PAIRS", 50), ("PACK_LIMIT", 0)])
+def test_chunking_and_rank_keys_do_not_change_results(monkeypatch, knob, value):
     rng = np.random.default_rng(1)
     n = 3000
     ev = events(*[(i, int(rng.integers(0, 30)), T0 - pd.Timedelta(seconds=int(rng.integers(0, 20 * 86400))), None,
@@ -227,5 +228,5 @@ def test_chunking_does_not_change_results(monkeypatch):
     q = queries(*[(u, T0 - pd.Timedelta(hours=h)) for u in range(30) for h in (0, 30, 100)])
     whole = compute(ev, q, FS)
     import features.kernel as k
-    monkeypatch.setattr(k, "MAX_PAIRS", 50)
+    monkeypatch.setattr(k, knob, value)
     pd.testing.assert_frame_equal(whole, compute(ev, q, FS), check_exact=True)
