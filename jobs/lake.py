@@ -3,6 +3,11 @@
 A table is `<root>/<name>/ds=YYYY-MM-DD/` holding `part-<writeid>-<nnnnn>.parquet` files and a
 `_manifest.json`. Only files listed in the manifest belong to the partition, and a partition
 without a manifest does not exist. Readers verify every file against its manifest.
+
+A write may pass a *gate* (e.g. a data-quality suite) that sees the staged files before the
+manifest is published; a partition the gate rejects, or a published one taken back with
+``Table.quarantine``, moves to ``<root>/_quarantine/<table>/ds=<ds>/<writeid>/`` with its
+(would-be) manifest and the reason, where no reader of the table sees it.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import json
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -27,6 +32,8 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "_manifest.json"
+QUARANTINE = "_quarantine"
+QUARANTINE_REASON = "_reason.json"
 
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
@@ -199,12 +206,18 @@ class Table:
 
     # ---- writing ----------------------------------------------------------------------------
     def write_partition(self, ds: str | dt.date, data: Any, *, producer: dict,
-                        inputs: dict | None = None, rows_per_file: int = 1_000_000) -> Manifest:
+                        inputs: dict | None = None, rows_per_file: int = 1_000_000,
+                        gate: Callable[[StagedPartition], Any] | None = None) -> Manifest:
         """Write and atomically publish partition `ds`, replacing any previous version whole.
 
         `data` is a pandas DataFrame, a pyarrow Table/RecordBatch, or an iterable of them that is
         streamed chunk by chunk (a new part file every `rows_per_file` rows). Chunks are cast to
         the table schema, or to the first chunk's schema; timestamps are stored as us, UTC.
+
+        `gate(staged)` is called once the data files are written, before the manifest is
+        published. If it raises, the staged files and the would-be manifest move to
+        `staged.quarantine_path` (the previous version, if any, stays published) and the
+        exception propagates with a `quarantine_path` attribute.
         """
         ds = _check_ds(ds)
         if rows_per_file < 1:
@@ -246,9 +259,12 @@ class Table:
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
         try:
-            previous = {f["name"] for f in self.manifest(ds).files}
+            current = self.manifest(ds)
         except LakeError:
-            previous = set()
+            current = None
+        if gate is not None:
+            self._run_gate(gate, StagedPartition(self, ds, wid, manifest, current))
+        previous = set() if current is None else {f["name"] for f in current.files}
         self._publish(pdir, wid, manifest)
         self._cleanup(pdir, wid, {f["name"] for f in files}, previous)
         return manifest
@@ -285,6 +301,95 @@ class Table:
                     self.fs.rm_file(path)
                 except FileNotFoundError:
                     pass
+
+    # ---- gates and quarantine ---------------------------------------------------------------
+    def _run_gate(self, gate: Callable[[StagedPartition], Any], staged: StagedPartition) -> None:
+        try:
+            gate(staged)
+        except Exception as exc:
+            try:
+                path = self._quarantine_files(
+                    staged.ds, staged.write_id, [f["name"] for f in staged.manifest.files],
+                    staged.manifest.to_json().encode(), str(exc) or type(exc).__name__, "gate",
+                    getattr(exc, "quarantine_attachments", None))
+            except Exception as qexc:  # noqa: BLE001 - the gate's verdict matters more than the move
+                exc.add_note(f"quarantining the staged files failed too: {qexc!r}")
+                raise exc from None
+            _attach_quarantine(exc, path)
+            raise
+        except BaseException:  # interrupted: nothing to keep, nothing published
+            for f in staged.manifest.files:
+                with contextlib.suppress(OSError):
+                    self.fs.rm_file(f"{self._pdir(staged.ds)}/{f['name']}")
+            raise
+
+    def quarantine(self, ds: str | dt.date, reason: str,
+                   attachments: dict[str, Any] | None = None) -> str:
+        """Take published partition `ds` out of the table into the quarantine; returns its URL.
+
+        The manifest moves first, so readers stop seeing the partition at once; then the data
+        files follow. `attachments` ({file name: JSON-able or bytes}) are written next to them.
+        A partition whose manifest is unreadable is quarantined with every part file found.
+        """
+        ds = _check_ds(ds)
+        pdir = self._pdir(ds)
+        try:
+            names = [f["name"] for f in self.manifest(ds).files]
+        except CorruptPartitionError:
+            if not self.fs.exists(f"{pdir}/{MANIFEST}"):
+                raise
+            self.fs.invalidate_cache(pdir)
+            names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(pdir, detail=False)
+                           if _PART.match(p.rstrip("/").rsplit("/", 1)[-1]))
+        wids = sorted({m["wid"] for m in map(_PART.match, names) if m})
+        wid = wids[-1] if wids else uuid.uuid4().hex
+        return self._quarantine_files(ds, wid, names, None, reason, "published", attachments)
+
+    def quarantined(self, ds: str | dt.date) -> list[str]:
+        """URLs of the quarantined versions of partition `ds`, oldest write first."""
+        qdir = self._qdir(_check_ds(ds))
+        if not self.fs.exists(qdir):
+            return []
+        self.fs.invalidate_cache(qdir)
+        return sorted(self.lake._url(p.rstrip("/")) for p in self.fs.ls(qdir, detail=False))
+
+    def quarantine_path(self, ds: str | dt.date, write_id: str) -> str:
+        """URL of the quarantine directory of write `write_id` of partition `ds`."""
+        return self.lake._url(f"{self._qdir(_check_ds(ds))}/{write_id}")
+
+    def _quarantine_files(self, ds: str, wid: str, names: list[str], manifest: bytes | None,
+                          reason: str, source: str, attachments: dict[str, Any] | None) -> str:
+        for name in attachments or {}:
+            if "/" in name or name in (MANIFEST, QUARANTINE_REASON) or _PART.match(name):
+                raise LakeError(f"bad quarantine attachment name {name!r}")
+        pdir, qdir = self._pdir(ds), f"{self._qdir(ds)}/{wid}"
+        if self.fs.exists(qdir):  # the same write quarantined again (re-published, failed again)
+            qdir = f"{qdir}-{uuid.uuid4().hex[:8]}"
+        self.fs.makedirs(qdir, exist_ok=True)
+        if manifest is None:  # a published partition: unpublish first (a rename on a local lake)
+            self.fs.mv(f"{pdir}/{MANIFEST}", f"{qdir}/{MANIFEST}")
+        else:
+            self.fs.pipe_file(f"{qdir}/{MANIFEST}", manifest)
+        moved, missing = [], []
+        for name in names:
+            try:
+                self.fs.mv(f"{pdir}/{name}", f"{qdir}/{name}")
+                moved.append(name)
+            except FileNotFoundError:
+                missing.append(name)
+        self.fs.invalidate_cache(pdir)
+        info = {"table": self.name, "ds": ds, "write_id": wid, "source": source, "reason": reason,
+                "files": moved, "missing_files": missing,
+                "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")}
+        self.fs.pipe_file(f"{qdir}/{QUARANTINE_REASON}", json.dumps(info, indent=2).encode())
+        for name, payload in (attachments or {}).items():
+            if not isinstance(payload, bytes):
+                payload = json.dumps(payload, indent=2, default=str).encode()
+            self.fs.pipe_file(f"{qdir}/{name}", payload)
+        return self.lake._url(qdir)
+
+    def _qdir(self, ds: str) -> str:
+        return f"{self.lake._root.rstrip('/')}/{QUARANTINE}/{self.name}/ds={ds}"
 
     # ---- reading ----------------------------------------------------------------------------
     def files(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
@@ -368,6 +473,48 @@ class Table:
 
     def _pdir(self, ds: str) -> str:
         return f"{self._dir}/ds={ds}"
+
+
+class StagedPartition:
+    """A written but unpublished partition, as a write's gate sees it."""
+
+    def __init__(self, table: Table, ds: str, write_id: str, manifest: Manifest,
+                 current: Manifest | None):
+        self.table, self.ds, self.write_id = table, ds, write_id
+        self.manifest = manifest  # the manifest that will be published if the gate passes
+        self.current = current  # the published version being replaced, if any
+
+    def __repr__(self) -> str:
+        return f"StagedPartition({self.table.name!r}, ds={self.ds}, write_id={self.write_id!r})"
+
+    @property
+    def files(self) -> list[str]:
+        """URLs of the staged data files."""
+        pdir = self.table._pdir(self.ds)
+        return [self.table.lake._url(f"{pdir}/{f['name']}") for f in self.manifest.files]
+
+    @property
+    def quarantine_path(self) -> str:
+        """Where the staged files go if the gate rejects them."""
+        return self.table.quarantine_path(self.ds, self.write_id)
+
+    def dataset(self) -> pads.Dataset:
+        """A pyarrow dataset over the staged files, in their own (written) schema."""
+        pdir = self.table._pdir(self.ds)
+        return pads.dataset([f"{pdir}/{f['name']}" for f in self.manifest.files], format="parquet",
+                            filesystem=self.table.lake._arrow_fs())
+
+    def iter_batches(self, columns: list[str] | None = None,
+                     batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
+        """The staged rows as DataFrames of at most `batch_size` rows (one empty frame if none)."""
+        dataset = self.dataset()
+        empty = True
+        for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+            if batch.num_rows:
+                empty = False
+                yield batch.to_pandas()
+        if empty:
+            yield dataset.to_table(columns=columns).to_pandas()
 
 
 class _HashingSink:
@@ -570,6 +717,15 @@ def _sha256(fs, path: str) -> str:
         while block := fh.read(_BLOCK):
             sha.update(block)
     return sha.hexdigest()
+
+
+def _attach_quarantine(exc: BaseException, path: str) -> None:
+    """Tell the caller where a rejected partition went: an attribute, and a note in tracebacks
+    unless the exception type already reports `quarantine_path` itself."""
+    reports_it = "quarantine_path" in dir(type(exc))
+    exc.quarantine_path = path
+    if not reports_it:
+        exc.add_note(f"the partition was quarantined at {path}")
 
 
 def _fsync_dir(path: str) -> None:

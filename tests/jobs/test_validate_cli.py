@@ -1,0 +1,81 @@
+"""``lockstep validate DATASET --ds ... [--to ...]``: exit 0 pass, 1 data-quality failure, 2 usage error."""
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_validate_support import alerts, land, raw_day
+
+from jobs.validate import add_validate_parser
+
+pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
+pytestmark = pytest.mark.usefixtures("clean_alert_env")
+
+
+def lockstep(*argv) -> int:
+    """The ``lockstep`` top level as jobs/cli.py builds it, with the validate subcommand hooked in."""
+    p = argparse.ArgumentParser(prog="lockstep")
+    p.add_argument("--lake")
+    p.add_argument("--engine", choices=("local", "dask", "spark"))
+    sub = p.add_subparsers(dest="command")
+    add_validate_parser(sub)
+    args = p.parse_args(list(argv))
+    return args.func(args)
+
+
+@pytest.fixture
+def lake(cfg, cdnow):
+    for ds in ("1997-01-01", "1997-01-02", "1997-01-03"):
+        df = raw_day(cdnow, ds)
+        if ds == "1997-01-03":
+            df.loc[0, "event_ts"] = df.loc[0, "event_ts"] + pd.Timedelta(days=30)
+        land(cfg, ds, df, producer={"job": "ingest_cdnow"})
+    return cfg.lake_root
+
+
+def test_passing_partitions_exit_0(lake, capsys):
+    assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-01", "--to", "1997-01-02") == 0
+    out = capsys.readouterr().out
+    assert "raw_events raw_events/ds=1997-01-01: passed" in out and "ds=1997-01-02: passed" in out
+
+
+def test_a_failing_partition_exits_1_and_says_why(lake, capsys, cfg):
+    assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-02", "--to", "1997-01-03") == 1
+    captured = capsys.readouterr()
+    assert "raw_events/ds=1997-01-03: FAILED" in captured.out and "[future timestamps]" in captured.out
+    assert "quarantined: " in captured.out and "1 of 2 partition(s) failed" in captured.err
+    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/ds=1997-01-03"]
+
+
+def test_report_only_mode_leaves_the_partition_and_sends_nothing(lake, cfg):
+    assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-03",
+                    "--no-quarantine", "--no-alert") == 1
+    table = cfg.lake().table("raw_events")
+    assert table.exists("1997-01-03") and alerts(cfg) == []
+    stored = json.loads((Path(table.partition_path("1997-01-03")) / "_validation.json").read_text())
+    assert stored["success"] is False and stored["quarantine_path"] is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (("validate", "raw_events"), "--ds is required"),
+    (("validate", "raw_events", "--ds", "1997-02-30"), "ds must be a YYYY-MM-DD date"),
+    (("validate", "raw_events", "--ds", "1997-01-03", "--to", "1997-01-05"), "1997-01-04..1997-01-05"),
+    (("validate", "training_sets", "--ds", "1997-01-01", "--feature-set", "nope_v9"), "unknown feature set"),
+])
+def test_usage_errors_exit_2(lake, capsys, argv, message):
+    assert lockstep("--lake", lake, *argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_dataset_is_an_argparse_error():
+    with pytest.raises(SystemExit) as info:
+        lockstep("validate", "raw_evnts", "--ds", "1997-01-01")
+    assert info.value.code == 2
+
+
+def test_show_suite_prints_the_bound_suite(capsys):
+    assert lockstep("validate", "feature_snapshots", "--show-suite") == 0
+    suite = json.loads(capsys.readouterr().out)
+    assert suite["name"] == "feature_snapshots.customer_activity_v1"
+    assert any(e["kwargs"].get("column") == "txn_count_7d" for e in suite["expectations"])
