@@ -1,0 +1,78 @@
+"""Feature engines: the one kernel (``features.kernel.compute``) on local, Dask and Spark.
+
+``run`` dispatches on ``cfg.engine``; every engine yields frames whose union (in
+any order) equals ``compute(all events, all queries)`` exactly. Engine modules are
+imported lazily, so importing this package pulls in neither pyspark nor distributed.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from features.spec import MODES, FeatureSet
+
+AS_OF = "as_of"
+_MODULES = {"local": "jobs.engines.local", "dask": "jobs.engines.dask_engine", "spark": "jobs.engines.spark_engine"}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Query every entity as known at ``as_of`` (``snapshot_queries`` applied per bucket)."""
+
+    as_of: pd.Timestamp
+
+    def __post_init__(self) -> None:
+        t = pd.Timestamp(self.as_of)
+        if pd.isna(t):
+            raise ValueError("Snapshot.as_of must be a timestamp")
+        # Naive = UTC, as everywhere in Lockstep.
+        object.__setattr__(self, "as_of", t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC"))
+
+
+Queries = pd.DataFrame | Sequence[str] | Snapshot
+
+
+def run(cfg, fs: FeatureSet, events_files: Sequence[str], queries: Queries, mode: str = "known_at",
+        **engine_options) -> Iterator[pd.DataFrame]:
+    """Features of ``fs`` for ``queries`` over the events in ``events_files``, on ``cfg.engine``.
+
+    ``queries`` is a DataFrame (``fs.entity``, ``as_of``, any extra columns, passed
+    through), a list of Parquet file paths of such rows, or a ``Snapshot``.
+    Yields frames (one per bucket or output file; at least one, possibly empty)
+    whose union equals ``features.kernel.compute(events, queries, fs, mode)``.
+    ``engine_options`` go to the engine (e.g. ``client=`` for Dask).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    engine = getattr(cfg, "engine", None)
+    if engine not in _MODULES:
+        raise ValueError(f"unknown engine {engine!r}; expected one of {tuple(_MODULES)}")
+    if isinstance(events_files, (str, bytes)):
+        raise TypeError("events_files must be a list of Parquet file paths, not one string")
+    queries = _check_queries(queries, fs)
+    module = importlib.import_module(_MODULES[engine])
+    return module.run(cfg, fs, list(events_files), queries, mode, **engine_options)
+
+
+def collect(frames: Iterator[pd.DataFrame], fs: FeatureSet) -> pd.DataFrame:
+    """All yielded frames as one, sorted by (entity, as_of) — for small results and tests."""
+    out = pd.concat(list(frames), ignore_index=True)
+    return out.sort_values([fs.entity, AS_OF], kind="stable", ignore_index=True)
+
+
+def _check_queries(queries, fs: FeatureSet):
+    if isinstance(queries, Snapshot):
+        return queries
+    if isinstance(queries, pd.DataFrame):
+        missing = [c for c in (fs.entity, AS_OF) if c not in queries.columns]
+        if missing:
+            raise KeyError(f"queries frame is missing column(s) {missing}; it has {list(queries.columns)}")
+        return queries
+    if isinstance(queries, (str, bytes)):
+        raise TypeError("queries must be a DataFrame, a list of Parquet file paths or a Snapshot, not one string")
+    if isinstance(queries, Sequence):
+        return list(queries)
+    raise TypeError(f"queries must be a DataFrame, a list of Parquet file paths or a Snapshot, got {type(queries)}")

@@ -1,0 +1,49 @@
+"""Fixtures shared by every test module.
+
+* ``spark``: this process's SparkSession (``local[2]``), the same one the Spark
+  engine uses (``jobs.engines.spark_engine.get_spark``); started once per session.
+* ``dask_client``: a ``distributed`` LocalCluster of 2 worker processes x 1 thread;
+  pass it to the Dask engine as ``run(..., client=dask_client)``.
+* ``make_config``: a ``jobs.config.Config`` whose lake (and scratch) is under the test's tmp dir.
+
+Tests that use the first two should carry the ``spark`` / ``dask`` markers
+(registered in setup.cfg) so ``-m "not spark"`` deselects them.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+@pytest.fixture(scope="session")
+def spark():
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime (java not on PATH)")
+    from jobs.engines.spark_engine import get_spark
+
+    session = get_spark("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    pytest.importorskip("distributed")
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GiB",
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """``make_config(engine="local", **fields)`` -> Config with its lake under ``tmp_path``."""
+    from jobs.config import Config
+
+    def make(engine: str = "local", **fields):
+        fields.setdefault("lake_root", str(tmp_path / "lake"))
+        return Config(engine=engine, **fields)
+
+    return make
