@@ -1,0 +1,1 @@
+"""Training benchmark: streamed (lightgbm.Sequence over Parquet) vs in-memory LightGBM, and scoring throughput."""

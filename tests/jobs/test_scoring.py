@@ -1,0 +1,119 @@
+"""Batch scoring of a CDNOW feature snapshot: champion and shadow challenger, idempotence,
+fingerprint mismatch refused."""
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import registry as feature_registry
+from jobs.config import Config
+from jobs.ingest import ingest_cdnow
+from jobs.registry import Candidate, Registry
+from jobs.scoring import (
+    FingerprintMismatchError,
+    predictions_table,
+    referenced_models,
+    score_snapshot,
+    scored_at_for,
+)
+from jobs.snapshots import build_snapshot, snapshot_table
+from jobs.training import metadata
+
+FS = feature_registry.get("customer_activity_v1")
+DS = "1997-01-31"
+NAME = "scorer"
+
+
+def _booster(seed: int) -> lgb.Booster:
+    rng = np.random.default_rng(seed)
+    x = rng.gamma(1.0, 5.0, (500, len(FS.feature_names)))
+    y = (rng.random(500) < 1 / (1 + np.exp(-(x[:, 0] - 2)))).astype(int)
+    params = {"objective": "binary", "verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1, "seed": seed}
+    return lgb.train(params, lgb.Dataset(x, y, feature_name=list(FS.feature_names)), 5)
+
+
+def _candidate(booster, auc) -> Candidate:
+    return Candidate(
+        name=NAME, model_text=booster.model_to_string(), feature_set=FS.name, feature_names=list(FS.feature_names),
+        code_commit="0123456789abcdef0123456789abcdef01234567", feature_set_fingerprint=FS.fingerprint,
+        training_set_fingerprints={f"training_sets/{FS.name}/ds=1997-01-06": "c" * 64},
+        environment_digest=metadata.environment_digest({}), params={"learning_rate": 0.1},
+        metrics={"holdback_auc": auc}, holdback={"key": "k" * 64})
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
+    ingest_cdnow(cfg.lake(), "1997-01-01", DS)
+    build_snapshot(cfg, DS)
+    reg = Registry.from_config(cfg)
+    champion, challenger = _booster(1), _booster(2)
+    reg.register(_candidate(champion, 0.70))
+    reg.promote(NAME)
+    reg.register(_candidate(challenger, 0.69))
+    return cfg, reg, champion, challenger
+
+
+def test_champion_scores_every_snapshot_row_in_bounded_batches(setup):
+    cfg, reg, champion, _ = setup
+    m = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=1_000, validate=False)
+    snap = snapshot_table(cfg.lake(), FS).read(DS).sort_values("customer_id", ignore_index=True)
+    got = predictions_table(cfg.lake()).read(DS).sort_values("customer_id", ignore_index=True)
+    assert m.rows == len(snap) == len(got) > 5_000
+    want = champion.predict(snap[list(FS.feature_names)].to_numpy(dtype=np.float64))
+    np.testing.assert_array_equal(got["score"].to_numpy(), want)
+    assert (got["customer_id"] == snap["customer_id"]).all()
+    assert set(got["role"]) == {"champion"} and set(got["model_version"]) == {1}
+    assert set(got["feature_set_fingerprint"]) == {FS.fingerprint}
+    assert (got["scored_at"] == pd.Timestamp("1997-02-01", tz="UTC")).all() and scored_at_for(DS) == \
+        pd.Timestamp("1997-02-01", tz="UTC")
+    assert m.producer["models"][0] | {"run_id": None} == {"name": NAME, "version": 1, "role": "champion",
+                                                          "run_id": None}
+    assert m.inputs == {f"{snapshot_table(cfg.lake(), FS).name}/ds={DS}":
+                        snapshot_table(cfg.lake(), FS).manifest(DS).content_fingerprint}
+
+
+def test_rescoring_is_idempotent(setup):
+    cfg, reg, _, _ = setup
+    a = score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
+    b = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=777, validate=False)
+    assert a.content_fingerprint == b.content_fingerprint and a.rows == b.rows
+
+
+def test_shadow_mode_records_champion_and_challenger(setup):
+    cfg, reg, *_ = setup
+    m = score_snapshot(cfg, DS, NAME, registry=reg, shadow=True, validate=False)
+    got = predictions_table(cfg.lake()).read(DS)
+    n = snapshot_table(cfg.lake(), FS).manifest(DS).rows
+    assert m.rows == 2 * n
+    by_role = {r: g.sort_values("customer_id") for r, g in got.groupby("role")}
+    assert set(by_role) == {"champion", "challenger"}
+    assert set(by_role["challenger"]["model_version"]) == {2}
+    assert not np.array_equal(by_role["champion"]["score"].to_numpy(), by_role["challenger"]["score"].to_numpy())
+    assert referenced_models(cfg) == {(NAME, 1), (NAME, 2)}
+
+
+def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
+    cfg, reg, _, _ = setup
+    table = snapshot_table(cfg.lake(), FS)
+    before = predictions_table(cfg.lake()).manifest(DS)
+    m = table.manifest(DS)
+    stale = "customer_activity_v1:00000000deadbeef"
+    # the same day, as a snapshot job of another feature-set version would have published it
+    table.write_partition(DS, table.read(DS), producer={**m.producer, "feature_set_fingerprint": stale},
+                          inputs=m.inputs)
+    try:
+        with pytest.raises(FingerprintMismatchError, match=f"built with {stale}") as info:
+            score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
+        assert FS.fingerprint in str(info.value)
+        assert predictions_table(cfg.lake()).manifest(DS) == before  # nothing was replaced
+    finally:
+        table.write_partition(DS, table.read(DS), producer=m.producer, inputs=m.inputs)
+
+
+def test_no_champion_is_a_clear_error(setup):
+    cfg, reg, _, _ = setup
+    from jobs.registry import RegistryError
+
+    with pytest.raises(RegistryError, match="no registered model|no version or alias"):
+        score_snapshot(cfg, DS, "nobody", registry=reg, validate=False)

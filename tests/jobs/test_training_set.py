@@ -1,0 +1,117 @@
+"""Point-in-time training sets on CDNOW: the kernel at the cut-off, label passthrough, no leakage."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from features import registry
+from features.kernel import compute
+from jobs.config import Config
+from jobs.ingest import ingest_cdnow, iter_ingest_days, read_cdnow
+from jobs.labels import build_labels, labels_table
+from jobs.lake import LakeError, MissingPartitionError
+from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+from jobs.training_set import build_training_set, partitions_in, training_set_table
+
+FS = registry.get("customer_activity_v1")
+HORIZON, CUTOFF = 28, "1997-02-03"
+C = pd.Timestamp(CUTOFF, tz="UTC")
+LAST_DAY = "1997-03-02"  # the label horizon's last ingest day
+
+
+def _lake_from_events(path, events) -> Config:
+    cfg = Config(lake_root=str(path))
+    table = cfg.lake().table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    for ds, part in iter_ingest_days(events, "1997-01-01", LAST_DAY):
+        table.write_partition(ds, to_raw_events(part), producer={"job": "test"})
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def events():
+    ev = read_cdnow()
+    return ev[ev["ingested_at"] < pd.Timestamp(LAST_DAY, tz="UTC") + pd.Timedelta(days=1)].reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
+    ingest_cdnow(cfg.lake(), "1997-01-01", LAST_DAY)
+    build_labels(cfg, [CUTOFF], horizon_days=HORIZON)
+    build_training_set(cfg, CUTOFF, validate=True)  # through the training_sets suite once
+    return cfg
+
+
+def _features(cfg) -> pd.DataFrame:
+    return training_set_table(cfg.lake(), FS).read(CUTOFF).sort_values("customer_id", ignore_index=True)
+
+
+def test_training_set_is_the_kernel_at_the_cutoff_with_the_label_passed_through(cfg, events):
+    got = _features(cfg)
+    labels = labels_table(cfg.lake()).read(CUTOFF)
+    want = compute(events[events["ingested_at"] < C], labels, FS, FS.training_mode)
+    want = want.sort_values("customer_id", ignore_index=True)
+    pd.testing.assert_frame_equal(got, want[got.columns.tolist()], check_exact=True)
+    assert got.columns.tolist()[:3] == ["customer_id", "as_of", "label"]
+    assert got.columns.tolist()[3:] == list(FS.feature_names)
+    m = training_set_table(cfg.lake(), FS).manifest(CUTOFF)
+    assert m.producer["feature_set_fingerprint"] == FS.fingerprint and m.producer["mode"] == "known_at"
+    assert m.inputs[f"labels/ds={CUTOFF}"] == labels_table(cfg.lake()).manifest(CUTOFF).content_fingerprint
+    assert "raw_events/ds=1997-01-01..1997-02-02" in m.inputs
+
+
+def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_path):
+    rng = np.random.default_rng(7)
+    ev = events.copy()
+    late = ((ev["event_ts"] >= C) | (ev["ingested_at"] >= C)).to_numpy()
+    assert late.sum() > 1000
+    # shift every such event by 0..20 days (never before the cut-off), change what it says,
+    # and add purchases after the cut-off for customers that had none
+    shift = pd.to_timedelta(rng.integers(0, 21, late.sum()), unit="D")
+    ev.loc[late, "event_ts"] = ev.loc[late, "event_ts"] + shift
+    ev.loc[late, "ingested_at"] = ev.loc[late, "ingested_at"] + shift
+    ev.loc[late, "amount"] = rng.uniform(1, 500, late.sum())
+    ev.loc[late, "n_items"] = rng.integers(1, 9, late.sum())
+    quiet = np.setdiff1d(ev.loc[ev["event_ts"] < C, "customer_id"].unique(), ev.loc[late, "customer_id"].unique())
+    extra = pd.DataFrame({
+        "event_id": np.arange(len(quiet)) + 10_000_000, "customer_id": quiet,
+        "event_ts": C + pd.Timedelta(days=3), "ingested_at": C + pd.Timedelta(days=3, hours=1),
+        "n_items": 2, "amount": 30.0, "category": "standard"})
+    ev = pd.concat([ev, extra], ignore_index=True)
+    ev = ev[ev["ingested_at"] < pd.Timestamp(LAST_DAY, tz="UTC") + pd.Timedelta(days=1)]
+    shifted = _lake_from_events(tmp_path / "shifted", ev)
+    build_labels(shifted, [CUTOFF], horizon_days=HORIZON)
+    build_training_set(shifted, CUTOFF, validate=False)
+
+    before, after = _features(cfg), _features(shifted)
+    cols = ["customer_id", "as_of", *FS.feature_names]
+    pd.testing.assert_frame_equal(before[cols], after[cols], check_exact=True)
+    assert (before["label"] != after["label"]).sum() > 100  # the labels did see the change
+    # the change is visible to features one day later: a leaking cut-off would have been caught
+    q = before[["customer_id", "as_of"]].assign(as_of=C + pd.Timedelta(days=1))
+    a = compute(events, q, FS)
+    b = compute(ev, q, FS)
+    assert not a[list(FS.feature_names)].equals(b[list(FS.feature_names)])
+
+
+def test_a_missing_labels_partition_is_named(cfg):
+    with pytest.raises(MissingPartitionError, match="1997-02-10"):
+        build_training_set(cfg, "1997-02-10", validate=False)
+
+
+def test_training_ranges_refuse_missing_or_stale_partitions(cfg, tmp_path):
+    lake = cfg.lake()
+    assert [m.ds for m in partitions_in(lake, FS, "1997-01-01", "1997-02-28")] == [CUTOFF]
+    with pytest.raises(ValueError, match="no labels partitions"):
+        partitions_in(lake, FS, "1997-03-01", "1997-03-31")
+    import shutil
+
+    other = Config(lake_root=str(tmp_path / "copy"))
+    shutil.copytree(cfg.lake_root, other.lake_root)
+    table = training_set_table(other.lake(), FS)
+    data = table.read(CUTOFF)
+    table.write_partition(CUTOFF, data, producer={"feature_set_fingerprint": "customer_activity_v1:0000"})
+    with pytest.raises(LakeError, match="another version"):
+        partitions_in(other.lake(), FS, "1997-01-01", "1997-02-28")
+    (tmp_path / "copy" / "training_sets" / FS.name / f"ds={CUTOFF}" / "_manifest.json").unlink()
+    with pytest.raises(LakeError, match="no partition for labels cut-off"):
+        partitions_in(other.lake(), FS, "1997-01-01", "1997-02-28")
