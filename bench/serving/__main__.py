@@ -1,0 +1,265 @@
+"""Serving-path benchmarks: ``python -m bench.serving [--queries N] [--skip-skew] [--skip-http]``.
+
+1. Skew job on N logged requests (default 1M) vs ONE point-in-time feature build of the same
+   queries on the same engine (target: skew <= 2.5x). Synthetic events (jobs.generate), a
+   correct serving log synthesised with the kernel, the three lookback snapshots prebuilt.
+2. Service latency: in process (features + predict, no HTTP) p50/p99 for both modes on CDNOW
+   (target p99 <= 5 ms), and over HTTP against a uvicorn subprocess on 127.0.0.1 with a
+   bounded thread load generator (target >= 500 req/s, zero lost log records). The load
+   generator runs on the same 2 cores as the service.
+Results are printed as a Markdown table and appended to bench/results/serving.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features import registry
+
+FS = registry.get("customer_activity_v1")
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "serving.md"
+
+
+def _model():
+    from jobs.serving.model import LinearModel
+
+    return LinearModel("bench_model", "1", FS.fingerprint, FS.feature_names)
+
+
+# ----------------------------------------------------------------------------- skew
+
+def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int) -> list[tuple]:
+    from jobs import engines
+    from jobs.config import Config
+    from jobs.generate import generate_events
+    from jobs.lake import Lake
+    from jobs.schemas import RAW_EVENTS_TABLE
+    from jobs.serving.log import SERVING_LOGS_TABLE, log_schema
+    from jobs.serving.model import StaticSource
+    from jobs.snapshots import build_snapshot
+
+    cfg = Config(lake_root=str(root / "lake"))
+    t = time.perf_counter()
+    generate_events(Lake(cfg.lake_root), entities=entities, events=events, days=days, start="2024-01-01", seed=1)
+    print(f"  generated {events} events in {time.perf_counter() - t:.1f}s", flush=True)
+    day = (pd.Timestamp("2024-01-01") + pd.Timedelta(days=days - 8)).strftime("%Y-%m-%d")
+    for lag in (3, 2, 1):
+        build_snapshot(cfg, (pd.Timestamp(day) - pd.Timedelta(days=lag)).strftime("%Y-%m-%d"))
+    rng = np.random.default_rng(0)
+    d0 = pd.Timestamp(day, tz="UTC").value // 1000
+    queries = pd.DataFrame({"customer_id": rng.integers(0, entities, n_queries).astype(np.int64),
+                            "as_of": pd.to_datetime(d0 + rng.integers(0, 86_400_000_000, n_queries), unit="us", utc=True),
+                            "request_id": [f"r{i:08d}" for i in range(n_queries)]})
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    files = raw.files(raw.first_ds(), raw.last_ds())
+
+    t = time.perf_counter()
+    feats = engines.collect(engines.run(cfg, FS, files, queries, "known_at"), FS)
+    out = root / "pit.parquet"
+    feats.to_parquet(out)
+    pit = time.perf_counter() - t
+    print(f"  point-in-time build of {n_queries} queries: {pit:.1f}s", flush=True)
+
+    model = _model()
+    logs = feats.rename(columns={"customer_id": "entity_id", "as_of": "request_time"})
+    logs["served_at"] = logs["request_time"]
+    logs["mode"] = "fresh"
+    logs["feature_set"] = FS.name
+    logs["feature_set_fingerprint"] = FS.fingerprint
+    logs["model_name"], logs["model_version"] = model.name, model.version
+    logs["score"] = model.predict(logs)
+    logs["latency_ms"], logs["degraded"], logs["degraded_reason"], logs["snapshot_ds"] = 1.0, False, None, None
+    import pyarrow as pa
+
+    schema = log_schema(FS)
+    cfg.lake().table(SERVING_LOGS_TABLE, schema).write_partition(
+        day, pa.Table.from_pandas(logs[schema.names], schema=schema, preserve_index=False), producer={"job": "bench"})
+    from jobs.snapshots import snapshot_table
+
+    source = StaticSource(model, training={(model.name, model.version):
+                                           snapshot_table(cfg.lake(), FS).read(
+                                               (pd.Timestamp(day) - pd.Timedelta(days=3)).strftime("%Y-%m-%d"))})
+    t = time.perf_counter()
+    from jobs import skew
+
+    rep = skew.run_skew(cfg, day, model_source=source, html=True, fail=False, late_days=0)
+    skew = time.perf_counter() - t
+    causes = rep.table.set_index("feature").loc[list(FS.feature_names), ["logic_skew", "late_data", "staleness"]].sum()
+    print(f"  skew job: {skew:.1f}s; causes {causes.to_dict()}", flush=True)
+    return [("skew job vs one PIT build", (f"{n_queries:,} logged requests, {events:,} events, {entities:,} "
+                                           f"entities, engine {cfg.engine}"), f"PIT {pit:.1f} s; skew {skew:.1f} s (incl. HTML); ratio {skew / pit:.2f}x",
+             "<= 2.5x", "ok" if skew / pit <= 2.5 else "MISSED"),
+            ("skew result on correct logs", "", (f"logic_skew={int(causes['logic_skew'])}, "
+                                                  f"late_data={int(causes['late_data'])}"), "logic_skew = 0", "ok" if causes["logic_skew"] == 0 else "MISSED")]
+
+
+# ----------------------------------------------------------------------------- service
+
+def cdnow_lake(root: Path, day: str):
+    from jobs.config import Config
+    from jobs.ingest import ingest_cdnow
+    from jobs.snapshots import build_snapshot
+
+    cfg = Config(lake_root=str(root / "cdnow"))
+    ingest_cdnow(cfg.lake(), "1997-01-01", (pd.Timestamp(day) + pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
+    build_snapshot(cfg, (pd.Timestamp(day) - pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
+    return cfg
+
+
+def bench_inprocess(cfg, day: str, n: int = 3000) -> list[tuple]:
+    from jobs.serving.app import Predictor
+    from jobs.serving.replay import plan_day
+    from jobs.serving.store import (
+        EmbeddedStore,
+        L1Cache,
+        SnapshotVectors,
+        read_lake_events,
+    )
+
+    events = read_lake_events(cfg, FS)
+    pred = Predictor(FS, L1Cache(EmbeddedStore(FS, events), ttl_s=0), SnapshotVectors(cfg, FS), _model())
+    plan = plan_day(events, day, n, seed=3)
+    rows = []
+    for mode in ("fresh", "materialized"):
+        lat = []
+        for r in plan.itertuples():
+            t = time.perf_counter()
+            values, _, _ = pred.features(int(r.entity_id), r.request_time, mode)
+            pred.score(values)
+            lat.append((time.perf_counter() - t) * 1000)
+        a = np.array(lat[50:])
+        p50, p99 = np.percentile(a, 50), np.percentile(a, 99)
+        rows.append((f"in-process kernel + predict, {mode}", f"{len(a)} CDNOW requests, cache off",
+                     f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", "p99 <= 5 ms", "ok" if p99 <= 5 else "MISSED"))
+    return rows
+
+
+def bench_http(cfg, root: Path, day: str, seconds: float = 15.0, concurrency: int = 8) -> list[tuple]:
+    import httpx
+
+    from jobs.serving.log import publish
+    from jobs.serving.replay import plan_day
+    from jobs.serving.store import read_lake_events
+
+    rows = []
+    model_path = root / "model.pkl"
+    model_path.write_bytes(pickle.dumps(_model()))
+    events = read_lake_events(cfg, FS)
+    for mode in ("fresh", "materialized"):
+        wal = root / f"wal-{mode}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "LOCKSTEP_LAKE": cfg.lake_root, "LOCKSTEP_SERVING_WAL_DIR": str(wal),
+               "LOCKSTEP_SERVING_MODEL_PATH": str(model_path), "LOCKSTEP_SERVING_MODE": mode}
+        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "jobs.serving.app:app_from_env",
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                                 "--no-access-log"], env=env)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        plan = plan_day(events, day, 200_000, seed=4)
+        bodies = [{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat(), "request_id": r.request_id}
+                  for r in plan.itertuples()]
+        ok, other, lat, wall = _load(url, bodies, seconds, concurrency)
+        m = httpx.get(f"{url}/metrics").json()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        from jobs.config import Config
+
+        out = Config(lake_root=str(root / f"logs-{mode}"))
+        logged = publish(out, wal, FS, day).rows
+        a = np.array(lat)
+        rps = ok / wall
+        rows.append((f"HTTP {mode}", f"{concurrency} client threads, {seconds:.0f} s, same 2 cores",
+                     (f"{rps:.0f} req/s; client p50 {np.percentile(a, 50):.1f} ms, p99 {np.percentile(a, 99):.1f} ms; "
+                     f"server p50 {m['p50_ms']:.2f} ms p99 {m['p99_ms']:.2f} ms; 200s {ok}, other {other}, "
+                     f"logged {logged}"), ">= 500 req/s, logged == 200s",
+                     ("ok" if rps >= 500 else "MISSED rate") + ("" if logged == ok else " LOST RECORDS")))
+    return rows
+
+
+def _load(url: str, bodies: list[dict], seconds: float, concurrency: int):
+    """Closed-loop load: ``concurrency`` threads posting for ``seconds``; (200s, others, latencies ms, wall s)."""
+    import httpx
+
+    stop = time.monotonic() + seconds
+    counter = iter(range(len(bodies)))
+    lock = threading.Lock()
+    ok, other, lat = [0], [0], []
+
+    def worker():
+        with httpx.Client(base_url=url, timeout=10) as c:
+            while time.monotonic() < stop:
+                with lock:
+                    i = next(counter)
+                t = time.perf_counter()
+                r = c.post("/predict", json=bodies[i])
+                dt_ms = (time.perf_counter() - t) * 1000
+                with lock:
+                    if r.status_code == 200:
+                        ok[0] += 1
+                        lat.append(dt_ms)
+                    else:
+                        other[0] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return ok[0], other[0], lat, time.perf_counter() - t0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.serving")
+    p.add_argument("--queries", type=int, default=1_000_000)
+    p.add_argument("--entities", type=int, default=100_000)
+    p.add_argument("--events", type=int, default=5_000_000)
+    p.add_argument("--days", type=int, default=60)
+    p.add_argument("--http-seconds", type=float, default=15.0)
+    p.add_argument("--skip-skew", action="store_true")
+    p.add_argument("--skip-http", action="store_true")
+    args = p.parse_args(argv)
+    rows = []
+    day = "1997-04-10"
+    with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
+        root = Path(tmp)
+        cfg = cdnow_lake(root, day)
+        rows += bench_inprocess(cfg, day)
+        if not args.skip_http:
+            rows += bench_http(cfg, root, day, args.http_seconds)
+        if not args.skip_skew:
+            rows += bench_skew(root, args.queries, args.entities, args.events, args.days)
+    load = os.getloadavg()
+    lines = [(f"\n## bench.serving {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+              f"load avg {load[0]:.1f} (shared machine)\n"),
+             "| measurement | setup | result | target | status |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(map(str, r))} |" for r in rows]
+    text = "\n".join(lines)
+    print(text)
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Serving log: every response's record, written ahead to a local append-only file, then to the lake.
+
+Path of a record:
+
+1. The request handler builds the record (allowlisted fields only, :func:`make_record`) and
+   calls :meth:`ServingLog.submit`, which puts it on a bounded queue and returns a future.
+   A full queue raises :class:`LogQueueFull`: the counter ``queue_full`` goes up, an alert is
+   sent (rate-limited), and the service answers 503 — it never sends a 200 it did not log.
+2. One writer thread drains the queue in batches (group commit): one ``os.write`` of the batch's
+   JSON lines to the current WAL segment ``<wal_dir>/segment-<time_ns>-<pid>.jsonl``, then resolves the
+   futures. The handler awaits its future before answering, so an acknowledged (200) record is
+   in the file.
+3. ``publish(ds)`` reads every segment and writes the records whose request time falls on day
+   ``ds`` to ``serving_logs/ds=D`` (Parquet + manifest, replacing the partition whole: idempotent).
+
+fsync policy (``fsync=``):
+
+* ``"interval"`` (default): data reach the OS page cache before the 200 (survives ``kill -9``
+  and any process crash); the file is fsync'ed at most every ``fsync_interval_s`` (0.2 s), so a
+  power loss or kernel crash can lose at most that window.
+* ``"always"``: fsync each batch before acknowledging it (survives power loss; costs a disk
+  flush per batch, amortised over the batch by the group commit).
+* ``"never"``: leave flushing to the OS.
+
+Recovery: a torn last line (a write cut by a crash) was never acknowledged; readers skip it.
+Segments are never rewritten or appended to after their process ends: every start opens a new
+one, named by time and pid, so several workers (``uvicorn --workers N``) can share a WAL dir.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features.spec import FeatureSet
+
+log = logging.getLogger(__name__)
+
+SERVING_LOGS_TABLE = "serving_logs"
+FSYNC_POLICIES = ("interval", "always", "never")
+
+#: Fields a serving-log record may carry besides the feature values. Anything else a client
+#: sends (names, e-mails, addresses...) is dropped: the log holds ids, not raw PII.
+BASE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
+    ("request_id", pa.string()),
+    ("entity_id", pa.int64()),
+    ("request_time", pa.timestamp("us", tz="UTC")),
+    ("served_at", pa.timestamp("us", tz="UTC")),
+    ("mode", pa.string()),
+    ("feature_set", pa.string()),
+    ("feature_set_fingerprint", pa.string()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("score", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("degraded", pa.bool_()),
+    ("degraded_reason", pa.string()),
+    ("snapshot_ds", pa.string()),
+)
+_TIME_FIELDS = ("request_time", "served_at")
+
+
+class LogQueueFull(Exception):
+    """The serving log's queue is full; the record was not accepted."""
+
+
+def log_schema(fs: FeatureSet) -> pa.Schema:
+    fields = [pa.field(n, t) for n, t in BASE_FIELDS]
+    fields += [pa.field(f.name, pa.int64() if f.is_integer else pa.float64()) for f in fs.features]
+    return pa.schema(fields)
+
+
+def allowed_fields(fs: FeatureSet) -> tuple[str, ...]:
+    return tuple(n for n, _ in BASE_FIELDS) + fs.feature_names
+
+
+def make_record(fs: FeatureSet, **fields) -> dict:
+    """A record with exactly the allowlisted fields (missing ones null); times as int microseconds UTC."""
+    rec = {}
+    for name in allowed_fields(fs):
+        v = fields.get(name)
+        if name in _TIME_FIELDS and v is not None and not isinstance(v, int):
+            v = int(pd.Timestamp(v).value // 1000)
+        rec[name] = v
+    return rec
+
+
+class ServingLog:
+    """Bounded queue -> writer thread -> WAL segments; ``publish(ds)`` -> ``serving_logs/ds=D``."""
+
+    def __init__(self, wal_dir: str | os.PathLike, fs: FeatureSet, *, queue_size: int = 10_000,
+                 batch_size: int = 1024, fsync: str = "interval", fsync_interval_s: float = 0.2,
+                 segment_bytes: int = 256 << 20, notifier=None):
+        if fsync not in FSYNC_POLICIES:
+            raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        self.wal_dir = Path(wal_dir)
+        self.fs = fs
+        self.batch_size, self.fsync, self.fsync_interval_s = batch_size, fsync, fsync_interval_s
+        self.segment_bytes = segment_bytes
+        self.notifier = notifier
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._fd: int | None = None
+        self._seg_size = 0
+        self._last_fsync = 0.0
+        self._last_alert = 0.0
+        self.written = 0
+        self.queue_full = 0
+        self.batches = 0
+        self.write_errors = 0
+        self.recovered = 0
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> ServingLog:
+        self.wal_dir.mkdir(parents=True, exist_ok=True)
+        self.recovered = self._recover()
+        self._open_segment()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="serving-log-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Drain the queue, fsync and close (clean shutdown)."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    # ---- request side ---------------------------------------------------------------------
+    def submit(self, record: dict) -> cf.Future:
+        """Queue a record; the future resolves once it is in the WAL. Raises LogQueueFull."""
+        fut: cf.Future = cf.Future()
+        try:
+            self._queue.put_nowait((record, fut))
+        except queue.Full:
+            self.queue_full += 1
+            self._alert_full()
+            raise LogQueueFull(f"serving log queue full ({self._queue.maxsize} records)") from None
+        return fut
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    def _alert_full(self) -> None:
+        now = time.monotonic()
+        if now - self._last_alert < 10:  # every drop is counted; alerts are rate-limited
+            return
+        self._last_alert = now
+        msg = (f"serving log queue full: {self.queue_full} record(s) refused so far "
+               f"(queue size {self._queue.maxsize}); requests answered 503")
+        log.error(msg)
+        if self.notifier is not None:
+            try:
+                self.notifier(msg)
+            except Exception:  # an alerting failure must not take the service down (logged)
+                log.exception("alert notifier failed")
+
+    # ---- writer thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                first = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                if self._stop.is_set():
+                    return
+                self._maybe_fsync(force=False)
+                continue
+            batch = [first]
+            while len(batch) < self.batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write_batch(batch)
+
+    def _write_batch(self, batch) -> None:
+        data = "".join(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n" for rec, _ in batch).encode()
+        try:
+            if self._seg_size + len(data) > self.segment_bytes and self._seg_size:
+                self._open_segment()
+            view = memoryview(data)
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+            self._seg_size += len(data)
+            self._maybe_fsync(force=self.fsync == "always")
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request (503), never lost
+            self.write_errors += len(batch)
+            for _, fut in batch:
+                fut.set_exception(exc)
+            return
+        self.written += len(batch)
+        self.batches += 1
+        for _, fut in batch:
+            fut.set_result(True)
+
+    def _maybe_fsync(self, force: bool) -> None:
+        if self._fd is None or self.fsync == "never":
+            return
+        now = time.monotonic()
+        if force or now - self._last_fsync >= self.fsync_interval_s:
+            os.fsync(self._fd)
+            self._last_fsync = now
+
+    def _segments(self) -> list[Path]:
+        return sorted(self.wal_dir.glob("segment-*.jsonl"))
+
+    def _open_segment(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+        # Unique per process and time: several service workers may share one WAL directory.
+        path = self.wal_dir / f"segment-{time.time_ns():020d}-{os.getpid()}.jsonl"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        self._seg_size = 0
+        dfd = os.open(self.wal_dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # the new segment's directory entry survives a power loss
+        finally:
+            os.close(dfd)
+
+    def _recover(self) -> int:
+        """Complete records already on disk. A torn last line (a write cut by a crash) is never
+        acknowledged; readers skip it, and no writer appends after it (a start opens a new segment)."""
+        n = 0
+        for seg in self._segments():
+            data = seg.read_bytes()
+            n += data.count(b"\n", 0, data.rfind(b"\n") + 1)
+        return n
+
+    # ---- reading and publishing -------------------------------------------------------------
+    def read_records(self) -> pd.DataFrame:
+        return read_wal(self.wal_dir, self.fs)
+
+    def publish(self, cfg, ds: str):
+        return publish(cfg, self.wal_dir, self.fs, ds)
+
+
+def read_wal(wal_dir, fs: FeatureSet) -> pd.DataFrame:
+    """Every complete record in the WAL segments, as a frame in ``log_schema(fs)``."""
+    rows = []
+    for seg in sorted(Path(wal_dir).glob("segment-*.jsonl")):
+        data = seg.read_bytes()
+        end = data.rfind(b"\n") + 1  # a line being written right now is not complete yet
+        for line in data[:end].splitlines():
+            if line:
+                rows.append(json.loads(line))
+    return records_frame(rows, fs)
+
+
+def records_frame(rows: list[dict], fs: FeatureSet) -> pd.DataFrame:
+    schema = log_schema(fs)
+    cols = {}
+    for field in schema:
+        vals = [r.get(field.name) for r in rows]
+        if field.name in _TIME_FIELDS:
+            arr = pa.array(vals, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+        else:
+            arr = pa.array(vals, field.type)
+        cols[field.name] = arr
+    return pa.table(cols, schema=schema).to_pandas()
+
+
+def publish(cfg, wal_dir, fs: FeatureSet, ds: str):
+    """Write the WAL's records of request day ``ds`` to ``serving_logs/ds=D`` (replaces the partition)."""
+    frame = read_wal(wal_dir, fs)
+    day = frame["request_time"].dt.strftime("%Y-%m-%d") == ds
+    part = frame[day].drop_duplicates("request_id").sort_values(["request_time", "request_id"], ignore_index=True)
+    table = cfg.lake().table(SERVING_LOGS_TABLE, log_schema(fs))
+    producer = {"job": "serving_log.publish", "feature_set": fs.name, "wal_dir": str(wal_dir)}
+    return table.write_partition(ds, pa.Table.from_pandas(part, schema=log_schema(fs), preserve_index=False),
+                                 producer=producer)
+
+
+def feature_frame(logs: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
+    """The logged feature values as the kernel's dtypes (counts int64, others float64, NaN = null)."""
+    out = {}
+    for f in fs.features:
+        col = logs[f.name]
+        out[f.name] = col.to_numpy(dtype=np.int64) if f.is_integer else col.to_numpy(dtype=np.float64, na_value=np.nan)
+    return pd.DataFrame(out, index=logs.index)
+
+
+def add_parsers(subparsers) -> None:
+    """``lockstep publish-serving-log --ds D [--wal-dir DIR]``: WAL records of day D -> serving_logs/ds=D."""
+    p = subparsers.add_parser("publish-serving-log", help="rotate the serving WAL's records of a day into serving_logs/ds=D")
+    p.add_argument("--ds", required=True)
+    p.add_argument("--wal-dir", default=".lockstep/serving_wal")
+    p.add_argument("--feature-set", default="customer_activity_v1")
+    p.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args) -> int:
+    from features import registry
+    from jobs.config import Config
+
+    cfg = Config.from_env(lake_root=getattr(args, "lake", None))
+    m = publish(cfg, args.wal_dir, registry.get(args.feature_set), args.ds)
+    print(f"serving_logs/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
+    return 0

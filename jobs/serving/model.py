@@ -1,0 +1,149 @@
+"""What the service and the skew job need from a model, and where models come from.
+
+:class:`Model` is the minimal protocol (``predict(features_frame) -> scores``, ``name``,
+``version``, ``feature_set_fingerprint``, ``feature_names``). :class:`ModelSource` gives the
+champion and loads a model by (name, version) — for re-scoring logged rows with the exact
+version that served them. :class:`RegistrySource` adapts ``jobs.registry`` when it is
+installed (MLflow-backed, LightGBM boosters); :class:`StaticSource` holds models in memory (tests, benchmarks).
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+
+@runtime_checkable
+class Model(Protocol):
+    name: str
+    version: str
+    feature_set_fingerprint: str
+    feature_names: tuple[str, ...]
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray: ...
+
+
+class ModelSource(Protocol):
+    def champion(self) -> Model: ...
+
+    def load(self, name: str, version: str) -> Model: ...
+
+    def training_features(self, model: Model) -> pd.DataFrame | None:
+        """The features the model was trained on (drift reference), or None if unknown."""
+        ...
+
+
+class StaticSource:
+    """Models held in memory; the first one given is the champion unless named."""
+
+    def __init__(self, *models: Model, champion: tuple[str, str] | None = None,
+                 training: dict[tuple[str, str], pd.DataFrame] | None = None):
+        self._models = {(m.name, str(m.version)): m for m in models}
+        self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
+        self._training = dict(training or {})
+
+    def champion(self) -> Model:
+        if self._champion is None:
+            raise LookupError("no champion model")
+        return self._models[self._champion]
+
+    def load(self, name: str, version: str) -> Model:
+        try:
+            return self._models[(name, str(version))]
+        except KeyError:
+            raise LookupError(f"no model {name!r} version {version!r}") from None
+
+    def training_features(self, model: Model) -> pd.DataFrame | None:
+        return self._training.get((model.name, str(model.version)))
+
+
+class LinearModel:
+    """A logistic model over the features (nulls as 0): a deterministic stand-in for tests and benches."""
+
+    def __init__(self, name: str, version: str, feature_set_fingerprint: str, feature_names, weights=None,
+                 bias: float = 0.0):
+        self.name, self.version = name, str(version)
+        self.feature_set_fingerprint = feature_set_fingerprint
+        self.feature_names = tuple(feature_names)
+        w = np.asarray(weights if weights is not None else np.linspace(-0.05, 0.05, len(self.feature_names)))
+        self.weights, self.bias = w.astype(np.float64), float(bias)
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        x = features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=0.0)
+        x = np.nan_to_num(x)
+        z = np.full(len(x), self.bias)
+        for j, w in enumerate(self.weights):  # fixed order: a row's score does not depend on the batch
+            z = z + x[:, j] * w
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+class BoosterModel:
+    """A registry version (``jobs.registry.LoadedModel``: LightGBM booster + lineage) as a serving Model."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.name = loaded.info.name
+        self.version = str(loaded.info.version)
+        self.feature_set_fingerprint = loaded.lineage.get("feature_set_fingerprint", "")
+        self.feature_names = tuple(loaded.lineage.get("feature_names") or ())
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        # The scoring job's dtype contract: one float64 matrix, nulls as NaN.
+        x = features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+        return self.loaded.booster.predict(x)
+
+
+class RegistrySource:
+    """Adapter over ``jobs.registry.Registry`` (MLflow): champion alias, load by name/version.
+
+    Drift reference: the feature columns of the training-set partitions in the champion's lineage
+    (``training_set_fingerprints``, restricted to the ``train`` range when recorded), at most
+    ``max_training_rows`` rows.
+    """
+
+    def __init__(self, cfg, model_name: str | None = None, max_training_rows: int = 500_000):
+        from jobs.registry import (
+            Registry,  # ImportError when the registry is not installed
+        )
+
+        self.cfg = cfg
+        self.registry = Registry.from_config(cfg)
+        if model_name is None:
+            from jobs.train import DEFAULT_MODEL
+
+            model_name = DEFAULT_MODEL
+        self.model_name, self.max_training_rows = model_name, max_training_rows
+        self._cache: dict[tuple[str, str], BoosterModel] = {}
+
+    def champion(self) -> Model:
+        from jobs.registry import CHAMPION
+
+        m = BoosterModel(self.registry.load(self.model_name, CHAMPION))
+        self._cache[(m.name, m.version)] = m
+        return m
+
+    def load(self, name: str, version: str) -> Model:
+        key = (name, str(version))
+        if key not in self._cache:
+            self._cache[key] = BoosterModel(self.registry.load(name, int(version)))
+        return self._cache[key]
+
+    def training_features(self, model: Model) -> pd.DataFrame | None:
+        lineage = getattr(model, "loaded", None) and model.loaded.lineage
+        if not lineage:
+            return None
+        parts = lineage.get("training_set_fingerprints") or {}
+        train = (lineage.get("ranges") or {}).get("train")
+        lake = self.cfg.lake()
+        frames, rows = [], 0
+        for key in sorted(parts):
+            table, _, ds = key.rpartition("/ds=")
+            if train and not (str(train[0]) <= ds <= str(train[1])):
+                continue
+            frame = lake.table(table).read(ds, columns=list(model.feature_names))
+            frames.append(frame)
+            rows += len(frame)
+            if rows >= self.max_training_rows:
+                break
+        return pd.concat(frames, ignore_index=True) if frames else None

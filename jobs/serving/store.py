@@ -1,0 +1,265 @@
+"""Online store for the serving path: an entity's events (fresh mode) behind an in-process L1 cache.
+
+Two backends behind one interface (``events(entity_id) -> DataFrame``):
+
+* :class:`EmbeddedStore` (default): an in-process dict ``entity -> its events`` loaded from the
+  lake's ``raw_events``. Why not SQLite: the reference service is one process, the store is
+  read-only between loads, and the kernel wants a DataFrame per entity anyway; a dict lookup costs
+  nanoseconds and needs no extra dependency, while SQLite would add a query plus a DataFrame
+  build per request. It holds ``fs.horizon_days`` of history per entity — all of it for
+  ``customer_activity_v1`` (lifetime features) — so it is for data that fits in one process.
+* :class:`RedisStore`: one key per entity holding its events as an Arrow IPC stream (a safe,
+  typed encoding: no pickle from the network). For data that outgrows a process or is shared by
+  several service replicas. The per-request timeout is the socket timeout of the client.
+
+:class:`L1Cache` sits in front of either (LRU + TTL). A store failure or timeout raises
+:class:`StoreUnavailable`; the service then serves declared defaults and flags the record
+``degraded`` (see ``jobs.serving.app``).
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features.spec import FeatureSet
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time or failed; ``reason`` is ``store_timeout`` or ``store_error``."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class EventStore(Protocol):
+    def events(self, entity_id: int) -> pd.DataFrame: ...
+
+
+def _empty_events(fs: FeatureSet) -> pd.DataFrame:
+    from jobs.schemas import RAW_EVENTS
+
+    cols = [c for c in fs.event_columns]
+    return RAW_EVENTS.empty_table().to_pandas()[cols] if set(cols) <= set(RAW_EVENTS.names) else \
+        pd.DataFrame({c: [] for c in cols})
+
+
+def read_lake_events(cfg, fs: FeatureSet, ds_to: str | None = None) -> pd.DataFrame:
+    """All raw events ingested up to ``ds_to`` (default: every published partition), ``fs.event_columns``."""
+    from jobs.schemas import RAW_EVENTS_TABLE
+
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    first, last = raw.first_ds(), raw.last_ds()
+    if first is None:
+        return _empty_events(fs)
+    return raw.read(first, ds_to or last, columns=list(fs.event_columns))
+
+
+class EmbeddedStore:
+    """In-process ``entity -> events`` map (see the module docstring for why)."""
+
+    def __init__(self, fs: FeatureSet, events: pd.DataFrame | None = None):
+        self.fs = fs
+        self._by_entity: dict[int, pd.DataFrame] = {}
+        self._spans: dict[int, tuple[int, int]] = {}
+        self._empty = _empty_events(fs)
+        if events is not None:
+            self.load(events)
+
+    @classmethod
+    def from_lake(cls, cfg, fs: FeatureSet, ds_to: str | None = None) -> EmbeddedStore:
+        return cls(fs, read_lake_events(cfg, fs, ds_to))
+
+    def load(self, events: pd.DataFrame) -> None:
+        """Replace the contents with ``events`` (all entities).
+
+        Events are sorted by entity once; an entity's frame is a slice of that, cut on first use.
+        """
+        ev = events[list(self.fs.event_columns)].sort_values(self.fs.entity, kind="stable", ignore_index=True)
+        keys = ev[self.fs.entity].to_numpy()
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
+        ends = np.r_[starts[1:], len(keys)]
+        self._sorted = ev
+        self._spans = {int(keys[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        self._by_entity = {}
+
+    def events(self, entity_id: int) -> pd.DataFrame:
+        key = int(entity_id)
+        got = self._by_entity.get(key)
+        if got is None:
+            span = self._spans.get(key)
+            if span is None:
+                return self._empty
+            got = self._by_entity[key] = self._sorted.iloc[span[0]:span[1]].reset_index(drop=True)
+        return got
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+
+class RedisStore:
+    """Events per entity in Redis under ``<prefix>:<entity>`` as Arrow IPC streams."""
+
+    def __init__(self, fs: FeatureSet, url: str, timeout_s: float = 0.05, prefix: str | None = None):
+        import redis
+
+        self.fs = fs
+        self.prefix = prefix or f"lockstep:{fs.name}:events"
+        self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._errors = (redis.exceptions.RedisError, OSError)
+        self._timeout_errors = (redis.exceptions.TimeoutError,)
+        self._empty = _empty_events(fs)
+
+    def key(self, entity_id: int) -> str:
+        return f"{self.prefix}:{int(entity_id)}"
+
+    def load(self, events: pd.DataFrame, batch: int = 2000) -> int:
+        """Write every entity's events (replacing what is there); returns the number of entities."""
+        ev = events[list(self.fs.event_columns)].sort_values(self.fs.entity, kind="stable", ignore_index=True)
+        table = pa.Table.from_pandas(ev, preserve_index=False)
+        keys = ev[self.fs.entity].to_numpy()
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
+        ends = np.r_[starts[1:], len(keys)]
+        pipe = self._client.pipeline(transaction=False)
+        for i, (a, b) in enumerate(zip(starts, ends), 1):
+            pipe.set(self.key(keys[a]), _to_ipc(table.slice(int(a), int(b - a))))
+            if i % batch == 0:
+                pipe.execute()
+        pipe.execute()
+        return len(starts)
+
+    def events(self, entity_id: int) -> pd.DataFrame:
+        try:
+            payload = self._client.get(self.key(entity_id))
+        except self._timeout_errors as exc:
+            raise StoreUnavailable("store_timeout", str(exc)) from None
+        except self._errors as exc:
+            raise StoreUnavailable("store_error", str(exc)) from None
+        if payload is None:
+            return self._empty
+        return pa.ipc.open_stream(payload).read_all().to_pandas()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except self._errors:
+            return False
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+class L1Cache:
+    """LRU + TTL cache of an entity's events in front of a store; counts hits and misses.
+
+    A TTL bounds how stale a cached history can be (events ingested while an entry is cached are
+    not seen until it expires); ``ttl_s=0`` disables caching.
+    """
+
+    def __init__(self, store: EventStore, max_entries: int = 10_000, ttl_s: float = 1.0,
+                 clock=time.monotonic):
+        self.store, self.max_entries, self.ttl_s, self._clock = store, max_entries, ttl_s, clock
+        self._entries: OrderedDict[int, tuple[float, pd.DataFrame]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def events(self, entity_id: int) -> pd.DataFrame:
+        key = int(entity_id)
+        now = self._clock()
+        if self.ttl_s > 0:
+            with self._lock:
+                got = self._entries.get(key)
+                if got is not None and now - got[0] < self.ttl_s:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return got[1]
+                self.misses += 1
+        else:
+            self.misses += 1
+        frame = self.store.events(key)  # may raise StoreUnavailable: nothing is cached then
+        if self.ttl_s > 0:
+            with self._lock:
+                self._entries[key] = (now, frame)
+                self._entries.move_to_end(key)
+                while len(self._entries) > self.max_entries:
+                    self._entries.popitem(last=False)
+        return frame
+
+    @property
+    def hit_rate(self) -> float | None:
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+class SnapshotVectors:
+    """Materialized mode: the snapshot vector of the last completed day, per entity.
+
+    For a request at ``t`` the vector comes from ``feature_snapshots/<set>/ds=date(t)-1`` (as
+    known at ``date(t)`` 00:00 UTC). Partitions are loaded from the lake on first use and the
+    last ``keep_days`` are kept in process.
+    """
+
+    def __init__(self, cfg, fs: FeatureSet, keep_days: int = 2):
+        self.cfg, self.fs, self.keep_days = cfg, fs, keep_days
+        self._days: OrderedDict[str, dict[int, tuple] | None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def ds_for(request_time: pd.Timestamp) -> str:
+        return (request_time.tz_convert("UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+
+    def vector(self, entity_id: int, request_time: pd.Timestamp) -> tuple[str, tuple | None]:
+        """(ds, values in ``fs.feature_names`` order); values None for an entity with no history.
+
+        Raises StoreUnavailable("no_snapshot") when the partition does not exist.
+        """
+        ds = self.ds_for(request_time)
+        day = self._day(ds)
+        if day is None:
+            raise StoreUnavailable("no_snapshot", f"feature_snapshots/{self.fs.name}/ds={ds} is not published")
+        return ds, day.get(int(entity_id))
+
+    def _day(self, ds: str):
+        with self._lock:
+            if ds in self._days:
+                self._days.move_to_end(ds)
+                return self._days[ds]
+        from jobs.lake import MissingPartitionError
+        from jobs.snapshots import snapshot_table
+
+        table = snapshot_table(self.cfg.lake(), self.fs)
+        try:
+            frame = table.read(ds)
+        except MissingPartitionError:
+            frame = None
+        day = None
+        if frame is not None:
+            names = list(self.fs.feature_names)
+            cols = [frame[n].to_numpy() for n in names]
+            integer = [self.fs.feature(n).is_integer for n in names]
+            day = {}
+            for i, e in enumerate(frame[self.fs.entity].to_numpy()):
+                day[int(e)] = tuple(int(c[i]) if isint else _none_if_nan(float(c[i])) for c, isint in zip(cols, integer))
+        if day is None:
+            return None  # not cached: the partition may be published later
+        with self._lock:
+            self._days[ds] = day
+            while len(self._days) > self.keep_days:
+                self._days.popitem(last=False)
+        return day
+
+
+def _none_if_nan(v: float):
+    return None if math.isnan(v) else v

@@ -1,0 +1,493 @@
+"""Nightly training-serving skew job: ``lockstep skew --ds D``.
+
+For every row of ``serving_logs/ds=D`` the features are recomputed offline at the same
+``(entity, request_time)`` through the engines, in ``known_at`` mode (what the same code computes
+with what the service could have seen) and in ``as_of`` mode (every event that happened before the
+request, however late it arrived), and joined on ``request_id``.
+
+A (row, feature) MISMATCHES when the served value differs from either recomputation beyond the
+feature's tolerance (``Feature.tolerance = (abs, rel)``: ``|a-b| <= abs + rel*|b|``; default exact;
+null equals only null). Each mismatch gets one cause, first match wins:
+
+1. ``degraded``     the service flagged the row (store down/slow): it served declared defaults;
+2. ``late_data``    served == known_at but != as_of: events that arrived after the request (the
+                    served value is what the current code gives, whatever the row's fingerprint);
+3. ``version_skew`` the row's feature-set fingerprint is not the current one;
+4. ``staleness``    the whole served vector equals the entity's vector in one of the
+                    ``lookback_days`` previous daily snapshots (a cache or materialized view);
+5. ``logic_skew``   anything else: same fingerprint, and the same code offline disagrees.
+
+Also: distribution drift of served features against the champion's training features (PSI over
+10 quantile bins of the training data with a separate null bin, natural log, thresholds
+0.1/0.25; Jensen-Shannon divergence over the same bins, log base 2, so in BITS, 0..1), and
+prediction skew (logged rows re-scored with the logged model version; and the served score vs the
+score of the offline known_at features).
+
+Output: ``skew_reports/ds=D`` (one row per feature plus ``__score__``), an HTML page with plots
+(``jobs.skew_report``) and, when a per-feature threshold is crossed, an alert and
+:class:`SkewThresholdError` naming every breach.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from features import registry
+from features.spec import FeatureSet
+from jobs import engines
+from jobs.lake import MissingPartitionError
+from jobs.schemas import RAW_EVENTS_TABLE
+from jobs.serving.log import SERVING_LOGS_TABLE, feature_frame, log_schema
+
+log = logging.getLogger(__name__)
+
+SKEW_REPORTS_TABLE = "skew_reports"
+CAUSES = ("degraded", "version_skew", "late_data", "staleness", "logic_skew")
+SCORE_ROW = "__score__"
+PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
+#: Per-feature maxima; "*" applies to every feature, a feature name overrides it.
+#: Metrics: mismatch_rate, <cause>_rate, psi, js_bits; for __score__: rescore_max_abs_diff.
+DEFAULT_THRESHOLDS = {
+    "*": {"logic_skew_rate": 0.0, "version_skew_rate": 0.0},
+    SCORE_ROW: {"rescore_max_abs_diff": 0.0},
+}
+SAMPLES = 5
+
+REPORT_SCHEMA = pa.schema([
+    ("ds", pa.string()), ("feature", pa.string()), ("rows", pa.int64()), ("compared", pa.int64()),
+    ("both_null", pa.int64()), ("online_only_null", pa.int64()), ("offline_only_null", pa.int64()),
+    ("mismatches", pa.int64()), ("mismatch_rate", pa.float64()),
+    *[(f"{c}", pa.int64()) for c in CAUSES],
+    ("mismatches_vs_as_of", pa.int64()),
+    ("diff_mean", pa.float64()), ("abs_diff_p50", pa.float64()), ("abs_diff_p99", pa.float64()),
+    ("psi", pa.float64()), ("js_bits", pa.float64()), ("drift", pa.string()),
+    ("rescore_max_abs_diff", pa.float64()), ("rescore_mismatches", pa.int64()),
+    ("breaches", pa.string()), ("samples", pa.string()),
+])
+
+
+class SkewThresholdError(Exception):
+    """A per-feature threshold was crossed; ``report`` holds the full result."""
+
+    def __init__(self, message: str, report: SkewReport):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class SkewReport:
+    ds: str
+    table: pd.DataFrame                  # one row per feature + __score__ (REPORT_SCHEMA)
+    causes: pd.DataFrame                 # per logged row x feature: cause code ('' = match)
+    rows: pd.DataFrame                   # logged rows joined with offline values (for samples/plots)
+    breaches: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    html_path: str | None = None
+    fingerprints: dict = field(default_factory=dict)
+
+    def feature(self, name: str) -> dict:
+        return self.table.set_index("feature").loc[name].to_dict()
+
+    def cause_counts(self) -> pd.DataFrame:
+        """feature x cause mismatch counts."""
+        return self.table.set_index("feature").loc[list(self.causes.columns), list(CAUSES)]
+
+
+# ----------------------------------------------------------------------------- comparison
+
+def equal_within(online: np.ndarray, offline: np.ndarray, tol: tuple[float, float]) -> np.ndarray:
+    """Elementwise: null == null, null != value, else ``|a-b| <= abs + rel*|b|`` (exact when (0, 0))."""
+    a, b = np.asarray(online, dtype=np.float64), np.asarray(offline, dtype=np.float64)
+    an, bn = np.isnan(a), np.isnan(b)
+    with np.errstate(invalid="ignore"):
+        if tol == (0.0, 0.0) or tol == (0, 0):
+            close = a == b
+        else:
+            close = np.abs(a - b) <= tol[0] + tol[1] * np.abs(b)
+    return np.where(an | bn, an & bn, close)
+
+
+def attribute(fs: FeatureSet, served: pd.DataFrame, known: pd.DataFrame, as_of: pd.DataFrame,
+              stale: list[pd.DataFrame], current_fp: np.ndarray, degraded: np.ndarray) -> pd.DataFrame:
+    """Cause per (row, feature): '' for a match, else one of CAUSES (see the module docstring)."""
+    n = len(served)
+    stale_row = np.zeros(n, dtype=bool)
+    for snap in stale:  # the whole vector must equal one older snapshot's
+        same = np.ones(n, dtype=bool)
+        for f in fs.features:
+            same &= equal_within(served[f.name].to_numpy(), snap[f.name].to_numpy(), (0.0, 0.0))
+        stale_row |= same
+    out = {}
+    for f in fs.features:
+        s = served[f.name].to_numpy()
+        eq_k = equal_within(s, known[f.name].to_numpy(), f.tolerance)
+        eq_a = equal_within(s, as_of[f.name].to_numpy(), f.tolerance)
+        mism = ~(eq_k & eq_a)
+        cause = np.select(
+            [~mism, degraded, eq_k, ~current_fp, stale_row],
+            ["", "degraded", "late_data", "version_skew", "staleness"], default="logic_skew")
+        out[f.name] = cause
+    return pd.DataFrame(out, index=served.index)
+
+
+def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame) -> list[dict]:
+    out = []
+    for f in fs.features:
+        s = served[f.name].to_numpy(dtype=np.float64)
+        k = known[f.name].to_numpy(dtype=np.float64)
+        sn, kn = np.isnan(s), np.isnan(k)
+        both = ~sn & ~kn
+        d = s[both] - k[both]
+        c = causes[f.name].to_numpy()
+        mism = c != ""
+        rec = {
+            "feature": f.name, "rows": len(s), "compared": int(both.sum()), "both_null": int((sn & kn).sum()),
+            "online_only_null": int((sn & ~kn).sum()), "offline_only_null": int((~sn & kn).sum()),
+            "mismatches": int(mism.sum()), "mismatch_rate": float(mism.mean()) if len(s) else 0.0,
+            "mismatches_vs_as_of": int((~equal_within(s, as_of[f.name].to_numpy(), f.tolerance)).sum()),
+            "diff_mean": float(d.mean()) if len(d) else None,
+            "abs_diff_p50": float(np.percentile(np.abs(d), 50)) if len(d) else None,
+            "abs_diff_p99": float(np.percentile(np.abs(d), 99)) if len(d) else None,
+        }
+        for cause in CAUSES:
+            rec[cause] = int((c == cause).sum())
+        # Samples of the most actionable causes first (late data is expected, logic skew is a bug).
+        where = np.flatnonzero(mism)
+        rank = np.select([c[where] == k for k in ("logic_skew", "version_skew", "staleness", "degraded")],
+                         [0, 1, 2, 3], default=4)
+        idx = where[np.argsort(rank, kind="stable")[:SAMPLES]]
+        rec["samples"] = json.dumps([{
+            "request_id": rows["request_id"].iat[i], "entity_id": int(rows["entity_id"].iat[i]),
+            "request_time": rows["request_time"].iat[i].isoformat(), "served": _js(s[i]),
+            "known_at": _js(k[i]), "as_of": _js(float(as_of[f.name].iat[i])), "cause": c[i]} for i in idx])
+        out.append(rec)
+    return out
+
+
+def _js(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+# ----------------------------------------------------------------------------- drift
+
+def quantile_edges(train: np.ndarray, bins: int = 10) -> np.ndarray:
+    x = train[~np.isnan(train)]
+    if len(x) == 0:
+        return np.empty(0)
+    return np.unique(np.quantile(x, np.linspace(0, 1, bins + 1)[1:-1]))
+
+
+def _bin_shares(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Shares per bin: (-inf, e1], (e1, e2], ..., (ek, inf), then one bin for nulls."""
+    nan = np.isnan(x)
+    idx = np.searchsorted(edges, x[~nan], side="left")
+    counts = np.bincount(idx, minlength=len(edges) + 1).astype(np.float64)
+    counts = np.append(counts, nan.sum())
+    return counts / max(len(x), 1)
+
+
+def psi_js(train: np.ndarray, served: np.ndarray, bins: int = 10, eps: float = 1e-4) -> tuple[float, float]:
+    """(PSI, Jensen-Shannon divergence in bits) of ``served`` against ``train``."""
+    train = np.asarray(train, dtype=np.float64)
+    served = np.asarray(served, dtype=np.float64)
+    edges = quantile_edges(train, bins)
+    p, q = _bin_shares(train, edges), _bin_shares(served, edges)
+    pe, qe = np.clip(p, eps, None), np.clip(q, eps, None)
+    psi = float(np.sum((qe - pe) * np.log(qe / pe)))
+    m = (p + q) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kl_p = np.where(p > 0, p * np.log2(p / m), 0.0).sum()
+        kl_q = np.where(q > 0, q * np.log2(q / m), 0.0).sum()
+    return psi, float(max(0.0, (kl_p + kl_q) / 2))
+
+
+def drift_level(psi: float | None) -> str:
+    if psi is None or np.isnan(psi):
+        return "n/a"
+    return "major" if psi >= PSI_MAJOR else ("moderate" if psi >= PSI_MODERATE else "stable")
+
+
+# ----------------------------------------------------------------------------- the job
+
+def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, mode: str) -> pd.DataFrame:
+    """Offline features for the logged (entity, request_time), in the order of ``logs``."""
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    first, last = raw.first_ds(), raw.last_ds()
+    if first is None:
+        raise ValueError(f"no raw_events partitions in {cfg.lake().root}")
+    end = min(last, (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
+    queries = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64),
+                            "as_of": logs["request_time"].to_numpy(), "_row": np.arange(len(logs), dtype=np.int64)})
+    frames = engines.run(cfg, fs, raw.files(first, end), queries, mode)
+    out = pd.concat(list(frames), ignore_index=True)
+    out = out.sort_values("_row", ignore_index=True)
+    if len(out) != len(logs) or not (out["_row"].to_numpy() == np.arange(len(logs))).all():
+        raise RuntimeError(f"engine {cfg.engine} returned {len(out)} rows for {len(logs)} queries")
+    return out[list(fs.feature_names)]
+
+
+def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int) -> np.ndarray:
+    """Rows (entity e, time t) with an event of e such that ``event_ts < t <= ingested_at``.
+
+    Such an event arrived at or after the earliest request, so it sits in an ingest partition from
+    that day on: only those few partitions are read.
+    """
+    if not len(logs):
+        return np.zeros(0, dtype=bool)
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    t = logs["request_time"]
+    first = t.min().strftime("%Y-%m-%d")
+    last = min(raw.last_ds(), (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
+    if first > last:
+        return np.zeros(len(logs), dtype=bool)
+    ev = raw.read(first, last, columns=[fs.entity, fs.timestamp, fs.ingested_at])
+    ev = ev[(ev[fs.ingested_at] >= t.min()) & (ev[fs.timestamp] < t.max())]
+    if not len(ev):
+        return np.zeros(len(logs), dtype=bool)
+    rows = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.to_numpy(),
+                         "_row": np.arange(len(logs))})
+    pairs = rows.merge(ev, on=fs.entity, how="inner")
+    hit = (pairs[fs.timestamp] < pairs["_t"]) & (pairs[fs.ingested_at] >= pairs["_t"])
+    mask = np.zeros(len(logs), dtype=bool)
+    mask[pairs.loc[hit, "_row"].to_numpy()] = True
+    return mask
+
+
+def stale_vectors(cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int) -> tuple[list[pd.DataFrame], list[str]]:
+    """Per earlier snapshot (request day - 1 ... - lookback): the entity's vector (defaults when absent)."""
+    from jobs.snapshots import snapshot_table
+
+    table = snapshot_table(cfg.lake(), fs)
+    day = logs["request_time"].dt.tz_convert("UTC").dt.normalize()
+    out, notes = [], []
+    defaults = {f.name: (f.default if f.default is not None else np.nan) for f in fs.features}
+    for lag in range(1, lookback_days + 1):
+        want = (day - pd.Timedelta(days=lag)).dt.strftime("%Y-%m-%d")
+        vec = {f.name: np.full(len(logs), defaults[f.name], dtype=np.float64) for f in fs.features}
+        for snap_ds in pd.unique(want):
+            try:
+                snap = table.read(snap_ds)
+            except MissingPartitionError:
+                notes.append(f"snapshot ds={snap_ds} missing: staleness against it not checked")
+                for v in vec.values():
+                    v[(want == snap_ds).to_numpy()] = np.nan
+                continue
+            rows = np.flatnonzero((want == snap_ds).to_numpy())
+            pos = pd.Index(snap[fs.entity].to_numpy()).get_indexer(logs["entity_id"].to_numpy()[rows])
+            found = pos >= 0
+            for f in fs.features:
+                col = snap[f.name].to_numpy(dtype=np.float64, na_value=np.nan)
+                vec[f.name][rows[found]] = col[pos[found]]
+        out.append(pd.DataFrame(vec))
+    return out, notes
+
+
+def run_skew(cfg, ds: str, *, feature_set: str = "customer_activity_v1", model_source=None,
+             thresholds: dict | None = None, lookback_days: int = 3, late_days: int = 3,
+             notifier=None, html: bool = True, fail: bool = True) -> SkewReport:
+    """Compare ``serving_logs/ds=D`` with offline recomputation; write the report; raise on a breach."""
+    ds = str(pd.Timestamp(ds).date())
+    fs = registry.get(feature_set)
+    lake = cfg.lake()
+    logs = lake.table(SERVING_LOGS_TABLE, log_schema(fs)).read(ds)
+    logs = logs[logs["feature_set"] == fs.name].reset_index(drop=True)
+    notes = []
+    served = feature_frame(logs, fs).reset_index(drop=True)
+    known = recompute(cfg, fs, logs, ds, late_days, "known_at")
+    # as_of differs from known_at only where an event had happened but not yet arrived at the
+    # request time; only those rows are recomputed in as_of mode (the rest are equal by definition).
+    in_flight = in_flight_rows(cfg, fs, logs, ds, late_days)
+    as_of = known.copy()
+    if in_flight.any():
+        sub = recompute(cfg, fs, logs[in_flight].reset_index(drop=True), ds, late_days, "as_of")
+        as_of.loc[in_flight, :] = sub.to_numpy()
+        as_of = as_of.astype(known.dtypes.to_dict())
+    stale, stale_notes = stale_vectors(cfg, fs, logs, lookback_days)
+    notes += sorted(set(stale_notes))
+    current = logs["feature_set_fingerprint"].to_numpy() == fs.fingerprint
+    known_fps = registry.known_fingerprints()
+    fps = logs["feature_set_fingerprint"].value_counts().to_dict()
+    for fp in fps:
+        if fp != fs.fingerprint:
+            notes.append(f"{fps[fp]} row(s) served with fingerprint {fp}"
+                         f"{'' if fp in known_fps else ' (unknown to the registry)'}; current is {fs.fingerprint}")
+    degraded = logs["degraded"].fillna(False).to_numpy(dtype=bool)
+    causes = attribute(fs, served, known, as_of, stale, current, degraded)
+    stats = feature_stats(fs, served, known, as_of, causes, logs)
+    _add_drift(stats, fs, served, logs, model_source, notes)
+    stats.append(_prediction_skew(fs, logs, served, known, model_source, notes))
+    table = pd.DataFrame(stats)
+    table.insert(0, "ds", ds)
+    thresholds = _merge_thresholds(thresholds)
+    breaches = _breaches(table, thresholds)
+    table["breaches"] = [";".join(b for f, b in breaches if f == feat) for feat in table["feature"]]
+    for col in REPORT_SCHEMA.names:
+        if col not in table.columns:
+            table[col] = None
+    table = table[REPORT_SCHEMA.names]
+    rows = logs.join(known.add_prefix("known_at__")).join(as_of.add_prefix("as_of__"))
+    report = SkewReport(ds, table, causes, rows, [f"{f}: {b}" for f, b in breaches], notes,
+                        fingerprints={str(k): int(v) for k, v in fps.items()})
+    lake.table(SKEW_REPORTS_TABLE, REPORT_SCHEMA).write_partition(
+        ds, pa.Table.from_pandas(table, schema=REPORT_SCHEMA, preserve_index=False),
+        producer={"job": "skew", "engine": cfg.engine, "feature_set_fingerprint": fs.fingerprint,
+                  "lookback_days": lookback_days, "late_days": late_days, "thresholds": thresholds},
+        inputs={f"{SERVING_LOGS_TABLE}/ds={ds}": lake.table(SERVING_LOGS_TABLE).manifest(ds).content_fingerprint})
+    if html:
+        from jobs.skew_report import write_html
+
+        report.html_path = write_html(cfg, report, timeseries(cfg, ds))
+    if report.breaches:
+        msg = (f"skew ds={ds}: {len(report.breaches)} threshold breach(es): " + "; ".join(report.breaches)
+               + (f" — report: {report.html_path}" if report.html_path else ""))
+        _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path)
+        if fail:
+            raise SkewThresholdError(msg, report)
+    return report
+
+
+def timeseries(cfg, to_ds: str) -> pd.DataFrame:
+    """Every published skew report up to ``to_ds``, one row per (ds, feature)."""
+    table = cfg.lake().table(SKEW_REPORTS_TABLE, REPORT_SCHEMA)
+    days = [d for d in table.partitions() if d <= to_ds]
+    if not days:
+        return REPORT_SCHEMA.empty_table().to_pandas()
+    return pd.concat([table.read(d) for d in days], ignore_index=True)
+
+
+def _add_drift(stats, fs, served, logs, model_source, notes) -> None:
+    train = None
+    if model_source is not None:
+        try:
+            train = model_source.training_features(model_source.champion())
+        except Exception as exc:  # noqa: BLE001 - drift is informative; a missing reference must not hide skew
+            notes.append(f"drift skipped: no training reference ({exc})")
+    else:
+        notes.append("drift skipped: no model source (registry not configured)")
+    for rec in stats:
+        psi = js = None
+        if train is not None and rec["feature"] in train.columns:
+            psi, js = psi_js(train[rec["feature"]].to_numpy(dtype=np.float64, na_value=np.nan),
+                             served[rec["feature"]].to_numpy(dtype=np.float64))
+        rec["psi"], rec["js_bits"], rec["drift"] = psi, js, drift_level(psi)
+
+
+def _prediction_skew(fs, logs, served, known, model_source, notes) -> dict:
+    rec = {"feature": SCORE_ROW, "rows": len(logs)}
+    if model_source is None or not len(logs):
+        return rec
+    rescored = np.full(len(logs), np.nan)
+    offline = np.full(len(logs), np.nan)
+    for (name, version), idx in logs.groupby(["model_name", "model_version"]).indices.items():
+        try:
+            model = model_source.load(name, version)
+        except Exception as exc:  # noqa: BLE001 - reported as a note; feature skew still counts
+            notes.append(f"prediction skew: cannot load model {name}:{version} ({exc})")
+            continue
+        rescored[idx] = model.predict(served.iloc[idx])
+        offline[idx] = model.predict(known.iloc[idx])
+    logged = logs["score"].to_numpy(dtype=np.float64)
+    ok = ~np.isnan(rescored)
+    d = np.abs(rescored[ok] - logged[ok])
+    od = offline[ok] - logged[ok]
+    rec.update(compared=int(ok.sum()), rescore_max_abs_diff=float(d.max()) if len(d) else None,
+               rescore_mismatches=int((d > 0).sum()), mismatches=int((od != 0).sum()),
+               mismatch_rate=float((od != 0).mean()) if len(od) else None,
+               diff_mean=float(od.mean()) if len(od) else None,
+               abs_diff_p50=float(np.percentile(np.abs(od), 50)) if len(od) else None,
+               abs_diff_p99=float(np.percentile(np.abs(od), 99)) if len(od) else None)
+    return rec
+
+
+def _merge_thresholds(user: dict | None) -> dict:
+    out = {k: dict(v) for k, v in DEFAULT_THRESHOLDS.items()}
+    for k, v in (user or {}).items():
+        out.setdefault(k, {}).update(v)
+    return out
+
+
+def _breaches(table: pd.DataFrame, thresholds: dict) -> list[tuple[str, str]]:
+    out = []
+    for rec in table.to_dict("records"):
+        feat = rec["feature"]
+        limits = dict(thresholds.get("*", {})) if feat != SCORE_ROW else {}
+        limits.update(thresholds.get(feat, {}))
+        for metric, limit in limits.items():
+            if limit is None:
+                continue
+            if metric.endswith("_rate") and metric[:-5] in CAUSES:
+                value = rec[metric[:-5]] / rec["rows"] if rec.get("rows") else 0.0
+            else:
+                value = rec.get(metric)
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            if value > limit:
+                detail = ""
+                if metric[:-5] in CAUSES:
+                    detail = f" ({int(rec[metric[:-5]])} of {int(rec['rows'])} rows)"
+                out.append((feat, f"{metric}={value:.6g} > {limit:g}{detail}"))
+    return out
+
+
+def _alert(cfg, message: str, notifier=None, *, ds: str | None = None, failed=(), report: str | None = None) -> None:
+    """The platform notifier (``jobs.alerts``: alerts log, e-mail, webhook), or ``notifier(message)``."""
+    log.error(message)
+    if notifier is not None:
+        notifier(message)
+        return
+    try:
+        from jobs.alerts import Alert, Notifier
+    except ImportError:
+        return
+    try:
+        Notifier.for_lake(cfg.lake()).send(Alert(
+            title=f"training-serving skew over threshold, ds={ds}", where="lockstep skew", reason=message,
+            what="skew threshold", dataset=SERVING_LOGS_TABLE, partition=ds, failed=list(failed), report=report))
+    except Exception:  # alerting must not mask the failure being reported (logged)
+        log.exception("could not send the skew alert")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_parsers(subparsers) -> None:
+    """``lockstep skew --ds D [--thresholds FILE.json] [--lookback-days N] [--late-days N] [--no-fail]``."""
+    p = subparsers.add_parser("skew", help="compare serving_logs/ds=D with an offline recomputation; report causes")
+    p.add_argument("--ds", required=True)
+    p.add_argument("--feature-set", default="customer_activity_v1")
+    p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "recency_days": {"psi": 0.25}}')
+    p.add_argument("--lookback-days", type=int, default=3)
+    p.add_argument("--late-days", type=int, default=3)
+    p.add_argument("--no-fail", action="store_true", help="report breaches but exit 0")
+    p.set_defaults(func=_cmd_skew)
+
+
+def _cmd_skew(args) -> int:
+    from jobs.config import Config
+
+    cfg = Config.from_env(lake_root=getattr(args, "lake", None), engine=getattr(args, "engine", None))
+    thresholds = None
+    if args.thresholds:
+        with open(args.thresholds) as f:
+            thresholds = json.load(f)
+    source = None
+    try:
+        from jobs.serving.model import RegistrySource
+
+        source = RegistrySource(cfg)
+    except ImportError:
+        pass
+    try:
+        rep = run_skew(cfg, args.ds, feature_set=args.feature_set, model_source=source, thresholds=thresholds,
+                       lookback_days=args.lookback_days, late_days=args.late_days, fail=not args.no_fail)
+    except SkewThresholdError as exc:
+        print(f"lockstep skew: FAILED: {exc}")
+        return 1
+    cc = rep.table.set_index("feature")[list(CAUSES)].sum()
+    print(f"skew ds={rep.ds}: {len(rep.rows)} logged rows; mismatches by cause: {cc.to_dict()}")
+    print(f"report: {rep.html_path}")
+    return 0

@@ -1,0 +1,206 @@
+"""The service in process: API, metrics, PII allowlist, Redis store, degradation, queue-full handling."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from features.online import compute_one
+from jobs.serving.app import Settings, create_app
+from jobs.serving.log import LogQueueFull, ServingLog, make_record, publish, read_wal
+from jobs.serving.replay import plan_day
+from jobs.serving.store import EmbeddedStore, L1Cache, RedisStore, read_lake_events
+
+from .conftest import DAY, FS
+
+
+def _app(lake_cfg, model_source, tmp_path, **kw):
+    settings = Settings(lake_root=lake_cfg.lake_root, wal_dir=str(tmp_path / "wal"),
+                        **{k: v for k, v in kw.items() if k in Settings.__dataclass_fields__})
+    extra = {k: v for k, v in kw.items() if k not in Settings.__dataclass_fields__}
+    return create_app(settings, model_source=model_source, cfg=lake_cfg, **extra)
+
+
+def test_predict_health_metrics_and_pii_allowlist(lake_cfg, model_source, model, tmp_path):
+    app = _app(lake_cfg, model_source, tmp_path, cache_ttl_s=60.0)
+    body = {"entity_id": 5, "request_time": f"{DAY}T12:00:00.123456Z", "email": "jane@example.com",
+            "name": "Jane Doe"}
+    with TestClient(app) as c:
+        assert c.get("/health").json()["status"] == "ok"
+        r1 = c.post("/predict", json=body).json()
+        r2 = c.post("/predict", json={**body, "mode": "materialized"}).json()
+        c.post("/predict", json=body)
+        assert c.post("/predict", json={**body, "mode": "bogus"}).status_code == 422
+        m = c.get("/metrics").json()
+    events = read_lake_events(lake_cfg, FS)
+    want = compute_one(events, 5, pd.Timestamp(f"{DAY}T12:00:00.123456Z"), FS)
+    assert r1["features"] == want and r1["model_version"] == model.version
+    assert r1["feature_set_fingerprint"] == FS.fingerprint and not r1["degraded"]
+    from jobs.snapshots import snapshot_table
+
+    snap = snapshot_table(lake_cfg.lake(), FS).read("1997-04-09").set_index("customer_id").loc[5]
+    assert r2["features"]["recency_days"] == snap["recency_days"] != want["recency_days"]
+    assert r2["features"]["txn_count_365d"] == snap["txn_count_365d"]
+    assert m["ok"] == 3 and m["by_mode"] == {"fresh": 2, "materialized": 1}
+    assert m["cache_hits"] == 1 and m["cache_misses"] == 1 and m["p99_ms"] >= m["p50_ms"] > 0
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "wal").glob("segment-*.jsonl"))
+    assert raw.count(b"\n") == 3
+    assert b"jane" not in raw.lower() and b"doe" not in raw.lower()
+    rec = json.loads(raw.splitlines()[0])
+    assert set(rec) == set(make_record(FS))
+
+
+def test_store_down_serves_defaults_flagged_degraded(lake_cfg, model_source, tmp_path):
+    class Down:
+        def events(self, entity_id):
+            from jobs.serving.store import StoreUnavailable
+            raise StoreUnavailable("store_timeout", "simulated")
+
+    app = _app(lake_cfg, model_source, tmp_path, store=Down())
+    with TestClient(app) as c:
+        r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"}).json()
+        m = c.get("/metrics").json()
+    assert r["degraded"] and r["degraded_reason"] == "store_timeout"
+    assert r["features"]["txn_count_30d"] == 0 and r["features"]["recency_days"] is None
+    assert m["store_errors"] == 1 and m["store_timeouts"] == 1 and m["degraded"] == 1
+    logged = read_wal(tmp_path / "wal", FS)
+    assert logged["degraded"].tolist() == [True] and logged["degraded_reason"].tolist() == ["store_timeout"]
+
+
+def test_full_log_queue_is_counted_alerted_and_refused(lake_cfg, model_source, tmp_path):
+    alerts = []
+    slog = ServingLog(tmp_path / "w", FS, queue_size=2, notifier=alerts.append)  # not started: nothing drains
+    slog.submit(make_record(FS, request_id="a"))
+    slog.submit(make_record(FS, request_id="b"))
+    with pytest.raises(LogQueueFull):
+        slog.submit(make_record(FS, request_id="c"))
+    assert slog.queue_full == 1 and "queue full" in alerts[0]
+
+    class Full(ServingLog):
+        def submit(self, record):
+            self.queue_full += 1
+            raise LogQueueFull("full")
+
+    full = Full(tmp_path / "w2", FS)
+    app = _app(lake_cfg, model_source, tmp_path, serving_log=full)
+    with TestClient(app) as c:
+        r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"})
+        m = c.get("/metrics").json()
+    assert r.status_code == 503 and m["log_queue_full"] == 1 and m["ok"] == 0
+
+
+def test_wal_recovery_skips_torn_tail_and_publish_is_idempotent(lake_cfg, tmp_path):
+    wal = tmp_path / "wal"
+    slog = ServingLog(wal, FS).start()
+    futs = [slog.submit(make_record(FS, request_id=f"r{i}", entity_id=i, request_time=pd.Timestamp(f"{DAY}T0{i}:00Z"),
+                                    feature_set=FS.name, degraded=False, txn_count_7d=i)) for i in range(5)]
+    for f in futs:
+        f.result(5)
+    slog._fd = None  # simulate a crash: no clean close
+    seg = max(wal.glob("segment-*.jsonl"))
+    with open(seg, "ab") as f:
+        f.write(b'{"request_id":"torn","entity')
+    again = ServingLog(wal, FS).start()
+    assert again.recovered == 5
+    assert len(list(wal.glob("segment-*.jsonl"))) == 2  # a restart writes a new segment
+    again.submit(make_record(FS, request_id="r9", entity_id=9, request_time=pd.Timestamp(f"{DAY}T09:00Z"),
+                             feature_set=FS.name, degraded=False, txn_count_7d=9)).result(5)
+    again.close()
+    frame = read_wal(wal, FS)
+    assert sorted(frame.request_id) == ["r0", "r1", "r2", "r3", "r4", "r9"]
+    cfg = lake_cfg.__class__(lake_root=str(tmp_path / "lake"))
+    m1, m2 = publish(cfg, wal, FS, DAY), publish(cfg, wal, FS, DAY)
+    assert m1.rows == 6 and m1.content_fingerprint == m2.content_fingerprint
+    assert cfg.lake().table("serving_logs").read(DAY)["txn_count_7d"].tolist() == [0, 1, 2, 3, 4, 9]
+
+
+def test_l1_cache_ttl_and_lru():
+    calls = []
+
+    class S:
+        def events(self, e):
+            calls.append(e)
+            return e
+
+    now = [0.0]
+    c = L1Cache(S(), max_entries=2, ttl_s=1.0, clock=lambda: now[0])
+    c.events(1), c.events(1), c.events(2), c.events(3)  # 3 evicts 1
+    c.events(1)
+    now[0] = 5.0
+    c.events(3)  # expired
+    assert calls == [1, 2, 3, 1, 3] and c.hits == 1 and c.misses == 5
+
+
+# ----------------------------------------------------------------------------- Redis
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def redis_url(tmp_path):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server not installed (Debian package redis-server; .ci/run installs it)")
+    port = _free_port()
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--enable-debug-command", "yes", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_store_serves_the_same_bits_and_degrades_on_timeout(lake_cfg, lake_events, model_source, tmp_path,
+                                                                   redis_url):
+    events = read_lake_events(lake_cfg, FS)
+    store = RedisStore(FS, redis_url, timeout_s=0.1)
+    assert store.load(events) == events.customer_id.nunique()
+    emb = EmbeddedStore(FS, events)
+    for e in (5, 17, 1234):
+        a, b = store.events(e), emb.events(e)
+        pd.testing.assert_frame_equal(a.sort_values("event_id", ignore_index=True),
+                                      b.sort_values("event_id", ignore_index=True), check_dtype=False)
+    plan = plan_day(lake_events[0], DAY, 60, seed=2)
+    results = {}
+    for name, kw in (("redis", {"redis_url": redis_url, "load_store": False}), ("embedded", {})):
+        app = _app(lake_cfg, model_source, tmp_path / name, cache_ttl_s=0.0, **kw)
+        with TestClient(app) as c:
+            results[name] = [c.post("/predict", json={"entity_id": int(r.entity_id), "request_time":
+                                                      r.request_time.isoformat()}).json()["features"]
+                             for r in plan.itertuples()]
+    assert results["redis"] == results["embedded"]
+
+    app = _app(lake_cfg, model_source, tmp_path / "slow", redis_url=redis_url, load_store=False,
+               store_timeout_ms=50.0, cache_ttl_s=0.0)
+    import redis
+
+    with TestClient(app) as c:
+        t = threading.Thread(target=lambda: redis.Redis.from_url(redis_url).execute_command("DEBUG", "SLEEP", "0.5"))
+        t.start()
+        time.sleep(0.1)
+        t0 = time.perf_counter()
+        r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"}).json()
+        took = time.perf_counter() - t0
+        t.join()
+        m = c.get("/metrics").json()
+    assert r["degraded"] and r["degraded_reason"] == "store_timeout" and took < 0.4
+    assert m["store_timeouts"] == 1
