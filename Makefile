@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench lint clean system-deps
 
 $(STAMP): setup.cfg pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH (Python 3.11)"; exit 1; }
@@ -18,9 +18,12 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(BIN)/lockstep demo
 
-## Run the test suite (what CI runs).
-test: $(STAMP)
+## Run the test suite (what CI runs): also installs the servers the tests start (PostgreSQL, Redis, Chromium).
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest
+
+system-deps:
+	@scripts/install-system-deps.sh
 
 ## Benchmarks (long; not part of the tests).
 bench: $(STAMP)

@@ -106,7 +106,23 @@ def cmd_features(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """Ingest the real CDNOW data and build a month of daily snapshots on the embedded default."""
+    """The whole pipeline on an embedded Airflow (``jobs.demo``), or with ``--no-airflow`` only
+    the CDNOW ingest and a month of daily snapshots."""
+    if args.ui:
+        from jobs import demo
+
+        return demo.main(["ui"] + (["--lake", args.lake] if args.lake else []))
+    if not args.no_airflow:
+        import os
+
+        from jobs import demo
+
+        if args.engine:
+            os.environ["LOCKSTEP_ENGINE"] = args.engine
+        argv = ["run"] + (["--lake", args.lake] if args.lake else []) + \
+            (["--from", args.ds_from] if args.ds_from else []) + (["--days", str(args.days)] if args.days else [])
+        return demo.main(argv)
+    args.ds_from = args.ds_from or DEMO_FROM
     from features import registry
     from jobs.ingest import ingest_cdnow
     from jobs.snapshots import build_snapshots, snapshot_table
@@ -143,9 +159,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--buckets", type=int, help="hash buckets for the Dask/Spark engines (default 16)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="ingest CDNOW and build a month of daily feature snapshots; print where they are")
-    s.add_argument("--from", dest="ds_from", default=DEMO_FROM)
-    s.add_argument("--to", dest="ds_to", default=DEMO_TO)
+    s = sub.add_parser("demo", help="run the whole pipeline on an embedded Airflow over CDNOW; print where the outputs are")
+    s.add_argument("--from", dest="ds_from", default=None, help="first features day")
+    s.add_argument("--days", type=int, default=None, help="features days to backfill (Airflow demo)")
+    s.add_argument("--to", dest="ds_to", default=DEMO_TO, help="last snapshot day (--no-airflow)")
+    s.add_argument("--no-airflow", action="store_true", help="only ingest CDNOW and build snapshots, without Airflow")
+    s.add_argument("--ui", action="store_true", help="open the demo's Airflow (airflow standalone) instead")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("ingest-cdnow", help="land the shipped CDNOW log as raw_events partitions by ingest date")
@@ -175,6 +194,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("features", help="list the feature sets, their fingerprints and (-v) their features")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(func=cmd_features)
+
+    # The jobs of the other stages declare their own subcommands.
+    from jobs import labels, scoring, skew, sql, train, training_set
+    from jobs.serving import app as serving_app
+    from jobs.serving import log as serving_log
+    from jobs.serving import replay as serving_replay
+    from jobs.validate import add_validate_parser
+
+    add_validate_parser(sub)
+    for module in (labels, training_set, train, scoring, sql, serving_app, serving_log, serving_replay, skew):
+        module.add_parsers(sub)
     return p
 
 

@@ -110,7 +110,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
                 fut.release()
                 bar.update()
     finally:
-        c.cancel(jobs)
+        _cancel(c, jobs)
     for paths in (*events_by_bucket.values(), *queries_by_bucket.values()):
         paths.sort()  # part-<file index>: a deterministic read order
     log.info("dask: bucketed %d file(s) into %d bucket(s) in %.1fs", len(jobs), n_buckets, time.monotonic() - t0)
@@ -139,7 +139,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
                     yielded += 1
                     yield _read(path, opts)
     finally:
-        c.cancel(futs)  # a consumer that stops early (or a failed task) leaves nothing running
+        _cancel(c, futs)  # a consumer that stops early (or a failed task) leaves nothing running
     if not yielded:
         yield _empty_result(fs, queries, events_schema, mode, opts)
     log.info("dask: %d bucket(s) computed in %.1fs", len(futs), time.monotonic() - t0)
@@ -181,6 +181,22 @@ def _empty_result(fs, queries, events_schema, mode, opts) -> pd.DataFrame:
         schema = file_schema(queries[0], fs.entity, None, opts) if queries else default_queries_schema(fs)
         q = normalize_table(schema.empty_table(), fs.entity).to_pandas()
     return kernel.compute(events, q, fs, mode)
+
+
+def _cancel(c: Client, futures, timeout: float = 60.0) -> None:
+    """Cancel ``futures`` and wait until none of them is still running on a worker.
+
+    Cancelling does not stop a task already running; one that finishes after the
+    scratch directory was removed would write its output into a re-created one.
+    """
+    keys = {f.key for f in futures}
+    c.cancel(futures)
+    deadline = time.monotonic() + timeout
+    while keys and time.monotonic() < deadline:
+        running = {k for ks in c.processing().values() for k in ks}
+        if not running & keys:
+            return
+        time.sleep(0.05)
 
 
 def _remove(root: str, opts: dict) -> None:

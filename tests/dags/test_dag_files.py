@@ -1,0 +1,126 @@
+"""Every DAG file parses fast and cleanly, and carries the platform's conventions."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DAGS = REPO / "dags"
+EXPECTED = {"features_daily", "training", "batch_scoring", "skew_nightly"}
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    import airflow.sdk  # noqa: F401 - Airflow itself is loaded in the DAG processor before any file
+    from airflow.dag_processing.dagbag import DagBag
+
+    DagBag(dag_folder=str(DAGS), known_pools={"lockstep"})  # warm: the processor re-parses every few seconds
+    return DagBag(dag_folder=str(DAGS), known_pools={"lockstep"})
+
+
+def test_dag_files_import_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    assert EXPECTED <= set(dagbag.dag_ids)
+
+
+def test_each_dag_file_parses_well_under_a_second(dagbag):
+    slow = {s.file: s.duration.total_seconds() for s in dagbag.dagbag_stats if s.duration.total_seconds() > 1.0}
+    assert not slow, f"DAG files too slow to parse (heavy imports or I/O at module level?): {slow}"
+
+
+def test_parsing_a_dag_file_imports_no_heavy_module():
+    # A fresh interpreter: what does importing every DAG file pull in besides Airflow?
+    code = (
+        "import sys, runpy, glob\n"
+        f"for f in sorted(glob.glob({str(DAGS)!r} + '/*.py')): runpy.run_path(f)\n"
+        "heavy = [m for m in ('pandas', 'pyarrow', 'pyspark', 'dask', 'lightgbm', 'great_expectations', "
+        "'jobs.lake', 'jobs.config') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    heavy = set(filter(None, out.stdout.strip().split(",")))
+    heavy -= {"pandas"}  # Airflow itself may import pandas lazily in some providers; the others must not appear
+    assert heavy == set(), f"DAG files import heavy modules at parse time: {heavy}"
+
+
+def test_ruff_airflow_rules_are_clean():
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "AIR", str(DAGS)],
+                          capture_output=True, text=True, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("dag_id", sorted(EXPECTED))
+def test_dag_conventions(dagbag, dag_id):
+    from jobs import orchestration as o
+
+    dag = dagbag.dags[dag_id]
+    assert dag.doc_md and len(dag.doc_md) > 200, "doc_md explains inputs and outputs"
+    assert dag.max_active_runs <= 4
+    assert not dag.catchup, "backfills are explicit"
+    assert "lockstep" in dag.tags
+    for t in dag.tasks:
+        assert t.pool == o.POOL, f"{t.task_id} outside the lockstep pool"
+        assert t.on_failure_callback, f"{t.task_id} has no failure alert"
+        assert t.retries >= 1 and t.retry_delay.total_seconds() >= 10
+
+
+def test_features_daily_schedule_is_inside_cdnow(dagbag):
+    dag = dagbag.dags["features_daily"]
+    assert str(dag.start_date.date()) == "1997-01-01" and str(dag.end_date.date()) == "1998-06-30"
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "land_raw", "validate_raw", "build_snapshot", "validate_snapshot"]
+    assert dag.get_task("validate_snapshot").outlets[0].uri == "lockstep://lake/feature_snapshots/customer_activity_v1"
+    # Snapshots read every earlier raw day: days are built in order, a bad day stops the later ones.
+    assert dag.get_task("build_snapshot").depends_on_past
+
+
+def test_batch_scoring_runs_on_the_snapshot_asset(dagbag):
+    dag = dagbag.dags["batch_scoring"]
+    uris = {a.uri for a in dag.timetable.asset_condition.objects}
+    assert uris == {"lockstep://lake/feature_snapshots/customer_activity_v1"}
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "partitions", "score", "validate_predictions", "publish_sql"]
+
+
+def test_training_flow_and_params(dagbag):
+    dag = dagbag.dags["training"]
+    assert [t.task_id for t in dag.topological_sort()] == [
+        "plan_window", "build_labels", "build_training_sets", "validate_training_sets",
+        "train_and_register", "promote"]
+    assert dag.params.get_param("backend").resolve("dask") == "dask"
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.params.get_param("backend").resolve("gpu")
+
+
+def test_every_dag_file_is_covered():
+    assert {p.stem for p in DAGS.glob("*.py")} == EXPECTED  # each file defines the DAG of its name
+
+
+def test_skew_nightly_publishes_validates_then_reports(dagbag):
+    dag = dagbag.dags["skew_nightly"]
+    assert str(dag.start_date.date()) == "1997-01-01" and str(dag.end_date.date()) == "1998-06-30"
+    assert dag.timetable.expression == "0 0 * * *"  # @daily
+    assert [t.task_id for t in dag.topological_sort()] == ["publish_serving_log", "validate_serving_log", "skew"]
+    assert [a.uri for a in dag.get_task("skew").outlets] == ["lockstep://lake/skew_reports"]
+    assert dag.params.get_param("model_name").resolve("repurchase_90d") == "repurchase_90d"
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        dag.params.get_param("lookback_days").resolve(-1)
+    assert dag.params.get_param("thresholds").resolve({"*": {"psi": 0.25}}) == {"*": {"psi": 0.25}}
+
+
+@pytest.mark.parametrize("dag_id", ["features_daily", "training", "skew_nightly"])
+def test_a_bad_engine_name_is_refused_at_trigger_time(dagbag, dag_id):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    engine = dagbag.dags[dag_id].params.get_param("engine")
+    with pytest.raises(ParamValidationError, match="flink"):
+        engine.resolve("flink")
+    assert engine.resolve("dask") == "dask"
+    assert engine.resolve(None) is None  # empty: the configured engine (LOCKSTEP_ENGINE, else local)
