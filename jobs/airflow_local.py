@@ -219,12 +219,15 @@ class AirflowLocal:
                 "max_active_runs": max_active_runs, "reprocess_behavior": reprocess}
         if conf:
             body["dag_run_conf"] = conf
-        for attempt in range(10):
+        for attempt in range(30):
             try:
                 return self.api("POST", "backfills", body)
             except RuntimeError as exc:
-                # SQLite answers 503 when another component holds the write lock: try again.
-                if "HTTP 503" not in str(exc) or attempt == 9:
+                # SQLite answers 503 when another component holds the write lock, and 409 "already
+                # a running backfill" for a short while after the previous one reported completed_at
+                # (the scheduler closes its runs a loop later): both pass, so try again.
+                transient = "HTTP 503" in str(exc) or ("HTTP 409" in str(exc) and "running backfill" in str(exc))
+                if not transient or attempt == 29:
                     raise
                 time.sleep(2)
         raise AssertionError("unreachable")
