@@ -414,18 +414,8 @@ class Table:
 
         Verification happens at the call, not at the first iteration.
         """
-        dataset = self.dataset(ds_from, ds_to)
-
-        def gen() -> Iterator[pd.DataFrame]:
-            empty = True
-            for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
-                if batch.num_rows:
-                    empty = False
-                    yield batch.to_pandas()
-            if empty:
-                yield dataset.to_table(columns=columns).to_pandas()
-
-        return gen()
+        # the range is verified now, at the call; the batches are read lazily
+        return _frames(self.dataset(ds_from, ds_to), columns, batch_size)
 
     def _verified_paths(self, ds_from, ds_to) -> list[str]:
         manifests, missing = [], []
@@ -507,14 +497,7 @@ class StagedPartition:
     def iter_batches(self, columns: list[str] | None = None,
                      batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
         """The staged rows as DataFrames of at most `batch_size` rows (one empty frame if none)."""
-        dataset = self.dataset()
-        empty = True
-        for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
-            if batch.num_rows:
-                empty = False
-                yield batch.to_pandas()
-        if empty:
-            yield dataset.to_table(columns=columns).to_pandas()
+        yield from _frames(self.dataset(), columns, batch_size)
 
 
 class _HashingSink:
@@ -607,6 +590,17 @@ class _PartWriter:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+def _frames(dataset: pads.Dataset, columns, batch_size: int) -> Iterator[pd.DataFrame]:
+    """A dataset's rows as DataFrames of at most ``batch_size`` rows; one empty (typed) frame if none."""
+    empty = True
+    for batch in dataset.to_batches(columns=columns, batch_size=batch_size):
+        if batch.num_rows:
+            empty = False
+            yield batch.to_pandas()
+    if empty:
+        yield dataset.to_table(columns=columns).to_pandas()
+
+
 def _check_ds(ds: str | dt.date) -> str:
     if isinstance(ds, dt.date) and not isinstance(ds, dt.datetime):
         return ds.isoformat()
