@@ -15,6 +15,7 @@ import shutil
 
 import pytest
 
+
 @pytest.fixture(scope="session")
 def spark():
     pytest.importorskip("pyspark")

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 
 from features import registry
-from features.spec import Feature, FeatureSet, agg, count, ratio
+from features.spec import Feature, FeatureSet, count, ratio
 
 
 def test_customer_activity_v1_declares_enough_features_over_the_required_windows():
@@ -28,7 +28,7 @@ def test_fingerprint_is_stable_and_changes_with_the_spec():
 
 
 def test_fingerprint_covers_the_kernel_source(monkeypatch, tmp_path):
-    import features.spec as spec
+    from features import spec
 
     fs = FeatureSet("k_v1", "u", (count("c", 1),))
     before = fs.fingerprint
