@@ -160,8 +160,8 @@ def write(out_dir: str, stem: str, results: list[dict], meta: dict) -> tuple[str
         ("Wall = reading the input Parquet to writing the result Parquet (cluster/session start excluded, "
         "shown as startup). CPU s = user+system seconds of the whole process tree (startup included); "
         "load = mean 1-minute load average of the machine during the run (above the core count, others' work "
-        "inflated the wall times). Peak RSS sampled every 0.1 s over the variant's process tree (sum) and the "
-        "largest single process. x kernel / x fastest native = wall / that variant's wall (< 1 is faster). "
+        "inflated the wall times). Peak RSS: the largest sum over the variant's process tree, sampled every 0.1 s, "
+        "and the largest single process (its VmHWM, the kernel-tracked peak). x kernel / x fastest native = wall / that variant's wall (< 1 is faster). "
         "Check against the kernel's output: dask/spark bit for bit, native peers rtol=atol=1e-9."), "",
         markdown_table(results), "", "## Targets", "",
         *[f"- {t}" for t in targets(results)], "", "## Configurations", "",
