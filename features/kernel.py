@@ -48,7 +48,7 @@ def compute(events: pd.DataFrame, queries: pd.DataFrame, fs: FeatureSet, mode: s
     _require(events, fs.event_columns, "events")
     _require(queries, (fs.entity, AS_OF), "queries")
 
-    ev = _EventIndex(events, fs)
+    ev = EventIndex(events, fs)
     q_t = to_us(queries[AS_OF], f"queries.{AS_OF}")
     q_code = ev.codes_for(queries[fs.entity])
     values = _evaluate(ev, q_code, q_t, fs, mode)
@@ -57,6 +57,27 @@ def compute(events: pd.DataFrame, queries: pd.DataFrame, fs: FeatureSet, mode: s
     out[AS_OF] = from_us(q_t)
     feats = pd.DataFrame(values, columns=list(fs.feature_names))
     return pd.concat([out, feats], axis=1)
+
+
+def index_events(events: pd.DataFrame, fs: FeatureSet) -> EventIndex:
+    """The kernel's sorted, deduplicated view of ``events``, reusable across ``compute_indexed`` calls.
+
+    ``compute(events, queries)`` is ``compute_indexed(index_events(events), ...)`` plus the
+    frame around it; the serving path keeps one index per entity so a request costs only the
+    evaluation (numpy over that entity's rows), not the index build.
+    """
+    _require(events, fs.event_columns, "events")
+    return EventIndex(events, fs)
+
+
+def compute_indexed(index: EventIndex, entity_ids, as_of_us, fs: FeatureSet,
+                    mode: str = "known_at") -> dict[str, np.ndarray]:
+    """Feature arrays for queries given as entity ids and int64 microsecond times (see ``to_us``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    q_t = np.asarray(as_of_us, dtype=np.int64)
+    q_code = index.codes_for(np.asarray(entity_ids))
+    return _evaluate(index, q_code, q_t, fs, mode)
 
 
 def snapshot_queries(events: pd.DataFrame, fs: FeatureSet, as_of, mode: str = "known_at") -> pd.DataFrame:
@@ -106,7 +127,7 @@ def from_us(us: np.ndarray) -> pd.Series:
 
 # --------------------------------------------------------------------------- events
 
-class _EventIndex:
+class EventIndex:
     """Deduplicated events sorted by (entity, event_ts, event_id), with search keys."""
 
     def __init__(self, events: pd.DataFrame, fs: FeatureSet):
@@ -131,6 +152,7 @@ class _EventIndex:
         self._order = order
         self.ts, self.ing, self.key = ts[order], ing[order], key[order]
         self._columns: dict = {}
+        self._lookup: pd.Index | None = None
 
     def _time_coordinates(self, ts: np.ndarray, n_entities: int) -> np.ndarray:
         """Integer time coordinates such that (entity, coordinate) packs into one int64 key.
@@ -157,10 +179,18 @@ class _EventIndex:
             return np.searchsorted(self._times, t_us, side="left")
         return np.clip(t_us - self._tmin, 0, self._stride - 1)
 
-    def codes_for(self, entities: pd.Series) -> np.ndarray:
+    def codes_for(self, entities) -> np.ndarray:
         """Entity code per query; -1 for an entity with no events."""
-        idx = pd.Index(self._entity_uniques)
-        return idx.get_indexer(pd.Index(entities.to_numpy())).astype(np.int64)
+        values = entities.to_numpy() if isinstance(entities, pd.Series) else np.asarray(entities)
+        if self._lookup is None:  # kept: its hash table is built once per index, not per call
+            self._lookup = pd.Index(self._entity_uniques)
+        if len(values) == 1:  # the serving path: one request
+            try:
+                code = self._lookup.get_loc(values[0])
+            except (KeyError, TypeError):
+                code = -1
+            return np.array([code], dtype=np.int64)
+        return self._lookup.get_indexer(pd.Index(values)).astype(np.int64)
 
     def bound(self, q_code: np.ndarray, t_us: np.ndarray | None) -> np.ndarray:
         """Index of the entity's first event with event_ts >= t (t None: its first event).
@@ -223,7 +253,7 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
 
 # --------------------------------------------------------------------------- evaluation
 
-def _evaluate(ev: _EventIndex, q_code, q_t, fs: FeatureSet, mode: str) -> dict[str, np.ndarray]:
+def _evaluate(ev: EventIndex, q_code, q_t, fs: FeatureSet, mode: str) -> dict[str, np.ndarray]:
     n = len(q_t)
     out = {f.name: np.empty(n, dtype=np.int64 if f.is_integer else np.float64) for f in fs.features}
     by_window: dict[int | None, list[Feature]] = {}
@@ -280,7 +310,7 @@ class _WindowRows:
     """One window's (query, event) pairs, sorted by query then (event_ts, event_id),
     with the gathers that several features of the window share."""
 
-    def __init__(self, ev: _EventIndex, qi: np.ndarray, ei: np.ndarray, n: int):
+    def __init__(self, ev: EventIndex, qi: np.ndarray, ei: np.ndarray, n: int):
         self.ev, self.qi, self.ei, self.n = ev, qi, ei, n
         self._cache: dict = {}
 

@@ -3,26 +3,40 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from features.kernel import AS_OF, compute
+from features.kernel import EventIndex, compute_indexed, index_events
 from features.spec import FeatureSet
 
 
-def compute_one(entity_events: pd.DataFrame, entity_id, request_time, fs: FeatureSet,
+def request_time_us(request_time) -> int:
+    """A request time as the kernel's int64 microseconds, UTC (naive = UTC; ns truncated like ``to_us``)."""
+    t = pd.Timestamp(request_time)
+    if t.tz is None:
+        t = t.tz_localize("UTC")
+    return int(t.value) // 1000  # Timestamp.value is nanoseconds whatever the unit
+
+
+def compute_one(entity_events: pd.DataFrame | EventIndex, entity_id, request_time, fs: FeatureSet,
                 mode: str = "known_at") -> dict[str, int | float | None]:
     """Feature values for one ``(entity, request_time)``, as plain Python values (null -> None).
 
     ``entity_events`` may hold only this entity's events and only the last
-    ``fs.horizon_days`` of them: the kernel gives the same bits as on the full table.
+    ``fs.horizon_days`` of them: the kernel gives the same bits as on the full table. It may
+    also be a prebuilt :func:`features.kernel.index_events` of them (what the service caches),
+    which skips the index build and costs only the evaluation.
     """
-    query = pd.DataFrame({fs.entity: [entity_id], AS_OF: [pd.Timestamp(request_time)]})
-    if len(entity_events):
-        entity_events = entity_events[entity_events[fs.entity] == entity_id]
-    row = compute(entity_events, query, fs, mode).iloc[0]
+    if isinstance(entity_events, EventIndex):
+        index = entity_events
+    else:
+        if len(entity_events):
+            entity_events = entity_events[entity_events[fs.entity] == entity_id]
+        index = index_events(entity_events, fs)
+    arrays = compute_indexed(index, np.array([entity_id]), np.array([request_time_us(request_time)]), fs, mode)
     values: dict[str, int | float | None] = {}
     for f in fs.features:
-        v = row[f.name]
+        v = arrays[f.name][0]
         if f.is_integer:
             values[f.name] = int(v)
         else:

@@ -70,8 +70,11 @@ class LinearModel:
         self.weights, self.bias = w.astype(np.float64), float(bias)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        x = features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=0.0)
-        x = np.nan_to_num(x)
+        return self.predict_matrix(features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=0.0))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Scores of a float64 matrix whose columns are ``feature_names`` (NaN = null)."""
+        x = np.nan_to_num(np.asarray(x, dtype=np.float64))
         z = np.full(len(x), self.bias)
         for j, w in enumerate(self.weights):  # fixed order: a row's score does not depend on the batch
             z = z + x[:, j] * w
@@ -90,8 +93,14 @@ class BoosterModel:
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
         # The scoring job's dtype contract: one float64 matrix, nulls as NaN.
-        x = features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
-        return self.loaded.booster.predict(x)
+        return self.predict_matrix(features[list(self.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Scores of a float64 matrix whose columns are ``feature_names`` (NaN = null).
+
+        One thread: for the service's one-row calls OpenMP's thread start costs more than
+        the trees (and a second thread would compete with the event loop for the 2 cores)."""
+        return self.loaded.booster.predict(x, num_threads=1)
 
 
 class RegistrySource:

@@ -1,6 +1,7 @@
 """Online store for the serving path: an entity's events (fresh mode) behind an in-process L1 cache.
 
-Two backends behind one interface (``events(entity_id) -> DataFrame``):
+Two backends behind one interface (``events(entity_id) -> DataFrame``; ``history(entity_id)`` adds the
+kernel's index of those events, built once per cached entry — see :class:`EntityHistory`):
 
 * :class:`EmbeddedStore` (default): an in-process dict ``entity -> its events`` loaded from the
   lake's ``raw_events``. Why not SQLite: the reference service is one process, the store is
@@ -43,6 +44,44 @@ class EventStore(Protocol):
     def events(self, entity_id: int) -> pd.DataFrame: ...
 
 
+class EntityHistory:
+    """An entity's events as a store returned them, and the kernel's index of them, built once.
+
+    The index (``features.kernel.index_events``: dedup, sort, search keys) is what the kernel
+    builds first on every call; caching it with the events leaves a request only the
+    evaluation. It is immutable, so concurrent readers may share it (two racing first
+    readers may both build it; either result is the same).
+    """
+
+    __slots__ = ("_frame", "_index", "fs")
+
+    def __init__(self, frame, fs: FeatureSet, index=None):
+        """``frame``: the events, or a callable that cuts them on first use; ``index``: a prebuilt
+        kernel index holding (at least) this entity's events — e.g. the embedded store's index
+        of the whole table, which the kernel evaluates for one entity as it would this slice."""
+        self._frame, self.fs, self._index = frame, fs, index
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if callable(self._frame):
+            self._frame = self._frame()
+        return self._frame
+
+    @property
+    def index(self):
+        if self._index is None:
+            from features.kernel import index_events
+
+            self._index = index_events(self.frame, self.fs)
+        return self._index
+
+
+def history_of(store, entity_id: int, fs: FeatureSet) -> EntityHistory:
+    """``store.history(entity)`` when the store keeps histories, else its ``events`` wrapped."""
+    get = getattr(store, "history", None)
+    return get(entity_id) if get is not None else EntityHistory(store.events(entity_id), fs)
+
+
 def _empty_events(fs: FeatureSet) -> pd.DataFrame:
     from jobs.schemas import RAW_EVENTS
 
@@ -70,6 +109,7 @@ class EmbeddedStore:
         self._by_entity: dict[int, pd.DataFrame] = {}
         self._spans: dict[int, tuple[int, int]] = {}
         self._empty = _empty_events(fs)
+        self._empty_history = EntityHistory(self._empty, fs)
         if events is not None:
             self.load(events)
 
@@ -89,16 +129,27 @@ class EmbeddedStore:
         self._sorted = ev
         self._spans = {int(keys[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
         self._by_entity = {}
+        # One kernel index over the whole table, built here, once: a request then costs only the
+        # evaluation of its (entity, time) — no per-entity build on first touch. The kernel gives
+        # the same bits for an entity on the whole table as on its own rows (tests/jobs/engines).
+        from features.kernel import index_events
 
-    def events(self, entity_id: int) -> pd.DataFrame:
+        self._index = index_events(ev, self.fs)
+
+    def history(self, entity_id: int) -> EntityHistory:
+        """The entity's events (cut on first use) and the store's kernel index."""
         key = int(entity_id)
         got = self._by_entity.get(key)
         if got is None:
             span = self._spans.get(key)
             if span is None:
-                return self._empty
-            got = self._by_entity[key] = self._sorted.iloc[span[0]:span[1]].reset_index(drop=True)
+                return self._empty_history
+            got = self._by_entity[key] = EntityHistory(
+                lambda a=span[0], b=span[1]: self._sorted.iloc[a:b].reset_index(drop=True), self.fs, self._index)
         return got
+
+    def events(self, entity_id: int) -> pd.DataFrame:
+        return self.history(entity_id).frame
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -161,21 +212,26 @@ def _to_ipc(table: pa.Table) -> bytes:
 
 
 class L1Cache:
-    """LRU + TTL cache of an entity's events in front of a store; counts hits and misses.
+    """LRU + TTL cache of an entity's history (events + kernel index) in front of a store;
+    counts hits and misses.
 
     A TTL bounds how stale a cached history can be (events ingested while an entry is cached are
     not seen until it expires); ``ttl_s=0`` disables caching.
     """
 
     def __init__(self, store: EventStore, max_entries: int = 10_000, ttl_s: float = 1.0,
-                 clock=time.monotonic):
+                 clock=time.monotonic, fs: FeatureSet | None = None):
         self.store, self.max_entries, self.ttl_s, self._clock = store, max_entries, ttl_s, clock
-        self._entries: OrderedDict[int, tuple[float, pd.DataFrame]] = OrderedDict()
+        self.fs = fs or getattr(store, "fs", None)
+        self._entries: OrderedDict[int, tuple[float, EntityHistory]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     def events(self, entity_id: int) -> pd.DataFrame:
+        return self.history(entity_id).frame
+
+    def history(self, entity_id: int) -> EntityHistory:
         key = int(entity_id)
         now = self._clock()
         if self.ttl_s > 0:
@@ -188,14 +244,14 @@ class L1Cache:
                 self.misses += 1
         else:
             self.misses += 1
-        frame = self.store.events(key)  # may raise StoreUnavailable: nothing is cached then
+        got = history_of(self.store, key, self.fs)  # may raise StoreUnavailable: nothing is cached then
         if self.ttl_s > 0:
             with self._lock:
-                self._entries[key] = (now, frame)
+                self._entries[key] = (now, got)
                 self._entries.move_to_end(key)
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
-        return frame
+        return got
 
     @property
     def hit_rate(self) -> float | None:

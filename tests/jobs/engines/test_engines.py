@@ -180,15 +180,20 @@ def test_generated_snapshot_and_query_files(engine, mode, generated, data_dir, m
     assert_same(got, want)
 
 
+@pytest.mark.parametrize("prebuilt", [False, True], ids=["frame", "index"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("which", ["cdnow", "generated"])
-def test_online_matches_offline(which, mode, request):
-    """compute_one, one entity at a time given only that entity's events, == the batch reference."""
+def test_online_matches_offline(which, mode, prebuilt, request):
+    """compute_one, one entity at a time given only that entity's events (or the per-entity index
+    the service caches), == the batch reference."""
     events, _ = request.getfixturevalue(which)
     queries = random_queries(events, 200, seed=3)
     want = sort(kernel.compute(events, queries, FS, mode))
     by_entity = dict(tuple(events[events[KEY].isin(want[KEY])].groupby(KEY, sort=False)))
     empty = events.iloc[:0]
+    if prebuilt:
+        indexes = {e: kernel.index_events(frame, FS) for e, frame in by_entity.items()}
+        by_entity, empty = indexes, kernel.index_events(empty, FS)
     rows = [compute_one(by_entity.get(e, empty), e, t, FS, mode) for e, t in zip(want[KEY], want["as_of"])]
     got = pd.DataFrame(rows, columns=list(FS.feature_names))
     dtypes = {f.name: "int64" if f.is_integer else "float64" for f in FS.features}

@@ -204,3 +204,30 @@ def test_redis_store_serves_the_same_bits_and_degrades_on_timeout(lake_cfg, lake
         m = c.get("/metrics").json()
     assert r["degraded"] and r["degraded_reason"] == "store_timeout" and took < 0.4
     assert m["store_timeouts"] == 1
+
+
+def test_cached_index_path_equals_the_kernel_on_the_entitys_own_events(lake_cfg, model):
+    """The service evaluates the embedded store's whole-table index (no per-request build); a hook
+    gets the entity's own rows. Both must give the kernel's exact values for every request."""
+    from jobs.serving.app import Predictor
+
+    events = read_lake_events(lake_cfg, FS)
+    store = EmbeddedStore(FS, events)
+    fast = Predictor(FS, L1Cache(store, ttl_s=0), None, model)
+    seen = []
+
+    def hook(frame, entity_id, t, fs):
+        seen.append(set(frame[fs.entity]) <= {entity_id})
+        return compute_one(frame, entity_id, t, fs, "known_at")
+
+    slow = Predictor(FS, L1Cache(store, ttl_s=0), None, model, hook=hook)
+    plan = plan_day(events, DAY, 300, seed=11)
+    unknown = pd.DataFrame({"entity_id": [10**9], "request_time": [pd.Timestamp(f"{DAY}T10:00Z")]})
+    for r in pd.concat([plan[["entity_id", "request_time"]], unknown]).itertuples():
+        got, reason, _ = fast.features(int(r.entity_id), r.request_time, "fresh")
+        want = compute_one(events, int(r.entity_id), r.request_time, FS, "known_at")
+        assert reason is None and got == want, r
+        assert slow.features(int(r.entity_id), r.request_time, "fresh")[0] == want
+        assert fast.score(got) == slow.score(want)
+    assert seen and all(seen)
+    assert fast.features(10**9, pd.Timestamp(f"{DAY}T10:00Z"), "fresh")[0]["txn_count_30d"] == 0
