@@ -47,6 +47,7 @@ from jobs.serving.store import (
     L1Cache,
     RedisStore,
     SnapshotVectors,
+    StoreRefresher,
     StoreUnavailable,
     history_of,
 )
@@ -77,6 +78,7 @@ class Settings:
     log_queue_size: int = 10_000
     model_path: str | None = None        # a pickled Model for a service without a registry (tests)
     load_store: bool = True              # fill the Redis store from the lake at start-up
+    refresh_s: float = 60.0              # apply new raw_events partitions to the store this often (0: never)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -193,27 +195,33 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
     async def lifespan(app):
         notify = notifier or _default_notifier(cfg)
         metrics = Metrics()
-        base = store
+        base, refresher = store, None
         if base is None:
+            loaded = StoreRefresher.published(cfg)  # before the read: a later partition is applied later
+            through = max(loaded) if loaded else None
             if settings.redis_url:
                 base = RedisStore(fs, settings.redis_url, timeout_s=settings.store_timeout_ms / 1000)
                 if settings.load_store:
                     from jobs.serving.store import read_lake_events
 
-                    base.load(read_lake_events(cfg, fs))
+                    base.load(read_lake_events(cfg, fs, through))
             else:
-                base = EmbeddedStore.from_lake(cfg, fs)
+                base = EmbeddedStore.from_lake(cfg, fs, through)
         cache = L1Cache(base, settings.cache_entries, settings.cache_ttl_s, fs=fs)
+        if store is None and (settings.load_store or not settings.redis_url):
+            refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
         model = (model_source or _model_source(settings, cfg)).champion()
         slog = serving_log or ServingLog(settings.wal_dir, fs, queue_size=settings.log_queue_size,
                                          fsync=settings.fsync, notifier=notify)
         if serving_log is None or slog._thread is None:
             slog.start()
         state.update(predictor=Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics),
-                     log=slog, metrics=metrics, cache=cache, store=base, started=time.time())
+                     log=slog, metrics=metrics, cache=cache, store=base, refresher=refresher, started=time.time())
         try:
             yield
         finally:
+            if refresher is not None:
+                refresher.stop()
             slog.close()
 
     app = FastAPI(title="Lockstep reference service", lifespan=lifespan)
@@ -278,9 +286,18 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
                 "cache_hit_rate": cache.hit_rate, "store_errors": m.store_errors,
                 "store_timeouts": m.store_timeouts, "log_written": slog.written,
                 "log_queue_depth": slog.queue_depth, "log_queue_full": slog.queue_full,
-                "log_write_errors": slog.write_errors, "log_recovered_at_start": slog.recovered}
+                "log_write_errors": slog.write_errors, "log_recovered_at_start": slog.recovered,
+                **_refresh_metrics(state.get("refresher"))}
 
     return app
+
+
+def _refresh_metrics(refresher: StoreRefresher | None) -> dict:
+    if refresher is None:
+        return {"store_loaded_through": None, "store_refreshes": 0, "store_reloads": 0, "store_refresh_errors": 0}
+    return {"store_loaded_through": refresher.loaded_through, "store_refreshes": refresher.refreshes,
+            "store_reloads": refresher.reloads, "store_refresh_errors": refresher.errors,
+            "store_refresh_last_error": refresher.last_error}
 
 
 def _model_source(settings: Settings, cfg) -> ModelSource:

@@ -151,6 +151,12 @@ class EmbeddedStore:
     def events(self, entity_id: int) -> pd.DataFrame:
         return self.history(entity_id).frame
 
+    def appended(self, events: pd.DataFrame) -> EmbeddedStore:
+        """A NEW store holding this one's events plus ``events`` (this one is left as it is, so
+        requests keep being served from it while the new one is built and indexed)."""
+        return EmbeddedStore(self.fs, pd.concat([self._sorted, events[list(self.fs.event_columns)]],
+                                                ignore_index=True))
+
     def __len__(self) -> int:
         return len(self._spans)
 
@@ -196,6 +202,29 @@ class RedisStore:
         if payload is None:
             return self._empty
         return pa.ipc.open_stream(payload).read_all().to_pandas()
+
+    def append(self, events: pd.DataFrame) -> list[int]:
+        """Add ``events`` to their entities' keys (read, concatenate, write back); the entities touched.
+
+        Not atomic across entities; an entity's key is replaced in one SET. Events already present
+        (same ``event_id`` and ``ingested_at``) are not duplicated, so re-applying a partition is harmless.
+        """
+        ev = events[list(self.fs.event_columns)].sort_values(self.fs.entity, kind="stable", ignore_index=True)
+        entities = [int(e) for e in pd.unique(ev[self.fs.entity])]
+        if not entities:
+            return []
+        try:
+            current = self._client.mget([self.key(e) for e in entities])
+            pipe = self._client.pipeline(transaction=False)
+            for (entity, new), old in zip(ev.groupby(self.fs.entity, sort=True), current):
+                if old is not None:
+                    new = pd.concat([pa.ipc.open_stream(old).read_all().to_pandas(), new], ignore_index=True)
+                    new = new.drop_duplicates([self.fs.event_id, self.fs.ingested_at], ignore_index=True)
+                pipe.set(self.key(entity), _to_ipc(pa.Table.from_pandas(new, preserve_index=False)))
+            pipe.execute()
+        except self._errors as exc:
+            raise StoreUnavailable("store_error", f"append failed: {exc}") from None
+        return entities
 
     def ping(self) -> bool:
         try:
@@ -252,6 +281,21 @@ class L1Cache:
                 while len(self._entries) > self.max_entries:
                     self._entries.popitem(last=False)
         return got
+
+    def invalidate(self, entity_ids=None) -> None:
+        """Drop the given entities' entries (all entries when None)."""
+        with self._lock:
+            if entity_ids is None:
+                self._entries.clear()
+            else:
+                for e in entity_ids:
+                    self._entries.pop(int(e), None)
+
+    def swap(self, store: EventStore) -> None:
+        """Serve from ``store`` from now on; cached entries of the old one are dropped."""
+        with self._lock:
+            self.store = store
+            self._entries.clear()
 
     @property
     def hit_rate(self) -> float | None:
@@ -315,6 +359,100 @@ class SnapshotVectors:
             while len(self._days) > self.keep_days:
                 self._days.popitem(last=False)
         return day
+
+
+class StoreRefresher:
+    """Keeps the online store current: new ``raw_events`` partitions reach it while the service runs.
+
+    Every ``interval_s`` it compares the lake's ``raw_events`` manifests with the ones loaded
+    (day -> content fingerprint). New partitions are read (verified, like every lake read) and
+    applied: the embedded store is rebuilt with them in this background thread and swapped in
+    whole (requests keep using the old one meanwhile); Redis keys of the entities they touch
+    are extended in place. A partition that was REPLACED since it was loaded (a backfill)
+    triggers a full reload from the lake instead. The L1 entries of changed entities are
+    dropped, so a request sees new events at most ``interval_s`` after their partition is
+    published. A failed refresh is logged and counted (``/metrics``: ``store_refresh_errors``)
+    and retried at the next interval; the store keeps serving what it has.
+    """
+
+    def __init__(self, cfg, fs: FeatureSet, cache: L1Cache, loaded: dict[str, str], interval_s: float = 60.0):
+        self.cfg, self.fs, self.cache, self.interval_s = cfg, fs, cache, interval_s
+        self.loaded = dict(loaded)  # ds -> content fingerprint of what the store holds
+        self.refreshes = 0
+        self.reloads = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @staticmethod
+    def published(cfg) -> dict[str, str]:
+        """``raw_events`` partitions in the lake now: ds -> content fingerprint."""
+        from jobs.schemas import RAW_EVENTS_TABLE
+
+        raw = cfg.lake().table(RAW_EVENTS_TABLE)
+        return {ds: raw.manifest(ds).content_fingerprint for ds in raw.partitions()}
+
+    @property
+    def loaded_through(self) -> str | None:
+        return max(self.loaded) if self.loaded else None
+
+    def check_once(self) -> list[str]:
+        """Bring the store up to the lake; the partitions applied (all of them after a full reload)."""
+        from jobs.schemas import RAW_EVENTS_TABLE
+
+        now = self.published(self.cfg)
+        replaced = sorted(d for d, fp in self.loaded.items() if d in now and now[d] != fp)
+        new = sorted(d for d in now if d not in self.loaded)
+        if not replaced and not new:
+            return []
+        raw = self.cfg.lake().table(RAW_EVENTS_TABLE)
+        store = self.cache.store
+        if not isinstance(store, (EmbeddedStore, RedisStore)):
+            raise TypeError(f"cannot refresh a {type(store).__name__}")
+        if replaced:
+            days = sorted(now)
+            events = pd.concat([raw.read(d, columns=list(self.fs.event_columns)) for d in days], ignore_index=True)
+            if isinstance(store, RedisStore):
+                store.load(events)
+                self.cache.invalidate()
+            else:
+                self.cache.swap(EmbeddedStore(self.fs, events))
+            self.reloads += 1
+        else:
+            days = new
+            events = pd.concat([raw.read(d, columns=list(self.fs.event_columns)) for d in days], ignore_index=True)
+            if isinstance(store, EmbeddedStore):
+                self.cache.swap(store.appended(events))
+            else:
+                self.cache.invalidate(store.append(events))
+            self.refreshes += 1
+        self.loaded.update({d: now[d] for d in days})
+        return days
+
+    def start(self) -> StoreRefresher:
+        if self.interval_s > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lockstep-store-refresh", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        import logging
+
+        while not self._stop.wait(self.interval_s):
+            try:
+                days = self.check_once()
+                if days:
+                    logging.getLogger(__name__).info("online store: applied raw_events %s", ", ".join(days))
+            except Exception as exc:  # noqa: BLE001 - keep serving what is loaded; counted and retried
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                logging.getLogger(__name__).warning("online store refresh failed: %s", self.last_error)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
 
 
 def _none_if_nan(v: float):

@@ -231,3 +231,86 @@ def test_cached_index_path_equals_the_kernel_on_the_entitys_own_events(lake_cfg,
         assert fast.score(got) == slow.score(want)
     assert seen and all(seen)
     assert fast.features(10**9, pd.Timestamp(f"{DAY}T10:00Z"), "fresh")[0]["txn_count_30d"] == 0
+
+
+# ----------------------------------------------------------------------------- store refresh
+
+def _small_lake(root, lake_events, last: str):
+    """Customers <= 300, raw_events partitions 1997-01-01..``last``."""
+    from jobs.config import Config
+    from jobs.ingest import iter_ingest_days
+    from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+
+    ev = lake_events[0]
+    ev = ev[ev.customer_id <= 300]
+    cfg = Config(lake_root=str(root))
+    table = cfg.lake().table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    for ds, part in iter_ingest_days(ev, "1997-01-01", last):
+        table.write_partition(ds, to_raw_events(part), producer={"job": "test"})
+    return cfg, ev
+
+
+def _purchase(ev, customer: int, ts: str, amount: float, event_id: int):
+    row = ev[ev.customer_id == customer].iloc[:1].copy()
+    row["event_id"], row["event_ts"], row["amount"] = event_id, pd.Timestamp(ts, tz="UTC"), amount
+    row["ingested_at"] = pd.Timestamp(ts, tz="UTC") + pd.Timedelta(hours=1)
+    for c in ("event_ts", "ingested_at"):
+        row[c] = row[c].astype("datetime64[us, UTC]")
+    return row
+
+
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_source, tmp_path, backend, request):
+    """A running service sees raw_events published after it started (new day: appended; a
+    re-published day: full reload), through the L1 cache, without a restart."""
+    from jobs.schemas import RAW_EVENTS_TABLE, to_raw_events
+
+    cfg, ev = _small_lake(tmp_path / "lake", lake_events, "1997-04-08")
+    extra = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
+    settings = Settings(lake_root=cfg.lake_root, wal_dir=str(tmp_path / "wal"), cache_ttl_s=600.0, refresh_s=0.0,
+                        **extra)
+    app = create_app(settings, model_source=model_source, cfg=cfg)
+    body = {"entity_id": 7, "request_time": "1997-04-09T12:00:00Z"}
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    with TestClient(app) as c:
+        refresher = app.state.lockstep["refresher"]
+        assert refresher.loaded_through == "1997-04-08" and refresher.check_once() == []
+        before = c.post("/predict", json=body).json()["features"]
+        new = _purchase(ev, 7, "1997-04-09T03:00:00", 12.5, 10**7)
+        raw.write_partition("1997-04-09", to_raw_events(new), producer={"job": "test"})
+        assert refresher.check_once() == ["1997-04-09"] and refresher.refreshes == 1
+        after = c.post("/predict", json=body).json()["features"]
+        assert after["txn_count_7d"] == before["txn_count_7d"] + 1
+        assert after == compute_one(pd.concat([ev[ev.ingested_at < "1997-04-09"], new]), 7,
+                                    pd.Timestamp(body["request_time"]), FS)
+        # the day is re-published with another amount: the store reloads rather than keeping both
+        raw.write_partition("1997-04-09", to_raw_events(new.assign(amount=99.0)), producer={"job": "test"})
+        assert refresher.check_once() == sorted(raw.partitions()) and refresher.reloads == 1
+        again = c.post("/predict", json=body).json()["features"]
+        m = c.get("/metrics").json()
+    assert again["txn_count_7d"] == after["txn_count_7d"]
+    assert again["spend_max_90d"] == 99.0 != after["spend_max_90d"]
+    assert m["store_loaded_through"] == "1997-04-09" and m["store_refreshes"] == 1 and m["store_reloads"] == 1
+
+
+def test_store_refresh_failure_is_counted_and_the_store_keeps_serving(lake_events, model_source, tmp_path):
+    from jobs.schemas import RAW_EVENTS_TABLE, to_raw_events
+
+    cfg, ev = _small_lake(tmp_path / "lake", lake_events, "1997-04-08")
+    settings = Settings(lake_root=cfg.lake_root, wal_dir=str(tmp_path / "wal"), refresh_s=0.05)
+    app = create_app(settings, model_source=model_source, cfg=cfg)
+    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    with TestClient(app) as c:
+        refresher = app.state.lockstep["refresher"]
+        m = raw.write_partition("1997-04-09", to_raw_events(_purchase(ev, 7, "1997-04-09T03:00:00", 1.0, 10**7)),
+                                producer={"job": "test"})
+        part = next(p for p in (tmp_path / "lake").rglob("*.parquet") if "ds=1997-04-09" in str(p))
+        part.write_bytes(b"corrupt")  # the manifest's checksum no longer matches: the read is refused
+        deadline = time.monotonic() + 10
+        while refresher.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        r = c.post("/predict", json={"entity_id": 7, "request_time": "1997-04-09T12:00:00Z"})
+        metrics = c.get("/metrics").json()
+    assert m.rows == 1 and r.status_code == 200 and not r.json()["degraded"]
+    assert metrics["store_refresh_errors"] >= 1 and "1997-04-09" in metrics["store_refresh_last_error"]
+    assert metrics["store_loaded_through"] == "1997-04-08"
