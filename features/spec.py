@@ -76,7 +76,7 @@ class Feature:
     def window_us(self) -> int | None:
         if self.window_days is None:
             return None
-        return int(round(self.window_days * 86_400_000_000))
+        return round(self.window_days * 86_400_000_000)
 
 
 def count(name: str, window_days: float | None, **kw) -> Feature:

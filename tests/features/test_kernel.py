@@ -34,7 +34,8 @@ def events(*rows):
     """rows: (event_id, user, event_ts, ingested_at or None (= event_ts), x, cat)."""
     recs = []
     for eid, user, ts, ing, x, cat in rows:
-        recs.append(dict(event_id=eid, user=user, event_ts=ts, ingested_at=ts if ing is None else ing, x=x, cat=cat))
+        recs.append({"event_id": eid, "user": user, "event_ts": ts, "ingested_at": ts if ing is None else ing, "x": x,
+                     "cat": cat})
     df = pd.DataFrame(recs, columns=["event_id", "user", "event_ts", "ingested_at", "x", "cat"])
     for c in ("event_ts", "ingested_at"):
         df[c] = pd.to_datetime(df[c], utc=True)

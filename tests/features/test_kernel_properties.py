@@ -81,7 +81,7 @@ def naive(ev: pd.DataFrame, q: pd.DataFrame, fs: FeatureSet, mode: str) -> pd.Da
 
 
 def _sortable(v):
-    return (1, "") if v is None or v != v else (0, v)
+    return (1, "") if v is None or pd.isna(v) else (0, v)
 
 
 # Small integer grids make ties, window-boundary hits and duplicates common.
