@@ -38,11 +38,7 @@ Failures go to the alert notifier (alerts log; e-mail/Slack when configured).
 @dag(
     dag_id="features_daily",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=o.CDNOW_START,
-    end_date=o.CDNOW_END,
-    catchup=False,
-    max_active_runs=2,
-    default_args=o.default_args(on_failure_callback=AirflowNotifier()),
+    **o.daily_dag_kwargs(on_failure_callback=AirflowNotifier()),
     params={
         "engine": Param(None, **o.engine_param_schema()),
         "source": Param(None, type=["null", "string"], title="CDNOW export",

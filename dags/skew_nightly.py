@@ -35,11 +35,7 @@ Catch-up is off: backfills are explicit (UI "Backfill" dialog, `airflow backfill
 @dag(
     dag_id="skew_nightly",
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    start_date=o.CDNOW_START,
-    end_date=o.CDNOW_END,
-    catchup=False,
-    max_active_runs=2,
-    default_args=o.default_args(on_failure_callback=AirflowNotifier()),
+    **o.daily_dag_kwargs(on_failure_callback=AirflowNotifier()),
     params={
         "wal_dir": Param(None, type=["null", "string"], title="Serving WAL directory",
                          description=f"Where the service writes its log; empty = {o.SERVING_WAL_ENV}, "
