@@ -199,10 +199,11 @@ def _parser() -> argparse.ArgumentParser:
     from jobs.serving import app as serving_app
     from jobs.serving import log as serving_log
     from jobs.serving import replay as serving_replay
+    from jobs.training import baseline
     from jobs.validate import add_validate_parser
 
     add_validate_parser(sub)
-    for module in (labels, training_set, train, scoring, sql, serving_app, serving_log, serving_replay, skew):
+    for module in (labels, training_set, train, baseline, scoring, sql, serving_app, serving_log, serving_replay, skew):
         module.add_parsers(sub)
     return p
 

@@ -12,6 +12,12 @@
   fingerprints — the ``holdback_key``); the champion's score there is its own holdback
   score or one recorded by ``record_holdback_eval``. Each promotion pushes the previous
   champion on a history, and ``rollback`` restores it in one call.
+* The floor: a version registered with ``valid_auc_lift_over_baseline <= 0`` (``lockstep train``
+  scored the linear baseline ``<name>_baseline`` on the same validation partitions and it did
+  at least as well) is never promoted (``check_floor``).
+* Flavors: ``lightgbm`` (``model/model.txt``, ``LoadedModel.booster``) and ``sgd_baseline``
+  (``model/baseline.json``, ``LoadedModel.model``: ``jobs.training.baseline.BaselineModel``);
+  tag ``flavor``; ``LoadedModel.predict`` scores either.
 * ``prune`` keeps the champion, the challenger, the rollback target, the top-k versions by
   holdback AUC and every version a prediction table references; it deletes the rest
   (version, run and artifacts).
@@ -37,6 +43,10 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 REQUIRED = ("code_commit", "feature_set_fingerprint", "training_set_fingerprints", "environment_digest",
             "params", "metrics")
 HISTORY_TAG = "lockstep.champion_history"
+#: model flavor -> artifact file name under ``model/``
+FLAVORS = {"lightgbm": "model.txt", "sgd_baseline": "baseline.json"}
+#: metric recorded by ``lockstep train`` when a baseline was scored on the same validation range
+BASELINE_LIFT = "valid_auc_lift_over_baseline"
 _EVAL_TAG = "lockstep.holdback_eval."
 _HIGHER_IS_BETTER = {"auc": True, "pr_auc": True, "log_loss": False, "ece": False}
 
@@ -78,6 +88,11 @@ class Candidate:
     #: ``{"train": [from, to], "valid": [...], "holdback": [...]}`` (cut-off dates)
     ranges: dict = field(default_factory=dict)
     reports: dict = field(default_factory=dict)  # calibration tables, importance, histories
+    #: what ``model_text`` is: ``lightgbm`` (a LightGBM model string, artifact ``model/model.txt``)
+    #: or ``sgd_baseline`` (``jobs.training.baseline.BaselineModel`` JSON, ``model/baseline.json``)
+    flavor: str = "lightgbm"
+    #: the baseline this candidate was compared with on the validation range (``"<name> v<version>"``)
+    baseline: str | None = None
 
 
 @dataclass
@@ -94,6 +109,10 @@ class ModelInfo:
     def holdback_key(self) -> str:
         return self.tags.get("holdback_key", "")
 
+    @property
+    def flavor(self) -> str:
+        return self.tags.get("flavor") or "lightgbm"  # versions registered before flavors were LightGBM
+
     def holdback_score(self, key: str, metric: str = "auc") -> float | None:
         """This version's ``metric`` on the holdback ``key`` (its own, or a recorded evaluation)."""
         if key == self.holdback_key and f"holdback_{metric}" in self.metrics:
@@ -107,8 +126,17 @@ class ModelInfo:
 @dataclass
 class LoadedModel:
     info: ModelInfo
-    booster: object  # lightgbm.Booster
+    booster: object  # lightgbm.Booster (flavor ``lightgbm``), else None
     lineage: dict
+    model: object = None  # jobs.training.baseline.BaselineModel (flavor ``sgd_baseline``), else None
+
+    @property
+    def flavor(self) -> str:
+        return self.info.flavor
+
+    def predict(self, x):
+        """P(label = 1) per row of the float64 feature matrix ``x``, whatever the flavor."""
+        return self.booster.predict(x) if self.booster is not None else self.model.predict(x)
 
 
 def check_lineage(c: Candidate) -> None:
@@ -117,6 +145,8 @@ def check_lineage(c: Candidate) -> None:
     from jobs.training.metadata import finite_metrics, is_commit
 
     problems: dict[str, str] = {}
+    if c.flavor not in FLAVORS:
+        problems["flavor"] = f"{c.flavor!r} is not one of {sorted(FLAVORS)}"
     if not c.code_commit:
         problems["code_commit"] = "missing (run from a git checkout or set LOCKSTEP_CODE_COMMIT)"
     elif not is_commit(c.code_commit):
@@ -149,6 +179,27 @@ def check_lineage(c: Candidate) -> None:
         problems.setdefault("metrics", "holdback metrics without a holdback key (which range was scored)")
     if problems:
         raise LineageError(problems)
+
+
+def check_floor(info: ModelInfo) -> None:
+    """Refuse (``PromotionRefused``) a version that did not beat its baseline on the validation range.
+
+    ``lockstep train`` scores the registered baseline (``<name>_baseline``, trained on the same
+    train range) on the candidate's own validation partitions and records ``baseline_valid_auc``
+    and ``valid_auc_lift_over_baseline`` at registration; a lift <= 0 means the LightGBM model is
+    no better than the linear floor. A version without these metrics was not compared with a
+    baseline and is not held to it here.
+    """
+    lift = info.metrics.get(BASELINE_LIFT)
+    if lift is None or lift > 0:
+        return
+    base = info.metrics.get("baseline_valid_auc", float("nan"))
+    own = info.metrics.get("valid_auc", float("nan"))
+    which = info.tags.get("lockstep.baseline", "its baseline")
+    raise PromotionRefused(
+        f"challenger v{info.version} does not beat {which} on the validation range "
+        f"{json.loads(info.tags.get('ranges') or '{}').get('valid')}: valid AUC {own:.5f} vs baseline "
+        f"{base:.5f} (lift {lift:+.5f}); a model below the linear floor is not promoted")
 
 
 def tracking_uri(cfg) -> str:
@@ -224,7 +275,10 @@ class Registry:
             "training_sets_digest": hashlib.sha256(md.dumps(lineage["training_set_fingerprints"]).encode()).hexdigest(),
             "ranges": md.dumps(c.ranges)[:4000],
             "lockstep.redactions": md.dumps(redactions)[:4000],
+            "flavor": c.flavor,
         }
+        if c.baseline:
+            tags["lockstep.baseline"] = c.baseline
         client = self.client
         exp_id = self._experiment(c.name)
         run = client.create_run(exp_id, run_name=f"{c.name}-{time.strftime('%Y%m%dT%H%M%S')}", tags=tags)
@@ -234,8 +288,8 @@ class Registry:
                                          for k, v in sorted(params.items())],
                          metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics_kept.items())])
         with tempfile.TemporaryDirectory(prefix="lockstep-model-") as tmp:
-            (Path(tmp) / "model.txt").write_text(c.model_text)
-            client.log_artifact(run_id, str(Path(tmp) / "model.txt"), "model")
+            (Path(tmp) / FLAVORS[c.flavor]).write_text(c.model_text)
+            client.log_artifact(run_id, str(Path(tmp) / FLAVORS[c.flavor]), "model")
             for name, payload in (("lineage.json", lineage), ("reports.json", reports),
                                   ("environment.json", c.environment)):
                 (Path(tmp) / name).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
@@ -293,16 +347,23 @@ class Registry:
             return None
 
     def load(self, name: str, ref: int | str = CHAMPION) -> LoadedModel:
-        """The LightGBM booster and lineage of a version (by number or alias)."""
-        import lightgbm as lgb
-
+        """The model (LightGBM booster, or the baseline for flavor ``sgd_baseline``) and lineage of a
+        version (by number or alias)."""
         info = self.get(name, ref)
+        flavor = info.flavor
+        if flavor not in FLAVORS:
+            raise RegistryError(f"model {name!r} v{info.version} has flavor {flavor!r}, unknown to this code")
         with tempfile.TemporaryDirectory(prefix="lockstep-load-") as tmp:
-            model = self.client.download_artifacts(info.run_id, "model/model.txt", tmp)
-            lineage = self.client.download_artifacts(info.run_id, "meta/lineage.json", tmp)
-            booster = lgb.Booster(model_str=Path(model).read_text())
-            lineage = json.loads(Path(lineage).read_text())
-        return LoadedModel(info, booster, lineage)
+            text = Path(self.client.download_artifacts(info.run_id, f"model/{FLAVORS[flavor]}", tmp)).read_text()
+            lineage = json.loads(Path(self.client.download_artifacts(info.run_id, "meta/lineage.json", tmp))
+                                 .read_text())
+        if flavor == "lightgbm":
+            import lightgbm as lgb
+
+            return LoadedModel(info, lgb.Booster(model_str=text), lineage)
+        from jobs.training.baseline import BaselineModel
+
+        return LoadedModel(info, None, lineage, BaselineModel.from_json(text))
 
     def _aliases(self, name: str) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -330,6 +391,7 @@ class Registry:
         challenger = self.alias(name, CHALLENGER)
         if challenger is None:
             raise PromotionRefused(f"model {name!r} has no challenger to promote")
+        check_floor(challenger)
         champion = self.alias(name, CHAMPION)
         if champion is not None:
             key = challenger.holdback_key

@@ -132,7 +132,7 @@ def _rows(batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
         n = len(x)
         seen += n
         for role, m in models:
-            p = m.booster.predict(x)
+            p = m.predict(x)  # LightGBM booster or the linear baseline (LoadedModel.flavor)
             bad = ~np.isfinite(p) | (p < 0) | (p > 1)
             if bad.any():
                 raise LakeError(f"model {m.info.name} v{m.info.version}: {int(bad.sum())} score(s) outside [0, 1]")

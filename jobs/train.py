@@ -10,6 +10,11 @@ Time split, by labels cut-off (all three ranges are lists of weekly training-set
 A label at cut-off ``C`` looks ``horizon`` days ahead, so a training row's label overlaps the
 validation period unless ``valid_start - train_end >= embargo_days`` (default: the labels'
 horizon, 90); the same gap is required before the holdback. Tests on short ranges pass 0.
+
+The floor: when ``<model>_baseline`` (``jobs.training.baseline``, the incremental linear model)
+was trained on the same train and valid ranges, it is scored on the candidate's validation and
+holdback partitions; the lifts are recorded with the candidate and ``Registry.promote`` refuses
+a candidate that does not beat the baseline on validation.
 """
 from __future__ import annotations
 
@@ -79,12 +84,21 @@ class TrainOutcome:
     registered: ModelInfo | None
     champion_eval: dict | None  # the champion's metrics on this candidate's holdback, when computed
     notes: list[str] = field(default_factory=list)
+    #: the baseline comparison (``candidate.reports["baseline"]``), when a baseline was scored
+    baseline: dict | None = None
 
 
 def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, *, register: bool = True,
-                client=None) -> TrainOutcome:
+                client=None, baseline: bool | None = None) -> TrainOutcome:
     """Train on ``spec``'s ranges, score validation and holdback, register (gate) as challenger,
-    and score the current champion on the same holdback so ``promote`` can compare."""
+    and score the current champion on the same holdback so ``promote`` can compare.
+
+    The floor (``baseline``): the incremental linear baseline ``<model>_baseline`` trained on the
+    same train and valid ranges is scored on this candidate's validation (and holdback)
+    partitions, and ``baseline_valid_auc`` / ``valid_auc_lift_over_baseline`` are recorded with
+    the candidate, so ``Registry.promote`` refuses a candidate that does not beat it.
+    ``None`` (default): use such a registered baseline when one exists (a note otherwise);
+    ``True``: train and register one first when none exists (Dask); ``False``: no comparison."""
     from jobs.training import metadata, metrics
     from jobs.training.lgbm import resolve_params, score_files, train_dask, train_local
 
@@ -149,6 +163,10 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
         },
     )
     outcome = TrainOutcome(candidate, result, None, None)
+    if baseline is not False and (register or registry is not None or baseline):
+        registry = registry or Registry.from_config(cfg)
+        outcome.baseline = compare_with_baseline(cfg, spec, registry, candidate, files, features, outcome.notes,
+                                                 train=bool(baseline), client=client, storage_options=opts)
     if not register:
         return outcome
     registry = registry or Registry.from_config(cfg)
@@ -158,6 +176,49 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
         outcome.champion_eval = evaluate_on_holdback(registry, champion, spec, files["holdback"], features,
                                                      candidate.holdback["key"], outcome.notes, opts)
     return outcome
+
+
+def compare_with_baseline(cfg: Config, spec: TrainSpec, registry: Registry, candidate: Candidate, files: dict,
+                          features: list[str], notes: list[str], *, train: bool = False, client=None,
+                          storage_options=None) -> dict | None:
+    """Score ``<model>_baseline`` (same train/valid ranges) on the candidate's validation and holdback
+    partitions; record baseline metrics and lifts in ``candidate`` (metrics, reports, ``baseline``)."""
+    from jobs.training import baseline as bl
+    from jobs.training import metrics
+
+    fs = feature_registry.get(spec.feature_set)
+    info = bl.find_baseline(registry, spec.model_name, spec, fs.fingerprint)
+    if info is None and train:
+        trained = bl.train_baseline(cfg, spec, registry, client=client)
+        info = trained.registered
+    if info is None:
+        notes.append(f"no {bl.baseline_name(spec.model_name)} trained on train {list(spec.train)} / valid "
+                     f"{list(spec.valid)}: the baseline floor was not applied (`lockstep baseline` trains one)")
+        return None
+    loaded = registry.load(info.name, info.version)
+    if loaded.model is None or list(loaded.model.features) != list(features):
+        notes.append(f"{info.name} v{info.version} is not a baseline over these features: floor not applied")
+        return None
+    out = {"name": info.name, "version": info.version, "metric": "auc"}
+    for role in ("valid", "holdback"):
+        y, p = bl.score_files(loaded.model, files[role], LABEL, storage_options=storage_options)
+        s = {k: v for k, v in metrics.summary(y, p).items() if k != "calibration"}
+        own = {k: candidate.metrics[f"{role}_{k}"] for k in ("auc", "pr_auc", "log_loss")}
+        out[role] = {"baseline": {k: s[k] for k in ("auc", "pr_auc", "log_loss")}, "lightgbm": own,
+                     "auc_lift": own["auc"] - s["auc"]}
+        candidate.metrics.update({f"baseline_{role}_{k}": s[k] for k in ("auc", "pr_auc", "log_loss")})
+        candidate.metrics[f"{role}_auc_lift_over_baseline"] = own["auc"] - s["auc"]
+    lift = out["valid"]["auc_lift"]
+    winner = "lightgbm" if lift > 0 else "baseline"
+    out["winner"] = winner
+    out["summary"] = (f"validation {list(spec.valid)}: LightGBM AUC {out['valid']['lightgbm']['auc']:.4f} vs "
+                      f"baseline {info.name} v{info.version} AUC {out['valid']['baseline']['auc']:.4f}: "
+                      f"{'LightGBM' if lift > 0 else 'the baseline'} wins by {abs(lift):.4f} AUC"
+                      f"{'' if lift > 0 else ' (LightGBM will not be promoted)'}; holdback lift "
+                      f"{out['holdback']['auc_lift']:+.4f}")
+    candidate.reports["baseline"] = out
+    candidate.baseline = f"{info.name} v{info.version}"
+    return out
 
 
 def evaluate_on_holdback(registry: Registry, champion: ModelInfo, spec: TrainSpec, holdback_files, features,
@@ -184,7 +245,12 @@ def evaluate_on_holdback(registry: Registry, champion: ModelInfo, spec: TrainSpe
     if loaded.lineage.get("feature_set_fingerprint") != feature_registry.get(spec.feature_set).fingerprint:
         notes.append(f"champion v{champion.version} uses another feature-set version: not comparable")
         return None
-    y, p = score_files(loaded.booster, holdback_files, features, LABEL, storage_options=storage_options)
+    if loaded.booster is None:
+        from jobs.training.baseline import score_files as score_baseline
+
+        y, p = score_baseline(loaded.model, holdback_files, LABEL, storage_options=storage_options)
+    else:
+        y, p = score_files(loaded.booster, holdback_files, features, LABEL, storage_options=storage_options)
     summary = {k: v for k, v in metrics.summary(y, p).items() if k != "calibration"}
     registry.record_holdback_eval(champion.name, champion.version, key, summary)
     return summary
@@ -241,6 +307,9 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--embargo-days", type=int, default=HORIZON_DAYS)
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a LightGBM parameter")
     s.add_argument("--promote", action="store_true", help="promote the new challenger if it wins")
+    s.add_argument("--baseline", choices=("auto", "train", "off"), default="auto",
+                   help="the linear floor: compare with <model>_baseline on the same ranges if registered (auto), "
+                        "train one first if missing (train), or skip (off)")
     s.set_defaults(func=_cmd_train)
 
     m = subparsers.add_parser("model", help="registry: list versions, promote, rollback, prune")
@@ -275,13 +344,15 @@ def _cmd_train(args) -> int:
                      patience=args.patience, backend=args.backend, construct=args.construct,
                      save_binary=args.save_binary, embargo_days=args.embargo_days)
     registry = Registry.from_config(cfg)
-    out = train_model(cfg, spec, registry)
+    out = train_model(cfg, spec, registry, baseline={"auto": None, "train": True, "off": False}[args.baseline])
     m = out.candidate.metrics
     print(f"trained {spec.model_name} on {m['train_rows']} rows ({spec.backend}), best iteration {m['best_iteration']}")
     print(f"  valid    AUC {m['valid_auc']:.4f}  PR-AUC {m['valid_pr_auc']:.4f}  log loss {m['valid_log_loss']:.4f}")
     print(f"  holdback AUC {m['holdback_auc']:.4f}  PR-AUC {m['holdback_pr_auc']:.4f}  "
           f"log loss {m['holdback_log_loss']:.4f}  ECE {m['holdback_ece']:.4f}")
     print(f"registered {spec.model_name} v{out.registered.version} as challenger in {registry.uri}")
+    if out.baseline:
+        print(f"  floor: {out.baseline['summary']}")
     if out.champion_eval:
         print(f"  champion on the same holdback: AUC {out.champion_eval['auc']:.4f}")
     for note in out.notes:
@@ -317,4 +388,4 @@ def _cmd_model(args) -> int:
     return 0
 
 
-__all__ = ["TrainOutcome", "TrainSpec", "evaluate_on_holdback", "holdback_key", "train_model"]
+__all__ = ["TrainOutcome", "TrainSpec", "compare_with_baseline", "evaluate_on_holdback", "holdback_key", "train_model"]

@@ -82,7 +82,8 @@ class LinearModel:
 
 
 class BoosterModel:
-    """A registry version (``jobs.registry.LoadedModel``: LightGBM booster + lineage) as a serving Model."""
+    """A registry version (``jobs.registry.LoadedModel``: LightGBM booster or linear baseline + lineage)
+    as a serving Model."""
 
     def __init__(self, loaded):
         self.loaded = loaded
@@ -98,8 +99,11 @@ class BoosterModel:
     def predict_matrix(self, x: np.ndarray) -> np.ndarray:
         """Scores of a float64 matrix whose columns are ``feature_names`` (NaN = null).
 
-        One thread: for the service's one-row calls OpenMP's thread start costs more than
-        the trees (and a second thread would compete with the event loop for the 2 cores)."""
+        LightGBM on one thread: for the service's one-row calls OpenMP's thread start costs more
+        than the trees (and a second thread would compete with the event loop for the 2 cores).
+        Other flavors (the dask-ml linear baseline) predict through the registry's ``LoadedModel``."""
+        if self.loaded.booster is None:
+            return self.loaded.predict(x)
         return self.loaded.booster.predict(x, num_threads=1)
 
 

@@ -204,11 +204,15 @@ def lightgbm_param_names() -> frozenset[str]:
 JOB_PARAMS = frozenset({"num_boost_round", "patience", "backend", "construct", "save_binary", "embargo_days",
                         "feature_set", "label_definition", "horizon_days", "train_range", "valid_range",
                         "holdback_range", "best_iteration", "n_workers"})
-_METRIC = re.compile(r"^(train|valid|holdback)_[a-z0-9_]+$|^best_iteration$|^(train|valid)_rows$")
+#: The incremental baseline's settings (``jobs.training.baseline``): SGDClassifier options are ``sgd_*``.
+BASELINE_PARAMS = frozenset({"model_flavor", "epochs", "seed", "partitions", "imputation", "missing_indicators",
+                             "baseline"})
+_SGD_PARAM = re.compile(r"^sgd_[a-z0-9_]+$")
+_METRIC = re.compile(r"^(baseline_)?(train|valid|holdback)_[a-z0-9_]+$|^best_iteration$|^(train|valid)_rows$")
 
 
 def allow_param(key: str) -> bool:
-    return key in JOB_PARAMS or key in lightgbm_param_names()
+    return key in JOB_PARAMS or key in BASELINE_PARAMS or bool(_SGD_PARAM.match(key)) or key in lightgbm_param_names()
 
 
 def allow_metric(key: str) -> bool:

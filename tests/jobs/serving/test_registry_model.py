@@ -57,3 +57,24 @@ def test_registry_champion_serves_and_is_rescored_exactly(lake_cfg, lake_events,
     assert set(logged.model_name) == {"repurchase_test"} and set(logged.model_version) == {"1"}
     want = booster.predict(logged[list(FS.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan))
     assert (logged.score.to_numpy() == want).all()
+
+
+def test_a_baseline_flavor_champion_serves_its_own_scores():
+    """A dask-ml baseline (no booster) promoted to champion serves through the same Model adapter."""
+    import pandas as pd
+
+    from jobs.registry import LoadedModel, ModelInfo
+    from jobs.serving.model import BoosterModel
+    from jobs.training.baseline import BaselineModel
+
+    n = len(FS.feature_names)
+    rng = np.random.default_rng(1)
+    bm = BaselineModel(list(FS.feature_names), rng.random(n), np.ones(n), np.ones(n), [FS.feature_names[0]],
+                       rng.normal(size=n + 1), -0.5)
+    info = ModelInfo("repurchase_test_baseline", 1, ["champion"], {"flavor": "sgd_baseline"}, {}, "", "")
+    model = BoosterModel(LoadedModel(info, None, {"feature_names": list(FS.feature_names)}, model=bm))
+    x = rng.random((5, n))
+    x[0, 0] = np.nan
+    frame = pd.DataFrame(x, columns=list(FS.feature_names))
+    assert np.array_equal(model.predict_matrix(x), bm.predict(x))
+    assert np.array_equal(model.predict(frame), bm.predict(x)) and 0 < bm.predict(x).min()
