@@ -128,11 +128,13 @@ def attribute(fs: FeatureSet, served: pd.DataFrame, known: pd.DataFrame, as_of: 
         eq_k = equal_within(s, known[f.name].to_numpy(), f.tolerance)
         eq_a = equal_within(s, as_of[f.name].to_numpy(), f.tolerance)
         mism = ~(eq_k & eq_a)
-        cause = np.select(
-            [~mism, degraded, eq_k, ~current_fp, stale_row],
-            ["", "degraded", "late_data", "version_skew", "staleness"], default="logic_skew")
-        out[f.name] = cause
+        code = np.select([~mism, degraded, eq_k, ~current_fp, stale_row], range(5), default=5).astype(np.intp)
+        # integer select, then a categorical over the labels: no per-row strings are built
+        out[f.name] = pd.Categorical.from_codes(code, categories=_CAUSE_LABELS)
     return pd.DataFrame(out, index=served.index)
+
+
+_CAUSE_LABELS = ["", "degraded", "late_data", "version_skew", "staleness", "logic_skew"]
 
 
 def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame) -> list[dict]:
@@ -143,7 +145,7 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
         sn, kn = np.isnan(s), np.isnan(k)
         both = ~sn & ~kn
         d = s[both] - k[both]
-        c = causes[f.name].to_numpy()
+        c = np.asarray(causes[f.name].to_numpy(), dtype=object)
         mism = c != ""
         rec = {
             "feature": f.name, "rows": len(s), "compared": int(both.sum()), "both_null": int((sn & kn).sum()),
@@ -154,8 +156,9 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
             "abs_diff_p50": float(np.percentile(np.abs(d), 50)) if len(d) else None,
             "abs_diff_p99": float(np.percentile(np.abs(d), 99)) if len(d) else None,
         }
+        counts = pd.Series(c).value_counts()  # one hash pass instead of a comparison per cause
         for cause in CAUSES:
-            rec[cause] = int((c == cause).sum())
+            rec[cause] = int(counts.get(cause, 0))
         # Samples of the most actionable causes first (late data is expected, logic skew is a bug).
         where = np.flatnonzero(mism)
         rank = np.select([c[where] == k for k in ("logic_skew", "version_skew", "staleness", "degraded")],
@@ -222,7 +225,8 @@ def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, 
         raise ValueError(f"no raw_events partitions in {cfg.lake().root}")
     end = min(last, (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
     queries = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64),
-                            "as_of": logs["request_time"].to_numpy(), "_row": np.arange(len(logs), dtype=np.int64)})
+                            "as_of": logs["request_time"].array,  # tz-aware datetimes, not Timestamp objects
+                            "_row": np.arange(len(logs), dtype=np.int64)})
     frames = engines.run(cfg, fs, raw.files(first, end), queries, mode)
     out = pd.concat(list(frames), ignore_index=True)
     out = out.sort_values("_row", ignore_index=True)
@@ -249,7 +253,7 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
     ev = ev[(ev[fs.ingested_at] >= t.min()) & (ev[fs.timestamp] < t.max())]
     if not len(ev):
         return np.zeros(len(logs), dtype=bool)
-    rows = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.to_numpy(),
+    rows = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.array,
                          "_row": np.arange(len(logs))})
     pairs = rows.merge(ev, on=fs.entity, how="inner")
     hit = (pairs[fs.timestamp] < pairs["_t"]) & (pairs[fs.ingested_at] >= pairs["_t"])
@@ -260,24 +264,26 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
 
 def stale_vectors(cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int) -> tuple[list[pd.DataFrame], list[str]]:
     """Per earlier snapshot (request day - 1 ... - lookback): the entity's vector (defaults when absent)."""
+    from features.kernel import US_PER_DAY, to_us
     from jobs.snapshots import snapshot_table
 
     table = snapshot_table(cfg.lake(), fs)
-    day = logs["request_time"].dt.tz_convert("UTC").dt.normalize()
+    day = to_us(logs["request_time"], "request_time") // US_PER_DAY  # UTC day numbers: no per-row strings
     out, notes = [], []
     defaults = {f.name: (f.default if f.default is not None else np.nan) for f in fs.features}
     for lag in range(1, lookback_days + 1):
-        want = (day - pd.Timedelta(days=lag)).dt.strftime("%Y-%m-%d")
+        want = day - lag
         vec = {f.name: np.full(len(logs), defaults[f.name], dtype=np.float64) for f in fs.features}
-        for snap_ds in pd.unique(want):
+        for snap_day in np.unique(want):
+            snap_ds = (pd.Timestamp(0) + pd.Timedelta(days=int(snap_day))).strftime("%Y-%m-%d")
             try:
                 snap = table.read(snap_ds)
             except MissingPartitionError:
                 notes.append(f"snapshot ds={snap_ds} missing: staleness against it not checked")
                 for v in vec.values():
-                    v[(want == snap_ds).to_numpy()] = np.nan
+                    v[want == snap_day] = np.nan
                 continue
-            rows = np.flatnonzero((want == snap_ds).to_numpy())
+            rows = np.flatnonzero(want == snap_day)
             pos = pd.Index(snap[fs.entity].to_numpy()).get_indexer(logs["entity_id"].to_numpy()[rows])
             found = pos >= 0
             for f in fs.features:
