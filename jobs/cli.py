@@ -196,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
 
     # The jobs of the other stages declare their own subcommands.
     from jobs import labels, scoring, skew, sql, train, training_set
+    from jobs import tune as tune_job
     from jobs.serving import app as serving_app
     from jobs.serving import log as serving_log
     from jobs.serving import replay as serving_replay
@@ -203,7 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     from jobs.validate import add_validate_parser
 
     add_validate_parser(sub)
-    for module in (labels, training_set, train, baseline, scoring, sql, serving_app, serving_log, serving_replay, skew):
+    for module in (labels, training_set, train, baseline, tune_job, scoring, sql, serving_app, serving_log, serving_replay, skew):
         module.add_parsers(sub)
     return p
 

@@ -89,7 +89,8 @@ class TrainOutcome:
 
 
 def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, *, register: bool = True,
-                client=None, baseline: bool | None = None) -> TrainOutcome:
+                client=None, baseline: bool | None = None, extra_metrics: dict | None = None,
+                extra_reports: dict | None = None) -> TrainOutcome:
     """Train on ``spec``'s ranges, score validation and holdback, register (gate) as challenger,
     and score the current champion on the same holdback so ``promote`` can compare.
 
@@ -98,7 +99,9 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
     partitions, and ``baseline_valid_auc`` / ``valid_auc_lift_over_baseline`` are recorded with
     the candidate, so ``Registry.promote`` refuses a candidate that does not beat it.
     ``None`` (default): use such a registered baseline when one exists (a note otherwise);
-    ``True``: train and register one first when none exists (Dask); ``False``: no comparison."""
+    ``True``: train and register one first when none exists (Dask); ``False``: no comparison.
+    ``extra_metrics``/``extra_reports`` are recorded with the candidate (e.g. the parameter search
+    that chose ``spec.params``: ``jobs.training.tune``)."""
     from jobs.training import metadata, metrics
     from jobs.training.lgbm import resolve_params, score_files, train_dask, train_local
 
@@ -162,6 +165,8 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
             "seconds": result.seconds,
         },
     )
+    candidate.metrics.update(extra_metrics or {})
+    candidate.reports.update(extra_reports or {})
     outcome = TrainOutcome(candidate, result, None, None)
     if baseline is not False and (register or registry is not None or baseline):
         registry = registry or Registry.from_config(cfg)

@@ -89,8 +89,12 @@ def test_training_flow_and_params(dagbag):
     dag = dagbag.dags["training"]
     assert [t.task_id for t in dag.topological_sort()] == [
         "plan_window", "build_labels", "build_training_sets", "validate_training_sets",
-        "train_and_register", "promote"]
+        "tune", "train_baseline", "train_and_register", "promote"]
     assert dag.params.get_param("backend").resolve("dask") == "dask"
+    assert dag.params.get_param("tune").resolve() is False  # off unless asked for
+    assert dag.get_task("train_and_register").trigger_rule == "none_failed"  # runs when tune is skipped
+    assert dag.params.get_param("baseline").resolve() is True  # the promotion floor is on by default
+    assert {"tune", "train_baseline"} <= set(dag.get_task("train_and_register").upstream_task_ids)
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError):
@@ -124,3 +128,49 @@ def test_a_bad_engine_name_is_refused_at_trigger_time(dagbag, dag_id):
         engine.resolve("flink")
     assert engine.resolve("dask") == "dask"
     assert engine.resolve(None) is None  # empty: the configured engine (LOCKSTEP_ENGINE, else local)
+
+
+def test_training_tune_task_is_skipped_unless_asked_and_feeds_train_and_register(dagbag, monkeypatch):
+    """The ``tune`` and ``train_and_register`` callables, with the jobs replaced by stand-ins."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    import jobs.train
+    import jobs.training.tune as tune_mod
+
+    dag = dagbag.dags["training"]
+    window = {"train": ["1997-02-03", "1997-02-24"], "valid": ["1997-03-03", "1997-03-10"],
+              "holdback": ["1997-03-17", "1997-03-31"], "embargo_days": 0}
+    params = {**{k: dag.params[k] for k in dag.params.keys()}, "engine": None}  # noqa: SIM118 - a ParamsDict
+    with pytest.raises(AirflowSkipException, match="tuning is off"):
+        dag.get_task("tune").python_callable(window, params=params)
+
+    best = {"num_leaves": 7, "learning_rate": 0.1}
+    result = SimpleNamespace(best_params=best, seed=3, best_auc=0.7, n_configs=5, n_fits=8, stopped_early=None)
+    seen = {}
+
+    def fake_tune(cfg, spec, **kw):
+        seen["tune"] = (spec, kw)
+        return result
+
+    monkeypatch.setattr(tune_mod, "tune", fake_tune)
+    monkeypatch.setattr(tune_mod, "write_report", lambda *a, **k: {"summary.md": "/lake/_reports/x/summary.md"})
+    tuned = dag.get_task("tune").python_callable(window, params={**params, "tune": True, "tune_seed": 3})
+    assert tuned["params"] == {**best, "seed": 3} and tuned["configs_tried_on_validation"] == 5
+    assert seen["tune"][1]["seed"] == 3 and seen["tune"][0].holdback == ("1997-03-17", "1997-03-31")
+
+    def fake_train(cfg, spec, *a, **k):
+        seen.setdefault("specs", []).append(spec)
+        seen.setdefault("extra", []).append((k.get("extra_metrics"), k.get("extra_reports")))
+        return SimpleNamespace(registered=SimpleNamespace(version=1), candidate=SimpleNamespace(metrics={}),
+                               champion_eval=None, notes=[], baseline=None)
+
+    monkeypatch.setattr(jobs.train, "train_model", fake_train)
+    train = dag.get_task("train_and_register").python_callable
+    train(window, params=params, ti=SimpleNamespace(xcom_pull=lambda task_ids: tuned))
+    train(window, params=params, ti=SimpleNamespace(xcom_pull=lambda task_ids: None))  # tune skipped
+    assert seen["specs"][0].params == {**best, "seed": 3} and seen["specs"][1].params == {}
+    # the registered model records the search that chose its parameters (and nothing when none ran)
+    assert seen["extra"][0][0]["valid_configs_tried"] == 5 and seen["extra"][0][1]["tuning"] == tuned
+    assert seen["extra"][1] == ({}, {})

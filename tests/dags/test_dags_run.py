@@ -56,9 +56,15 @@ def test_training_dag_trains_registers_and_promotes_a_champion(history):
     lake = cfg.lake()
     assert lake.table("labels").partitions() == window["cutoffs"]
     assert lake.table("training_sets/customer_activity_v1").partitions() == window["cutoffs"]
-    champion = Registry.from_config(cfg).alias("repurchase_90d", CHAMPION)
+    registry = Registry.from_config(cfg)
+    champion = registry.alias("repurchase_90d", CHAMPION)
     assert champion is not None and champion.version == 1
     assert champion.metrics["holdback_auc"] > 0.5
+    # the floor: the dask-ml baseline was trained on the same ranges and LightGBM beat it on validation
+    baseline = registry.versions("repurchase_90d_baseline")[-1]
+    assert baseline.flavor == "sgd_baseline" and baseline.metrics["valid_auc"] > 0.5
+    assert champion.metrics["baseline_valid_auc"] == pytest.approx(baseline.metrics["valid_auc"])
+    assert champion.metrics["valid_auc_lift_over_baseline"] > 0
 
 
 def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
@@ -73,3 +79,24 @@ def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
     table = read_day(sql_url(cfg), SCORE_DAY)
     assert len(table) == snap.rows and set(table["role"]) == {"champion"}
     assert table["score"].between(0, 1).all()
+
+
+def test_training_dag_with_tune_trains_the_searched_parameters(history):
+    """Param ``tune``: the search runs (its report lands under the lake), train_and_register uses its best."""
+    import json
+    from pathlib import Path
+
+    from jobs.registry import Registry
+
+    af, cfg = history
+    proc = af.dags_test("training", conf={**TRAINING_CONF, "tune": True, "tune_candidates": 3,
+                                          "tune_max_rows": 5000, "tune_seed": 1})
+    reports = list((Path(cfg.lake_root) / "_reports" / "tuning" / "repurchase_90d").glob("*-seed1/summary.json"))
+    assert len(reports) == 1, proc.stdout[-3000:]
+    summary = json.loads(reports[0].read_text())
+    assert summary["configs_tried_on_validation"] == 3 and summary["holdback_used"] is False
+    latest = max(Registry.from_config(cfg).versions("repurchase_90d"), key=lambda v: v.version)
+    booster = Registry.from_config(cfg).load("repurchase_90d", latest.version).booster
+    best = summary["best_params"]
+    assert booster.params["num_leaves"] == best["num_leaves"]
+    assert booster.params["learning_rate"] == pytest.approx(best["learning_rate"])
