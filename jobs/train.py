@@ -102,7 +102,7 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
     ``True``: train and register one first when none exists (Dask); ``False``: no comparison.
     ``extra_metrics``/``extra_reports`` are recorded with the candidate (e.g. the parameter search
     that chose ``spec.params``: ``jobs.training.tune``)."""
-    from jobs.training import metadata, metrics
+    from jobs.training import metrics
     from jobs.training.lgbm import resolve_params, score_files, train_dask, train_local
 
     fs = feature_registry.get(spec.feature_set)
@@ -137,27 +137,14 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
     for prefix, m in (("valid", valid), ("holdback", hold)):
         flat.update({f"{prefix}_{k}": v for k, v in m.items() if k != "calibration"})
 
-    holdback_parts = {f"{table.name}/ds={m.ds}": m.content_fingerprint for m in parts["holdback"]}
     gain = booster.feature_importance("gain", iteration=best)
-    env = metadata.environment()
     candidate = Candidate(
         name=spec.model_name,
         model_text=booster.model_to_string(num_iteration=best),
-        feature_set=fs.name,
-        feature_names=features,
-        code_commit=metadata.code_commit(),
-        feature_set_fingerprint=fs.fingerprint,
-        training_set_fingerprints={f"{table.name}/ds={m.ds}": m.content_fingerprint
-                                   for ms in parts.values() for m in ms},
-        environment_digest=metadata.environment_digest(env),
-        environment=env,
+        **lineage_fields(fs, table, parts, spec),
         params={**_jsonable(params), "num_boost_round": spec.num_boost_round, "patience": spec.patience,
-                "backend": spec.backend, "construct": spec.construct, "embargo_days": spec.embargo_days,
-                "label_definition": parts["train"][0].producer.get("label_definition", ""),
-                "horizon_days": parts["train"][0].producer.get("horizon_days")},
+                "backend": spec.backend, "construct": spec.construct, **label_params(parts, spec)},
         metrics=flat,
-        holdback={"key": holdback_key(holdback_parts), "range": list(spec.holdback), "partitions": holdback_parts},
-        ranges={"train": list(spec.train), "valid": list(spec.valid), "holdback": list(spec.holdback)},
         reports={
             "calibration": {"valid": valid["calibration"], "holdback": hold["calibration"]},
             "feature_importance_gain": dict(sorted(zip(features, map(float, gain)), key=lambda kv: -kv[1])),
@@ -261,6 +248,43 @@ def evaluate_on_holdback(registry: Registry, champion: ModelInfo, spec: TrainSpe
     return summary
 
 
+def lineage_fields(fs, table, parts: dict, spec: TrainSpec) -> dict:
+    """The lineage a ``Candidate`` needs (the registry's gate checks it), for a model trained on the
+    training-set partitions ``parts`` (role -> manifests) of ``table``: code commit, feature set and
+    fingerprint, every partition's content fingerprint, environment, holdback key and the ranges."""
+    from jobs.training import metadata
+
+    env = metadata.environment()
+    holdback_parts = {f"{table.name}/ds={m.ds}": m.content_fingerprint for m in parts["holdback"]}
+    return {
+        "feature_set": fs.name, "feature_names": list(fs.feature_names), "code_commit": metadata.code_commit(),
+        "feature_set_fingerprint": fs.fingerprint,
+        "training_set_fingerprints": {f"{table.name}/ds={m.ds}": m.content_fingerprint
+                                      for ms in parts.values() for m in ms},
+        "environment_digest": metadata.environment_digest(env), "environment": env,
+        "holdback": {"key": holdback_key(holdback_parts), "range": list(spec.holdback), "partitions": holdback_parts},
+        "ranges": {"train": list(spec.train), "valid": list(spec.valid), "holdback": list(spec.holdback)},
+    }
+
+
+def label_params(parts: dict, spec: TrainSpec) -> dict:
+    """The label definition and embargo a model was trained under (recorded with its parameters)."""
+    producer = parts["train"][0].producer
+    return {"embargo_days": spec.embargo_days, "label_definition": producer.get("label_definition", ""),
+            "horizon_days": producer.get("horizon_days")}
+
+
+def parse_params(pairs) -> dict:
+    """``--param KEY=VALUE`` arguments as a dict; a value is JSON when it parses (numbers, booleans)."""
+    params = {}
+    for kv in pairs:
+        k, _, v = kv.partition("=")
+        with contextlib.suppress(ValueError):
+            v = json.loads(v)
+        params[k] = v
+    return params
+
+
 def holdback_key(partitions: dict[str, str]) -> str:
     """One id for a holdback range: its partitions and their content fingerprints."""
     return hashlib.sha256(json.dumps(sorted(partitions.items())).encode()).hexdigest()
@@ -338,14 +362,8 @@ def _cmd_train(args) -> int:
     from jobs.cli import _config
 
     cfg = _config(args)
-    params = {}
-    for kv in args.param:
-        k, _, v = kv.partition("=")
-        with contextlib.suppress(ValueError):
-            v = json.loads(v)
-        params[k] = v
     spec = TrainSpec(tuple(args.train), tuple(args.valid), tuple(args.holdback), model_name=args.model,
-                     feature_set=args.feature_set, params=params, num_boost_round=args.rounds,
+                     feature_set=args.feature_set, params=parse_params(args.param), num_boost_round=args.rounds,
                      patience=args.patience, backend=args.backend, construct=args.construct,
                      save_binary=args.save_binary, embargo_days=args.embargo_days)
     registry = Registry.from_config(cfg)

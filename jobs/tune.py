@@ -6,11 +6,10 @@ See ``jobs.training.tune``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 
 from jobs.labels import HORIZON_DAYS
-from jobs.train import DEFAULT_MODEL, TrainSpec
+from jobs.train import DEFAULT_MODEL, TrainSpec, parse_params
 
 
 def add_parsers(subparsers) -> None:
@@ -43,14 +42,8 @@ def _cmd_tune(args) -> int:
     from jobs.training.tune import tune_and_train
 
     cfg = _config(args)
-    params = {}
-    for kv in args.param:
-        k, _, v = kv.partition("=")
-        with contextlib.suppress(ValueError):
-            v = json.loads(v)
-        params[k] = v
     spec = TrainSpec(tuple(args.train), tuple(args.valid), tuple(args.holdback), model_name=args.model,
-                     feature_set=args.feature_set, params=params, num_boost_round=args.rounds,
+                     feature_set=args.feature_set, params=parse_params(args.param), num_boost_round=args.rounds,
                      patience=args.patience, embargo_days=args.embargo_days)
     registry = None if args.no_train else Registry.from_config(cfg)
     out = tune_and_train(cfg, spec, registry, train=not args.no_train, progress=lambda m: print(m, flush=True),

@@ -315,8 +315,8 @@ def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAU
     from features import registry as feature_registry
     from jobs.labels import LABEL
     from jobs.registry import Candidate, Registry
-    from jobs.train import _dask_client, holdback_key
-    from jobs.training import metadata, metrics
+    from jobs.train import _dask_client, label_params, lineage_fields
+    from jobs.training import metrics
     from jobs.training_set import partitions_in, training_set_table
 
     fs = feature_registry.get(spec.feature_set)
@@ -340,30 +340,17 @@ def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAU
     for prefix, m in (("valid", valid), ("holdback", hold)):
         flat.update({f"{prefix}_{k}": v for k, v in m.items() if k != "calibration"})
 
-    holdback_parts = {f"{table.name}/ds={m.ds}": m.content_fingerprint for m in parts["holdback"]}
-    env = metadata.environment()
     sgd_used = model.info["sgd"]
     candidate = Candidate(
         name=baseline_name(spec.model_name),
         model_text=model.to_json(),
         flavor=FLAVOR,
-        feature_set=fs.name,
-        feature_names=features,
-        code_commit=metadata.code_commit(),
-        feature_set_fingerprint=fs.fingerprint,
-        training_set_fingerprints={f"{table.name}/ds={m.ds}": m.content_fingerprint
-                                   for ms in parts.values() for m in ms},
-        environment_digest=metadata.environment_digest(env),
-        environment=env,
+        **lineage_fields(fs, table, parts, spec),
         params={"model_flavor": FLAVOR, "epochs": epochs, "seed": seed, "partitions": fit.partitions,
                 **{f"sgd_{k}": v for k, v in sgd_used.items()},
                 "imputation": "standardise; null -> training mean; missing indicators",
-                "missing_indicators": model.indicators, "embargo_days": spec.embargo_days,
-                "label_definition": parts["train"][0].producer.get("label_definition", ""),
-                "horizon_days": parts["train"][0].producer.get("horizon_days")},
+                "missing_indicators": model.indicators, **label_params(parts, spec)},
         metrics=flat,
-        holdback={"key": holdback_key(holdback_parts), "range": list(spec.holdback), "partitions": holdback_parts},
-        ranges={"train": list(spec.train), "valid": list(spec.valid), "holdback": list(spec.holdback)},
         reports={
             "calibration": {"valid": valid["calibration"], "holdback": hold["calibration"]},
             "coefficients": dict(zip([*features, *(f"{f}__missing" for f in model.indicators)],

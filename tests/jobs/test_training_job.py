@@ -4,31 +4,22 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from training_lake import COMMIT, RANGES, training_lake
 
 from features import registry as feature_registry
-from jobs.config import Config
-from jobs.ingest import ingest_cdnow
-from jobs.labels import build_labels, weekly_cutoffs
+from jobs.labels import weekly_cutoffs
 from jobs.registry import CHAMPION, Registry
 from jobs.train import TrainSpec, train_model
 from jobs.training.lgbm import score_files
-from jobs.training_set import build_training_sets, training_set_table
+from jobs.training_set import training_set_table
 
 FS = feature_registry.get("customer_activity_v1")
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-RANGES = {"train": ("1997-02-03", "1997-02-24"), "valid": ("1997-03-03", "1997-03-10"),
-          "holdback": ("1997-03-17", "1997-03-31")}
 PARAMS = {"num_threads": 1, "num_leaves": 15, "min_data_in_leaf": 50}
 
 
 @pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")), dask_workers=2)
-    ingest_cdnow(cfg.lake(), "1997-01-01", "1997-04-27")
-    cutoffs = weekly_cutoffs("1997-02-03", "1997-03-31")
-    build_labels(cfg, cutoffs, horizon_days=28)
-    build_training_sets(cfg, cutoffs, validate=False)
-    return cfg
+def cfg(training_lake_template, tmp_path_factory):
+    return training_lake(training_lake_template, tmp_path_factory, dask_workers=2)
 
 
 @pytest.fixture(scope="module")
