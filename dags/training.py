@@ -22,7 +22,7 @@ Weekly (Mondays 00:00 UTC, inside the CDNOW period) and on demand (Trigger, with
 | `tune` | training sets: the train range (a stratified subsample) and the valid range, never the holdback | *skipped* unless Param `tune` is true; successive-halving search of LightGBM parameters on the Dask cluster (`lockstep tune`); report under `<lake>/_reports/tuning/`; the best parameters (XCom) go to `train_and_register` |
 | `train_baseline` | training sets (train range on the Dask cluster, out of core) | the dask-ml linear baseline `<model>_baseline` (Param `baseline`, default on), registered through the same lineage gate |
 | `train_and_register` | training sets | LightGBM (streamed from Parquet) with the tuned parameters if `tune` ran; scored against the baseline on validation (the floor); registered as `challenger` only with full lineage (the registry's gate refuses otherwise); the champion is scored on the same holdback |
-| `promote` | the registry | `champion` alias moves to the challenger only if it beats the baseline on validation and the champion on the same holdback; otherwise the task is *skipped* and the champion kept |
+| `promote` | the registry | `champion` alias moves to the challenger only if it beats the baseline on validation and the champion on the same holdback; otherwise the task is *skipped* and the champion kept. With no champion yet and LightGBM below the floor, the baseline it lost to becomes the first champion (a version of the model adopted from `<model>_baseline`), so scoring and serving have the better model |
 
 **Params** (all optional): `train_from/train_to`, `valid_from/valid_to`, `holdback_from/holdback_to` (Monday
 cut-offs); unset ones derive from the last mature cut-off (`*_weeks`, `embargo_days` = the 90-day label
@@ -149,11 +149,17 @@ def training():
 
         from jobs.registry import PromotionRefused, Registry
 
+        registry = Registry.from_config(o.config())
         try:
-            info = Registry.from_config(o.config()).promote(params["model_name"])
+            info = registry.promote(params["model_name"])
         except PromotionRefused as exc:
-            raise AirflowSkipException(f"champion kept: {exc}") from exc
-        return {"champion": info.version}
+            # No champion yet and LightGBM is below the linear floor: the baseline is the better model.
+            first = registry.baseline_as_first_champion(params["model_name"])
+            if first is None:
+                raise AirflowSkipException(f"champion kept: {exc}") from exc
+            return {"champion": first.version, "flavor": first.flavor, "adopted_from": first.tags.get(
+                "lockstep.adopted_from"), "why": str(exc)}
+        return {"champion": info.version, "flavor": info.flavor}
 
     window = plan_window()
     labels = build_labels(window)

@@ -7,7 +7,8 @@ Steps, all inside the project directory (``.lockstep/``):
 2. the CDNOW history landed into ``raw_events`` in bulk — what months of ``features_daily`` runs would
    have landed, so the 90-day labels of the training DAG are mature;
 3. the ``training`` DAG (``airflow dags test``, with a small window): labels, point-in-time
-   training sets, validation, LightGBM, lineage-gated registration, promotion to champion;
+   training sets, validation, the dask-ml linear baseline, LightGBM, lineage-gated registration,
+   promotion to champion (only if it beats the baseline on validation);
 4. the scheduler, DAG processor and API server started; a **backfill** of ``features_daily``
    over ``days`` days created through the REST API (what the UI's Backfill dialog does); each
    validated snapshot emits an Asset event that triggers ``batch_scoring`` (champion + shadow
@@ -58,6 +59,26 @@ def airflow_for(project: Path, lake: str, port: int | None = None):
 
 def _step(n: int, total: int, text: str, t0: float) -> None:
     print(f"[{n}/{total}] {text} ({time.perf_counter() - t0:.0f}s)", flush=True)
+
+
+def _floor(cfg) -> str:
+    """The champion's validation AUC against the linear baseline's (the promotion floor)."""
+    from jobs.registry import CHAMPION, Registry
+    from jobs.train import DEFAULT_MODEL
+
+    registry = Registry.from_config(cfg)
+    champion = registry.alias(DEFAULT_MODEL, CHAMPION)
+    if champion is None:
+        raise RuntimeError(f"the training DAG left no champion of {DEFAULT_MODEL}: nothing to score or serve")
+    if champion.flavor != "lightgbm":
+        lost = registry.alias(DEFAULT_MODEL, "challenger")
+        lgbm = f"LightGBM {lost.metrics['valid_auc']:.4f} < " if lost is not None else ""
+        return (f"champion: the linear baseline ({champion.tags.get('lockstep.adopted_from')}), validation AUC "
+                f"{lgbm}baseline {champion.metrics['valid_auc']:.4f}: LightGBM was below the floor")
+    m = champion.metrics
+    if "baseline_valid_auc" not in m:
+        return f"champion: LightGBM, validation AUC {m['valid_auc']:.4f}; no baseline compared"
+    return f"champion: LightGBM, validation AUC {m['valid_auc']:.4f} vs the linear baseline's {m['baseline_valid_auc']:.4f}"
 
 
 def wal_dir(project: Path) -> Path:
@@ -170,7 +191,8 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
                         timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the training DAG failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-    _step(3, STEPS, "training DAG: labels -> training sets -> validated -> LightGBM -> registered -> champion", t0)
+    _step(3, STEPS, "training DAG: labels -> training sets -> validated -> dask-ml baseline + LightGBM -> "
+                    f"registered -> champion ({_floor(cfg)})", t0)
 
     af.start(("scheduler", "dag-processor", "api-server"))
     try:

@@ -413,6 +413,34 @@ class Registry:
         self.client.delete_registered_model_alias(name, CHALLENGER)
         return self.get(name, challenger.version)
 
+    def adopt(self, name: str, source_name: str, version: int, alias: str | None = CHAMPION) -> ModelInfo:
+        """Register ``source_name`` v``version`` as a new version of ``name``: the same run, artifacts,
+        lineage and metrics (tag ``lockstep.adopted_from`` says where from), with ``alias``."""
+        src = self.get(source_name, version)
+        if not self._has_model(name):
+            self.client.create_registered_model(name, tags={"feature_set": src.tags.get("feature_set", "")})
+        tags = {**src.tags, "lockstep.adopted_from": f"{source_name} v{src.version}"}
+        mv = self.client.create_model_version(name, src.source, run_id=src.run_id, tags=tags)
+        if alias:
+            self.client.set_registered_model_alias(name, alias, mv.version)
+        return self.get(name, int(mv.version))
+
+    def baseline_as_first_champion(self, name: str) -> ModelInfo | None:
+        """With NO champion yet and a challenger refused by the floor, the baseline it lost to is the
+        better model: adopt it as ``name``'s first champion (so scoring and serving have a model).
+        Returns None when there is a champion, no challenger, or the challenger was not below the floor.
+        """
+        if self.alias(name, CHAMPION) is not None:
+            return None
+        challenger = self.alias(name, CHALLENGER)
+        if challenger is None or challenger.metrics.get(BASELINE_LIFT, 1.0) > 0:
+            return None
+        ref = challenger.tags.get("lockstep.baseline", "")
+        base_name, _, version = ref.rpartition(" v")
+        if not base_name or not version.isdigit():
+            return None
+        return self.adopt(name, base_name, int(version))
+
     def rollback(self, name: str) -> ModelInfo:
         """Restore the previous champion; the current one keeps no alias."""
         history = self._history(name)

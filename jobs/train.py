@@ -30,7 +30,14 @@ import pandas as pd
 from features import registry as feature_registry
 from jobs.config import Config
 from jobs.labels import HORIZON_DAYS, LABEL
-from jobs.registry import CHAMPION, Candidate, ModelInfo, Registry, RegistryError
+from jobs.registry import (
+    CHAMPION,
+    Candidate,
+    ModelInfo,
+    PromotionRefused,
+    Registry,
+    RegistryError,
+)
 from jobs.training import BACKENDS, CONSTRUCT
 from jobs.training_set import partitions_in, training_set_table
 
@@ -397,7 +404,15 @@ def _cmd_model(args) -> int:
                   f"{v.metrics.get('holdback_auc', float('nan')):.4f}  commit {v.tags.get('code_commit', '')[:12]}  "
                   f"features {v.tags.get('feature_set_fingerprint', '')}")
     elif args.model_command == "promote":
-        info = registry.promote(args.name, min_delta=args.min_delta)
+        try:
+            info = registry.promote(args.name, min_delta=args.min_delta)
+        except PromotionRefused as exc:
+            first = registry.baseline_as_first_champion(args.name)
+            if first is None:
+                raise
+            print(f"{exc}\n{args.name}: no champion yet, so the baseline it lost to "
+                  f"({first.tags.get('lockstep.adopted_from')}) is the champion, as v{first.version}")
+            return 0
         print(f"{args.name}: v{info.version} is the champion")
     elif args.model_command == "rollback":
         info = registry.rollback(args.name)

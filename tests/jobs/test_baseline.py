@@ -292,3 +292,28 @@ def test_batch_scoring_uses_the_registered_baseline(cfg, registry, baseline):
     got = predictions_table(cfg.lake()).read(ds).sort_values("customer_id", ignore_index=True)
     want = registry.load(name).model.predict(snap[FEATURES])
     assert m.rows == len(snap) and np.array_equal(got["score"].to_numpy(), want)
+
+
+@pytest.mark.dask
+def test_with_no_champion_the_baseline_a_challenger_lost_to_becomes_the_first_champion(
+        training_lake_template, tmp_path_factory, spec, dask_client, monkeypatch):
+    """A first training run whose LightGBM is below the floor still leaves scoring a champion: the
+    better model, the baseline, adopted as a version of the model (same run, artifacts, lineage)."""
+    monkeypatch.setenv("LOCKSTEP_CODE_COMMIT", COMMIT)
+    cfg = training_lake(training_lake_template, tmp_path_factory)
+    registry = Registry.from_config(cfg)
+    base = bl.train_baseline(cfg, spec, registry, client=dask_client, epochs=2, seed=0)
+    assert registry.baseline_as_first_champion(NAME) is None  # no challenger yet
+    weak = train_model(cfg, dataclasses.replace(spec, num_boost_round=1, patience=1,
+                                                params={**PARAMS, "num_leaves": 2}), registry)
+    assert weak.candidate.metrics["valid_auc_lift_over_baseline"] <= 0
+    with pytest.raises(PromotionRefused):
+        registry.promote(NAME)
+    first = registry.baseline_as_first_champion(NAME)
+    assert first is not None and first.aliases == ["champion"] and first.flavor == "sgd_baseline"
+    assert first.tags["lockstep.adopted_from"] == f"{NAME}_baseline v{base.registered.version}"
+    assert first.run_id == base.registered.run_id and first.metrics == base.registered.metrics
+    champion = registry.load(NAME)  # what batch scoring and the service load
+    x = np.random.default_rng(0).random((50, len(FEATURES)))
+    assert np.array_equal(champion.predict(x), base.model.predict(x))
+    assert registry.baseline_as_first_champion(NAME) is None  # a champion exists now: nothing adopted
