@@ -163,7 +163,7 @@ def run_random(args, paths, features) -> dict:
             split = PredefinedSplit(np.r_[np.full(len(y), -1), np.zeros(len(yv), dtype=int)])
             search = RandomizedSearchCV(est, grid, n_iter=len(cands), cv=split, scoring="roc_auc", refit=False,
                                         random_state=args.seed, scheduler=client)
-            search.fit(xa, ya, eval_set=[(xv, yv)], eval_metric="auc",
+            search.fit(xa, ya, eval_X=(xv,), eval_y=(yv,), eval_metric="auc",
                        callbacks=[lgb.early_stopping(args.patience, first_metric_only=True, verbose=False)])
             wall = time.perf_counter() - t0
     finally:
