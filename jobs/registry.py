@@ -503,6 +503,8 @@ class Registry:
     def _delete(self, m: ModelInfo) -> None:
         run = self.client.get_run(m.run_id)
         self.client.delete_model_version(m.name, str(m.version))
+        if self.client.search_model_versions(f"run_id = '{m.run_id}'"):
+            return  # another version shares the run (``adopt``): its artifacts stay
         uri = run.info.artifact_uri
         parsed = urlparse(uri)
         if parsed.scheme in ("", "file"):

@@ -317,3 +317,7 @@ def test_with_no_champion_the_baseline_a_challenger_lost_to_becomes_the_first_ch
     x = np.random.default_rng(0).random((50, len(FEATURES)))
     assert np.array_equal(champion.predict(x), base.model.predict(x))
     assert registry.baseline_as_first_champion(NAME) is None  # a champion exists now: nothing adopted
+    # retention of the baseline model must not take the adopted champion's run and artifacts with it
+    registry.client.delete_registered_model_alias(f"{NAME}_baseline", "challenger")
+    assert registry.prune(f"{NAME}_baseline", references=[], keep_top_k=0)["deleted"] == [base.registered.version]
+    assert np.array_equal(registry.load(NAME).predict(x), base.model.predict(x))
