@@ -39,7 +39,7 @@ from jobs.registry import (
     RegistryError,
 )
 from jobs.training import BACKENDS, CONSTRUCT
-from jobs.training_set import partitions_in, training_set_table
+from jobs.training_set import ranges_files
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "repurchase_90d"
@@ -114,9 +114,7 @@ def train_model(cfg: Config, spec: TrainSpec, registry: Registry | None = None, 
 
     fs = feature_registry.get(spec.feature_set)
     lake = cfg.lake()
-    table = training_set_table(lake, fs)
-    parts = {role: partitions_in(lake, fs, *getattr(spec, role)) for role in ("train", "valid", "holdback")}
-    files = {role: [f for m in ms for f in table.files(m.ds)] for role, ms in parts.items()}
+    table, parts, files = ranges_files(lake, fs, spec)
     features = list(fs.feature_names)
     params = resolve_params(spec.params)
     opts = cfg.storage_options or None

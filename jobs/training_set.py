@@ -125,6 +125,15 @@ def partitions_in(lake: Lake, fs: FeatureSet, ds_from: str, ds_to: str) -> list[
     return manifests
 
 
+def ranges_files(lake: Lake, fs: FeatureSet, spec, roles=("train", "valid", "holdback")):
+    """``(table, {role: manifests}, {role: Parquet files})`` of ``spec``'s cut-off ranges (a ``TrainSpec``:
+    ``spec.train`` etc.), through :func:`partitions_in`. Only ``roles`` are read (the search: never the
+    holdback)."""
+    table = training_set_table(lake, fs)
+    parts = {role: partitions_in(lake, fs, *getattr(spec, role)) for role in roles}
+    return table, parts, {role: [f for m in ms for f in table.files(m.ds)] for role, ms in parts.items()}
+
+
 def add_parsers(subparsers) -> None:
     """``lockstep training-set --from A [--to B]``: every labels cut-off in the range."""
     s = subparsers.add_parser("training-set",

@@ -317,13 +317,11 @@ def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAU
     from jobs.registry import Candidate, Registry
     from jobs.train import _dask_client, label_params, lineage_fields
     from jobs.training import metrics
-    from jobs.training_set import partitions_in, training_set_table
+    from jobs.training_set import ranges_files
 
     fs = feature_registry.get(spec.feature_set)
     lake = cfg.lake()
-    table = training_set_table(lake, fs)
-    parts = {role: partitions_in(lake, fs, *getattr(spec, role)) for role in ("train", "valid", "holdback")}
-    files = {role: [f for m in ms for f in table.files(m.ds)] for role, ms in parts.items()}
+    table, parts, files = ranges_files(lake, fs, spec)
     features = list(fs.feature_names)
     opts = cfg.storage_options or None
 

@@ -407,18 +407,15 @@ def tune(cfg, spec, *, n_candidates: int = 27, eta: int = 3, min_rows: int = 10_
     from features import registry as feature_registry
     from jobs.labels import LABEL
     from jobs.train import _dask_client
-    from jobs.training_set import partitions_in, training_set_table
+    from jobs.training_set import ranges_files
 
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
     fs = feature_registry.get(spec.feature_set)
     lake = cfg.lake()
-    table = training_set_table(lake, fs)
-    files = {}
-    for role in ("train", "valid"):  # never the holdback
-        ms = partitions_in(lake, fs, *getattr(spec, role))
-        files[role] = [f for m in ms for f in table.files(m.ds)]
-        if not files[role]:
+    _, _, files = ranges_files(lake, fs, spec, roles=("train", "valid"))  # never the holdback
+    for role, paths in files.items():
+        if not paths:
             raise ValueError(f"the {role} range {getattr(spec, role)} has no training-set files")
     with _dask_client(cfg, client) as c:
         return search(c, files["train"], files["valid"], list(fs.feature_names), LABEL,
