@@ -410,9 +410,9 @@ class StoreRefresher:
         store = self.cache.store
         if not isinstance(store, (EmbeddedStore, RedisStore)):
             raise TypeError(f"cannot refresh a {type(store).__name__}")
-        if replaced:
-            days = sorted(now)
-            events = pd.concat([raw.read(d, columns=list(self.fs.event_columns)) for d in days], ignore_index=True)
+        days = sorted(now) if replaced else new
+        events = pd.concat([raw.read(d, columns=list(self.fs.event_columns)) for d in days], ignore_index=True)
+        if replaced:  # a re-published day: rebuild from everything rather than keep both versions
             if isinstance(store, RedisStore):
                 store.load(events)
                 self.cache.invalidate()
@@ -420,8 +420,6 @@ class StoreRefresher:
                 self.cache.swap(EmbeddedStore(self.fs, events))
             self.reloads += 1
         else:
-            days = new
-            events = pd.concat([raw.read(d, columns=list(self.fs.event_columns)) for d in days], ignore_index=True)
             if isinstance(store, EmbeddedStore):
                 self.cache.swap(store.appended(events))
             else:
