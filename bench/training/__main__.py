@@ -29,13 +29,9 @@ import subprocess
 import sys
 import time
 
+from bench.data import parse_size
+
 TARGETS = {"rss": 0.40, "time": 1.10, "auc": 0.001, "scoring": 0.80}
-
-
-def _count(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in "KM" else text) * mult)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -59,7 +55,7 @@ def prepare(args, rows: int) -> dict:
     from jobs.training import synthetic
 
     key = {"rows": rows, "features": args.features, "files": args.files,
-           "holdback": _count(args.holdback_rows), "score": _count(args.score_rows), "v": 1}
+           "holdback": parse_size(args.holdback_rows), "score": parse_size(args.score_rows), "v": 1}
     root = os.path.join(args.out, "data")
     stamp = os.path.join(root, "params.json")
     paths = {
@@ -210,7 +206,7 @@ def _previous(args) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rows = _count(args.rows)
+    rows = parse_size(args.rows)
     os.makedirs(args.out, exist_ok=True)
     paths = prepare(args, rows)
     from jobs.training.synthetic import feature_names

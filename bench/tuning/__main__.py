@@ -30,13 +30,9 @@ import sys
 import threading
 import time
 
+from bench.data import parse_size
+
 TARGETS = {"speedup": 3.0, "auc": 0.005}
-
-
-def _count(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1_000, "M": 1_000_000}.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in "KM" else text) * mult)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -207,8 +203,8 @@ def report(results: dict, args, rows: int, valid_rows: int) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    rows = _count(args.rows)
-    valid_rows = _count(args.valid_rows) if args.valid_rows else rows // 6
+    rows = parse_size(args.rows)
+    valid_rows = parse_size(args.valid_rows) if args.valid_rows else rows // 6
     os.makedirs(args.out, exist_ok=True)
     paths = prepare(args, rows, valid_rows)
     from jobs.training.synthetic import feature_names
