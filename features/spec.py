@@ -16,6 +16,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from features.source import DeclarationError, Source
+
 #: Aggregations the kernel implements. ``count`` counts rows (a null source value
 #: still counts); the others ignore null source values.
 AGGREGATIONS = (
@@ -97,8 +99,13 @@ class FeatureSet:
     """A named, versioned collection of features over one event table."""
 
     name: str
-    entity: str
-    features: tuple[Feature, ...]
+    entity: str = ""
+    features: tuple[Feature, ...] = ()
+    #: The source the features aggregate (a :class:`features.source.Source`); its key named by
+    #: ``key`` (default: its only key) is the set's entity, and its id and time columns are the
+    #: set's. Sets without a source (kernel tests) name their columns themselves.
+    source: Source | None = None
+    key: str | None = None
     timestamp: str = "event_ts"
     ingested_at: str = "ingested_at"
     event_id: str = "event_id"
@@ -109,6 +116,12 @@ class FeatureSet:
     _fingerprint: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.source is not None:
+            self._bind_source()
+        if not self.entity:
+            raise ValueError(f"feature set {self.name!r}: needs an entity key (or a source= with one)")
+        if not self.features:
+            raise ValueError(f"feature set {self.name!r}: declares no features")
         names = [f.name for f in self.features]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -129,6 +142,37 @@ class FeatureSet:
             raise ValueError(f"feature set {self.name!r}: feature names clash with key columns {sorted(clash)}")
         if self.training_mode not in MODES:
             raise ValueError(f"feature set {self.name!r}: training_mode must be one of {MODES}")
+
+    def _bind_source(self) -> None:
+        src = self.source
+        keys = src.key_names
+        key = self.key or (keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise DeclarationError("feature set", self.name, "key",
+                                   f"source {src.name!r} has keys {list(keys)}; name one with key=")
+        if key not in keys:
+            raise DeclarationError("feature set", self.name, "key",
+                                   f"{key!r} is not a key of source {src.name!r} (keys: {list(keys)})")
+        if self.entity and self.entity != key:
+            raise DeclarationError("feature set", self.name, "entity",
+                                   f"{self.entity!r} differs from the source key {key!r}")
+        for f in self.features:
+            if f.column and f.column not in src.value_names:
+                raise DeclarationError("feature set", self.name, f"features.{f.name}.column",
+                                       f"unknown column {f.column!r}: source {src.name!r} has {list(src.value_names)}")
+            if f.agg in ("sum", "mean", "min", "max") and src.type_of(f.column) not in ("int64", "double"):
+                raise DeclarationError("feature set", self.name, f"features.{f.name}.column",
+                                       f"{f.agg} needs a numeric column; {f.column!r} is {src.type_of(f.column)}")
+        object.__setattr__(self, "key", key)
+        object.__setattr__(self, "entity", key)
+        object.__setattr__(self, "timestamp", src.event_time)
+        object.__setattr__(self, "ingested_at", src.ingested_at)
+        object.__setattr__(self, "event_id", src.event_id)
+
+    @property
+    def entity_type(self) -> str:
+        """Arrow type of the entity key: the source's declaration (int64 without a source)."""
+        return self.source.key(self.entity).type if self.source is not None else "int64"
 
     @property
     def source_columns(self) -> tuple[str, ...]:
@@ -164,6 +208,11 @@ class FeatureSet:
     def spec_dict(self) -> dict:
         d = asdict(self)
         d.pop("_fingerprint", None)
+        d.pop("key", None)
+        if self.source is None:
+            d.pop("source", None)  # sets declared before sources keep their fingerprints' shape
+        else:
+            d["source"] = self.source.spec_dict()
         return d
 
     @property

@@ -3,6 +3,7 @@
 Windows of 7/30/90/365 days plus lifetime recency, tenure and frequency — the
 RFM summary used in customer-base analysis (Fader, Hardie & Lee 2005).
 """
+from features.projects.cdnow.purchases import CDNOW_PURCHASES
 from features.spec import Feature, FeatureSet, agg, count, ratio
 
 FEATURES = (
@@ -35,7 +36,7 @@ FEATURES = (
 
 FEATURE_SET = FeatureSet(
     name="customer_activity_v1",
-    entity="customer_id",
+    source=CDNOW_PURCHASES,
     features=FEATURES,
     description=__doc__.strip().splitlines()[0],
     owner="lockstep",

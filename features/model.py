@@ -1,0 +1,245 @@
+"""Models declared as data: the unit that training, scoring, serving and skew work on.
+
+A :class:`Model` (Chronon's Join, Feast's FeatureService) says
+
+* which **queries** it answers: entity snapshots at cut-offs (:class:`EntitySnapshots`:
+  every entity known at each cut-off) or the rows of a query source (:class:`QueryRows`:
+  e.g. one row per scheduled order, with its ``as_of``);
+* its **label**: an event rule over a source (:class:`EventLabel`: "an event of S matching
+  a condition within H after the cut-off") or an outcome read from the query's own row
+  (:class:`OutcomeLabel`: one outcome per query);
+* the **feature sets it joins**, each bound to one of the query's key columns
+  (:class:`Join`), so one model joins sets of different entities;
+* training parameters and out-of-time ranges, the predictions table, skew and drift
+  thresholds and its schedule.
+
+Pure data, checked when constructed and again, across declarations, by
+:func:`features.repo.check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from features.source import DeclarationError, Source
+from features.spec import FeatureSet
+
+OPERATORS = (">=", ">", "<=", "<", "==", "!=", "in", "is_null", "not_null")
+CUTOFF_EVERY = ("day", "week")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``column op value``; ``is_null``/``not_null`` take no value, ``in`` a tuple."""
+
+    column: str
+    op: str
+    value: object = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPERATORS:
+            raise ValueError(f"condition on {self.column!r}: unknown operator {self.op!r}; expected one of {OPERATORS}")
+        if self.op == "in" and not isinstance(self.value, tuple):
+            object.__setattr__(self, "value", tuple(self.value))
+
+    def describe(self) -> str:
+        return f"{self.column} {self.op}" + ("" if self.op in ("is_null", "not_null") else f" {self.value!r}")
+
+
+@dataclass(frozen=True)
+class EntitySnapshots:
+    """Queries: every entity of ``key`` known (an event ingested) before each cut-off.
+
+    Cut-offs are at 00:00 UTC of every day or of every ``weekday`` (0 = Monday).
+    """
+
+    source: Source
+    key: str | None = None
+    every: str = "week"
+    weekday: int = 0
+
+    @property
+    def key_name(self) -> str:
+        return self.key or self.source.key_names[0]
+
+
+@dataclass(frozen=True)
+class QueryRows:
+    """Queries: the rows of ``source``, one per query, at ``as_of`` = column ``time`` + ``offset_hours``.
+
+    The query id is the source's event id; every key column of the source can be bound to a
+    feature set. The predictions table is keyed by the query id.
+    """
+
+    source: Source
+    time: str
+    offset_hours: float = 0.0
+
+    @property
+    def offset_us(self) -> int:
+        return round(self.offset_hours * 3_600_000_000)
+
+
+@dataclass(frozen=True)
+class EventLabel:
+    """1 when the query's entity has an event of ``source`` matching every condition of ``where``
+    with ``cutoff <= event_ts < cutoff + horizon_days``, else 0. A label is mature once the
+    horizon (plus ``grace_days`` for late arrivals) is in the lake."""
+
+    source: Source
+    horizon_days: float
+    where: tuple[Condition, ...] = ()
+    grace_days: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class OutcomeLabel:
+    """1 when the query's own row matches ANY of ``when`` (e.g. ``dep_delay >= 15`` or cancelled),
+    else 0: an outcome per query, known ``maturity_hours`` after the query's time."""
+
+    when: tuple[Condition, ...]
+    maturity_hours: float = 0.0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Join:
+    """Feature set ``feature_set`` evaluated for the query column ``key`` (default: the set's entity)."""
+
+    feature_set: FeatureSet
+    key: str | None = None
+
+    @property
+    def key_name(self) -> str:
+        return self.key or self.feature_set.entity
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Out-of-time training ranges, in weeks of cut-offs ending at the training run's date
+    (the DAG's defaults), or fixed ``(first_ds, last_ds)`` pairs."""
+
+    train_weeks: int = 21
+    valid_weeks: int = 4
+    holdback_weeks: int = 4
+    train: tuple[str, str] | None = None
+    valid: tuple[str, str] | None = None
+    holdback: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Airflow schedules: training (cron or preset), skew (nightly). Scoring is triggered by the
+    Assets of the model's feature sets."""
+
+    training: str | None = "@weekly"
+    skew: str | None = "@daily"
+
+
+@dataclass(frozen=True)
+class Model:
+    """What training, scoring, serving and skew work on."""
+
+    name: str
+    queries: EntitySnapshots | QueryRows
+    label: EventLabel | OutcomeLabel
+    joins: tuple[Join, ...]
+    params: tuple[tuple[str, object], ...] = ()
+    rounds: int = 300
+    ranges: Ranges = field(default_factory=Ranges)
+    #: The lake table and SQL table of the predictions (default ``predictions/<name>``,
+    #: ``predictions_<name>``).
+    predictions: str | None = None
+    sql_table: str | None = None
+    #: Skew thresholds (``jobs.skew``'s keys: logic_skew, mismatch_rate ...) and the drift
+    #: (PSI) above which a served feature alerts.
+    skew_thresholds: tuple[tuple[str, float], ...] = ()
+    drift_psi: float = 0.25
+    schedule: Schedule = field(default_factory=Schedule)
+    description: str = ""
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("params", "skew_thresholds"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, tuple(sorted(value.items())))
+        if isinstance(self.joins, Join) or isinstance(self.joins, FeatureSet):
+            object.__setattr__(self, "joins", (self.joins,))
+        object.__setattr__(self, "joins", tuple(j if isinstance(j, Join) else Join(j) for j in self.joins))
+        if not self.joins:
+            raise DeclarationError("model", self.name, "joins", "a model joins at least one feature set")
+        if isinstance(self.queries, EntitySnapshots) and not isinstance(self.label, EventLabel):
+            raise DeclarationError("model", self.name, "label",
+                                   "entity-snapshot queries need an EventLabel (an outcome needs query rows)")
+
+    # ------------------------------------------------------------------ derived names
+
+    @property
+    def feature_sets(self) -> tuple[FeatureSet, ...]:
+        return tuple(j.feature_set for j in self.joins)
+
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        return tuple(n for fs in self.feature_sets for n in fs.feature_names)
+
+    @property
+    def query_id(self) -> str:
+        """The key of a query row: the snapshot entity, or the query source's event id."""
+        if isinstance(self.queries, QueryRows):
+            return self.queries.source.event_id
+        return self.queries.key_name
+
+    @property
+    def query_keys(self) -> tuple[tuple[str, str], ...]:
+        """``(column, Arrow type)`` of the query columns the joins bind to, in join order, unique."""
+        src = self.queries.source
+        out: list[tuple[str, str]] = []
+        for j in self.joins:
+            col = j.key_name
+            if col not in [c for c, _ in out]:
+                out.append((col, src.type_of(col)))
+        return tuple(out)
+
+    @property
+    def id_columns(self) -> tuple[tuple[str, str], ...]:
+        """Columns that identify a row of the model's tables: the query id, then the join keys."""
+        src = self.queries.source
+        cols = [(self.query_id, src.type_of(self.query_id))]
+        cols += [c for c in self.query_keys if c[0] != self.query_id]
+        return tuple(cols)
+
+    @property
+    def labels_table(self) -> str:
+        return f"labels/{self.name}"
+
+    @property
+    def training_table(self) -> str:
+        return f"training_sets/{self.name}"
+
+    @property
+    def predictions_table(self) -> str:
+        return self.predictions or f"predictions/{self.name}"
+
+    @property
+    def sql_table_name(self) -> str:
+        return self.sql_table or f"predictions_{self.name}"
+
+    @property
+    def label_source(self) -> Source:
+        return self.label.source if isinstance(self.label, EventLabel) else self.queries.source
+
+    @property
+    def sources(self) -> tuple[Source, ...]:
+        """Every source the model reads (queries, label, features), each once, in that order."""
+        out: list[Source] = []
+        for s in (self.queries.source, self.label_source, *(fs.source for fs in self.feature_sets)):
+            if s is not None and s.name not in [o.name for o in out]:
+                out.append(s)
+        return tuple(out)
+
+    @property
+    def fingerprint(self) -> str:
+        """The feature-set fingerprints the model joins, in join order (what a model version must match)."""
+        return "+".join(fs.fingerprint for fs in self.feature_sets)

@@ -1,1 +1,0 @@
-"""Concrete feature sets, one module per versioned set."""

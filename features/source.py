@@ -1,0 +1,215 @@
+"""Sources declared as data: an event stream that lands day by day.
+
+A :class:`Source` names its entity keys (int64 or string), its event id, event time and
+ingestion time, its typed value columns with the checks they must pass, and how one day
+lands (a :class:`FileLander` for CSV / Parquet / JSON Lines under an fsspec pattern, or a
+:class:`ParserLander` naming a parser such as CDNOW's fixed-width text). Everything else
+is derived from it: the raw table's Arrow schema (``raw_columns``), its data-quality suite,
+the online store's columns. Pure data: nothing here reads a file.
+
+Sources are versioned like feature sets: a changed schema is a new name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Key and event-id types a source may declare.
+KEY_TYPES = ("int64", "string")
+#: Value column types (Arrow aliases).
+VALUE_TYPES = ("int64", "double", "string", "bool", "timestamp[us, tz=UTC]")
+TIMESTAMP = "timestamp[us, tz=UTC]"
+FORMATS = ("csv", "parquet", "jsonl")
+EPOCH_UNITS = ("s", "ms", "us", "ns")
+
+
+class DeclarationError(ValueError):
+    """A declaration that cannot work; the message names the declaration and the field."""
+
+    def __init__(self, kind: str, name: str, field_: str, problem: str):
+        self.kind, self.name, self.field, self.problem = kind, name, field_, problem
+        super().__init__(f"{kind} {name!r}, field {field_!r}: {problem}")
+
+
+@dataclass(frozen=True)
+class Key:
+    """An entity key column. ``min`` bounds integer keys (e.g. ids are >= 1)."""
+
+    name: str
+    type: str = "int64"
+    min: int | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Column:
+    """A typed value column with the checks its values must pass.
+
+    ``min``/``max`` bound numbers; ``allowed`` lists every legal value of a string column;
+    ``not_null_share`` is the least share of non-null values (1.0 = never null when
+    ``nullable`` is False); ``mean`` bounds the column mean of a partition.
+    """
+
+    name: str
+    type: str = "double"
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    allowed: tuple[str, ...] | None = None
+    unique: bool = False
+    not_null_share: float | None = None
+    mean: tuple[float, float] | None = None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FileLander:
+    """One day lands as files of ``format`` at ``path`` (an fsspec path or URL with ``{ds}``).
+
+    ``columns`` maps raw-table columns to the file's columns (unmapped = same name);
+    ``scale`` multiplies numeric columns (unit conversion, e.g. cents -> dollars = 0.01);
+    timestamps without a zone are read in ``time_zone``; numeric epoch timestamps in
+    ``epoch_unit``. ``ingested_at``: from a file column when mapped, else the event time
+    plus ``ingest_latency_s``, else the end of the landing day. ``event_id``: from a file
+    column when mapped, else derived from the event's content and its occurrence within
+    its key (so a re-export gives the same ids).
+    """
+
+    format: str
+    path: str
+    columns: tuple[tuple[str, str], ...] = ()
+    scale: tuple[tuple[str, float], ...] = ()
+    time_zone: str = "UTC"
+    epoch_unit: str | None = None
+    ingest_latency_s: float | None = None
+    options: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("columns", "scale", "options"):
+            value = getattr(self, name)
+            if isinstance(value, dict):
+                object.__setattr__(self, name, tuple(sorted(value.items())))
+
+    @property
+    def column_map(self) -> dict[str, str]:
+        return dict(self.columns)
+
+
+@dataclass(frozen=True)
+class ParserLander:
+    """A day lands through a named parser (code in ``jobs/ingest/``) reading ``path``."""
+
+    parser: str
+    path: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Source:
+    """An event stream: keys, ids, times, typed values, checks and how a day lands."""
+
+    name: str
+    keys: tuple[Key, ...]
+    columns: tuple[Column, ...]
+    lander: FileLander | ParserLander
+    event_id: str = "event_id"
+    event_id_type: str = "int64"
+    event_time: str = "event_ts"
+    ingested_at: str = "ingested_at"
+    #: The span of days the data covers, when known (``(first_ds, last_ds)``): label horizons
+    #: and training ranges are checked against it.
+    span: tuple[str, str] | None = None
+    #: Partition-level checks: least rows per day, and the least share of the previous day's rows.
+    min_rows: int = 1
+    min_share_of_previous: float | None = 0.2
+    description: str = ""
+    owner: str = ""
+
+    def __post_init__(self) -> None:
+        def bad(field_: str, problem: str) -> DeclarationError:
+            return DeclarationError("source", self.name, field_, problem)
+
+        if not self.keys:
+            raise bad("keys", "a source needs at least one entity key")
+        for k in self.keys:
+            if k.type not in KEY_TYPES:
+                raise bad("keys", f"key {k.name!r} has type {k.type!r}; expected one of {KEY_TYPES}")
+        if self.event_id_type not in KEY_TYPES:
+            raise bad("event_id_type", f"{self.event_id_type!r}; expected one of {KEY_TYPES}")
+        for c in self.columns:
+            if c.type not in VALUE_TYPES:
+                raise bad("columns", f"column {c.name!r} has type {c.type!r}; expected one of {VALUE_TYPES}")
+            if c.allowed is not None and c.type != "string":
+                raise bad("columns", f"column {c.name!r}: allowed values need a string column")
+        names = self.raw_column_names
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise bad("columns", f"column names used twice: {dupes}")
+        if not isinstance(self.lander, (FileLander, ParserLander)):
+            raise bad("lander", f"expected a FileLander or ParserLander, got {type(self.lander).__name__}")
+        if isinstance(self.lander, FileLander):
+            if self.lander.format not in FORMATS:
+                raise bad("lander", f"format {self.lander.format!r}; expected one of {FORMATS}")
+            if "{ds}" not in self.lander.path:
+                raise bad("lander", f"path {self.lander.path!r} has no {{ds}} placeholder")
+            if self.lander.epoch_unit is not None and self.lander.epoch_unit not in EPOCH_UNITS:
+                raise bad("lander", f"epoch_unit {self.lander.epoch_unit!r}; expected one of {EPOCH_UNITS}")
+            unknown = sorted(set(self.lander.column_map) - set(names))
+            if unknown:
+                raise bad("lander", f"maps unknown raw column(s) {unknown}; the source has {names}")
+            unknown = sorted({c for c, _ in self.lander.scale} - {c.name for c in self.columns})
+            if unknown:
+                raise bad("lander", f"scales unknown value column(s) {unknown}")
+
+    @property
+    def table(self) -> str:
+        """The lake table the source lands in: ``raw_events/<name>``, one partition per ingest day."""
+        return f"raw_events/{self.name}"
+
+    @property
+    def key_names(self) -> tuple[str, ...]:
+        return tuple(k.name for k in self.keys)
+
+    def key(self, name: str) -> Key:
+        for k in self.keys:
+            if k.name == name:
+                return k
+        raise KeyError(name)
+
+    def column(self, name: str) -> Column:
+        for c in self.columns:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    @property
+    def value_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    @property
+    def raw_column_names(self) -> list[str]:
+        return [n for n, _, _ in self.raw_columns()]
+
+    def raw_columns(self) -> list[tuple[str, str, bool]]:
+        """``(name, Arrow type, nullable)`` of the raw table, in order: id, keys, times, values."""
+        cols = [(self.event_id, self.event_id_type, False)]
+        cols += [(k.name, k.type, False) for k in self.keys]
+        cols += [(self.event_time, TIMESTAMP, False), (self.ingested_at, TIMESTAMP, False)]
+        cols += [(c.name, c.type, c.nullable) for c in self.columns]
+        return cols
+
+    def type_of(self, column: str) -> str:
+        for name, type_, _ in self.raw_columns():
+            if name == column:
+                return type_
+        raise KeyError(column)
+
+    def spec_dict(self) -> dict:
+        """What the source contributes to a feature set's fingerprint: its name and raw columns
+        (not the lander: moving the files does not change a feature)."""
+        return {"name": self.name, "columns": [list(c) for c in self.raw_columns()]}
+
+
+def hours(n: float) -> float:
+    """A window of ``n`` hours, in the days a :class:`features.spec.Feature` takes."""
+    return n / 24.0
