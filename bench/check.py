@@ -6,6 +6,7 @@ have the same keys, integers and null pattern exactly, and floats within
 ``|a - b| <= ATOL + RTOL * |b|`` (their sums run in another order, or difference
 prefix sums).
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,12 @@ def compare(ref: dict, got: dict, exact: bool) -> dict:
     if len(got[QUERY_ID]) != n or not np.array_equal(ref[QUERY_ID], got[QUERY_ID]):
         only_ref = np.setdiff1d(ref[QUERY_ID], got[QUERY_ID]).size
         extra = len(got[QUERY_ID]) - np.unique(got[QUERY_ID]).size + np.setdiff1d(got[QUERY_ID], ref[QUERY_ID]).size
-        return {"status": "MISMATCH", "mismatch_rows": int(only_ref + extra), "max_abs_diff": None,
-                "columns": {QUERY_ID: f"{only_ref} missing, {extra} extra/duplicate rows"}}
+        return {
+            "status": "MISMATCH",
+            "mismatch_rows": int(only_ref + extra),
+            "max_abs_diff": None,
+            "columns": {QUERY_ID: f"{only_ref} missing, {extra} extra/duplicate rows"},
+        }
     bad = np.zeros(n, dtype=bool)
     per_col: dict[str, int] = {}
     max_diff = 0.0
@@ -93,8 +98,7 @@ def compare(ref: dict, got: dict, exact: bool) -> dict:
             bad |= wrong
     if bad.any():
         return {"status": "MISMATCH", "mismatch_rows": int(bad.sum()), "max_abs_diff": max_diff, "columns": per_col}
-    return {"status": "equal" if bit_equal else "close", "mismatch_rows": 0, "max_abs_diff": max_diff,
-            "columns": {}}
+    return {"status": "equal" if bit_equal else "close", "mismatch_rows": 0, "max_abs_diff": max_diff, "columns": {}}
 
 
 def label(result: dict | None) -> str:
@@ -102,7 +106,9 @@ def label(result: dict | None) -> str:
         return "unchecked"
     if "error" in result:
         return f"check failed: {result['error']}"
-    sample = f" ({result['sampled_rows']:,}-row sample; {result['output_rows']:,} rows)" if "sampled_rows" in result else ""
+    sample = (
+        f" ({result['sampled_rows']:,}-row sample; {result['output_rows']:,} rows)" if "sampled_rows" in result else ""
+    )
     if result["status"] == "equal":
         return "equal" + sample
     if result["status"] == "close":
@@ -120,13 +126,17 @@ def sample_reference(events_files, queries_files, modulus: int = 16, remainder: 
     if modulus & (modulus - 1):
         raise ValueError("modulus must be a power of two")
     keep = pc.bit_wise_and(pc.field(ENTITY), pa.scalar(modulus - 1, pa.int64())) == remainder
-    events = ds.dataset(events_files, format="parquet").to_table(
-        columns=list(FEATURE_SET.event_columns), filter=keep).to_pandas()
+    events = (
+        ds.dataset(events_files, format="parquet")
+        .to_table(columns=list(FEATURE_SET.event_columns), filter=keep)
+        .to_pandas()
+    )
     queries = ds.dataset(queries_files, format="parquet").to_table(filter=keep).to_pandas()
     out = kernel.compute(events, queries, FEATURE_SET, mode="as_of")
     with tempfile.TemporaryDirectory() as d:
-        pq.write_table(pa.Table.from_pandas(out[list(OUTPUT_COLUMNS)], preserve_index=False),
-                       os.path.join(d, "part-00000.parquet"))
+        pq.write_table(
+            pa.Table.from_pandas(out[list(OUTPUT_COLUMNS)], preserve_index=False), os.path.join(d, "part-00000.parquet")
+        )
         return load(d)
 
 

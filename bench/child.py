@@ -4,6 +4,7 @@ Writes ``ctx["result_path"]`` (JSON): ``wall_s`` (the timed ``run``), ``startup_
 (``setup``: cluster/session start, excluded from wall), the variant's facts and this
 process's peak RSS (``vmhwm_self``, bytes).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,9 +47,9 @@ def main(ctx_path: str) -> int:
             except Exception:  # noqa: BLE001 (teardown noise must not hide the result)
                 traceback.print_exc()
     kib = 1024  # Linux ru_maxrss is in KiB
-    from bench.measure import _hwm
+    from bench.measure import hwm
 
-    result["vmhwm_self"] = _hwm(os.getpid())
+    result["vmhwm_self"] = hwm(os.getpid())
     # For the record only: inflated by the runner's own peak (inherited through vfork/exec).
     result["ru_maxrss_self"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib
     result["ru_maxrss_children"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib

@@ -1,11 +1,12 @@
 """Benchmark inputs: generated events (many Parquet files) and a query table, once per size.
 
 ``<root>/<size>/events/ds=YYYY-MM-DD/part-00000.parquet`` comes from
-``jobs.generate.write_parquet_files`` (one file per ingest day, streamed, so any
+``jobs.ingest.generate.write_parquet_files`` (one file per ingest day, streamed, so any
 size fits in memory); ``<root>/<size>/queries/part-NNNNN.parquet`` holds the
 queries (``query_id``, ``customer_id``, ``as_of``). ``meta.json`` records the
 parameters; a directory whose meta matches is reused, anything else is rebuilt.
 """
+
 from __future__ import annotations
 
 import glob
@@ -21,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.featureset import AS_OF, ENTITY, QUERY_ID, US_PER_DAY
-from jobs.generate import GeneratorParams, write_parquet_files
+from jobs.ingest.generate import GeneratorParams, write_parquet_files
 
 ENTITIES = 100_000
 DAYS = 60
@@ -81,12 +82,27 @@ def ensure(root: str, size: str, spec: DataSpec, log=print) -> Inputs:
     os.makedirs(d)
     t0 = time.monotonic()
     log(f"[data] {size}: generating {spec.events:,} events ({spec.entities:,} entities, {spec.days} days) ...")
-    params = GeneratorParams(spec.entities, spec.events, spec.days, spec.start, spec.seed,
-                             null_rate=spec.null_rate, dup_rate=spec.dup_rate, tie_rate=spec.tie_rate)
+    params = GeneratorParams(
+        spec.entities,
+        spec.events,
+        spec.days,
+        spec.start,
+        spec.seed,
+        null_rate=spec.null_rate,
+        dup_rate=spec.dup_rate,
+        tie_rate=spec.tie_rate,
+    )
     events_files = write_parquet_files(
-        os.path.join(d, "events"), entities=spec.entities, events=spec.events, days=spec.days,
-        start=spec.start, seed=spec.seed, null_rate=spec.null_rate, dup_rate=spec.dup_rate,
-        tie_rate=spec.tie_rate, progress=False,
+        os.path.join(d, "events"),
+        entities=spec.entities,
+        events=spec.events,
+        days=spec.days,
+        start=spec.start,
+        seed=spec.seed,
+        null_rate=spec.null_rate,
+        dup_rate=spec.dup_rate,
+        tie_rate=spec.tie_rate,
+        progress=False,
     )
     events_files = [p for p in events_files if pq.ParquetFile(p).metadata.num_rows > 0]
     t1 = time.monotonic()
@@ -103,18 +119,20 @@ def ensure(root: str, size: str, spec: DataSpec, log=print) -> Inputs:
 def _write_queries(out_dir: str, events_files: list[str], spec: DataSpec, params: GeneratorParams) -> list[str]:
     """Queries: entity uniform over the distinct entities that have events; ``as_of`` uniform
     at microsecond precision over the event days; in random (unsorted) order."""
-    ids = np.unique(np.concatenate([
-        pq.read_table(p, columns=[ENTITY]).column(ENTITY).to_numpy() for p in events_files
-    ]))
+    ids = np.unique(
+        np.concatenate([pq.read_table(p, columns=[ENTITY]).column(ENTITY).to_numpy() for p in events_files])
+    )
     rng = np.random.default_rng(spec.query_seed)
     entity = ids[rng.integers(0, len(ids), spec.queries)]
     start_us = int(np.datetime64(params.start, "us").astype(np.int64))
     as_of = start_us + rng.integers(0, spec.days * US_PER_DAY, spec.queries, dtype=np.int64)
-    table = pa.table({
-        QUERY_ID: pa.array(np.arange(spec.queries, dtype=np.int64)),
-        ENTITY: pa.array(entity.astype(np.int64)),
-        AS_OF: pa.array(as_of, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
-    })
+    table = pa.table(
+        {
+            QUERY_ID: pa.array(np.arange(spec.queries, dtype=np.int64)),
+            ENTITY: pa.array(entity.astype(np.int64)),
+            AS_OF: pa.array(as_of, type=pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        }
+    )
     os.makedirs(out_dir)
     paths = []
     per_file = -(-max(spec.queries, 1) // QUERY_FILES)

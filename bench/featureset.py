@@ -5,6 +5,7 @@ days since the last event in the window, distinct ``category`` values. The nativ
 peers (DuckDB, Polars, Spark SQL) are hand-written for exactly these features and
 produce the same column names.
 """
+
 from features.spec import Feature, FeatureSet, agg, count
 
 WINDOWS_DAYS = (1, 7, 30)

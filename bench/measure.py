@@ -11,6 +11,7 @@ means the wall times are inflated by others' work).
 A child past its timeout is killed with its descendants (only the processes this
 module started, by pid) and recorded as ``timeout``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,13 @@ def run_child(ctx: dict, ctx_path: str, log_path: str, timeout_s: float) -> dict
     loads = [os.getloadavg()[0]]
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "bench.child", ctx_path], stdout=log,
-                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.child", ctx_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
         proc = psutil.Process(child.pid)
         seen: dict[int, psutil.Process] = {}
         try:
@@ -67,7 +73,7 @@ def run_child(ctx: dict, ctx_path: str, log_path: str, timeout_s: float) -> dict
                     if roles.get(p.pid) not in _FINAL_ROLES:  # a spawned worker renames itself later
                         roles[p.pid] = _role(p, child.pid)
                     cpu[p.pid] = ct.user + ct.system  # own time only: children are counted as themselves
-                    peaks[p.pid] = max(peaks.get(p.pid, 0), rss, _hwm(p.pid))
+                    peaks[p.pid] = max(peaks.get(p.pid, 0), rss, hwm(p.pid))
                     total += rss
                     peak_one = max(peak_one, peaks[p.pid])
                 peak_tree = max(peak_tree, total)
@@ -95,14 +101,22 @@ def run_child(ctx: dict, ctx_path: str, log_path: str, timeout_s: float) -> dict
     peak_one = max(peak_one, result.get("vmhwm_self", 0))
     # The tree's sum is never below its largest process; polling can miss a short spike that
     # VmHWM caught, so the largest process bounds the tree's peak from below.
-    result.update(process_s=elapsed, peak_tree_bytes=max(peak_tree, peak_one), timed_out=timed_out,
-                  peak_one_bytes=peak_one, log=log_path, returncode=child.returncode,
-                  # CPU seconds of the whole tree, start to exit (setup included): the reaped total
-                  # when every descendant was waited for, else the last polled per-process figures.
-                  cpu_s=max(reaped_cpu, sum(cpu.values())),
-                  load_avg=sum(loads) / len(loads),
-                  procs=[{"pid": pid, "role": roles[pid], "peak_rss_bytes": peaks.get(pid, 0),
-                          "cpu_s": round(cpu.get(pid, 0.0), 2)} for pid in seen])
+    result.update(
+        process_s=elapsed,
+        peak_tree_bytes=max(peak_tree, peak_one),
+        timed_out=timed_out,
+        peak_one_bytes=peak_one,
+        log=log_path,
+        returncode=child.returncode,
+        # CPU seconds of the whole tree, start to exit (setup included): the reaped total
+        # when every descendant was waited for, else the last polled per-process figures.
+        cpu_s=max(reaped_cpu, sum(cpu.values())),
+        load_avg=sum(loads) / len(loads),
+        procs=[
+            {"pid": pid, "role": roles[pid], "peak_rss_bytes": peaks.get(pid, 0), "cpu_s": round(cpu.get(pid, 0.0), 2)}
+            for pid in seen
+        ],
+    )
     if timed_out:
         result["error"] = f"timeout after {timeout_s:.0f}s"
     elif not result.get("ok") and "error" not in result:
@@ -113,7 +127,7 @@ def run_child(ctx: dict, ctx_path: str, log_path: str, timeout_s: float) -> dict
 _FINAL_ROLES = ("variant", "dask worker", "spark jvm", "spark python worker", "resource tracker")
 
 
-def _hwm(pid: int) -> int:
+def hwm(pid: int) -> int:
     """The process's peak RSS so far (``VmHWM``, bytes): exact between polls, unlike sampling.
 
     Not ``ru_maxrss``: a child started with vfork/exec (subprocess, multiprocessing) inherits

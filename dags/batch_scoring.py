@@ -1,4 +1,5 @@
 """batch_scoring: each new feature snapshot -> predictions (champion + shadow challenger) -> validate -> SQL."""
+
 from __future__ import annotations
 
 from airflow.sdk import Asset, Param, dag, task
@@ -36,8 +37,13 @@ day with the same models gives the same content fingerprint.
     max_active_runs=1,
     default_args=o.default_args(on_failure_callback=AirflowNotifier()),
     params={
-        "ds": Param(None, type=["null", "string"], format="date", title="Snapshot day",
-                    description="Score this day; empty = the days of the triggering snapshot events."),
+        "ds": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            title="Snapshot day",
+            description="Score this day; empty = the days of the triggering snapshot events.",
+        ),
         "shadow": Param(True, type="boolean", description="Also score the challenger (role=challenger)."),
         "model_name": Param("repurchase_90d", type="string", pattern=r"^[A-Za-z0-9_.-]+$"),
     },
@@ -53,26 +59,27 @@ def batch_scoring():
     def score(day: str, params=None):
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from jobs.registry import CHAMPION, Registry
-        from jobs.scoring import score_snapshot
+        from jobs.models.registry import CHAMPION, Registry
+        from jobs.scoring.batch import score_snapshot
 
         cfg = o.config()
         registry = Registry.from_config(cfg)
         if registry.alias(params["model_name"], CHAMPION) is None:
             raise AirflowSkipException(f"no champion of {params['model_name']} yet: run the training DAG")
-        return o.summary(score_snapshot(cfg, day, params["model_name"], shadow=params["shadow"],
-                                        registry=registry, validate=False))
+        return o.summary(
+            score_snapshot(cfg, day, params["model_name"], shadow=params["shadow"], registry=registry, validate=False)
+        )
 
     @task
     def validate_predictions(day: str):
-        from jobs.validate import validate_partition
+        from jobs.quality.validate import validate_partition
 
         with o.data_quality_gate():
             return o.summary(validate_partition(o.config(), o.PREDICTIONS, day, alert=False))
 
     @task(outlets=[PREDICTIONS])
     def publish_sql(day: str):
-        from jobs.sql import publish_predictions
+        from jobs.scoring.sql import publish_predictions
 
         return o.summary(publish_predictions(o.config(), day))
 

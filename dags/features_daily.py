@@ -1,4 +1,5 @@
 """features_daily: land a CDNOW day, validate it, build that day's feature snapshot, validate it."""
+
 from __future__ import annotations
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Metadata, Param, dag, task
@@ -15,7 +16,7 @@ One run per day `ds` (the run's logical date; the run starts once the day is ove
 
 | step | reads | writes |
 |---|---|---|
-| `land_raw` | the shipped CDNOW log (`jobs/data/CDNOW_master.txt.gz`), rows ingested on `ds` | `raw_events/ds=<ds>` |
+| `land_raw` | the shipped CDNOW log (`jobs/ingest/data/CDNOW_master.txt.gz`), rows ingested on `ds` | `raw_events/ds=<ds>` |
 | `validate_raw` | `raw_events/ds=<ds>` | Data Docs; fails fast (no retry) on bad data |
 | `build_snapshot` | `raw_events/ds=<first>..<ds>` | `{o.snapshot_table_name()}/ds=<ds>`: every customer as known at `ds`+1 00:00 UTC |
 | `validate_snapshot` | the snapshot partition | Data Docs; on success, an event on the Asset `{SNAPSHOTS.uri}` with `extra.ds` |
@@ -41,8 +42,12 @@ Failures go to the alert notifier (alerts log; e-mail/Slack when configured).
     **o.daily_dag_kwargs(on_failure_callback=AirflowNotifier()),
     params={
         "engine": Param(None, **o.engine_param_schema()),
-        "source": Param(None, type=["null", "string"], title="CDNOW export",
-                        description="Path of the CDNOW export to land from; empty = the shipped file."),
+        "source": Param(
+            None,
+            type=["null", "string"],
+            title="CDNOW export",
+            description="Path of the CDNOW export to land from; empty = the shipped file.",
+        ),
     },
     doc_md=DOC,
     tags=["lockstep", "features"],
@@ -50,14 +55,14 @@ Failures go to the alert notifier (alerts log; e-mail/Slack when configured).
 def features_daily():
     @task
     def land_raw(ds=None, params=None):
-        from jobs.ingest import ingest_cdnow
+        from jobs.ingest.cdnow import ingest_cdnow
 
         day = o.partition(ds)
         return o.summary(ingest_cdnow(o.config().lake(), day, day, source=params["source"]))
 
     @task
     def validate_raw(ds=None):
-        from jobs.validate import validate_partition
+        from jobs.quality.validate import validate_partition
 
         with o.data_quality_gate():
             return o.summary(validate_partition(o.config(), o.RAW_EVENTS, o.partition(ds), alert=False))
@@ -70,7 +75,7 @@ def features_daily():
 
     @task(outlets=[SNAPSHOTS])
     def validate_snapshot(ds=None):
-        from jobs.validate import validate_partition
+        from jobs.quality.validate import validate_partition
 
         day = o.partition(ds)
         with o.data_quality_gate():

@@ -1,4 +1,5 @@
 """skew_nightly: publish the day's serving log -> validate it -> training-serving skew report (alert on a breach)."""
+
 from __future__ import annotations
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, task
@@ -37,12 +38,20 @@ Catch-up is off: backfills are explicit (UI "Backfill" dialog, `airflow backfill
     schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     **o.daily_dag_kwargs(on_failure_callback=AirflowNotifier()),
     params={
-        "wal_dir": Param(None, type=["null", "string"], title="Serving WAL directory",
-                         description=f"Where the service writes its log; empty = {o.SERVING_WAL_ENV}, "
-                                     f"else {o.DEFAULT_SERVING_WAL_DIR}."),
+        "wal_dir": Param(
+            None,
+            type=["null", "string"],
+            title="Serving WAL directory",
+            description=f"Where the service writes its log; empty = {o.SERVING_WAL_ENV}, "
+            f"else {o.DEFAULT_SERVING_WAL_DIR}.",
+        ),
         "model_name": Param("repurchase_90d", type="string", pattern=r"^[A-Za-z0-9_.-]+$"),
-        "thresholds": Param(None, type=["null", "object"], title="Skew thresholds",
-                            description="Per-feature maxima merged over the defaults; '*' = every feature."),
+        "thresholds": Param(
+            None,
+            type=["null", "object"],
+            title="Skew thresholds",
+            description="Per-feature maxima merged over the defaults; '*' = every feature.",
+        ),
         "lookback_days": Param(3, type="integer", minimum=0, maximum=30),
         "late_days": Param(3, type="integer", minimum=0, maximum=30),
         "engine": Param(None, **o.engine_param_schema()),
@@ -66,8 +75,10 @@ def skew_nightly():
         table = cfg.lake().table(o.SERVING_LOGS)
         published = table.read(day, columns=["request_id"])["request_id"] if table.exists(day) else None
         if published is None and not Path(wal_dir).is_dir():
-            raise AirflowFailException(f"no serving WAL at {wal_dir!r} and no {o.SERVING_LOGS}/ds={day}: "
-                                       f"set {o.SERVING_WAL_ENV} (absolute) or the wal_dir Param")
+            raise AirflowFailException(
+                f"no serving WAL at {wal_dir!r} and no {o.SERVING_LOGS}/ds={day}: "
+                f"set {o.SERVING_WAL_ENV} (absolute) or the wal_dir Param"
+            )
         wal = read_wal(wal_dir, fs) if Path(wal_dir).is_dir() else None
         wal_ids = [] if wal is None else wal.loc[wal["request_time"].dt.strftime("%Y-%m-%d") == day, "request_id"]
         action = o.serving_log_action(day, wal_ids, published)
@@ -78,7 +89,7 @@ def skew_nightly():
 
     @task
     def validate_serving_log(ds=None):
-        from jobs.validate import validate_partition
+        from jobs.quality.validate import validate_partition
 
         with o.data_quality_gate():
             return o.summary(validate_partition(o.config(), o.SERVING_LOGS, o.partition(ds), alert=False))
@@ -86,19 +97,31 @@ def skew_nightly():
     @task(outlets=[SKEW_REPORTS])
     def skew(ds=None, params=None, outlet_events=None):
         from jobs.serving.model import RegistrySource
-        from jobs.skew import CAUSES, run_skew
+        from jobs.skew.job import CAUSES, run_skew
 
         cfg, day = o.config(params["engine"]), o.partition(ds)
         with o.skew_gate():
             # The failure callback sends the alert (with the breaches and the page): no second one here.
-            rep = run_skew(cfg, day, feature_set=o.FEATURE_SET, model_source=RegistrySource(cfg, params["model_name"]),
-                           thresholds=params["thresholds"], lookback_days=params["lookback_days"],
-                           late_days=params["late_days"], notifier=lambda message: None)
+            rep = run_skew(
+                cfg,
+                day,
+                feature_set=o.FEATURE_SET,
+                model_source=RegistrySource(cfg, params["model_name"]),
+                thresholds=params["thresholds"],
+                lookback_days=params["lookback_days"],
+                late_days=params["late_days"],
+                notifier=lambda message: None,
+            )
         # The Asset event carries the partition and the page, for whatever consumes the reports.
         outlet_events[SKEW_REPORTS].extra = {"ds": day, "table": o.SKEW_REPORTS, "report": rep.html_path}
         causes = rep.table.set_index("feature")[list(CAUSES)].sum()
-        return {"ds": day, "rows": len(rep.rows), "report": rep.html_path,
-                "mismatches_by_cause": {k: int(v) for k, v in causes.items()}, "notes": rep.notes[:10]}
+        return {
+            "ds": day,
+            "rows": len(rep.rows),
+            "report": rep.html_path,
+            "mismatches_by_cause": {k: int(v) for k, v in causes.items()},
+            "notes": rep.notes[:10],
+        }
 
     publish_serving_log() >> validate_serving_log() >> skew()
 

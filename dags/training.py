@@ -1,4 +1,5 @@
 """training: labels -> point-in-time training sets -> validate -> train + register -> promote if better."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,7 +44,11 @@ _DATE = {"type": ["null", "string"], "format": "date"}
     max_active_runs=1,
     default_args=o.default_args(on_failure_callback=AirflowNotifier()),
     params={
-        **{f"{r}_{e}": Param(None, **_DATE, title=f"{r} {e}") for r in ("train", "valid", "holdback") for e in ("from", "to")},
+        **{
+            f"{r}_{e}": Param(None, **_DATE, title=f"{r} {e}")
+            for r in ("train", "valid", "holdback")
+            for e in ("from", "to")
+        },
         "train_weeks": Param(o.TRAIN_WEEKS, type="integer", minimum=1),
         "valid_weeks": Param(o.VALID_WEEKS, type="integer", minimum=1),
         "holdback_weeks": Param(o.HOLDBACK_WEEKS, type="integer", minimum=1),
@@ -65,38 +70,48 @@ _DATE = {"type": ["null", "string"], "format": "date"}
 def training():
     @task
     def plan_window(params=None, logical_date=None):
-        from jobs.labels import latest_mature_cutoff
+        from jobs.training.labels import latest_mature_cutoff
 
         return o.training_window(params, logical_date, latest_mature_cutoff(o.config().lake()))
 
     @task
     def build_labels(window: dict, params=None):
-        from jobs.labels import build_labels
+        from jobs.training.labels import build_labels
 
         return o.summary(build_labels(o.config(params["engine"]), window["cutoffs"]))
 
     @task
     def build_training_sets(window: dict, params=None):
-        from jobs.training_set import build_training_sets
+        from jobs.training.training_set import build_training_sets
 
-        return o.summary(build_training_sets(o.config(params["engine"]), window["cutoffs"], o.FEATURE_SET,
-                                             validate=False))
+        return o.summary(
+            build_training_sets(o.config(params["engine"]), window["cutoffs"], o.FEATURE_SET, validate=False)
+        )
 
     @task
     def validate_training_sets(window: dict):
-        from jobs.validate import validate_partition
+        from jobs.quality.validate import validate_partition
 
         with o.data_quality_gate():
-            return [o.summary(validate_partition(o.config(), "training_sets", c, feature_set=o.FEATURE_SET,
-                                                 alert=False)) for c in window["cutoffs"]]
+            return [
+                o.summary(validate_partition(o.config(), "training_sets", c, feature_set=o.FEATURE_SET, alert=False))
+                for c in window["cutoffs"]
+            ]
 
     def _spec(window: dict, params, tuned_params=None):
-        from jobs.train import TrainSpec
+        from jobs.training.trainer import TrainSpec
 
-        return TrainSpec(tuple(window["train"]), tuple(window["valid"]), tuple(window["holdback"]),
-                         model_name=params["model_name"], feature_set=o.FEATURE_SET, backend=params["backend"],
-                         num_boost_round=params["rounds"], embargo_days=window["embargo_days"],
-                         params=dict(tuned_params or {}))
+        return TrainSpec(
+            tuple(window["train"]),
+            tuple(window["valid"]),
+            tuple(window["holdback"]),
+            model_name=params["model_name"],
+            feature_set=o.FEATURE_SET,
+            backend=params["backend"],
+            num_boost_round=params["rounds"],
+            embargo_days=window["embargo_days"],
+            params=dict(tuned_params or {}),
+        )
 
     @task
     def tune(window: dict, params=None):
@@ -104,17 +119,28 @@ def training():
 
         if not params.get("tune"):
             raise AirflowSkipException("tuning is off (Param tune=false): training uses the default parameters")
-        from jobs.training.tune import report_dir, write_report
-        from jobs.training.tune import tune as search
+        from jobs.training.search import report_dir, write_report
+        from jobs.training.search import tune as search
 
         cfg = o.config(params["engine"])
-        result = search(cfg, _spec(window, params), n_candidates=params["tune_candidates"],
-                        max_seconds=params["tune_max_seconds"], max_rows=params["tune_max_rows"],
-                        seed=params["tune_seed"], progress=print)
+        result = search(
+            cfg,
+            _spec(window, params),
+            n_candidates=params["tune_candidates"],
+            max_seconds=params["tune_max_seconds"],
+            max_rows=params["tune_max_rows"],
+            seed=params["tune_seed"],
+            progress=print,
+        )
         paths = write_report(result, report_dir(cfg, params["model_name"], result.seed), cfg.storage_options or None)
-        return {"params": {**result.best_params, "seed": result.seed}, "best_valid_auc": result.best_auc,
-                "configs_tried_on_validation": result.n_configs, "fits": result.n_fits,
-                "stopped_early": result.stopped_early, "report": paths["summary.md"]}
+        return {
+            "params": {**result.best_params, "seed": result.seed},
+            "best_valid_auc": result.best_auc,
+            "configs_tried_on_validation": result.n_configs,
+            "fits": result.n_fits,
+            "stopped_early": result.stopped_early,
+            "report": paths["summary.md"],
+        }
 
     @task
     def train_baseline(window: dict, params=None):
@@ -125,29 +151,41 @@ def training():
         from jobs.training.baseline import train_baseline as fit
 
         out = fit(o.config(params["engine"]), _spec(window, params))
-        return {"name": out.registered.name, "version": out.registered.version,
-                "valid_auc": out.candidate.metrics["valid_auc"], "holdback_auc": out.candidate.metrics["holdback_auc"]}
+        return {
+            "name": out.registered.name,
+            "version": out.registered.version,
+            "valid_auc": out.candidate.metrics["valid_auc"],
+            "holdback_auc": out.candidate.metrics["holdback_auc"],
+        }
 
     @task(trigger_rule="none_failed")  # runs when tune / train_baseline are skipped
     def train_and_register(window: dict, params=None, ti=None):
-        from jobs.train import train_model
+        from jobs.training.trainer import train_model
 
         tuned = ti.xcom_pull(task_ids="tune") if ti is not None else None
         spec = _spec(window, params, (tuned or {}).get("params"))
         extra_metrics, extra_reports = {}, {}
         if tuned:  # the registered model records the search that chose its parameters
-            extra_metrics = {"valid_configs_tried": tuned["configs_tried_on_validation"], "valid_fits_tried": tuned["fits"]}
+            extra_metrics = {
+                "valid_configs_tried": tuned["configs_tried_on_validation"],
+                "valid_fits_tried": tuned["fits"],
+            }
             extra_reports = {"tuning": tuned}
         out = train_model(o.config(params["engine"]), spec, extra_metrics=extra_metrics, extra_reports=extra_reports)
-        return {"version": out.registered.version, "metrics": out.candidate.metrics,
-                "champion_on_same_holdback": out.champion_eval, "baseline": (out.baseline or {}).get("summary"),
-                "notes": out.notes, "tuning": tuned}
+        return {
+            "version": out.registered.version,
+            "metrics": out.candidate.metrics,
+            "champion_on_same_holdback": out.champion_eval,
+            "baseline": (out.baseline or {}).get("summary"),
+            "notes": out.notes,
+            "tuning": tuned,
+        }
 
     @task
     def promote(params=None):
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from jobs.registry import PromotionRefused, Registry
+        from jobs.models.registry import PromotionRefused, Registry
 
         registry = Registry.from_config(o.config())
         try:
@@ -157,8 +195,12 @@ def training():
             first = registry.baseline_as_first_champion(params["model_name"])
             if first is None:
                 raise AirflowSkipException(f"champion kept: {exc}") from exc
-            return {"champion": first.version, "flavor": first.flavor, "adopted_from": first.tags.get(
-                "lockstep.adopted_from"), "why": str(exc)}
+            return {
+                "champion": first.version,
+                "flavor": first.flavor,
+                "adopted_from": first.tags.get("lockstep.adopted_from"),
+                "why": str(exc),
+            }
         return {"champion": info.version, "flavor": info.flavor}
 
     window = plan_window()

@@ -22,6 +22,7 @@ is what the caller re-raises.
 ``AirflowNotifier`` (Airflow 3's ``airflow.sdk.BaseNotifier``) is created on first access, so jobs
 import this module without Airflow: ``on_failure_callback=AirflowNotifier()``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,9 +81,11 @@ class AlertSettings:
             "smtp_starttls": (get("LOCKSTEP_SMTP_STARTTLS") or "").lower() in ("1", "true", "yes"),
             "webhook_url": get("LOCKSTEP_WEBHOOK_URL"),
         }
-        for var, name, parse in (("LOCKSTEP_SMTP_PORT", "smtp_port", int),
-                                 ("LOCKSTEP_ALERT_DEDUP_SECONDS", "dedup_window_s", float),
-                                 ("LOCKSTEP_ALERT_TIMEOUT_SECONDS", "timeout_s", float)):
+        for var, name, parse in (
+            ("LOCKSTEP_SMTP_PORT", "smtp_port", int),
+            ("LOCKSTEP_ALERT_DEDUP_SECONDS", "dedup_window_s", float),
+            ("LOCKSTEP_ALERT_TIMEOUT_SECONDS", "timeout_s", float),
+        ):
             raw = get(var)
             if raw is not None:
                 try:
@@ -114,27 +117,44 @@ class Alert:
 
     def __post_init__(self) -> None:
         if not self.dedup_key:
-            basis = ([self.what, self.dataset or "", self.partition or "", *sorted(self.failed)]
-                     if self.failed else [self.what, self.where, _first_line(self.reason)])
+            basis = (
+                [self.what, self.dataset or "", self.partition or "", *sorted(self.failed)]
+                if self.failed
+                else [self.what, self.where, _first_line(self.reason)]
+            )
             self.dedup_key = hashlib.sha256("\x1f".join(basis).encode()).hexdigest()[:16]
 
     @classmethod
-    def from_exception(cls, exc: BaseException, *, source: str = "job", where: str | None = None,
-                       **details: Any) -> Alert:
+    def from_exception(
+        cls, exc: BaseException, *, source: str = "job", where: str | None = None, **details: Any
+    ) -> Alert:
         """An alert for ``exc``; a data-quality error (anywhere in the cause chain) gives its own
         fields, so a job's alert and an Airflow callback's for the same failure share a dedup key."""
         dq = _find_alertable(exc)
         if dq is not None:
             f = dq.alert_fields()
-            return cls(title=f["title"], where=f["where"], reason=f["reason"], what=f["what"],
-                       dataset=f.get("dataset"), partition=f.get("partition"),
-                       failed=list(f.get("failed") or []), report=f.get("report"),
-                       quarantine=f.get("quarantine"), source=source,
-                       details={k: v for k, v in details.items() if v is not None})
+            return cls(
+                title=f["title"],
+                where=f["where"],
+                reason=f["reason"],
+                what=f["what"],
+                dataset=f.get("dataset"),
+                partition=f.get("partition"),
+                failed=list(f.get("failed") or []),
+                report=f.get("report"),
+                quarantine=f.get("quarantine"),
+                source=source,
+                details={k: v for k, v in details.items() if v is not None},
+            )
         where = where or "unknown"
-        return cls(title=f"{type(exc).__name__} in {where}", where=where,
-                   reason=f"{type(exc).__name__}: {exc}", what="task failed", source=source,
-                   details={k: v for k, v in details.items() if v is not None})
+        return cls(
+            title=f"{type(exc).__name__} in {where}",
+            where=where,
+            reason=f"{type(exc).__name__}: {exc}",
+            what="task failed",
+            source=source,
+            details={k: v for k, v in details.items() if v is not None},
+        )
 
     def text(self) -> str:
         """The message people read (mail body, chat text)."""
@@ -152,8 +172,9 @@ class Alert:
 class Notifier:
     """Sends alerts: always to the alerts log, and to e-mail and a webhook when configured."""
 
-    def __init__(self, lake_root: str | None = None, settings: AlertSettings | None = None,
-                 storage_options: dict | None = None):
+    def __init__(
+        self, lake_root: str | None = None, settings: AlertSettings | None = None, storage_options: dict | None = None
+    ):
         self.settings = settings or AlertSettings.from_env()
         if self.settings.log_path:
             path = self.settings.log_path
@@ -183,8 +204,10 @@ class Notifier:
         with self._locked():
             previous = self._recent(alert.dedup_key, now)
             delivery: dict[str, str] = {}
-            for channel, configured, send in (("email", self._email_configured(), self._send_email),
-                                              ("webhook", bool(self.settings.webhook_url), self._send_webhook)):
+            for channel, configured, send in (
+                ("email", self._email_configured(), self._send_email),
+                ("webhook", bool(self.settings.webhook_url), self._send_webhook),
+            ):
                 if not configured:
                     delivery[channel] = "not configured"
                     continue
@@ -201,10 +224,17 @@ class Notifier:
                 "at": now.isoformat(timespec="milliseconds"),
                 "dedup_key": alert.dedup_key,
                 "duplicate_of": previous.get("at"),
-                "title": alert.title, "what": alert.what, "where": alert.where,
-                "dataset": alert.dataset, "partition": alert.partition, "failed": alert.failed,
-                "reason": "\n".join(_head(alert.reason)), "report": alert.report,
-                "quarantine": alert.quarantine, "source": alert.source, "details": alert.details,
+                "title": alert.title,
+                "what": alert.what,
+                "where": alert.where,
+                "dataset": alert.dataset,
+                "partition": alert.partition,
+                "failed": alert.failed,
+                "reason": "\n".join(_head(alert.reason)),
+                "report": alert.report,
+                "quarantine": alert.quarantine,
+                "source": alert.source,
+                "details": alert.details,
                 "delivery": delivery,
             }
             self._append(json.dumps(line, default=str))
@@ -230,8 +260,7 @@ class Notifier:
         msg["To"] = ", ".join(s.smtp_to)
         msg["X-Lockstep-Dedup-Key"] = alert.dedup_key
         msg.set_content(alert.text() + "\n")
-        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout_s,
-                          local_hostname="lockstep.localdomain") as smtp:
+        with smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout_s, local_hostname="lockstep.localdomain") as smtp:
             if s.smtp_starttls:
                 smtp.starttls()
             if s.smtp_user:
@@ -243,8 +272,9 @@ class Notifier:
 
     def _send_webhook(self, alert: Alert) -> str:
         body = json.dumps({"text": alert.text()}).encode()
-        req = urllib.request.Request(self.settings.webhook_url, data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.settings.webhook_url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.settings.timeout_s) as resp:
                 return f"sent: HTTP {resp.status}"
@@ -327,8 +357,14 @@ class Notifier:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def notify_failure(exc: BaseException, *, lake_root: str | None = None, source: str = "job",
-                   settings: AlertSettings | None = None, **details: Any) -> dict | None:
+def notify_failure(
+    exc: BaseException,
+    *,
+    lake_root: str | None = None,
+    source: str = "job",
+    settings: AlertSettings | None = None,
+    **details: Any,
+) -> dict | None:
     """Send an alert for `exc`, swallowing any error of the alerting itself (logged): for
     ``except`` blocks that re-raise `exc` right after."""
     try:
@@ -345,14 +381,25 @@ def alert_from_airflow_context(context: dict) -> Alert:
     dag_id = getattr(ti, "dag_id", None) or getattr(dag, "dag_id", None) or "?"
     task_id = getattr(ti, "task_id", None)
     where = f"{dag_id}.{task_id}" if task_id else dag_id
-    details = {"dag_id": dag_id, "task_id": task_id, "run_id": context.get("run_id") or getattr(ti, "run_id", None),
-               "logical_date": str(context.get("logical_date") or context.get("ds") or "") or None,
-               "try_number": getattr(ti, "try_number", None), "log_url": getattr(ti, "log_url", None)}
+    details = {
+        "dag_id": dag_id,
+        "task_id": task_id,
+        "run_id": context.get("run_id") or getattr(ti, "run_id", None),
+        "logical_date": str(context.get("logical_date") or context.get("ds") or "") or None,
+        "try_number": getattr(ti, "try_number", None),
+        "log_url": getattr(ti, "log_url", None),
+    }
     exc = context.get("exception")
     if exc is None:
         reason = context.get("reason") or "failed (no exception in the callback context)"
-        return Alert(title=f"{where} failed", where=where, reason=str(reason), what="task failed",
-                     source="airflow", details={k: v for k, v in details.items() if v is not None})
+        return Alert(
+            title=f"{where} failed",
+            where=where,
+            reason=str(reason),
+            what="task failed",
+            source="airflow",
+            details={k: v for k, v in details.items() if v is not None},
+        )
     if not isinstance(exc, BaseException):
         exc = RuntimeError(str(exc))
     return Alert.from_exception(exc, source="airflow", where=where, **details)
@@ -414,5 +461,3 @@ def _is_local(fs) -> bool:
     from fsspec.implementations.local import LocalFileSystem
 
     return isinstance(fs, LocalFileSystem)
-
-

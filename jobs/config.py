@@ -1,4 +1,5 @@
 """Run configuration: the one object every job gets its paths and engine settings from."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,15 @@ _ENV: dict[str, tuple[str, type]] = {
     "LOCKSTEP_SPARK_MASTER": ("spark_master", str),
     "LOCKSTEP_BUCKETS": ("buckets", int),
     "LOCKSTEP_DASK_MEMORY_LIMIT": ("dask_memory_limit", str),
+}
+
+# argparse destination of a global ``lockstep`` flag -> Config field (``Config.from_args``).
+_FLAGS: dict[str, str] = {
+    "lake": "lake_root",
+    "engine": "engine",
+    "dask_address": "dask_address",
+    "spark_master": "spark_master",
+    "buckets": "buckets",
 }
 
 _SCRATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -46,9 +56,7 @@ class Config:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(
-                f"unknown engine {self.engine!r}; allowed engines are: {', '.join(ENGINES)}"
-            )
+            raise ValueError(f"unknown engine {self.engine!r}; allowed engines are: {', '.join(ENGINES)}")
         for name in ("buckets", "dask_workers", "dask_threads_per_worker"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -80,6 +88,15 @@ class Config:
                 raise ValueError(f"{var}={raw!r} is not a valid {parse.__name__}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: Any) -> Config:
+        """The Config of a ``lockstep`` command: its ``--lake``, ``--engine``, ``--dask-address``,
+        ``--spark-master`` and ``--buckets`` flags over the LOCKSTEP_* environment (``from_env``).
+
+        Flags the parser does not define, or leaves unset, fall through to the environment.
+        """
+        return cls.from_env(**{name: getattr(args, flag, None) for flag, name in _FLAGS.items()})
 
     def lake(self) -> Lake:
         """The lake at `lake_root`."""

@@ -9,6 +9,7 @@ manifest is published; a partition the gate rejects, or a published one taken ba
 ``Table.quarantine``, moves to ``<root>/_quarantine/<table>/ds=<ds>/<writeid>/`` with its
 (would-be) manifest and the reason, where no reader of the table sees it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,9 +46,15 @@ _HASH_KEYS = ("lockstep-rows-k1", "lockstep-rows-k2")  # hash_pandas_object want
 _HASH_SALT = np.uint64(0x9E3779B97F4A7C15)
 # Integers and booleans hash through pandas' masked dtypes, so nulls never turn them into floats.
 _HASH_TYPES = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-    pa.int64(): pd.Int64Dtype(), pa.uint8(): pd.UInt8Dtype(), pa.uint16(): pd.UInt16Dtype(),
-    pa.uint32(): pd.UInt32Dtype(), pa.uint64(): pd.UInt64Dtype(), pa.bool_(): pd.BooleanDtype(),
+    pa.int8(): pd.Int8Dtype(),
+    pa.int16(): pd.Int16Dtype(),
+    pa.int32(): pd.Int32Dtype(),
+    pa.int64(): pd.Int64Dtype(),
+    pa.uint8(): pd.UInt8Dtype(),
+    pa.uint16(): pd.UInt16Dtype(),
+    pa.uint32(): pd.UInt32Dtype(),
+    pa.uint64(): pd.UInt64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
 }
 _BLOCK = 8 << 20
 
@@ -109,8 +116,7 @@ class Manifest:
 class Lake:
     """A lake rooted at a local path or any fsspec URL."""
 
-    def __init__(self, root: str, storage_options: dict | None = None,
-                 verify_checksums: bool = True):
+    def __init__(self, root: str, storage_options: dict | None = None, verify_checksums: bool = True):
         self.root = str(root)
         self.storage_options = dict(storage_options or {})
         self.verify_checksums = verify_checksums
@@ -148,7 +154,7 @@ class Table:
 
     def __init__(self, lake: Lake, name: str, schema: pa.Schema | None = None):
         self.lake, self.name = lake, name
-        self.schema = None if schema is None else _normalise_schema(schema)
+        self.schema = None if schema is None else normalise_schema(schema)
         self.fs = lake.fs
         self._dir = f"{lake._root.rstrip('/')}/{name}"
 
@@ -158,13 +164,13 @@ class Table:
     # ---- partitions -------------------------------------------------------------------------
     def partition_path(self, ds: str | dt.date) -> str:
         """URL of the directory of partition `ds`."""
-        return self.lake._url(self._pdir(_check_ds(ds)))
+        return self.lake._url(self._pdir(check_ds(ds)))
 
     def partitions(self) -> list[str]:
         """Published ds values, sorted: directories holding a valid manifest."""
         out = []
         for path in self.fs.glob(f"{self._dir}/ds=*/{MANIFEST}"):
-            ds = path.rsplit("/", 2)[-2][len("ds="):]
+            ds = path.rsplit("/", 2)[-2][len("ds=") :]
             if _DS.match(ds) and self.exists(ds):
                 out.append(ds)
         return sorted(out)
@@ -179,7 +185,7 @@ class Table:
 
     def manifest(self, ds: str | dt.date) -> Manifest:
         """The manifest of partition `ds`; MissingPartitionError if it is not published."""
-        ds = _check_ds(ds)
+        ds = check_ds(ds)
         path = f"{self._pdir(ds)}/{MANIFEST}"
         try:
             raw = self.fs.cat_file(path)
@@ -190,8 +196,7 @@ class Table:
         except LakeError as exc:
             raise CorruptPartitionError(self.name, ds, self.lake._url(path), str(exc)) from None
         if (m.table, m.ds) != (self.name, ds):
-            raise CorruptPartitionError(self.name, ds, self.lake._url(path),
-                                        f"manifest is for {m.table!r} ds={m.ds}")
+            raise CorruptPartitionError(self.name, ds, self.lake._url(path), f"manifest is for {m.table!r} ds={m.ds}")
         return m
 
     def first_ds(self) -> str | None:
@@ -205,9 +210,16 @@ class Table:
         return parts[-1] if parts else None
 
     # ---- writing ----------------------------------------------------------------------------
-    def write_partition(self, ds: str | dt.date, data: Any, *, producer: dict,
-                        inputs: dict | None = None, rows_per_file: int = 1_000_000,
-                        gate: Callable[[StagedPartition], Any] | None = None) -> Manifest:
+    def write_partition(
+        self,
+        ds: str | dt.date,
+        data: Any,
+        *,
+        producer: dict,
+        inputs: dict | None = None,
+        rows_per_file: int = 1_000_000,
+        gate: Callable[[StagedPartition], Any] | None = None,
+    ) -> Manifest:
         """Write and atomically publish partition `ds`, replacing any previous version whole.
 
         `data` is a pandas DataFrame, a pyarrow Table/RecordBatch, or an iterable of them that is
@@ -219,7 +231,7 @@ class Table:
         `staged.quarantine_path` (the previous version, if any, stays published) and the
         exception propagates with a `quarantine_path` attribute.
         """
-        ds = _check_ds(ds)
+        ds = check_ds(ds)
         if rows_per_file < 1:
             raise ValueError("rows_per_file must be >= 1")
         producer, inputs = dict(producer), dict(inputs or {})
@@ -236,26 +248,33 @@ class Table:
             for chunk in _chunks(data):
                 tbl = _to_arrow(chunk, self.name, ds)
                 if schema is None:
-                    schema = _normalise_schema(tbl.schema)
+                    schema = normalise_schema(tbl.schema)
                 tbl = _conform(tbl, schema, self.name, ds)
                 if tbl.num_rows == 0:
                     continue
-                h1, h2 = _row_hash_sums(tbl)
+                h1, h2 = row_hash_sums(tbl)
                 sum1, sum2 = (sum1 + h1) % 2**64, (sum2 + h2) % 2**64
                 rows += tbl.num_rows
                 writer.write(tbl, schema)
             if schema is None:
-                raise LakeError(f"table {self.name!r} ds={ds}: no data and no schema; "
-                                "give the table a schema to publish an empty partition")
+                raise LakeError(
+                    f"table {self.name!r} ds={ds}: no data and no schema; "
+                    "give the table a schema to publish an empty partition"
+                )
             files = writer.finish(schema)
         except BaseException:
             writer.abort()
             raise
-        fingerprint = hashlib.sha256(
-            f"{_schema_string(schema)}|{rows}|{sum1:016x}|{sum2:016x}".encode()).hexdigest()
+        fingerprint = hashlib.sha256(f"{_schema_string(schema)}|{rows}|{sum1:016x}|{sum2:016x}".encode()).hexdigest()
         manifest = Manifest(
-            table=self.name, ds=ds, rows=rows, schema=_render_schema(schema), files=files,
-            content_fingerprint=fingerprint, producer=producer, inputs=inputs,
+            table=self.name,
+            ds=ds,
+            rows=rows,
+            schema=_render_schema(schema),
+            files=files,
+            content_fingerprint=fingerprint,
+            producer=producer,
+            inputs=inputs,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
         try:
@@ -309,9 +328,14 @@ class Table:
         except Exception as exc:
             try:
                 path = self._quarantine_files(
-                    staged.ds, staged.write_id, [f["name"] for f in staged.manifest.files],
-                    staged.manifest.to_json().encode(), str(exc) or type(exc).__name__, "gate",
-                    getattr(exc, "quarantine_attachments", None))
+                    staged.ds,
+                    staged.write_id,
+                    [f["name"] for f in staged.manifest.files],
+                    staged.manifest.to_json().encode(),
+                    str(exc) or type(exc).__name__,
+                    "gate",
+                    getattr(exc, "quarantine_attachments", None),
+                )
             except Exception as qexc:  # noqa: BLE001 - the gate's verdict matters more than the move
                 exc.add_note(f"quarantining the staged files failed too: {qexc!r}")
                 raise exc from None
@@ -323,15 +347,14 @@ class Table:
                     self.fs.rm_file(f"{self._pdir(staged.ds)}/{f['name']}")
             raise
 
-    def quarantine(self, ds: str | dt.date, reason: str,
-                   attachments: dict[str, Any] | None = None) -> str:
+    def quarantine(self, ds: str | dt.date, reason: str, attachments: dict[str, Any] | None = None) -> str:
         """Take published partition `ds` out of the table into the quarantine; returns its URL.
 
         The manifest moves first, so readers stop seeing the partition at once; then the data
         files follow. `attachments` ({file name: JSON-able or bytes}) are written next to them.
         A partition whose manifest is unreadable is quarantined with every part file found.
         """
-        ds = _check_ds(ds)
+        ds = check_ds(ds)
         pdir = self._pdir(ds)
         try:
             names = [f["name"] for f in self.manifest(ds).files]
@@ -339,15 +362,18 @@ class Table:
             if not self.fs.exists(f"{pdir}/{MANIFEST}"):
                 raise
             self.fs.invalidate_cache(pdir)
-            names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(pdir, detail=False)
-                           if _PART.match(p.rstrip("/").rsplit("/", 1)[-1]))
+            names = sorted(
+                p.rstrip("/").rsplit("/", 1)[-1]
+                for p in self.fs.ls(pdir, detail=False)
+                if _PART.match(p.rstrip("/").rsplit("/", 1)[-1])
+            )
         wids = sorted({m["wid"] for m in map(_PART.match, names) if m})
         wid = wids[-1] if wids else uuid.uuid4().hex
         return self._quarantine_files(ds, wid, names, None, reason, "published", attachments)
 
     def quarantined(self, ds: str | dt.date) -> list[str]:
         """URLs of the quarantined versions of partition `ds`, oldest write first."""
-        qdir = self._qdir(_check_ds(ds))
+        qdir = self._qdir(check_ds(ds))
         if not self.fs.exists(qdir):
             return []
         self.fs.invalidate_cache(qdir)
@@ -355,10 +381,18 @@ class Table:
 
     def quarantine_path(self, ds: str | dt.date, write_id: str) -> str:
         """URL of the quarantine directory of write `write_id` of partition `ds`."""
-        return self.lake._url(f"{self._qdir(_check_ds(ds))}/{write_id}")
+        return self.lake._url(f"{self._qdir(check_ds(ds))}/{write_id}")
 
-    def _quarantine_files(self, ds: str, wid: str, names: list[str], manifest: bytes | None,
-                          reason: str, source: str, attachments: dict[str, Any] | None) -> str:
+    def _quarantine_files(
+        self,
+        ds: str,
+        wid: str,
+        names: list[str],
+        manifest: bytes | None,
+        reason: str,
+        source: str,
+        attachments: dict[str, Any] | None,
+    ) -> str:
         for name in attachments or {}:
             if "/" in name or name in (MANIFEST, QUARANTINE_REASON) or _PART.match(name):
                 raise LakeError(f"bad quarantine attachment name {name!r}")
@@ -378,9 +412,16 @@ class Table:
             except FileNotFoundError:
                 missing.append(name)
         self.fs.invalidate_cache(pdir)
-        info = {"table": self.name, "ds": ds, "write_id": wid, "source": source, "reason": reason,
-                "files": moved, "missing_files": missing,
-                "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")}
+        info = {
+            "table": self.name,
+            "ds": ds,
+            "write_id": wid,
+            "source": source,
+            "reason": reason,
+            "files": moved,
+            "missing_files": missing,
+            "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        }
         self.fs.pipe_file(f"{qdir}/{QUARANTINE_REASON}", json.dumps(info, indent=2).encode())
         for name, payload in (attachments or {}).items():
             if not isinstance(payload, bytes):
@@ -399,17 +440,21 @@ class Table:
     def dataset(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> pads.Dataset:
         """A pyarrow dataset over the verified files of the range."""
         paths = self._verified_paths(ds_from, ds_to)
-        return pads.dataset(paths, format="parquet", filesystem=self.lake._arrow_fs(),
-                            schema=self.schema)
+        return pads.dataset(paths, format="parquet", filesystem=self.lake._arrow_fs(), schema=self.schema)
 
-    def read(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None,
-             columns: list[str] | None = None) -> pd.DataFrame:
+    def read(
+        self, ds_from: str | dt.date, ds_to: str | dt.date | None = None, columns: list[str] | None = None
+    ) -> pd.DataFrame:
         """The rows of the range as one DataFrame (empty, with the schema, if there are none)."""
         return self.dataset(ds_from, ds_to).to_table(columns=columns).to_pandas()
 
-    def iter_batches(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None,
-                     columns: list[str] | None = None,
-                     batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
+    def iter_batches(
+        self,
+        ds_from: str | dt.date,
+        ds_to: str | dt.date | None = None,
+        columns: list[str] | None = None,
+        batch_size: int = 262_144,
+    ) -> Iterator[pd.DataFrame]:
         """The rows of the range as DataFrames of at most `batch_size` rows.
 
         Verification happens at the call, not at the first iteration.
@@ -419,7 +464,7 @@ class Table:
 
     def _verified_paths(self, ds_from, ds_to) -> list[str]:
         manifests, missing = [], []
-        for ds in _day_range(ds_from, ds_to):
+        for ds in day_range(ds_from, ds_to):
             try:
                 manifests.append(self.manifest(ds))
             except MissingPartitionError:
@@ -431,11 +476,14 @@ class Table:
     def _verify(self, m: Manifest) -> list[str]:
         pdir = self._pdir(m.ds)
         self.fs.invalidate_cache(pdir)
-        sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"]
-                 for e in self.fs.ls(pdir, detail=True)}
+        sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in self.fs.ls(pdir, detail=True)}
         if sum(f["rows"] for f in m.files) != m.rows:
-            raise CorruptPartitionError(self.name, m.ds, self.lake._url(f"{pdir}/{MANIFEST}"),
-                                        "file row counts do not add up to the manifest's rows")
+            raise CorruptPartitionError(
+                self.name,
+                m.ds,
+                self.lake._url(f"{pdir}/{MANIFEST}"),
+                "file row counts do not add up to the manifest's rows",
+            )
         paths = []
         for f in m.files:
             path = f"{pdir}/{f['name']}"
@@ -468,8 +516,7 @@ class Table:
 class StagedPartition:
     """A written but unpublished partition, as a write's gate sees it."""
 
-    def __init__(self, table: Table, ds: str, write_id: str, manifest: Manifest,
-                 current: Manifest | None):
+    def __init__(self, table: Table, ds: str, write_id: str, manifest: Manifest, current: Manifest | None):
         self.table, self.ds, self.write_id = table, ds, write_id
         self.manifest = manifest  # the manifest that will be published if the gate passes
         self.current = current  # the published version being replaced, if any
@@ -491,11 +538,13 @@ class StagedPartition:
     def dataset(self) -> pads.Dataset:
         """A pyarrow dataset over the staged files, in their own (written) schema."""
         pdir = self.table._pdir(self.ds)
-        return pads.dataset([f"{pdir}/{f['name']}" for f in self.manifest.files], format="parquet",
-                            filesystem=self.table.lake._arrow_fs())
+        return pads.dataset(
+            [f"{pdir}/{f['name']}" for f in self.manifest.files],
+            format="parquet",
+            filesystem=self.table.lake._arrow_fs(),
+        )
 
-    def iter_batches(self, columns: list[str] | None = None,
-                     batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
+    def iter_batches(self, columns: list[str] | None = None, batch_size: int = 262_144) -> Iterator[pd.DataFrame]:
         """The staged rows as DataFrames of at most `batch_size` rows (one empty frame if none)."""
         yield from _frames(self.dataset(), columns, batch_size)
 
@@ -570,12 +619,16 @@ class _PartWriter:
         path = f"{self.pdir}/{name}"
         self._opened.append(path)
         # The file outlives this call (closed in _close/abort), so no context manager here.
-        self._raw = (open(path, "wb") if self.lake.is_local  # noqa: SIM115
-                     else self.lake.fs.open(path, "wb"))
+        self._raw = (
+            open(path, "wb")
+            if self.lake.is_local  # noqa: SIM115
+            else self.lake.fs.open(path, "wb")
+        )
         self._sink = _HashingSink(self._raw)
         strings = [f.name for f in schema if pa.types.is_string(f.type)]
-        self._pw = pq.ParquetWriter(self._sink, schema, compression="zstd",
-                                    use_dictionary=strings or False, coerce_timestamps="us")
+        self._pw = pq.ParquetWriter(
+            self._sink, schema, compression="zstd", use_dictionary=strings or False, coerce_timestamps="us"
+        )
         self._name, self._rows = name, 0
 
     def _close(self) -> None:
@@ -584,8 +637,9 @@ class _PartWriter:
         if self.lake.is_local:
             os.fsync(self._raw.fileno())
         self._raw.close()
-        self.files.append({"name": self._name, "rows": self._rows, "bytes": self._sink.bytes,
-                           "sha256": self._sink.sha.hexdigest()})
+        self.files.append(
+            {"name": self._name, "rows": self._rows, "bytes": self._sink.bytes, "sha256": self._sink.sha.hexdigest()}
+        )
         self._raw = self._sink = self._pw = None
 
 
@@ -601,7 +655,8 @@ def _frames(dataset: pads.Dataset, columns, batch_size: int) -> Iterator[pd.Data
         yield dataset.to_table(columns=columns).to_pandas()
 
 
-def _check_ds(ds: str | dt.date) -> str:
+def check_ds(ds: str | dt.date) -> str:
+    """``ds`` as a ``YYYY-MM-DD`` string (a ``date`` or such a string); ``LakeError`` otherwise."""
     if isinstance(ds, dt.date) and not isinstance(ds, dt.datetime):
         return ds.isoformat()
     if isinstance(ds, str) and _DS.match(ds):
@@ -613,12 +668,25 @@ def _check_ds(ds: str | dt.date) -> str:
     raise LakeError(f"ds must be a YYYY-MM-DD date, got {ds!r}")
 
 
-def _day_range(ds_from, ds_to) -> list[str]:
-    start = dt.date.fromisoformat(_check_ds(ds_from))
-    end = start if ds_to is None else dt.date.fromisoformat(_check_ds(ds_to))
+def day_range(ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
+    """Every day of the inclusive range ``ds_from..ds_to`` as ``YYYY-MM-DD`` (``ds_to`` None: one day).
+
+    The one owner of day ranges: ``LakeError`` for a malformed day or a range that ends before it starts.
+    """
+    start = dt.date.fromisoformat(check_ds(ds_from))
+    end = start if ds_to is None else dt.date.fromisoformat(check_ds(ds_to))
     if end < start:
         raise LakeError(f"empty ds range {start}..{end}")
     return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
+
+def inputs_fingerprint(table: Table, ds_from: str, ds_to: str) -> str:
+    """One fingerprint for a range of partitions of ``table``: their content fingerprints, in order
+    (what a job records as the input it read)."""
+    h = hashlib.sha256()
+    for ds in day_range(ds_from, ds_to):
+        h.update(f"{ds}={table.manifest(ds).content_fingerprint};".encode())
+    return h.hexdigest()
 
 
 def _runs(days: list[str]) -> str:
@@ -639,8 +707,9 @@ def _chunks(data: Any) -> Iterator[Any]:
     elif isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         yield from data
     else:
-        raise LakeError(f"cannot write {type(data).__name__}: "
-                        "expected a DataFrame, an Arrow Table or an iterable of them")
+        raise LakeError(
+            f"cannot write {type(data).__name__}: expected a DataFrame, an Arrow Table or an iterable of them"
+        )
 
 
 def _to_arrow(chunk: Any, table: str, ds: str) -> pa.Table:
@@ -656,13 +725,14 @@ def _to_arrow(chunk: Any, table: str, ds: str) -> pa.Table:
 def _normalise_type(t: pa.DataType) -> pa.DataType:
     if pa.types.is_timestamp(t):
         return pa.timestamp("us", tz="UTC")  # naive timestamps are taken as UTC
-    if pa.types.is_large_string(t) or (pa.types.is_dictionary(t) and (
-            pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))):
+    if pa.types.is_large_string(t) or (
+        pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))
+    ):
         return pa.string()
     return t
 
 
-def _normalise_schema(schema: pa.Schema) -> pa.Schema:
+def normalise_schema(schema: pa.Schema) -> pa.Schema:
     """The stored form of a schema: timestamps us/UTC, plain strings, no pandas metadata."""
     return pa.schema([pa.field(f.name, _normalise_type(f.type), f.nullable) for f in schema])
 
@@ -671,22 +741,25 @@ def _conform(tbl: pa.Table, schema: pa.Schema, table: str, ds: str) -> pa.Table:
     arrays = []
     for f in schema:
         if f.name not in tbl.column_names:
-            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} is missing from the data "
-                            f"(has {tbl.column_names})")
+            raise LakeError(
+                f"table {table!r} ds={ds}: column {f.name!r} is missing from the data (has {tbl.column_names})"
+            )
         col = tbl.column(f.name)
         try:
             col = col.cast(f.type)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} cannot be cast "
-                            f"from {col.type} to {f.type}: {exc}") from None
+            raise LakeError(
+                f"table {table!r} ds={ds}: column {f.name!r} cannot be cast from {col.type} to {f.type}: {exc}"
+            ) from None
         if not f.nullable and col.null_count:
-            raise LakeError(f"table {table!r} ds={ds}: column {f.name!r} is not nullable "
-                            f"but has {col.null_count} nulls")
+            raise LakeError(
+                f"table {table!r} ds={ds}: column {f.name!r} is not nullable but has {col.null_count} nulls"
+            )
         arrays.append(col)
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _row_hash_sums(tbl: pa.Table) -> tuple[int, int]:
+def row_hash_sums(tbl: pa.Table) -> tuple[int, int]:
     """Two independent order-free sums (mod 2**64) of per-row hashes of the stored rows."""
     # Hash the pandas view of the *stored* Arrow table, so the result depends only on what is
     # written, never on whether the chunk arrived as pandas or Arrow.

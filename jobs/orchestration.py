@@ -4,6 +4,7 @@ and the small pure functions the DAG tasks use to turn Airflow's context into ex
 DAG files import this module at parse time, so it imports only the standard library at module level;
 everything heavy (pandas, pyarrow, the jobs themselves) is imported inside the functions that need it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,13 @@ def daily_dag_kwargs(on_failure_callback: Any = None) -> dict[str, Any]:
     """The ``@dag`` arguments besides ``schedule`` (explicit in each file: ruff's AIR002) of the daily
     DAGs over the CDNOW period (``features_daily``, ``skew_nightly``): no implicit catch-up
     (backfills are explicit), two runs at a time, the shared ``default_args``."""
-    return {"start_date": CDNOW_START, "end_date": CDNOW_END, "catchup": False, "max_active_runs": 2,
-            "default_args": default_args(on_failure_callback)}
+    return {
+        "start_date": CDNOW_START,
+        "end_date": CDNOW_END,
+        "catchup": False,
+        "max_active_runs": 2,
+        "default_args": default_args(on_failure_callback),
+    }
 
 
 def default_args(on_failure_callback: Any = None) -> dict[str, Any]:
@@ -113,16 +119,22 @@ def parse_ds(value: Any) -> str:
 def partition(ds: Any) -> str:
     """The partition a run of a date-partitioned DAG writes: its logical date, required."""
     if ds is None or ds == "":
-        raise ValueError("this DAG is partitioned by logical date: trigger it with a logical date "
-                         "(or backfill a date range); a run without one has no partition to write")
+        raise ValueError(
+            "this DAG is partitioned by logical date: trigger it with a logical date "
+            "(or backfill a date range); a run without one has no partition to write"
+        )
     return parse_ds(ds)
 
 
 def day_range(ds_from: Any, ds_to: Any) -> list[str]:
-    start, end = dt.date.fromisoformat(parse_ds(ds_from)), dt.date.fromisoformat(parse_ds(ds_to))
+    """Every day of ``ds_from..ds_to`` (dates, datetimes or ISO strings; see :func:`parse_ds`), by
+    ``jobs.lake.day_range``."""
+    from jobs.lake import day_range as lake_day_range
+
+    start, end = parse_ds(ds_from), parse_ds(ds_to)
     if end < start:
         raise ValueError(f"date range ends ({end}) before it starts ({start})")
-    return [(start + dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+    return lake_day_range(start, end)
 
 
 def partitions_to_score(param_ds: Any, triggering_asset_events: Mapping[Any, Iterable[Any]] | None) -> list[str]:
@@ -141,14 +153,16 @@ def partitions_to_score(param_ds: Any, triggering_asset_events: Mapping[Any, Ite
             if extra.get("ds"):
                 days.add(parse_ds(extra["ds"]))
     if not days:
-        raise ValueError("no partition to score: pass the 'ds' Param, or trigger the run from a "
-                         "feature-snapshot Asset event whose extra carries 'ds'")
+        raise ValueError(
+            "no partition to score: pass the 'ds' Param, or trigger the run from a "
+            "feature-snapshot Asset event whose extra carries 'ds'"
+        )
     return sorted(days)
 
 
 #: Defaults of the training DAG's window (weeks of Monday cut-offs) and its label horizon.
 TRAIN_WEEKS, VALID_WEEKS, HOLDBACK_WEEKS = 8, 3, 3
-HORIZON_DAYS = 90  # kept equal to jobs.labels.HORIZON_DAYS (a test checks)
+HORIZON_DAYS = 90  # kept equal to jobs.training.labels.HORIZON_DAYS (a test checks)
 BACKENDS = ("streamed", "memory", "dask")  # kept equal to jobs.training.lgbm.BACKENDS
 
 
@@ -156,8 +170,7 @@ def _monday_on_or_before(day: dt.date) -> dt.date:
     return day - dt.timedelta(days=day.weekday())
 
 
-def training_window(params: Mapping[str, Any], logical_date: Any = None,
-                    latest_mature: Any = None) -> dict[str, Any]:
+def training_window(params: Mapping[str, Any], logical_date: Any = None, latest_mature: Any = None) -> dict[str, Any]:
     """Resolve the training DAG's Params into train / valid / holdback ranges of Monday cut-offs.
 
     Explicit ``*_from``/``*_to`` Params win. Otherwise the window ends at the last Monday whose labels
@@ -167,8 +180,10 @@ def training_window(params: Mapping[str, Any], logical_date: Any = None,
     then ``train_weeks``. Returns the six dates, ``embargo_days`` and every cut-off (``cutoffs``).
     """
     embargo = int(params["embargo_days"]) if params.get("embargo_days") is not None else HORIZON_DAYS
-    weeks = {k: int(params.get(f"{k}_weeks") or d) for k, d in
-             (("train", TRAIN_WEEKS), ("valid", VALID_WEEKS), ("holdback", HOLDBACK_WEEKS))}
+    weeks = {
+        k: int(params.get(f"{k}_weeks") or d)
+        for k, d in (("train", TRAIN_WEEKS), ("valid", VALID_WEEKS), ("holdback", HOLDBACK_WEEKS))
+    }
     bounds = []
     if logical_date is not None:
         bounds.append(dt.date.fromisoformat(parse_ds(logical_date)) - dt.timedelta(days=HORIZON_DAYS))
@@ -181,8 +196,9 @@ def training_window(params: Mapping[str, Any], logical_date: Any = None,
     hold_to = given("holdback_to")
     if hold_to is None:
         if not bounds:
-            raise ValueError("no mature labels: land raw_events at least 90 days past a Monday first, "
-                             "or pass holdback_to")
+            raise ValueError(
+                "no mature labels: land raw_events at least 90 days past a Monday first, or pass holdback_to"
+            )
         hold_to = _monday_on_or_before(min(bounds))
     hold_from = given("holdback_from") or hold_to - dt.timedelta(weeks=weeks["holdback"] - 1)
     valid_to = given("valid_to") or hold_from - dt.timedelta(weeks=1)
@@ -190,12 +206,16 @@ def training_window(params: Mapping[str, Any], logical_date: Any = None,
     train_to = given("train_to") or _monday_on_or_before(valid_from - dt.timedelta(days=max(embargo, 1)))
     train_from = given("train_from") or train_to - dt.timedelta(weeks=weeks["train"] - 1)
     if not train_from <= train_to < valid_from <= valid_to < hold_from <= hold_to:
-        raise ValueError(f"bad training window: train {train_from}..{train_to}, valid {valid_from}..{valid_to}, "
-                         f"holdback {hold_from}..{hold_to}")
-    out = {"train": [train_from.isoformat(), train_to.isoformat()],
-           "valid": [valid_from.isoformat(), valid_to.isoformat()],
-           "holdback": [hold_from.isoformat(), hold_to.isoformat()],
-           "embargo_days": embargo}
+        raise ValueError(
+            f"bad training window: train {train_from}..{train_to}, valid {valid_from}..{valid_to}, "
+            f"holdback {hold_from}..{hold_to}"
+        )
+    out = {
+        "train": [train_from.isoformat(), train_to.isoformat()],
+        "valid": [valid_from.isoformat(), valid_to.isoformat()],
+        "holdback": [hold_from.isoformat(), hold_to.isoformat()],
+        "embargo_days": embargo,
+    }
     cutoffs = []
     for a, b in (out["train"], out["valid"], out["holdback"]):
         day = dt.date.fromisoformat(a)
@@ -216,8 +236,18 @@ def summary(result: Any) -> Any:
     if isinstance(result, (list, tuple)):
         items = [summary(r) for r in result]
         return items if len(items) <= 20 else {"count": len(items), "first": items[0], "last": items[-1]}
-    fields = ("dataset", "table", "ds", "rows", "success", "content_fingerprint", "name", "version", "path",
-              "report_path")
+    fields = (
+        "dataset",
+        "table",
+        "ds",
+        "rows",
+        "success",
+        "content_fingerprint",
+        "name",
+        "version",
+        "path",
+        "report_path",
+    )
     out = {f: getattr(result, f) for f in fields if isinstance(getattr(result, f, None), (str, int, float, bool))}
     return out or repr(result)[:200]
 
@@ -231,7 +261,7 @@ def data_quality_gate() -> Iterator[None]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.validate import DataQualityError
+    from jobs.quality.validate import DataQualityError
 
     try:
         yield
@@ -273,9 +303,11 @@ def serving_log_action(ds: str, wal_ids: Iterable[str], published_ids: Iterable[
         return "keep"
     if published <= wal:
         return "publish"
-    raise ValueError(f"serving_logs/ds={ds}: the WAL has {len(wal - published)} record(s) the partition lacks, "
-                     f"but lacks {len(published - wal)} the partition holds (WAL segments pruned?); "
-                     "republishing would drop logged records — restore the segments or delete the partition")
+    raise ValueError(
+        f"serving_logs/ds={ds}: the WAL has {len(wal - published)} record(s) the partition lacks, "
+        f"but lacks {len(published - wal)} the partition holds (WAL segments pruned?); "
+        "republishing would drop logged records — restore the segments or delete the partition"
+    )
 
 
 @contextlib.contextmanager
@@ -284,7 +316,7 @@ def skew_gate() -> Iterator[None]:
     without retries (recomputing the same day gives the same breach)."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.skew import SkewThresholdError
+    from jobs.skew.job import SkewThresholdError
 
     try:
         yield

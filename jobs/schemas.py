@@ -5,6 +5,7 @@ generator) and every consumer (validation, feature engines, the online store).
 All timestamps are UTC at microsecond precision (DESIGN §1), stored as Parquet
 ``TIMESTAMP(us, UTC)``.
 """
+
 from __future__ import annotations
 
 import pandas as pd
@@ -62,3 +63,19 @@ def _arrow_type(type_str: str) -> pa.DataType:
     if type_str.startswith("timestamp["):
         return UTC_US
     return pa.type_for_alias(type_str)
+
+
+PREDICTIONS_TABLE = "predictions"
+
+#: ``predictions/ds=D``: what batch scoring writes and the SQL publisher reads.
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.int64(), nullable=False),
+        pa.field("score", pa.float64(), nullable=False),
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.int64(), nullable=False),
+        pa.field("role", pa.string(), nullable=False),
+        pa.field("feature_set_fingerprint", pa.string(), nullable=False),
+        pa.field("scored_at", UTC_US, nullable=False),
+    ]
+)

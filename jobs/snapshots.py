@@ -1,8 +1,8 @@
 """Daily feature snapshots: every entity as known at D+1 00:00 UTC -> ``feature_snapshots/<set>/ds=D``."""
+
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 from collections.abc import Iterable
 
 import pandas as pd
@@ -11,7 +11,7 @@ from features import registry
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, Table
+from jobs.lake import Lake, Manifest, Table, inputs_fingerprint
 from jobs.schemas import RAW_EVENTS_TABLE, feature_schema
 
 SNAPSHOT_MODE = "known_at"  # what a service running at the cut-off could have seen
@@ -26,8 +26,9 @@ def cutoff(ds: str | dt.date) -> pd.Timestamp:
     return pd.Timestamp(str(ds), tz="UTC") + pd.Timedelta(days=1)
 
 
-def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str = "customer_activity_v1",
-                   **engine_options) -> Manifest:
+def build_snapshot(
+    cfg: Config, ds: str | dt.date, feature_set: str = "customer_activity_v1", **engine_options
+) -> Manifest:
     """Compute and publish the snapshot partition ``ds`` on ``cfg.engine``.
 
     Reads every raw-events ingest partition from the first one through ``ds`` (the
@@ -52,23 +53,21 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str = "customer_
         "as_of": cutoff(ds).isoformat(),
     }
     return snapshot_table(lake, fs).write_partition(
-        ds, frames, producer=producer, inputs={f"{RAW_EVENTS_TABLE}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)}
+        ds,
+        frames,
+        producer=producer,
+        inputs={f"{RAW_EVENTS_TABLE}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
     )
 
 
-def build_snapshots(cfg: Config, days: Iterable[str], feature_set: str = "customer_activity_v1",
-                    progress: bool = True, **engine_options) -> list[Manifest]:
+def build_snapshots(
+    cfg: Config, days: Iterable[str], feature_set: str = "customer_activity_v1", progress: bool = True, **engine_options
+) -> list[Manifest]:
     """``build_snapshot`` for each day, in order."""
     from tqdm.auto import tqdm
 
     days = list(days)
-    return [build_snapshot(cfg, d, feature_set, **engine_options)
-            for d in tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress)]
-
-
-def inputs_fingerprint(table: Table, ds_from: str, ds_to: str) -> str:
-    """One fingerprint for a range of partitions: their content fingerprints, in order."""
-    h = hashlib.sha256()
-    for ds in pd.date_range(ds_from, ds_to, freq="D").strftime("%Y-%m-%d"):
-        h.update(f"{ds}={table.manifest(ds).content_fingerprint};".encode())
-    return h.hexdigest()
+    return [
+        build_snapshot(cfg, d, feature_set, **engine_options)
+        for d in tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress)
+    ]

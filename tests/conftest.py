@@ -9,6 +9,7 @@
 Tests that use the first two should carry the ``spark`` / ``dask`` markers
 (registered in setup.cfg) so ``-m "not spark"`` deselects them.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -33,8 +34,12 @@ def dask_client():
     pytest.importorskip("distributed")
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GiB",
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="3GiB", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 

@@ -1,7 +1,7 @@
 """Serving-path benchmarks: ``python -m bench.serving [--queries N] [--skip-skew] [--skip-http]``.
 
 1. Skew job on N logged requests (default 1M) vs ONE point-in-time feature build of the same
-   queries on the same engine (target: skew <= 2.5x). Synthetic events (jobs.generate), a
+   queries on the same engine (target: skew <= 2.5x). Synthetic events (jobs.ingest.generate), a
    correct serving log synthesised with the kernel, the three lookback snapshots prebuilt.
 2. Service latency: in process (features + predict with a 200-tree LightGBM model, no HTTP)
    p50/p99 for both modes on CDNOW (target p99 <= 5 ms), and over HTTP against a uvicorn
@@ -10,6 +10,7 @@
    generator runs on the same 2 cores as the service.
 Results are printed as a Markdown table and appended to bench/results/serving.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,11 @@ def _model():
 
 # ----------------------------------------------------------------------------- skew
 
+
 def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int) -> list[tuple]:
     from jobs import engines
     from jobs.config import Config
-    from jobs.generate import generate_events
+    from jobs.ingest.generate import generate_events
     from jobs.lake import Lake
     from jobs.schemas import RAW_EVENTS_TABLE
     from jobs.serving.log import SERVING_LOGS_TABLE, log_schema
@@ -60,9 +62,13 @@ def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int
         build_snapshot(cfg, (pd.Timestamp(day) - pd.Timedelta(days=lag)).strftime("%Y-%m-%d"))
     rng = np.random.default_rng(0)
     d0 = pd.Timestamp(day, tz="UTC").value // 1000
-    queries = pd.DataFrame({"customer_id": rng.integers(0, entities, n_queries).astype(np.int64),
-                            "as_of": pd.to_datetime(d0 + rng.integers(0, 86_400_000_000, n_queries), unit="us", utc=True),
-                            "request_id": [f"r{i:08d}" for i in range(n_queries)]})
+    queries = pd.DataFrame(
+        {
+            "customer_id": rng.integers(0, entities, n_queries).astype(np.int64),
+            "as_of": pd.to_datetime(d0 + rng.integers(0, 86_400_000_000, n_queries), unit="us", utc=True),
+            "request_id": [f"r{i:08d}" for i in range(n_queries)],
+        }
+    )
     raw = cfg.lake().table(RAW_EVENTS_TABLE)
     files = raw.files(raw.first_ds(), raw.last_ds())
 
@@ -86,31 +92,49 @@ def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int
 
     schema = log_schema(FS)
     cfg.lake().table(SERVING_LOGS_TABLE, schema).write_partition(
-        day, pa.Table.from_pandas(logs[schema.names], schema=schema, preserve_index=False), producer={"job": "bench"})
+        day, pa.Table.from_pandas(logs[schema.names], schema=schema, preserve_index=False), producer={"job": "bench"}
+    )
     from jobs.snapshots import snapshot_table
 
-    source = StaticSource(model, training={(model.name, model.version):
-                                           snapshot_table(cfg.lake(), FS).read(
-                                               (pd.Timestamp(day) - pd.Timedelta(days=3)).strftime("%Y-%m-%d"))})
+    source = StaticSource(
+        model,
+        training={
+            (model.name, model.version): snapshot_table(cfg.lake(), FS).read(
+                (pd.Timestamp(day) - pd.Timedelta(days=3)).strftime("%Y-%m-%d")
+            )
+        },
+    )
     t = time.perf_counter()
-    from jobs import skew
+    from jobs.skew import job as skew
 
     rep = skew.run_skew(cfg, day, model_source=source, html=True, fail=False, late_days=0)
     skew = time.perf_counter() - t
     causes = rep.table.set_index("feature").loc[list(FS.feature_names), ["logic_skew", "late_data", "staleness"]].sum()
     print(f"  skew job: {skew:.1f}s; causes {causes.to_dict()}", flush=True)
-    return [("skew job vs one PIT build", (f"{n_queries:,} logged requests, {events:,} events, {entities:,} "
-                                           f"entities, engine {cfg.engine}"), f"PIT {pit:.1f} s; skew {skew:.1f} s (incl. HTML); ratio {skew / pit:.2f}x",
-             "<= 2.5x", "ok" if skew / pit <= 2.5 else "MISSED"),
-            ("skew result on correct logs", "", (f"logic_skew={int(causes['logic_skew'])}, "
-                                                  f"late_data={int(causes['late_data'])}"), "logic_skew = 0", "ok" if causes["logic_skew"] == 0 else "MISSED")]
+    return [
+        (
+            "skew job vs one PIT build",
+            (f"{n_queries:,} logged requests, {events:,} events, {entities:,} entities, engine {cfg.engine}"),
+            f"PIT {pit:.1f} s; skew {skew:.1f} s (incl. HTML); ratio {skew / pit:.2f}x",
+            "<= 2.5x",
+            "ok" if skew / pit <= 2.5 else "MISSED",
+        ),
+        (
+            "skew result on correct logs",
+            "",
+            (f"logic_skew={int(causes['logic_skew'])}, late_data={int(causes['late_data'])}"),
+            "logic_skew = 0",
+            "ok" if causes["logic_skew"] == 0 else "MISSED",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------- service
 
+
 def cdnow_lake(root: Path, day: str):
     from jobs.config import Config
-    from jobs.ingest import ingest_cdnow
+    from jobs.ingest.cdnow import ingest_cdnow
     from jobs.snapshots import build_snapshot
 
     cfg = Config(lake_root=str(root / "cdnow"))
@@ -124,7 +148,7 @@ def lgbm_model(cfg, day: str, trees: int = 200):
     fit on the snapshot before ``day`` with a synthetic label: scoring cost is what matters here."""
     import lightgbm as lgb
 
-    from jobs.registry import LoadedModel, ModelInfo
+    from jobs.models.registry import LoadedModel, ModelInfo
     from jobs.serving.model import BoosterModel
     from jobs.snapshots import snapshot_table
 
@@ -132,8 +156,11 @@ def lgbm_model(cfg, day: str, trees: int = 200):
     x = snap[list(FS.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
     rng = np.random.default_rng(0)
     y = ((snap["recency_days"].fillna(999).to_numpy() < 30) ^ (rng.random(len(x)) < 0.2)).astype(int)
-    booster = lgb.train({"objective": "binary", "num_leaves": 31, "verbosity": -1, "seed": 0, "num_threads": 1},
-                        lgb.Dataset(x, y), trees)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 31, "verbosity": -1, "seed": 0, "num_threads": 1},
+        lgb.Dataset(x, y),
+        trees,
+    )
     lineage = {"feature_set_fingerprint": FS.fingerprint, "feature_names": list(FS.feature_names)}
     return BoosterModel(LoadedModel(ModelInfo("bench_lgbm", 1, [], {}, {}, "", ""), booster, lineage))
 
@@ -161,9 +188,15 @@ def bench_inprocess(cfg, day: str, model, n: int = 3000) -> list[tuple]:
             lat.append((time.perf_counter() - t) * 1000)
         a = np.array(lat[50:])
         p50, p99 = np.percentile(a, 50), np.percentile(a, 99)
-        rows.append((f"in-process kernel + predict, {mode}",
-                     f"{len(a)} CDNOW requests, L1 cache off, LightGBM {model.loaded.booster.num_trees()} trees",
-                     f"p50 {p50:.2f} ms, p99 {p99:.2f} ms", "p99 <= 5 ms", "ok" if p99 <= 5 else "MISSED"))
+        rows.append(
+            (
+                f"in-process kernel + predict, {mode}",
+                f"{len(a)} CDNOW requests, L1 cache off, LightGBM {model.loaded.booster.num_trees()} trees",
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                "p99 <= 5 ms",
+                "ok" if p99 <= 5 else "MISSED",
+            )
+        )
     return rows
 
 
@@ -173,9 +206,16 @@ def wrk_script(bodies: list[dict], path: Path) -> Path:
 
     lines = ["local bodies = {"]
     lines += [json.dumps(json.dumps(b)) + "," for b in bodies]  # a JSON string is a valid Lua string literal
-    lines += ["}", "local i = 0", "wrk.method = 'POST'", "wrk.headers['Content-Type'] = 'application/json'",
-              "request = function()", "  i = i + 1", "  return wrk.format(nil, '/predict', nil, bodies[(i % #bodies) + 1])",
-              "end"]
+    lines += [
+        "}",
+        "local i = 0",
+        "wrk.method = 'POST'",
+        "wrk.headers['Content-Type'] = 'application/json'",
+        "request = function()",
+        "  i = i + 1",
+        "  return wrk.format(nil, '/predict', nil, bodies[(i % #bodies) + 1])",
+        "end",
+    ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -188,11 +228,17 @@ def parse_wrk(text: str) -> dict:
         num, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
         return float(num) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
-    out = {"requests": int(re.search(r"(\d+) requests in", text).group(1)),
-           "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-           "non_2xx": int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1]),
-           "socket_errors": sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)",
-                                                           (re.search(r"Socket errors:(.*)", text) or ["", ""])[1]))}
+    out = {
+        "requests": int(re.search(r"(\d+) requests in", text).group(1)),
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "non_2xx": int((re.search(r"Non-2xx or 3xx responses: (\d+)", text) or [0, 0])[1]),
+        "socket_errors": sum(
+            int(x)
+            for x in re.findall(
+                r"(?:connect|read|write|timeout) (\d+)", (re.search(r"Socket errors:(.*)", text) or ["", ""])[1]
+            )
+        ),
+    }
     for pct in ("50", "99"):
         out[f"p{pct}_ms"] = ms(re.search(rf"\s{pct}%\s+([\d.]+(?:us|ms|s))", text).group(1))
     return out
@@ -202,8 +248,9 @@ def _ms(v) -> str:
     return "n/a" if v is None else f"{v:.2f} ms"
 
 
-def bench_http(cfg, root: Path, day: str, model, seconds: float = 15.0, connections: int = 16,
-               workers: int = 1) -> list[tuple]:
+def bench_http(
+    cfg, root: Path, day: str, model, seconds: float = 15.0, connections: int = 16, workers: int = 1
+) -> list[tuple]:
     """uvicorn (``workers`` processes) under ``wrk`` (C, one thread) on the same 2 cores."""
     import shutil
 
@@ -220,18 +267,41 @@ def bench_http(cfg, root: Path, day: str, model, seconds: float = 15.0, connecti
     model_path.write_bytes(pickle.dumps(model))
     events = read_lake_events(cfg, FS)
     plan = plan_day(events, day, 20_000, seed=4)
-    script = wrk_script([{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()}
-                         for r in plan.itertuples()], root / "predict.lua")
+    script = wrk_script(
+        [{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()],
+        root / "predict.lua",
+    )
     for mode in ("fresh", "materialized"):
         wal = root / f"wal-{mode}-{workers}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "LOCKSTEP_LAKE": cfg.lake_root, "LOCKSTEP_SERVING_WAL_DIR": str(wal),
-               "LOCKSTEP_SERVING_MODEL_PATH": str(model_path), "LOCKSTEP_SERVING_MODE": mode}
-        proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "jobs.serving.app:app_from_env",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                                 "--no-access-log", "--workers", str(workers)], env=env)
+        env = {
+            **os.environ,
+            "LOCKSTEP_LAKE": cfg.lake_root,
+            "LOCKSTEP_SERVING_WAL_DIR": str(wal),
+            "LOCKSTEP_SERVING_MODEL_PATH": str(model_path),
+            "LOCKSTEP_SERVING_MODE": mode,
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "jobs.serving.app:app_from_env",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+                "--workers",
+                str(workers),
+            ],
+            env=env,
+        )
         url = f"http://127.0.0.1:{port}"
         for _ in range(300):
             try:
@@ -239,8 +309,12 @@ def bench_http(cfg, root: Path, day: str, model, seconds: float = 15.0, connecti
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
-        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script),
-                              url], capture_output=True, text=True, check=True).stdout
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         w = parse_wrk(out)
         server = httpx.get(f"{url}/metrics").json()  # one worker's view
         proc.send_signal(signal.SIGTERM)
@@ -253,12 +327,19 @@ def bench_http(cfg, root: Path, day: str, model, seconds: float = 15.0, connecti
         # served and logged too. An acknowledged record is lost only if logged < 200s seen.
         lost = max(ok - logged, 0)
         setup = f"uvicorn {workers} worker(s), wrk 1 thread x {connections} connections, {seconds:.0f} s, same 2 cores"
-        rows.append((f"HTTP {mode}", setup,
-                     (f"{w['rps']:.0f} req/s; client p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms; "
-                      f"server (the worker /metrics reached) p50 {_ms(server['p50_ms'])} p99 {_ms(server['p99_ms'])}; "
-                      f"200s {ok}, other {w['non_2xx']}, socket errors {w['socket_errors']}, logged {logged}"),
-                     ">= 500 req/s, no 200 unlogged",
-                     ("ok" if w["rps"] >= 500 else "MISSED rate") + ("" if lost == 0 else f" {lost} LOST RECORDS")))
+        rows.append(
+            (
+                f"HTTP {mode}",
+                setup,
+                (
+                    f"{w['rps']:.0f} req/s; client p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms; "
+                    f"server (the worker /metrics reached) p50 {_ms(server['p50_ms'])} p99 {_ms(server['p99_ms'])}; "
+                    f"200s {ok}, other {w['non_2xx']}, socket errors {w['socket_errors']}, logged {logged}"
+                ),
+                ">= 500 req/s, no 200 unlogged",
+                ("ok" if w["rps"] >= 500 else "MISSED rate") + ("" if lost == 0 else f" {lost} LOST RECORDS"),
+            )
+        )
     return rows
 
 
@@ -286,9 +367,14 @@ def main(argv=None) -> int:
         if not args.skip_skew:
             rows += bench_skew(root, args.queries, args.entities, args.events, args.days)
     load = os.getloadavg()
-    lines = [(f"\n## bench.serving {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
-              f"load avg {load[0]:.1f} (shared machine)\n"),
-             "| measurement | setup | result | target | status |", "|---|---|---|---|---|"]
+    lines = [
+        (
+            f"\n## bench.serving {pd.Timestamp.now(tz='UTC'):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, "
+            f"load avg {load[0]:.1f} (shared machine)\n"
+        ),
+        "| measurement | setup | result | target | status |",
+        "|---|---|---|---|---|",
+    ]
     lines += [f"| {' | '.join(map(str, r))} |" for r in rows]
     text = "\n".join(lines)
     print(text)

@@ -20,6 +20,7 @@ dataset construction and training (not the holdback scoring, which is reported a
 Targets: streamed peak RSS <= 40% of in-memory, time <= 1.1x, AUC within 0.001; scoring
 >= 0.8x. The machine may be shared: the mean load average is printed with each variant.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,14 @@ def prepare(args, rows: int) -> dict:
     """Generate (or reuse) the Parquet inputs; returns their paths."""
     from jobs.training import synthetic
 
-    key = {"rows": rows, "features": args.features, "files": args.files,
-           "holdback": parse_size(args.holdback_rows), "score": parse_size(args.score_rows), "v": 1}
+    key = {
+        "rows": rows,
+        "features": args.features,
+        "files": args.files,
+        "holdback": parse_size(args.holdback_rows),
+        "score": parse_size(args.score_rows),
+        "v": 1,
+    }
     root = os.path.join(args.out, "data")
     stamp = os.path.join(root, "params.json")
     paths = {
@@ -63,16 +70,17 @@ def prepare(args, rows: int) -> dict:
         "holdback": [os.path.join(root, "holdback", "part-00000.parquet")],
         "score_files": [os.path.join(root, "score", f"part-{i:05d}.parquet") for i in range(2)],
     }
-    if os.path.exists(stamp) and _load(stamp) == key and \
-            all(os.path.exists(p) for ps in paths.values() for p in ps):
+    if os.path.exists(stamp) and _load(stamp) == key and all(os.path.exists(p) for ps in paths.values() for p in ps):
         return paths
     t0 = time.perf_counter()
     print(f"generating {rows:,} x {args.features} training rows into {root} ...", flush=True)
     paths["train"] = synthetic.write_files(os.path.join(root, "train"), rows, args.features, files=args.files, seed=1)
-    paths["holdback"] = synthetic.write_files(os.path.join(root, "holdback"), key["holdback"], args.features,
-                                              files=1, seed=2)
-    paths["score_files"] = synthetic.write_files(os.path.join(root, "score"), key["score"], args.features,
-                                                 files=2, seed=3)
+    paths["holdback"] = synthetic.write_files(
+        os.path.join(root, "holdback"), key["holdback"], args.features, files=1, seed=2
+    )
+    paths["score_files"] = synthetic.write_files(
+        os.path.join(root, "score"), key["score"], args.features, files=2, seed=3
+    )
     with open(stamp, "w") as f:
         json.dump(key, f)
     print(f"  done in {time.perf_counter() - t0:.0f}s", flush=True)
@@ -95,8 +103,12 @@ def run_variant(ctx: dict, timeout: float) -> dict:
         os.remove(ctx["result_path"])
     loads, t0 = [os.getloadavg()[0]], time.monotonic()
     with open(os.path.join(work, f"{ctx['variant']}.log"), "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "bench.training.child", ctx_path], stdout=log,
-                                 stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.training.child", ctx_path],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
         try:
             peak_tree = _watch(child, t0, timeout, loads)
         finally:
@@ -143,13 +155,19 @@ def _watch(child: subprocess.Popen, t0: float, timeout: float, loads: list) -> i
 
 
 def report(results: dict, args, rows: int) -> str:
-    gib = 2 ** 30
-    lines = [(f"LightGBM {rows:,} rows x {args.features} features, {args.rounds} rounds, {args.leaves} leaves, "
-              f"{args.threads} threads"),
-             "",
-             ("| variant | peak RSS | vs in-memory | wall s (construct + train) | vs in-memory | holdback AUC | "
-              "AUC - in-memory | CPU s | load avg |"),
-             "|---|---|---|---|---|---|---|---|---|"]
+    gib = 2**30
+    lines = [
+        (
+            f"LightGBM {rows:,} rows x {args.features} features, {args.rounds} rounds, {args.leaves} leaves, "
+            f"{args.threads} threads"
+        ),
+        "",
+        (
+            "| variant | peak RSS | vs in-memory | wall s (construct + train) | vs in-memory | holdback AUC | "
+            "AUC - in-memory | CPU s | load avg |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     ref = results.get("memory", {})
     for name in ("memory", "streamed", "streamed_bin"):
         r = results.get(name)
@@ -162,18 +180,28 @@ def report(results: dict, args, rows: int) -> str:
         rel_rss = r["peak_bytes"] / ref["peak_bytes"] if ref.get("ok") else float("nan")
         rel_t = r["wall_s"] / ref["wall_s"] if ref.get("ok") else float("nan")
         d_auc = r["auc"] - ref["auc"] if ref.get("ok") else float("nan")
-        lines.append(f"| {name} | {rss:.2f} GiB | {rel_rss:.0%} | {r['wall_s']:.0f} ({r['construct_s']:.0f} + "
-                     f"{r['train_s']:.0f}) | {rel_t:.2f}x | {r['auc']:.5f} | {d_auc:+.5f} | {r.get('cpu_s', float('nan')):.0f} | "
-                     f"{r['load_avg']:.1f} |")
+        lines.append(
+            f"| {name} | {rss:.2f} GiB | {rel_rss:.0%} | {r['wall_s']:.0f} ({r['construct_s']:.0f} + "
+            f"{r['train_s']:.0f}) | {rel_t:.2f}x | {r['auc']:.5f} | {d_auc:+.5f} | {r.get('cpu_s', float('nan')):.0f} | "
+            f"{r['load_avg']:.1f} |"
+        )
     s = results.get("scoring")
     if s:
-        lines += ["", ("| scoring (best of 3, alternating) | rows | Parquet -> predict -> Parquet | in-memory predict | "
-                       "ratio | identical | "
-                       "peak RSS | load avg |"), "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                "| scoring (best of 3, alternating) | rows | Parquet -> predict -> Parquet | in-memory predict | "
+                "ratio | identical | "
+                "peak RSS | load avg |"
+            ),
+            "|---|---|---|---|---|---|---|---|",
+        ]
         if s.get("ok"):
-            lines.append(f"| {args.score_rows} rows | {s['rows']:,} | {s['stream_rows_per_s']:,.0f} rows/s | "
-                         f"{s['memory_rows_per_s']:,.0f} rows/s | {s['stream_rows_per_s'] / s['memory_rows_per_s']:.2f}x"
-                         f" | {s['identical']} | {s['peak_bytes'] / gib:.2f} GiB | {s['load_avg']:.1f} |")
+            lines.append(
+                f"| {args.score_rows} rows | {s['rows']:,} | {s['stream_rows_per_s']:,.0f} rows/s | "
+                f"{s['memory_rows_per_s']:,.0f} rows/s | {s['stream_rows_per_s'] / s['memory_rows_per_s']:.2f}x"
+                f" | {s['identical']} | {s['peak_bytes'] / gib:.2f} GiB | {s['load_avg']:.1f} |"
+            )
         else:
             lines.append(f"| failed: {s.get('error')} |||||||")
     lines.append("")
@@ -182,9 +210,11 @@ def report(results: dict, args, rows: int) -> str:
             r = results.get(name)
             if not r or not r.get("ok"):
                 continue
-            checks = [("peak RSS <= 40% of in-memory", r["peak_bytes"] <= TARGETS["rss"] * ref["peak_bytes"]),
-                      ("time <= 1.1x in-memory", r["wall_s"] <= TARGETS["time"] * ref["wall_s"]),
-                      ("AUC within 0.001", abs(r["auc"] - ref["auc"]) <= TARGETS["auc"])]
+            checks = [
+                ("peak RSS <= 40% of in-memory", r["peak_bytes"] <= TARGETS["rss"] * ref["peak_bytes"]),
+                ("time <= 1.1x in-memory", r["wall_s"] <= TARGETS["time"] * ref["wall_s"]),
+                ("AUC within 0.001", abs(r["auc"] - ref["auc"]) <= TARGETS["auc"]),
+            ]
             lines.append(f"{name}: " + "; ".join(f"{t} {'PASS' if ok else 'FAIL'}" for t, ok in checks))
     if s and s.get("ok"):
         ok = s["stream_rows_per_s"] >= TARGETS["scoring"] * s["memory_rows_per_s"]
@@ -213,22 +243,36 @@ def main(argv=None) -> int:
 
     work = os.path.join(args.out, "runs")
     os.makedirs(work, exist_ok=True)
-    params = {"num_leaves": args.leaves, "learning_rate": 0.1, "num_threads": args.threads,
-              "min_data_in_leaf": 100, "metric": ["auc"]}
+    params = {
+        "num_leaves": args.leaves,
+        "learning_rate": 0.1,
+        "num_threads": args.threads,
+        "min_data_in_leaf": 100,
+        "metric": ["auc"],
+    }
     base = {**paths, "features": feature_names(args.features), "rounds": args.rounds, "params": params, "work": work}
     results = _previous(args)
     for name in [v.strip() for v in args.only.split(",") if v.strip()]:
         ctx = {**base, "variant": name}
         if name == "scoring":
-            ctx["model"] = next((os.path.join(work, f"{v}.model.txt") for v in ("streamed_bin", "streamed", "memory")
-                                 if os.path.exists(os.path.join(work, f"{v}.model.txt"))), None)
+            ctx["model"] = next(
+                (
+                    os.path.join(work, f"{v}.model.txt")
+                    for v in ("streamed_bin", "streamed", "memory")
+                    if os.path.exists(os.path.join(work, f"{v}.model.txt"))
+                ),
+                None,
+            )
             if ctx["model"] is None:
                 results[name] = {"ok": False, "error": "no trained model to score with"}
                 continue
         print(f"[{name}] running ...", flush=True)
         results[name] = r = run_variant(ctx, args.timeout)
-        print(f"[{name}] {'ok' if r.get('ok') else 'FAILED: ' + str(r.get('error'))} in {r['process_s']:.0f}s, "
-              f"peak {r['peak_bytes'] / 2**30:.2f} GiB, load {r['load_avg']:.1f}", flush=True)
+        print(
+            f"[{name}] {'ok' if r.get('ok') else 'FAILED: ' + str(r.get('error'))} in {r['process_s']:.0f}s, "
+            f"peak {r['peak_bytes'] / 2**30:.2f} GiB, load {r['load_avg']:.1f}",
+            flush=True,
+        )
         table = report(results, args, rows)
         with open(os.path.join(args.out, "training.md"), "w") as f:
             f.write(table + "\n")

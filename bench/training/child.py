@@ -3,6 +3,7 @@
 Writes ``ctx["result_path"]``: timings, AUC, and this process's ``ru_maxrss`` for itself and
 its reaped children (the construct subprocess of ``streamed_bin``), in bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,31 @@ def _train(ctx: dict, backend: str, construct: str = "inline", binary: bool = Fa
     params = dict(ctx["params"])
     t0 = time.perf_counter()
     binary_path = os.path.join(ctx["work"], f"{ctx['variant']}.bin") if binary else None
-    r = lgbm.train_local(ctx["train"], [], ctx["features"], "label", params, num_boost_round=ctx["rounds"],
-                         backend=backend, construct=construct, binary_path=binary_path)
+    r = lgbm.train_local(
+        ctx["train"],
+        [],
+        ctx["features"],
+        "label",
+        params,
+        num_boost_round=ctx["rounds"],
+        backend=backend,
+        construct=construct,
+        binary_path=binary_path,
+    )
     wall = time.perf_counter() - t0
     r.booster.save_model(os.path.join(ctx["work"], f"{ctx['variant']}.model.txt"))
     peak_train = _maxrss()
     t1 = time.perf_counter()
     y, p = lgbm.score_files(r.booster, ctx["holdback"], ctx["features"], "label")
-    return {"wall_s": wall, "construct_s": r.seconds["construct"], "train_s": r.seconds["train"],
-            "score_s": time.perf_counter() - t1, "auc": metrics.auc(y, p), "rounds": r.booster.current_iteration(),
-            "peak_until_trained": peak_train}
+    return {
+        "wall_s": wall,
+        "construct_s": r.seconds["construct"],
+        "train_s": r.seconds["train"],
+        "score_s": time.perf_counter() - t1,
+        "auc": metrics.auc(y, p),
+        "rounds": r.booster.current_iteration(),
+        "peak_until_trained": peak_train,
+    }
 
 
 def _scoring(ctx: dict) -> dict:
@@ -68,8 +84,14 @@ def _scoring(ctx: dict) -> dict:
         mem = booster.predict(x)
         memory_s.append(time.perf_counter() - t1)
     same = bool((pq.read_table(out).column("score").to_numpy() == mem).all())
-    return {"rows": rows, "stream_rows_per_s": rows / min(stream_s), "memory_rows_per_s": rows / min(memory_s),
-            "stream_s": stream_s, "memory_s": memory_s, "identical": same}
+    return {
+        "rows": rows,
+        "stream_rows_per_s": rows / min(stream_s),
+        "memory_rows_per_s": rows / min(memory_s),
+        "stream_s": stream_s,
+        "memory_s": memory_s,
+        "identical": same,
+    }
 
 
 VARIANTS = {

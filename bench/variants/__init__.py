@@ -7,6 +7,7 @@ result Parquet under ``ctx["out_dir"]``; returns facts for the report, e.g. the
 configuration) and ``teardown(state)``. Several variant names may share a module
 with different options (``dask`` and ``dask_knobs``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -29,8 +30,18 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 #: Output checked bit for bit (same kernel); the others with a tolerance.
 EXACT = ("kernel", "dask", "dask_knobs", "dask_2GiB", "spark", "spark_knobs")
 #: What ``--sizes`` runs by default (``dask_2GiB`` is the ``--big`` run's).
-DEFAULT = ("kernel", "dask", "dask_knobs", "spark", "spark_knobs", "duckdb_window", "duckdb_asof",
-           "polars_asof", "polars_rolling", "spark_sql")
+DEFAULT = (
+    "kernel",
+    "dask",
+    "dask_knobs",
+    "spark",
+    "spark_knobs",
+    "duckdb_window",
+    "duckdb_asof",
+    "polars_asof",
+    "polars_rolling",
+    "spark_sql",
+)
 #: The peers a user would pick instead of Lockstep on one machine (the "fastest native peer").
 LOCAL_NATIVE = ("duckdb_window", "duckdb_asof", "polars_asof", "polars_rolling")
 

@@ -1,4 +1,5 @@
 """Shared DuckDB setup for the DuckDB peers."""
+
 from __future__ import annotations
 
 import os

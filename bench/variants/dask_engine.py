@@ -7,6 +7,7 @@ reported separately from the timed run. ``dask`` uses the Config defaults,
 ``dask_knobs`` the ``--dask-knobs`` overrides. The yielded frames (one per bucket)
 are written as they arrive, one Parquet file each.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,8 +36,13 @@ def setup(ctx):
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cfg, knobs = config(ctx)
     # Exactly what jobs.engines.dask_engine._connect builds when no cluster is given.
-    cluster = LocalCluster(n_workers=cfg.dask_workers, threads_per_worker=cfg.dask_threads_per_worker,
-                           memory_limit=cfg.dask_memory_limit, processes=True, dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=cfg.dask_workers,
+        threads_per_worker=cfg.dask_threads_per_worker,
+        memory_limit=cfg.dask_memory_limit,
+        processes=True,
+        dashboard_address=None,
+    )
     client = Client(cluster)
     return {"cfg": cfg, "knobs": knobs, "cluster": cluster, "client": client}
 
@@ -47,19 +53,22 @@ def run(ctx, state):
     cfg = state["cfg"]
     os.makedirs(ctx["out_dir"], exist_ok=True)
     rows = files = 0
-    frames = engines.run(cfg, FEATURE_SET, ctx["events_files"], ctx["queries_files"], "as_of",
-                         client=state["client"])
+    frames = engines.run(cfg, FEATURE_SET, ctx["events_files"], ctx["queries_files"], "as_of", client=state["client"])
     for frame in frames:
         if len(frame):
-            pq.write_table(pa.Table.from_pandas(frame[list(OUTPUT_COLUMNS)], preserve_index=False),
-                           os.path.join(ctx["out_dir"], f"part-{files:05d}.parquet"))
+            pq.write_table(
+                pa.Table.from_pandas(frame[list(OUTPUT_COLUMNS)], preserve_index=False),
+                os.path.join(ctx["out_dir"], f"part-{files:05d}.parquet"),
+            )
             rows += len(frame)
             files += 1
     return {
         "rows": rows,
-        "config": (f"LocalCluster {cfg.dask_workers} worker(s) x {cfg.dask_threads_per_worker} thread(s), "
-                   f"processes, memory_limit={cfg.dask_memory_limit}, buckets={cfg.buckets}"
-                   + (f" (knobs {state['knobs']})" if state["knobs"] else " (Config defaults)")),
+        "config": (
+            f"LocalCluster {cfg.dask_workers} worker(s) x {cfg.dask_threads_per_worker} thread(s), "
+            f"processes, memory_limit={cfg.dask_memory_limit}, buckets={cfg.buckets}"
+            + (f" (knobs {state['knobs']})" if state["knobs"] else " (Config defaults)")
+        ),
     }
 
 

@@ -12,6 +12,7 @@
 3. Distinct categories: a range join of each query with its entity's events in
    ``[t - 30 days, t)``, ``count(DISTINCT category) FILTER (ts >= t - w)`` per window.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def sql(events_files, queries_files, out_path) -> str:
     joins, cols, distinct = [], [], []
     for w in WINDOWS_DAYS:
         n = names(w)
-        joins.append(f"ASOF LEFT JOIN cum AS lo{w} ON q.customer_id = lo{w}.customer_id "
-                     f"AND q.t - INTERVAL {w} DAY > lo{w}.ts")
+        joins.append(
+            f"ASOF LEFT JOIN cum AS lo{w} ON q.customer_id = lo{w}.customer_id AND q.t - INTERVAL {w} DAY > lo{w}.ts"
+        )
         c = f"(coalesce(hi.cc, 0) - coalesce(lo{w}.cc, 0))"
         nn = f"(coalesce(hi.cn, 0) - coalesce(lo{w}.cn, 0))"
         s = f"(coalesce(hi.cs, 0.0) - coalesce(lo{w}.cs, 0.0))"
@@ -37,12 +39,15 @@ def sql(events_files, queries_files, out_path) -> str:
             f"{c} AS {n['count']}",
             f"CASE WHEN {nn} > 0 THEN {s} ELSE 0.0 END AS {n['sum']}",
             f"CASE WHEN {nn} > 0 THEN {s} / {nn} END AS {n['mean']}",
-            (f"CASE WHEN hi.ts >= q.t - INTERVAL {w} DAY "
-             f"THEN (epoch_us(q.t) - epoch_us(hi.ts))::DOUBLE / {US_PER_DAY} END AS {n['days_since_last']}"),
+            (
+                f"CASE WHEN hi.ts >= q.t - INTERVAL {w} DAY "
+                f"THEN (epoch_us(q.t) - epoch_us(hi.ts))::DOUBLE / {US_PER_DAY} END AS {n['days_since_last']}"
+            ),
             f"coalesce(d.{n['distinct_count']}, 0) AS {n['distinct_count']}",
         ]
-        distinct.append(f"count(DISTINCT e.category) FILTER (WHERE e.ts >= q.t - INTERVAL {w} DAY) "
-                        f"AS {n['distinct_count']}")
+        distinct.append(
+            f"count(DISTINCT e.category) FILTER (WHERE e.ts >= q.t - INTERVAL {w} DAY) AS {n['distinct_count']}"
+        )
     return f"""
 COPY (
   WITH ev AS (

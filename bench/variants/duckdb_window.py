@@ -9,6 +9,7 @@ NULLs, which every aggregate ignores (``count(is_event)``, not ``count(*)``).
 Distinct categories: ``count(DISTINCT category) OVER (... RANGE ...)``, which DuckDB
 evaluates exactly. Empty windows: count/distinct 0, sum 0, mean and recency NULL.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,8 @@ def sql(events_files, queries_files, out_path) -> str:
     windows = ",\n      ".join(
         f"w{w} AS (PARTITION BY customer_id ORDER BY ts "
         f"RANGE BETWEEN INTERVAL {w} DAY PRECEDING AND INTERVAL 1 MICROSECOND PRECEDING)"
-        for w in WINDOWS_DAYS)
+        for w in WINDOWS_DAYS
+    )
     aggs, outs = [], []
     for w in WINDOWS_DAYS:
         n = names(w)
@@ -35,9 +37,13 @@ def sql(events_files, queries_files, out_path) -> str:
             f"max(event_ts) OVER w{w} AS last_{w}d",
             f"count(DISTINCT category) OVER w{w} AS {n['distinct_count']}",
         ]
-        outs += [n["count"], n["sum"], n["mean"],
-                 f"(epoch_us(ts) - epoch_us(last_{w}d))::DOUBLE / {US_PER_DAY} AS {n['days_since_last']}",
-                 n["distinct_count"]]
+        outs += [
+            n["count"],
+            n["sum"],
+            n["mean"],
+            f"(epoch_us(ts) - epoch_us(last_{w}d))::DOUBLE / {US_PER_DAY} AS {n['days_since_last']}",
+            n["distinct_count"],
+        ]
     return f"""
 COPY (
   WITH stream AS (

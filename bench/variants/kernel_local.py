@@ -1,6 +1,7 @@
 """``kernel``: the practical limit — read everything with pyarrow, one ``features.kernel.compute``
 call in this process, write one Parquet file. It is also the reference every other output is
 checked against."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ def run(ctx, state):
     out = kernel.compute(events, queries, fs, mode="as_of")
     del events, queries
     os.makedirs(ctx["out_dir"], exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(out[list(OUTPUT_COLUMNS)], preserve_index=False),
-                   os.path.join(ctx["out_dir"], "part-00000.parquet"))
+    pq.write_table(
+        pa.Table.from_pandas(out[list(OUTPUT_COLUMNS)], preserve_index=False),
+        os.path.join(ctx["out_dir"], "part-00000.parquet"),
+    )
     return {"rows": len(out), "config": "1 process, pandas/numpy kernel"}
 
 

@@ -17,6 +17,7 @@ Two formulations (``--polars-rolling`` picks; default ``by_over``):
 Rolling sums add and subtract as the window slides, hence ~1e-12 differences
 (checked with a tolerance); a window without non-null amounts is set to exactly 0 / NULL.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,12 @@ def stream(events_files, queries_files):
         pl.col("category"),
     )
     q = pl.scan_parquet(queries_files).select(
-        pl.col(E), pl.col("as_of").dt.replace_time_zone(None).alias("ts"), pl.lit(0, pl.Int64).alias("is_event"),
-        "query_id", "as_of")
+        pl.col(E),
+        pl.col("as_of").dt.replace_time_zone(None).alias("ts"),
+        pl.lit(0, pl.Int64).alias("is_event"),
+        "query_id",
+        "as_of",
+    )
     return pl.concat([ev, q], how="diagonal_relaxed").sort(E, "ts")
 
 
@@ -68,8 +73,14 @@ def _finish(frame, per_window):
 def by_over(events_files, queries_files):
     import polars as pl
 
-    cats = (pl.scan_parquet(events_files).select(pl.col("category").drop_nulls().unique())
-            .collect().to_series().sort().to_list())
+    cats = (
+        pl.scan_parquet(events_files)
+        .select(pl.col("category").drop_nulls().unique())
+        .collect()
+        .to_series()
+        .sort()
+        .to_list()
+    )
     u = stream(events_files, queries_files).with_columns(
         pl.col("amount").fill_null(0.0).alias("amount0"),
         pl.col("amount").is_not_null().cast(pl.Int64).alias("nonnull"),
@@ -77,15 +88,25 @@ def by_over(events_files, queries_files):
     )
     exprs, per_window = [], {}
     for w in WINDOWS_DAYS:
+
         def roll(col, how="sum", w=w):
             e = pl.col(col)
-            e = e.rolling_sum_by("ts", f"{w}d", closed="left") if how == "sum" else \
-                e.rolling_max_by("ts", f"{w}d", closed="left")
+            e = (
+                e.rolling_sum_by("ts", f"{w}d", closed="left")
+                if how == "sum"
+                else e.rolling_max_by("ts", f"{w}d", closed="left")
+            )
             return e.over(E)
-        exprs += [roll("is_event").alias(f"c{w}"), roll("amount0").alias(f"s{w}"), roll("nonnull").alias(f"n{w}"),
-                  roll("ev_us", "max").alias(f"l{w}"),
-                  pl.sum_horizontal(*[(roll(f"is_cat{i}", "max") > 0).cast(pl.Int64)
-                                      for i in range(len(cats))]).alias(f"d{w}")]
+
+        exprs += [
+            roll("is_event").alias(f"c{w}"),
+            roll("amount0").alias(f"s{w}"),
+            roll("nonnull").alias(f"n{w}"),
+            roll("ev_us", "max").alias(f"l{w}"),
+            pl.sum_horizontal(*[(roll(f"is_cat{i}", "max") > 0).cast(pl.Int64) for i in range(len(cats))]).alias(
+                f"d{w}"
+            ),
+        ]
         per_window[w] = (pl.col(f"c{w}"), pl.col(f"s{w}"), pl.col(f"n{w}"), pl.col(f"l{w}"), pl.col(f"d{w}"))
     u = u.with_columns(*exprs).filter(pl.col("query_id").is_not_null())
     return _finish(u, per_window)
@@ -126,7 +147,8 @@ def run(ctx, state):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         METHODS[method](ctx["events_files"], ctx["queries_files"]).collect().write_parquet(
-            os.path.join(ctx["out_dir"], "part-00000.parquet"))
+            os.path.join(ctx["out_dir"], "part-00000.parquet")
+        )
     return {"config": f"polars {pl.__version__}, {pl.thread_pool_size()} threads, method={method}"}
 
 

@@ -7,6 +7,7 @@ BETWEEN w PRECEDING AND 1 PRECEDING`` = ``t - w <= event_ts < t``. Query rows ca
 NULLs, which the aggregates ignore. Spark rejects ``count(DISTINCT ...) OVER``, so
 distinct categories are ``size(collect_set(category) OVER ...)``.
 """
+
 from __future__ import annotations
 
 from bench.featureset import US_PER_DAY, WINDOWS_DAYS, names
@@ -18,7 +19,8 @@ DESCRIPTION = "Spark SQL window functions, RANGE BETWEEN w PRECEDING AND 1 PRECE
 def sql() -> str:
     windows = ",\n  ".join(
         f"w{w} AS (PARTITION BY customer_id ORDER BY ts RANGE BETWEEN {w * US_PER_DAY} PRECEDING AND 1 PRECEDING)"
-        for w in WINDOWS_DAYS)
+        for w in WINDOWS_DAYS
+    )
     aggs, outs = [], []
     for w in WINDOWS_DAYS:
         n = names(w)
@@ -29,9 +31,13 @@ def sql() -> str:
             f"max(ev_ts) OVER w{w} AS last_{w}d",
             f"size(collect_set(category) OVER w{w}) AS {n['distinct_count']}",
         ]
-        outs += [n["count"], n["sum"], n["mean"],
-                 f"CAST(ts - last_{w}d AS DOUBLE) / {US_PER_DAY} AS {n['days_since_last']}",
-                 f"CAST({n['distinct_count']} AS BIGINT) AS {n['distinct_count']}"]
+        outs += [
+            n["count"],
+            n["sum"],
+            n["mean"],
+            f"CAST(ts - last_{w}d AS DOUBLE) / {US_PER_DAY} AS {n['days_since_last']}",
+            f"CAST({n['distinct_count']} AS BIGINT) AS {n['distinct_count']}",
+        ]
     return f"""
 WITH stream AS (
   SELECT CAST(customer_id AS BIGINT) AS customer_id, unix_micros(event_ts) AS ts, unix_micros(event_ts) AS ev_ts,
@@ -64,8 +70,12 @@ def run(ctx, state):
     spark.read.parquet(*ctx["queries_files"]).createOrReplaceTempView("queries")
     spark.sql(sql()).write.mode("overwrite").parquet(ctx["out_dir"])
     conf = spark.sparkContext.getConf()
-    return {"config": (f"{spark.sparkContext.master}, driver memory {conf.get('spark.driver.memory', '?')}, "
-                       f"shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}")}
+    return {
+        "config": (
+            f"{spark.sparkContext.master}, driver memory {conf.get('spark.driver.memory', '?')}, "
+            f"shuffle partitions {spark.conf.get('spark.sql.shuffle.partitions')}"
+        )
+    }
 
 
 def teardown(state):

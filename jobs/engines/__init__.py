@@ -4,6 +4,7 @@
 any order) equals ``compute(all events, all queries)`` exactly. Engine modules are
 imported lazily, so importing this package pulls in neither pyspark nor distributed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,8 +36,9 @@ class Snapshot:
 Queries = pd.DataFrame | Sequence[str] | Snapshot
 
 
-def run(cfg, fs: FeatureSet, events_files: Sequence[str], queries: Queries, mode: str = "known_at",
-        **engine_options) -> Iterator[pd.DataFrame]:
+def run(
+    cfg, fs: FeatureSet, events_files: Sequence[str], queries: Queries, mode: str = "known_at", **engine_options
+) -> Iterator[pd.DataFrame]:
     """Features of ``fs`` for ``queries`` over the events in ``events_files``, on ``cfg.engine``.
 
     ``queries`` is a DataFrame (``fs.entity``, ``as_of``, any extra columns, passed

@@ -9,6 +9,7 @@ Bucketed files are laid out as ``<root>/bucket=<b>/part-<f>.parquet``: one file
 per (bucket, source file), written by exactly one task, so parallel tasks never
 share a file and a bucket is read back as the union of its parts.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,8 +111,15 @@ class BucketWriter:
     small batches do not turn into thousands of tiny row groups.
     """
 
-    def __init__(self, root: str, part: int, n_buckets: int, key: str, storage_options: dict | None = None,
-                 decode_dictionaries: bool = True):
+    def __init__(
+        self,
+        root: str,
+        part: int,
+        n_buckets: int,
+        key: str,
+        storage_options: dict | None = None,
+        decode_dictionaries: bool = True,
+    ):
         self.root, self.part, self.n_buckets, self.key = root, part, n_buckets, key
         self.decode = decode_dictionaries
         self.fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
@@ -161,9 +169,16 @@ class BucketWriter:
         self._buffers.clear()
 
 
-def bucket_parquet_file(src: str, root: str, part: int, n_buckets: int, key: str,
-                        columns: Sequence[str] | None = None, storage_options: dict | None = None,
-                        batch_rows: int = BATCH_ROWS) -> dict[int, str]:
+def bucket_parquet_file(
+    src: str,
+    root: str,
+    part: int,
+    n_buckets: int,
+    key: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> dict[int, str]:
     """Stream one Parquet file into bucket files (record batches; never the whole table)."""
     fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
     writer = BucketWriter(root, part, n_buckets, key, storage_options)
@@ -180,8 +195,9 @@ def bucket_parquet_file(src: str, root: str, part: int, n_buckets: int, key: str
         raise
 
 
-def bucket_frame(df: pd.DataFrame, root: str, part: int, n_buckets: int, key: str,
-                 storage_options: dict | None = None) -> dict[int, str]:
+def bucket_frame(
+    df: pd.DataFrame, root: str, part: int, n_buckets: int, key: str, storage_options: dict | None = None
+) -> dict[int, str]:
     """Bucket an in-memory frame (e.g. a query table) into bucket files."""
     _require(df.columns, [key], "frame")
     # One source, one schema: dictionary (categorical) columns stay as they are, so the
@@ -197,8 +213,13 @@ def bucket_frame(df: pd.DataFrame, root: str, part: int, n_buckets: int, key: st
         raise
 
 
-def read_tables(paths: Iterable[str], key: str, columns: Sequence[str] | None = None,
-                storage_options: dict | None = None, decode_dictionaries: bool = True) -> pa.Table | None:
+def read_tables(
+    paths: Iterable[str],
+    key: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict | None = None,
+    decode_dictionaries: bool = True,
+) -> pa.Table | None:
     """The union of Parquet files as one normalised Arrow table (None when there are no files)."""
     tables = []
     for p in paths:
@@ -214,9 +235,14 @@ def read_tables(paths: Iterable[str], key: str, columns: Sequence[str] | None = 
     return pa.concat_tables(tables, promote_options="permissive")
 
 
-def read_frame(paths: Iterable[str], key: str, columns: Sequence[str] | None = None,
-               storage_options: dict | None = None, empty: pa.Schema | None = None,
-               decode_dictionaries: bool = True) -> pd.DataFrame:
+def read_frame(
+    paths: Iterable[str],
+    key: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict | None = None,
+    empty: pa.Schema | None = None,
+    decode_dictionaries: bool = True,
+) -> pd.DataFrame:
     """``read_tables`` as pandas; with no files, an empty frame of schema ``empty``."""
     table = read_tables(paths, key, columns, storage_options, decode_dictionaries)
     if table is None:
@@ -226,8 +252,9 @@ def read_frame(paths: Iterable[str], key: str, columns: Sequence[str] | None = N
     return table.to_pandas()
 
 
-def file_schema(path: str, key: str, columns: Sequence[str] | None = None,
-                storage_options: dict | None = None) -> pa.Schema:
+def file_schema(
+    path: str, key: str, columns: Sequence[str] | None = None, storage_options: dict | None = None
+) -> pa.Schema:
     """The normalised Arrow schema a file's (selected) columns read as."""
     fs, p = fsspec.core.url_to_fs(path, **(storage_options or {}))
     with fs.open(p, "rb") as f:

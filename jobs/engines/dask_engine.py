@@ -9,6 +9,7 @@ no process ever holds more than a bucket — the table may be far bigger than
 memory. Plain futures, not dask.dataframe: aligned buckets need no shuffle, and
 ``map_partitions`` over frames with different partition counts fails (MEASURED.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -42,8 +43,9 @@ from jobs.engines.bucketing import (
 log = logging.getLogger(__name__)
 
 
-def run(cfg, fs: FeatureSet, events_files: list[str], queries, mode: str,
-        client: Client | None = None) -> Iterator[pd.DataFrame]:
+def run(
+    cfg, fs: FeatureSet, events_files: list[str], queries, mode: str, client: Client | None = None
+) -> Iterator[pd.DataFrame]:
     """Yields one frame per non-empty bucket (or one empty frame when there is no output).
 
     The cluster is, in order: ``client`` if given, ``Client(cfg.dask_address)`` when
@@ -74,13 +76,16 @@ def _connect(cfg, client: Client | None):
         return
     except ValueError:
         pass
-    with LocalCluster(
-        n_workers=cfg.dask_workers,
-        threads_per_worker=cfg.dask_threads_per_worker,
-        memory_limit=cfg.dask_memory_limit,
-        processes=True,
-        dashboard_address=":0",  # a free port: several runs may share a machine
-    ) as cluster, Client(cluster) as c:
+    with (
+        LocalCluster(
+            n_workers=cfg.dask_workers,
+            threads_per_worker=cfg.dask_threads_per_worker,
+            memory_limit=cfg.dask_memory_limit,
+            processes=True,
+            dashboard_address=":0",  # a free port: several runs may share a machine
+        ) as cluster,
+        Client(cluster) as c,
+    ):
         yield c
 
 
@@ -88,16 +93,40 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     t0 = time.monotonic()
     ev_root, q_root, out_root = f"{scratch}/events", f"{scratch}/queries", f"{scratch}/out"
     # Phase 1: bucket every input file (queries held by the driver are bucketed there).
-    jobs = [c.submit(bucket_parquet_file, p, ev_root, i, n_buckets, fs.entity, list(fs.event_columns), opts,
-                     pure=False, key=f"lockstep-bucket-events-{i}-{_token()}")
-            for i, p in enumerate(events_files)]
+    jobs = [
+        c.submit(
+            bucket_parquet_file,
+            p,
+            ev_root,
+            i,
+            n_buckets,
+            fs.entity,
+            list(fs.event_columns),
+            opts,
+            pure=False,
+            key=f"lockstep-bucket-events-{i}-{_token()}",
+        )
+        for i, p in enumerate(events_files)
+    ]
     frame_query_buckets: dict[int, str] = {}
     if isinstance(queries, pd.DataFrame):
         frame_query_buckets = bucket_frame(queries, q_root, 0, n_buckets, fs.entity, opts)
     elif not isinstance(queries, Snapshot):
-        jobs += [c.submit(bucket_parquet_file, p, q_root, i, n_buckets, fs.entity, None, opts,
-                          pure=False, key=f"lockstep-bucket-queries-{i}-{_token()}")
-                 for i, p in enumerate(queries)]
+        jobs += [
+            c.submit(
+                bucket_parquet_file,
+                p,
+                q_root,
+                i,
+                n_buckets,
+                fs.entity,
+                None,
+                opts,
+                pure=False,
+                key=f"lockstep-bucket-queries-{i}-{_token()}",
+            )
+            for i, p in enumerate(queries)
+        ]
     events_by_bucket: dict[int, list[str]] = {}
     queries_by_bucket: dict[int, list[str]] = {b: [p] for b, p in frame_query_buckets.items()}
     is_events = {fut.key: i < len(events_files) for i, fut in enumerate(jobs)}
@@ -115,8 +144,9 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
         paths.sort()  # part-<file index>: a deterministic read order
     log.info("dask: bucketed %d file(s) into %d bucket(s) in %.1fs", len(jobs), n_buckets, time.monotonic() - t0)
 
-    events_schema = (file_schema(events_files[0], fs.entity, fs.event_columns, opts)
-                     if events_files else default_events_schema(fs))
+    events_schema = (
+        file_schema(events_files[0], fs.entity, fs.event_columns, opts) if events_files else default_events_schema(fs)
+    )
     if isinstance(queries, Snapshot):
         work = {b: queries for b in events_by_bucket}
         decode = True
@@ -125,9 +155,22 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
         decode = not isinstance(queries, pd.DataFrame)  # a frame's categoricals round-trip as such
 
     # Phase 2: one compute task per bucket that has queries (or, for a Snapshot, events).
-    futs = [c.submit(compute_bucket, fs, mode, events_by_bucket.get(b, []), q, f"{out_root}/bucket={b}.parquet",
-                     events_schema, decode, opts, pure=False, key=f"lockstep-compute-{b}-{_token()}")
-            for b, q in sorted(work.items())]
+    futs = [
+        c.submit(
+            compute_bucket,
+            fs,
+            mode,
+            events_by_bucket.get(b, []),
+            q,
+            f"{out_root}/bucket={b}.parquet",
+            events_schema,
+            decode,
+            opts,
+            pure=False,
+            key=f"lockstep-compute-{b}-{_token()}",
+        )
+        for b, q in sorted(work.items())
+    ]
     yielded = 0
     try:
         with tqdm(total=len(futs), desc="computing buckets", unit="bucket", disable=None) as bar:
@@ -145,8 +188,16 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     log.info("dask: %d bucket(s) computed in %.1fs", len(futs), time.monotonic() - t0)
 
 
-def compute_bucket(fs: FeatureSet, mode: str, event_paths: list[str], queries, out_path: str,
-                   events_schema: pa.Schema, decode_queries: bool, opts: dict) -> tuple[str, int]:
+def compute_bucket(
+    fs: FeatureSet,
+    mode: str,
+    event_paths: list[str],
+    queries,
+    out_path: str,
+    events_schema: pa.Schema,
+    decode_queries: bool,
+    opts: dict,
+) -> tuple[str, int]:
     """One bucket on a worker: read, ``compute``, write ``out_path``; returns (path, rows)."""
     events = read_frame(event_paths, fs.entity, fs.event_columns, opts, empty=events_schema)
     if isinstance(queries, Snapshot):

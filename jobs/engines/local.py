@@ -1,4 +1,5 @@
 """Local engine: the whole input in one process, one ``compute`` call (small data, tests, the demo)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

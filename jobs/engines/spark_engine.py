@@ -13,6 +13,7 @@ is one ``features.kernel.compute`` call. Two pitfalls are handled here:
 The result is written to a scratch Parquet directory and yielded file by file,
 so the driver holds one output file at a time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -169,8 +170,11 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
             raise KeyError(f"query files are missing column(s) {missing}; they have {qdf.columns}")
         qdf = qdf.withColumn(fs.entity, key).withColumn(BUCKET, F.pmod(F.xxhash64(fs.entity), F.lit(n_buckets)))
         q_fields = _fields(qdf.schema, exclude=BUCKET)
-        extra = {name: typ for name, typ in ((f.name, f.dataType) for f in qdf.schema.fields)
-                 if name not in (fs.entity, AS_OF, BUCKET)}
+        extra = {
+            name: typ
+            for name, typ in ((f.name, f.dataType) for f in qdf.schema.fields)
+            if name not in (fs.entity, AS_OF, BUCKET)
+        }
         out_schema, out_names = _output_schema(fs, [n for n, _ in q_fields], extra)
         fn = _cogroup_fn(fs, mode, ev_fields, q_fields, out_names)
         result = events.groupBy(BUCKET).cogroup(qdf.groupBy(BUCKET)).applyInPandas(fn, out_schema)
@@ -182,6 +186,7 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
 
 
 # --------------------------------------------------------------------------- inside the UDF
+
 
 def _cogroup_fn(fs: FeatureSet, mode: str, ev_fields, q_fields, out_names):
     def fn(events: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
@@ -241,6 +246,7 @@ def _fields(schema, exclude: str) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------- schemas and I/O
 
+
 def _output_schema(fs: FeatureSet, query_names: list[str], extra: dict):
     """Spark schema of the UDF's output: the query columns in their order, then the features.
 
@@ -248,8 +254,7 @@ def _output_schema(fs: FeatureSet, query_names: list[str], extra: dict):
     """
     from pyspark.sql import types as T
 
-    arrow_to_spark = {"int64": T.LongType(), "double": T.DoubleType(),
-                      "timestamp[us, tz=UTC]": T.TimestampType()}
+    arrow_to_spark = {"int64": T.LongType(), "double": T.DoubleType(), "timestamp[us, tz=UTC]": T.TimestampType()}
     declared = dict(kernel.output_columns(fs))
     fields = []
     for name in query_names:
@@ -296,7 +301,7 @@ def _write_table(table: pa.Table, path: str, opts: dict) -> str:
 
 def _spark_path(path: str) -> str:
     # Hadoop names S3 "s3a"; everything else (local paths, file://, hdfs://, gs://) passes as is.
-    return "s3a://" + path[len("s3://"):] if path.startswith("s3://") else path
+    return "s3a://" + path[len("s3://") :] if path.startswith("s3://") else path
 
 
 def _remove(root: str, opts: dict) -> None:

@@ -1,6 +1,6 @@
 """CDNOW transaction log -> ``raw_events`` (the real data set of the demo and the tests).
 
-Source: ``jobs/data/CDNOW_master.txt.gz`` (attribution in ``jobs/data/README.md``),
+Source: ``jobs/ingest/data/CDNOW_master.txt.gz`` (attribution in ``jobs/ingest/data/README.md``),
 69,659 whitespace-separated lines after one header line:
 ``customer_id date(YYYYMMDD) number_of_cds dollar_value``.
 
@@ -50,6 +50,7 @@ Oddities found in the file, and how each is handled (no row is dropped):
 - Every calendar day from 1997-01-01 to 1998-06-30 (546 days) has purchases, so
   no ingest partition of the data's span is empty; a range beyond it is.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -59,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from jobs.lake import day_range
 from jobs.schemas import RAW_EVENTS, RAW_EVENTS_COLUMNS, RAW_EVENTS_TABLE, to_raw_events
 
 CDNOW_PATH = Path(__file__).with_name("data") / "CDNOW_master.txt.gz"
@@ -100,12 +102,6 @@ def _parse_ds(value) -> dt.date:
     if isinstance(value, dt.date):
         return value
     return dt.date.fromisoformat(str(value))
-
-
-def _day_range(ds_from: dt.date, ds_to: dt.date) -> list[dt.date]:
-    if ds_to < ds_from:
-        raise ValueError(f"ds_to {ds_to} is before ds_from {ds_from}")
-    return [ds_from + dt.timedelta(days=i) for i in range((ds_to - ds_from).days + 1)]
 
 
 def read_cdnow(path=None) -> pd.DataFrame:
@@ -170,9 +166,12 @@ def iter_ingest_days(events: pd.DataFrame, ds_from, ds_to):
     ingest_day = events["ingested_at"].dt.tz_convert("UTC").dt.date
     groups = {d: g for d, g in events.groupby(ingest_day, sort=False)}
     empty = events.iloc[0:0]
-    for day in _day_range(_parse_ds(ds_from), _parse_ds(ds_to)):
-        part = groups.get(day, empty)
-        yield day.isoformat(), part.sort_values("event_id", kind="stable").reset_index(drop=True)
+    ds_from, ds_to = _parse_ds(ds_from), _parse_ds(ds_to)
+    if ds_to < ds_from:
+        raise ValueError(f"ds_to {ds_to} is before ds_from {ds_from}")
+    for ds in day_range(ds_from, ds_to):
+        part = groups.get(dt.date.fromisoformat(ds), empty)
+        yield ds, part.sort_values("event_id", kind="stable").reset_index(drop=True)
 
 
 def _sha256(path: Path) -> str:

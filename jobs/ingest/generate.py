@@ -31,6 +31,7 @@ seed derived from ``(seed, day, block)``. Memory holds one chunk of output, one
 block, the per-entity weights (8 bytes per entity) and the rows waiting for a
 later ingest day (about (late_rate + dup_rate) x events per day x max_late_days).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -172,8 +173,13 @@ def _block(p: GeneratorParams, m: _Model, day: int, block: int, n: int) -> tuple
     rows = np.concatenate([np.arange(n), dup])
     ingested_at = np.concatenate([ingested_at, ingested_at[dup] + rng.integers(1, DAY_US + 1, len(dup))])
     frame = _frame(
-        event_id[rows], customer_id[rows], event_ts[rows], ingested_at,
-        n_items[rows], amount[rows], m.labels[codes[rows]],
+        event_id[rows],
+        customer_id[rows],
+        event_ts[rows],
+        ingested_at,
+        n_items[rows],
+        amount[rows],
+        m.labels[codes[rows]],
     )
     return frame, (ingested_at - m.start_us) // DAY_US
 
@@ -232,8 +238,9 @@ def iter_event_days(
     """Yield ``(ingest_ds, frame)`` in ingest-day order, frames of at most ``chunk_rows``
     rows in the ``RAW_EVENTS`` columns; every ingest day yields at least one (maybe
     empty) frame. ``progress``: tqdm bar (None = only on a terminal)."""
-    p = GeneratorParams(entities, events, days, start, seed, null_rate, dup_rate, late_rate,
-                        max_late_days, tie_rate, n_categories)
+    p = GeneratorParams(
+        entities, events, days, start, seed, null_rate, dup_rate, late_rate, max_late_days, tie_rate, n_categories
+    )
     if chunk_rows < 1:
         raise ValueError("chunk_rows must be >= 1")
     m = _Model(p)
@@ -251,8 +258,7 @@ def iter_event_days(
                 n = min(BLOCK_ROWS, n_day - lo)
                 frame, ingest_day = _block(p, m, day, block, n)
                 for later in np.unique(ingest_day[ingest_day > day]):
-                    pending.setdefault(int(later), []).append(
-                        frame[ingest_day == later].reset_index(drop=True))
+                    pending.setdefault(int(later), []).append(frame[ingest_day == later].reset_index(drop=True))
                 for out in chunker.add(frame[ingest_day == day].reset_index(drop=True)):
                     yield ds, out
                 bar.update(n)
@@ -284,10 +290,21 @@ def generate_events(
 ) -> list:
     """Write generated events to ``table`` (default ``raw_events``), one partition per
     ingest day, each streamed chunk by chunk. Returns the manifests in ``ds`` order."""
-    kw = {"entities": entities, "events": events, "days": days, "start": start, "seed": seed,
-          "null_rate": null_rate, "dup_rate": dup_rate, "late_rate": late_rate,
-          "max_late_days": max_late_days, "tie_rate": tie_rate, "n_categories": n_categories,
-          "chunk_rows": chunk_rows, "progress": progress}
+    kw = {
+        "entities": entities,
+        "events": events,
+        "days": days,
+        "start": start,
+        "seed": seed,
+        "null_rate": null_rate,
+        "dup_rate": dup_rate,
+        "late_rate": late_rate,
+        "max_late_days": max_late_days,
+        "tie_rate": tie_rate,
+        "n_categories": n_categories,
+        "chunk_rows": chunk_rows,
+        "progress": progress,
+    }
     producer = {"job": "generate_events", "params": _params(kw)}
     target = lake.table(table, RAW_EVENTS)
     manifests = []
@@ -316,9 +333,10 @@ def write_parquet_files(
     for ds, group in itertools.groupby(it, key=lambda item: item[0]):
         path = f"{root.rstrip('/')}/ds={ds}/part-00000.parquet"
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "wb") as f, pq.ParquetWriter(
-            f, RAW_EVENTS, use_dictionary=["category"], compression="zstd"
-        ) as writer:
+        with (
+            fs.open(path, "wb") as f,
+            pq.ParquetWriter(f, RAW_EVENTS, use_dictionary=["category"], compression="zstd") as writer,
+        ):
             for _, frame in group:
                 writer.write_table(to_raw_events(frame))
         paths.append(fs.unstrip_protocol(path) if "://" in os.fspath(out_dir) else path)

@@ -2,6 +2,7 @@
 ``dags/``, the Lockstep pool, and a known login. ``lockstep demo`` and the Airflow tests run the real DAGs
 through it; nothing here touches the user's own ``~/airflow``.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from typing import Any
 
 from jobs import orchestration as o
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DAGS_FOLDER = REPO / "dags"
 USER, PASSWORD = "admin", "admin"
 COMPONENTS = ("scheduler", "dag-processor", "api-server", "triggerer")
@@ -41,8 +42,14 @@ def free_port() -> int:
 class AirflowLocal:
     """An Airflow home at ``home`` running the DAGs in ``dags_folder`` against the lake ``lake``."""
 
-    def __init__(self, home: str | Path, lake: str | Path, dags_folder: str | Path = DAGS_FOLDER,
-                 port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        home: str | Path,
+        lake: str | Path,
+        dags_folder: str | Path = DAGS_FOLDER,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ):
         self.home = Path(home).resolve()
         self.lake = str(lake)
         self.dags_folder = Path(dags_folder).resolve()
@@ -67,42 +74,51 @@ class AirflowLocal:
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW__")}
-        env.update({
-            "AIRFLOW_HOME": str(self.home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "jobs.airflow_local.SQLITE_CONNECT_ARGS",
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__PARALLELISM": "4",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
-            "AIRFLOW__API__PORT": str(self.port),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__API__BASE_URL": self.url,
-            "AIRFLOW__API__WORKERS": "1",
-            "AIRFLOW__API__SECRET_KEY": self._secret("api_secret_key"),
-            "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            "LOCKSTEP_LAKE": self.lake,
-            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-            # `airflow standalone` starts its components as `airflow ...` from PATH: this venv's.
-            "PATH": os.pathsep.join([str(self.bin), os.environ.get("PATH", "")]).rstrip(os.pathsep),
-        })
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(self.dags_folder),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "jobs.local.airflow_local.SQLITE_CONNECT_ARGS",
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.home / "passwords.json"),
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.url}/execution/",
+                "AIRFLOW__API__PORT": str(self.port),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__API__BASE_URL": self.url,
+                "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__API__SECRET_KEY": self._secret("api_secret_key"),
+                "AIRFLOW__API_AUTH__JWT_SECRET": self._secret("jwt_secret"),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+                "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
+                "LOCKSTEP_LAKE": self.lake,
+                "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                # `airflow standalone` starts its components as `airflow ...` from PATH: this venv's.
+                "PATH": os.pathsep.join([str(self.bin), os.environ.get("PATH", "")]).rstrip(os.pathsep),
+            }
+        )
         env.update(self.extra_env)
         return env
 
     def airflow(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run the ``airflow`` CLI against this home; output captured."""
-        proc = subprocess.run([str(self.bin / "airflow"), *args], env=self.env(), capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [str(self.bin / "airflow"), *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         if check and proc.returncode != 0:
-            raise RuntimeError(f"airflow {' '.join(args)} failed ({proc.returncode}):\n"
-                               f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
         return proc
 
     def init(self) -> None:
@@ -112,8 +128,9 @@ class AirflowLocal:
         self.airflow("db", "migrate")
         self.airflow("pools", "set", o.POOL, str(o.POOL_SLOTS), o.POOL_DESCRIPTION)
 
-    def dags_test(self, dag_id: str, ds: str | None = None, conf: dict | None = None,
-                  check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def dags_test(
+        self, dag_id: str, ds: str | None = None, conf: dict | None = None, check: bool = True, timeout: float = 900
+    ) -> subprocess.CompletedProcess:
         args = ["dags", "test", dag_id]
         if ds:
             args.append(ds)
@@ -130,8 +147,13 @@ class AirflowLocal:
                 continue
             with open(logs / f"{name}.log", "ab") as out:
                 # Own process group, so stop() ends the component and the workers it forked.
-                self.procs[name] = subprocess.Popen([str(self.bin / "airflow"), name], env=self.env(),
-                                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                self.procs[name] = subprocess.Popen(
+                    [str(self.bin / "airflow"), name],
+                    env=self.env(),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
 
     def stop(self, timeout: float = 20) -> None:
         for proc in self.procs.values():
@@ -178,8 +200,9 @@ class AirflowLocal:
     def token(self) -> str:
         if self._token is None:
             body = json.dumps({"username": USER, "password": PASSWORD}).encode()
-            req = urllib.request.Request(f"{self.url}/auth/token", data=body, method="POST",
-                                         headers={"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{self.url}/auth/token", data=body, method="POST", headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=30) as r:
                 self._token = json.loads(r.read())["access_token"]
         return self._token
@@ -190,8 +213,12 @@ class AirflowLocal:
         if params:
             url += "?" + urllib.parse.urlencode(params, doseq=True)
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.token()}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 text = r.read()
@@ -213,10 +240,22 @@ class AirflowLocal:
         errors = self.api("GET", "importErrors")
         raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s; import errors: {errors}")
 
-    def create_backfill(self, dag_id: str, ds_from: str, ds_to: str, conf: dict | None = None,
-                        max_active_runs: int = 2, reprocess: str = "completed") -> dict:
-        body = {"dag_id": dag_id, "from_date": f"{ds_from}T00:00:00Z", "to_date": f"{ds_to}T00:00:00Z",
-                "max_active_runs": max_active_runs, "reprocess_behavior": reprocess}
+    def create_backfill(
+        self,
+        dag_id: str,
+        ds_from: str,
+        ds_to: str,
+        conf: dict | None = None,
+        max_active_runs: int = 2,
+        reprocess: str = "completed",
+    ) -> dict:
+        body = {
+            "dag_id": dag_id,
+            "from_date": f"{ds_from}T00:00:00Z",
+            "to_date": f"{ds_to}T00:00:00Z",
+            "max_active_runs": max_active_runs,
+            "reprocess_behavior": reprocess,
+        }
         if conf:
             body["dag_run_conf"] = conf
         for attempt in range(30):
@@ -241,14 +280,15 @@ class AirflowLocal:
         runs: list[dict] = []
         while time.monotonic() < deadline:
             self.check_alive()
-            runs = [r for r in self.dag_runs(dag_id)
-                    if all(r.get(k) == v for k, v in filters.items())]
+            runs = [r for r in self.dag_runs(dag_id) if all(r.get(k) == v for k, v in filters.items())]
             done = [r for r in runs if r["state"] in ("success", "failed")]
             if len(done) >= count:
                 return runs
             time.sleep(3)
-        raise TimeoutError(f"{dag_id}: {count} finished runs wanted after {timeout}s, have "
-                           f"{[(r['logical_date'], r['state']) for r in runs]}\n{self.log_tail('scheduler')}")
+        raise TimeoutError(
+            f"{dag_id}: {count} finished runs wanted after {timeout}s, have "
+            f"{[(r['logical_date'], r['state']) for r in runs]}\n{self.log_tail('scheduler')}"
+        )
 
     def task_states(self, dag_id: str, run_id: str) -> dict[str, str | None]:
         tis = self.api("GET", f"dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/taskInstances")

@@ -21,8 +21,9 @@ Steps, all inside the project directory (``.lockstep/``):
    ``serving_logs``, validated, compared with the offline recomputation -> ``skew_reports`` and the
    page ``<lake>/_reports/skew/ds=<day>.html``; where everything is, and how to open the UI, printed.
 
-``python -m jobs.demo ui`` then runs ``airflow standalone`` on that home to look at the runs.
+``python -m jobs.local.demo ui`` then runs ``airflow standalone`` on that home to look at the runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,7 @@ def home_dir(project: Path) -> Path:
 
 
 def airflow_for(project: Path, lake: str, port: int | None = None):
-    from jobs.airflow_local import AirflowLocal
+    from jobs.local.airflow_local import AirflowLocal
 
     return AirflowLocal(home_dir(project), lake, port=port or 8080)
 
@@ -63,8 +64,8 @@ def _step(n: int, total: int, text: str, t0: float) -> None:
 
 def _floor(cfg) -> str:
     """The champion's validation AUC against the linear baseline's (the promotion floor)."""
-    from jobs.registry import CHAMPION, Registry
-    from jobs.train import DEFAULT_MODEL
+    from jobs.defaults import DEFAULT_MODEL
+    from jobs.models.registry import CHAMPION, Registry
 
     registry = Registry.from_config(cfg)
     champion = registry.alias(DEFAULT_MODEL, CHAMPION)
@@ -73,8 +74,10 @@ def _floor(cfg) -> str:
     if champion.flavor != "lightgbm":
         lost = registry.alias(DEFAULT_MODEL, "challenger")
         lgbm = f"LightGBM {lost.metrics['valid_auc']:.4f} < " if lost is not None else ""
-        return (f"champion: the linear baseline ({champion.tags.get('lockstep.adopted_from')}), validation AUC "
-                f"{lgbm}baseline {champion.metrics['valid_auc']:.4f}: LightGBM was below the floor")
+        return (
+            f"champion: the linear baseline ({champion.tags.get('lockstep.adopted_from')}), validation AUC "
+            f"{lgbm}baseline {champion.metrics['valid_auc']:.4f}: LightGBM was below the floor"
+        )
     m = champion.metrics
     if "baseline_valid_auc" not in m:
         return f"champion: LightGBM, validation AUC {m['valid_auc']:.4f}; no baseline compared"
@@ -102,14 +105,32 @@ class ServingProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "jobs.serving.app:app_from_env", "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "jobs.serving.app:app_from_env",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the serving service exited ({self.proc.returncode}):\n"
-                                   f"{self.log_path.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(
+                    f"the serving service exited ({self.proc.returncode}):\n"
+                    f"{self.log_path.read_text(errors='replace')[-3000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).json().get("status") == "ok":
                     return
@@ -142,15 +163,21 @@ def serve_and_replay(project: Path, cfg, day: str, requests: int = DEMO_REQUESTS
     """Start the service (fresh mode, the registry's champion), replay ``requests`` seeded requests of ``day``,
     stop it; returns the status counts and the service's metrics."""
     from features import registry
-    from jobs.airflow_local import free_port
+    from jobs.local.airflow_local import free_port
     from jobs.serving.replay import plan_day, replay
     from jobs.serving.store import read_lake_events
 
     fs = registry.get(o.FEATURE_SET)
-    env = {**os.environ, "LOCKSTEP_LAKE": cfg.lake_root, o.SERVING_WAL_ENV: str(wal_dir(project)),
-           "LOCKSTEP_SERVING_MODE": "fresh", "LOCKSTEP_SERVING_FEATURE_SET": fs.name,
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                          os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env = {
+        **os.environ,
+        "LOCKSTEP_LAKE": cfg.lake_root,
+        o.SERVING_WAL_ENV: str(wal_dir(project)),
+        "LOCKSTEP_SERVING_MODE": "fresh",
+        "LOCKSTEP_SERVING_FEATURE_SET": fs.name,
+        "PYTHONPATH": os.pathsep.join(
+            [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
+        ).rstrip(os.pathsep),
+    }
     plan = plan_day(read_lake_events(cfg, fs), day, requests, seed, fs.entity)
     svc = ServingProcess(env, free_port(), project / ".lockstep" / "serving.log")
     svc.start()
@@ -159,17 +186,26 @@ def serve_and_replay(project: Path, cfg, day: str, requests: int = DEMO_REQUESTS
         metrics = svc.metrics()
     finally:
         svc.stop()
-    return {"statuses": {int(k): int(v) for k, v in res["status"].value_counts().items()}, "metrics": metrics,
-            "requests": len(res)}
+    return {
+        "statuses": {int(k): int(v) for k, v in res["status"].value_counts().items()},
+        "metrics": metrics,
+        "requests": len(res),
+    }
 
 
-def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = DEMO_FEATURES_FROM,
-             days: int = DEMO_DAYS, training_conf: dict | None = None, timeout: float = 1800,
-             requests: int = DEMO_REQUESTS) -> dict:
+def run_demo(
+    project: Path | str = ".",
+    lake: str | None = None,
+    ds_from: str = DEMO_FEATURES_FROM,
+    days: int = DEMO_DAYS,
+    training_conf: dict | None = None,
+    timeout: float = 1800,
+    requests: int = DEMO_REQUESTS,
+) -> dict:
     """Run the demo; returns where its outputs are."""
-    from jobs.airflow_local import PASSWORD, USER, free_port
     from jobs.config import Config
-    from jobs.ingest import ingest_cdnow
+    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.local.airflow_local import PASSWORD, USER, free_port
 
     project = Path(project).resolve()
     cfg = Config.from_env(lake_root=lake)
@@ -187,12 +223,16 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
     raw = ingest_cdnow(cfg.lake())
     _step(2, STEPS, f"raw_events: {len(raw)} CDNOW days landed ({raw[0].ds}..{raw[-1].ds})", t0)
 
-    proc = af.dags_test("training", conf={**DEMO_TRAINING_CONF, **(training_conf or {})}, check=False,
-                        timeout=timeout)
+    proc = af.dags_test("training", conf={**DEMO_TRAINING_CONF, **(training_conf or {})}, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"the training DAG failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
-    _step(3, STEPS, "training DAG: labels -> training sets -> validated -> dask-ml baseline + LightGBM -> "
-                    f"registered -> champion ({_floor(cfg)})", t0)
+    _step(
+        3,
+        STEPS,
+        "training DAG: labels -> training sets -> validated -> dask-ml baseline + LightGBM -> "
+        f"registered -> champion ({_floor(cfg)})",
+        t0,
+    )
 
     af.start(("scheduler", "dag-processor", "api-server"))
     try:
@@ -213,7 +253,12 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
         failed = [r["logical_date"][:10] for r in af.dag_runs("features_daily") if r["state"] == "failed"]
         if failed:
             problems.append(f"features_daily failed for {failed}")
-        _step(4, STEPS, f"features_daily backfill {ds_from}..{last}: {days} runs (ingest -> validate -> snapshot -> validate)", t0)
+        _step(
+            4,
+            STEPS,
+            f"features_daily backfill {ds_from}..{last}: {days} runs (ingest -> validate -> snapshot -> validate)",
+            t0,
+        )
         scored: set[str] = set()
         retried = False
         while not failed:
@@ -221,8 +266,9 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
             # predictions partition exists once it is scored and validated (a failure quarantines it).
             runs = af.dag_runs("batch_scoring")
             busy = any(r["state"] in ("queued", "running") for r in runs)
-            scored = {d for d in want & set(predictions.partitions())
-                      if predictions.manifest(d).created_at != before.get(d)}
+            scored = {
+                d for d in want & set(predictions.partitions()) if predictions.manifest(d).created_at != before.get(d)
+            }
             if not busy and (scored == want or any(r["state"] == "failed" for r in runs)):
                 break
             if not busy and runs and not retried and time.monotonic() > idle_since + 60:
@@ -241,8 +287,13 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
             problems.append("a batch_scoring run failed")
         if want - scored:
             problems.append(f"batch_scoring did not score {sorted(want - scored)}")
-        _step(5, STEPS, f"batch_scoring (triggered by the snapshot Asset): predictions for {len(scored & want)} of "
-                    f"{len(want)} days, published to SQL", t0)
+        _step(
+            5,
+            STEPS,
+            f"batch_scoring (triggered by the snapshot Asset): predictions for {len(scored & want)} of "
+            f"{len(want)} days, published to SQL",
+            t0,
+        )
     finally:
         af.stop()
 
@@ -250,22 +301,30 @@ def run_demo(project: Path | str = ".", lake: str | None = None, ds_from: str = 
     serve_day = last
     served = serve_and_replay(project, cfg, serve_day, requests)
     m = served["metrics"]
-    _step(6, STEPS, f"serving: {served['requests']} requests of {serve_day} replayed (HTTP {served['statuses']}); "
-                    f"p50 {m.get('p50_ms') or 0:.1f} ms, p99 {m.get('p99_ms') or 0:.1f} ms; "
-                    f"{m.get('log_written')} records in the WAL {wal_dir(project)}", t0)
+    _step(
+        6,
+        STEPS,
+        f"serving: {served['requests']} requests of {serve_day} replayed (HTTP {served['statuses']}); "
+        f"p50 {m.get('p50_ms') or 0:.1f} ms, p99 {m.get('p99_ms') or 0:.1f} ms; "
+        f"{m.get('log_written')} records in the WAL {wal_dir(project)}",
+        t0,
+    )
     if set(served["statuses"]) != {200}:
         problems.append(f"serving answered {served['statuses']} (not all 200)")
     af.extra_env[o.SERVING_WAL_ENV] = str(wal_dir(project))
     proc = af.dags_test("skew_nightly", serve_day, check=False, timeout=timeout)
+    from jobs.skew.causes import CAUSES
+
     skew_reports = cfg.lake().table(o.SKEW_REPORTS)
     if proc.returncode != 0 or not skew_reports.exists(serve_day):
-        problems.append(f"skew_nightly failed for {serve_day} (a threshold breach or an error):\n"
-                        + _tail(proc.stdout + proc.stderr))
+        problems.append(
+            f"skew_nightly failed for {serve_day} (a threshold breach or an error):\n"
+            + _tail(proc.stdout + proc.stderr)
+        )
         skew_text = "FAILED"
     else:
         rep = skew_reports.read(serve_day)
-        causes = ["degraded", "version_skew", "late_data", "staleness", "logic_skew"]
-        counts = {c: int(rep[c].fillna(0).sum()) for c in causes}
+        counts = {c: int(rep[c].fillna(0).sum()) for c in CAUSES}
         skew_text = f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; mismatches by cause {counts}"
     _step(7, STEPS, f"skew_nightly {serve_day}: serving log published -> validated -> skew report: {skew_text}", t0)
     out = outputs(project, cfg, sorted(want), USER, PASSWORD, skew_day=serve_day)
@@ -280,7 +339,7 @@ def _tail(text: str, lines: int = 15) -> str:
 
 def outputs(project: Path, cfg, days: list[str], user: str, password: str, skew_day: str | None = None) -> dict:
     from jobs.quality.gx import index_path
-    from jobs.sql import sql_url
+    from jobs.scoring.sql import sql_url
 
     lake = cfg.lake()
     return {
@@ -304,8 +363,10 @@ def outputs(project: Path, cfg, days: list[str], user: str, password: str, skew_
 def print_outputs(out: dict) -> None:
     db = out["predictions_sql"].removeprefix("sqlite:///")
     print("\nOutputs")
-    print(f"  prediction table   {out['predictions_sql']}  (table `predictions`, days {out['days'][0]}..{out['days'][-1]})")
-    print(f"                     sqlite3 {db} \"select role, count(*), avg(score) from predictions group by role\"")
+    print(
+        f"  prediction table   {out['predictions_sql']}  (table `predictions`, days {out['days'][0]}..{out['days'][-1]})"
+    )
+    print(f'                     sqlite3 {db} "select role, count(*), avg(score) from predictions group by role"')
     print(f"  predictions (lake) {out['predictions_lake']}")
     print(f"  feature snapshots  {out['snapshots']}")
     print(f"  Data Docs          {out['data_docs']}")
@@ -318,7 +379,7 @@ def print_outputs(out: dict) -> None:
     print(f"  model registry     {out['registry']}  (MLflow, SQLite)")
     print(f"  Airflow home       {out['airflow_home']}")
     print("\nAirflow UI (the runs above, backfills, the DAG docs):")
-    print("  .venv/bin/python -m jobs.demo ui      # = airflow standalone on that home")
+    print("  .venv/bin/python -m jobs.local.demo ui      # = airflow standalone on that home")
     print(f"  then open http://localhost:8080 and log in as {out['login']}")
     for note in out.get("notes", []):
         print(f"  note: {note}")
@@ -328,8 +389,8 @@ def print_outputs(out: dict) -> None:
 
 def run_ui(project: Path | str = ".", lake: str | None = None, port: int = 8080) -> None:
     """Replace this process with ``airflow standalone`` on the demo's home (UI on ``port``)."""
-    from jobs.airflow_local import PASSWORD, USER
     from jobs.config import Config
+    from jobs.local.airflow_local import PASSWORD, USER
 
     project = Path(project).resolve()
     cfg = Config.from_env(lake_root=lake)
@@ -342,15 +403,20 @@ def run_ui(project: Path | str = ".", lake: str | None = None, port: int = 8080)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.local.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("command", nargs="?", choices=("run", "ui"), default="run")
     p.add_argument("--lake", help="lake root (env LOCKSTEP_LAKE; default ./.lockstep/lake)")
     p.add_argument("--from", dest="ds_from", default=DEMO_FEATURES_FROM, help="first features day")
     p.add_argument("--days", type=int, default=DEMO_DAYS, help="features days to backfill")
     p.add_argument("--port", type=int, default=8080, help="UI port (ui)")
-    p.add_argument("--requests", type=int, default=DEMO_REQUESTS,
-                   help="serving requests replayed on the last features day, before skew_nightly")
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=DEMO_REQUESTS,
+        help="serving requests replayed on the last features day, before skew_nightly",
+    )
     args = p.parse_args(argv)
     if args.command == "ui":
         run_ui(".", args.lake, args.port)

@@ -5,6 +5,7 @@ allowlist are dropped, and string values are scanned for secrets and personal da
 match replaced by ``[REDACTED:<kind>]``. Findings name the key path and the kind, never the
 value, so the report itself leaks nothing.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -91,24 +92,43 @@ def environment_digest(env: dict[str, str] | None = None) -> str:
 
 
 # ---- detection ----------------------------------------------------------------------------------
-_SECRET_KEY = re.compile(r"(pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
-                         r"credential|auth|session|cookie)", re.IGNORECASE)
+_SECRET_KEY = re.compile(
+    r"(pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|private[_-]?key|"
+    r"credential|auth|session|cookie)",
+    re.IGNORECASE,
+)
 _PATTERNS: list[tuple[str, re.Pattern]] = [
     ("private-key", re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(-----END [A-Z ]*PRIVATE KEY-----|$)")),
     ("connection-string", re.compile(r"\b[a-z][a-z0-9+.\-]*://[^\s/@:]+:[^\s/@]+@[^\s]+", re.IGNORECASE)),
-    ("connection-string", re.compile(
-        r"\b(postgres(ql)?|mysql|mariadb|mssql|sqlserver|oracle|mongodb(\+srv)?|redis|rediss|amqps?|"
-        r"jdbc:[a-z0-9]+|snowflake|clickhouse)(\+[a-z0-9]+)?://[^\s]+", re.IGNORECASE)),
-    ("connection-string", re.compile(
-        r"\b(server|host|data source)\s*=[^;]+;[^\n]*?\b(password|pwd)\s*=[^;\s]+;?", re.IGNORECASE)),
-    ("credential", re.compile(
-        r"\b(pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret)\s*[=:]\s*[^\s,;&]+",
-        re.IGNORECASE)),
+    (
+        "connection-string",
+        re.compile(
+            r"\b(postgres(ql)?|mysql|mariadb|mssql|sqlserver|oracle|mongodb(\+srv)?|redis|rediss|amqps?|"
+            r"jdbc:[a-z0-9]+|snowflake|clickhouse)(\+[a-z0-9]+)?://[^\s]+",
+            re.IGNORECASE,
+        ),
+    ),
+    (
+        "connection-string",
+        re.compile(r"\b(server|host|data source)\s*=[^;]+;[^\n]*?\b(password|pwd)\s*=[^;\s]+;?", re.IGNORECASE),
+    ),
+    (
+        "credential",
+        re.compile(
+            r"\b(pass(word|wd)?|pwd|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret)\s*[=:]\s*[^\s,;&]+",
+            re.IGNORECASE,
+        ),
+    ),
     ("token", re.compile(r"\bBearer\s+[A-Za-z0-9\-._~+/]{8,}=*", re.IGNORECASE)),
     ("token", re.compile(r"\beyJ[A-Za-z0-9_\-]{5,}\.eyJ[A-Za-z0-9_\-]{5,}\.[A-Za-z0-9_\-]*")),
     ("token", re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b")),
-    ("token", re.compile(r"\b(gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}|"
-                         r"xox[abposr]-[A-Za-z0-9-]{10,}|sk-[A-Za-z0-9_\-]{20,}|AIza[0-9A-Za-z_\-]{35})\b")),
+    (
+        "token",
+        re.compile(
+            r"\b(gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{40,}|"
+            r"xox[abposr]-[A-Za-z0-9-]{10,}|sk-[A-Za-z0-9_\-]{20,}|AIza[0-9A-Za-z_\-]{35})\b"
+        ),
+    ),
     ("email", re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")),
 ]
 _CARD = re.compile(r"(?<![\d.])\d(?:[ \-]?\d){12,18}(?![\d.])")
@@ -128,9 +148,11 @@ def scan_text(text: str) -> tuple[str, list[str]]:
     """``text`` with every detected secret/PII span replaced, and the kinds found."""
     kinds: list[str] = []
     for kind, pattern in _PATTERNS:
+
         def sub(m, kind=kind):
             kinds.append(kind)
             return f"[REDACTED:{kind}]"
+
         text = pattern.sub(sub, text)
 
     def card(m):
@@ -201,12 +223,28 @@ def lightgbm_param_names() -> frozenset[str]:
 
 
 #: Training-job settings recorded beside LightGBM's own parameters.
-JOB_PARAMS = frozenset({"num_boost_round", "patience", "backend", "construct", "save_binary", "embargo_days",
-                        "feature_set", "label_definition", "horizon_days", "train_range", "valid_range",
-                        "holdback_range", "best_iteration", "n_workers"})
+JOB_PARAMS = frozenset(
+    {
+        "num_boost_round",
+        "patience",
+        "backend",
+        "construct",
+        "save_binary",
+        "embargo_days",
+        "feature_set",
+        "label_definition",
+        "horizon_days",
+        "train_range",
+        "valid_range",
+        "holdback_range",
+        "best_iteration",
+        "n_workers",
+    }
+)
 #: The incremental baseline's settings (``jobs.training.baseline``): SGDClassifier options are ``sgd_*``.
-BASELINE_PARAMS = frozenset({"model_flavor", "epochs", "seed", "partitions", "imputation", "missing_indicators",
-                             "baseline"})
+BASELINE_PARAMS = frozenset(
+    {"model_flavor", "epochs", "seed", "partitions", "imputation", "missing_indicators", "baseline"}
+)
 _SGD_PARAM = re.compile(r"^sgd_[a-z0-9_]+$")
 _METRIC = re.compile(r"^(baseline_)?(train|valid|holdback)_[a-z0-9_]+$|^best_iteration$|^(train|valid)_rows$")
 

@@ -6,7 +6,7 @@
 * ``register`` refuses a model unless it carries its lineage (``REQUIRED``): code commit,
   feature-set fingerprint, training-set fingerprints, environment digest, parameters and
   metrics. Parameters, metrics and reports then pass an allowlist and the secret/PII
-  detector (``jobs.training.metadata``) before anything is written.
+  detector (``jobs.models.metadata``) before anything is written.
 * A new version gets the alias ``challenger``. ``promote`` moves ``champion`` to it only if it
   beats the champion on the SAME holdback range (same training-set partitions and content
   fingerprints — the ``holdback_key``); the champion's score there is its own holdback
@@ -16,12 +16,13 @@
   scored the linear baseline ``<name>_baseline`` on the same validation partitions and it did
   at least as well) is never promoted (``check_floor``).
 * Flavors: ``lightgbm`` (``model/model.txt``, ``LoadedModel.booster``) and ``sgd_baseline``
-  (``model/baseline.json``, ``LoadedModel.model``: ``jobs.training.baseline.BaselineModel``);
+  (``model/baseline.json``, ``LoadedModel.model``: ``jobs.models.flavors.BaselineModel``; see ``jobs.models.flavors``);
   tag ``flavor``; ``LoadedModel.predict`` scores either.
 * ``prune`` keeps the champion, the challenger, the rollback target, the top-k versions by
   holdback AUC and every version a prediction table references; it deletes the rest
   (version, run and artifacts).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,15 +37,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from jobs.models import flavors
+from jobs.models import metadata as md
+from jobs.models.flavors import FLAVORS
+
 log = logging.getLogger(__name__)
 
 TRACKING_ENV = "LOCKSTEP_MLFLOW_TRACKING_URI"
 CHAMPION, CHALLENGER = "champion", "challenger"
-REQUIRED = ("code_commit", "feature_set_fingerprint", "training_set_fingerprints", "environment_digest",
-            "params", "metrics")
+REQUIRED = (
+    "code_commit",
+    "feature_set_fingerprint",
+    "training_set_fingerprints",
+    "environment_digest",
+    "params",
+    "metrics",
+)
 HISTORY_TAG = "lockstep.champion_history"
-#: model flavor -> artifact file name under ``model/``
-FLAVORS = {"lightgbm": "model.txt", "sgd_baseline": "baseline.json"}
 #: metric recorded by ``lockstep train`` when a baseline was scored on the same validation range
 BASELINE_LIFT = "valid_auc_lift_over_baseline"
 _EVAL_TAG = "lockstep.holdback_eval."
@@ -89,7 +98,7 @@ class Candidate:
     ranges: dict = field(default_factory=dict)
     reports: dict = field(default_factory=dict)  # calibration tables, importance, histories
     #: what ``model_text`` is: ``lightgbm`` (a LightGBM model string, artifact ``model/model.txt``)
-    #: or ``sgd_baseline`` (``jobs.training.baseline.BaselineModel`` JSON, ``model/baseline.json``)
+    #: or ``sgd_baseline`` (``jobs.models.flavors.BaselineModel`` JSON, ``model/baseline.json``)
     flavor: str = "lightgbm"
     #: the baseline this candidate was compared with on the validation range (``"<name> v<version>"``)
     baseline: str | None = None
@@ -128,7 +137,7 @@ class LoadedModel:
     info: ModelInfo
     booster: object  # lightgbm.Booster (flavor ``lightgbm``), else None
     lineage: dict
-    model: object = None  # jobs.training.baseline.BaselineModel (flavor ``sgd_baseline``), else None
+    model: object = None  # jobs.models.flavors.BaselineModel (flavor ``sgd_baseline``), else None
 
     @property
     def flavor(self) -> str:
@@ -142,21 +151,21 @@ class LoadedModel:
 def check_lineage(c: Candidate) -> None:
     """Raise ``LineageError`` naming every missing or invalid lineage field."""
     from features import registry as feature_registry
-    from jobs.training.metadata import finite_metrics, is_commit
 
     problems: dict[str, str] = {}
     if c.flavor not in FLAVORS:
         problems["flavor"] = f"{c.flavor!r} is not one of {sorted(FLAVORS)}"
     if not c.code_commit:
         problems["code_commit"] = "missing (run from a git checkout or set LOCKSTEP_CODE_COMMIT)"
-    elif not is_commit(c.code_commit):
+    elif not md.is_commit(c.code_commit):
         problems["code_commit"] = f"{c.code_commit!r} is not a full commit hash"
     known = feature_registry.known_fingerprints()
     if not c.feature_set_fingerprint:
         problems["feature_set_fingerprint"] = "missing"
     elif known.get(c.feature_set_fingerprint) != c.feature_set:
-        problems["feature_set_fingerprint"] = (f"{c.feature_set_fingerprint!r} is not the current fingerprint of "
-                                               f"feature set {c.feature_set!r}")
+        problems["feature_set_fingerprint"] = (
+            f"{c.feature_set_fingerprint!r} is not the current fingerprint of feature set {c.feature_set!r}"
+        )
     if not c.training_set_fingerprints:
         problems["training_set_fingerprints"] = "missing (which training-set partitions, with content fingerprints)"
     elif not all(isinstance(v, str) and len(v) == 64 for v in c.training_set_fingerprints.values()):
@@ -170,7 +179,7 @@ def check_lineage(c: Candidate) -> None:
     if not c.metrics:
         problems["metrics"] = "missing"
     else:
-        _, bad = finite_metrics(c.metrics)
+        _, bad = md.finite_metrics(c.metrics)
         if bad:
             problems["metrics"] = f"not finite numbers: {sorted(bad)}"
         elif "holdback_auc" not in c.metrics:
@@ -199,7 +208,8 @@ def check_floor(info: ModelInfo) -> None:
     raise PromotionRefused(
         f"challenger v{info.version} does not beat {which} on the validation range "
         f"{json.loads(info.tags.get('ranges') or '{}').get('valid')}: valid AUC {own:.5f} vs baseline "
-        f"{base:.5f} (lift {lift:+.5f}); a model below the linear floor is not promoted")
+        f"{base:.5f} (lift {lift:+.5f}); a model below the linear floor is not promoted"
+    )
 
 
 def tracking_uri(cfg) -> str:
@@ -227,7 +237,7 @@ class Registry:
         uri = tracking_uri(cfg)
         artifacts = None
         if uri.startswith("sqlite:///"):
-            db = Path(uri[len("sqlite:///"):])
+            db = Path(uri[len("sqlite:///") :])
             artifacts = (db.parent / "artifacts").as_uri()
         return cls(uri, artifacts)
 
@@ -237,7 +247,7 @@ class Registry:
             from mlflow import MlflowClient
 
             if self.uri.startswith("sqlite:///"):
-                Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+                Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
             # Progress bars of artifact downloads would flood job logs.
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             self._client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
@@ -248,8 +258,6 @@ class Registry:
         """Gate, redact and register ``c`` as a new version (alias ``challenger`` by default)."""
         from mlflow.entities import Metric, Param
 
-        from jobs.training import metadata as md
-
         check_lineage(c)
         params, findings = md.sanitize("params", c.params, md.allow_param)
         raw_metrics, _ = md.finite_metrics(c.metrics)
@@ -258,10 +266,14 @@ class Registry:
         reports, more = md.redact(c.reports, "reports")
         findings += more
         lineage = {
-            "code_commit": c.code_commit, "feature_set": c.feature_set,
-            "feature_set_fingerprint": c.feature_set_fingerprint, "feature_names": list(c.feature_names),
+            "code_commit": c.code_commit,
+            "feature_set": c.feature_set,
+            "feature_set_fingerprint": c.feature_set_fingerprint,
+            "feature_names": list(c.feature_names),
             "training_set_fingerprints": dict(sorted(c.training_set_fingerprints.items())),
-            "environment_digest": c.environment_digest, "holdback": c.holdback, "ranges": c.ranges,
+            "environment_digest": c.environment_digest,
+            "holdback": c.holdback,
+            "ranges": c.ranges,
         }
         lineage, more = md.redact(lineage, "lineage")
         findings += more
@@ -269,8 +281,10 @@ class Registry:
         if redactions:
             log.warning("registry: redacted/dropped before writing: %s", "; ".join(redactions))
         tags = {
-            "code_commit": c.code_commit, "feature_set": c.feature_set,
-            "feature_set_fingerprint": c.feature_set_fingerprint, "environment_digest": c.environment_digest,
+            "code_commit": c.code_commit,
+            "feature_set": c.feature_set,
+            "feature_set_fingerprint": c.feature_set_fingerprint,
+            "environment_digest": c.environment_digest,
             "holdback_key": c.holdback.get("key", ""),
             "training_sets_digest": hashlib.sha256(md.dumps(lineage["training_set_fingerprints"]).encode()).hexdigest(),
             "ranges": md.dumps(c.ranges)[:4000],
@@ -284,14 +298,19 @@ class Registry:
         run = client.create_run(exp_id, run_name=f"{c.name}-{time.strftime('%Y%m%dT%H%M%S')}", tags=tags)
         run_id = run.info.run_id
         now = int(time.time() * 1000)
-        client.log_batch(run_id, params=[Param(k, (v if isinstance(v, str) else md.dumps(v))[:6000])
-                                         for k, v in sorted(params.items())],
-                         metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics_kept.items())])
+        client.log_batch(
+            run_id,
+            params=[Param(k, (v if isinstance(v, str) else md.dumps(v))[:6000]) for k, v in sorted(params.items())],
+            metrics=[Metric(k, v, now, 0) for k, v in sorted(metrics_kept.items())],
+        )
         with tempfile.TemporaryDirectory(prefix="lockstep-model-") as tmp:
             (Path(tmp) / FLAVORS[c.flavor]).write_text(c.model_text)
             client.log_artifact(run_id, str(Path(tmp) / FLAVORS[c.flavor]), "model")
-            for name, payload in (("lineage.json", lineage), ("reports.json", reports),
-                                  ("environment.json", c.environment)):
+            for name, payload in (
+                ("lineage.json", lineage),
+                ("reports.json", reports),
+                ("environment.json", c.environment),
+            ):
                 (Path(tmp) / name).write_text(json.dumps(payload, indent=1, sort_keys=True, default=str))
                 client.log_artifact(run_id, str(Path(tmp) / name), "meta")
         client.set_terminated(run_id)
@@ -355,15 +374,11 @@ class Registry:
             raise RegistryError(f"model {name!r} v{info.version} has flavor {flavor!r}, unknown to this code")
         with tempfile.TemporaryDirectory(prefix="lockstep-load-") as tmp:
             text = Path(self.client.download_artifacts(info.run_id, f"model/{FLAVORS[flavor]}", tmp)).read_text()
-            lineage = json.loads(Path(self.client.download_artifacts(info.run_id, "meta/lineage.json", tmp))
-                                 .read_text())
-        if flavor == "lightgbm":
-            import lightgbm as lgb
-
-            return LoadedModel(info, lgb.Booster(model_str=text), lineage)
-        from jobs.training.baseline import BaselineModel
-
-        return LoadedModel(info, None, lineage, BaselineModel.from_json(text))
+            lineage = json.loads(
+                Path(self.client.download_artifacts(info.run_id, "meta/lineage.json", tmp)).read_text()
+            )
+        booster, model = flavors.load(flavor, text)
+        return LoadedModel(info, booster, lineage, model)
 
     def _aliases(self, name: str) -> dict[int, list[str]]:
         out: dict[int, list[str]] = {}
@@ -373,15 +388,20 @@ class Registry:
 
     def _info(self, mv, aliases: dict[int, list[str]]) -> ModelInfo:
         run = self.client.get_run(mv.run_id)
-        return ModelInfo(mv.name, int(mv.version), sorted(aliases.get(int(mv.version), [])), dict(mv.tags or {}),
-                         dict(run.data.metrics), mv.run_id, mv.source)
+        return ModelInfo(
+            mv.name,
+            int(mv.version),
+            sorted(aliases.get(int(mv.version), [])),
+            dict(mv.tags or {}),
+            dict(run.data.metrics),
+            mv.run_id,
+            mv.source,
+        )
 
     # ---- champion / challenger ------------------------------------------------------------------
     def record_holdback_eval(self, name: str, version: int, key: str, metrics: dict) -> None:
         """Record ``version``'s metrics on holdback ``key`` (used to compare with a challenger)."""
-        from jobs.training.metadata import finite_metrics
-
-        good, _ = finite_metrics({k: v for k, v in metrics.items() if k in _HIGHER_IS_BETTER or k == "rows"})
+        good, _ = md.finite_metrics({k: v for k, v in metrics.items() if k in _HIGHER_IS_BETTER or k == "rows"})
         self.client.set_model_version_tag(name, str(version), _EVAL_TAG + key[:32], json.dumps(good))
 
     def promote(self, name: str, metric: str = "auc", min_delta: float = 0.0) -> ModelInfo:
@@ -402,12 +422,14 @@ class Registry:
                 raise PromotionRefused(
                     f"champion v{champion.version} has no {metric} on the challenger's holdback range "
                     f"{challenger.tags.get('ranges', '')} (key {key[:12]}); it cannot be compared — score the "
-                    "champion on that range first (`lockstep train` does when the champion's data precede it)")
+                    "champion on that range first (`lockstep train` does when the champion's data precede it)"
+                )
             better = new > old + min_delta if _HIGHER_IS_BETTER[metric] else new < old - min_delta
             if not better:
                 raise PromotionRefused(
                     f"challenger v{challenger.version} does not beat champion v{champion.version} on the same "
-                    f"holdback (key {key[:12]}): {metric} {new:.5f} vs {old:.5f} (min_delta {min_delta})")
+                    f"holdback (key {key[:12]}): {metric} {new:.5f} vs {old:.5f} (min_delta {min_delta})"
+                )
             self._push_history(name, champion.version)
         self.client.set_registered_model_alias(name, CHAMPION, str(challenger.version))
         self.client.delete_registered_model_alias(name, CHALLENGER)
@@ -466,8 +488,15 @@ class Registry:
         self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
 
     # ---- retention ------------------------------------------------------------------------------
-    def prune(self, name: str, *, references: Iterable[tuple[str, int]], keep_top_k: int = 3,
-              metric: str = "auc", dry_run: bool = False) -> dict:
+    def prune(
+        self,
+        name: str,
+        *,
+        references: Iterable[tuple[str, int]],
+        keep_top_k: int = 3,
+        metric: str = "auc",
+        dry_run: bool = False,
+    ) -> dict:
         """Delete versions that are none of: champion, challenger, rollback target, top-k by
         holdback ``metric``, referenced by a prediction table (``references``: (name, version)).
 

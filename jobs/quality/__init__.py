@@ -1,4 +1,4 @@
-"""Data-quality machinery behind ``jobs.validate``: suites, derived checks, batch combining, GE glue.
+"""Data-quality machinery behind ``jobs.quality.validate``: suites, derived checks, batch combining, GE glue.
 
 - ``suites``: load the Great Expectations suites in ``expectations/*.json`` and bind them to a
   feature set (``${entity}``/``${features}`` placeholders, spec-derived expectations).

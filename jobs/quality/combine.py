@@ -15,6 +15,7 @@ verdict over the whole partition:
 ``manifest``  expectations with ``meta.applies_to == "manifest"``: validated by GE on a one-row
               frame of the partition manifest's producer fields.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,21 +28,30 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from jobs.quality.errors import SuiteError
 from jobs.quality.keys import DEFAULT_MAX_IN_MEMORY, KeyTracker, key_values
-from jobs.quality.suites import SuiteError
 
-SCHEMA_TYPES = frozenset({
-    "expect_table_columns_to_match_ordered_list", "expect_table_columns_to_match_set",
-    "expect_column_to_exist", "expect_table_column_count_to_equal",
-    "expect_column_values_to_be_of_type", "expect_column_values_to_be_in_type_list",
-})
+SCHEMA_TYPES = frozenset(
+    {
+        "expect_table_columns_to_match_ordered_list",
+        "expect_table_columns_to_match_set",
+        "expect_column_to_exist",
+        "expect_table_column_count_to_equal",
+        "expect_column_values_to_be_of_type",
+        "expect_column_values_to_be_in_type_list",
+    }
+)
 ROW_TYPES = frozenset({"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"})
 UNIQUE_TYPES = frozenset({"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"})
-AGG_TYPES = frozenset({
-    "expect_column_min_to_be_between", "expect_column_max_to_be_between",
-    "expect_column_mean_to_be_between", "expect_column_sum_to_be_between",
-    "expect_column_proportion_of_non_null_values_to_be_between",
-})
+AGG_TYPES = frozenset(
+    {
+        "expect_column_min_to_be_between",
+        "expect_column_max_to_be_between",
+        "expect_column_mean_to_be_between",
+        "expect_column_sum_to_be_between",
+        "expect_column_proportion_of_non_null_values_to_be_between",
+    }
+)
 NOT_NULL = "expect_column_values_to_not_be_null"
 _map_types: dict[str, bool] = {}
 
@@ -51,8 +61,7 @@ def kind_of(expectation: dict) -> str:
     t = expectation["type"]
     if (expectation.get("meta") or {}).get("applies_to") == "manifest":
         return "manifest"
-    for kind, types in (("schema", SCHEMA_TYPES), ("rows", ROW_TYPES), ("unique", UNIQUE_TYPES),
-                        ("agg", AGG_TYPES)):
+    for kind, types in (("schema", SCHEMA_TYPES), ("rows", ROW_TYPES), ("unique", UNIQUE_TYPES), ("agg", AGG_TYPES)):
         if t in types:
             return kind
     if t not in _map_types:
@@ -67,12 +76,13 @@ def kind_of(expectation: dict) -> str:
             impl = get_expectation_impl(t)
         except Exception:  # noqa: BLE001 - GE raises its own error types for an unknown name
             raise SuiteError(f"unknown expectation type {t!r}") from None
-        _map_types[t] = issubclass(impl, (ColumnMapExpectation, ColumnPairMapExpectation,
-                                          MulticolumnMapExpectation))
+        _map_types[t] = issubclass(impl, (ColumnMapExpectation, ColumnPairMapExpectation, MulticolumnMapExpectation))
     if not _map_types[t]:
-        raise SuiteError(f"expectation type {t!r} is a table-level aggregate that is not combined "
-                         "across batches; supported ones: "
-                         f"{', '.join(sorted(SCHEMA_TYPES | ROW_TYPES | UNIQUE_TYPES | AGG_TYPES))}")
+        raise SuiteError(
+            f"expectation type {t!r} is a table-level aggregate that is not combined "
+            "across batches; supported ones: "
+            f"{', '.join(sorted(SCHEMA_TYPES | ROW_TYPES | UNIQUE_TYPES | AGG_TYPES))}"
+        )
     return "map"
 
 
@@ -147,35 +157,54 @@ class Outcome:
         result: dict[str, Any] = {}
         if self.element_count is not None:
             n, u, m = self.element_count, self.unexpected_count or 0, self.missing_count or 0
-            result.update(element_count=n, unexpected_count=u, missing_count=m,
-                          unexpected_percent=100.0 * u / n if n else None,
-                          missing_percent=100.0 * m / n if n else None,
-                          unexpected_percent_total=100.0 * u / n if n else None,
-                          unexpected_percent_nonmissing=100.0 * u / (n - m) if n - m else None,
-                          partial_unexpected_list=d["sample"])
+            result.update(
+                element_count=n,
+                unexpected_count=u,
+                missing_count=m,
+                unexpected_percent=100.0 * u / n if n else None,
+                missing_percent=100.0 * m / n if n else None,
+                unexpected_percent_total=100.0 * u / n if n else None,
+                unexpected_percent_nonmissing=100.0 * u / (n - m) if n - m else None,
+                partial_unexpected_list=d["sample"],
+            )
         if self.observed is not None or self.element_count is None:
             result["observed_value"] = d["observed"]
-        if self.type in ("expect_table_columns_to_match_ordered_list", "expect_table_columns_to_match_set") \
-                and not isinstance(result.get("observed_value"), list):
+        if self.type in (
+            "expect_table_columns_to_match_ordered_list",
+            "expect_table_columns_to_match_set",
+        ) and not isinstance(result.get("observed_value"), list):
             result["observed_value"] = []  # GE's page renderer lists these columns
         if self.details:
             result["details"] = d["details"]
         exc = None
         if self.error or self.skipped:
-            exc = {"raised_exception": True, "exception_message": self.error or f"not evaluated: {self.skipped}",
-                   "exception_traceback": ""}
-        config = ExpectationConfiguration(type=self.type, kwargs=d["kwargs"], meta=d["meta"],
-                                          notes=self.notes, id=self.id)
-        return ExpectationValidationResult(success=self.success, expectation_config=config,
-                                           result=result, exception_info=exc)
+            exc = {
+                "raised_exception": True,
+                "exception_message": self.error or f"not evaluated: {self.skipped}",
+                "exception_traceback": "",
+            }
+        config = ExpectationConfiguration(
+            type=self.type, kwargs=d["kwargs"], meta=d["meta"], notes=self.notes, id=self.id
+        )
+        return ExpectationValidationResult(
+            success=self.success, expectation_config=config, result=result, exception_info=exc
+        )
 
 
 class Evaluation:
     """Accumulates one suite's verdicts over the batches of one partition."""
 
-    def __init__(self, expectations: list[dict], schema: pa.Schema, *, manifest: dict | None = None,
-                 skipped: dict[str, str] | None = None, sample_size: int = 10,
-                 max_keys_in_memory: int = DEFAULT_MAX_IN_MEMORY, spill_dir: str | None = None):
+    def __init__(
+        self,
+        expectations: list[dict],
+        schema: pa.Schema,
+        *,
+        manifest: dict | None = None,
+        skipped: dict[str, str] | None = None,
+        sample_size: int = 10,
+        max_keys_in_memory: int = DEFAULT_MAX_IN_MEMORY,
+        spill_dir: str | None = None,
+    ):
         self.schema = schema
         self.manifest = manifest
         self.sample_size = sample_size
@@ -190,8 +219,13 @@ class Evaluation:
         names = set(schema.names)
         skipped = skipped or {}
         for e in expectations:
-            o = Outcome(id=e["id"], type=e["type"], kwargs=dict(e["kwargs"]), notes=e.get("notes") or "",
-                        meta=dict(e.get("meta") or {}))
+            o = Outcome(
+                id=e["id"],
+                type=e["type"],
+                kwargs=dict(e["kwargs"]),
+                notes=e.get("notes") or "",
+                meta=dict(e.get("meta") or {}),
+            )
             self.outcomes.append(o)
             if e["id"] in skipped:
                 o.skipped = skipped[e["id"]]
@@ -294,17 +328,19 @@ class Evaluation:
             want = list(kw["column_list"])
             o.observed = names
             o.success = names == want
-            o.details = {"missing": [c for c in want if c not in names],
-                         "unexpected": [c for c in names if c not in want]}
+            o.details = {
+                "missing": [c for c in want if c not in names],
+                "unexpected": [c for c in names if c not in want],
+            }
             if not o.success and not (o.details["missing"] or o.details["unexpected"]):
-                o.details["mismatched"] = [f"{i}: expected {w}, found {f}" for i, (w, f)
-                                           in enumerate(zip(want, names)) if w != f]
+                o.details["mismatched"] = [
+                    f"{i}: expected {w}, found {f}" for i, (w, f) in enumerate(zip(want, names)) if w != f
+                ]
         elif o.type == "expect_table_columns_to_match_set":
             want = set(kw["column_set"])
             o.observed = names
             o.details = {"missing": sorted(want - set(names)), "unexpected": sorted(set(names) - want)}
-            o.success = not o.details["missing"] and (not kw.get("exact_match", True)
-                                                      or not o.details["unexpected"])
+            o.success = not o.details["missing"] and (not kw.get("exact_match", True) or not o.details["unexpected"])
         elif o.type == "expect_column_to_exist":
             o.observed = kw["column"] in names
             o.success = bool(o.observed)
@@ -385,13 +421,28 @@ class Evaluation:
         o.sample = list(r.result.get("partial_unexpected_list") or [])
 
 
-def evaluate(expectations: list[dict], batches, schema: pa.Schema, *, manifest: dict | None = None,
-             skipped: dict[str, str] | None = None, reread=None, sample_size: int = 10,
-             max_keys_in_memory: int = DEFAULT_MAX_IN_MEMORY, spill_dir: str | None = None
-             ) -> tuple[list[Outcome], int, int]:
+def evaluate(
+    expectations: list[dict],
+    batches,
+    schema: pa.Schema,
+    *,
+    manifest: dict | None = None,
+    skipped: dict[str, str] | None = None,
+    reread=None,
+    sample_size: int = 10,
+    max_keys_in_memory: int = DEFAULT_MAX_IN_MEMORY,
+    spill_dir: str | None = None,
+) -> tuple[list[Outcome], int, int]:
     """(outcomes, rows, batches) of resolved `expectations` over `batches`."""
-    ev = Evaluation(expectations, schema, manifest=manifest, skipped=skipped, sample_size=sample_size,
-                    max_keys_in_memory=max_keys_in_memory, spill_dir=spill_dir)
+    ev = Evaluation(
+        expectations,
+        schema,
+        manifest=manifest,
+        skipped=skipped,
+        sample_size=sample_size,
+        max_keys_in_memory=max_keys_in_memory,
+        spill_dir=spill_dir,
+    )
     try:
         for df in batches:
             ev.add(df)
@@ -406,8 +457,10 @@ def manifest_fields(manifest: dict | None) -> dict[str, Any]:
     own scalar fields (``table``, ``ds``, ``rows``, ``content_fingerprint``, ``created_at``)."""
     if not manifest:
         return {}
-    out = {k: v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str)
-           for k, v in (manifest.get("producer") or {}).items()}
+    out = {
+        k: v if isinstance(v, (str, int, float, bool)) or v is None else json.dumps(v, default=str)
+        for k, v in (manifest.get("producer") or {}).items()
+    }
     for k in ("table", "ds", "rows", "content_fingerprint", "created_at"):
         if k in manifest and k not in out:
             out[k] = manifest[k]
@@ -417,8 +470,9 @@ def manifest_fields(manifest: dict | None) -> dict[str, Any]:
 def _gx_suite(name: str, outcomes):
     import great_expectations as gx
 
-    return gx.ExpectationSuite(name=name, expectations=[{"type": o.type, "kwargs": o.kwargs, "id": o.id}
-                                                        for o in outcomes])
+    return gx.ExpectationSuite(
+        name=name, expectations=[{"type": o.type, "kwargs": o.kwargs, "id": o.id} for o in outcomes]
+    )
 
 
 def _columns_reread(reread, tracker):

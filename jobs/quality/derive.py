@@ -21,6 +21,7 @@ Rules (``derive`` section of a suite's ``meta.lockstep``):
     features with a non-null default (counts, sums) are never null; lifetime ``days_since_*`` are
     never null either, since every row's entity has at least one visible event.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -39,19 +40,38 @@ def derived_expectations(fs, derive: dict, source_bounds: dict[str, tuple[Any, A
     if schema is not None:
         query_cols = [tuple(c) for c in schema.get("query_columns", [])]
         cols = output_columns(fs, query_cols)
-        out.append(_exp("expect_table_columns_to_match_ordered_list",
-                        {"column_list": [c for c, _ in cols]},
-                        f"Schema drift: the columns of a {fs.name} table, in order, as the kernel "
-                        "writes them (features.kernel.output_columns).", "schema drift", fs))
-        out += [_exp("expect_column_values_to_be_of_type", {"column": c, "type_": t},
-                     f"Schema drift: {c} is {t} as the kernel writes it.", "schema drift", fs)
-                for c, t in cols]
+        out.append(
+            _exp(
+                "expect_table_columns_to_match_ordered_list",
+                {"column_list": [c for c, _ in cols]},
+                f"Schema drift: the columns of a {fs.name} table, in order, as the kernel "
+                "writes them (features.kernel.output_columns).",
+                "schema drift",
+                fs,
+            )
+        )
+        out += [
+            _exp(
+                "expect_column_values_to_be_of_type",
+                {"column": c, "type_": t},
+                f"Schema drift: {c} is {t} as the kernel writes it.",
+                "schema drift",
+                fs,
+            )
+            for c, t in cols
+        ]
     elif feats.get("types"):
         integer = {f.name for f in fs.features if f.is_integer}
-        out += [_exp("expect_column_values_to_be_of_type",
-                     {"column": f.name, "type_": "int64" if f.name in integer else "double"},
-                     f"Schema drift: feature {f.name} keeps the kernel's type.", "schema drift", fs)
-                for f in fs.features]
+        out += [
+            _exp(
+                "expect_column_values_to_be_of_type",
+                {"column": f.name, "type_": "int64" if f.name in integer else "double"},
+                f"Schema drift: feature {f.name} keeps the kernel's type.",
+                "schema drift",
+                fs,
+            )
+            for f in fs.features
+        ]
     if feats.get("ranges"):
         out += _ranges(fs, source_bounds)
     if feats.get("not_null"):
@@ -96,9 +116,16 @@ def _ranges(fs, source_bounds) -> list[dict]:
             kw["min_value"] = lo
         if hi != _INF:
             kw["max_value"] = hi
-        out.append(_exp("expect_column_values_to_be_between", kw,
-                        f"Feature outside its physical range: {f.name} ({_describe(f)}) is within "
-                        f"[{_fmt(lo)}, {_fmt(hi)}].", "feature outside its physical range", fs, f))
+        out.append(
+            _exp(
+                "expect_column_values_to_be_between",
+                kw,
+                f"Feature outside its physical range: {f.name} ({_describe(f)}) is within [{_fmt(lo)}, {_fmt(hi)}].",
+                "feature outside its physical range",
+                fs,
+                f,
+            )
+        )
     by_key: dict[tuple, list] = {}
     for f in fs.features:
         if f.agg == "count" or (f.agg == "sum" and _src(source_bounds, f.column)[0] >= 0):
@@ -108,19 +135,31 @@ def _ranges(fs, source_bounds) -> list[dict]:
         for short, long in itertools.pairwise(group):
             if short.window_days == long.window_days:
                 continue
-            out.append(_exp("expect_column_pair_values_a_to_be_greater_than_b",
-                            {"column_A": long.name, "column_B": short.name, "or_equal": True},
-                            f"Window logic: {long.name} covers {short.name}'s window and more, so it is "
-                            "never smaller (a broken window boundary or a prefix-sum shortcut breaks this).",
-                            "feature outside its physical range", fs, long))
+            out.append(
+                _exp(
+                    "expect_column_pair_values_a_to_be_greater_than_b",
+                    {"column_A": long.name, "column_B": short.name, "or_equal": True},
+                    f"Window logic: {long.name} covers {short.name}'s window and more, so it is "
+                    "never smaller (a broken window boundary or a prefix-sum shortcut breaks this).",
+                    "feature outside its physical range",
+                    fs,
+                    long,
+                )
+            )
     firsts = {f.window_days: f for f in fs.features if f.agg == "days_since_first"}
     for last in (f for f in fs.features if f.agg == "days_since_last"):
         if last.window_days in firsts:
             first = firsts[last.window_days]
-            out.append(_exp("expect_column_pair_values_a_to_be_greater_than_b",
-                            {"column_A": first.name, "column_B": last.name, "or_equal": True},
-                            f"Feature logic: the first event ({first.name}) is never more recent than the "
-                            f"last ({last.name}).", "feature outside its physical range", fs, first))
+            out.append(
+                _exp(
+                    "expect_column_pair_values_a_to_be_greater_than_b",
+                    {"column_A": first.name, "column_B": last.name, "or_equal": True},
+                    f"Feature logic: the first event ({first.name}) is never more recent than the last ({last.name}).",
+                    "feature outside its physical range",
+                    fs,
+                    first,
+                )
+            )
     return out
 
 
@@ -130,11 +169,21 @@ def _not_null(fs) -> list[dict]:
         lifetime_recency = f.agg in ("days_since_last", "days_since_first") and f.window_days is None
         if f.default is None and not lifetime_recency:
             continue
-        why = (f"its default is {f.default!r}" if f.default is not None
-               else "every row's entity has at least one visible event")
-        out.append(_exp("expect_column_values_to_not_be_null", {"column": f.name},
-                        f"Null-rate spike: {f.name} is never null ({why}); a null means the kernel "
-                        "or a join lost the value.", "null-rate spike", fs, f))
+        why = (
+            f"its default is {f.default!r}"
+            if f.default is not None
+            else "every row's entity has at least one visible event"
+        )
+        out.append(
+            _exp(
+                "expect_column_values_to_not_be_null",
+                {"column": f.name},
+                f"Null-rate spike: {f.name} is never null ({why}); a null means the kernel or a join lost the value.",
+                "null-rate spike",
+                fs,
+                f,
+            )
+        )
     return out
 
 

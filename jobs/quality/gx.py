@@ -4,6 +4,7 @@ and Data Docs under the lake.
 GE takes seconds to import and set up, so the context, its pandas datasource and batch
 definition are created once per process and shared by every validation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,7 @@ def validate_frame(suite, df, sample_size: int) -> dict[str, Any]:
     """Validate one pandas frame against a ``gx.ExpectationSuite``; results by expectation id."""
     context()
     batch = _state["batch_definition"].get_batch(batch_parameters={"dataframe": df})
-    res = batch.validate(suite, result_format={"result_format": "BASIC",
-                                               "partial_unexpected_count": sample_size})
+    res = batch.validate(suite, result_format={"result_format": "BASIC", "partial_unexpected_count": sample_size})
     return {r.expectation_config.id: r for r in res.results}
 
 
@@ -59,8 +59,9 @@ def exception_message(result) -> str | None:
     return None
 
 
-def render_docs(lake, suite, suite_result, run_name: str, batch_identifier: str,
-                run_time, build_index: bool = True) -> str:
+def render_docs(
+    lake, suite, suite_result, run_name: str, batch_identifier: str, run_time, build_index: bool = True
+) -> str:
     """Store `suite_result` (an ExpectationSuiteValidationResult) and render its Data Docs page
     under ``<lake>/_data_docs/``; returns the page's path (a URL for a non-local lake).
 
@@ -75,16 +76,21 @@ def render_docs(lake, suite, suite_result, run_name: str, batch_identifier: str,
 
     with _lock:
         sid = ExpectationSuiteIdentifier(name=suite.name)
-        key = ValidationResultIdentifier(expectation_suite_identifier=sid,
-                                         run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-                                         batch_identifier=batch_identifier)
+        key = ValidationResultIdentifier(
+            expectation_suite_identifier=sid,
+            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
+            batch_identifier=batch_identifier,
+        )
         if not lake.is_local:
             return _render_single(lake, suite_result, key)
         site, vstore, estore = _site(lake)
         vstore.set(key, suite_result)
         rendered = _state.setdefault("suite_pages", set())
-        page = (lake.path(DOCS_DIR), suite.name, hashlib.sha1(
-            json.dumps(suite.to_json_dict(), sort_keys=True, default=str).encode()).hexdigest())
+        page = (
+            lake.path(DOCS_DIR),
+            suite.name,
+            hashlib.sha1(json.dumps(suite.to_json_dict(), sort_keys=True, default=str).encode()).hexdigest(),
+        )
         resources = [key]
         if page not in rendered:  # the suite's own page: once per process, or when it changed
             estore.set(sid, suite)
@@ -110,22 +116,43 @@ def _site(lake):
     tag = hashlib.sha1(root.encode()).hexdigest()[:12]
     backend = {"class_name": "TupleFilesystemStoreBackend"}
     vname, ename = f"lockstep_validations_{tag}", f"lockstep_suites_{tag}"
-    vstore = ctx.add_store(vname, {"class_name": "ValidationResultsStore",
-                                   "store_backend": {**backend, "base_directory": f"{root}/_store/validations"}})
-    estore = ctx.add_store(ename, {"class_name": "ExpectationsStore",
-                                   "store_backend": {**backend, "base_directory": f"{root}/_store/expectations"}})
+    vstore = ctx.add_store(
+        vname,
+        {
+            "class_name": "ValidationResultsStore",
+            "store_backend": {**backend, "base_directory": f"{root}/_store/validations"},
+        },
+    )
+    estore = ctx.add_store(
+        ename,
+        {
+            "class_name": "ExpectationsStore",
+            "store_backend": {**backend, "base_directory": f"{root}/_store/expectations"},
+        },
+    )
     site = SiteBuilder(
-        data_context=ctx, site_name="lockstep", show_how_to_buttons=False,
+        data_context=ctx,
+        site_name="lockstep",
+        show_how_to_buttons=False,
         store_backend={**backend, "base_directory": root},
         site_section_builders={
-            "expectations": {"class_name": "DefaultSiteSectionBuilder", "source_store_name": ename,
-                             "renderer": {"class_name": "ExpectationSuitePageRenderer"}},
-            "validations": {"class_name": "DefaultSiteSectionBuilder", "source_store_name": vname,
-                            "renderer": {"class_name": "ValidationResultsPageRenderer"}},
+            "expectations": {
+                "class_name": "DefaultSiteSectionBuilder",
+                "source_store_name": ename,
+                "renderer": {"class_name": "ExpectationSuitePageRenderer"},
+            },
+            "validations": {
+                "class_name": "DefaultSiteSectionBuilder",
+                "source_store_name": vname,
+                "renderer": {"class_name": "ValidationResultsPageRenderer"},
+            },
             "profiling": "0",
         },
-        site_index_builder={"class_name": "DefaultSiteIndexBuilder", "show_cta_footer": False,
-                            "validation_results_limit": INDEX_LIMIT},
+        site_index_builder={
+            "class_name": "DefaultSiteIndexBuilder",
+            "show_cta_footer": False,
+            "validation_results_limit": INDEX_LIMIT,
+        },
     )
     _state[root] = (site, vstore, estore)
     return _state[root]

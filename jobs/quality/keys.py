@@ -7,6 +7,7 @@ up to a limit, then spilled to bucket files on local disk by key hash, so a dupl
 two batches — or two spill buckets' worth of data — is still found: equal keys always share a
 bucket. A key is duplicated when it appears with two or more distinct contents.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +29,14 @@ _HASH_KEY = "lockstep-uniq-k1"
 class KeyTracker:
     """Finds duplicated keys over a stream of DataFrames."""
 
-    def __init__(self, columns: list[str], identical_on: list[str] | None = None,
-                 max_in_memory: int = DEFAULT_MAX_IN_MEMORY, spill_dir: str | None = None,
-                 exact: bool | None = None):
+    def __init__(
+        self,
+        columns: list[str],
+        identical_on: list[str] | None = None,
+        max_in_memory: int = DEFAULT_MAX_IN_MEMORY,
+        spill_dir: str | None = None,
+        exact: bool | None = None,
+    ):
         self.columns = list(columns)
         self.identical_on = list(identical_on) if identical_on else None
         self.max_in_memory = max(1, int(max_in_memory))
@@ -154,8 +160,7 @@ def _hash(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
             canon[c] = s.dt.as_unit("us").array.asi8
         else:
             canon[c] = s.astype(object).where(s.notna(), None).to_numpy()
-    return pd.util.hash_pandas_object(pd.DataFrame(canon, index=df.index), index=False,
-                                      hash_key=_HASH_KEY).to_numpy()
+    return pd.util.hash_pandas_object(pd.DataFrame(canon, index=df.index), index=False, hash_key=_HASH_KEY).to_numpy()
 
 
 def _dups(keys: np.ndarray, contents: np.ndarray) -> tuple[int, np.ndarray]:
@@ -187,8 +192,9 @@ def _plain(v):
     return v
 
 
-def key_values(tracker: KeyTracker, dup_keys: np.ndarray, limit: int,
-               reread: Callable[[], Iterator[pd.DataFrame]] | None) -> list:
+def key_values(
+    tracker: KeyTracker, dup_keys: np.ndarray, limit: int, reread: Callable[[], Iterator[pd.DataFrame]] | None
+) -> list:
     """Sample values of duplicated keys: the keys themselves when exact, else from a second pass
     (``reread``), else the hashes."""
     if tracker.exact:

@@ -13,12 +13,13 @@ Two extensions of GE's JSON, both resolved here:
 - ``${entity}``, ``${feature_set}`` in strings, and a ``"${features}"`` list item (the feature
   names, in order), bound from the feature set when the suite is loaded;
 - ``{"$PARAMETER": "expr"}`` is GE's own suite parameter (``previous_rows * 0.2``), bound per
-  partition by ``jobs.validate`` (see each suite's ``meta.lockstep.parameters``).
+  partition by ``jobs.quality.validate`` (see each suite's ``meta.lockstep.parameters``).
 
 Per-expectation ``meta`` keys read here: ``risk`` (what it guards), ``applies_to: "manifest"``
 (checked against the partition manifest's producer fields, not the rows), and
 ``ignore_identical_rows_on`` (uniqueness that counts exact re-deliveries once).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,13 +31,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from jobs.quality.errors import SuiteError
+
 DATASETS = ("raw_events", "feature_snapshots", "training_sets", "predictions", "serving_logs")
 DEFAULT_FEATURE_SET = "customer_activity_v1"
 _ID_NAMESPACE = uuid.UUID("6d1f3c2e-8a55-4d7b-9a51-6c0e3f1b2a77")
-
-
-class SuiteError(ValueError):
-    """A suite file is missing, malformed, or uses an expectation that cannot be combined."""
 
 
 def expectations_dir() -> Path:
@@ -59,8 +58,12 @@ class Suite:
 
     def to_json_dict(self) -> dict:
         """The bound suite in GE's JSON form (``gx.ExpectationSuite(**d)`` reads it back)."""
-        return {"name": self.name, "expectations": copy.deepcopy(list(self.expectations)),
-                "meta": copy.deepcopy(self.meta), "notes": self.notes}
+        return {
+            "name": self.name,
+            "expectations": copy.deepcopy(list(self.expectations)),
+            "meta": copy.deepcopy(self.meta),
+            "notes": self.notes,
+        }
 
     def to_gx(self):
         """The suite as a ``great_expectations.ExpectationSuite``."""
@@ -92,6 +95,11 @@ def load_suite(dataset: str, feature_set: str | None = None) -> Suite:
     return _load(dataset, feature_set)
 
 
+def clear_cache() -> None:
+    """Forget the suites loaded so far (``load_suite`` caches them): the next load reads the files again."""
+    _load.cache_clear()
+
+
 @lru_cache(maxsize=64)
 def _load(dataset: str, feature_set: str | None) -> Suite:
     from jobs.quality import combine, derive
@@ -116,8 +124,15 @@ def _load(dataset: str, feature_set: str | None) -> Suite:
         combine.kind_of(e)  # raises SuiteError for a type that cannot be combined across batches
         e["id"] = str(uuid.uuid5(_ID_NAMESPACE, f"{name}|{i}|{json.dumps(e, sort_keys=True, default=str)}"))
     table = _bind(lock.get("table", dataset), binding)
-    suite = Suite(dataset=dataset, name=name, table=table, feature_set=feature_set,
-                  expectations=tuple(expectations), meta=meta, notes=raw.get("notes"))
+    suite = Suite(
+        dataset=dataset,
+        name=name,
+        table=table,
+        feature_set=feature_set,
+        expectations=tuple(expectations),
+        meta=meta,
+        notes=raw.get("notes"),
+    )
     try:  # GE checks every expectation's kwargs (names, types) when it builds the suite
         suite.to_gx()
     except Exception as exc:  # noqa: BLE001 - pydantic and GE errors alike: the file is wrong
@@ -135,7 +150,8 @@ def source_bounds() -> dict[str, tuple[float | None, float | None]]:
             continue
         lo, hi = kw.get("min_value"), kw.get("max_value")
         if any(isinstance(v, dict) for v in (lo, hi)) or not all(
-                v is None or isinstance(v, (int, float)) for v in (lo, hi)):
+            v is None or isinstance(v, (int, float)) for v in (lo, hi)
+        ):
             continue
         old_lo, old_hi = out.get(kw["column"], (None, None))
         out[kw["column"]] = (_tighter(old_lo, lo, max), _tighter(old_hi, hi, min))
@@ -161,8 +177,7 @@ def parameter_names(expression: str) -> list[str]:
     """The variable names an expression such as ``previous_rows * 0.2`` refers to."""
     import re
 
-    return [t for t in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression)
-            if t not in ("trunc", "round", "abs")]
+    return [t for t in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expression) if t not in ("trunc", "round", "abs")]
 
 
 def _evaluate(expr: str, params: dict[str, Any]) -> Any:

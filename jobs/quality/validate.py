@@ -20,14 +20,13 @@ renders GE Data Docs under ``<lake>/_data_docs/``. A failure:
 Jobs that produce a dataset validate before publishing: ``write_partition(..., gate=gate_for(cfg,
 dataset))`` quarantines the staged files instead of publishing them.
 """
+
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import logging
 import os
-import sys
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -43,15 +42,14 @@ from jobs.lake import (
     MissingPartitionError,
     StagedPartition,
     Table,
-    _check_ds,
-    _day_range,
+    check_ds,
+    day_range,
+    normalise_schema,
 )
 from jobs.quality.combine import Outcome, evaluate
 from jobs.quality.suites import (
     DATASETS,
-    DEFAULT_FEATURE_SET,
     Suite,
-    SuiteError,
     load_suite,
     resolve,
 )
@@ -64,8 +62,17 @@ DEFAULT_BATCH_ROWS = 100_000
 #: Failed expectations listed in an error message (all of them are in the report).
 MAX_LISTED = 25
 
-__all__ = ["DATASETS", "DataQualityError", "ValidationResult", "gate_for", "load_suite",
-           "partition_parameters", "validate_frame_batches", "validate_partition", "validate_range"]
+__all__ = [
+    "DATASETS",
+    "DataQualityError",
+    "ValidationResult",
+    "gate_for",
+    "load_suite",
+    "partition_parameters",
+    "validate_frame_batches",
+    "validate_partition",
+    "validate_range",
+]
 
 
 # ---- results --------------------------------------------------------------------------------
@@ -102,11 +109,16 @@ class ValidationResult:
     def describe(self, max_listed: int = MAX_LISTED) -> str:
         """A readable verdict: what failed, how many rows, sample values, where the report is."""
         evaluated = [o for o in self.outcomes if not o.skipped]
-        verdict = (f"passed all {len(evaluated)} expectations" if self.success else
-                   f"FAILED {len(self.failed)} of {len(evaluated)} expectations")
-        head = (f"data quality {self.dataset} {self.partition}: {verdict} "
-                f"({self.rows} rows in {self.batches} batch{'es' if self.batches != 1 else ''}, "
-                f"suite {self.suite})")
+        verdict = (
+            f"passed all {len(evaluated)} expectations"
+            if self.success
+            else f"FAILED {len(self.failed)} of {len(evaluated)} expectations"
+        )
+        head = (
+            f"data quality {self.dataset} {self.partition}: {verdict} "
+            f"({self.rows} rows in {self.batches} batch{'es' if self.batches != 1 else ''}, "
+            f"suite {self.suite})"
+        )
         lines = [head]
         for i, o in enumerate(self.failed[:max_listed], 1):
             lines.append(f"  {i}. {o.headline()} [{o.risk}]: {o.summary()}")
@@ -138,17 +150,34 @@ class ValidationResult:
 
         results = [o.to_gx() for o in self.outcomes]
         n, ok = len(results), sum(1 for o in self.outcomes if o.success)
-        meta = {"run_id": {"run_name": self._run_name(), "run_time": self.validated_at},
-                "batch_spec": {"table": self.table, "ds": self.ds or "", "rows": self.rows,
-                               "batches": self.batches, "dataset": self.dataset},
-                "lockstep": {"parameters": self.parameters, "quarantine": self.quarantine_path,
-                             "content_fingerprint": (self.manifest or {}).get("content_fingerprint")}}
+        meta = {
+            "run_id": {"run_name": self._run_name(), "run_time": self.validated_at},
+            "batch_spec": {
+                "table": self.table,
+                "ds": self.ds or "",
+                "rows": self.rows,
+                "batches": self.batches,
+                "dataset": self.dataset,
+            },
+            "lockstep": {
+                "parameters": self.parameters,
+                "quarantine": self.quarantine_path,
+                "content_fingerprint": (self.manifest or {}).get("content_fingerprint"),
+            },
+        }
         return ExpectationSuiteValidationResult(
-            success=self.success, results=results, suite_name=self.suite, meta=meta,
+            success=self.success,
+            results=results,
+            suite_name=self.suite,
+            meta=meta,
             suite_parameters=self.parameters,
-            statistics={"evaluated_expectations": n, "successful_expectations": ok,
-                        "unsuccessful_expectations": n - ok,
-                        "success_percent": 100.0 * ok / n if n else 100.0})
+            statistics={
+                "evaluated_expectations": n,
+                "successful_expectations": ok,
+                "unsuccessful_expectations": n - ok,
+                "success_percent": 100.0 * ok / n if n else 100.0,
+            },
+        )
 
     def _run_name(self) -> str:
         return f"ds={self.ds}" if self.ds else "frames"
@@ -200,10 +229,17 @@ class DataQualityError(Exception):
     def alert_fields(self) -> dict[str, Any]:
         """What ``jobs.alerts`` puts in an alert."""
         r = self.result
-        return {"title": f"data quality failed: {r.dataset} {r.partition}",
-                "what": "data quality", "where": r.partition, "dataset": r.dataset,
-                "partition": r.partition, "failed": [o.headline() for o in r.failed],
-                "reason": str(self), "report": r.report_path, "quarantine": r.quarantine_path}
+        return {
+            "title": f"data quality failed: {r.dataset} {r.partition}",
+            "what": "data quality",
+            "where": r.partition,
+            "dataset": r.dataset,
+            "partition": r.partition,
+            "failed": [o.headline() for o in r.failed],
+            "reason": str(self),
+            "report": r.report_path,
+            "quarantine": r.quarantine_path,
+        }
 
 
 def _error_from_json(d: dict) -> DataQualityError:
@@ -216,13 +252,20 @@ def table_name(dataset: str, feature_set: str | None = None) -> str:
     return load_suite(dataset, feature_set).table
 
 
-def validate_frame_batches(dataset: str | Suite, batches: Iterable[pd.DataFrame], *,
-                           schema: pa.Schema | None = None, params: dict | None = None,
-                           manifest: dict | Manifest | None = None, feature_set: str | None = None,
-                           table: str | None = None, ds: str | None = None,
-                           reread: Callable[[], Iterator[pd.DataFrame]] | None = None,
-                           sample_size: int = 10, max_keys_in_memory: int | None = None
-                           ) -> ValidationResult:
+def validate_frame_batches(
+    dataset: str | Suite,
+    batches: Iterable[pd.DataFrame],
+    *,
+    schema: pa.Schema | None = None,
+    params: dict | None = None,
+    manifest: dict | Manifest | None = None,
+    feature_set: str | None = None,
+    table: str | None = None,
+    ds: str | None = None,
+    reread: Callable[[], Iterator[pd.DataFrame]] | None = None,
+    sample_size: int = 10,
+    max_keys_in_memory: int | None = None,
+) -> ValidationResult:
     """Validate a stream of DataFrames (one partition's rows) against a dataset's suite.
 
     Pure: no lake, no quarantine, no alert. ``schema`` is the stored Arrow schema (default: that of
@@ -247,17 +290,29 @@ def validate_frame_batches(dataset: str | Suite, batches: Iterable[pd.DataFrame]
         if missing:
             skipped[e["id"]] = f"no value for parameter(s) {missing}"
     extra = {} if max_keys_in_memory is None else {"max_keys_in_memory": max_keys_in_memory}
-    outcomes, rows, n = evaluate(resolved, it, schema, manifest=manifest, skipped=skipped,
-                                 reread=reread, sample_size=sample_size, **extra)
+    outcomes, rows, n = evaluate(
+        resolved, it, schema, manifest=manifest, skipped=skipped, reread=reread, sample_size=sample_size, **extra
+    )
     return ValidationResult(
-        dataset=suite.dataset, suite=suite.name, table=table or suite.table, ds=ds,
-        success=all(o.success for o in outcomes), rows=rows, batches=n, outcomes=outcomes,
-        parameters=_jsonable(params), manifest=manifest, feature_set=suite.feature_set,
-        validated_at=_now().isoformat(), run_id=uuid.uuid4().hex)
+        dataset=suite.dataset,
+        suite=suite.name,
+        table=table or suite.table,
+        ds=ds,
+        success=all(o.success for o in outcomes),
+        rows=rows,
+        batches=n,
+        outcomes=outcomes,
+        parameters=_jsonable(params),
+        manifest=manifest,
+        feature_set=suite.feature_set,
+        validated_at=_now().isoformat(),
+        run_id=uuid.uuid4().hex,
+    )
 
 
-def partition_parameters(table: Table, ds: str, *, manifest: Manifest | None,
-                         validated_at: pd.Timestamp | None = None) -> dict[str, Any]:
+def partition_parameters(
+    table: Table, ds: str, *, manifest: Manifest | None, validated_at: pd.Timestamp | None = None
+) -> dict[str, Any]:
     """The suite parameters of partition ``ds`` of ``table`` (see each suite's meta.lockstep.parameters)."""
     from features.registry import known_fingerprints
 
@@ -275,11 +330,22 @@ def partition_parameters(table: Table, ds: str, *, manifest: Manifest | None,
     }
 
 
-def validate_partition(cfg, dataset: str, ds: str | dt.date, *, feature_set: str | None = None,
-                       table: str | None = None, batch_rows: int | None = None,
-                       quarantine: bool = True, alert: bool = True, notifier=None,
-                       docs: bool = True, docs_index: bool = True, raise_on_failure: bool = True,
-                       max_keys_in_memory: int | None = None) -> ValidationResult:
+def validate_partition(
+    cfg,
+    dataset: str,
+    ds: str | dt.date,
+    *,
+    feature_set: str | None = None,
+    table: str | None = None,
+    batch_rows: int | None = None,
+    quarantine: bool = True,
+    alert: bool = True,
+    notifier=None,
+    docs: bool = True,
+    docs_index: bool = True,
+    raise_on_failure: bool = True,
+    max_keys_in_memory: int | None = None,
+) -> ValidationResult:
     """Validate published partition ``ds`` of ``dataset``'s table without loading it into memory.
 
     On success the result is stored as ``<partition>/_validation.json``. On failure the partition is
@@ -302,18 +368,34 @@ def validate_partition(cfg, dataset: str, ds: str | dt.date, *, feature_set: str
         try:
             dataset_ = tbl.dataset(ds)  # verifies sizes, checksums, footers
             result = validate_frame_batches(
-                suite, _iter(dataset_, size), schema=dataset_.schema, params=params,
-                manifest=manifest, table=tbl.name, ds=ds,
-                reread=lambda: _iter(tbl.dataset(ds), size), max_keys_in_memory=max_keys_in_memory)
+                suite,
+                _iter(dataset_, size),
+                schema=dataset_.schema,
+                params=params,
+                manifest=manifest,
+                table=tbl.name,
+                ds=ds,
+                reread=lambda: _iter(tbl.dataset(ds), size),
+                max_keys_in_memory=max_keys_in_memory,
+            )
         except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
             result = _unreadable(suite, tbl, ds, manifest, exc, params)
-    return _conclude(suite, tbl, result, docs=docs, docs_index=docs_index, alert=alert,
-                     notifier=notifier, raise_on_failure=raise_on_failure,
-                     quarantine="published" if quarantine else None)
+    return _conclude(
+        suite,
+        tbl,
+        result,
+        docs=docs,
+        docs_index=docs_index,
+        alert=alert,
+        notifier=notifier,
+        raise_on_failure=raise_on_failure,
+        quarantine="published" if quarantine else None,
+    )
 
 
-def validate_range(cfg, dataset: str, ds_from: str | dt.date, ds_to: str | dt.date | None = None,
-                   **kwargs) -> list[ValidationResult]:
+def validate_range(
+    cfg, dataset: str, ds_from: str | dt.date, ds_to: str | dt.date | None = None, **kwargs
+) -> list[ValidationResult]:
     """``validate_partition`` for every day of ``[ds_from, ds_to]``, in order.
 
     Every partition is validated (and each failed one quarantined and alerted) before one
@@ -321,27 +403,35 @@ def validate_range(cfg, dataset: str, ds_from: str | dt.date, ds_to: str | dt.da
     Missing days raise ``MissingPartitionError`` up front.
     """
     raise_on_failure = kwargs.pop("raise_on_failure", True)
-    days = _day_range(ds_from, ds_to)
+    days = day_range(ds_from, ds_to)
     suite = load_suite(dataset, kwargs.get("feature_set"))
     tbl = cfg.lake().table(kwargs.get("table") or suite.table)
     missing = [d for d in days if not _published_or_corrupt(tbl, d)]
     if missing:
         raise MissingPartitionError(tbl.name, missing)
-    results = [validate_partition(cfg, dataset, d, raise_on_failure=False,
-                                  docs_index=d == days[-1], **kwargs) for d in days]
+    results = [
+        validate_partition(cfg, dataset, d, raise_on_failure=False, docs_index=d == days[-1], **kwargs) for d in days
+    ]
     failed = [r for r in results if not r.success]
     if failed and raise_on_failure:
         err = DataQualityError(failed[0])
         if len(failed) > 1:
-            err.add_note(f"{len(failed)} of {len(days)} partitions failed: "
-                         + ", ".join(r.ds for r in failed))
+            err.add_note(f"{len(failed)} of {len(days)} partitions failed: " + ", ".join(r.ds for r in failed))
         raise err
     return results
 
 
-def gate_for(cfg, dataset: str, *, feature_set: str | None = None, batch_rows: int | None = None,
-             alert: bool = True, notifier=None, docs: bool = True,
-             max_keys_in_memory: int | None = None) -> Callable[[StagedPartition], None]:
+def gate_for(
+    cfg,
+    dataset: str,
+    *,
+    feature_set: str | None = None,
+    batch_rows: int | None = None,
+    alert: bool = True,
+    notifier=None,
+    docs: bool = True,
+    max_keys_in_memory: int | None = None,
+) -> Callable[[StagedPartition], None]:
     """A ``write_partition`` gate: validate the staged files before the manifest is published.
 
     ``table.write_partition(ds, data, producer=..., gate=gate_for(cfg, "feature_snapshots"))``
@@ -357,23 +447,49 @@ def gate_for(cfg, dataset: str, *, feature_set: str | None = None, batch_rows: i
         try:
             dataset_ = staged.dataset()
             result = validate_frame_batches(
-                suite, _iter(dataset_, size), schema=dataset_.schema, params=params,
-                manifest=staged.manifest, table=tbl.name, ds=ds,
-                reread=lambda: _iter(staged.dataset(), size), max_keys_in_memory=max_keys_in_memory)
+                suite,
+                _iter(dataset_, size),
+                schema=dataset_.schema,
+                params=params,
+                manifest=staged.manifest,
+                table=tbl.name,
+                ds=ds,
+                reread=lambda: _iter(staged.dataset(), size),
+                max_keys_in_memory=max_keys_in_memory,
+            )
         except (pa.ArrowException, OSError) as exc:
             result = _unreadable(suite, tbl, ds, staged.manifest, exc, params)
         if not result.success:
             result.quarantine_path = staged.quarantine_path  # where the lake moves it next
-        _conclude(suite, tbl, result, docs=docs, docs_index=True, alert=alert, notifier=notifier,
-                  raise_on_failure=True, quarantine="gate")
+        _conclude(
+            suite,
+            tbl,
+            result,
+            docs=docs,
+            docs_index=True,
+            alert=alert,
+            notifier=notifier,
+            raise_on_failure=True,
+            quarantine="gate",
+        )
 
     gate.__qualname__ = f"gate_for({dataset!r})"
     return gate
 
 
 # ---- internals ------------------------------------------------------------------------------
-def _conclude(suite: Suite, tbl: Table, result: ValidationResult, *, docs: bool, docs_index: bool,
-              alert: bool, notifier, raise_on_failure: bool, quarantine: str | None) -> ValidationResult:
+def _conclude(
+    suite: Suite,
+    tbl: Table,
+    result: ValidationResult,
+    *,
+    docs: bool,
+    docs_index: bool,
+    alert: bool,
+    notifier,
+    raise_on_failure: bool,
+    quarantine: str | None,
+) -> ValidationResult:
     """Render, store, quarantine, alert, raise. `quarantine`: "published" (move the partition away),
     "gate" (the lake moves the staged files when the gate raises) or None (report only)."""
     lake = tbl.lake
@@ -382,16 +498,21 @@ def _conclude(suite: Suite, tbl: Table, result: ValidationResult, *, docs: bool,
             from jobs.quality import gx
 
             result.report_path = gx.render_docs(
-                lake, suite.to_gx(), result.to_gx(), run_name=result._run_name(),
+                lake,
+                suite.to_gx(),
+                result.to_gx(),
+                run_name=result._run_name(),
                 batch_identifier=tbl.name.replace("/", "."),
-                run_time=dt.datetime.fromisoformat(result.validated_at), build_index=docs_index)
+                run_time=dt.datetime.fromisoformat(result.validated_at),
+                build_index=docs_index,
+            )
         except Exception as exc:  # noqa: BLE001 - a broken report must not hide the verdict
             log.warning("rendering Data Docs for %s failed: %r", result.partition, exc)
     if not result.success and quarantine == "published":
         try:
             result.quarantine_path = tbl.quarantine(
-                result.ds, result.describe().splitlines()[0],
-                attachments={RESULT_FILE: result.to_json_dict()})
+                result.ds, result.describe().splitlines()[0], attachments={RESULT_FILE: result.to_json_dict()}
+            )
         except LakeError as exc:
             log.error("could not quarantine %s: %r", result.partition, exc)
     if result.quarantine_path:  # written there by tbl.quarantine, or by the lake after the gate
@@ -416,13 +537,19 @@ def _conclude(suite: Suite, tbl: Table, result: ValidationResult, *, docs: bool,
     return result
 
 
-def _unreadable(suite: Suite, tbl: Table, ds: str, manifest: Manifest | None, exc: BaseException,
-                params: dict | None = None) -> ValidationResult:
+def _unreadable(
+    suite: Suite, tbl: Table, ds: str, manifest: Manifest | None, exc: BaseException, params: dict | None = None
+) -> ValidationResult:
     """The verdict on a partition whose files cannot be read as their manifest says."""
     outcomes = []
     for e in suite.expectations:
-        o = Outcome(id=e["id"], type=e["type"], kwargs=resolve(e, params or {})[0]["kwargs"],
-                    notes=e.get("notes") or "", meta=dict(e.get("meta") or {}))
+        o = Outcome(
+            id=e["id"],
+            type=e["type"],
+            kwargs=resolve(e, params or {})[0]["kwargs"],
+            notes=e.get("notes") or "",
+            meta=dict(e.get("meta") or {}),
+        )
         if e["type"] == "expect_table_row_count_to_equal" and o.risk == "corrupt or truncated partition":
             o.success, o.error = False, f"{type(exc).__name__}: {exc}"
             o.observed = "unreadable"
@@ -432,10 +559,20 @@ def _unreadable(suite: Suite, tbl: Table, ds: str, manifest: Manifest | None, ex
     if all(o.success for o in outcomes if not o.skipped):  # a suite without the integrity check
         outcomes[0].success, outcomes[0].error, outcomes[0].skipped = False, f"{exc}", None
     return ValidationResult(
-        dataset=suite.dataset, suite=suite.name, table=tbl.name, ds=ds, success=False, rows=0,
-        batches=0, outcomes=outcomes, parameters=_jsonable(params or {}),
-        manifest=asdict(manifest) if manifest else None, feature_set=suite.feature_set,
-        validated_at=_now().isoformat(), run_id=uuid.uuid4().hex)
+        dataset=suite.dataset,
+        suite=suite.name,
+        table=tbl.name,
+        ds=ds,
+        success=False,
+        rows=0,
+        batches=0,
+        outcomes=outcomes,
+        parameters=_jsonable(params or {}),
+        manifest=asdict(manifest) if manifest else None,
+        feature_set=suite.feature_set,
+        validated_at=_now().isoformat(),
+        run_id=uuid.uuid4().hex,
+    )
 
 
 def _iter(dataset, batch_size: int) -> Iterator[pd.DataFrame]:
@@ -469,11 +606,8 @@ def _published_or_corrupt(tbl: Table, ds: str) -> bool:
 
 
 def _schema_of(df: pd.DataFrame) -> pa.Schema:
-    from jobs.lake import (
-        _normalise_schema,  # the lake's stored form: us/UTC timestamps, plain strings
-    )
-
-    return _normalise_schema(pa.Schema.from_pandas(df, preserve_index=False))
+    # the lake's stored form: us/UTC timestamps, plain strings
+    return normalise_schema(pa.Schema.from_pandas(df, preserve_index=False))
 
 
 def _chain(first: list, rest: Iterator) -> Iterator:
@@ -491,7 +625,7 @@ def _batch_rows(batch_rows: int | None) -> int:
 
 
 def _ds(ds) -> str:
-    return _check_ds(ds if isinstance(ds, (str, dt.date)) else str(ds))
+    return check_ds(ds if isinstance(ds, (str, dt.date)) else str(ds))
 
 
 def _now() -> pd.Timestamp:
@@ -500,58 +634,3 @@ def _now() -> pd.Timestamp:
 
 def _jsonable(params: dict) -> dict:
     return json.loads(json.dumps(params, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)))
-
-
-# ---- CLI ------------------------------------------------------------------------------------
-def add_validate_parser(subparsers) -> argparse.ArgumentParser:
-    """``lockstep validate DATASET --ds D [--to E]`` (exit 0 pass, 1 data-quality failure, 2 usage)."""
-    s = subparsers.add_parser(
-        "validate", help="validate partitions against their Great Expectations suite (exit 0 pass, "
-                         "1 data-quality failure, 2 usage error)")
-    s.add_argument("dataset", choices=DATASETS)
-    s.add_argument("--ds", help="partition day YYYY-MM-DD (first day with --to)")
-    s.add_argument("--to", help="last day of a range (inclusive); each day is validated on its own")
-    s.add_argument("--feature-set", default=DEFAULT_FEATURE_SET,
-                   help="feature set the suite is bound to (all datasets but raw_events)")
-    s.add_argument("--table", help="validate this table instead of the dataset's default one")
-    s.add_argument("--batch-rows", type=int, help=f"rows per batch (default {DEFAULT_BATCH_ROWS})")
-    s.add_argument("--no-quarantine", action="store_true", help="report only: leave a failed partition published")
-    s.add_argument("--no-alert", action="store_true", help="do not send alerts")
-    s.add_argument("--show-suite", action="store_true", help="print the bound suite as JSON and exit")
-    s.set_defaults(func=cmd_validate)
-    return s
-
-
-def cmd_validate(args) -> int:
-    """Run ``lockstep validate``; prints one verdict per partition."""
-    try:
-        if args.show_suite:
-            print(json.dumps(load_suite(args.dataset, args.feature_set).to_json_dict(), indent=2))
-            return 0
-        if not args.ds:
-            print("lockstep validate: error: --ds is required", file=sys.stderr)
-            return 2
-        cfg = _cli_config(args)
-        results = validate_range(
-            cfg, args.dataset, args.ds, args.to, feature_set=args.feature_set, table=args.table,
-            batch_rows=args.batch_rows, quarantine=not args.no_quarantine, alert=not args.no_alert,
-            raise_on_failure=False)
-    except (MissingPartitionError, SuiteError, KeyError, ValueError, LakeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"lockstep validate: error: {msg}", file=sys.stderr)
-        return 2
-    for r in results:
-        print(r.describe() if not r.success else
-              f"{r.dataset} {r.partition}: passed {len(r.outcomes)} expectations "
-              f"({r.rows} rows); report: {r.report_path}")
-    failed = [r for r in results if not r.success]
-    if failed:
-        print(f"{len(failed)} of {len(results)} partition(s) failed validation", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cli_config(args):
-    from jobs.config import Config
-
-    return Config.from_env(lake_root=getattr(args, "lake", None), engine=getattr(args, "engine", None))

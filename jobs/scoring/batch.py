@@ -13,6 +13,7 @@ A model is refused (``FingerprintMismatchError``) unless its feature-set fingerp
 the one in the snapshot partition's manifest: the features it would read were computed by
 different code or declarations than the ones it was trained on.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -24,24 +25,13 @@ import pyarrow as pa
 
 from features import registry as feature_registry
 from jobs.config import Config
+from jobs.defaults import DEFAULT_MODEL
 from jobs.lake import LakeError, Manifest, Table
-from jobs.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
-from jobs.schemas import UTC_US
+from jobs.models.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
+from jobs.schemas import PREDICTIONS_SCHEMA, PREDICTIONS_TABLE, UTC_US
 from jobs.snapshots import cutoff, snapshot_table
-from jobs.train import DEFAULT_MODEL
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS_TABLE = "predictions"
-PREDICTIONS_SCHEMA = pa.schema([
-    pa.field("customer_id", pa.int64(), nullable=False),
-    pa.field("score", pa.float64(), nullable=False),
-    pa.field("model_name", pa.string(), nullable=False),
-    pa.field("model_version", pa.int64(), nullable=False),
-    pa.field("role", pa.string(), nullable=False),
-    pa.field("feature_set_fingerprint", pa.string(), nullable=False),
-    pa.field("scored_at", UTC_US, nullable=False),
-])
 
 
 class FingerprintMismatchError(ValueError):
@@ -57,9 +47,17 @@ def scored_at_for(ds: str | dt.date) -> pd.Timestamp:
     return cutoff(ds)
 
 
-def score_snapshot(cfg: Config, ds: str | dt.date, model_name: str = DEFAULT_MODEL, *, shadow: bool = False,
-                   registry: Registry | None = None, batch_rows: int = 100_000,
-                   scored_at: pd.Timestamp | None = None, validate: bool = True) -> Manifest:
+def score_snapshot(
+    cfg: Config,
+    ds: str | dt.date,
+    model_name: str = DEFAULT_MODEL,
+    *,
+    shadow: bool = False,
+    registry: Registry | None = None,
+    batch_rows: int = 100_000,
+    scored_at: pd.Timestamp | None = None,
+    validate: bool = True,
+) -> Manifest:
     """Score snapshot ``ds`` with the champion (and the challenger when ``shadow``) and publish
     ``predictions/ds=D``; with ``validate`` the partition passes the ``predictions`` suite first."""
     ds = str(pd.Timestamp(str(ds)).date())
@@ -86,8 +84,10 @@ def score_snapshot(cfg: Config, ds: str | dt.date, model_name: str = DEFAULT_MOD
     rows = _rows(batches, models, snap_fp, when, manifest.rows)
     producer = {
         "job": "score_snapshot",
-        "models": [{"name": m.info.name, "version": m.info.version, "role": role, "run_id": m.info.run_id}
-                   for role, m in models],
+        "models": [
+            {"name": m.info.name, "version": m.info.version, "role": role, "run_id": m.info.run_id}
+            for role, m in models
+        ],
         "feature_set": fs.name,
         "feature_set_fingerprint": snap_fp,
         "scored_at": when.isoformat(),
@@ -95,11 +95,12 @@ def score_snapshot(cfg: Config, ds: str | dt.date, model_name: str = DEFAULT_MOD
     }
     gate = None
     if validate:
-        from jobs.validate import gate_for
+        from jobs.quality.validate import gate_for
 
         gate = gate_for(cfg, "predictions")
     return predictions_table(lake).write_partition(
-        ds, rows, producer=producer, inputs={f"{snapshots.name}/ds={ds}": manifest.content_fingerprint}, gate=gate)
+        ds, rows, producer=producer, inputs={f"{snapshots.name}/ds={ds}": manifest.content_fingerprint}, gate=gate
+    )
 
 
 def check_compatible(model: LoadedModel, snapshot_fingerprint: str | None, fs, where: str) -> None:
@@ -111,10 +112,13 @@ def check_compatible(model: LoadedModel, snapshot_fingerprint: str | None, fs, w
             f"model {model.info.name} v{model.info.version} was trained on features {fp} "
             f"({names.get(fp, 'unknown to this code')}), but {where} was built with {snapshot_fingerprint} "
             f"({names.get(snapshot_fingerprint, 'unknown to this code')}): rebuild the snapshot with the model's "
-            "feature-set version, or train and promote a model on the current one")
+            "feature-set version, or train and promote a model on the current one"
+        )
     if list(model.lineage.get("feature_names", [])) != list(fs.feature_names):
-        raise FingerprintMismatchError(f"model {model.info.name} v{model.info.version} expects features "
-                                       f"{model.lineage.get('feature_names')}, the snapshot has {list(fs.feature_names)}")
+        raise FingerprintMismatchError(
+            f"model {model.info.name} v{model.info.version} expects features "
+            f"{model.lineage.get('feature_names')}, the snapshot has {list(fs.feature_names)}"
+        )
 
 
 def _matrices(dataset, entity: str, features: list[str], batch_rows: int):
@@ -136,14 +140,18 @@ def _rows(batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
             bad = ~np.isfinite(p) | (p < 0) | (p > 1)
             if bad.any():
                 raise LakeError(f"model {m.info.name} v{m.info.version}: {int(bad.sum())} score(s) outside [0, 1]")
-            yield pa.table([
-                ids.cast(pa.int64()), pa.array(p, pa.float64()),
-                pa.repeat(pa.scalar(m.info.name, pa.string()), n),
-                pa.array(np.full(n, m.info.version, dtype=np.int64)),
-                pa.repeat(pa.scalar(role, pa.string()), n),
-                pa.repeat(pa.scalar(fingerprint, pa.string()), n),
-                pa.array(np.full(n, when.value // 1000, dtype=np.int64)).cast(UTC_US),
-            ], schema=PREDICTIONS_SCHEMA)
+            yield pa.table(
+                [
+                    ids.cast(pa.int64()),
+                    pa.array(p, pa.float64()),
+                    pa.repeat(pa.scalar(m.info.name, pa.string()), n),
+                    pa.array(np.full(n, m.info.version, dtype=np.int64)),
+                    pa.repeat(pa.scalar(role, pa.string()), n),
+                    pa.repeat(pa.scalar(fingerprint, pa.string()), n),
+                    pa.array(np.full(n, when.value // 1000, dtype=np.int64)).cast(UTC_US),
+                ],
+                schema=PREDICTIONS_SCHEMA,
+            )
     if seen != expected:
         raise LakeError(f"read {seen} snapshot rows, its manifest lists {expected}")
 
@@ -157,37 +165,7 @@ def referenced_models(cfg: Config, sql_url: str | None = None) -> set[tuple[str,
         for m in table.manifest(ds).producer.get("models", []):
             refs.add((m["name"], int(m["version"])))
     if sql_url:
-        from jobs.sql import referenced_models as sql_refs
+        from jobs.scoring.sql import referenced_models as sql_refs
 
         refs |= sql_refs(sql_url)
     return refs
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep score --ds D [--to E] [--shadow]``."""
-    s = subparsers.add_parser("score", help="score feature_snapshots ds=D with the champion -> predictions/ds=D")
-    s.add_argument("--ds", required=True)
-    s.add_argument("--to", help="last day of a range (inclusive)")
-    s.add_argument("--model", default=DEFAULT_MODEL)
-    s.add_argument("--shadow", action="store_true", help="also score with the challenger")
-    s.add_argument("--no-validate", action="store_true", help="skip the predictions suite")
-    s.add_argument("--publish", action="store_true", help="then publish each day to the SQL table")
-    s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
-    s.set_defaults(func=_cmd_score)
-
-
-def _cmd_score(args) -> int:
-    from jobs.cli import _config
-
-    cfg = _config(args)
-    registry = Registry.from_config(cfg)
-    for d in pd.date_range(args.ds, args.to or args.ds, freq="D").strftime("%Y-%m-%d"):
-        m = score_snapshot(cfg, d, args.model, shadow=args.shadow, registry=registry, validate=not args.no_validate)
-        used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
-        print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
-        if args.publish:
-            from jobs.sql import publish_predictions
-
-            r = publish_predictions(cfg, d, args.sql_url)
-            print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")
-    return 0

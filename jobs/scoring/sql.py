@@ -18,6 +18,7 @@ in WAL mode readers in other processes keep reading while a day is replaced. Duc
 large aggregates faster, but it allows one writing process and blocks other processes from
 opening the file meanwhile.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -29,11 +30,11 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobs.config import Config
+from jobs.schemas import PREDICTIONS_SCHEMA, PREDICTIONS_TABLE
 
 SQL_ENV = "LOCKSTEP_SQL_URL"
 PUBLISHED = "lockstep_published"
-_COLUMNS = ("ds", "customer_id", "role", "score", "model_name", "model_version", "feature_set_fingerprint",
-            "scored_at")
+_COLUMNS = ("ds", "customer_id", "role", "score", "model_name", "model_version", "feature_set_fingerprint", "scored_at")
 
 
 def sql_url(cfg: Config, url: str | None = None) -> str:
@@ -68,7 +69,8 @@ def make_engine(url: str) -> sa.Engine:
 def tables(table_name: str = "predictions") -> tuple[sa.MetaData, sa.Table, sa.Table]:
     md = sa.MetaData()
     preds = sa.Table(
-        table_name, md,
+        table_name,
+        md,
         sa.Column("ds", sa.Date, primary_key=True),
         sa.Column("customer_id", sa.BigInteger, primary_key=True),
         sa.Column("role", sa.String(16), primary_key=True),
@@ -79,7 +81,8 @@ def tables(table_name: str = "predictions") -> tuple[sa.MetaData, sa.Table, sa.T
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     )
     published = sa.Table(
-        PUBLISHED, md,
+        PUBLISHED,
+        md,
         sa.Column("table_name", sa.String(200), primary_key=True),
         sa.Column("ds", sa.Date, primary_key=True),
         sa.Column("rows", sa.BigInteger, nullable=False),
@@ -88,14 +91,13 @@ def tables(table_name: str = "predictions") -> tuple[sa.MetaData, sa.Table, sa.T
     return md, preds, published
 
 
-def publish_predictions(cfg: Config, ds: str | dt.date, url: str | None = None, *, table_name: str = "predictions",
-                        batch_rows: int = 50_000) -> dict:
+def publish_predictions(
+    cfg: Config, ds: str | dt.date, url: str | None = None, *, table_name: str = "predictions", batch_rows: int = 50_000
+) -> dict:
     """Replace day ``ds`` of the SQL table with ``predictions/ds=D``, in one transaction."""
-    from jobs.scoring import predictions_table
-
     ds = str(pd.Timestamp(str(ds)).date())
     day = dt.date.fromisoformat(ds)
-    lake_table = predictions_table(cfg.lake())
+    lake_table = cfg.lake().table(PREDICTIONS_TABLE, PREDICTIONS_SCHEMA)
     manifest = lake_table.manifest(ds)
     batches = lake_table.iter_batches(ds, columns=[c for c in _COLUMNS if c != "ds"], batch_size=batch_rows)
     url = sql_url(cfg, url)
@@ -108,19 +110,29 @@ def publish_predictions(cfg: Config, ds: str | dt.date, url: str | None = None, 
             conn.execute(sa.delete(preds).where(preds.c.ds == day))
             for df in batches:
                 if len(df):
-                    rows += _insert(conn, preds, day, df)
+                    rows += insert_rows(conn, preds, day, df)
             if rows != manifest.rows:
                 raise ValueError(f"read {rows} rows from predictions/ds={ds}, its manifest lists {manifest.rows}")
             conn.execute(sa.delete(published).where((published.c.table_name == table_name) & (published.c.ds == day)))
-            conn.execute(sa.insert(published).values(table_name=table_name, ds=day, rows=rows,
-                                                     content_fingerprint=manifest.content_fingerprint))
+            conn.execute(
+                sa.insert(published).values(
+                    table_name=table_name, ds=day, rows=rows, content_fingerprint=manifest.content_fingerprint
+                )
+            )
     finally:
         engine.dispose()
-    return {"url": sa.make_url(url).render_as_string(hide_password=True), "table": table_name, "ds": ds,
-            "rows": rows, "content_fingerprint": manifest.content_fingerprint}
+    return {
+        "url": sa.make_url(url).render_as_string(hide_password=True),
+        "table": table_name,
+        "ds": ds,
+        "rows": rows,
+        "content_fingerprint": manifest.content_fingerprint,
+    }
 
 
-def _insert(conn, preds: sa.Table, day: dt.date, df: pd.DataFrame) -> int:
+def insert_rows(conn, preds: sa.Table, day: dt.date, df: pd.DataFrame) -> int:
+    """Insert one batch ``df`` of ``predictions/ds=day`` into ``preds`` on ``conn`` (inside the caller's
+    transaction: COPY on PostgreSQL/psycopg, multi-row INSERTs elsewhere); returns the rows inserted."""
     scored = df["scored_at"].dt.tz_convert("UTC")
     cols = {
         "customer_id": df["customer_id"].to_numpy(dtype=np.int64).tolist(),
@@ -152,8 +164,11 @@ def read_day(url: str, ds: str | dt.date, table_name: str = "predictions") -> pd
     _, preds, _ = tables(table_name)
     try:
         with engine.connect() as conn:
-            rows = conn.execute(sa.select(preds).where(preds.c.ds == day)
-                                .order_by(preds.c.customer_id, preds.c.role)).mappings().all()
+            rows = (
+                conn.execute(sa.select(preds).where(preds.c.ds == day).order_by(preds.c.customer_id, preds.c.role))
+                .mappings()
+                .all()
+            )
     finally:
         engine.dispose()
     return pd.DataFrame([dict(r) for r in rows], columns=list(_COLUMNS))
@@ -171,23 +186,3 @@ def referenced_models(url: str, table_name: str = "predictions") -> set[tuple[st
     finally:
         engine.dispose()
     return {(name, int(version)) for name, version in rows}
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep publish --ds D [--to E] [--sql-url URL]``."""
-    s = subparsers.add_parser("publish", help="publish predictions/ds=D to the SQL table (replaces day D)")
-    s.add_argument("--ds", required=True)
-    s.add_argument("--to")
-    s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
-    s.add_argument("--table", default="predictions")
-    s.set_defaults(func=_cmd_publish)
-
-
-def _cmd_publish(args) -> int:
-    from jobs.cli import _config
-
-    cfg = _config(args)
-    for d in pd.date_range(args.ds, args.to or args.ds, freq="D").strftime("%Y-%m-%d"):
-        r = publish_predictions(cfg, d, args.sql_url, table_name=args.table)
-        print(f"{r['table']} ds={r['ds']}: {r['rows']} rows at {r['url']}")
-    return 0

@@ -1,2 +1,2 @@
 """The serving path: reference service (``app``), online store (``store``), serving log (``log``),
-traffic replay (``replay``). See DESIGN §7 and ``jobs.skew`` for the nightly comparison."""
+traffic replay (``replay``). See DESIGN §7 and ``jobs.skew.job`` for the nightly comparison."""

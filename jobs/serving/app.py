@@ -22,6 +22,7 @@ report as mismatches of their own, not as silent zeros.
 Run: ``uvicorn --factory jobs.serving.app:app_from_env`` (settings from ``LOCKSTEP_SERVING_*``,
 see :meth:`Settings.from_env`) or ``lockstep serve``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -68,17 +69,17 @@ def kernel_hook(events: pd.DataFrame, entity_id: int, request_time: pd.Timestamp
 class Settings:
     lake_root: str = ".lockstep/lake"
     feature_set: str = "customer_activity_v1"
-    mode: str = "fresh"                  # default mode when a request does not name one
-    redis_url: str | None = None         # None: the embedded store
+    mode: str = "fresh"  # default mode when a request does not name one
+    redis_url: str | None = None  # None: the embedded store
     store_timeout_ms: float = 50.0
     cache_ttl_s: float = 1.0
     cache_entries: int = 50_000
     wal_dir: str = ".lockstep/serving_wal"
     fsync: str = "interval"
     log_queue_size: int = 10_000
-    model_path: str | None = None        # a pickled Model for a service without a registry (tests)
-    load_store: bool = True              # fill the Redis store from the lake at start-up
-    refresh_s: float = 60.0              # apply new raw_events partitions to the store this often (0: never)
+    model_path: str | None = None  # a pickled Model for a service without a registry (tests)
+    load_store: bool = True  # fill the Redis store from the lake at start-up
+    refresh_s: float = 60.0  # apply new raw_events partitions to the store this often (0: never)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -91,7 +92,8 @@ class Settings:
             if raw is None or raw == "":
                 continue
             typ = {"float": float, "int": int, "bool": lambda s: s.lower() in ("1", "true", "yes")}.get(
-                str(f.type).split(" |")[0], str)
+                str(f.type).split(" |")[0], str
+            )
             values[f.name] = typ(raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -121,8 +123,15 @@ class Metrics:
 class Predictor:
     """Features + score for one request (no HTTP, no logging): the in-process serving path."""
 
-    def __init__(self, fs: FeatureSet, events: L1Cache, snapshots: SnapshotVectors | None, model: Model,
-                 hook: FeatureHook | None = None, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        fs: FeatureSet,
+        events: L1Cache,
+        snapshots: SnapshotVectors | None,
+        model: Model,
+        hook: FeatureHook | None = None,
+        metrics: Metrics | None = None,
+    ):
         self.fs, self.events, self.snapshots, self.model = fs, events, snapshots, model
         self.hook = hook or kernel_hook
         #: the kernel itself (no hook given): evaluate on the cached per-entity index
@@ -130,8 +139,10 @@ class Predictor:
         self.fingerprint = getattr(self.hook, "fingerprint", None) or fs.fingerprint
         self._names = list(model.feature_names)
         self.metrics = metrics or Metrics()
-        self.defaults = {f.name: (int(f.default or 0) if f.is_integer else
-                                  (None if f.default is None else float(f.default))) for f in fs.features}
+        self.defaults = {
+            f.name: (int(f.default or 0) if f.is_integer else (None if f.default is None else float(f.default)))
+            for f in fs.features
+        }
         self._lock = threading.Lock()
 
     def features(self, entity_id: int, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
@@ -167,9 +178,9 @@ class PredictRequest(BaseModel):
     """Body of ``POST /predict``. Unknown fields are ignored and never reach the log (PII allowlist)."""
 
     entity_id: int
-    request_time: str | None = None   # ISO 8601; naive = UTC; default: now
-    mode: str | None = None           # fresh | materialized; default: the service's
-    request_id: str | None = None     # default: a new uuid4
+    request_time: str | None = None  # ISO 8601; naive = UTC; default: now
+    mode: str | None = None  # fresh | materialized; default: the service's
+    request_id: str | None = None  # default: a new uuid4
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -177,9 +188,16 @@ def _utc(ts) -> pd.Timestamp:
     return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
 
 
-def create_app(settings: Settings, *, model_source: ModelSource | None = None, store=None,
-               hook: FeatureHook | None = None, serving_log: ServingLog | None = None, cfg=None,
-               notifier=None):
+def create_app(
+    settings: Settings,
+    *,
+    model_source: ModelSource | None = None,
+    store=None,
+    hook: FeatureHook | None = None,
+    serving_log: ServingLog | None = None,
+    cfg=None,
+    notifier=None,
+):
     """The FastAPI app. Everything not given is built from ``settings`` at start-up."""
     from contextlib import asynccontextmanager
 
@@ -211,12 +229,20 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
         if store is None and (settings.load_store or not settings.redis_url):
             refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
         model = (model_source or _model_source(settings, cfg)).champion()
-        slog = serving_log or ServingLog(settings.wal_dir, fs, queue_size=settings.log_queue_size,
-                                         fsync=settings.fsync, notifier=notify)
-        if serving_log is None or slog._thread is None:
+        slog = serving_log or ServingLog(
+            settings.wal_dir, fs, queue_size=settings.log_queue_size, fsync=settings.fsync, notifier=notify
+        )
+        if serving_log is None or not slog.running:
             slog.start()
-        state.update(predictor=Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics),
-                     log=slog, metrics=metrics, cache=cache, store=base, refresher=refresher, started=time.time())
+        state.update(
+            predictor=Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics),
+            log=slog,
+            metrics=metrics,
+            cache=cache,
+            store=base,
+            refresher=refresher,
+            started=time.time(),
+        )
         try:
             yield
         finally:
@@ -244,11 +270,24 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
         score = pred.score(values)
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
-        rec = make_record(fs, request_id=request_id, entity_id=req.entity_id, request_time=t,
-                          served_at=pd.Timestamp.now(tz="UTC"), mode=mode, feature_set=fs.name,
-                          feature_set_fingerprint=pred.fingerprint, model_name=pred.model.name,
-                          model_version=str(pred.model.version), score=score, latency_ms=latency_ms,
-                          degraded=reason is not None, degraded_reason=reason, snapshot_ds=snap_ds, **values)
+        rec = make_record(
+            fs,
+            request_id=request_id,
+            entity_id=req.entity_id,
+            request_time=t,
+            served_at=pd.Timestamp.now(tz="UTC"),
+            mode=mode,
+            feature_set=fs.name,
+            feature_set_fingerprint=pred.fingerprint,
+            model_name=pred.model.name,
+            model_version=str(pred.model.version),
+            score=score,
+            latency_ms=latency_ms,
+            degraded=reason is not None,
+            degraded_reason=reason,
+            snapshot_ds=snap_ds,
+            **values,
+        )
         try:
             fut = state["log"].submit(rec)
         except LogQueueFull:
@@ -263,31 +302,55 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
         metrics.by_mode[mode] += 1
         metrics.degraded += reason is not None
         metrics.latencies.append(latency_ms)
-        return {"request_id": request_id, "entity_id": req.entity_id, "request_time": t.isoformat(),
-                "mode": mode, "score": score, "model_name": pred.model.name,
-                "model_version": str(pred.model.version), "feature_set_fingerprint": pred.fingerprint,
-                "degraded": reason is not None, "degraded_reason": reason, "features": values}
+        return {
+            "request_id": request_id,
+            "entity_id": req.entity_id,
+            "request_time": t.isoformat(),
+            "mode": mode,
+            "score": score,
+            "model_name": pred.model.name,
+            "model_version": str(pred.model.version),
+            "feature_set_fingerprint": pred.fingerprint,
+            "degraded": reason is not None,
+            "degraded_reason": reason,
+            "features": values,
+        }
 
     @app.get("/health")
     async def health():
         pred: Predictor | None = state.get("predictor")
         ok = pred is not None and state["log"]._thread is not None
-        return {"status": "ok" if ok else "starting", "feature_set": fs.name, "fingerprint": fs.fingerprint,
-                "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
-                "store": type(state.get("store")).__name__}
+        return {
+            "status": "ok" if ok else "starting",
+            "feature_set": fs.name,
+            "fingerprint": fs.fingerprint,
+            "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
+            "store": type(state.get("store")).__name__,
+        }
 
     @app.get("/metrics")
     async def metrics_endpoint():
         m: Metrics = state["metrics"]
         cache: L1Cache = state["cache"]
         slog: ServingLog = state["log"]
-        return {"requests": m.requests, "ok": m.ok, "by_mode": m.by_mode, "degraded": m.degraded,
-                **m.percentiles(), "cache_hits": cache.hits, "cache_misses": cache.misses,
-                "cache_hit_rate": cache.hit_rate, "store_errors": m.store_errors,
-                "store_timeouts": m.store_timeouts, "log_written": slog.written,
-                "log_queue_depth": slog.queue_depth, "log_queue_full": slog.queue_full,
-                "log_write_errors": slog.write_errors, "log_recovered_at_start": slog.recovered,
-                **_refresh_metrics(state.get("refresher"))}
+        return {
+            "requests": m.requests,
+            "ok": m.ok,
+            "by_mode": m.by_mode,
+            "degraded": m.degraded,
+            **m.percentiles(),
+            "cache_hits": cache.hits,
+            "cache_misses": cache.misses,
+            "cache_hit_rate": cache.hit_rate,
+            "store_errors": m.store_errors,
+            "store_timeouts": m.store_timeouts,
+            "log_written": slog.written,
+            "log_queue_depth": slog.queue_depth,
+            "log_queue_full": slog.queue_full,
+            "log_write_errors": slog.write_errors,
+            "log_recovered_at_start": slog.recovered,
+            **_refresh_metrics(state.get("refresher")),
+        }
 
     return app
 
@@ -295,9 +358,13 @@ def create_app(settings: Settings, *, model_source: ModelSource | None = None, s
 def _refresh_metrics(refresher: StoreRefresher | None) -> dict:
     if refresher is None:
         return {"store_loaded_through": None, "store_refreshes": 0, "store_reloads": 0, "store_refresh_errors": 0}
-    return {"store_loaded_through": refresher.loaded_through, "store_refreshes": refresher.refreshes,
-            "store_reloads": refresher.reloads, "store_refresh_errors": refresher.errors,
-            "store_refresh_last_error": refresher.last_error}
+    return {
+        "store_loaded_through": refresher.loaded_through,
+        "store_refreshes": refresher.refreshes,
+        "store_reloads": refresher.reloads,
+        "store_refresh_errors": refresher.errors,
+        "store_refresh_last_error": refresher.last_error,
+    }
 
 
 def _model_source(settings: Settings, cfg) -> ModelSource:
@@ -321,45 +388,19 @@ def _default_notifier(cfg):
         return None
 
     def send(message: str) -> None:
-        Notifier.for_lake(cfg.lake()).send(Alert(title="serving log queue full", where="lockstep serve",
-                                                 reason=message, what="serving log queue full",
-                                                 dataset="serving_logs"))
+        Notifier.for_lake(cfg.lake()).send(
+            Alert(
+                title="serving log queue full",
+                where="lockstep serve",
+                reason=message,
+                what="serving log queue full",
+                dataset="serving_logs",
+            )
+        )
+
     return send
 
 
 def app_from_env():
     """uvicorn factory: ``uvicorn --factory jobs.serving.app:app_from_env``."""
     return create_app(Settings.from_env())
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep serve [--host H] [--port P] [--mode fresh|materialized] [--redis-url URL] [--wal-dir D]``."""
-    p = subparsers.add_parser("serve", help="run the reference serving service (POST /predict, /health, /metrics)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--mode", choices=MODES, help="default feature mode (default fresh)")
-    p.add_argument("--redis-url", help="online store in Redis (default: embedded, loaded from the lake)")
-    p.add_argument("--store-timeout-ms", type=float)
-    p.add_argument("--wal-dir", help="serving-log write-ahead directory (default .lockstep/serving_wal)")
-    p.add_argument("--fsync", choices=("interval", "always", "never"))
-    p.add_argument("--model-path", help="a pickled Model instead of the registry's champion")
-    p.add_argument("--workers", type=int, default=1,
-                   help="uvicorn worker processes (they share the WAL directory; /metrics is per worker)")
-    p.set_defaults(func=_cmd_serve)
-
-
-def _cmd_serve(args) -> int:
-    import uvicorn
-
-    settings = Settings.from_env(lake_root=getattr(args, "lake", None), mode=args.mode, redis_url=args.redis_url,
-                                 store_timeout_ms=args.store_timeout_ms, wal_dir=args.wal_dir, fsync=args.fsync,
-                                 model_path=args.model_path)
-    if args.workers > 1:  # workers import the factory and read the settings from the environment
-        os.environ.update({f"LOCKSTEP_SERVING_{f.name.upper()}": str(getattr(settings, f.name))
-                           for f in fields(settings) if getattr(settings, f.name) is not None})
-        os.environ["LOCKSTEP_LAKE"] = settings.lake_root
-        uvicorn.run("jobs.serving.app:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level="info")
-    else:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
-    return 0

@@ -26,6 +26,7 @@ Recovery: a torn last line (a write cut by a crash) was never acknowledged; read
 Segments are never rewritten or appended to after their process ends: every start opens a new
 one, named by time and pid, so several workers (``uvicorn --workers N``) can share a WAL dir.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -97,9 +98,18 @@ def make_record(fs: FeatureSet, **fields) -> dict:
 class ServingLog:
     """Bounded queue -> writer thread -> WAL segments; ``publish(ds)`` -> ``serving_logs/ds=D``."""
 
-    def __init__(self, wal_dir: str | os.PathLike, fs: FeatureSet, *, queue_size: int = 10_000,
-                 batch_size: int = 1024, fsync: str = "interval", fsync_interval_s: float = 0.2,
-                 segment_bytes: int = 256 << 20, notifier=None):
+    def __init__(
+        self,
+        wal_dir: str | os.PathLike,
+        fs: FeatureSet,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 1024,
+        fsync: str = "interval",
+        fsync_interval_s: float = 0.2,
+        segment_bytes: int = 256 << 20,
+        notifier=None,
+    ):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.wal_dir = Path(wal_dir)
@@ -129,6 +139,16 @@ class ServingLog:
         self._thread = threading.Thread(target=self._run, name="serving-log-writer", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def running(self) -> bool:
+        """Whether ``start`` was called and ``close`` not yet: the writer thread is up."""
+        return self._thread is not None
+
+    def abandon_segment(self) -> None:
+        """Forget the open WAL segment without syncing or closing it: what a crash leaves behind
+        (the next ``start`` recovers it). For fault injection; ``close`` is the clean shutdown."""
+        self._fd = None
 
     def close(self) -> None:
         """Drain the queue, fsync and close (clean shutdown)."""
@@ -163,8 +183,10 @@ class ServingLog:
         if now - self._last_alert < 10:  # every drop is counted; alerts are rate-limited
             return
         self._last_alert = now
-        msg = (f"serving log queue full: {self.queue_full} record(s) refused so far "
-               f"(queue size {self._queue.maxsize}); requests answered 503")
+        msg = (
+            f"serving log queue full: {self.queue_full} record(s) refused so far "
+            f"(queue size {self._queue.maxsize}); requests answered 503"
+        )
         log.error(msg)
         if self.notifier is not None:
             try:
@@ -285,8 +307,9 @@ def publish(cfg, wal_dir, fs: FeatureSet, ds: str):
     part = frame[day].drop_duplicates("request_id").sort_values(["request_time", "request_id"], ignore_index=True)
     table = cfg.lake().table(SERVING_LOGS_TABLE, log_schema(fs))
     producer = {"job": "serving_log.publish", "feature_set": fs.name, "wal_dir": str(wal_dir)}
-    return table.write_partition(ds, pa.Table.from_pandas(part, schema=log_schema(fs), preserve_index=False),
-                                 producer=producer)
+    return table.write_partition(
+        ds, pa.Table.from_pandas(part, schema=log_schema(fs), preserve_index=False), producer=producer
+    )
 
 
 def feature_frame(logs: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
@@ -296,22 +319,3 @@ def feature_frame(logs: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
         col = logs[f.name]
         out[f.name] = col.to_numpy(dtype=np.int64) if f.is_integer else col.to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.DataFrame(out, index=logs.index)
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep publish-serving-log --ds D [--wal-dir DIR]``: WAL records of day D -> serving_logs/ds=D."""
-    p = subparsers.add_parser("publish-serving-log", help="rotate the serving WAL's records of a day into serving_logs/ds=D")
-    p.add_argument("--ds", required=True)
-    p.add_argument("--wal-dir", default=".lockstep/serving_wal")
-    p.add_argument("--feature-set", default="customer_activity_v1")
-    p.set_defaults(func=_cmd_publish)
-
-
-def _cmd_publish(args) -> int:
-    from features import registry
-    from jobs.config import Config
-
-    cfg = Config.from_env(lake_root=getattr(args, "lake", None))
-    m = publish(cfg, args.wal_dir, registry.get(args.feature_set), args.ds)
-    print(f"serving_logs/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
-    return 0

@@ -3,9 +3,10 @@
 :class:`Model` is the minimal protocol (``predict(features_frame) -> scores``, ``name``,
 ``version``, ``feature_set_fingerprint``, ``feature_names``). :class:`ModelSource` gives the
 champion and loads a model by (name, version) — for re-scoring logged rows with the exact
-version that served them. :class:`RegistrySource` adapts ``jobs.registry`` when it is
+version that served them. :class:`RegistrySource` adapts ``jobs.models.registry`` when it is
 installed (MLflow-backed, LightGBM boosters); :class:`StaticSource` holds models in memory (tests, benchmarks).
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -37,8 +38,12 @@ class ModelSource(Protocol):
 class StaticSource:
     """Models held in memory; the first one given is the champion unless named."""
 
-    def __init__(self, *models: Model, champion: tuple[str, str] | None = None,
-                 training: dict[tuple[str, str], pd.DataFrame] | None = None):
+    def __init__(
+        self,
+        *models: Model,
+        champion: tuple[str, str] | None = None,
+        training: dict[tuple[str, str], pd.DataFrame] | None = None,
+    ):
         self._models = {(m.name, str(m.version)): m for m in models}
         self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
         self._training = dict(training or {})
@@ -61,8 +66,9 @@ class StaticSource:
 class LinearModel:
     """A logistic model over the features (nulls as 0): a deterministic stand-in for tests and benches."""
 
-    def __init__(self, name: str, version: str, feature_set_fingerprint: str, feature_names, weights=None,
-                 bias: float = 0.0):
+    def __init__(
+        self, name: str, version: str, feature_set_fingerprint: str, feature_names, weights=None, bias: float = 0.0
+    ):
         self.name, self.version = name, str(version)
         self.feature_set_fingerprint = feature_set_fingerprint
         self.feature_names = tuple(feature_names)
@@ -82,7 +88,7 @@ class LinearModel:
 
 
 class BoosterModel:
-    """A registry version (``jobs.registry.LoadedModel``: LightGBM booster or linear baseline + lineage)
+    """A registry version (``jobs.models.registry.LoadedModel``: LightGBM booster or linear baseline + lineage)
     as a serving Model."""
 
     def __init__(self, loaded):
@@ -108,7 +114,7 @@ class BoosterModel:
 
 
 class RegistrySource:
-    """Adapter over ``jobs.registry.Registry`` (MLflow): champion alias, load by name/version.
+    """Adapter over ``jobs.models.registry.Registry`` (MLflow): champion alias, load by name/version.
 
     Drift reference: the feature columns of the training-set partitions in the champion's lineage
     (``training_set_fingerprints``, restricted to the ``train`` range when recorded), at most
@@ -116,21 +122,21 @@ class RegistrySource:
     """
 
     def __init__(self, cfg, model_name: str | None = None, max_training_rows: int = 500_000):
-        from jobs.registry import (
+        from jobs.models.registry import (
             Registry,  # ImportError when the registry is not installed
         )
 
         self.cfg = cfg
         self.registry = Registry.from_config(cfg)
         if model_name is None:
-            from jobs.train import DEFAULT_MODEL
+            from jobs.defaults import DEFAULT_MODEL
 
             model_name = DEFAULT_MODEL
         self.model_name, self.max_training_rows = model_name, max_training_rows
         self._cache: dict[tuple[str, str], BoosterModel] = {}
 
     def champion(self) -> Model:
-        from jobs.registry import CHAMPION
+        from jobs.models.registry import CHAMPION
 
         m = BoosterModel(self.registry.load(self.model_name, CHAMPION))
         self._cache[(m.name, m.version)] = m

@@ -6,6 +6,7 @@ weighted by how often they bought; each request gets a uniformly random time of 
 microsecond precision. ``replay`` sends them (bounded concurrency) and returns one row per
 request with the HTTP status.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -17,8 +18,14 @@ import pandas as pd
 US_PER_DAY = 86_400_000_000
 
 
-def plan_day(events: pd.DataFrame, ds: str, n_requests: int | None = None, seed: int = 0,
-             entity: str = "customer_id", mode: str | None = None) -> pd.DataFrame:
+def plan_day(
+    events: pd.DataFrame,
+    ds: str,
+    n_requests: int | None = None,
+    seed: int = 0,
+    entity: str = "customer_id",
+    mode: str | None = None,
+) -> pd.DataFrame:
     """Requests for day ``ds``: columns request_id, entity_id, request_time (UTC, us), mode.
 
     ``events`` are raw events (``entity``, ``event_ts``). ``n_requests`` caps/fixes the count.
@@ -45,8 +52,11 @@ def plan_day(events: pd.DataFrame, ds: str, n_requests: int | None = None, seed:
 
 
 def _body(row) -> dict:
-    body = {"entity_id": int(row.entity_id), "request_time": pd.Timestamp(row.request_time).isoformat(),
-            "request_id": row.request_id}
+    body = {
+        "entity_id": int(row.entity_id),
+        "request_time": pd.Timestamp(row.request_time).isoformat(),
+        "request_id": row.request_id,
+    }
     if getattr(row, "mode", None):
         body["mode"] = row.mode
     return body
@@ -61,8 +71,11 @@ def replay(client, plan: pd.DataFrame, concurrency: int = 1, timeout: float = 10
 
     own = isinstance(client, str)
     if own:
-        client = httpx.Client(base_url=client, timeout=timeout,
-                              limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency))
+        client = httpx.Client(
+            base_url=client,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
 
     def one(row):
         try:
@@ -85,30 +98,3 @@ def replay(client, plan: pd.DataFrame, concurrency: int = 1, timeout: float = 10
     out["status"] = [s for s, _ in results]
     out["score"] = [sc for _, sc in results]
     return out
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``."""
-    p = subparsers.add_parser("replay", help="replay a day of CDNOW-like requests against a running service")
-    p.add_argument("--ds", required=True)
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--requests", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", choices=("fresh", "materialized"))
-    p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--feature-set", default="customer_activity_v1")
-    p.set_defaults(func=_cmd_replay)
-
-
-def _cmd_replay(args) -> int:
-    from features import registry
-    from jobs.config import Config
-    from jobs.serving.store import read_lake_events
-
-    cfg = Config.from_env(lake_root=getattr(args, "lake", None))
-    fs = registry.get(args.feature_set)
-    plan = plan_day(read_lake_events(cfg, fs), args.ds, args.requests, args.seed, fs.entity, args.mode)
-    res = replay(args.url, plan, args.concurrency)
-    counts = res["status"].value_counts().to_dict()
-    print(f"replayed {len(res)} requests for ds={args.ds}: status counts {counts}")
-    return 0 if set(counts) == {200} else 1

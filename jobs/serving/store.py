@@ -17,6 +17,7 @@ kernel's index of those events, built once per cached entry — see :class:`Enti
 :class:`StoreUnavailable`; the service then serves declared defaults and flags the record
 ``degraded`` (see ``jobs.serving.app``).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,11 @@ def _empty_events(fs: FeatureSet) -> pd.DataFrame:
     from jobs.schemas import RAW_EVENTS
 
     cols = [c for c in fs.event_columns]
-    return RAW_EVENTS.empty_table().to_pandas()[cols] if set(cols) <= set(RAW_EVENTS.names) else \
-        pd.DataFrame({c: [] for c in cols})
+    return (
+        RAW_EVENTS.empty_table().to_pandas()[cols]
+        if set(cols) <= set(RAW_EVENTS.names)
+        else pd.DataFrame({c: [] for c in cols})
+    )
 
 
 def read_lake_events(cfg, fs: FeatureSet, ds_to: str | None = None) -> pd.DataFrame:
@@ -145,7 +149,8 @@ class EmbeddedStore:
             if span is None:
                 return self._empty_history
             got = self._by_entity[key] = EntityHistory(
-                lambda a=span[0], b=span[1]: self._sorted.iloc[a:b].reset_index(drop=True), self.fs, self._index)
+                lambda a=span[0], b=span[1]: self._sorted.iloc[a:b].reset_index(drop=True), self.fs, self._index
+            )
         return got
 
     def events(self, entity_id: int) -> pd.DataFrame:
@@ -154,8 +159,7 @@ class EmbeddedStore:
     def appended(self, events: pd.DataFrame) -> EmbeddedStore:
         """A NEW store holding this one's events plus ``events`` (this one is left as it is, so
         requests keep being served from it while the new one is built and indexed)."""
-        return EmbeddedStore(self.fs, pd.concat([self._sorted, events[list(self.fs.event_columns)]],
-                                                ignore_index=True))
+        return EmbeddedStore(self.fs, pd.concat([self._sorted, events[list(self.fs.event_columns)]], ignore_index=True))
 
     def __len__(self) -> int:
         return len(self._spans)
@@ -248,8 +252,14 @@ class L1Cache:
     not seen until it expires); ``ttl_s=0`` disables caching.
     """
 
-    def __init__(self, store: EventStore, max_entries: int = 10_000, ttl_s: float = 1.0,
-                 clock=time.monotonic, fs: FeatureSet | None = None):
+    def __init__(
+        self,
+        store: EventStore,
+        max_entries: int = 10_000,
+        ttl_s: float = 1.0,
+        clock=time.monotonic,
+        fs: FeatureSet | None = None,
+    ):
         self.store, self.max_entries, self.ttl_s, self._clock = store, max_entries, ttl_s, clock
         self.fs = fs or getattr(store, "fs", None)
         self._entries: OrderedDict[int, tuple[float, EntityHistory]] = OrderedDict()
@@ -351,7 +361,9 @@ class SnapshotVectors:
             integer = [self.fs.feature(n).is_integer for n in names]
             day = {}
             for i, e in enumerate(frame[self.fs.entity].to_numpy()):
-                day[int(e)] = tuple(int(c[i]) if isint else _none_if_nan(float(c[i])) for c, isint in zip(cols, integer))
+                day[int(e)] = tuple(
+                    int(c[i]) if isint else _none_if_nan(float(c[i])) for c, isint in zip(cols, integer)
+                )
         if day is None:
             return None  # not cached: the partition may be published later
         with self._lock:

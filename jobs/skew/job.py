@@ -24,9 +24,10 @@ prediction skew (logged rows re-scored with the logged model version; and the se
 score of the offline known_at features).
 
 Output: ``skew_reports/ds=D`` (one row per feature plus ``__score__``), an HTML page with plots
-(``jobs.skew_report``) and, when a per-feature threshold is crossed, an alert and
+(``jobs.skew.report``) and, when a per-feature threshold is crossed, an alert and
 :class:`SkewThresholdError` naming every breach.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,13 +44,21 @@ from jobs import engines
 from jobs.lake import MissingPartitionError
 from jobs.schemas import RAW_EVENTS_TABLE
 from jobs.serving.log import SERVING_LOGS_TABLE, feature_frame, log_schema
+from jobs.skew.causes import (
+    CAUSES,
+    DEGRADED,
+    LATE_DATA,
+    LOGIC_SKEW,
+    PSI_MAJOR,
+    PSI_MODERATE,
+    SCORE_ROW,
+    STALENESS,
+    VERSION_SKEW,
+)
 
 log = logging.getLogger(__name__)
 
 SKEW_REPORTS_TABLE = "skew_reports"
-CAUSES = ("degraded", "version_skew", "late_data", "staleness", "logic_skew")
-SCORE_ROW = "__score__"
-PSI_MODERATE, PSI_MAJOR = 0.1, 0.25
 #: Per-feature maxima; "*" applies to every feature, a feature name overrides it.
 #: Metrics: mismatch_rate, <cause>_rate, psi, js_bits; for __score__: rescore_max_abs_diff.
 DEFAULT_THRESHOLDS = {
@@ -58,17 +67,31 @@ DEFAULT_THRESHOLDS = {
 }
 SAMPLES = 5
 
-REPORT_SCHEMA = pa.schema([
-    ("ds", pa.string()), ("feature", pa.string()), ("rows", pa.int64()), ("compared", pa.int64()),
-    ("both_null", pa.int64()), ("online_only_null", pa.int64()), ("offline_only_null", pa.int64()),
-    ("mismatches", pa.int64()), ("mismatch_rate", pa.float64()),
-    *[(f"{c}", pa.int64()) for c in CAUSES],
-    ("mismatches_vs_as_of", pa.int64()),
-    ("diff_mean", pa.float64()), ("abs_diff_p50", pa.float64()), ("abs_diff_p99", pa.float64()),
-    ("psi", pa.float64()), ("js_bits", pa.float64()), ("drift", pa.string()),
-    ("rescore_max_abs_diff", pa.float64()), ("rescore_mismatches", pa.int64()),
-    ("breaches", pa.string()), ("samples", pa.string()),
-])
+REPORT_SCHEMA = pa.schema(
+    [
+        ("ds", pa.string()),
+        ("feature", pa.string()),
+        ("rows", pa.int64()),
+        ("compared", pa.int64()),
+        ("both_null", pa.int64()),
+        ("online_only_null", pa.int64()),
+        ("offline_only_null", pa.int64()),
+        ("mismatches", pa.int64()),
+        ("mismatch_rate", pa.float64()),
+        *[(f"{c}", pa.int64()) for c in CAUSES],
+        ("mismatches_vs_as_of", pa.int64()),
+        ("diff_mean", pa.float64()),
+        ("abs_diff_p50", pa.float64()),
+        ("abs_diff_p99", pa.float64()),
+        ("psi", pa.float64()),
+        ("js_bits", pa.float64()),
+        ("drift", pa.string()),
+        ("rescore_max_abs_diff", pa.float64()),
+        ("rescore_mismatches", pa.int64()),
+        ("breaches", pa.string()),
+        ("samples", pa.string()),
+    ]
+)
 
 
 class SkewThresholdError(Exception):
@@ -82,9 +105,9 @@ class SkewThresholdError(Exception):
 @dataclass
 class SkewReport:
     ds: str
-    table: pd.DataFrame                  # one row per feature + __score__ (REPORT_SCHEMA)
-    causes: pd.DataFrame                 # per logged row x feature: cause code ('' = match)
-    rows: pd.DataFrame                   # logged rows joined with offline values (for samples/plots)
+    table: pd.DataFrame  # one row per feature + __score__ (REPORT_SCHEMA)
+    causes: pd.DataFrame  # per logged row x feature: cause code ('' = match)
+    rows: pd.DataFrame  # logged rows joined with offline values (for samples/plots)
     breaches: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     html_path: str | None = None
@@ -100,6 +123,7 @@ class SkewReport:
 
 # ----------------------------------------------------------------------------- comparison
 
+
 def equal_within(online: np.ndarray, offline: np.ndarray, tol: tuple[float, float]) -> np.ndarray:
     """Elementwise: null == null, null != value, else ``|a-b| <= abs + rel*|b|`` (exact when (0, 0))."""
     a, b = np.asarray(online, dtype=np.float64), np.asarray(offline, dtype=np.float64)
@@ -112,8 +136,15 @@ def equal_within(online: np.ndarray, offline: np.ndarray, tol: tuple[float, floa
     return np.where(an | bn, an & bn, close)
 
 
-def attribute(fs: FeatureSet, served: pd.DataFrame, known: pd.DataFrame, as_of: pd.DataFrame,
-              stale: list[pd.DataFrame], current_fp: np.ndarray, degraded: np.ndarray) -> pd.DataFrame:
+def attribute(
+    fs: FeatureSet,
+    served: pd.DataFrame,
+    known: pd.DataFrame,
+    as_of: pd.DataFrame,
+    stale: list[pd.DataFrame],
+    current_fp: np.ndarray,
+    degraded: np.ndarray,
+) -> pd.DataFrame:
     """Cause per (row, feature): '' for a match, else one of CAUSES (see the module docstring)."""
     n = len(served)
     stale_row = np.zeros(n, dtype=bool)
@@ -134,7 +165,8 @@ def attribute(fs: FeatureSet, served: pd.DataFrame, known: pd.DataFrame, as_of: 
     return pd.DataFrame(out, index=served.index)
 
 
-_CAUSE_LABELS = ["", "degraded", "late_data", "version_skew", "staleness", "logic_skew"]
+#: Category of each code ``attribute`` selects: a match, then the causes in attribution order (first match wins).
+_CAUSE_LABELS = ["", DEGRADED, LATE_DATA, VERSION_SKEW, STALENESS, LOGIC_SKEW]
 
 
 def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame) -> list[dict]:
@@ -148,9 +180,14 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
         c = np.asarray(causes[f.name].to_numpy(), dtype=object)
         mism = c != ""
         rec = {
-            "feature": f.name, "rows": len(s), "compared": int(both.sum()), "both_null": int((sn & kn).sum()),
-            "online_only_null": int((sn & ~kn).sum()), "offline_only_null": int((~sn & kn).sum()),
-            "mismatches": int(mism.sum()), "mismatch_rate": float(mism.mean()) if len(s) else 0.0,
+            "feature": f.name,
+            "rows": len(s),
+            "compared": int(both.sum()),
+            "both_null": int((sn & kn).sum()),
+            "online_only_null": int((sn & ~kn).sum()),
+            "offline_only_null": int((~sn & kn).sum()),
+            "mismatches": int(mism.sum()),
+            "mismatch_rate": float(mism.mean()) if len(s) else 0.0,
             "mismatches_vs_as_of": int((~equal_within(s, as_of[f.name].to_numpy(), f.tolerance)).sum()),
             "diff_mean": float(d.mean()) if len(d) else None,
             "abs_diff_p50": float(np.percentile(np.abs(d), 50)) if len(d) else None,
@@ -161,13 +198,24 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
             rec[cause] = int(counts.get(cause, 0))
         # Samples of the most actionable causes first (late data is expected, logic skew is a bug).
         where = np.flatnonzero(mism)
-        rank = np.select([c[where] == k for k in ("logic_skew", "version_skew", "staleness", "degraded")],
-                         [0, 1, 2, 3], default=4)
+        rank = np.select(
+            [c[where] == k for k in (LOGIC_SKEW, VERSION_SKEW, STALENESS, DEGRADED)], [0, 1, 2, 3], default=4
+        )
         idx = where[np.argsort(rank, kind="stable")[:SAMPLES]]
-        rec["samples"] = json.dumps([{
-            "request_id": rows["request_id"].iat[i], "entity_id": int(rows["entity_id"].iat[i]),
-            "request_time": rows["request_time"].iat[i].isoformat(), "served": _js(s[i]),
-            "known_at": _js(k[i]), "as_of": _js(float(as_of[f.name].iat[i])), "cause": c[i]} for i in idx])
+        rec["samples"] = json.dumps(
+            [
+                {
+                    "request_id": rows["request_id"].iat[i],
+                    "entity_id": int(rows["entity_id"].iat[i]),
+                    "request_time": rows["request_time"].iat[i].isoformat(),
+                    "served": _js(s[i]),
+                    "known_at": _js(k[i]),
+                    "as_of": _js(float(as_of[f.name].iat[i])),
+                    "cause": c[i],
+                }
+                for i in idx
+            ]
+        )
         out.append(rec)
     return out
 
@@ -177,6 +225,7 @@ def _js(v):
 
 
 # ----------------------------------------------------------------------------- drift
+
 
 def quantile_edges(train: np.ndarray, bins: int = 10) -> np.ndarray:
     x = train[~np.isnan(train)]
@@ -217,6 +266,7 @@ def drift_level(psi: float | None) -> str:
 
 # ----------------------------------------------------------------------------- the job
 
+
 def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, mode: str) -> pd.DataFrame:
     """Offline features for the logged (entity, request_time), in the order of ``logs``."""
     raw = cfg.lake().table(RAW_EVENTS_TABLE)
@@ -224,9 +274,13 @@ def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, 
     if first is None:
         raise ValueError(f"no raw_events partitions in {cfg.lake().root}")
     end = min(last, (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
-    queries = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64),
-                            "as_of": logs["request_time"].array,  # tz-aware datetimes, not Timestamp objects
-                            "_row": np.arange(len(logs), dtype=np.int64)})
+    queries = pd.DataFrame(
+        {
+            fs.entity: logs["entity_id"].to_numpy(dtype=np.int64),
+            "as_of": logs["request_time"].array,  # tz-aware datetimes, not Timestamp objects
+            "_row": np.arange(len(logs), dtype=np.int64),
+        }
+    )
     frames = engines.run(cfg, fs, raw.files(first, end), queries, mode)
     out = pd.concat(list(frames), ignore_index=True)
     out = out.sort_values("_row", ignore_index=True)
@@ -253,8 +307,9 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
     ev = ev[(ev[fs.ingested_at] >= t.min()) & (ev[fs.timestamp] < t.max())]
     if not len(ev):
         return np.zeros(len(logs), dtype=bool)
-    rows = pd.DataFrame({fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.array,
-                         "_row": np.arange(len(logs))})
+    rows = pd.DataFrame(
+        {fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.array, "_row": np.arange(len(logs))}
+    )
     pairs = rows.merge(ev, on=fs.entity, how="inner")
     hit = (pairs[fs.timestamp] < pairs["_t"]) & (pairs[fs.ingested_at] >= pairs["_t"])
     mask = np.zeros(len(logs), dtype=bool)
@@ -293,9 +348,19 @@ def stale_vectors(cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int) -
     return out, notes
 
 
-def run_skew(cfg, ds: str, *, feature_set: str = "customer_activity_v1", model_source=None,
-             thresholds: dict | None = None, lookback_days: int = 3, late_days: int = 3,
-             notifier=None, html: bool = True, fail: bool = True) -> SkewReport:
+def run_skew(
+    cfg,
+    ds: str,
+    *,
+    feature_set: str = "customer_activity_v1",
+    model_source=None,
+    thresholds: dict | None = None,
+    lookback_days: int = 3,
+    late_days: int = 3,
+    notifier=None,
+    html: bool = True,
+    fail: bool = True,
+) -> SkewReport:
     """Compare ``serving_logs/ds=D`` with offline recomputation; write the report; raise on a breach."""
     ds = str(pd.Timestamp(ds).date())
     fs = registry.get(feature_set)
@@ -320,8 +385,10 @@ def run_skew(cfg, ds: str, *, feature_set: str = "customer_activity_v1", model_s
     fps = logs["feature_set_fingerprint"].value_counts().to_dict()
     for fp in fps:
         if fp != fs.fingerprint:
-            notes.append(f"{fps[fp]} row(s) served with fingerprint {fp}"
-                         f"{'' if fp in known_fps else ' (unknown to the registry)'}; current is {fs.fingerprint}")
+            notes.append(
+                f"{fps[fp]} row(s) served with fingerprint {fp}"
+                f"{'' if fp in known_fps else ' (unknown to the registry)'}; current is {fs.fingerprint}"
+            )
     degraded = logs["degraded"].fillna(False).to_numpy(dtype=bool)
     causes = attribute(fs, served, known, as_of, stale, current, degraded)
     stats = feature_stats(fs, served, known, as_of, causes, logs)
@@ -337,20 +404,38 @@ def run_skew(cfg, ds: str, *, feature_set: str = "customer_activity_v1", model_s
             table[col] = None
     table = table[REPORT_SCHEMA.names]
     rows = logs.join(known.add_prefix("known_at__")).join(as_of.add_prefix("as_of__"))
-    report = SkewReport(ds, table, causes, rows, [f"{f}: {b}" for f, b in breaches], notes,
-                        fingerprints={str(k): int(v) for k, v in fps.items()})
+    report = SkewReport(
+        ds,
+        table,
+        causes,
+        rows,
+        [f"{f}: {b}" for f, b in breaches],
+        notes,
+        fingerprints={str(k): int(v) for k, v in fps.items()},
+    )
     lake.table(SKEW_REPORTS_TABLE, REPORT_SCHEMA).write_partition(
-        ds, pa.Table.from_pandas(table, schema=REPORT_SCHEMA, preserve_index=False),
-        producer={"job": "skew", "engine": cfg.engine, "feature_set_fingerprint": fs.fingerprint,
-                  "lookback_days": lookback_days, "late_days": late_days, "thresholds": thresholds},
-        inputs={f"{SERVING_LOGS_TABLE}/ds={ds}": lake.table(SERVING_LOGS_TABLE).manifest(ds).content_fingerprint})
+        ds,
+        pa.Table.from_pandas(table, schema=REPORT_SCHEMA, preserve_index=False),
+        producer={
+            "job": "skew",
+            "engine": cfg.engine,
+            "feature_set_fingerprint": fs.fingerprint,
+            "lookback_days": lookback_days,
+            "late_days": late_days,
+            "thresholds": thresholds,
+        },
+        inputs={f"{SERVING_LOGS_TABLE}/ds={ds}": lake.table(SERVING_LOGS_TABLE).manifest(ds).content_fingerprint},
+    )
     if html:
-        from jobs.skew_report import write_html
+        from jobs.skew.report import write_html
 
         report.html_path = write_html(cfg, report, timeseries(cfg, ds))
     if report.breaches:
-        msg = (f"skew ds={ds}: {len(report.breaches)} threshold breach(es): " + "; ".join(report.breaches)
-               + (f" — report: {report.html_path}" if report.html_path else ""))
+        msg = (
+            f"skew ds={ds}: {len(report.breaches)} threshold breach(es): "
+            + "; ".join(report.breaches)
+            + (f" — report: {report.html_path}" if report.html_path else "")
+        )
         _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path)
         if fail:
             raise SkewThresholdError(msg, report)
@@ -378,8 +463,10 @@ def _add_drift(stats, fs, served, logs, model_source, notes) -> None:
     for rec in stats:
         psi = js = None
         if train is not None and rec["feature"] in train.columns:
-            psi, js = psi_js(train[rec["feature"]].to_numpy(dtype=np.float64, na_value=np.nan),
-                             served[rec["feature"]].to_numpy(dtype=np.float64))
+            psi, js = psi_js(
+                train[rec["feature"]].to_numpy(dtype=np.float64, na_value=np.nan),
+                served[rec["feature"]].to_numpy(dtype=np.float64),
+            )
         rec["psi"], rec["js_bits"], rec["drift"] = psi, js, drift_level(psi)
 
 
@@ -401,12 +488,16 @@ def _prediction_skew(fs, logs, served, known, model_source, notes) -> dict:
     ok = ~np.isnan(rescored)
     d = np.abs(rescored[ok] - logged[ok])
     od = offline[ok] - logged[ok]
-    rec.update(compared=int(ok.sum()), rescore_max_abs_diff=float(d.max()) if len(d) else None,
-               rescore_mismatches=int((d > 0).sum()), mismatches=int((od != 0).sum()),
-               mismatch_rate=float((od != 0).mean()) if len(od) else None,
-               diff_mean=float(od.mean()) if len(od) else None,
-               abs_diff_p50=float(np.percentile(np.abs(od), 50)) if len(od) else None,
-               abs_diff_p99=float(np.percentile(np.abs(od), 99)) if len(od) else None)
+    rec.update(
+        compared=int(ok.sum()),
+        rescore_max_abs_diff=float(d.max()) if len(d) else None,
+        rescore_mismatches=int((d > 0).sum()),
+        mismatches=int((od != 0).sum()),
+        mismatch_rate=float((od != 0).mean()) if len(od) else None,
+        diff_mean=float(od.mean()) if len(od) else None,
+        abs_diff_p50=float(np.percentile(np.abs(od), 50)) if len(od) else None,
+        abs_diff_p99=float(np.percentile(np.abs(od), 99)) if len(od) else None,
+    )
     return rec
 
 
@@ -451,49 +542,17 @@ def _alert(cfg, message: str, notifier=None, *, ds: str | None = None, failed=()
     except ImportError:
         return
     try:
-        Notifier.for_lake(cfg.lake()).send(Alert(
-            title=f"training-serving skew over threshold, ds={ds}", where="lockstep skew", reason=message,
-            what="skew threshold", dataset=SERVING_LOGS_TABLE, partition=ds, failed=list(failed), report=report))
+        Notifier.for_lake(cfg.lake()).send(
+            Alert(
+                title=f"training-serving skew over threshold, ds={ds}",
+                where="lockstep skew",
+                reason=message,
+                what="skew threshold",
+                dataset=SERVING_LOGS_TABLE,
+                partition=ds,
+                failed=list(failed),
+                report=report,
+            )
+        )
     except Exception:  # alerting must not mask the failure being reported (logged)
         log.exception("could not send the skew alert")
-
-
-# ----------------------------------------------------------------------------- CLI
-
-def add_parsers(subparsers) -> None:
-    """``lockstep skew --ds D [--thresholds FILE.json] [--lookback-days N] [--late-days N] [--no-fail]``."""
-    p = subparsers.add_parser("skew", help="compare serving_logs/ds=D with an offline recomputation; report causes")
-    p.add_argument("--ds", required=True)
-    p.add_argument("--feature-set", default="customer_activity_v1")
-    p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "recency_days": {"psi": 0.25}}')
-    p.add_argument("--lookback-days", type=int, default=3)
-    p.add_argument("--late-days", type=int, default=3)
-    p.add_argument("--no-fail", action="store_true", help="report breaches but exit 0")
-    p.set_defaults(func=_cmd_skew)
-
-
-def _cmd_skew(args) -> int:
-    from jobs.config import Config
-
-    cfg = Config.from_env(lake_root=getattr(args, "lake", None), engine=getattr(args, "engine", None))
-    thresholds = None
-    if args.thresholds:
-        with open(args.thresholds) as f:
-            thresholds = json.load(f)
-    source = None
-    try:
-        from jobs.serving.model import RegistrySource
-
-        source = RegistrySource(cfg)
-    except ImportError:
-        pass
-    try:
-        rep = run_skew(cfg, args.ds, feature_set=args.feature_set, model_source=source, thresholds=thresholds,
-                       lookback_days=args.lookback_days, late_days=args.late_days, fail=not args.no_fail)
-    except SkewThresholdError as exc:
-        print(f"lockstep skew: FAILED: {exc}")
-        return 1
-    cc = rep.table.set_index("feature")[list(CAUSES)].sum()
-    print(f"skew ds={rep.ds}: {len(rep.rows)} logged rows; mismatches by cause: {cc.to_dict()}")
-    print(f"report: {rep.html_path}")
-    return 0

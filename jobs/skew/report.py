@@ -1,4 +1,5 @@
 """The skew report as one self-contained HTML page (matplotlib PNGs embedded as data URIs)."""
+
 from __future__ import annotations
 
 import base64
@@ -9,8 +10,7 @@ import json
 import numpy as np
 import pandas as pd
 
-CAUSE_COLORS = {"degraded": "#7f7f7f", "version_skew": "#9467bd", "late_data": "#1f77b4",
-                "staleness": "#ff7f0e", "logic_skew": "#d62728"}
+from jobs.skew.causes import CAUSE_COLORS, CAUSES, PSI_MAJOR, PSI_MODERATE, SCORE_ROW
 
 
 def _png(fig) -> str:
@@ -27,8 +27,6 @@ def plots(report, series: pd.DataFrame) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from jobs.skew import CAUSES, PSI_MAJOR, PSI_MODERATE, SCORE_ROW
 
     t = report.table[report.table.feature != SCORE_ROW].set_index("feature")
     out = {}
@@ -64,8 +62,13 @@ def plots(report, series: pd.DataFrame) -> dict[str, str]:
         daily = s.groupby("ds")[list(CAUSES) + ["rows"]].sum()
         fig, ax = plt.subplots(figsize=(9, 3))
         for c in CAUSES:
-            ax.plot(list(daily.index), daily[c] / daily["rows"].where(daily["rows"] > 0, 1),
-                    marker="o", color=CAUSE_COLORS[c], label=c)
+            ax.plot(
+                list(daily.index),
+                daily[c] / daily["rows"].where(daily["rows"] > 0, 1),
+                marker="o",
+                color=CAUSE_COLORS[c],
+                label=c,
+            )
         ax.set_ylabel("mismatching (row, feature) share")
         ax.set_title("Skew over days, by cause")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
@@ -96,14 +99,28 @@ def plots(report, series: pd.DataFrame) -> dict[str, str]:
 
 
 def render(report, series: pd.DataFrame) -> str:
-    from jobs.skew import CAUSES, SCORE_ROW
-
     imgs = plots(report, series)
     t = report.table
     status = ("FAILED: " + "; ".join(report.breaches)) if report.breaches else "PASSED: no threshold crossed"
-    cols = ["feature", "rows", "compared", "both_null", "online_only_null", "offline_only_null", "mismatches",
-            "mismatch_rate", *CAUSES, "mismatches_vs_as_of", "diff_mean", "abs_diff_p50", "abs_diff_p99",
-            "psi", "js_bits", "drift", "breaches"]
+    cols = [
+        "feature",
+        "rows",
+        "compared",
+        "both_null",
+        "online_only_null",
+        "offline_only_null",
+        "mismatches",
+        "mismatch_rate",
+        *CAUSES,
+        "mismatches_vs_as_of",
+        "diff_mean",
+        "abs_diff_p50",
+        "abs_diff_p99",
+        "psi",
+        "js_bits",
+        "drift",
+        "breaches",
+    ]
     feat = t[t.feature != SCORE_ROW][cols]
     score = t[t.feature == SCORE_ROW]
 
@@ -119,7 +136,9 @@ def render(report, series: pd.DataFrame) -> str:
         body = []
         for rec in frame.to_dict("records"):
             bad = bool(rec.get("breaches"))
-            body.append(f"<tr class={'bad' if bad else ''}>" + "".join(f"<td>{fmt(v)}</td>" for v in rec.values()) + "</tr>")
+            body.append(
+                f"<tr class={'bad' if bad else ''}>" + "".join(f"<td>{fmt(v)}</td>" for v in rec.values()) + "</tr>"
+            )
         return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
     samples = []
@@ -130,19 +149,25 @@ def render(report, series: pd.DataFrame) -> str:
     score_html = "<p>No model source: prediction skew not computed.</p>"
     if len(score) and pd.notna(score["compared"].iloc[0]):
         r = score.iloc[0]
-        score_html = (f"<p>{int(r['compared'])} logged rows re-scored with the logged model version: "
-                      f"max |re-scored − logged| = {fmt(r['rescore_max_abs_diff'])} "
-                      f"({int(r['rescore_mismatches'])} differ). Served score vs the score of the offline "
-                      f"known_at features: {int(r['mismatches'])} differ, mean diff {fmt(r['diff_mean'])}, "
-                      f"p99 |diff| {fmt(r['abs_diff_p99'])}.</p>")
-    titles = {"mismatch": "Mismatches per feature, by cause", "drift": "Drift (PSI, JS in bits)",
-              "timeseries": "Over days", "scatter": "Served vs offline, most-mismatched feature"}
+        score_html = (
+            f"<p>{int(r['compared'])} logged rows re-scored with the logged model version: "
+            f"max |re-scored − logged| = {fmt(r['rescore_max_abs_diff'])} "
+            f"({int(r['rescore_mismatches'])} differ). Served score vs the score of the offline "
+            f"known_at features: {int(r['mismatches'])} differ, mean diff {fmt(r['diff_mean'])}, "
+            f"p99 |diff| {fmt(r['abs_diff_p99'])}.</p>"
+        )
+    titles = {
+        "mismatch": "Mismatches per feature, by cause",
+        "drift": "Drift (PSI, JS in bits)",
+        "timeseries": "Over days",
+        "scatter": "Served vs offline, most-mismatched feature",
+    }
     img = "".join(f'<h3>{titles[k]}</h3><img src="{v}"/>' for k, v in imgs.items())
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Skew report {report.ds}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:12px}}
 td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}} th{{background:#eee}} tr.bad td{{background:#fdd}}
-.status{{font-size:18px;padding:8px;background:{'#fdd' if report.breaches else '#dfd'}}}</style></head><body>
+.status{{font-size:18px;padding:8px;background:{"#fdd" if report.breaches else "#dfd"}}}</style></head><body>
 <h1>Training-serving skew, ds={report.ds}</h1>
 <p class="status">{html.escape(status)}</p>
 <p>{len(report.rows)} logged requests; fingerprints served: {html.escape(json.dumps(report.fingerprints))}.
@@ -156,7 +181,7 @@ Jensen-Shannon divergence over the same bins in <b>bits</b> (log base 2, range 0
 {img}
 <h2>Per feature</h2>{table_html(feat)}
 <h2>Prediction skew</h2>{score_html}
-<h2>Sample mismatching rows</h2>{''.join(samples) or '<p>None.</p>'}
+<h2>Sample mismatching rows</h2>{"".join(samples) or "<p>None.</p>"}
 </body></html>"""
 
 

@@ -41,6 +41,7 @@ nan`` (we record the row count from our own pass), and its ``transform`` of a Nu
 place (``X -= mean_``), so :meth:`BaselineModel.design` always hands it a copy. dask's Parquet
 reader emits pandas ``Pandas4Warning`` (``reset_index(inplace=True)``) — harmless, from dask.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,10 +53,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from jobs.models.flavors import SGD_BASELINE as FLAVOR
+from jobs.models.flavors import BaselineModel
+
 log = logging.getLogger(__name__)
 
-FLAVOR = "sgd_baseline"
-FORMAT = "lockstep.sgd_baseline/1"
 SUFFIX = "_baseline"
 DEFAULT_EPOCHS = 5
 DEFAULT_SEED = 0
@@ -63,10 +65,21 @@ DEFAULT_SEED = 0
 #: less. alpha 1e-3 (10x scikit-learn's default): on the CDNOW test ranges the validation AUC at
 #: 1/5/20 epochs was 0.622/0.639/0.661 with 1e-4, 0.661/0.677/0.675 with 1e-3, 0.684/0.685/0.669
 #: with 1e-2 (``optimal`` steps are 1/(alpha t): a small alpha takes large, noisy steps).
-DEFAULT_SGD: dict = {"alpha": 1e-3, "penalty": "l2", "average": True, "learning_rate": "optimal",
-                     "tol": None}
-_SGD_KEYS = frozenset({"alpha", "penalty", "l1_ratio", "average", "learning_rate", "eta0", "power_t",
-                       "fit_intercept", "class_weight", "tol"})
+DEFAULT_SGD: dict = {"alpha": 1e-3, "penalty": "l2", "average": True, "learning_rate": "optimal", "tol": None}
+_SGD_KEYS = frozenset(
+    {
+        "alpha",
+        "penalty",
+        "l1_ratio",
+        "average",
+        "learning_rate",
+        "eta0",
+        "power_t",
+        "fit_intercept",
+        "class_weight",
+        "tol",
+    }
+)
 
 
 def baseline_name(model_name: str) -> str:
@@ -74,115 +87,24 @@ def baseline_name(model_name: str) -> str:
     return f"{model_name}{SUFFIX}"
 
 
-# ---- the model ----------------------------------------------------------------------------------
-@dataclass
-class BaselineModel:
-    """Scaler parameters, imputation rule and logistic-regression weights; JSON-serialisable."""
-
-    features: list[str]
-    mean: np.ndarray  # StandardScaler.mean_  (nanmean over the training rows)
-    var: np.ndarray  # StandardScaler.var_   (nanvar)
-    scale: np.ndarray  # StandardScaler.scale_ (sqrt(var), 1 where var == 0)
-    indicators: list[str]  # features with a missing-indicator column, in feature order
-    coef: np.ndarray  # len(features) + len(indicators)
-    intercept: float
-    n_samples_seen: int = 0
-    info: dict = field(default_factory=dict)  # epochs, seed, SGD settings, partitions (informational)
-
-    def __post_init__(self) -> None:
-        self.features = list(self.features)
-        self.indicators = list(self.indicators)
-        for name in ("mean", "var", "scale", "coef"):
-            setattr(self, name, np.asarray(getattr(self, name), dtype=np.float64).reshape(-1))
-        self.intercept = float(self.intercept)
-        n = len(self.features)
-        if not (len(self.mean) == len(self.var) == len(self.scale) == n):
-            raise ValueError("scaler parameters must have one value per feature")
-        unknown = [f for f in self.indicators if f not in self.features]
-        if unknown:
-            raise ValueError(f"missing indicators for unknown features {unknown}")
-        if len(self.coef) != n + len(self.indicators):
-            raise ValueError(f"{len(self.coef)} coefficients for {n} features + {len(self.indicators)} indicators")
-        self._ind = np.array([self.features.index(f) for f in self.indicators], dtype=np.intp)
-
-    # -- preprocessing: the persisted scaler, then the declared imputation --
-    def scaler(self):
-        """The fitted ``dask_ml.preprocessing.StandardScaler``, rebuilt from the persisted values."""
-        from dask_ml.preprocessing import StandardScaler
-
-        return scaler_from(self.mean, self.var, self.scale, self.n_samples_seen, StandardScaler)
-
-    def design(self, x) -> np.ndarray:
-        """Raw float64 feature rows (``features`` order, NaN = null) -> the SGD design matrix."""
-        x = np.array(x, dtype=np.float64, order="C", copy=True)  # the scaler transforms in place
-        if x.ndim != 2 or x.shape[1] != len(self.features):
-            raise ValueError(f"expected a (rows, {len(self.features)}) matrix, got {x.shape}")
-        missing = np.isnan(x)
-        z = self.scaler().transform(x)
-        z[missing] = 0.0  # the training mean, in standardised units
-        return np.concatenate([z, missing[:, self._ind].astype(np.float64)], axis=1)
-
-    def decision_function(self, x) -> np.ndarray:
-        z = self.design(x)
-        out = np.full(len(z), self.intercept, dtype=np.float64)
-        for j in range(z.shape[1]):  # fixed summation order: independent of batch and layout
-            out += z[:, j] * self.coef[j]
-        return out
-
-    def predict(self, x) -> np.ndarray:
-        """P(label = 1) per row of ``x`` (a float matrix or a DataFrame with the feature columns)."""
-        from scipy.special import expit
-
-        if hasattr(x, "columns"):
-            x = x[self.features].to_numpy(dtype=np.float64, na_value=np.nan)
-        return expit(self.decision_function(x))
-
-    # -- serialisation --
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "features": self.features, "indicators": self.indicators,
-                "scaler": {"mean": self.mean.tolist(), "var": self.var.tolist(), "scale": self.scale.tolist(),
-                           "n_samples_seen": int(self.n_samples_seen)},
-                "imputation": "standardise, then null -> 0.0 (the training mean); 0/1 indicator per listed feature",
-                "coef": self.coef.tolist(), "intercept": self.intercept, "info": self.info}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, allow_nan=False)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> BaselineModel:
-        if d.get("format") != FORMAT:
-            raise ValueError(f"not a baseline model document (format {d.get('format')!r}, want {FORMAT!r})")
-        s = d["scaler"]
-        return cls(d["features"], s["mean"], s["var"], s["scale"], d["indicators"], d["coef"], d["intercept"],
-                   int(s.get("n_samples_seen", 0)), dict(d.get("info", {})))
-
-    @classmethod
-    def from_json(cls, text: str) -> BaselineModel:
-        return cls.from_dict(json.loads(text))
-
-
-def scaler_from(mean, var, scale, n_samples_seen, cls=None):
-    """A fitted StandardScaler holding exactly these parameters."""
-    if cls is None:
-        from dask_ml.preprocessing import StandardScaler as cls
-    s = cls()
-    s.mean_, s.var_, s.scale_ = (np.asarray(v, dtype=np.float64).copy() for v in (mean, var, scale))
-    s.n_samples_seen_ = int(n_samples_seen)
-    s.n_features_in_ = len(s.mean_)
-    return s
-
-
 # ---- Dask: reading, fitting, scoring ------------------------------------------------------------
-def read_frame(files: Sequence[str], features: Sequence[str], label: str | None = None, *,
-               storage_options: dict | None = None, split_row_groups=True):
+def read_frame(
+    files: Sequence[str],
+    features: Sequence[str],
+    label: str | None = None,
+    *,
+    storage_options: dict | None = None,
+    split_row_groups=True,
+):
     """``files`` as a Dask DataFrame of float64 ``features`` (+ ``label``), one partition per row group."""
     import dask.dataframe as dd
 
     if not files:
         raise ValueError("no training-set files to read")
     columns = [*features, *([label] if label else [])]
-    ddf = dd.read_parquet(list(files), columns=columns, split_row_groups=split_row_groups,
-                          storage_options=storage_options or None)
+    ddf = dd.read_parquet(
+        list(files), columns=columns, split_row_groups=split_row_groups, storage_options=storage_options or None
+    )
     return ddf.astype({c: "float64" for c in columns})
 
 
@@ -205,8 +127,15 @@ class FitResult:
     coef_history: list[list[float]] = field(default_factory=list)  # after each epoch
 
 
-def fit_baseline(ddf, features: Sequence[str], label: str, *, epochs: int = DEFAULT_EPOCHS,
-                 seed: int = DEFAULT_SEED, sgd: dict | None = None) -> FitResult:
+def fit_baseline(
+    ddf,
+    features: Sequence[str],
+    label: str,
+    *,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    sgd: dict | None = None,
+) -> FitResult:
     """Scaler, null counts and ``epochs`` SGD passes over ``ddf``, all out of core (current scheduler)."""
     import dask
     from dask_ml.preprocessing import StandardScaler
@@ -237,8 +166,10 @@ def fit_baseline(ddf, features: Sequence[str], label: str, *, epochs: int = DEFA
     mean, var, scale = (np.asarray(getattr(fitted, a), dtype=np.float64).copy() for a in ("mean_", "var_", "scale_"))
     empty = ~np.isfinite(mean)  # a feature without one non-null value
     if empty.any():
-        log.warning("baseline: features without a non-null training value (mean 0, scale 1): %s",
-                    [f for f, e in zip(features, empty) if e])
+        log.warning(
+            "baseline: features without a non-null training value (mean 0, scale 1): %s",
+            [f for f, e in zip(features, empty) if e],
+        )
         mean[empty], var[empty], scale[empty] = 0.0, 0.0, 1.0
         fitted.mean_, fitted.var_, fitted.scale_ = mean.copy(), var.copy(), scale.copy()
     fitted.n_samples_seen_ = rows  # dask-ml leaves nan when the partition lengths are unknown
@@ -247,20 +178,36 @@ def fit_baseline(ddf, features: Sequence[str], label: str, *, epochs: int = DEFA
     prep = BaselineModel(features, mean, var, scale, indicators, np.zeros(n_design), 0.0, rows)
 
     arr = ddf[[*features, label]].to_dask_array()
-    x = arr[:, :len(features)].map_blocks(_design_block, prep, dtype=np.float64,
-                                           chunks=(arr.chunks[0], (n_design,)))
+    x = arr[:, : len(features)].map_blocks(_design_block, prep, dtype=np.float64, chunks=(arr.chunks[0], (n_design,)))
     y = arr[:, len(features)]
-    est = Incremental(SGDClassifier(loss="log_loss", random_state=seed, shuffle=True, **sgd),
-                      shuffle_blocks=True, random_state=np.random.RandomState(seed))
+    est = Incremental(
+        SGDClassifier(loss="log_loss", random_state=seed, shuffle=True, **sgd),
+        shuffle_blocks=True,
+        random_state=np.random.RandomState(seed),
+    )
     history = []
     t = time.perf_counter()
     for _ in range(epochs):
         est.partial_fit(x, y, classes=np.array([0.0, 1.0]))  # one pass over every block
         history.append([float(v) for v in np.r_[est.coef_.ravel(), est.intercept_]])
     seconds["sgd"] = time.perf_counter() - t
-    model = BaselineModel(features, mean, var, scale, indicators, est.coef_.ravel(), float(est.intercept_[0]),
-                          rows, {"epochs": epochs, "seed": seed, "sgd": {"loss": "log_loss", **sgd},
-                                 "partitions": int(ddf.npartitions), "rows": rows})
+    model = BaselineModel(
+        features,
+        mean,
+        var,
+        scale,
+        indicators,
+        est.coef_.ravel(),
+        float(est.intercept_[0]),
+        rows,
+        {
+            "epochs": epochs,
+            "seed": seed,
+            "sgd": {"loss": "log_loss", **sgd},
+            "partitions": int(ddf.npartitions),
+            "rows": rows,
+        },
+    )
     return FitResult(model, est, fitted, int(ddf.npartitions), rows, seconds, history)
 
 
@@ -271,22 +218,29 @@ def predict_frame(model: BaselineModel, ddf, label: str | None = None):
 
     cols = [*model.features, *([label] if label else [])]
     arr = ddf[cols].to_dask_array()
-    p = arr[:, :len(model.features)].map_blocks(_predict_block, model, dtype=np.float64, drop_axis=1)
+    p = arr[:, : len(model.features)].map_blocks(_predict_block, model, dtype=np.float64, drop_axis=1)
     if not label:
         return p.compute()
     y, p = dask.compute(arr[:, len(model.features)], p)
     return np.asarray(y), np.asarray(p)
 
 
-def score_files(model: BaselineModel, files: Sequence[str], label: str, *, batch_rows: int = 100_000,
-                storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+def score_files(
+    model: BaselineModel,
+    files: Sequence[str],
+    label: str,
+    *,
+    batch_rows: int = 100_000,
+    storage_options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels, scores) of every row of ``files`` in bounded local batches — the scoring-time path
     (no Dask), the same reader as LightGBM's ``score_files``."""
     from jobs.training.sequence import iter_matrices
 
     ys, ps = [], []
-    for x, tbl in iter_matrices(files, model.features, batch_rows=batch_rows, extra=[label],
-                                storage_options=storage_options):
+    for x, tbl in iter_matrices(
+        files, model.features, batch_rows=batch_rows, extra=[label], storage_options=storage_options
+    ):
         ps.append(model.predict(x))
         ys.append(tbl.column(label).to_numpy().astype(np.float64))
     if not ps:
@@ -297,27 +251,37 @@ def score_files(model: BaselineModel, files: Sequence[str], label: str, *, batch
 # ---- the job ------------------------------------------------------------------------------------
 @dataclass
 class BaselineOutcome:
-    candidate: object  # jobs.registry.Candidate
+    candidate: object  # jobs.models.registry.Candidate
     model: BaselineModel
     fit: FitResult
-    registered: object | None  # jobs.registry.ModelInfo
+    registered: object | None  # jobs.models.registry.ModelInfo
     #: training-time predictions, ``{"valid": (labels, scores), "holdback": (labels, scores)}``
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
 
-def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAULT_EPOCHS,
-                   seed: int = DEFAULT_SEED, sgd: dict | None = None, register: bool = True,
-                   split_row_groups=True) -> BaselineOutcome:
+def train_baseline(
+    cfg,
+    spec,
+    registry=None,
+    *,
+    client=None,
+    epochs: int = DEFAULT_EPOCHS,
+    seed: int = DEFAULT_SEED,
+    sgd: dict | None = None,
+    register: bool = True,
+    split_row_groups=True,
+) -> BaselineOutcome:
     """Fit the baseline on ``spec.train`` out of core, score ``spec.valid`` and ``spec.holdback``,
     and register it (lineage gate) as ``<spec.model_name>_baseline``, flavor ``sgd_baseline``."""
     import dask
 
     from features import registry as feature_registry
-    from jobs.labels import LABEL
-    from jobs.registry import Candidate, Registry
-    from jobs.train import _dask_client, label_params, lineage_fields
+    from jobs.models.registry import Candidate, Registry
     from jobs.training import metrics
-    from jobs.training_set import ranges_files
+    from jobs.training.cluster import dask_client
+    from jobs.training.labels import LABEL
+    from jobs.training.lineage import label_params, lineage_fields
+    from jobs.training.training_set import ranges_files
 
     fs = feature_registry.get(spec.feature_set)
     lake = cfg.lake()
@@ -325,9 +289,11 @@ def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAU
     features = list(fs.feature_names)
     opts = cfg.storage_options or None
 
-    with _dask_client(cfg, client) as c, dask.config.set(scheduler=c):
-        frames = {role: read_frame(files[role], features, LABEL, storage_options=opts,
-                                   split_row_groups=split_row_groups) for role in files}
+    with dask_client(cfg, client) as c, dask.config.set(scheduler=c):
+        frames = {
+            role: read_frame(files[role], features, LABEL, storage_options=opts, split_row_groups=split_row_groups)
+            for role in files
+        }
         fit = fit_baseline(frames["train"], features, LABEL, epochs=epochs, seed=seed, sgd=sgd)
         t = time.perf_counter()
         predictions = {role: predict_frame(fit.model, frames[role], LABEL) for role in ("valid", "holdback")}
@@ -344,18 +310,27 @@ def train_baseline(cfg, spec, registry=None, *, client=None, epochs: int = DEFAU
         model_text=model.to_json(),
         flavor=FLAVOR,
         **lineage_fields(fs, table, parts, spec),
-        params={"model_flavor": FLAVOR, "epochs": epochs, "seed": seed, "partitions": fit.partitions,
-                **{f"sgd_{k}": v for k, v in sgd_used.items()},
-                "imputation": "standardise; null -> training mean; missing indicators",
-                "missing_indicators": model.indicators, **label_params(parts, spec)},
+        params={
+            "model_flavor": FLAVOR,
+            "epochs": epochs,
+            "seed": seed,
+            "partitions": fit.partitions,
+            **{f"sgd_{k}": v for k, v in sgd_used.items()},
+            "imputation": "standardise; null -> training mean; missing indicators",
+            "missing_indicators": model.indicators,
+            **label_params(parts, spec),
+        },
         metrics=flat,
         reports={
             "calibration": {"valid": valid["calibration"], "holdback": hold["calibration"]},
-            "coefficients": dict(zip([*features, *(f"{f}__missing" for f in model.indicators)],
-                                     map(float, model.coef))),
+            "coefficients": dict(
+                zip([*features, *(f"{f}__missing" for f in model.indicators)], map(float, model.coef))
+            ),
             "intercept": model.intercept,
-            "scaler": {"mean": dict(zip(features, map(float, model.mean))),
-                       "scale": dict(zip(features, map(float, model.scale)))},
+            "scaler": {
+                "mean": dict(zip(features, map(float, model.mean))),
+                "scale": dict(zip(features, map(float, model.scale))),
+            },
             "epoch_coefficients": fit.coef_history,
             "seconds": fit.seconds,
         },
@@ -371,7 +346,7 @@ def find_baseline(registry, model_name: str, spec, feature_set_fingerprint: str 
     """The newest registered baseline of ``model_name`` trained and validated on exactly
     ``spec``'s train and valid ranges and feature set (version: ``feature_set_fingerprint`` when
     given), so it saw the same partitions; None when there is none."""
-    from jobs.registry import RegistryError
+    from jobs.models.registry import RegistryError
 
     try:
         versions = registry.versions(baseline_name(model_name))
@@ -380,53 +355,27 @@ def find_baseline(registry, model_name: str, spec, feature_set_fingerprint: str 
     for info in reversed(versions):
         with contextlib.suppress(ValueError):
             ranges = json.loads(info.tags.get("ranges") or "{}")
-            if (ranges.get("train") == list(spec.train) and ranges.get("valid") == list(spec.valid)
-                    and info.tags.get("feature_set") == spec.feature_set and info.tags.get("flavor") == FLAVOR
-                    and feature_set_fingerprint in (None, info.tags.get("feature_set_fingerprint"))):
+            if (
+                ranges.get("train") == list(spec.train)
+                and ranges.get("valid") == list(spec.valid)
+                and info.tags.get("feature_set") == spec.feature_set
+                and info.tags.get("flavor") == FLAVOR
+                and feature_set_fingerprint in (None, info.tags.get("feature_set_fingerprint"))
+            ):
                 return info
     return None
 
 
-# ---- CLI ----------------------------------------------------------------------------------------
-def add_parsers(subparsers) -> None:
-    """``lockstep baseline --train A B --valid A B --holdback A B [--epochs N] [--embargo-days N]``."""
-    from jobs.labels import HORIZON_DAYS
-    from jobs.train import DEFAULT_MODEL
-
-    s = subparsers.add_parser("baseline", help="train the incremental linear baseline (Dask, out of core) and "
-                                               "register it as <model>_baseline")
-    for role in ("train", "valid", "holdback"):
-        s.add_argument(f"--{role}", nargs=2, metavar=("FROM", "TO"), required=True,
-                       help=f"{role} cut-off range (inclusive)")
-    s.add_argument("--model", default=DEFAULT_MODEL, help="the model this baseline is the floor of")
-    s.add_argument("--feature-set", default="customer_activity_v1")
-    s.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    s.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    s.add_argument("--alpha", type=float, default=DEFAULT_SGD["alpha"], help="SGD L2 regularisation")
-    s.add_argument("--embargo-days", type=int, default=HORIZON_DAYS)
-    s.set_defaults(func=_cmd_baseline)
-
-
-def _cmd_baseline(args) -> int:
-    from jobs.cli import _config
-    from jobs.registry import Registry
-    from jobs.train import TrainSpec
-
-    cfg = _config(args)
-    spec = TrainSpec(tuple(args.train), tuple(args.valid), tuple(args.holdback), model_name=args.model,
-                     feature_set=args.feature_set, embargo_days=args.embargo_days)
-    registry = Registry.from_config(cfg)
-    out = train_baseline(cfg, spec, registry, epochs=args.epochs, seed=args.seed, sgd={"alpha": args.alpha})
-    m = out.candidate.metrics
-    print(f"trained baseline {out.candidate.name} on {m['train_rows']} rows in {out.fit.partitions} partitions, "
-          f"{args.epochs} epoch(s)")
-    print(f"  valid    AUC {m['valid_auc']:.4f}  PR-AUC {m['valid_pr_auc']:.4f}  log loss {m['valid_log_loss']:.4f}")
-    print(f"  holdback AUC {m['holdback_auc']:.4f}  PR-AUC {m['holdback_pr_auc']:.4f}  "
-          f"log loss {m['holdback_log_loss']:.4f}  ECE {m['holdback_ece']:.4f}")
-    print(f"registered {out.candidate.name} v{out.registered.version} in {registry.uri}; "
-          f"`lockstep train` with the same --train/--valid ranges compares LightGBM with it")
-    return 0
-
-
-__all__ = ["FLAVOR", "BaselineModel", "BaselineOutcome", "FitResult", "add_parsers", "baseline_name",
-           "find_baseline", "fit_baseline", "predict_frame", "read_frame", "score_files", "train_baseline"]
+__all__ = [
+    "FLAVOR",
+    "BaselineModel",
+    "BaselineOutcome",
+    "FitResult",
+    "baseline_name",
+    "find_baseline",
+    "fit_baseline",
+    "predict_frame",
+    "read_frame",
+    "score_files",
+    "train_baseline",
+]

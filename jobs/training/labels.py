@@ -22,6 +22,7 @@ Cut-offs are weekly, on Mondays (``weekly_cutoffs``), so every run and backfill 
 the same dates. CDNOW spans 1997-01-01..1998-06-30; the last mature Monday with a 90-day
 horizon is 1998-03-30.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,9 +33,8 @@ import pandas as pd
 import pyarrow as pa
 
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, MissingPartitionError, Table
+from jobs.lake import Lake, Manifest, MissingPartitionError, Table, day_range, inputs_fingerprint
 from jobs.schemas import RAW_EVENTS_TABLE, UTC_US
-from jobs.snapshots import inputs_fingerprint
 
 LABELS_TABLE = "labels"
 LABEL = "label"
@@ -45,11 +45,13 @@ LABEL_DEFINITION = (
     "population: customers with a purchase ingested before the cutoff; features as_of = cutoff"
 )
 
-LABELS_SCHEMA = pa.schema([
-    pa.field("customer_id", pa.int64(), nullable=False),
-    pa.field("as_of", UTC_US, nullable=False),
-    pa.field(LABEL, pa.int8(), nullable=False),
-])
+LABELS_SCHEMA = pa.schema(
+    [
+        pa.field("customer_id", pa.int64(), nullable=False),
+        pa.field("as_of", UTC_US, nullable=False),
+        pa.field(LABEL, pa.int8(), nullable=False),
+    ]
+)
 
 _ENTITY = "customer_id"
 
@@ -68,8 +70,7 @@ def weekly_cutoffs(ds_from: str | dt.date, ds_to: str | dt.date) -> list[str]:
     start, end = pd.Timestamp(str(ds_from)), pd.Timestamp(str(ds_to))
     if end < start:
         raise ValueError(f"empty cut-off range {start.date()}..{end.date()}")
-    days = pd.date_range(start, end, freq="D")
-    return [d.strftime("%Y-%m-%d") for d in days if d.weekday() == CUTOFF_WEEKDAY]
+    return [d for d in day_range(start.date(), end.date()) if dt.date.fromisoformat(d).weekday() == CUTOFF_WEEKDAY]
 
 
 def horizon_end_ds(ds: str, horizon_days: int = HORIZON_DAYS, grace_days: int = 0) -> str:
@@ -97,8 +98,9 @@ def label_rows(known: np.ndarray, buyers: np.ndarray, cutoff: pd.Timestamp) -> p
     return pd.DataFrame({_ENTITY: ids, "as_of": as_of.dt.tz_localize("UTC"), LABEL: label})
 
 
-def build_labels(cfg: Config, cutoffs: Iterable[str], horizon_days: int = HORIZON_DAYS,
-                 grace_days: int = 0) -> list[Manifest]:
+def build_labels(
+    cfg: Config, cutoffs: Iterable[str], horizon_days: int = HORIZON_DAYS, grace_days: int = 0
+) -> list[Manifest]:
     """Compute and publish ``labels/ds=C`` for each cut-off ``C`` (replacing any previous version).
 
     Memory is per customer, not per event: one streamed pass collects each customer's first
@@ -113,8 +115,9 @@ def build_labels(cfg: Config, cutoffs: Iterable[str], horizon_days: int = HORIZO
     raw = lake.table(RAW_EVENTS_TABLE)
     first = raw.first_ds()
     if first is None or first >= cutoffs[0]:
-        raise ValueError(f"no raw_events partitions before the first cut-off {cutoffs[0]} in {lake.root}; "
-                         "run the ingest first")
+        raise ValueError(
+            f"no raw_events partitions before the first cut-off {cutoffs[0]} in {lake.root}; run the ingest first"
+        )
     last_history = _day_before(cutoffs[-1])
     first_known = _first_known(raw, first, last_history)
     table = labels_table(lake)
@@ -125,8 +128,10 @@ def build_labels(cfg: Config, cutoffs: Iterable[str], horizon_days: int = HORIZO
         try:
             buyers = _buyers(raw, c, window_end, t, t + pd.Timedelta(days=horizon_days))
         except MissingPartitionError as exc:
-            exc.add_note(f"labels for cut-off {c} need raw_events through {window_end} "
-                         f"({horizon_days}-day horizon + {grace_days} grace days): the label is not mature")
+            exc.add_note(
+                f"labels for cut-off {c} need raw_events through {window_end} "
+                f"({horizon_days}-day horizon + {grace_days} grace days): the label is not mature"
+            )
             raise
         known = first_known.index.to_numpy()[first_known.to_numpy() < t.value // 1000]
         frame = label_rows(known, buyers, t)
@@ -174,28 +179,3 @@ def _us(s: pd.Series) -> np.ndarray:
     if s.dt.tz is not None:
         s = s.dt.tz_convert("UTC").dt.tz_localize(None)
     return s.astype("datetime64[us]").to_numpy().view(np.int64)
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep labels --from A --to B [--horizon-days 90]``."""
-    s = subparsers.add_parser("labels", help="build weekly repurchase labels labels/ds=<Monday cut-off>")
-    s.add_argument("--from", dest="ds_from", required=True, help="first day of the cut-off range (Mondays in it)")
-    s.add_argument("--to", dest="ds_to", help="last day of the range (default: the last mature Monday)")
-    s.add_argument("--horizon-days", type=int, default=HORIZON_DAYS)
-    s.add_argument("--grace-days", type=int, default=0)
-    s.set_defaults(func=_cmd_labels)
-
-
-def _cmd_labels(args) -> int:
-    from jobs.cli import _config
-
-    cfg = _config(args)
-    to = args.ds_to or latest_mature_cutoff(cfg.lake(), args.horizon_days, args.grace_days)
-    if to is None:
-        raise ValueError("no mature cut-off: ingest raw events first")
-    manifests = build_labels(cfg, weekly_cutoffs(args.ds_from, to), args.horizon_days, args.grace_days)
-    for m in manifests:
-        print(f"{m.table}/ds={m.ds}: {m.rows} customers")
-    print(f"{len(manifests)} labels partition(s) in {labels_table(cfg.lake()).partition_path(manifests[-1].ds)}"
-          if manifests else "no Mondays in the range")
-    return 0

@@ -13,6 +13,7 @@ the best iteration is then chosen with the same patience rule from the staged va
 AUC, computed on the driver over the whole validation range (LightGBM's Dask evaluation would
 see only one worker's share).
 """
+
 from __future__ import annotations
 
 import json
@@ -90,16 +91,22 @@ def peak_rss_bytes() -> int:
 
 
 # ---- datasets -----------------------------------------------------------------------------------
-def streamed_dataset(files: Sequence[str], features: Sequence[str], label: str, params: dict, *,
-                     reference: lgb.Dataset | None = None, batch_size: int = 65_536,
-                     storage_options: dict | None = None) -> lgb.Dataset:
+def streamed_dataset(
+    files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    params: dict,
+    *,
+    reference: lgb.Dataset | None = None,
+    batch_size: int = 65_536,
+    storage_options: dict | None = None,
+) -> lgb.Dataset:
     """A constructed ``lgb.Dataset`` streamed from ``files``; no reference to the readers survives."""
     seqs = parquet_sequences(files, features, batch_size=batch_size, storage_options=storage_options)
     y = read_column(files, label, storage_options=storage_options)
     if not seqs:
         raise ValueError("no rows in the training-set files")
-    ds = lgb.Dataset(seqs, label=y, feature_name=list(features), params=params, reference=reference,
-                     free_raw_data=True)
+    ds = lgb.Dataset(seqs, label=y, feature_name=list(features), params=params, reference=reference, free_raw_data=True)
     ds.construct()
     for s in seqs:
         s.release()
@@ -107,20 +114,32 @@ def streamed_dataset(files: Sequence[str], features: Sequence[str], label: str, 
     return ds
 
 
-def memory_dataset(files: Sequence[str], features: Sequence[str], label: str, params: dict, *,
-                   reference: lgb.Dataset | None = None, storage_options: dict | None = None) -> lgb.Dataset:
+def memory_dataset(
+    files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    params: dict,
+    *,
+    reference: lgb.Dataset | None = None,
+    storage_options: dict | None = None,
+) -> lgb.Dataset:
     """The same dataset from a float64 matrix of all rows (the in-memory reference path)."""
     x = load_matrix(files, features, storage_options)
     y = read_column(files, label, storage_options=storage_options)
-    ds = lgb.Dataset(x, label=y, feature_name=list(features), params=params, reference=reference,
-                     free_raw_data=True)
+    ds = lgb.Dataset(x, label=y, feature_name=list(features), params=params, reference=reference, free_raw_data=True)
     ds.construct()
     del x
     return ds
 
 
-def construct_binary(files: Sequence[str], features: Sequence[str], label: str, params: dict, path: str,
-                     storage_options: dict | None = None) -> str:
+def construct_binary(
+    files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    params: dict,
+    path: str,
+    storage_options: dict | None = None,
+) -> str:
     """Stream ``files`` into LightGBM's binary dataset file at ``path``; returns ``path``."""
     ds = streamed_dataset(files, features, label, params, storage_options=storage_options)
     ds.save_binary(path)
@@ -135,26 +154,48 @@ def construct_binary_in_subprocess(files, features, label, params, path, storage
     re-imports the caller's ``__main__`` (a DAG, a test runner). Its peak memory shows in
     ``peak_rss_bytes`` (``RUSAGE_CHILDREN``) once it has exited.
     """
-    spec = {"files": list(files), "features": list(features), "label": label, "params": dict(params),
-            "path": path, "storage_options": storage_options or {}}
+    spec = {
+        "files": list(files),
+        "features": list(features),
+        "label": label,
+        "params": dict(params),
+        "path": path,
+        "storage_options": storage_options or {},
+    }
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
     try:
-        proc = subprocess.run([sys.executable, "-m", "jobs.training.lgbm", "construct", fh.name],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "jobs.training.lgbm", "construct", fh.name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     finally:
         os.unlink(fh.name)
     if proc.returncode != 0 or not os.path.exists(path):
-        raise RuntimeError(f"LightGBM dataset construction failed in a subprocess (exit code "
-                           f"{proc.returncode}): {proc.stderr.strip()[-2000:]}")
+        raise RuntimeError(
+            f"LightGBM dataset construction failed in a subprocess (exit code "
+            f"{proc.returncode}): {proc.stderr.strip()[-2000:]}"
+        )
     return path
 
 
 # ---- training -----------------------------------------------------------------------------------
-def train_local(train_files: Sequence[str], valid_files: Sequence[str], features: Sequence[str], label: str,
-                params: dict | None = None, *, num_boost_round: int = 500, patience: int = 30,
-                backend: str = "streamed", construct: str = "inline", binary_path: str | None = None,
-                storage_options: dict | None = None) -> TrainResult:
+def train_local(
+    train_files: Sequence[str],
+    valid_files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    params: dict | None = None,
+    *,
+    num_boost_round: int = 500,
+    patience: int = 30,
+    backend: str = "streamed",
+    construct: str = "inline",
+    binary_path: str | None = None,
+    storage_options: dict | None = None,
+) -> TrainResult:
     """Train on one machine with early stopping on the validation files.
 
     ``backend="streamed"`` (Sequence readers) or ``"memory"`` (float matrix). With
@@ -193,24 +234,42 @@ def train_local(train_files: Sequence[str], valid_files: Sequence[str], features
     callbacks = [lgb.record_evaluation(evals)]
     if valid is not None:
         callbacks.append(lgb.early_stopping(patience, first_metric_only=True, verbose=False))
-    booster = lgb.train(params, train, num_boost_round=num_boost_round,
-                        valid_sets=[valid] if valid is not None else [],
-                        valid_names=["valid"] if valid is not None else [],
-                        callbacks=callbacks)
+    booster = lgb.train(
+        params,
+        train,
+        num_boost_round=num_boost_round,
+        valid_sets=[valid] if valid is not None else [],
+        valid_names=["valid"] if valid is not None else [],
+        callbacks=callbacks,
+    )
     t2 = time.perf_counter()
     best = booster.best_iteration or booster.current_iteration()
-    result = TrainResult(booster, int(best), history=dict(evals.get("valid", {})),
-                         seconds={"construct": t1 - t0, "train": t2 - t1},
-                         train_rows=int(train.num_data()), valid_rows=int(valid.num_data()) if valid else 0)
+    result = TrainResult(
+        booster,
+        int(best),
+        history=dict(evals.get("valid", {})),
+        seconds={"construct": t1 - t0, "train": t2 - t1},
+        train_rows=int(train.num_data()),
+        valid_rows=int(valid.num_data()) if valid else 0,
+    )
     del train, valid
     if tmp is not None:
         tmp.cleanup()
     return result
 
 
-def train_dask(client, train_files: Sequence[str], valid_files: Sequence[str], features: Sequence[str],
-               label: str, params: dict | None = None, *, num_boost_round: int = 500, patience: int = 30,
-               storage_options: dict | None = None) -> TrainResult:
+def train_dask(
+    client,
+    train_files: Sequence[str],
+    valid_files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    params: dict | None = None,
+    *,
+    num_boost_round: int = 500,
+    patience: int = 30,
+    storage_options: dict | None = None,
+) -> TrainResult:
     """Train with ``lightgbm.DaskLGBMClassifier`` on ``client``'s cluster; best iteration from the
     staged validation AUC (same patience rule as early stopping)."""
     import dask.dataframe as dd
@@ -234,15 +293,21 @@ def train_dask(client, train_files: Sequence[str], valid_files: Sequence[str], f
     t1 = time.perf_counter()
     best, history, valid_rows = num_boost_round, {}, 0
     if valid_files:
-        best, aucs, valid_rows = staged_best_iteration(booster, valid_files, features, label, patience,
-                                                       storage_options)
+        best, aucs, valid_rows = staged_best_iteration(booster, valid_files, features, label, patience, storage_options)
         history = {"auc": aucs}
-    return TrainResult(booster, best, history, {"train": t1 - t0, "validate": time.perf_counter() - t1},
-                       train_rows=train_rows, valid_rows=valid_rows)
+    return TrainResult(
+        booster,
+        best,
+        history,
+        {"train": t1 - t0, "validate": time.perf_counter() - t1},
+        train_rows=train_rows,
+        valid_rows=valid_rows,
+    )
 
 
-def staged_best_iteration(booster: lgb.Booster, files, features, label, patience: int,
-                          storage_options: dict | None = None) -> tuple[int, list[float], int]:
+def staged_best_iteration(
+    booster: lgb.Booster, files, features, label, patience: int, storage_options: dict | None = None
+) -> tuple[int, list[float], int]:
     """(best iteration, validation AUC per iteration, rows) with early stopping's patience rule.
 
     Tree ``i``'s raw contribution is predicted alone and summed, so all iterations cost one
@@ -264,22 +329,35 @@ def staged_best_iteration(booster: lgb.Booster, files, features, label, patience
 
 
 # ---- scoring ------------------------------------------------------------------------------------
-def predict_batches(booster: lgb.Booster, files: Sequence[str], features: Sequence[str], *,
-                    num_iteration: int | None = None, extra: Sequence[str] = (), batch_rows: int = 100_000,
-                    storage_options: dict | None = None) -> Iterator[tuple[np.ndarray, object]]:
+def predict_batches(
+    booster: lgb.Booster,
+    files: Sequence[str],
+    features: Sequence[str],
+    *,
+    num_iteration: int | None = None,
+    extra: Sequence[str] = (),
+    batch_rows: int = 100_000,
+    storage_options: dict | None = None,
+) -> Iterator[tuple[np.ndarray, object]]:
     """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``."""
-    for x, tbl in iter_matrices(files, features, batch_rows=batch_rows, extra=extra,
-                                storage_options=storage_options):
+    for x, tbl in iter_matrices(files, features, batch_rows=batch_rows, extra=extra, storage_options=storage_options):
         yield booster.predict(x, num_iteration=num_iteration), tbl
 
 
-def score_files(booster: lgb.Booster, files: Sequence[str], features: Sequence[str], label: str, *,
-                num_iteration: int | None = None, storage_options: dict | None = None
-                ) -> tuple[np.ndarray, np.ndarray]:
+def score_files(
+    booster: lgb.Booster,
+    files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    *,
+    num_iteration: int | None = None,
+    storage_options: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(labels, scores) of every row of ``files``, streamed in bounded batches."""
     ys, ps = [], []
-    for p, tbl in predict_batches(booster, files, features, num_iteration=num_iteration, extra=[label],
-                                  storage_options=storage_options):
+    for p, tbl in predict_batches(
+        booster, files, features, num_iteration=num_iteration, extra=[label], storage_options=storage_options
+    ):
         ps.append(p)
         ys.append(tbl.column(label).to_numpy().astype(np.float64))
     if not ps:
@@ -287,9 +365,20 @@ def score_files(booster: lgb.Booster, files: Sequence[str], features: Sequence[s
     return np.concatenate(ys), np.concatenate(ps)
 
 
-__all__ = ["BACKENDS", "DEFAULT_PARAMS", "TrainResult", "construct_binary", "memory_dataset", "peak_rss_bytes",
-           "predict_batches", "score_files", "staged_best_iteration", "streamed_dataset",
-           "train_dask", "train_local"]
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_PARAMS",
+    "TrainResult",
+    "construct_binary",
+    "memory_dataset",
+    "peak_rss_bytes",
+    "predict_batches",
+    "score_files",
+    "staged_best_iteration",
+    "streamed_dataset",
+    "train_dask",
+    "train_local",
+]
 
 
 def _main(argv: list[str]) -> int:
@@ -298,8 +387,9 @@ def _main(argv: list[str]) -> int:
         return 2
     with open(argv[1]) as fh:
         spec = json.load(fh)
-    construct_binary(spec["files"], spec["features"], spec["label"], spec["params"], spec["path"],
-                     spec["storage_options"] or None)
+    construct_binary(
+        spec["files"], spec["features"], spec["label"], spec["params"], spec["path"], spec["storage_options"] or None
+    )
     return 0
 
 

@@ -1,4 +1,5 @@
 """Binary-classifier metrics of a scored range: AUC, PR-AUC, log loss, calibration by deciles."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,9 +58,14 @@ def calibration_table(y, p, bins: int = 10) -> list[dict]:
     for a, b in zip(np.r_[0, edges], np.r_[edges, len(ps)]):
         if b <= a:
             continue
-        out.append({
-            "bin": len(out) + 1, "rows": int(b - a),
-            "mean_score": float(ps[a:b].mean()), "positive_rate": float(ys[a:b].mean()),
-            "min_score": float(ps[a]), "max_score": float(ps[b - 1]),
-        })
+        out.append(
+            {
+                "bin": len(out) + 1,
+                "rows": int(b - a),
+                "mean_score": float(ps[a:b].mean()),
+                "positive_rate": float(ys[a:b].mean()),
+                "min_score": float(ps[a]),
+                "max_score": float(ps[b - 1]),
+            }
+        )
     return out

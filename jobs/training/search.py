@@ -31,10 +31,11 @@ it, and a rung in progress is cut — its unfinished fits cancelled — the best
 what finished), and the cost of each fit is recorded as ``rows x rounds`` ("budget").
 
 ``tune_and_train`` then trains the best configuration on the full training range with the
-streamed trainer (``jobs.train.train_model``), which scores the holdback once and registers a
+streamed trainer (``jobs.training.trainer.train_model``), which scores the holdback once and registers a
 challenger; the search table and the number of configurations tried against the validation
 range go into its reports and into ``<lake>/_reports/tuning/<model>/<run id>/``.
 """
+
 from __future__ import annotations
 
 import io
@@ -51,9 +52,16 @@ log = logging.getLogger(__name__)
 
 #: The searched parameters and their defaults (candidate 0); the defaults are ``DEFAULT_PARAMS``'
 #: values where it sets them and LightGBM's otherwise (no bagging, no regularisation).
-TUNED_DEFAULTS: dict = {"num_leaves": 31, "min_data_in_leaf": 100, "learning_rate": 0.05,
-                        "feature_fraction": 0.9, "bagging_fraction": 1.0, "bagging_freq": 0,
-                        "lambda_l1": 0.0, "lambda_l2": 0.0}
+TUNED_DEFAULTS: dict = {
+    "num_leaves": 31,
+    "min_data_in_leaf": 100,
+    "learning_rate": 0.05,
+    "feature_fraction": 0.9,
+    "bagging_fraction": 1.0,
+    "bagging_freq": 0,
+    "lambda_l1": 0.0,
+    "lambda_l2": 0.0,
+}
 
 
 def search_space() -> dict:
@@ -138,12 +146,22 @@ class TuneResult:
         return pd.DataFrame(rows)
 
     def summary(self) -> dict:
-        return {"best_candidate": self.best_id, "best_params": self.best_params, "best_valid_auc": self.best_auc,
-                "best_rows": self.best_rows, "configs_tried_on_validation": self.n_configs,
-                "fits_scored_on_validation": self.n_fits, "rungs": self.rungs, "stopped_early": self.stopped_early,
-                "seconds": self.seconds, "seed": self.seed, "settings": self.settings,
-                "train_rows": self.train_rows, "valid_rows": self.valid_rows,
-                "holdback_used": False}
+        return {
+            "best_candidate": self.best_id,
+            "best_params": self.best_params,
+            "best_valid_auc": self.best_auc,
+            "best_rows": self.best_rows,
+            "configs_tried_on_validation": self.n_configs,
+            "fits_scored_on_validation": self.n_fits,
+            "rungs": self.rungs,
+            "stopped_early": self.stopped_early,
+            "seconds": self.seconds,
+            "seed": self.seed,
+            "settings": self.settings,
+            "train_rows": self.train_rows,
+            "valid_rows": self.valid_rows,
+            "holdback_used": False,
+        }
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -163,8 +181,9 @@ def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
     return np.lexsort((np.arange(len(y)), rank))
 
 
-def load_subsample(files: Sequence[str], features: Sequence[str], label: str, rows: int, seed: int,
-                   storage_options: dict | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def load_subsample(
+    files: Sequence[str], features: Sequence[str], label: str, rows: int, seed: int, storage_options: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """``(X, y, total rows)``: ``rows`` rows of ``files`` (all if fewer) in stratified order.
 
     The labels are read first; only the chosen rows' features are kept while the files are
@@ -178,7 +197,7 @@ def load_subsample(files: Sequence[str], features: Sequence[str], label: str, ro
         raise ValueError("the training range has no rows")
     if len(np.unique(y_all)) < 2:
         raise ValueError(f"all {n} training labels are {int(y_all[0])}: nothing to tune on")
-    order = stratified_order(y_all, seed)[:min(rows, n)]
+    order = stratified_order(y_all, seed)[: min(rows, n)]
     # Read in file order, then put the rows in the stratified order.
     chosen = np.sort(order)
     x = np.empty((len(chosen), len(features)), dtype=np.float64)
@@ -186,7 +205,7 @@ def load_subsample(files: Sequence[str], features: Sequence[str], label: str, ro
     for m, _ in iter_matrices(files, features, storage_options=storage_options):
         end = start + len(m)
         lo, hi = np.searchsorted(chosen, [start, end])
-        x[pos:pos + hi - lo] = m[chosen[lo:hi] - start]
+        x[pos : pos + hi - lo] = m[chosen[lo:hi] - start]
         pos += hi - lo
         start = end
     where = np.searchsorted(chosen, order)  # position of each ordered row in x
@@ -205,8 +224,19 @@ def load_all(files, features, label, storage_options=None) -> tuple[np.ndarray, 
 
 
 # ---- one fit (runs on a worker) -----------------------------------------------------------------
-def fit_candidate(x, y, xv, yv, rows: int, params: dict, num_boost_round: int, patience: int,
-                  full_rows: int | None = None, valid_rows: int | None = None, eval_every: int = 10) -> dict:
+def fit_candidate(
+    x,
+    y,
+    xv,
+    yv,
+    rows: int,
+    params: dict,
+    num_boost_round: int,
+    patience: int,
+    full_rows: int | None = None,
+    valid_rows: int | None = None,
+    eval_every: int = 10,
+) -> dict:
     """Train ``params`` on the first ``rows`` rows, early-stopping on the validation AUC; a pure function.
 
     The validation AUC is computed every ``eval_every`` rounds (the new trees' raw scores added
@@ -228,8 +258,7 @@ def fit_candidate(x, y, xv, yv, rows: int, params: dict, num_boost_round: int, p
     from jobs.training.lgbm import resolve_params
 
     t0 = time.perf_counter()
-    p = resolve_params({**params, "num_threads": 1, "deterministic": True, "force_row_wise": True,
-                        "verbosity": -1})
+    p = resolve_params({**params, "num_threads": 1, "deterministic": True, "force_row_wise": True, "verbosity": -1})
     p["metric"] = "None"
     p["bin_construct_sample_cnt"] = min(int(p.get("bin_construct_sample_cnt", 200_000)), rows)
     if full_rows and rows < full_rows:
@@ -258,8 +287,14 @@ def fit_candidate(x, y, xv, yv, rows: int, params: dict, num_boost_round: int, p
             break
         if done % eval_every:  # stopped early inside the step
             break
-    return {"valid_auc": float(best_auc), "best_iteration": int(best_it), "rounds": int(it), "valid_rows": int(nv),
-            "seconds": time.perf_counter() - t0, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "valid_auc": float(best_auc),
+        "best_iteration": int(best_it),
+        "rounds": int(it),
+        "valid_rows": int(nv),
+        "seconds": time.perf_counter() - t0,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 # ---- the search ---------------------------------------------------------------------------------
@@ -273,12 +308,29 @@ def rung_sizes(min_rows: int, max_rows: int, eta: int) -> list[int]:
     return [round(max_rows / eta ** (k - i)) for i in range(k + 1)]
 
 
-def search(client, train_files: Sequence[str], valid_files: Sequence[str], features: Sequence[str],
-           label: str, *, n_candidates: int = 27, eta: int = 3, min_rows: int = 10_000, max_rows: int = 300_000,
-           max_seconds: float = 3600.0, seed: int = 0, num_boost_round: int = 300, patience: int = 30,
-           scale_leaf_size: bool = True, keep_defaults: bool = True, min_valid_rows: int = 20_000,
-           eval_every: int = 10, base_params: dict | None = None, storage_options: dict | None = None,
-           progress: Callable[[str], None] | None = None) -> TuneResult:
+def search(
+    client,
+    train_files: Sequence[str],
+    valid_files: Sequence[str],
+    features: Sequence[str],
+    label: str,
+    *,
+    n_candidates: int = 27,
+    eta: int = 3,
+    min_rows: int = 10_000,
+    max_rows: int = 300_000,
+    max_seconds: float = 3600.0,
+    seed: int = 0,
+    num_boost_round: int = 300,
+    patience: int = 30,
+    scale_leaf_size: bool = True,
+    keep_defaults: bool = True,
+    min_valid_rows: int = 20_000,
+    eval_every: int = 10,
+    base_params: dict | None = None,
+    storage_options: dict | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> TuneResult:
     """Successive halving on ``client``'s cluster; see the module docstring."""
     from distributed import as_completed
 
@@ -303,9 +355,12 @@ def search(client, train_files: Sequence[str], valid_files: Sequence[str], featu
     candidates = sample_candidates(n_candidates, seed)
     base = {k: v for k, v in (base_params or {}).items() if k not in TUNED_DEFAULTS}
     base.setdefault("seed", seed)
-    _msg(say, f"tune: {len(candidates)} candidates, eta {eta}, rungs of {sizes} training rows (subsample of "
-              f"{total:,}) scored on {valid_sizes} validation rows (of {len(yv):,}), budget {max_seconds:.0f}s, "
-              f"seed {seed}")
+    _msg(
+        say,
+        f"tune: {len(candidates)} candidates, eta {eta}, rungs of {sizes} training rows (subsample of "
+        f"{total:,}) scored on {valid_sizes} validation rows (of {len(yv):,}), budget {max_seconds:.0f}s, "
+        f"seed {seed}",
+    )
     data = client.scatter([x, y, xv, yv], broadcast=True)
     del x, xv
 
@@ -317,16 +372,27 @@ def search(client, train_files: Sequence[str], valid_files: Sequence[str], featu
         final_rung: list[CandidateRecord] = []
         for k, rows in enumerate(sizes):
             if k > 0 and time.perf_counter() >= deadline:
-                stopped = (f"time budget of {max_seconds:g}s reached after rung {k - 1}: rungs {k}..{len(sizes) - 1} "
-                           "not run")
+                stopped = (
+                    f"time budget of {max_seconds:g}s reached after rung {k - 1}: rungs {k}..{len(sizes) - 1} not run"
+                )
                 break
             rt = time.perf_counter()
             futures = {}
             for cid in alive:
                 params = {**base, **candidates[cid]}
-                fut = client.submit(fit_candidate, *data, rows, params, num_boost_round, patience,
-                                    max_rows if scale_leaf_size else None, valid_sizes[k], eval_every, pure=False,
-                                    key=f"tune-s{seed}-r{k}-c{cid}-{time.time_ns()}")
+                fut = client.submit(
+                    fit_candidate,
+                    *data,
+                    rows,
+                    params,
+                    num_boost_round,
+                    patience,
+                    max_rows if scale_leaf_size else None,
+                    valid_sizes[k],
+                    eval_every,
+                    pure=False,
+                    key=f"tune-s{seed}-r{k}-c{cid}-{time.time_ns()}",
+                )
                 futures[fut] = cid
             done: dict[int, dict] = {}
             cut = False
@@ -335,9 +401,12 @@ def search(client, train_files: Sequence[str], valid_files: Sequence[str], featu
                 cid = futures[fut]
                 out = fut.result()
                 done[cid] = out
-                _msg(say, f"tune: rung {k + 1}/{len(sizes)} ({rows:,} rows) candidate {cid:3d}: valid AUC "
-                          f"{out['valid_auc']:.5f} in {out['rounds']} rounds, {out['seconds']:.1f}s "
-                          f"[{len(done)}/{len(futures)}]")
+                _msg(
+                    say,
+                    f"tune: rung {k + 1}/{len(sizes)} ({rows:,} rows) candidate {cid:3d}: valid AUC "
+                    f"{out['valid_auc']:.5f} in {out['rounds']} rounds, {out['seconds']:.1f}s "
+                    f"[{len(done)}/{len(futures)}]",
+                )
                 if k > 0 and time.perf_counter() >= deadline and len(done) < len(futures):
                     cut = True
                     for f, c in futures.items():
@@ -348,25 +417,51 @@ def search(client, train_files: Sequence[str], valid_files: Sequence[str], featu
             for cid in alive:
                 if cid in done:
                     o = done[cid]
-                    rec = CandidateRecord(cid, k, rows, dict(candidates[cid]), "done", o["valid_auc"],
-                                          o["best_iteration"], o["rounds"], rows * o["rounds"], round(o["seconds"], 3),
-                                          o["worker"], o["valid_rows"])
+                    rec = CandidateRecord(
+                        cid,
+                        k,
+                        rows,
+                        dict(candidates[cid]),
+                        "done",
+                        o["valid_auc"],
+                        o["best_iteration"],
+                        o["rounds"],
+                        rows * o["rounds"],
+                        round(o["seconds"], 3),
+                        o["worker"],
+                        o["valid_rows"],
+                    )
                 else:
                     rec = CandidateRecord(cid, k, rows, dict(candidates[cid]), "cancelled")
                 records.append(rec)
                 rung_records.append(rec)
-            finished = sorted((r for r in rung_records if r.status == "done"), key=lambda r: (-r.valid_auc, r.candidate))
+            finished = sorted(
+                (r for r in rung_records if r.status == "done"), key=lambda r: (-r.valid_auc, r.candidate)
+            )
             # the schedule's n_{k+1} = ceil(n / eta^(k+1)), whatever the guard added
             keep = max(1, math.ceil(len(candidates) / eta ** (k + 1))) if k < len(sizes) - 1 else 1
-            rungs.append({"rung": k, "rows": rows, "candidates": len(alive), "finished": len(finished),
-                          "kept": min(keep, len(finished)), "seconds": round(time.perf_counter() - rt, 3)})
+            rungs.append(
+                {
+                    "rung": k,
+                    "rows": rows,
+                    "candidates": len(alive),
+                    "finished": len(finished),
+                    "kept": min(keep, len(finished)),
+                    "seconds": round(time.perf_counter() - rt, 3),
+                }
+            )
             final_rung = finished
-            _msg(say, f"tune: rung {k + 1}/{len(sizes)} done in {time.perf_counter() - rt:.1f}s: best candidate "
-                      f"{finished[0].candidate} (AUC {finished[0].valid_auc:.5f}); "
-                      + (f"keeping {min(keep, len(finished))}" if k < len(sizes) - 1 else "final"))
+            _msg(
+                say,
+                f"tune: rung {k + 1}/{len(sizes)} done in {time.perf_counter() - rt:.1f}s: best candidate "
+                f"{finished[0].candidate} (AUC {finished[0].valid_auc:.5f}); "
+                + (f"keeping {min(keep, len(finished))}" if k < len(sizes) - 1 else "final"),
+            )
             if cut:
-                stopped = (f"time budget of {max_seconds:g}s reached during rung {k}: {len(futures) - len(done)} "
-                           "fit(s) cancelled, best taken from the finished ones")
+                stopped = (
+                    f"time budget of {max_seconds:g}s reached during rung {k}: {len(futures) - len(done)} "
+                    "fit(s) cancelled, best taken from the finished ones"
+                )
                 break
             alive = sorted(r.candidate for r in finished[:keep])
             if keep_defaults and 0 not in alive and 0 in done:
@@ -377,19 +472,41 @@ def search(client, train_files: Sequence[str], valid_files: Sequence[str], featu
     best = final_rung[0]
     done_records = [r for r in records if r.status == "done"]
     result = TuneResult(
-        records=records, best_id=best.candidate, best_params=dict(candidates[best.candidate]),
-        best_auc=best.valid_auc, best_rows=best.rows,
-        n_configs=len({r.candidate for r in done_records}), n_fits=len(done_records), rungs=rungs,
-        stopped_early=stopped, seconds=round(time.perf_counter() - t0, 3), seed=seed,
-        settings={"n_candidates": n_candidates, "eta": eta, "min_rows": min_rows, "max_rows": max_rows,
-                  "rung_rows": sizes, "max_seconds": max_seconds, "num_boost_round": num_boost_round,
-                  "patience": patience, "scale_leaf_size": scale_leaf_size, "keep_defaults": keep_defaults,
-                  "valid_rows_per_rung": valid_sizes, "eval_every": eval_every,
-                  "base_params": base},
-        train_rows=total, valid_rows=len(yv))
-    _msg(say, f"tune: best candidate {best.candidate} {result.best_params} valid AUC {best.valid_auc:.5f} on "
-              f"{best.rows:,} rows; {result.n_configs} configurations ({result.n_fits} fits) tried against the "
-              f"validation range in {result.seconds:.1f}s" + (f"; stopped early: {stopped}" if stopped else ""))
+        records=records,
+        best_id=best.candidate,
+        best_params=dict(candidates[best.candidate]),
+        best_auc=best.valid_auc,
+        best_rows=best.rows,
+        n_configs=len({r.candidate for r in done_records}),
+        n_fits=len(done_records),
+        rungs=rungs,
+        stopped_early=stopped,
+        seconds=round(time.perf_counter() - t0, 3),
+        seed=seed,
+        settings={
+            "n_candidates": n_candidates,
+            "eta": eta,
+            "min_rows": min_rows,
+            "max_rows": max_rows,
+            "rung_rows": sizes,
+            "max_seconds": max_seconds,
+            "num_boost_round": num_boost_round,
+            "patience": patience,
+            "scale_leaf_size": scale_leaf_size,
+            "keep_defaults": keep_defaults,
+            "valid_rows_per_rung": valid_sizes,
+            "eval_every": eval_every,
+            "base_params": base,
+        },
+        train_rows=total,
+        valid_rows=len(yv),
+    )
+    _msg(
+        say,
+        f"tune: best candidate {best.candidate} {result.best_params} valid AUC {best.valid_auc:.5f} on "
+        f"{best.rows:,} rows; {result.n_configs} configurations ({result.n_fits} fits) tried against the "
+        f"validation range in {result.seconds:.1f}s" + (f"; stopped early: {stopped}" if stopped else ""),
+    )
     return result
 
 
@@ -399,15 +516,28 @@ def _msg(say, text: str) -> None:
 
 
 # ---- the job ------------------------------------------------------------------------------------
-def tune(cfg, spec, *, n_candidates: int = 27, eta: int = 3, min_rows: int = 10_000, max_rows: int = 300_000,
-         max_seconds: float = 3600.0, seed: int = 0, num_boost_round: int | None = None,
-         patience: int | None = None, scale_leaf_size: bool = True, keep_defaults: bool = True, client=None,
-         progress=None) -> TuneResult:
+def tune(
+    cfg,
+    spec,
+    *,
+    n_candidates: int = 27,
+    eta: int = 3,
+    min_rows: int = 10_000,
+    max_rows: int = 300_000,
+    max_seconds: float = 3600.0,
+    seed: int = 0,
+    num_boost_round: int | None = None,
+    patience: int | None = None,
+    scale_leaf_size: bool = True,
+    keep_defaults: bool = True,
+    client=None,
+    progress=None,
+) -> TuneResult:
     """``search`` over ``spec``'s train range, scored on its valid range; the holdback is not touched."""
     from features import registry as feature_registry
-    from jobs.labels import LABEL
-    from jobs.train import _dask_client
-    from jobs.training_set import ranges_files
+    from jobs.training.cluster import dask_client
+    from jobs.training.labels import LABEL
+    from jobs.training.training_set import ranges_files
 
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
@@ -417,14 +547,27 @@ def tune(cfg, spec, *, n_candidates: int = 27, eta: int = 3, min_rows: int = 10_
     for role, paths in files.items():
         if not paths:
             raise ValueError(f"the {role} range {getattr(spec, role)} has no training-set files")
-    with _dask_client(cfg, client) as c:
-        return search(c, files["train"], files["valid"], list(fs.feature_names), LABEL,
-                      n_candidates=n_candidates, eta=eta, min_rows=min_rows, max_rows=max_rows,
-                      max_seconds=max_seconds, seed=seed,
-                      num_boost_round=num_boost_round or min(spec.num_boost_round, 1000),
-                      patience=patience or spec.patience, scale_leaf_size=scale_leaf_size,
-                      keep_defaults=keep_defaults, base_params=spec.params,
-                      storage_options=cfg.storage_options or None, progress=progress)
+    with dask_client(cfg, client) as c:
+        return search(
+            c,
+            files["train"],
+            files["valid"],
+            list(fs.feature_names),
+            LABEL,
+            n_candidates=n_candidates,
+            eta=eta,
+            min_rows=min_rows,
+            max_rows=max_rows,
+            max_seconds=max_seconds,
+            seed=seed,
+            num_boost_round=num_boost_round or min(spec.num_boost_round, 1000),
+            patience=patience or spec.patience,
+            scale_leaf_size=scale_leaf_size,
+            keep_defaults=keep_defaults,
+            base_params=spec.params,
+            storage_options=cfg.storage_options or None,
+            progress=progress,
+        )
 
 
 def write_report(result: TuneResult, directory: str, storage_options: dict | None = None) -> dict[str, str]:
@@ -433,8 +576,10 @@ def write_report(result: TuneResult, directory: str, storage_options: dict | Non
 
     fs, root = fsspec.core.url_to_fs(directory, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
-    paths = {name: f"{directory.rstrip('/')}/{name}"
-             for name in ("candidates.csv", "score_vs_budget.png", "summary.json", "summary.md")}
+    paths = {
+        name: f"{directory.rstrip('/')}/{name}"
+        for name in ("candidates.csv", "score_vs_budget.png", "summary.json", "summary.md")
+    }
     table = result.table()
     with fsspec.open(paths["candidates.csv"], "w", **(storage_options or {})) as fh:
         table.to_csv(fh, index=False)
@@ -464,9 +609,16 @@ def plot_png(result: TuneResult) -> bytes:
         spent = np.cumsum([r.budget for r in recs])
         auc = [r.valid_auc for r in recs]
         best = cid == result.best_id
-        ax.plot(spent, auc, marker="o", ms=3, lw=2.0 if best else 0.8, alpha=1.0 if best else 0.5,
-                color="C3" if best else ("C0" if cid else "C2"),
-                label=f"candidate {cid} (best)" if best else ("defaults" if cid == 0 else None))
+        ax.plot(
+            spent,
+            auc,
+            marker="o",
+            ms=3,
+            lw=2.0 if best else 0.8,
+            alpha=1.0 if best else 0.5,
+            color="C3" if best else ("C0" if cid else "C2"),
+            label=f"candidate {cid} (best)" if best else ("defaults" if cid == 0 else None),
+        )
     ax.set_xscale("log")
     ax.set_xlabel("cumulative budget per candidate (rows x boosting rounds)")
     ax.set_ylabel("validation AUC")
@@ -479,20 +631,35 @@ def plot_png(result: TuneResult) -> bytes:
 
 
 def summary_markdown(result: TuneResult) -> str:
-    lines = [f"# Hyperparameter search (seed {result.seed})", "",
-             (f"* configurations tried against the validation range: **{result.n_configs}** "
-             f"({result.n_fits} fits); the holdback range was not used by the search"),
-             f"* best: candidate {result.best_id}, validation AUC {result.best_auc:.5f} on {result.best_rows:,} rows",
-             f"* best params: `{json.dumps(result.best_params, sort_keys=True)}`",
-             f"* wall time {result.seconds:.1f}s" + (f"; stopped early: {result.stopped_early}"
-                                                    if result.stopped_early else ""),
-             "", "| rung | rows | candidates | finished | kept | seconds |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['rung']} | {r['rows']:,} | {r['candidates']} | {r['finished']} | {r['kept']} | {r['seconds']:.1f} |"
-              for r in result.rungs]
-    lines += ["", "| candidate | rung | rows | status | valid AUC | rounds | budget | seconds | params |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r.candidate} | {r.rung} | {r.rows:,} | {r.status} | {r.valid_auc:.5f} | {r.rounds} | {r.budget:,} | "
-              f"{r.seconds:.2f} | `{json.dumps(r.params, sort_keys=True)}` |" for r in result.records]
+    lines = [
+        f"# Hyperparameter search (seed {result.seed})",
+        "",
+        (
+            f"* configurations tried against the validation range: **{result.n_configs}** "
+            f"({result.n_fits} fits); the holdback range was not used by the search"
+        ),
+        f"* best: candidate {result.best_id}, validation AUC {result.best_auc:.5f} on {result.best_rows:,} rows",
+        f"* best params: `{json.dumps(result.best_params, sort_keys=True)}`",
+        f"* wall time {result.seconds:.1f}s"
+        + (f"; stopped early: {result.stopped_early}" if result.stopped_early else ""),
+        "",
+        "| rung | rows | candidates | finished | kept | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['rung']} | {r['rows']:,} | {r['candidates']} | {r['finished']} | {r['kept']} | {r['seconds']:.1f} |"
+        for r in result.rungs
+    ]
+    lines += [
+        "",
+        "| candidate | rung | rows | status | valid AUC | rounds | budget | seconds | params |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r.candidate} | {r.rung} | {r.rows:,} | {r.status} | {r.valid_auc:.5f} | {r.rounds} | {r.budget:,} | "
+        f"{r.seconds:.2f} | `{json.dumps(r.params, sort_keys=True)}` |"
+        for r in result.records
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -505,19 +672,20 @@ def report_dir(cfg, model_name: str, seed: int) -> str:
 class TuneOutcome:
     tuning: TuneResult
     report: dict[str, str]
-    train: object | None  # jobs.train.TrainOutcome, unless train=False
+    train: object | None  # jobs.training.trainer.TrainOutcome, unless train=False
 
 
-def tune_and_train(cfg, spec, registry=None, *, train: bool = True, client=None, progress=None,
-                   **search_kwargs) -> TuneOutcome:
+def tune_and_train(
+    cfg, spec, registry=None, *, train: bool = True, client=None, progress=None, **search_kwargs
+) -> TuneOutcome:
     """``tune``, write the report, then train the best configuration on the full training range
     (``spec.backend``, streamed by default), score the holdback once and register a challenger whose
     reports carry the search table and the number of configurations tried."""
     import dataclasses
 
-    from jobs.train import _dask_client
+    from jobs.training.cluster import dask_client
 
-    with _dask_client(cfg, client) as c:
+    with dask_client(cfg, client) as c:
         result = tune(cfg, spec, client=c, progress=progress, **search_kwargs)
         paths = write_report(result, report_dir(cfg, spec.model_name, result.seed), cfg.storage_options or None)
         _msg(progress or (lambda m: None), f"tune: report in {paths['summary.md'].rsplit('/', 1)[0]}")
@@ -530,12 +698,18 @@ def tune_and_train(cfg, spec, registry=None, *, train: bool = True, client=None,
 
 def _train_and_register(cfg, spec, registry, client, result: TuneResult, paths: dict):
     """``train_model`` with the search recorded on the candidate (table, configurations tried)."""
-    from jobs.train import train_model
+    from jobs.training.trainer import train_model
 
-    return train_model(cfg, spec, registry, client=client,
-                       extra_metrics={"valid_configs_tried": result.n_configs, "valid_fits_tried": result.n_fits},
-                       extra_reports={"tuning": {**result.summary(), "report": paths,
-                                                 "candidates": [asdict(r) for r in result.records]}})
+    return train_model(
+        cfg,
+        spec,
+        registry,
+        client=client,
+        extra_metrics={"valid_configs_tried": result.n_configs, "valid_fits_tried": result.n_fits},
+        extra_reports={
+            "tuning": {**result.summary(), "report": paths, "candidates": [asdict(r) for r in result.records]}
+        },
+    )
 
 
 __all__ = [

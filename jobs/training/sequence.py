@@ -8,6 +8,7 @@ row group; all sequences of one dataset share a single slot, so at most one row 
 decoded in the whole process, and it is evicted (and the file closed) when a slice reaches
 the end of its file.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -26,8 +27,9 @@ FEATURE_DTYPE = np.float64
 ROW_BLOCK = 16_384
 
 
-def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], dtype=FEATURE_DTYPE,
-              order: str = "C") -> np.ndarray:
+def to_matrix(
+    table: pa.Table | pa.RecordBatch, columns: Sequence[str], dtype=FEATURE_DTYPE, order: str = "C"
+) -> np.ndarray:
     """``columns`` of an Arrow table as a float matrix (nulls -> NaN).
 
     ``order="F"`` (column-major) fills ~3x faster and LightGBM predicts from it as fast; the
@@ -42,8 +44,10 @@ def to_matrix(table: pa.Table | pa.RecordBatch, columns: Sequence[str], dtype=FE
 def _float_column(col, name: str) -> np.ndarray:
     t = col.type
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
-        raise TypeError(f"feature column {name!r} is {t}, not numeric: the dtype contract is float64 "
-                        "features (encode categories as numeric aggregates in the feature set)")
+        raise TypeError(
+            f"feature column {name!r} is {t}, not numeric: the dtype contract is float64 "
+            "features (encode categories as numeric aggregates in the feature set)"
+        )
     col = pc.cast(col, pa.float64())
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
@@ -67,8 +71,15 @@ class _Slot:
 class ParquetSequence(lgb.Sequence):
     """Feature rows of one Parquet file as a ``lightgbm.Sequence`` (float64)."""
 
-    def __init__(self, path: str, columns: Sequence[str], *, batch_size: int = 65_536,
-                 storage_options: dict | None = None, slot: _Slot | None = None):
+    def __init__(
+        self,
+        path: str,
+        columns: Sequence[str],
+        *,
+        batch_size: int = 65_536,
+        storage_options: dict | None = None,
+        slot: _Slot | None = None,
+    ):
         self.path, self.columns = path, list(columns)
         self.batch_size = int(batch_size)
         self.storage_options = dict(storage_options or {})
@@ -126,7 +137,7 @@ class ParquetSequence(lgb.Sequence):
             end = min(stop, self._starts[rg + 1])
             table = self._row_group(rg)
             lo = pos - self._starts[rg]
-            out[pos - start:end - start] = to_matrix(table.slice(lo, end - pos), self.columns)
+            out[pos - start : end - start] = to_matrix(table.slice(lo, end - pos), self.columns)
             pos = end
         if stop == self._n:
             self.release()  # end of file: the pass moves on to the next file
@@ -162,17 +173,18 @@ class ParquetSequence(lgb.Sequence):
         return fh, pq.ParquetFile(fh, pre_buffer=False)
 
 
-def parquet_sequences(files: Sequence[str], columns: Sequence[str], *, batch_size: int = 65_536,
-                      storage_options: dict | None = None) -> list[ParquetSequence]:
+def parquet_sequences(
+    files: Sequence[str], columns: Sequence[str], *, batch_size: int = 65_536, storage_options: dict | None = None
+) -> list[ParquetSequence]:
     """One sequence per file, sharing one row-group slot; empty files are skipped."""
     slot = _Slot()
-    seqs = [ParquetSequence(f, columns, batch_size=batch_size, storage_options=storage_options, slot=slot)
-            for f in files]
+    seqs = [
+        ParquetSequence(f, columns, batch_size=batch_size, storage_options=storage_options, slot=slot) for f in files
+    ]
     return [s for s in seqs if len(s)]
 
 
-def read_column(files: Sequence[str], column: str, dtype=np.float64,
-                storage_options: dict | None = None) -> np.ndarray:
+def read_column(files: Sequence[str], column: str, dtype=np.float64, storage_options: dict | None = None) -> np.ndarray:
     """One column of all files, concatenated in file order (labels stay in memory this way)."""
     parts = []
     for f in files:
@@ -185,9 +197,15 @@ def read_column(files: Sequence[str], column: str, dtype=np.float64,
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
-def iter_matrices(files: Sequence[str], columns: Sequence[str], *, batch_rows: int = 100_000,
-                  extra: Sequence[str] = (), storage_options: dict | None = None, order: str = "F"
-                  ) -> Iterator[tuple[np.ndarray, pa.Table]]:
+def iter_matrices(
+    files: Sequence[str],
+    columns: Sequence[str],
+    *,
+    batch_rows: int = 100_000,
+    extra: Sequence[str] = (),
+    storage_options: dict | None = None,
+    order: str = "F",
+) -> Iterator[tuple[np.ndarray, pa.Table]]:
     """``(float matrix of columns, Arrow table of extra columns)`` per bounded batch, in file order."""
     wanted = list(dict.fromkeys([*columns, *extra]))
     for f in files:
@@ -209,6 +227,6 @@ def load_matrix(files: Sequence[str], columns: Sequence[str], storage_options: d
     out = np.empty((n, len(columns)), dtype=FEATURE_DTYPE, order="F")
     pos = 0
     for m, _ in iter_matrices(files, columns, storage_options=storage_options):
-        out[pos:pos + len(m)] = m
+        out[pos : pos + len(m)] = m
         pos += len(m)
     return out

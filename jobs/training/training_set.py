@@ -14,6 +14,7 @@ The kernel's rule ``event_ts < as_of`` keeps every event at or after ``C`` out o
 Row order inside a partition follows the engine's output order; the content fingerprint
 does not depend on it.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -25,10 +26,9 @@ from features import registry
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.config import Config
-from jobs.labels import LABEL, horizon_end_ds, labels_table
-from jobs.lake import Lake, LakeError, Manifest, Table
+from jobs.lake import Lake, LakeError, Manifest, Table, inputs_fingerprint
 from jobs.schemas import RAW_EVENTS_TABLE, feature_schema
-from jobs.snapshots import inputs_fingerprint
+from jobs.training.labels import LABEL, horizon_end_ds, labels_table
 
 TRAINING_SETS = "training_sets"
 LABEL_TYPE = "int8"
@@ -39,8 +39,14 @@ def training_set_table(lake: Lake, fs: FeatureSet) -> Table:
     return lake.table(f"{TRAINING_SETS}/{fs.name}", feature_schema(fs, [(LABEL, LABEL_TYPE)]))
 
 
-def build_training_set(cfg: Config, ds: str | dt.date, feature_set: str = "customer_activity_v1", *,
-                       validate: bool = True, **engine_options) -> Manifest:
+def build_training_set(
+    cfg: Config,
+    ds: str | dt.date,
+    feature_set: str = "customer_activity_v1",
+    *,
+    validate: bool = True,
+    **engine_options,
+) -> Manifest:
     """Publish ``training_sets/<set>/ds=ds`` from ``labels/ds=ds`` (one row per label row).
 
     With ``validate`` the staged partition must pass the ``training_sets`` suite before it is
@@ -80,11 +86,12 @@ def build_training_set(cfg: Config, ds: str | dt.date, feature_set: str = "custo
     table = training_set_table(lake, fs)
     gate = None
     if validate:
-        from jobs.validate import gate_for
+        from jobs.quality.validate import gate_for
 
         gate = gate_for(cfg, "training_sets", feature_set=fs.name)
-    return table.write_partition(ds, _checked(frames, label_manifest.rows, table.name, ds),
-                                 producer=producer, inputs=inputs, gate=gate)
+    return table.write_partition(
+        ds, _checked(frames, label_manifest.rows, table.name, ds), producer=producer, inputs=inputs, gate=gate
+    )
 
 
 def _checked(frames, expected: int, name: str, ds: str):
@@ -97,8 +104,14 @@ def _checked(frames, expected: int, name: str, ds: str):
         raise LakeError(f"{name} ds={ds}: the engine returned {rows} rows for {expected} label rows")
 
 
-def build_training_sets(cfg: Config, days: Iterable[str], feature_set: str = "customer_activity_v1", *,
-                        validate: bool = True, **engine_options) -> list[Manifest]:
+def build_training_sets(
+    cfg: Config,
+    days: Iterable[str],
+    feature_set: str = "customer_activity_v1",
+    *,
+    validate: bool = True,
+    **engine_options,
+) -> list[Manifest]:
     """``build_training_set`` for each cut-off, in order."""
     return [build_training_set(cfg, d, feature_set, validate=validate, **engine_options) for d in sorted(days)]
 
@@ -115,13 +128,15 @@ def partitions_in(lake: Lake, fs: FeatureSet, ds_from: str, ds_to: str) -> list[
     table = training_set_table(lake, fs)
     missing = [d for d in cutoffs if not table.exists(d)]
     if missing:
-        raise LakeError(f"{table.name} has no partition for labels cut-off(s) {missing}; "
-                        "run `lockstep training-set` for them")
+        raise LakeError(
+            f"{table.name} has no partition for labels cut-off(s) {missing}; run `lockstep training-set` for them"
+        )
     manifests = [table.manifest(d) for d in cutoffs]
     stale = [m.ds for m in manifests if m.producer.get("feature_set_fingerprint") != fs.fingerprint]
     if stale:
-        raise LakeError(f"{table.name} ds={stale} were built with another version of {fs.name} "
-                        f"(not {fs.fingerprint}); rebuild them")
+        raise LakeError(
+            f"{table.name} ds={stale} were built with another version of {fs.name} (not {fs.fingerprint}); rebuild them"
+        )
     return manifests
 
 
@@ -132,27 +147,3 @@ def ranges_files(lake: Lake, fs: FeatureSet, spec, roles=("train", "valid", "hol
     table = training_set_table(lake, fs)
     parts = {role: partitions_in(lake, fs, *getattr(spec, role)) for role in roles}
     return table, parts, {role: [f for m in ms for f in table.files(m.ds)] for role, ms in parts.items()}
-
-
-def add_parsers(subparsers) -> None:
-    """``lockstep training-set --from A [--to B]``: every labels cut-off in the range."""
-    s = subparsers.add_parser("training-set",
-                              help="join labels with a feature set point in time -> training_sets/<set>/ds=C")
-    s.add_argument("--from", dest="ds_from", required=True)
-    s.add_argument("--to", dest="ds_to", help="last cut-off (default: --from)")
-    s.add_argument("--feature-set", default="customer_activity_v1")
-    s.add_argument("--no-validate", action="store_true", help="skip the training_sets suite")
-    s.set_defaults(func=_cmd_training_set)
-
-
-def _cmd_training_set(args) -> int:
-    from jobs.cli import _config
-
-    cfg = _config(args)
-    to = args.ds_to or args.ds_from
-    days = [d for d in labels_table(cfg.lake()).partitions() if args.ds_from <= d <= to]
-    if not days:
-        raise ValueError(f"no labels partitions in {args.ds_from}..{to}; run `lockstep labels` first")
-    for m in build_training_sets(cfg, days, args.feature_set, validate=not args.no_validate):
-        print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
-    return 0

@@ -1,4 +1,5 @@
 """docker-compose.yaml validates and names only things that exist (no Docker engine here)."""
+
 from __future__ import annotations
 
 import os
@@ -14,11 +15,28 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yaml"
 ENV_EXAMPLE = REPO / ".env.example"
 #: Services the team stack must have (DESIGN §9).
-REQUIRED = {"postgres", "airflow-init", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "spark-master", "spark-worker", "dask-scheduler", "dask-worker", "serving"}
+REQUIRED = {
+    "postgres",
+    "airflow-init",
+    "airflow-api-server",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "spark-master",
+    "spark-worker",
+    "dask-scheduler",
+    "dask-worker",
+    "serving",
+}
 #: Executables our image provides (installed by `pip install -e .` of setup.cfg) or scripts in docker/.
-IMAGE_COMMANDS = {"airflow": "apache-airflow", "spark-class": "pyspark", "dask": "distributed",
-                  "uvicorn": "uvicorn", "lockstep": "lockstep", "python": None}
+IMAGE_COMMANDS = {
+    "airflow": "apache-airflow",
+    "spark-class": "pyspark",
+    "dask": "distributed",
+    "uvicorn": "uvicorn",
+    "lockstep": "lockstep",
+    "python": None,
+}
 
 
 def _env_example() -> dict[str, str]:
@@ -39,6 +57,7 @@ def _interpolate(text: str, env: dict[str, str]) -> str:
         if op and op.endswith("?"):
             raise KeyError(f"{name} is required: {default}")
         return default or ""
+
     text = text.replace("$$", "\0")
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}", sub, text).replace("\0", "$")
 
@@ -129,11 +148,21 @@ def test_dockerfile_copies_only_existing_paths():
 def test_airflow_dag_folder_in_the_image_is_the_repo_dags(compose):
     env = compose["services"]["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/lockstep/dags"
-    assert "COPY dags dags" in (REPO / "Dockerfile").read_text() and "WORKDIR /opt/lockstep" in (REPO / "Dockerfile").read_text()
+    assert (
+        "COPY dags dags" in (REPO / "Dockerfile").read_text()
+        and "WORKDIR /opt/lockstep" in (REPO / "Dockerfile").read_text()
+    )
 
 
-@pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed (apt-get install docker-compose)")
+@pytest.mark.skipif(
+    not shutil.which("docker-compose"), reason="docker-compose not installed (apt-get install docker-compose)"
+)
 def test_docker_compose_config_accepts_the_file():
-    proc = subprocess.run(["docker-compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run(
+        ["docker-compose", "--env-file", str(ENV_EXAMPLE), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """Fixtures for the Airflow tests: a throwaway Airflow home (SQLite) and lake per test session."""
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def airflow_local(tmp_path_factory):
     """An initialised Airflow home (db migrated, pool, admin/admin) with its own empty lake."""
-    from jobs.airflow_local import AirflowLocal, free_port
+    from jobs.local.airflow_local import AirflowLocal, free_port
 
     root = tmp_path_factory.mktemp("airflow")
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
@@ -43,7 +44,7 @@ def lake(airflow_local):
 def scheduler_stack(tmp_path_factory):
     """A running Airflow (scheduler, dag-processor, api-server; LocalExecutor on SQLite) on a free port,
     with its own home and lake. Shared by the end-to-end and UI tests."""
-    from jobs.airflow_local import AirflowLocal, free_port
+    from jobs.local.airflow_local import AirflowLocal, free_port
 
     root = tmp_path_factory.mktemp("stack")
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
@@ -64,7 +65,8 @@ def first_backfill(scheduler_stack):
     wait_backfill(stack, b["id"])
     runs = [r for r in stack.dag_runs("features_daily") if r["run_type"] == "backfill"]
     lake = lake_of(stack)
-    return {"runs": runs, "fingerprints": fingerprints(lake),
-            "created": {ds: lake.table(SNAPSHOTS).manifest(ds).created_at for ds in DAYS}}
-
-
+    return {
+        "runs": runs,
+        "fingerprints": fingerprints(lake),
+        "created": {ds: lake.table(SNAPSHOTS).manifest(ds).created_at for ds in DAYS},
+    }

@@ -1,4 +1,5 @@
 """Helpers of the end-to-end Airflow tests (the lake of a running stack, waiting for backfills)."""
+
 from __future__ import annotations
 
 import time
@@ -32,5 +33,3 @@ def fingerprints(lake) -> dict[str, str]:
         for ds in DAYS:
             out[f"{table}/ds={ds}"] = lake.table(table).manifest(ds).content_fingerprint
     return out
-
-

@@ -1,4 +1,5 @@
 """Every DAG file parses fast and cleanly, and carries the platform's conventions."""
+
 from __future__ import annotations
 
 import subprocess
@@ -47,8 +48,13 @@ def test_parsing_a_dag_file_imports_no_heavy_module():
 
 
 def test_ruff_airflow_rules_are_clean():
-    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "AIR", str(DAGS)],
-                          capture_output=True, text=True, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "--select", "AIR", str(DAGS)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -71,7 +77,11 @@ def test_features_daily_schedule_is_inside_cdnow(dagbag):
     dag = dagbag.dags["features_daily"]
     assert str(dag.start_date.date()) == "1997-01-01" and str(dag.end_date.date()) == "1998-06-30"
     assert [t.task_id for t in dag.topological_sort()] == [
-        "land_raw", "validate_raw", "build_snapshot", "validate_snapshot"]
+        "land_raw",
+        "validate_raw",
+        "build_snapshot",
+        "validate_snapshot",
+    ]
     assert dag.get_task("validate_snapshot").outlets[0].uri == "lockstep://lake/feature_snapshots/customer_activity_v1"
     # Snapshots read every earlier raw day: days are built in order, a bad day stops the later ones.
     assert dag.get_task("build_snapshot").depends_on_past
@@ -81,15 +91,21 @@ def test_batch_scoring_runs_on_the_snapshot_asset(dagbag):
     dag = dagbag.dags["batch_scoring"]
     uris = {a.uri for a in dag.timetable.asset_condition.objects}
     assert uris == {"lockstep://lake/feature_snapshots/customer_activity_v1"}
-    assert [t.task_id for t in dag.topological_sort()] == [
-        "partitions", "score", "validate_predictions", "publish_sql"]
+    assert [t.task_id for t in dag.topological_sort()] == ["partitions", "score", "validate_predictions", "publish_sql"]
 
 
 def test_training_flow_and_params(dagbag):
     dag = dagbag.dags["training"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "plan_window", "build_labels", "build_training_sets", "validate_training_sets",
-        "tune", "train_baseline", "train_and_register", "promote"]
+        "plan_window",
+        "build_labels",
+        "build_training_sets",
+        "validate_training_sets",
+        "tune",
+        "train_baseline",
+        "train_and_register",
+        "promote",
+    ]
     assert dag.params.get_param("backend").resolve("dask") == "dask"
     assert dag.params.get_param("tune").resolve() is False  # off unless asked for
     assert dag.get_task("train_and_register").trigger_rule == "none_failed"  # runs when tune is skipped
@@ -136,12 +152,16 @@ def test_training_tune_task_is_skipped_unless_asked_and_feeds_train_and_register
 
     from airflow.sdk.exceptions import AirflowSkipException
 
-    import jobs.train
-    import jobs.training.tune as tune_mod
+    import jobs.training.search as tune_mod
+    import jobs.training.trainer
 
     dag = dagbag.dags["training"]
-    window = {"train": ["1997-02-03", "1997-02-24"], "valid": ["1997-03-03", "1997-03-10"],
-              "holdback": ["1997-03-17", "1997-03-31"], "embargo_days": 0}
+    window = {
+        "train": ["1997-02-03", "1997-02-24"],
+        "valid": ["1997-03-03", "1997-03-10"],
+        "holdback": ["1997-03-17", "1997-03-31"],
+        "embargo_days": 0,
+    }
     params = {**{k: dag.params[k] for k in dag.params.keys()}, "engine": None}  # noqa: SIM118 - a ParamsDict
     with pytest.raises(AirflowSkipException, match="tuning is off"):
         dag.get_task("tune").python_callable(window, params=params)
@@ -163,10 +183,15 @@ def test_training_tune_task_is_skipped_unless_asked_and_feeds_train_and_register
     def fake_train(cfg, spec, *a, **k):
         seen.setdefault("specs", []).append(spec)
         seen.setdefault("extra", []).append((k.get("extra_metrics"), k.get("extra_reports")))
-        return SimpleNamespace(registered=SimpleNamespace(version=1), candidate=SimpleNamespace(metrics={}),
-                               champion_eval=None, notes=[], baseline=None)
+        return SimpleNamespace(
+            registered=SimpleNamespace(version=1),
+            candidate=SimpleNamespace(metrics={}),
+            champion_eval=None,
+            notes=[],
+            baseline=None,
+        )
 
-    monkeypatch.setattr(jobs.train, "train_model", fake_train)
+    monkeypatch.setattr(jobs.training.trainer, "train_model", fake_train)
     train = dag.get_task("train_and_register").python_callable
     train(window, params=params, ti=SimpleNamespace(xcom_pull=lambda task_ids: tuned))
     train(window, params=params, ti=SimpleNamespace(xcom_pull=lambda task_ids: None))  # tune skipped

@@ -1,4 +1,5 @@
 """`airflow dags test` of each DAG on CDNOW dates: the real jobs run and publish their partitions."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,9 +34,9 @@ SCORE_DAY = "1998-03-31"
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    from jobs.airflow_local import AirflowLocal, free_port
     from jobs.config import Config
-    from jobs.ingest import ingest_cdnow
+    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.local.airflow_local import AirflowLocal, free_port
 
     root = tmp_path_factory.mktemp("history")
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
@@ -47,8 +48,8 @@ def history(tmp_path_factory):
 
 def test_training_dag_trains_registers_and_promotes_a_champion(history):
     from jobs import orchestration as o
-    from jobs.labels import latest_mature_cutoff
-    from jobs.registry import CHAMPION, Registry
+    from jobs.models.registry import CHAMPION, Registry
+    from jobs.training.labels import latest_mature_cutoff
 
     af, cfg = history
     af.dags_test("training", conf=TRAINING_CONF)
@@ -68,8 +69,8 @@ def test_training_dag_trains_registers_and_promotes_a_champion(history):
 
 
 def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
+    from jobs.scoring.sql import read_day, sql_url
     from jobs.snapshots import build_snapshot
-    from jobs.sql import read_day, sql_url
 
     af, cfg = history
     snap = build_snapshot(cfg, SCORE_DAY)  # features_daily's job, run directly: tested above
@@ -86,11 +87,12 @@ def test_training_dag_with_tune_trains_the_searched_parameters(history):
     import json
     from pathlib import Path
 
-    from jobs.registry import Registry
+    from jobs.models.registry import Registry
 
     af, cfg = history
-    proc = af.dags_test("training", conf={**TRAINING_CONF, "tune": True, "tune_candidates": 3,
-                                          "tune_max_rows": 5000, "tune_seed": 1})
+    proc = af.dags_test(
+        "training", conf={**TRAINING_CONF, "tune": True, "tune_candidates": 3, "tune_max_rows": 5000, "tune_seed": 1}
+    )
     reports = list((Path(cfg.lake_root) / "_reports" / "tuning" / "repurchase_90d").glob("*-seed1/summary.json"))
     assert len(reports) == 1, proc.stdout[-3000:]
     summary = json.loads(reports[0].read_text())

@@ -1,4 +1,5 @@
 """The pure glue the DAG tasks use (jobs/orchestration.py)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -12,16 +13,21 @@ from jobs import orchestration as o
 
 def test_constants_match_the_jobs_they_mirror():
     from jobs.config import ENGINES
-    from jobs.labels import HORIZON_DAYS
+    from jobs.training.labels import HORIZON_DAYS
     from jobs.training.lgbm import BACKENDS
 
     assert o.ENGINES == ENGINES and o.HORIZON_DAYS == HORIZON_DAYS and o.BACKENDS == BACKENDS
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("1997-03-05", "1997-03-05"), ("1997-03-05T00:00:00+00:00", "1997-03-05"), (dt.date(1997, 3, 5), "1997-03-05"),
-    (dt.datetime(1997, 3, 5, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))), "1997-03-06"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1997-03-05", "1997-03-05"),
+        ("1997-03-05T00:00:00+00:00", "1997-03-05"),
+        (dt.date(1997, 3, 5), "1997-03-05"),
+        (dt.datetime(1997, 3, 5, 23, 0, tzinfo=dt.timezone(dt.timedelta(hours=-5))), "1997-03-06"),
+    ],
+)
 def test_parse_ds(value, expected):
     assert o.parse_ds(value) == expected
 
@@ -33,7 +39,10 @@ def test_partition_requires_a_logical_date(bad):
 
 
 def test_asset_uri_is_logical_and_rejects_paths():
-    assert o.asset_uri("feature_snapshots/customer_activity_v1") == "lockstep://lake/feature_snapshots/customer_activity_v1"
+    assert (
+        o.asset_uri("feature_snapshots/customer_activity_v1")
+        == "lockstep://lake/feature_snapshots/customer_activity_v1"
+    )
     for bad in ("", "/etc", "a/../b"):
         with pytest.raises(ValueError):
             o.asset_uri(bad)
@@ -54,8 +63,13 @@ def test_config_takes_the_engine_param_over_the_environment(monkeypatch, tmp_pat
 
 def test_partitions_to_score_from_param_or_asset_events():
     Event = types.SimpleNamespace
-    events = {"snap": [Event(extra={"ds": "1997-01-03"}), Event(extra={"ds": "1997-01-02"}),
-                       Event(extra={"ds": "1997-01-03"})]}
+    events = {
+        "snap": [
+            Event(extra={"ds": "1997-01-03"}),
+            Event(extra={"ds": "1997-01-02"}),
+            Event(extra={"ds": "1997-01-03"}),
+        ]
+    }
     assert o.partitions_to_score(None, events) == ["1997-01-02", "1997-01-03"]
     assert o.partitions_to_score("1997-02-01", events) == ["1997-02-01"]
     with pytest.raises(ValueError, match="no partition"):
@@ -76,9 +90,17 @@ def test_training_window_defaults_end_at_the_last_mature_monday():
 
 
 def test_training_window_explicit_params_win_and_bad_ones_fail():
-    w = o.training_window({"train_from": "1997-06-02", "train_to": "1997-06-16", "valid_from": "1997-06-23",
-                           "valid_to": "1997-06-23", "holdback_from": "1997-06-30", "holdback_to": "1997-06-30",
-                           "embargo_days": 0})
+    w = o.training_window(
+        {
+            "train_from": "1997-06-02",
+            "train_to": "1997-06-16",
+            "valid_from": "1997-06-23",
+            "valid_to": "1997-06-23",
+            "holdback_from": "1997-06-30",
+            "holdback_to": "1997-06-30",
+            "embargo_days": 0,
+        }
+    )
     assert w["cutoffs"] == ["1997-06-02", "1997-06-09", "1997-06-16", "1997-06-23", "1997-06-30"]
     with pytest.raises(ValueError, match="bad training window"):
         o.training_window({"valid_from": "1997-06-23", "valid_to": "1997-06-16", "holdback_to": "1997-06-30"})
@@ -96,7 +118,7 @@ def test_default_args_put_every_task_in_the_pool_with_bounded_retries():
 def test_data_quality_failures_fail_fast_other_errors_do_not():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.validate import DataQualityError
+    from jobs.quality.validate import DataQualityError
 
     class FakeDQ(DataQualityError):
         def __init__(self):
@@ -113,8 +135,10 @@ def test_data_quality_failures_fail_fast_other_errors_do_not():
 
 def test_orchestration_imports_nothing_heavy():
     # DAG files import it at parse time.
-    code = ("import sys; import jobs.orchestration; "
-            "print([m for m in ('pandas','pyarrow','jobs.lake','jobs.config') if m in sys.modules])")
+    code = (
+        "import sys; import jobs.orchestration; "
+        "print([m for m in ('pandas','pyarrow','jobs.lake','jobs.config') if m in sys.modules])"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -144,7 +168,7 @@ def test_serving_log_action_is_idempotent_and_never_drops_logged_records():
 def test_skew_breaches_fail_fast_other_errors_do_not():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from jobs.skew import SkewThresholdError
+    from jobs.skew.job import SkewThresholdError
 
     with pytest.raises(AirflowFailException, match="logic_skew_rate"), o.skew_gate():
         raise SkewThresholdError("skew ds=1997-02-10: recency_days: logic_skew_rate 0.2 > 0", report=None)

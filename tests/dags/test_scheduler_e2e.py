@@ -1,5 +1,6 @@
 """A real Airflow (scheduler, DAG processor, API server) runs a backfill created through the REST API —
 what the UI's Backfill dialog does — and the lake holds every partition, identical on a re-run."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,9 @@ def test_the_same_backfill_again_gives_identical_content(scheduler_stack, first_
 
 def test_a_bad_engine_is_refused_when_the_run_is_triggered(scheduler_stack, first_backfill):
     with pytest.raises(RuntimeError, match=r"HTTP 400.*flink"):
-        scheduler_stack.api("POST", "dags/features_daily/dagRuns",
-                            {"logical_date": "1997-01-06T00:00:00Z", "conf": {"engine": "flink"}})
+        scheduler_stack.api(
+            "POST", "dags/features_daily/dagRuns", {"logical_date": "1997-01-06T00:00:00Z", "conf": {"engine": "flink"}}
+        )
 
 
 def _corrupt_cdnow(path, day: str) -> None:
@@ -53,7 +55,7 @@ def _corrupt_cdnow(path, day: str) -> None:
     (a unit change upstream): every row still parses, only the data-quality suite can catch it."""
     import gzip
 
-    from jobs.ingest import CDNOW_PATH
+    from jobs.ingest.cdnow import CDNOW_PATH
 
     stamp = day.replace("-", "")
     with gzip.open(CDNOW_PATH, "rt") as src, gzip.open(path, "wt") as dst:
@@ -72,14 +74,21 @@ def test_a_corrupted_raw_day_fails_at_validation_and_stops_the_line(scheduler_st
     day = "1997-01-08"
     bad = tmp_path / "CDNOW_cents.txt.gz"
     _corrupt_cdnow(bad, day)
-    run = stack.api("POST", "dags/features_daily/dagRuns", {
-        "dag_run_id": "corrupted_raw", "logical_date": f"{day}T00:00:00Z", "conf": {"source": str(bad)}})
+    run = stack.api(
+        "POST",
+        "dags/features_daily/dagRuns",
+        {"dag_run_id": "corrupted_raw", "logical_date": f"{day}T00:00:00Z", "conf": {"source": str(bad)}},
+    )
     (done,) = stack.wait_for_runs("features_daily", 1, timeout=300, dag_run_id=run["dag_run_id"])
     assert done["state"] == "failed"
     tis = stack.api("GET", "dags/features_daily/dagRuns/corrupted_raw/taskInstances")["task_instances"]
     states = {t["task_id"]: t["state"] for t in tis}
-    assert states == {"land_raw": "success", "validate_raw": "failed",
-                      "build_snapshot": "upstream_failed", "validate_snapshot": "upstream_failed"}
+    assert states == {
+        "land_raw": "success",
+        "validate_raw": "failed",
+        "build_snapshot": "upstream_failed",
+        "validate_snapshot": "upstream_failed",
+    }
     # Failed fast: a data-quality failure is not retried.
     assert {t["task_id"]: t["try_number"] for t in tis}["validate_raw"] == 1
 

@@ -1,5 +1,6 @@
 """`airflow dags test skew_nightly <D>` on a small CDNOW lake: a champion serves a replayed day, the DAG
 publishes the serving log from the WAL, validates it and writes the skew report; a re-run keeps the log."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,21 +17,33 @@ def _register_champion(cfg, fs, ds: str):
     import lightgbm as lgb
     import numpy as np
 
-    from jobs.registry import CHAMPION, Candidate, Registry
+    from jobs.models.registry import CHAMPION, Candidate, Registry
     from jobs.snapshots import snapshot_table
 
     table = snapshot_table(cfg.lake(), fs)
     train = table.read(ds)
     x = train[list(fs.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
     y = (train["recency_days"].to_numpy() < 14).astype(int)
-    booster = lgb.train({"objective": "binary", "num_leaves": 7, "verbose": -1, "num_threads": 1},
-                        lgb.Dataset(x, y), num_boost_round=10)
-    return Registry.from_config(cfg).register(Candidate(
-        name="repurchase_90d", model_text=booster.model_to_string(), feature_set=fs.name,
-        feature_names=list(fs.feature_names), code_commit="a" * 40, feature_set_fingerprint=fs.fingerprint,
-        training_set_fingerprints={f"{table.name}/ds={ds}": table.manifest(ds).content_fingerprint},
-        environment_digest="b" * 64, params={"num_leaves": 7}, metrics={"holdback_auc": 0.7},
-        holdback={"key": "c" * 64}, ranges={"train": [ds, ds]}), alias=CHAMPION)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "verbose": -1, "num_threads": 1}, lgb.Dataset(x, y), num_boost_round=10
+    )
+    return Registry.from_config(cfg).register(
+        Candidate(
+            name="repurchase_90d",
+            model_text=booster.model_to_string(),
+            feature_set=fs.name,
+            feature_names=list(fs.feature_names),
+            code_commit="a" * 40,
+            feature_set_fingerprint=fs.fingerprint,
+            training_set_fingerprints={f"{table.name}/ds={ds}": table.manifest(ds).content_fingerprint},
+            environment_digest="b" * 64,
+            params={"num_leaves": 7},
+            metrics={"holdback_auc": 0.7},
+            holdback={"key": "c" * 64},
+            ranges={"train": [ds, ds]},
+        ),
+        alias=CHAMPION,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +52,9 @@ def served_day(tmp_path_factory):
     from fastapi.testclient import TestClient
 
     from features import registry
-    from jobs.airflow_local import AirflowLocal, free_port
     from jobs.config import Config
-    from jobs.ingest import ingest_cdnow
+    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.serving.app import Settings, create_app
     from jobs.serving.model import RegistrySource
     from jobs.serving.replay import plan_day, replay
@@ -58,8 +71,9 @@ def served_day(tmp_path_factory):
         build_snapshot(cfg, ds)
     _register_champion(cfg, fs, "1997-02-09")
     wal = root / "wal"
-    app = create_app(Settings(lake_root=cfg.lake_root, wal_dir=str(wal), mode="fresh"),
-                     model_source=RegistrySource(cfg), cfg=cfg)
+    app = create_app(
+        Settings(lake_root=cfg.lake_root, wal_dir=str(wal), mode="fresh"), model_source=RegistrySource(cfg), cfg=cfg
+    )
     with TestClient(app) as client:
         res = replay(client, plan_day(read_lake_events(cfg, fs), DAY, REQUESTS, seed=5))
     assert (res.status == 200).all()

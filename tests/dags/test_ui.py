@@ -1,5 +1,6 @@
 """The Airflow UI in headless Chromium: log in, open features_daily, start a backfill from the UI's own
 dialog, and see its runs listed — then check the runs and partitions really exist."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -27,7 +28,7 @@ def driver():
 
 
 def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfill, driver):
-    from jobs.airflow_local import PASSWORD, USER
+    from jobs.local.airflow_local import PASSWORD, USER
 
     stack = scheduler_stack
     ui.login(driver, stack.url, USER, PASSWORD)
@@ -37,8 +38,11 @@ def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfil
     deadline = time.monotonic() + 60
     backfills = []
     while time.monotonic() < deadline and not backfills:
-        backfills = [b for b in stack.api("GET", "backfills", params={"dag_id": "features_daily"})["backfills"]
-                     if b["from_date"].startswith(UI_DAYS[0])]
+        backfills = [
+            b
+            for b in stack.api("GET", "backfills", params={"dag_id": "features_daily"})["backfills"]
+            if b["from_date"].startswith(UI_DAYS[0])
+        ]
         time.sleep(1)
     assert backfills, "the UI dialog created no backfill"
     wait_backfill(stack, backfills[0]["id"])

@@ -1,5 +1,6 @@
 """Driving the Airflow 3 UI with Debian's headless Chromium through selenium (no browser download:
 the binary and the driver are /usr/bin/chromium and /usr/bin/chromedriver)."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,9 +32,18 @@ def browser():
     profile = tempfile.mkdtemp(prefix="lockstep-chromium-")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                "--window-size=1400,1000", f"--user-data-dir={profile}"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={profile}",
+    ):
         opts.add_argument(arg)
     # An explicit driver path: selenium's driver manager is never asked to find (or fetch) one.
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
@@ -85,7 +95,9 @@ def _pick_datetime(driver, index: int, day: str) -> None:
     pickers = [p for p in driver.find_elements(By.XPATH, "//p[contains(text(),'Select date and time')]")]
     pickers[0 if index == 0 else -1].click()
     time.sleep(0.5)
-    date_in = [e for e in driver.find_elements(By.CSS_SELECTOR, "input[placeholder='YYYY/MM/DD']") if e.is_displayed()][-1]
+    date_in = [e for e in driver.find_elements(By.CSS_SELECTOR, "input[placeholder='YYYY/MM/DD']") if e.is_displayed()][
+        -1
+    ]
     time_in = [e for e in driver.find_elements(By.CSS_SELECTOR, "input[placeholder='HH:mm']") if e.is_displayed()][-1]
     date_in.send_keys(day.replace("-", "/"))
     time_in.send_keys("00:00")
@@ -93,8 +105,9 @@ def _pick_datetime(driver, index: int, day: str) -> None:
     time.sleep(0.5)
 
 
-def start_backfill_from_dialog(driver, url: str, dag_id: str, ds_from: str, ds_to: str,
-                               reprocess: str = "Missing and Errored Runs") -> None:
+def start_backfill_from_dialog(
+    driver, url: str, dag_id: str, ds_from: str, ds_to: str, reprocess: str = "Missing and Errored Runs"
+) -> None:
     """Open the DAG page, Trigger -> Backfill, fill the date range, pick the reprocess behaviour
     (a DAG with depends_on_past tasks refuses "Missing Runs"), Run Backfill."""
     from selenium.webdriver.common.by import By

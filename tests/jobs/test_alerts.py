@@ -1,5 +1,6 @@
 """Alerts reach real receivers started here: an SMTP server (aiosmtpd) and an HTTP webhook; the
 same failure is not re-sent within the window; a receiver that is down hides nothing."""
+
 import email
 import json
 import socket
@@ -13,7 +14,7 @@ import pytest
 from test_validate_support import alerts, land, raw_day
 
 from jobs.alerts import Alert, AlertSettings, Notifier, alert_from_airflow_context
-from jobs.validate import DataQualityError, validate_partition
+from jobs.quality.validate import DataQualityError, validate_partition
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
@@ -34,8 +35,9 @@ def smtp_server():
             self.messages = []
 
         async def handle_DATA(self, server, session, envelope):
-            self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
-                                  email.message_from_bytes(envelope.content)))
+            self.messages.append(
+                (envelope.mail_from, list(envelope.rcpt_tos), email.message_from_bytes(envelope.content))
+            )
             return "250 Message accepted"
 
     inbox = Inbox()
@@ -73,9 +75,17 @@ def webhook_server():
 
 
 def settings(smtp_port=None, webhook=None, **kw):
-    return AlertSettings(**{"smtp_host": "127.0.0.1" if smtp_port else None, "smtp_port": smtp_port or 25,
-                            "smtp_from": "lockstep@test.invalid", "webhook_url": webhook, "timeout_s": 5,
-                            "smtp_to": ("oncall@test.invalid", "data@test.invalid"), **kw})
+    return AlertSettings(
+        **{
+            "smtp_host": "127.0.0.1" if smtp_port else None,
+            "smtp_port": smtp_port or 25,
+            "smtp_from": "lockstep@test.invalid",
+            "webhook_url": webhook,
+            "timeout_s": 5,
+            "smtp_to": ("oncall@test.invalid", "data@test.invalid"),
+            **kw,
+        }
+    )
 
 
 def failing_partition(cfg, cdnow, ds="1997-01-01"):
@@ -92,19 +102,18 @@ def test_a_data_quality_failure_reaches_mail_and_webhook(cfg, cdnow, smtp_server
     with pytest.raises(DataQualityError) as info:
         validate_partition(cfg, "raw_events", "1997-01-01", notifier=notifier)
     err = info.value
-    (sender, rcpts, msg), = inbox
+    ((sender, rcpts, msg),) = inbox
     assert sender == "lockstep@test.invalid" and rcpts == ["oncall@test.invalid", "data@test.invalid"]
     assert msg["Subject"] == "[lockstep] data quality failed: raw_events raw_events/ds=1997-01-01"
     body = msg.get_payload(decode=True).decode()
     assert "expect_column_values_to_be_between(column=amount" in body and "2 of" in body
     assert f"report: {err.report_path}" in body and f"quarantined: {err.quarantine_path}" in body
-    (path, ctype, payload), = received
+    ((path, ctype, payload),) = received
     assert path == "/hooks/lockstep" and ctype == "application/json"
     assert payload["text"].startswith("data quality failed: raw_events raw_events/ds=1997-01-01")
     assert err.report_path in payload["text"]
-    line, = alerts(cfg)
-    assert line["delivery"] == {"email": "sent to oncall@test.invalid, data@test.invalid",
-                                "webhook": "sent: HTTP 200"}
+    (line,) = alerts(cfg)
+    assert line["delivery"] == {"email": "sent to oncall@test.invalid, data@test.invalid", "webhook": "sent: HTTP 200"}
     assert line["report"] == err.report_path and line["quarantine"] == err.quarantine_path
 
 
@@ -112,9 +121,14 @@ def test_the_same_failure_is_not_resent_within_the_window(cfg, smtp_server, webh
     port, inbox = smtp_server
     url, received, _ = webhook_server
     notifier = Notifier(cfg.lake_root, settings(port, url, dedup_window_s=3600))
-    alert = Alert(title="data quality failed: raw_events ds=1997-01-01", where="raw_events/ds=1997-01-01",
-                  reason="amounts are negative", dataset="raw_events", partition="raw_events/ds=1997-01-01",
-                  failed=["expect_column_values_to_be_between(column=amount)"])
+    alert = Alert(
+        title="data quality failed: raw_events ds=1997-01-01",
+        where="raw_events/ds=1997-01-01",
+        reason="amounts are negative",
+        dataset="raw_events",
+        partition="raw_events/ds=1997-01-01",
+        failed=["expect_column_values_to_be_between(column=amount)"],
+    )
     first = notifier.send(alert)
     second = notifier.send(Alert(**{**alert.__dict__, "dedup_key": ""}))  # an equal, separate alert
     other = notifier.send(Alert(**{**alert.__dict__, "dedup_key": "", "partition": "raw_events/ds=1997-01-02"}))
@@ -146,7 +160,7 @@ def test_receivers_that_are_down_do_not_mask_the_data_error(cfg, cdnow):
     notifier = Notifier(cfg.lake_root, settings(dead, f"http://127.0.0.1:{dead}/hook", timeout_s=2))
     with pytest.raises(DataQualityError, match="expect_column_values_to_be_between"):
         validate_partition(cfg, "raw_events", "1997-01-01", notifier=notifier)
-    line, = alerts(cfg)
+    (line,) = alerts(cfg)
     assert line["delivery"]["email"].startswith("error: ConnectionRefusedError")
     assert line["delivery"]["webhook"].startswith("error: RuntimeError: cannot reach webhook")
     assert line["partition"] == "raw_events/ds=1997-01-01" and "2 of" in line["reason"]
@@ -177,8 +191,10 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
 
 
 def test_alerts_import_without_airflow():
-    code = ("import sys, jobs.alerts, jobs.validate; "
-            "print(any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))")
+    code = (
+        "import sys, jobs.alerts, jobs.quality.validate; "
+        "print(any(m == 'airflow' or m.startswith('airflow.') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

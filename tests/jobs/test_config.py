@@ -1,4 +1,5 @@
 """Config: defaults, environment, validation, lake and scratch paths."""
+
 import dataclasses
 import os
 
@@ -7,8 +8,14 @@ import pytest
 from jobs.config import ENGINES, Config
 from jobs.lake import Lake
 
-ENV_VARS = ["LOCKSTEP_LAKE", "LOCKSTEP_ENGINE", "LOCKSTEP_DASK_ADDRESS", "LOCKSTEP_SPARK_MASTER",
-            "LOCKSTEP_BUCKETS", "LOCKSTEP_DASK_MEMORY_LIMIT"]
+ENV_VARS = [
+    "LOCKSTEP_LAKE",
+    "LOCKSTEP_ENGINE",
+    "LOCKSTEP_DASK_ADDRESS",
+    "LOCKSTEP_SPARK_MASTER",
+    "LOCKSTEP_BUCKETS",
+    "LOCKSTEP_DASK_MEMORY_LIMIT",
+]
 
 
 @pytest.fixture
@@ -21,8 +28,7 @@ def clean_env(monkeypatch):
 def test_defaults_match_contract(clean_env):
     cfg = Config.from_env()
     assert cfg == Config()
-    assert (cfg.lake_root, cfg.storage_options, cfg.engine, cfg.dask_address) == (
-        ".lockstep/lake", {}, "local", None)
+    assert (cfg.lake_root, cfg.storage_options, cfg.engine, cfg.dask_address) == (".lockstep/lake", {}, "local", None)
     assert (cfg.dask_workers, cfg.dask_threads_per_worker, cfg.dask_memory_limit) == (2, 1, "4GiB")
     assert (cfg.spark_master, cfg.buckets, cfg.verify_checksums) == ("local[2]", 16, True)
     assert ENGINES == ("local", "dask", "spark")

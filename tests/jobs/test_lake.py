@@ -1,4 +1,5 @@
 """The lake: round trips, schema casts, streaming writes, fingerprints, verification, crashes."""
+
 import os
 import pickle
 import signal
@@ -25,13 +26,15 @@ from jobs.lake import (
 
 REPO = Path(__file__).resolve().parents[2]
 PRODUCER = {"job": "test", "code_version": "0"}
-SCHEMA = pa.schema([
-    pa.field("event_id", pa.int64(), nullable=False),
-    pa.field("event_ts", pa.timestamp("us", tz="UTC"), nullable=False),
-    pa.field("n_items", pa.int64()),
-    pa.field("amount", pa.float64()),
-    pa.field("category", pa.string()),
-])
+SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.int64(), nullable=False),
+        pa.field("event_ts", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("n_items", pa.int64()),
+        pa.field("amount", pa.float64()),
+        pa.field("category", pa.string()),
+    ]
+)
 
 
 @pytest.fixture
@@ -42,14 +45,17 @@ def lake(tmp_path):
 def events(n=6, start=0):
     """n rows with nulls in every nullable column and tz-aware microsecond timestamps."""
     ids = np.arange(start, start + n, dtype="int64")
-    return pd.DataFrame({
-        "event_id": ids,
-        "event_ts": pd.Series(pd.Timestamp("1997-01-01 00:00:00.000001", tz="UTC")
-                              + pd.to_timedelta(ids * 1_000_003, unit="us")).astype("datetime64[us, UTC]"),
-        "n_items": pd.array([None if i % 3 == 0 else int(i) for i in ids], dtype="Int64"),
-        "amount": [np.nan if i % 4 == 1 else i * 1.25 for i in ids],
-        "category": pd.Series([None if i % 5 == 2 else f"cat-{i % 4}" for i in ids], dtype=object),
-    })
+    return pd.DataFrame(
+        {
+            "event_id": ids,
+            "event_ts": pd.Series(
+                pd.Timestamp("1997-01-01 00:00:00.000001", tz="UTC") + pd.to_timedelta(ids * 1_000_003, unit="us")
+            ).astype("datetime64[us, UTC]"),
+            "n_items": pd.array([None if i % 3 == 0 else int(i) for i in ids], dtype="Int64"),
+            "amount": [np.nan if i % 4 == 1 else i * 1.25 for i in ids],
+            "category": pd.Series([None if i % 5 == 2 else f"cat-{i % 4}" for i in ids], dtype=object),
+        }
+    )
 
 
 def disk_names(table, ds):
@@ -97,8 +103,7 @@ def test_parquet_format_us_utc_zstd_dictionary_only_for_strings(lake):
 def test_memory_filesystem_round_trip():
     lake = Lake(f"memory://lake-{uuid.uuid4().hex}")
     t = lake.table("raw_events", SCHEMA)
-    m = t.write_partition("1997-01-02", iter([events(4), events(3, start=4)]),
-                          producer=PRODUCER, rows_per_file=5)
+    m = t.write_partition("1997-01-02", iter([events(4), events(3, start=4)]), producer=PRODUCER, rows_per_file=5)
     files = t.files("1997-01-02")
     assert len(files) == 2 and all(f.startswith("memory:///lake-") for f in files)
     pd.testing.assert_frame_equal(t.read("1997-01-02"), lake.table("raw_events").read("1997-01-02"))
@@ -209,15 +214,21 @@ def test_fingerprint_is_order_and_chunk_independent(lake):
     # the untyped path gets the same normalisation from pandas and from arrow input
     u = lake.table("untyped")
     fa = u.write_partition("1997-01-01", pa.Table.from_pandas(df), producer=PRODUCER)
-    fb = u.write_partition("1997-01-02", iter([shuffled.iloc[:20], shuffled.iloc[20:]]),
-                           producer=PRODUCER)
+    fb = u.write_partition("1997-01-02", iter([shuffled.iloc[:20], shuffled.iloc[20:]]), producer=PRODUCER)
     assert fa.content_fingerprint == fb.content_fingerprint
 
 
-@pytest.mark.parametrize("column,row,value", [
-    ("event_id", 5, 1000), ("amount", 0, 0.0001), ("category", 3, "cat-9"),
-    ("category", 3, None), ("n_items", 0, 0), ("event_ts", 7, pd.Timestamp("2001-01-01", tz="UTC")),
-])
+@pytest.mark.parametrize(
+    "column,row,value",
+    [
+        ("event_id", 5, 1000),
+        ("amount", 0, 0.0001),
+        ("category", 3, "cat-9"),
+        ("category", 3, None),
+        ("n_items", 0, 0),
+        ("event_ts", 7, pd.Timestamp("2001-01-01", tz="UTC")),
+    ],
+)
 def test_fingerprint_changes_with_one_value(lake, column, row, value):
     t = lake.table("raw_events", SCHEMA)
     df = events(20)
@@ -363,10 +374,11 @@ def test_footer_row_count_unreadable_footer_and_deleted_file_are_checked(tmp_pat
         t.files("1997-01-01")
 
 
-def test_row_hash_sums_are_independent_for_numeric_rows():
+def testrow_hash_sums_are_independent_for_numeric_rows():
     # hash_key alone only changes string hashes; the two sums must differ for numbers too
-    from jobs.lake import _row_hash_sums
-    a, b = _row_hash_sums(pa.table({"x": pa.array([1, 2, 3], pa.int64())}))
+    from jobs.lake import row_hash_sums
+
+    a, b = row_hash_sums(pa.table({"x": pa.array([1, 2, 3], pa.int64())}))
     assert a != b
 
 
@@ -391,14 +403,18 @@ print("finished", flush=True)
 
 def kill_mid_write(root, ds, pdir):
     """Start a slow writer, SIGKILL it once it has finished at least one part file."""
-    proc = subprocess.Popen([sys.executable, "-c", CRASH_WRITER, root, ds], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CRASH_WRITER, root, ds], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     before = set(os.listdir(pdir)) if os.path.isdir(pdir) else set()
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            new = [n for n in (os.listdir(pdir) if os.path.isdir(pdir) else [])
-                   if n.endswith(".parquet") and n not in before]
+            new = [
+                n
+                for n in (os.listdir(pdir) if os.path.isdir(pdir) else [])
+                if n.endswith(".parquet") and n not in before
+            ]
             if len(new) >= 2:  # the first one is complete, the second is being written
                 break
             assert proc.poll() is None, proc.communicate()
@@ -420,8 +436,7 @@ def test_killed_first_write_is_invisible_and_cleaned_later(lake):
     assert t.partitions() == [] and not t.exists("1997-01-01")
     with pytest.raises(MissingPartitionError, match="1997-01-01"):
         t.files("1997-01-01")
-    m = t.write_partition("1997-01-01", pd.DataFrame({"k": [1, 2], "v": [0.5, 1.5]}),
-                          producer=PRODUCER)
+    m = t.write_partition("1997-01-01", pd.DataFrame({"k": [1, 2], "v": [0.5, 1.5]}), producer=PRODUCER)
     assert disk_names(t, "1997-01-01") == sorted([MANIFEST, m.files[0]["name"]])
     assert t.read("1997-01-01")["k"].tolist() == [1, 2]
 

@@ -1,4 +1,5 @@
 """Daily snapshots on the lake: CDNOW in, feature_snapshots/<set>/ds=D out."""
+
 import shutil
 
 import pandas as pd
@@ -7,7 +8,7 @@ import pytest
 from features import registry
 from features.kernel import compute, snapshot_queries
 from jobs.config import Config
-from jobs.ingest import ingest_cdnow, read_cdnow
+from jobs.ingest.cdnow import ingest_cdnow, read_cdnow
 from jobs.lake import MissingPartitionError
 from jobs.snapshots import build_snapshot, cutoff, snapshot_table
 

@@ -1,5 +1,6 @@
 """Shared data and checks for the validation tests (no tests here): CDNOW-derived frames of every
 dataset, a sloppy producer that lands whatever it is given, and the "stopped the line" check."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import pytest
 from features import registry
 from features.kernel import compute, snapshot_queries
 from jobs.config import Config
-from jobs.ingest import iter_ingest_days, read_cdnow
+from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
 from jobs.lake import MissingPartitionError
 from jobs.schemas import RAW_EVENTS, feature_schema, to_raw_events
 
@@ -34,7 +35,7 @@ def raw_day(cdnow: pd.DataFrame, ds: str) -> pd.DataFrame:
     """CDNOW's rows ingested on `ds`, in the RAW_EVENTS schema (pandas; a fresh copy)."""
     key = (id(cdnow), ds)
     if key not in _DAYS:
-        (_, part), = iter_ingest_days(cdnow, ds, ds)
+        ((_, part),) = iter_ingest_days(cdnow, ds, ds)
         _DAYS[key] = to_raw_events(part).to_pandas()
     return _DAYS[key].copy()
 
@@ -67,8 +68,7 @@ def snapshot_frame(cdnow: pd.DataFrame, ds: str) -> pd.DataFrame:
 
 
 def snapshot_producer(fingerprint: str | None = None) -> dict:
-    return {"job": "build_snapshot", "feature_set": FS.name,
-            "feature_set_fingerprint": fingerprint or FS.fingerprint}
+    return {"job": "build_snapshot", "feature_set": FS.name, "feature_set_fingerprint": fingerprint or FS.fingerprint}
 
 
 def training_frame(cdnow: pd.DataFrame, cutoff: str, seed: int = 0) -> pd.DataFrame:
@@ -81,31 +81,48 @@ def training_frame(cdnow: pd.DataFrame, cutoff: str, seed: int = 0) -> pd.DataFr
     later = cdnow[(cdnow["event_ts"] >= c) & (cdnow["event_ts"] < c + pd.Timedelta(days=90))]
     q["label"] = q[FS.entity].isin(later[FS.entity]).astype("int8")
     out = compute(known, q, FS)
-    return pa.Table.from_pandas(out, schema=feature_schema(FS, [("label", "int8")]),
-                                preserve_index=False).to_pandas()
+    return pa.Table.from_pandas(out, schema=feature_schema(FS, [("label", "int8")]), preserve_index=False).to_pandas()
 
 
 def predictions_frame(snapshot: pd.DataFrame, ds: str) -> pd.DataFrame:
     """Predictions of snapshot `ds`: a monotone squashing of 30-day spend into (0, 1)."""
     score = 1 - np.exp(-snapshot["spend_sum_30d"].to_numpy() / 50.0)
-    return pd.DataFrame({
-        FS.entity: snapshot[FS.entity].to_numpy(), "score": score, "model_name": "repurchase",
-        "model_version": 3, "role": "champion", "feature_set_fingerprint": FS.fingerprint,
-        "scored_at": pd.Timestamp(ds, tz="UTC") + pd.Timedelta(days=1, hours=2)})
+    return pd.DataFrame(
+        {
+            FS.entity: snapshot[FS.entity].to_numpy(),
+            "score": score,
+            "model_name": "repurchase",
+            "model_version": 3,
+            "role": "champion",
+            "feature_set_fingerprint": FS.fingerprint,
+            "scored_at": pd.Timestamp(ds, tz="UTC") + pd.Timedelta(days=1, hours=2),
+        }
+    )
 
 
 SERVING_BASE = [
-    ("request_id", pa.string()), ("entity_id", pa.int64()), ("request_time", pa.timestamp("us", tz="UTC")),
-    ("served_at", pa.timestamp("us", tz="UTC")), ("mode", pa.string()), ("feature_set", pa.string()),
-    ("feature_set_fingerprint", pa.string()), ("model_name", pa.string()), ("model_version", pa.string()),
-    ("score", pa.float64()), ("latency_ms", pa.float64()), ("degraded", pa.bool_()),
-    ("degraded_reason", pa.string()), ("snapshot_ds", pa.string()),
+    ("request_id", pa.string()),
+    ("entity_id", pa.int64()),
+    ("request_time", pa.timestamp("us", tz="UTC")),
+    ("served_at", pa.timestamp("us", tz="UTC")),
+    ("mode", pa.string()),
+    ("feature_set", pa.string()),
+    ("feature_set_fingerprint", pa.string()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("score", pa.float64()),
+    ("latency_ms", pa.float64()),
+    ("degraded", pa.bool_()),
+    ("degraded_reason", pa.string()),
+    ("snapshot_ds", pa.string()),
 ]
 
 
 def serving_schema() -> pa.Schema:
-    return pa.schema([pa.field(n, t) for n, t in SERVING_BASE]
-                     + [pa.field(f.name, pa.int64() if f.is_integer else pa.float64()) for f in FS.features])
+    return pa.schema(
+        [pa.field(n, t) for n, t in SERVING_BASE]
+        + [pa.field(f.name, pa.int64() if f.is_integer else pa.float64()) for f in FS.features]
+    )
 
 
 def serving_frame(cdnow: pd.DataFrame, ds: str, n: int = 60, seed: int = 0) -> pa.Table:
@@ -117,13 +134,24 @@ def serving_frame(cdnow: pd.DataFrame, ds: str, n: int = 60, seed: int = 0) -> p
     q = pd.DataFrame({FS.entity: rng.choice(customers, n, replace=False)})
     q["as_of"] = start + pd.to_timedelta(np.sort(rng.integers(0, 86_400_000_000, n)), unit="us")
     feats = compute(cdnow, q, FS, mode="known_at")
-    df = pd.DataFrame({
-        "request_id": [f"req-{ds}-{i:05d}" for i in range(n)], "entity_id": q[FS.entity].to_numpy(),
-        "request_time": feats["as_of"], "served_at": feats["as_of"] + pd.Timedelta(milliseconds=3),
-        "mode": np.where(np.arange(n) % 3 == 0, "materialized", "fresh"), "feature_set": FS.name,
-        "feature_set_fingerprint": FS.fingerprint, "model_name": "repurchase", "model_version": "3",
-        "score": rng.random(n), "latency_ms": rng.uniform(0.5, 20, n), "degraded": False,
-        "degraded_reason": None, "snapshot_ds": None})
+    df = pd.DataFrame(
+        {
+            "request_id": [f"req-{ds}-{i:05d}" for i in range(n)],
+            "entity_id": q[FS.entity].to_numpy(),
+            "request_time": feats["as_of"],
+            "served_at": feats["as_of"] + pd.Timedelta(milliseconds=3),
+            "mode": np.where(np.arange(n) % 3 == 0, "materialized", "fresh"),
+            "feature_set": FS.name,
+            "feature_set_fingerprint": FS.fingerprint,
+            "model_name": "repurchase",
+            "model_version": "3",
+            "score": rng.random(n),
+            "latency_ms": rng.uniform(0.5, 20, n),
+            "degraded": False,
+            "degraded_reason": None,
+            "snapshot_ds": None,
+        }
+    )
     for f in FS.features:
         df[f.name] = feats[f.name].to_numpy()
     return pa.Table.from_pandas(df, schema=serving_schema(), preserve_index=False)
@@ -137,8 +165,7 @@ def alerts(cfg: Config) -> list[dict]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def assert_stopped(cfg: Config, err, dataset: str, table: str, ds: str, *phrases: str,
-                   downstream=None) -> None:
+def assert_stopped(cfg: Config, err, dataset: str, table: str, ds: str, *phrases: str, downstream=None) -> None:
     """The line stopped loudly: a clear error, a quarantined partition, an alert, nothing downstream."""
     msg = str(err)
     assert f"data quality {dataset} {table}/ds={ds}: FAILED" in msg, msg
@@ -166,10 +193,21 @@ def assert_stopped(cfg: Config, err, dataset: str, table: str, ds: str, *phrases
             downstream()
 
 
-ALERT_ENV = ("LOCKSTEP_ALERTS_LOG", "LOCKSTEP_SMTP_HOST", "LOCKSTEP_SMTP_PORT", "LOCKSTEP_SMTP_FROM",
-             "LOCKSTEP_SMTP_TO", "LOCKSTEP_SMTP_USER", "LOCKSTEP_SMTP_PASSWORD", "LOCKSTEP_SMTP_STARTTLS",
-             "LOCKSTEP_WEBHOOK_URL", "LOCKSTEP_ALERT_DEDUP_SECONDS", "LOCKSTEP_ALERT_TIMEOUT_SECONDS",
-             "LOCKSTEP_VALIDATE_BATCH_ROWS", "LOCKSTEP_EXPECTATIONS_DIR")
+ALERT_ENV = (
+    "LOCKSTEP_ALERTS_LOG",
+    "LOCKSTEP_SMTP_HOST",
+    "LOCKSTEP_SMTP_PORT",
+    "LOCKSTEP_SMTP_FROM",
+    "LOCKSTEP_SMTP_TO",
+    "LOCKSTEP_SMTP_USER",
+    "LOCKSTEP_SMTP_PASSWORD",
+    "LOCKSTEP_SMTP_STARTTLS",
+    "LOCKSTEP_WEBHOOK_URL",
+    "LOCKSTEP_ALERT_DEDUP_SECONDS",
+    "LOCKSTEP_ALERT_TIMEOUT_SECONDS",
+    "LOCKSTEP_VALIDATE_BATCH_ROWS",
+    "LOCKSTEP_EXPECTATIONS_DIR",
+)
 
 
 @pytest.fixture

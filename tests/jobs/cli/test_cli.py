@@ -1,4 +1,5 @@
 """The ``lockstep`` console entry point."""
+
 import subprocess
 import sys
 
@@ -36,8 +37,9 @@ def test_job_errors_exit_1_with_a_message(tmp_path, capsys):
 
 
 def test_bad_engine_is_rejected_at_the_command_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "--engine", "flink", "features"],
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "--engine", "flink", "features"], capture_output=True, text=True, check=False
+    )
     assert proc.returncode == 2 and "invalid choice: 'flink'" in proc.stderr
 
 

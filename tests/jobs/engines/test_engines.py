@@ -5,6 +5,7 @@ Every engine's yielded frames, concatenated and sorted, must equal it with
 ``check_exact=True`` (values and dtypes); the online path (``compute_one`` given
 only one entity's events) must equal it on a sample of queries.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,6 +47,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 # --------------------------------------------------------------------------- data
 
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("engines")
@@ -54,7 +56,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cdnow(data_dir):
     """The full CDNOW log as 3 Parquet files (RAW_EVENTS schema), plus the frame."""
-    from jobs.ingest import read_cdnow
+    from jobs.ingest.cdnow import read_cdnow
 
     events = read_cdnow()
     files = []
@@ -68,11 +70,21 @@ def cdnow(data_dir):
 @pytest.fixture(scope="module")
 def generated(data_dir):
     """~200k generated events with high rates of nulls, ties, duplicates and late rows."""
-    from jobs.generate import write_parquet_files
+    from jobs.ingest.generate import write_parquet_files
 
-    files = write_parquet_files(data_dir / "gen", entities=4_000, events=200_000, days=40, seed=7,
-                                null_rate=0.05, dup_rate=0.05, late_rate=0.10, max_late_days=5,
-                                tie_rate=0.10, progress=False)
+    files = write_parquet_files(
+        data_dir / "gen",
+        entities=4_000,
+        events=200_000,
+        days=40,
+        seed=7,
+        null_rate=0.05,
+        dup_rate=0.05,
+        late_rate=0.10,
+        max_late_days=5,
+        tie_rate=0.10,
+        progress=False,
+    )
     events = pd.concat([pq.read_table(f).to_pandas() for f in files], ignore_index=True)
     assert events["event_id"].duplicated().sum() > 1000  # the awkward cases are really there
     assert events["amount"].isna().sum() > 1000
@@ -94,8 +106,7 @@ def random_queries(events: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     on_event = events.sample(n // 10, random_state=seed)  # as_of == an event's own timestamp
     ent = np.r_[ent, on_event[KEY].to_numpy(), [-1, 2**31 - 1]]
     us = np.r_[us, kernel.to_us(on_event["event_ts"]), lo, hi]
-    q = pd.DataFrame({KEY: ent.astype(np.int64),
-                      "as_of": pd.to_datetime(us, unit="us", utc=True)})
+    q = pd.DataFrame({KEY: ent.astype(np.int64), "as_of": pd.to_datetime(us, unit="us", utc=True)})
     q = pd.concat([q, q.iloc[:5]], ignore_index=True)  # repeated queries
     q.insert(0, "qid", np.arange(len(q), dtype=np.int64))
     q["label"] = np.where(q["qid"] % 3 == 0, None, "L" + (q["qid"] % 7).astype(str))
@@ -135,6 +146,7 @@ def assert_same(got: pd.DataFrame, want: pd.DataFrame) -> None:
 
 
 # --------------------------------------------------------------------------- parity
+
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("engine", ENGINES)
@@ -203,6 +215,7 @@ def test_online_matches_offline(which, mode, prebuilt, request):
 
 
 # --------------------------------------------------------------------------- edge cases
+
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_empty_results_keep_the_schema(engine, cdnow, make_config, engine_fixtures):
@@ -292,18 +305,26 @@ def test_dask_engine_starts_and_closes_its_own_cluster(cdnow, tmp_path):
     """)
     script = tmp_path / "run_dask.py"
     script.write_text(code)
-    out = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True, cwd=REPO, timeout=180)
+    out = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, cwd=REPO, timeout=180
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "23570"
 
 
 # --------------------------------------------------------------------------- bucketing
 
+
 def test_bucket_is_independent_of_the_key_dtype():
     keys = np.r_[np.arange(-1000, 1000), [2**31 - 1, -(2**31)]]
     want = bucket_of(keys.astype(np.int64), 16)
-    for variant in (keys.astype(np.int32), pd.Series(keys, dtype="Int64"), pa.array(keys, pa.int32()),
-                    pa.chunked_array([keys[:10], keys[10:]]), keys.astype(np.float64)):
+    for variant in (
+        keys.astype(np.int32),
+        pd.Series(keys, dtype="Int64"),
+        pa.array(keys, pa.int32()),
+        pa.chunked_array([keys[:10], keys[10:]]),
+        keys.astype(np.float64),
+    ):
         np.testing.assert_array_equal(bucket_of(variant, 16), want)
     assert set(want) == set(range(16))
     counts = np.bincount(bucket_of(np.arange(160_000), 16))
@@ -344,8 +365,14 @@ def test_streaming_bucketing_puts_each_entity_in_exactly_one_bucket(generated, t
 
 
 def test_bucket_frame_round_trips_pass_through_dtypes(tmp_path):
-    df = pd.DataFrame({KEY: np.arange(50, dtype=np.int32), "as_of": pd.Timestamp("2024-01-01", tz="UTC"),
-                       "n": pd.array(range(50), dtype="Int64"), "s": ["x"] * 50})
+    df = pd.DataFrame(
+        {
+            KEY: np.arange(50, dtype=np.int32),
+            "as_of": pd.Timestamp("2024-01-01", tz="UTC"),
+            "n": pd.array(range(50), dtype="Int64"),
+            "s": ["x"] * 50,
+        }
+    )
     written = bucket_frame(df, str(tmp_path), 0, 4, KEY)
     back = read_frame(list(written.values()), KEY, decode_dictionaries=False).sort_values(KEY, ignore_index=True)
     pd.testing.assert_frame_equal(back, df.astype({KEY: np.int64}), check_exact=True)
@@ -380,34 +407,51 @@ for queries, mode, out in json.loads(sys.argv[3]):
 def test_spark_ignores_non_utc_zones_across_dst(tmp_path):
     """Events and queries every 20 minutes across both 2024 US DST changes, in a New York JVM/Python."""
     rng = np.random.default_rng(5)
-    ts = pd.concat([pd.Series(pd.date_range(s, e, freq="20min", tz="UTC")) for s, e in
-                    (("2024-03-09", "2024-03-11 12:00"), ("2024-11-02", "2024-11-04 12:00"))], ignore_index=True)
+    ts = pd.concat(
+        [
+            pd.Series(pd.date_range(s, e, freq="20min", tz="UTC"))
+            for s, e in (("2024-03-09", "2024-03-11 12:00"), ("2024-11-02", "2024-11-04 12:00"))
+        ],
+        ignore_index=True,
+    )
     n = len(ts)
-    events = pd.DataFrame({
-        "event_id": np.arange(n, dtype=np.int64),
-        KEY: rng.integers(0, 5, n).astype(np.int64),
-        "event_ts": ts.dt.as_unit("us"),
-        "ingested_at": (ts + pd.to_timedelta(rng.integers(0, 3 * 3600, n), unit="s")).dt.as_unit("us"),
-        "n_items": rng.integers(1, 4, n).astype(np.int64),
-        "amount": np.round(rng.uniform(1, 50, n), 2),
-        "category": rng.choice(["a", "b", "c"], n),
-    })
+    events = pd.DataFrame(
+        {
+            "event_id": np.arange(n, dtype=np.int64),
+            KEY: rng.integers(0, 5, n).astype(np.int64),
+            "event_ts": ts.dt.as_unit("us"),
+            "ingested_at": (ts + pd.to_timedelta(rng.integers(0, 3 * 3600, n), unit="s")).dt.as_unit("us"),
+            "n_items": rng.integers(1, 4, n).astype(np.int64),
+            "amount": np.round(rng.uniform(1, 50, n), 2),
+            "category": rng.choice(["a", "b", "c"], n),
+        }
+    )
     ev_path = tmp_path / "events.parquet"
     pq.write_table(to_raw_events(events), ev_path)
-    queries = pd.DataFrame({KEY: np.arange(n, dtype=np.int64) % 6,
-                            "as_of": (ts + pd.Timedelta(minutes=7)).dt.as_unit("us")})
+    queries = pd.DataFrame(
+        {KEY: np.arange(n, dtype=np.int64) % 6, "as_of": (ts + pd.Timedelta(minutes=7)).dt.as_unit("us")}
+    )
     q_path = tmp_path / "queries.parquet"
     pq.write_table(pa.Table.from_pandas(queries, preserve_index=False), q_path)
     snap = "2024-11-03 06:30"  # 01:30 in New York, inside the repeated hour
 
     jobs, wants = [], []
-    for q_arg, want_q, mode in ((str(q_path), queries, "known_at"),
-                                (snap, kernel.snapshot_queries(events, FS, pd.Timestamp(snap, tz="UTC"), "as_of"), "as_of")):
+    for q_arg, want_q, mode in (
+        (str(q_path), queries, "known_at"),
+        (snap, kernel.snapshot_queries(events, FS, pd.Timestamp(snap, tz="UTC"), "as_of"), "as_of"),
+    ):
         jobs.append((q_arg, mode, str(tmp_path / f"out-{len(jobs)}.parquet")))
         wants.append(kernel.compute(events, want_q, FS, mode))
     env = {**os.environ, "TZ": "America/New_York"}
-    res = subprocess.run([sys.executable, "-c", TZ_SCRIPT, str(tmp_path / "lake"), str(ev_path), json.dumps(jobs)],
-                         check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", TZ_SCRIPT, str(tmp_path / "lake"), str(ev_path), json.dumps(jobs)],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "'EST', 'EDT'" in res.stdout and "jvm America/New_York" in res.stdout, res.stdout
     for (_, _, out), want in zip(jobs, wants):

@@ -5,6 +5,7 @@ of it, and ``allowed-failures=0`` turns one kill into a failed run), so the run
 only completes if no task ever holds much more than one bucket. A sample of
 entities is then checked against ``compute`` on just their own events.
 """
+
 from __future__ import annotations
 
 import dask
@@ -35,10 +36,11 @@ def _memory_peak(dask_worker) -> float:
 def test_dask_engine_runs_tables_bigger_than_worker_memory(tmp_path, make_config):
     from distributed import Client, LocalCluster
 
-    from jobs.generate import write_parquet_files
+    from jobs.ingest.generate import write_parquet_files
 
-    files = write_parquet_files(tmp_path / "events", entities=100_000, events=EVENTS, days=20, seed=11,
-                                chunk_rows=200_000, progress=False)
+    files = write_parquet_files(
+        tmp_path / "events", entities=100_000, events=EVENTS, days=20, seed=11, chunk_rows=200_000, progress=False
+    )
     # What the table takes in memory as pandas (what the local engine would hold), file by file.
     in_memory = sum(pq.read_table(f).to_pandas().memory_usage(deep=True).sum() for f in files)
     assert in_memory > 2 * WORKER_LIMIT, f"table is only {in_memory / 2**20:.0f} MiB"
@@ -49,11 +51,19 @@ def test_dask_engine_runs_tables_bigger_than_worker_memory(tmp_path, make_config
     cfg = make_config("dask", buckets=BUCKETS)
     # Workers keep no managed data (tasks return file paths), so spilling and pausing are
     # off: a worker over its limit is killed, and with allowed-failures=0 the run fails.
-    settings = {"distributed.scheduler.allowed-failures": 0, "distributed.worker.memory.target": False,
-                "distributed.worker.memory.spill": False, "distributed.worker.memory.pause": False}
-    with dask.config.set(settings), LocalCluster(n_workers=2, threads_per_worker=1, memory_limit=WORKER_LIMIT,
-                                                 processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    settings = {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.worker.memory.target": False,
+        "distributed.worker.memory.spill": False,
+        "distributed.worker.memory.pause": False,
+    }
+    with (
+        dask.config.set(settings),
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, memory_limit=WORKER_LIMIT, processes=True, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         rows, n_frames, picked = 0, 0, []
         for frame in engines.run(cfg, FS, files, Snapshot(as_of), "known_at", client=client):
             rows += len(frame)
@@ -62,9 +72,10 @@ def test_dask_engine_runs_tables_bigger_than_worker_memory(tmp_path, make_config
         peaks = client.run(_memory_peak)
     assert n_frames == BUCKETS
     assert all(p < WORKER_LIMIT for p in peaks.values())
-    print(f"\nevents {EVENTS:,}: {in_memory / 2**20:.0f} MiB in memory; worker limit "
-          f"{WORKER_LIMIT / 2**20:.0f} MiB; worker peaks "
-          + ", ".join(f"{p / 2**20:.0f} MiB" for p in peaks.values()))
+    print(
+        f"\nevents {EVENTS:,}: {in_memory / 2**20:.0f} MiB in memory; worker limit "
+        f"{WORKER_LIMIT / 2**20:.0f} MiB; worker peaks " + ", ".join(f"{p / 2**20:.0f} MiB" for p in peaks.values())
+    )
 
     got = pd.concat(picked, ignore_index=True).sort_values(KEY, ignore_index=True)
     events = pq.read_table(files, filters=[(KEY, "in", sorted(sample))]).to_pandas()

@@ -1,4 +1,5 @@
 """CDNOW ingest: parsing, the RAW_EVENTS mapping, price bands, partitions by ingest day."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -11,7 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from jobs.ingest import (
+from jobs.ingest.cdnow import (
     CDNOW_PATH,
     ingest_cdnow,
     iter_ingest_days,
@@ -67,7 +68,12 @@ def test_first_and_last_rows_match_the_raw_file(cdnow, raw_lines):
     assert raw_lines[-1] == " 23570 19970326  2   42.96"
     last = cdnow.iloc[-1]
     assert (last.event_id, last.customer_id, last.event_ts, last.n_items, last.amount) == (
-        69_659, 23_570, utc("1997-03-26"), 2, 42.96)
+        69_659,
+        23_570,
+        utc("1997-03-26"),
+        2,
+        42.96,
+    )
 
 
 def test_schema_is_raw_events_with_utc_microseconds(cdnow):
@@ -237,7 +243,11 @@ def test_range_beyond_the_data_writes_empty_partitions(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     manifests = ingest_cdnow(lake, "1998-06-29", "1998-07-02")
     assert [(m.ds, m.rows > 0) for m in manifests] == [
-        ("1998-06-29", True), ("1998-06-30", True), ("1998-07-01", False), ("1998-07-02", False)]
+        ("1998-06-29", True),
+        ("1998-06-30", True),
+        ("1998-07-01", False),
+        ("1998-07-02", False),
+    ]
     assert manifests[2].rows == 0
     table = lake.table(RAW_EVENTS_TABLE)
     assert table.partitions() == ["1998-06-29", "1998-06-30", "1998-07-01", "1998-07-02"]
@@ -249,16 +259,25 @@ def test_default_range_of_a_source_with_gaps_has_empty_days(tmp_path):
     from jobs.lake import Lake
 
     src = tmp_path / "small.txt.gz"
-    _write_source(src, [
-        " 00007 19970103  1   11.00",
-        " 00007 19970101  2   40.00",
-        " 00008 19970105  3   30.00",
-    ])
+    _write_source(
+        src,
+        [
+            " 00007 19970103  1   11.00",
+            " 00007 19970101  2   40.00",
+            " 00008 19970105  3   30.00",
+        ],
+    )
     lake = Lake(str(tmp_path / "lake"))
     manifests = ingest_cdnow(lake, source=src)
     assert [(m.ds, m.rows) for m in manifests] == [
-        ("1997-01-01", 1), ("1997-01-02", 0), ("1997-01-03", 1), ("1997-01-04", 0), ("1997-01-05", 1)]
+        ("1997-01-01", 1),
+        ("1997-01-02", 0),
+        ("1997-01-03", 1),
+        ("1997-01-04", 0),
+        ("1997-01-05", 1),
+    ]
     assert manifests[0].inputs == {"small.txt.gz": hashlib.sha256(src.read_bytes()).hexdigest()}
     first = lake.table(RAW_EVENTS_TABLE).read("1997-01-01")
     assert first[["event_id", "customer_id", "n_items", "amount", "category"]].values.tolist() == [
-        [2, 7, 2, 40.0, "premium"]]
+        [2, 7, 2, 40.0, "premium"]
+    ]

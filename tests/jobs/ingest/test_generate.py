@@ -1,4 +1,5 @@
 """Synthetic event generator: counts, rates, heavy tail, determinism, streaming, lake output."""
+
 from __future__ import annotations
 
 import tracemalloc
@@ -9,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.generate import (
+from jobs.ingest.generate import (
     GeneratorParams,
     generate_events,
     iter_event_days,
@@ -19,8 +20,7 @@ from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE
 
 DAY = pd.Timedelta(days=1)
 US = pd.Timedelta(microseconds=1)
-BIG = {"entities": 10_000, "events": 200_000, "days": 10, "start": "2024-03-01", "seed": 7,
-       "chunk_rows": 40_000}
+BIG = {"entities": 10_000, "events": 200_000, "days": 10, "start": "2024-03-01", "seed": 7, "chunk_rows": 40_000}
 SMALL = {"entities": 500, "events": 5_000, "days": 4, "seed": 3, "chunk_rows": 700}
 
 
@@ -77,8 +77,7 @@ def test_partition_ds_is_the_ingest_date_and_every_day_is_emitted(big):
 
 
 def test_empty_ingest_days_are_emitted_as_empty_frames():
-    got = list(iter_event_days(entities=5, events=3, days=10, late_rate=0.0, dup_rate=0.0, seed=1,
-                               progress=False))
+    got = list(iter_event_days(entities=5, events=3, days=10, late_rate=0.0, dup_rate=0.0, seed=1, progress=False))
     assert [ds for ds, _ in got] == [f"2024-01-{d:02d}" for d in range(1, 11)]
     sizes = [len(f) for _, f in got]
     assert sum(sizes) == 3 and sizes.count(0) >= 7
@@ -173,8 +172,7 @@ def test_a_different_seed_differs():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"null_rate": 1.5}, {"late_rate": 0.1, "max_late_days": 0}, {"days": 0}, {"seed": -1},
-     {"start": "2024-13-01"}],
+    [{"null_rate": 1.5}, {"late_rate": 0.1, "max_late_days": 0}, {"days": 0}, {"seed": -1}, {"start": "2024-13-01"}],
 )
 def test_bad_parameters_are_rejected(bad):
     with pytest.raises(ValueError):

@@ -1,4 +1,5 @@
 """The MLflow-backed registry: lineage gate, redaction, promotion on the same holdback, rollback, retention."""
+
 import dataclasses
 import json
 from pathlib import Path
@@ -9,7 +10,8 @@ import pytest
 
 from features import registry as feature_registry
 from jobs.config import Config
-from jobs.registry import (
+from jobs.models import metadata
+from jobs.models.registry import (
     CHALLENGER,
     CHAMPION,
     REQUIRED,
@@ -19,7 +21,6 @@ from jobs.registry import (
     Registry,
     RegistryError,
 )
-from jobs.training import metadata
 
 FS = feature_registry.get("customer_activity_v1")
 HOLDBACK = "a" * 64
@@ -32,8 +33,9 @@ def model_text():
     x = rng.random((300, len(FS.feature_names)))
     y = (rng.random(300) < x[:, 0]).astype(int)
     ds = lgb.Dataset(x, y, feature_name=list(FS.feature_names))
-    return lgb.train({"objective": "binary", "verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1}, ds, 3) \
-        .model_to_string()
+    return lgb.train(
+        {"objective": "binary", "verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1}, ds, 3
+    ).model_to_string()
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +50,23 @@ def reg(cfg):
 
 def candidate(model_text, name="m", auc=0.70, holdback=HOLDBACK, **changes) -> Candidate:
     c = Candidate(
-        name=name, model_text=model_text, feature_set=FS.name, feature_names=list(FS.feature_names),
-        code_commit="0123456789abcdef0123456789abcdef01234567", feature_set_fingerprint=FS.fingerprint,
+        name=name,
+        model_text=model_text,
+        feature_set=FS.name,
+        feature_names=list(FS.feature_names),
+        code_commit="0123456789abcdef0123456789abcdef01234567",
+        feature_set_fingerprint=FS.fingerprint,
         training_set_fingerprints={f"training_sets/{FS.name}/ds=1997-03-03": "c" * 64},
-        environment_digest=metadata.environment_digest({"lightgbm": "4.7.0"}), environment={"lightgbm": "4.7.0"},
-        params={"learning_rate": 0.05, "num_leaves": 31}, metrics={"holdback_auc": auc, "valid_auc": auc + 0.01},
+        environment_digest=metadata.environment_digest({"lightgbm": "4.7.0"}),
+        environment={"lightgbm": "4.7.0"},
+        params={"learning_rate": 0.05, "num_leaves": 31},
+        metrics={"holdback_auc": auc, "valid_auc": auc + 0.01},
         holdback={"key": holdback, "range": ["1997-05-12", "1997-06-02"]},
-        ranges={"train": ["1997-03-03", "1997-04-14"], "valid": ["1997-04-21", "1997-05-05"],
-                "holdback": ["1997-05-12", "1997-06-02"]},
+        ranges={
+            "train": ["1997-03-03", "1997-04-14"],
+            "valid": ["1997-04-21", "1997-05-05"],
+            "holdback": ["1997-05-12", "1997-06-02"],
+        },
     )
     return dataclasses.replace(c, **changes)
 
@@ -71,24 +82,32 @@ def test_each_missing_lineage_field_refuses_registration(reg, model_text, missin
         reg.versions(f"gate-{missing}")  # nothing was written
 
 
-@pytest.mark.parametrize("field,value,why", [
-    ("code_commit", "unknown", "not a full commit"),
-    ("feature_set_fingerprint", "customer_activity_v1:0000000000000000", "not the current fingerprint"),
-    ("metrics", {"valid_auc": 0.7}, "no holdback_auc"),
-    ("metrics", {"holdback_auc": float("nan")}, "not finite"),
-])
+@pytest.mark.parametrize(
+    "field,value,why",
+    [
+        ("code_commit", "unknown", "not a full commit"),
+        ("feature_set_fingerprint", "customer_activity_v1:0000000000000000", "not the current fingerprint"),
+        ("metrics", {"valid_auc": 0.7}, "no holdback_auc"),
+        ("metrics", {"holdback_auc": float("nan")}, "not finite"),
+    ],
+)
 def test_invalid_lineage_is_refused_with_the_reason(reg, model_text, field, value, why):
     with pytest.raises(LineageError, match=why):
         reg.register(candidate(model_text, name="gate-invalid", **{field: value}))
 
 
 def test_secrets_and_pii_are_redacted_before_anything_is_written(cfg, reg, model_text):
-    c = candidate(model_text, name="redact",
-                  params={"learning_rate": 0.05,
-                          "output_model": "postgresql://bob:hunter2@db.internal:5432/ml",
-                          "machine_list_filename": "s3://AKIAIOSFODNN7EXAMPLE/list.txt",
-                          "db_password": "hunter2"},  # not a LightGBM/Lockstep parameter: dropped
-                  reports={"notes": "ask alice@example.com; card 4111 1111 1111 1111", "api_token": "tok-123"})
+    c = candidate(
+        model_text,
+        name="redact",
+        params={
+            "learning_rate": 0.05,
+            "output_model": "postgresql://bob:hunter2@db.internal:5432/ml",
+            "machine_list_filename": "s3://AKIAIOSFODNN7EXAMPLE/list.txt",
+            "db_password": "hunter2",
+        },  # not a LightGBM/Lockstep parameter: dropped
+        reports={"notes": "ask alice@example.com; card 4111 1111 1111 1111", "api_token": "tok-123"},
+    )
     info = reg.register(c)
     run = reg.client.get_run(info.run_id)
     assert run.data.params["output_model"] == "[REDACTED:connection-string]"
@@ -103,9 +122,13 @@ def test_secrets_and_pii_are_redacted_before_anything_is_written(cfg, reg, model
 
 
 def test_detector_kinds():
-    for text, kind in [("Server=db;Database=x;User Id=a;Password=b;", "connection-string"),
-                       ("password=hunter2", "credential"), ("Bearer abcdefghijklmnop", "token"),
-                       ("4012888888881881", "card-number"), ("x@y.io", "email")]:
+    for text, kind in [
+        ("Server=db;Database=x;User Id=a;Password=b;", "connection-string"),
+        ("password=hunter2", "credential"),
+        ("Bearer abcdefghijklmnop", "token"),
+        ("4012888888881881", "card-number"),
+        ("x@y.io", "email"),
+    ]:
         clean, kinds = metadata.scan_text(text)
         assert kind in kinds and "[REDACTED" in clean, (text, clean)
     assert metadata.scan_text("4012888888881882")[1] == []  # fails Luhn: not a card number
@@ -152,8 +175,9 @@ def test_retention_keeps_champion_challenger_rollback_target_top_k_and_reference
     reg.client.set_registered_model_alias("ret", CHALLENGER, str(versions[1]))
     reg.promote("ret")
     reg.client.set_registered_model_alias("ret", CHALLENGER, str(versions[6]))
-    artifact_dirs = {v: Path(reg.client.get_run(reg.get("ret", v).run_id).info.artifact_uri[len("file://"):])
-                     for v in versions}
+    artifact_dirs = {
+        v: Path(reg.client.get_run(reg.get("ret", v).run_id).info.artifact_uri[len("file://") :]) for v in versions
+    }
     report = reg.prune("ret", references={("ret", versions[4]), ("other", versions[2])}, keep_top_k=2)
     kept = report["kept"]
     assert kept[versions[1]] == ["champion"] and kept[versions[6]] == ["challenger"]

@@ -1,4 +1,5 @@
-"""jobs.validate on clean data (real CDNOW, generated), batch-size independence, stored results."""
+"""jobs.quality.validate on clean data (real CDNOW, generated), batch-size independence, stored results."""
+
 import json
 import os
 import pickle
@@ -20,12 +21,10 @@ from test_validate_support import (
     training_frame,
 )
 
-from jobs.generate import generate_events, iter_event_days
-from jobs.ingest import ingest_cdnow
+from jobs.ingest.cdnow import ingest_cdnow
+from jobs.ingest.generate import generate_events, iter_event_days
 from jobs.lake import MissingPartitionError
-from jobs.schemas import RAW_EVENTS, feature_schema
-from jobs.snapshots import build_snapshot
-from jobs.validate import (
+from jobs.quality.validate import (
     RESULT_FILE,
     DataQualityError,
     gate_for,
@@ -33,6 +32,8 @@ from jobs.validate import (
     validate_partition,
     validate_range,
 )
+from jobs.schemas import RAW_EVENTS, feature_schema
+from jobs.snapshots import build_snapshot
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
@@ -40,19 +41,34 @@ pytestmark = pytest.mark.usefixtures("clean_alert_env")
 
 def verdicts(result):
     """Everything that must not depend on how the partition was batched."""
-    return [(o.type, json.dumps(o.kwargs, sort_keys=True, default=str), o.success, o.element_count,
-             o.unexpected_count, o.missing_count, o.error, o.skipped,
-             round(o.observed, 9) if isinstance(o.observed, float) else o.observed)
-            for o in result.outcomes]
+    return [
+        (
+            o.type,
+            json.dumps(o.kwargs, sort_keys=True, default=str),
+            o.success,
+            o.element_count,
+            o.unexpected_count,
+            o.missing_count,
+            o.error,
+            o.skipped,
+            round(o.observed, 9) if isinstance(o.observed, float) else o.observed,
+        )
+        for o in result.outcomes
+    ]
 
 
 # ---- clean data passes ------------------------------------------------------------------------
 def test_whole_cdnow_log_passes_the_raw_events_suite_in_batches(cdnow):
     """All 69,659 CDNOW events (the full 546-day span as one stream of 20k-row batches)."""
     start, end = pd.Timestamp("1997-01-01", tz="UTC"), pd.Timestamp("1998-07-01", tz="UTC")
-    params = {"partition_start": start, "partition_end": end, "data_start": start, "previous_rows": 0,
-              "manifest_rows": len(cdnow)}
-    frames = (cdnow.iloc[i:i + 20_000] for i in range(0, len(cdnow), 20_000))
+    params = {
+        "partition_start": start,
+        "partition_end": end,
+        "data_start": start,
+        "previous_rows": 0,
+        "manifest_rows": len(cdnow),
+    }
+    frames = (cdnow.iloc[i : i + 20_000] for i in range(0, len(cdnow), 20_000))
     result = validate_frame_batches("raw_events", frames, schema=RAW_EVENTS, params=params)
     assert result.success, result.describe()
     assert (result.rows, result.batches) == (69_659, 4)
@@ -67,11 +83,12 @@ def test_cdnow_lake_partitions_and_snapshots_pass(cfg):
     raw = cfg.lake().table("raw_events")
     for r in results:  # stored next to the manifest, naming the content it judged
         stored = json.loads(Path(os.path.join(raw.partition_path(r.ds), RESULT_FILE)).read_text())
-        assert stored["success"] and stored["manifest"]["content_fingerprint"] == raw.manifest(
-            r.ds).content_fingerprint
+        assert stored["success"] and stored["manifest"]["content_fingerprint"] == raw.manifest(r.ds).content_fingerprint
         assert os.path.isfile(r.report_path)
-        assert r.parameters["previous_rows"] == raw.manifest(
-            (pd.Timestamp(r.ds) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")).rows
+        assert (
+            r.parameters["previous_rows"]
+            == raw.manifest((pd.Timestamp(r.ds) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")).rows
+        )
     assert os.path.isfile(os.path.join(cfg.lake_root, "_data_docs", "index.html"))
     build_snapshot(cfg, "1997-01-31")
     snap = validate_partition(cfg, "feature_snapshots", "1997-01-31")
@@ -83,8 +100,18 @@ def test_cdnow_lake_partitions_and_snapshots_pass(cfg):
 
 def test_generated_event_days_and_their_snapshot_pass(cfg):
     # Re-deliveries (same event_id and content, later ingested_at) and late events included.
-    generate_events(cfg.lake(), entities=400, events=6_000, days=5, start="2024-03-01", seed=7,
-                    dup_rate=0.03, late_rate=0.05, max_late_days=2, progress=False)
+    generate_events(
+        cfg.lake(),
+        entities=400,
+        events=6_000,
+        days=5,
+        start="2024-03-01",
+        seed=7,
+        dup_rate=0.03,
+        late_rate=0.05,
+        max_late_days=2,
+        progress=False,
+    )
     results = validate_range(cfg, "raw_events", "2024-03-01", "2024-03-05", batch_rows=700)
     assert all(r.success for r in results), "\n".join(r.describe() for r in results if not r.success)
     assert max(r.batches for r in results) > 1
@@ -96,30 +123,36 @@ def test_generated_event_days_and_their_snapshot_pass(cfg):
 @pytest.fixture(scope="module")
 def generated():
     """Generated events (late arrivals, re-deliveries, null amounts) as one frame."""
-    frames = [f for _, f in iter_event_days(entities=300, events=8_000, days=40, start="2024-01-01", seed=3,
-                                            progress=False)]
+    frames = [
+        f for _, f in iter_event_days(entities=300, events=8_000, days=40, start="2024-01-01", seed=3, progress=False)
+    ]
     return pd.concat(frames, ignore_index=True)
 
 
-@pytest.mark.parametrize("source,cutoff,day", [("cdnow", "1997-06-02", "1997-06-01"),
-                                               ("generated", "2024-01-22", "2024-01-21")])
+@pytest.mark.parametrize(
+    "source,cutoff,day", [("cdnow", "1997-06-02", "1997-06-01"), ("generated", "2024-01-22", "2024-01-21")]
+)
 def test_training_sets_predictions_and_serving_logs_pass(request, source, cutoff, day):
     events = request.getfixturevalue(source)
     train = training_frame(events, cutoff)
     assert set(train["label"].unique()) == {0, 1}
-    t = validate_frame_batches("training_sets", [train.iloc[:100], train.iloc[100:]],
-                               schema=feature_schema(FS, [("label", "int8")]),
-                               params={"partition_start": pd.Timestamp(cutoff, tz="UTC"),
-                                       "previous_rows": 0, "manifest_rows": len(train)},
-                               manifest={"producer": snapshot_producer()})
+    t = validate_frame_batches(
+        "training_sets",
+        [train.iloc[:100], train.iloc[100:]],
+        schema=feature_schema(FS, [("label", "int8")]),
+        params={"partition_start": pd.Timestamp(cutoff, tz="UTC"), "previous_rows": 0, "manifest_rows": len(train)},
+        manifest={"producer": snapshot_producer()},
+    )
     assert t.success, t.describe()
     preds = predictions_frame(snapshot_frame(events, day), day)
-    p = validate_frame_batches("predictions", [preds.iloc[:150], preds.iloc[150:]],
-                               params=_params(day, rows=len(preds)))
+    p = validate_frame_batches(
+        "predictions", [preds.iloc[:150], preds.iloc[150:]], params=_params(day, rows=len(preds))
+    )
     assert p.success, p.describe()
     logs = serving_frame(events, day)
-    s = validate_frame_batches("serving_logs", [logs.to_pandas()], schema=logs.schema,
-                               params=_params(day, rows=len(logs)))
+    s = validate_frame_batches(
+        "serving_logs", [logs.to_pandas()], schema=logs.schema, params=_params(day, rows=len(logs))
+    )
     assert s.success, s.describe()
 
 
@@ -127,9 +160,14 @@ def _params(ds, rows):
     from features.registry import known_fingerprints
 
     start = pd.Timestamp(ds, tz="UTC")
-    return {"partition_start": start, "partition_end": start + pd.Timedelta(days=1), "previous_rows": 0,
-            "manifest_rows": rows, "known_fingerprints": sorted(known_fingerprints()),
-            "validated_at": pd.Timestamp.now(tz="UTC")}
+    return {
+        "partition_start": start,
+        "partition_end": start + pd.Timedelta(days=1),
+        "previous_rows": 0,
+        "manifest_rows": rows,
+        "known_fingerprints": sorted(known_fingerprints()),
+        "validated_at": pd.Timestamp.now(tz="UTC"),
+    }
 
 
 # ---- out of core: the verdict does not depend on the batch size ------------------------------
@@ -144,18 +182,39 @@ def test_a_partition_larger_than_the_batch_size_gives_the_same_verdict_and_count
     big.loc[:40, "amount"] = np.nan  # ... concentrated in the first batch
     big.loc[[17, n - 3], "n_items"] = -1
     land(cfg, "1997-01-04", big)
-    whole = validate_partition(cfg, "raw_events", "1997-01-04", batch_rows=10 * n, quarantine=False,
-                               alert=False, docs=False, raise_on_failure=False)
-    split = validate_partition(cfg, "raw_events", "1997-01-04", batch_rows=200, quarantine=False,
-                               alert=False, docs=False, raise_on_failure=False, max_keys_in_memory=300)
+    whole = validate_partition(
+        cfg,
+        "raw_events",
+        "1997-01-04",
+        batch_rows=10 * n,
+        quarantine=False,
+        alert=False,
+        docs=False,
+        raise_on_failure=False,
+    )
+    split = validate_partition(
+        cfg,
+        "raw_events",
+        "1997-01-04",
+        batch_rows=200,
+        quarantine=False,
+        alert=False,
+        docs=False,
+        raise_on_failure=False,
+        max_keys_in_memory=300,
+    )
     assert (whole.batches, split.batches) == (1, -(-n // 200))
     assert verdicts(split) == verdicts(whole)
     failed = {o.type: o for o in whole.failed}
-    assert set(failed) == {"expect_column_values_to_be_unique", "expect_column_values_to_not_be_null",
-                           "expect_column_values_to_be_between"}
+    assert set(failed) == {
+        "expect_column_values_to_be_unique",
+        "expect_column_values_to_not_be_null",
+        "expect_column_values_to_be_between",
+    }
     assert failed["expect_column_values_to_be_unique"].unexpected_count == 4
     assert sorted(next(o for o in split.failed if o.type == "expect_column_values_to_be_unique").sample) == sorted(
-        [10**9, int(big.loc[n // 2 + 1, "event_id"])])
+        [10**9, int(big.loc[n // 2 + 1, "event_id"])]
+    )
     nulls = next(o for o in whole.failed if o.kwargs.get("column") == "amount")
     assert nulls.unexpected_count == int(big["amount"].isna().sum())
 
@@ -217,8 +276,12 @@ def test_report_renders_each_failed_expectation(cfg, cdnow):
 
 def test_gate_publishes_a_clean_snapshot_with_its_result(cfg, cdnow):
     table = cfg.lake().table(f"feature_snapshots/{FS.name}", feature_schema(FS))
-    m = table.write_partition("1997-01-10", snapshot_frame(cdnow, "1997-01-10"),
-                              producer=snapshot_producer(), gate=gate_for(cfg, "feature_snapshots"))
+    m = table.write_partition(
+        "1997-01-10",
+        snapshot_frame(cdnow, "1997-01-10"),
+        producer=snapshot_producer(),
+        gate=gate_for(cfg, "feature_snapshots"),
+    )
     stored = json.loads(Path(os.path.join(table.partition_path("1997-01-10"), RESULT_FILE)).read_text())
     assert stored["success"] and stored["manifest"]["content_fingerprint"] == m.content_fingerprint
     assert table.exists("1997-01-10") and table.quarantined("1997-01-10") == []
@@ -244,8 +307,7 @@ def test_frames_without_a_schema_or_parameters_report_what_was_skipped(cdnow):
 def test_a_nullable_integer_key_split_across_batches_stays_exact(cdnow):
     # pandas turns an int64 column with nulls into floats in the batch that holds the null only.
     df = raw_day(cdnow, "1997-01-01")
-    tbl = pa.Table.from_pandas(df, schema=RAW_EVENTS.set(0, pa.field("event_id", pa.int64())),
-                               preserve_index=False)
+    tbl = pa.Table.from_pandas(df, schema=RAW_EVENTS.set(0, pa.field("event_id", pa.int64())), preserve_index=False)
     ids = tbl.column("event_id").to_pylist()
     ids[5], ids[-1] = None, ids[0]
     tbl = tbl.set_column(0, "event_id", pa.array(ids, pa.int64()))

@@ -1,4 +1,5 @@
 """``lockstep validate DATASET --ds ... [--to ...]``: exit 0 pass, 1 data-quality failure, 2 usage error."""
+
 import argparse
 import json
 from pathlib import Path
@@ -7,14 +8,14 @@ import pandas as pd
 import pytest
 from test_validate_support import alerts, land, raw_day
 
-from jobs.validate import add_validate_parser
+from jobs.cli.quality import add_validate_parser
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
 
 
 def lockstep(*argv) -> int:
-    """The ``lockstep`` top level as jobs/cli.py builds it, with the validate subcommand hooked in."""
+    """The ``lockstep`` top level as jobs/cli/ builds it, with the validate subcommand hooked in."""
     p = argparse.ArgumentParser(prog="lockstep")
     p.add_argument("--lake")
     p.add_argument("--engine", choices=("local", "dask", "spark"))
@@ -49,20 +50,24 @@ def test_a_failing_partition_exits_1_and_says_why(lake, capsys, cfg):
 
 
 def test_report_only_mode_leaves_the_partition_and_sends_nothing(lake, cfg):
-    assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-03",
-                    "--no-quarantine", "--no-alert") == 1
+    assert (
+        lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-03", "--no-quarantine", "--no-alert") == 1
+    )
     table = cfg.lake().table("raw_events")
     assert table.exists("1997-01-03") and alerts(cfg) == []
     stored = json.loads((Path(table.partition_path("1997-01-03")) / "_validation.json").read_text())
     assert stored["success"] is False and stored["quarantine_path"] is None
 
 
-@pytest.mark.parametrize("argv,message", [
-    (("validate", "raw_events"), "--ds is required"),
-    (("validate", "raw_events", "--ds", "1997-02-30"), "ds must be a YYYY-MM-DD date"),
-    (("validate", "raw_events", "--ds", "1997-01-03", "--to", "1997-01-05"), "1997-01-04..1997-01-05"),
-    (("validate", "training_sets", "--ds", "1997-01-01", "--feature-set", "nope_v9"), "unknown feature set"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (("validate", "raw_events"), "--ds is required"),
+        (("validate", "raw_events", "--ds", "1997-02-30"), "ds must be a YYYY-MM-DD date"),
+        (("validate", "raw_events", "--ds", "1997-01-03", "--to", "1997-01-05"), "1997-01-04..1997-01-05"),
+        (("validate", "training_sets", "--ds", "1997-01-01", "--feature-set", "nope_v9"), "unknown feature set"),
+    ],
+)
 def test_usage_errors_exit_2(lake, capsys, argv, message):
     assert lockstep("--lake", lake, *argv) == 2
     assert message in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Bad inputs, one kind per test. Each must give a clear DataQualityError, a quarantined partition,
 an alert line, and nothing downstream: the next job fails loudly on the missing partition."""
+
 import os
 
 import numpy as np
@@ -20,9 +21,9 @@ from test_validate_support import (
     snapshot_producer,
 )
 
+from jobs.quality.validate import DataQualityError, gate_for, validate_partition
 from jobs.schemas import RAW_EVENTS, feature_schema
 from jobs.snapshots import build_snapshot
-from jobs.validate import DataQualityError, gate_for, validate_partition
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
@@ -33,15 +34,20 @@ def stopped_raw(cfg, frame, *phrases, batch_rows=None, landed=True):
         land(cfg, DAY, frame)
     with pytest.raises(DataQualityError) as info:
         validate_partition(cfg, "raw_events", DAY, batch_rows=batch_rows)
-    assert_stopped(cfg, info.value, "raw_events", "raw_events", DAY, *phrases,
-                   downstream=lambda: build_snapshot(cfg, DAY))
+    assert_stopped(
+        cfg, info.value, "raw_events", "raw_events", DAY, *phrases, downstream=lambda: build_snapshot(cfg, DAY)
+    )
     return info.value
 
 
 def test_missing_column(history, cdnow):
-    err = stopped_raw(history, raw_day(cdnow, DAY).drop(columns=["amount"]),
-                      "expect_table_columns_to_match_ordered_list", 'missing columns ["amount"]',
-                      "[schema drift]")
+    err = stopped_raw(
+        history,
+        raw_day(cdnow, DAY).drop(columns=["amount"]),
+        "expect_table_columns_to_match_ordered_list",
+        'missing columns ["amount"]',
+        "[schema drift]",
+    )
     assert {o.kwargs.get("column") for o in err.failed} >= {"amount"}
 
 
@@ -55,24 +61,28 @@ def test_extra_column_with_a_typo_in_its_name(history, cdnow):
 def test_wrong_dtype(history, cdnow):
     df = raw_day(cdnow, DAY)
     df["amount"] = df["amount"].map(lambda v: f"{v:.2f}")
-    stopped_raw(history, df, "expect_column_values_to_be_of_type(column=amount, type_=double)",
-                "observed string")
+    stopped_raw(history, df, "expect_column_values_to_be_of_type(column=amount, type_=double)", "observed string")
 
 
 def test_null_keys(history, cdnow):
     df = raw_day(cdnow, DAY)
     df["event_id"] = pd.array(df["event_id"], dtype="Int64")
     df.loc[[3, 7, 11], "event_id"] = pd.NA
-    stopped_raw(history, df, "expect_column_values_to_not_be_null(column=event_id) [key nulls]: "
-                f"3 of {len(df)} rows unexpected")
+    stopped_raw(
+        history, df, f"expect_column_values_to_not_be_null(column=event_id) [key nulls]: 3 of {len(df)} rows unexpected"
+    )
 
 
 def test_duplicate_event_ids_within_a_batch(history, cdnow):
     df = raw_day(cdnow, DAY)
     dup = int(df.loc[4, "event_id"])
     df.loc[5, "event_id"] = dup  # a different purchase given the same id
-    err = stopped_raw(history, df, "expect_column_values_to_be_unique(column=event_id) [duplicate keys]: "
-                      f"2 of {len(df)} rows unexpected; e.g. {dup}")
+    err = stopped_raw(
+        history,
+        df,
+        "expect_column_values_to_be_unique(column=event_id) [duplicate keys]: "
+        f"2 of {len(df)} rows unexpected; e.g. {dup}",
+    )
     assert err.result.batches == 1
 
 
@@ -96,25 +106,33 @@ def test_timestamps_in_the_wrong_unit(history, cdnow):
     df = raw_day(cdnow, DAY)
     seconds = df["event_ts"].astype("int64") // 1_000_000  # epoch seconds, read as microseconds
     df["event_ts"] = pd.to_datetime(seconds, unit="us", utc=True)
-    stopped_raw(history, df, "[timestamps before the data's start]", f"{len(df)} of {len(df)} rows",
-                "1970-01-01T00:14")
+    stopped_raw(history, df, "[timestamps before the data's start]", f"{len(df)} of {len(df)} rows", "1970-01-01T00:14")
 
 
 def test_timestamps_shifted_to_local_time(history, cdnow):
     df = raw_day(cdnow, DAY)
     for col in ("event_ts", "ingested_at"):  # Tokyo wall clock written as if it were UTC
-        df[col] = (df[col].dt.tz_convert("Asia/Tokyo").dt.tz_localize(None)
-                   .dt.tz_localize("UTC"))
-    err = stopped_raw(history, df, "expect_column_values_to_be_between(column=ingested_at",
-                      "[wrong timestamp unit or time zone]", "1997-03-04T08:59:59")
+        df[col] = df[col].dt.tz_convert("Asia/Tokyo").dt.tz_localize(None).dt.tz_localize("UTC")
+    err = stopped_raw(
+        history,
+        df,
+        "expect_column_values_to_be_between(column=ingested_at",
+        "[wrong timestamp unit or time zone]",
+        "1997-03-04T08:59:59",
+    )
     assert {o.kwargs.get("column") for o in err.failed} == {"ingested_at"}
 
 
 def test_negative_amounts(history, cdnow):
     df = raw_day(cdnow, DAY)
     df.loc[[1, 2, 3], "amount"] = [-12.99, -0.01, -150.0]
-    stopped_raw(history, df, "expect_column_values_to_be_between(column=amount, min_value=0, max_value=50000) "
-                "[negative or absurd amounts]: 3 of", "-12.99")
+    stopped_raw(
+        history,
+        df,
+        "expect_column_values_to_be_between(column=amount, min_value=0, max_value=50000) "
+        "[negative or absurd amounts]: 3 of",
+        "-12.99",
+    )
 
 
 def test_nan_and_inf(history, cdnow):
@@ -128,26 +146,30 @@ def test_nan_and_inf(history, cdnow):
 
 def test_empty_partition(history):
     history.lake().table("raw_events", RAW_EVENTS).write_partition(
-        DAY, RAW_EVENTS.empty_table(), producer={"job": "ingest_cdnow"})
+        DAY, RAW_EVENTS.empty_table(), producer={"job": "ingest_cdnow"}
+    )
     stopped_raw(history, None, "[empty partition]: observed 0", landed=False)
 
 
 def test_truncated_parquet_file(history, cdnow):
-    m = history.lake().table("raw_events", RAW_EVENTS).write_partition(
-        DAY, raw_day(cdnow, DAY), producer={"job": "ingest_cdnow"})
+    m = (
+        history.lake()
+        .table("raw_events", RAW_EVENTS)
+        .write_partition(DAY, raw_day(cdnow, DAY), producer={"job": "ingest_cdnow"})
+    )
     path = os.path.join(history.lake().table("raw_events").partition_path(DAY), m.files[0]["name"])
     with open(path, "r+b") as fh:
         fh.truncate(m.files[0]["bytes"] // 2)
-    err = stopped_raw(history, None, "[corrupt or truncated partition]", "CorruptPartitionError",
-                      m.files[0]["name"], landed=False)
+    err = stopped_raw(
+        history, None, "[corrupt or truncated partition]", "CorruptPartitionError", m.files[0]["name"], landed=False
+    )
     assert err.result.rows == 0 and all(o.skipped for o in err.result.outcomes if o.success)
 
 
 def test_row_count_collapse(history, cdnow):
     df = raw_day(cdnow, DAY).head(5)  # a partial export
     prev = len(raw_day(cdnow, DAYS[-1]))
-    err = stopped_raw(history, df, "[row-count collapse]: observed 5",
-                      f"min_value={prev * 0.2}")
+    err = stopped_raw(history, df, "[row-count collapse]: observed 5", f"min_value={prev * 0.2}")
     assert [o.risk for o in err.failed] == ["row-count collapse"]
 
 
@@ -155,8 +177,12 @@ def test_null_rate_spike(history, cdnow):
     df = raw_day(cdnow, DAY)
     nulls = np.arange(len(df)) % 5 < 3  # 60% of amounts missing
     df.loc[nulls, "amount"] = np.nan
-    err = stopped_raw(history, df, "expect_column_values_to_not_be_null(column=amount, mostly=0.9) "
-                      f"[null-rate spike]: {int(nulls.sum())} of {len(df)} rows unexpected")
+    err = stopped_raw(
+        history,
+        df,
+        "expect_column_values_to_not_be_null(column=amount, mostly=0.9) "
+        f"[null-rate spike]: {int(nulls.sum())} of {len(df)} rows unexpected",
+    )
     assert [o.risk for o in err.failed] == ["null-rate spike"]
 
 
@@ -167,9 +193,16 @@ def test_scores_outside_zero_one_never_reach_the_predictions_table(cfg, cdnow):
     table = cfg.lake().table("predictions")
     with pytest.raises(DataQualityError) as info:
         table.write_partition(ds, preds, producer={"job": "score"}, gate=gate_for(cfg, "predictions"))
-    assert_stopped(cfg, info.value, "predictions", "predictions", ds,
-                   "expect_column_values_to_be_between(column=score, min_value=0, max_value=1) "
-                   "[score outside [0, 1]]: 2 of", "1.7", "-0.2")
+    assert_stopped(
+        cfg,
+        info.value,
+        "predictions",
+        "predictions",
+        ds,
+        "expect_column_values_to_be_between(column=score, min_value=0, max_value=1) [score outside [0, 1]]: 2 of",
+        "1.7",
+        "-0.2",
+    )
 
 
 def test_unknown_fingerprint_on_a_snapshot_keeps_the_good_version(cfg, cdnow):
@@ -178,8 +211,12 @@ def test_unknown_fingerprint_on_a_snapshot_keeps_the_good_version(cfg, cdnow):
     snap = snapshot_frame(cdnow, ds)
     good = table.write_partition(ds, snap, producer=snapshot_producer())
     with pytest.raises(DataQualityError) as info:  # a re-run by a stale deployment of the job
-        table.write_partition(ds, snap, producer=snapshot_producer("customer_activity_v1:0123456789abcdef"),
-                              gate=gate_for(cfg, "feature_snapshots"))
+        table.write_partition(
+            ds,
+            snap,
+            producer=snapshot_producer("customer_activity_v1:0123456789abcdef"),
+            gate=gate_for(cfg, "feature_snapshots"),
+        )
     err = info.value
     msg = str(err)
     assert "[unknown feature-set fingerprint]" in msg and "customer_activity_v1:0123456789abcdef" in msg
@@ -187,7 +224,7 @@ def test_unknown_fingerprint_on_a_snapshot_keeps_the_good_version(cfg, cdnow):
     assert os.path.isdir(err.quarantine_path) and os.path.isfile(err.report_path)
     assert table.manifest(ds).content_fingerprint == good.content_fingerprint  # readers keep the good one
     assert table.manifest(ds).producer["feature_set_fingerprint"] == FS.fingerprint
-    line, = [a for a in alerts(cfg) if a["partition"] == f"{table.name}/ds={ds}"]
+    (line,) = [a for a in alerts(cfg) if a["partition"] == f"{table.name}/ds={ds}"]
     assert line["quarantine"] == err.quarantine_path and line["dataset"] == "feature_snapshots"
     assert os.path.isfile(os.path.join(err.quarantine_path, "_validation.json"))
 
@@ -196,10 +233,22 @@ def test_unknown_fingerprint_in_serving_logs(cfg, cdnow):
     ds = "1997-03-04"
     logs = serving_frame(cdnow, ds).to_pandas()
     logs.loc[logs.index[-4:], "feature_set_fingerprint"] = "customer_activity_v2:feedfacefeedface"
-    land(cfg, ds, pa.Table.from_pandas(logs, schema=serving_frame(cdnow, ds).schema, preserve_index=False),
-         table="serving_logs", producer={"job": "serving_log_publish"})
+    land(
+        cfg,
+        ds,
+        pa.Table.from_pandas(logs, schema=serving_frame(cdnow, ds).schema, preserve_index=False),
+        table="serving_logs",
+        producer={"job": "serving_log_publish"},
+    )
     with pytest.raises(DataQualityError) as info:
         validate_partition(cfg, "serving_logs", ds)
-    assert_stopped(cfg, info.value, "serving_logs", "serving_logs", ds,
-                   "expect_column_values_to_be_in_set(column=feature_set_fingerprint", "4 of 60 rows",
-                   "customer_activity_v2:feedfacefeedface")
+    assert_stopped(
+        cfg,
+        info.value,
+        "serving_logs",
+        "serving_logs",
+        ds,
+        "expect_column_values_to_be_in_set(column=feature_set_fingerprint",
+        "4 of 60 rows",
+        "customer_activity_v2:feedfacefeedface",
+    )

@@ -1,5 +1,6 @@
 """The lake's publish gate and quarantine: a rejected write never becomes visible, the previous
 version stays, and the rejected files keep their would-be manifest and the reason."""
+
 import json
 import os
 from pathlib import Path
@@ -72,8 +73,7 @@ def test_rejected_write_is_quarantined_and_the_previous_version_stays(table):
     assert reason["reason"] == "3 rows are bad" and reason["source"] == "gate"
     assert pd.read_parquet(os.path.join(qpath, would_be["files"][0]["name"]))["id"].tolist() == [10, 11, 12, 13]
     # nothing of the rejected write is left in the partition directory
-    assert sorted(os.listdir(table.partition_path("1997-01-01"))) == sorted(
-        [MANIFEST, *(f["name"] for f in old.files)])
+    assert sorted(os.listdir(table.partition_path("1997-01-01"))) == sorted([MANIFEST, *(f["name"] for f in old.files)])
     assert table.quarantined("1997-01-01") == [qpath]
 
 
@@ -93,7 +93,8 @@ def test_rejected_first_write_publishes_nothing(table):
     with pytest.raises(MissingPartitionError):
         table.read("1997-01-02")
     assert json.loads(Path(os.path.join(info.value.quarantine_path, "_validation.json")).read_text()) == {
-        "success": False}
+        "success": False
+    }
 
 
 def test_interrupted_gate_leaves_nothing_behind(table):
@@ -104,8 +105,7 @@ def test_interrupted_gate_leaves_nothing_behind(table):
 
     with pytest.raises(KeyboardInterrupt):
         table.write_partition("1997-01-01", frame(4), producer=PRODUCER, gate=gate)
-    assert sorted(os.listdir(table.partition_path("1997-01-01"))) == sorted(
-        [MANIFEST, *(f["name"] for f in old.files)])
+    assert sorted(os.listdir(table.partition_path("1997-01-01"))) == sorted([MANIFEST, *(f["name"] for f in old.files)])
     assert table.quarantined("1997-01-01") == []
 
 
@@ -119,7 +119,8 @@ def test_quarantine_unpublishes_a_published_partition(table):
         table.files("1997-01-01", "1997-01-02")
     assert os.listdir(table.partition_path("1997-01-01")) == []
     assert sorted(os.listdir(path)) == sorted(
-        [MANIFEST, "_reason.json", "_validation.json", *(f["name"] for f in m.files)])
+        [MANIFEST, "_reason.json", "_validation.json", *(f["name"] for f in m.files)]
+    )
     assert json.loads(Path(os.path.join(path, MANIFEST)).read_text())["content_fingerprint"] == m.content_fingerprint
     reason = json.loads(Path(os.path.join(path, "_reason.json")).read_text())
     assert (reason["reason"], reason["source"], reason["missing_files"]) == ("amounts are negative", "published", [])

@@ -1,5 +1,6 @@
 """Batch scoring of a CDNOW feature snapshot: champion and shadow challenger, idempotence,
 fingerprint mismatch refused."""
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -7,9 +8,10 @@ import pytest
 
 from features import registry as feature_registry
 from jobs.config import Config
-from jobs.ingest import ingest_cdnow
-from jobs.registry import Candidate, Registry
-from jobs.scoring import (
+from jobs.ingest.cdnow import ingest_cdnow
+from jobs.models import metadata
+from jobs.models.registry import Candidate, Registry
+from jobs.scoring.batch import (
     FingerprintMismatchError,
     predictions_table,
     referenced_models,
@@ -17,7 +19,6 @@ from jobs.scoring import (
     scored_at_for,
 )
 from jobs.snapshots import build_snapshot, snapshot_table
-from jobs.training import metadata
 
 FS = feature_registry.get("customer_activity_v1")
 DS = "1997-01-31"
@@ -34,11 +35,18 @@ def _booster(seed: int) -> lgb.Booster:
 
 def _candidate(booster, auc) -> Candidate:
     return Candidate(
-        name=NAME, model_text=booster.model_to_string(), feature_set=FS.name, feature_names=list(FS.feature_names),
-        code_commit="0123456789abcdef0123456789abcdef01234567", feature_set_fingerprint=FS.fingerprint,
+        name=NAME,
+        model_text=booster.model_to_string(),
+        feature_set=FS.name,
+        feature_names=list(FS.feature_names),
+        code_commit="0123456789abcdef0123456789abcdef01234567",
+        feature_set_fingerprint=FS.fingerprint,
         training_set_fingerprints={f"training_sets/{FS.name}/ds=1997-01-06": "c" * 64},
-        environment_digest=metadata.environment_digest({}), params={"learning_rate": 0.1},
-        metrics={"holdback_auc": auc}, holdback={"key": "k" * 64})
+        environment_digest=metadata.environment_digest({}),
+        params={"learning_rate": 0.1},
+        metrics={"holdback_auc": auc},
+        holdback={"key": "k" * 64},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +73,20 @@ def test_champion_scores_every_snapshot_row_in_bounded_batches(setup):
     assert (got["customer_id"] == snap["customer_id"]).all()
     assert set(got["role"]) == {"champion"} and set(got["model_version"]) == {1}
     assert set(got["feature_set_fingerprint"]) == {FS.fingerprint}
-    assert (got["scored_at"] == pd.Timestamp("1997-02-01", tz="UTC")).all() and scored_at_for(DS) == \
-        pd.Timestamp("1997-02-01", tz="UTC")
-    assert m.producer["models"][0] | {"run_id": None} == {"name": NAME, "version": 1, "role": "champion",
-                                                          "run_id": None}
-    assert m.inputs == {f"{snapshot_table(cfg.lake(), FS).name}/ds={DS}":
-                        snapshot_table(cfg.lake(), FS).manifest(DS).content_fingerprint}
+    assert (got["scored_at"] == pd.Timestamp("1997-02-01", tz="UTC")).all() and scored_at_for(DS) == pd.Timestamp(
+        "1997-02-01", tz="UTC"
+    )
+    assert m.producer["models"][0] | {"run_id": None} == {
+        "name": NAME,
+        "version": 1,
+        "role": "champion",
+        "run_id": None,
+    }
+    assert m.inputs == {
+        f"{snapshot_table(cfg.lake(), FS).name}/ds={DS}": snapshot_table(cfg.lake(), FS)
+        .manifest(DS)
+        .content_fingerprint
+    }
 
 
 def test_rescoring_is_idempotent(setup):
@@ -100,8 +116,9 @@ def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
     m = table.manifest(DS)
     stale = "customer_activity_v1:00000000deadbeef"
     # the same day, as a snapshot job of another feature-set version would have published it
-    table.write_partition(DS, table.read(DS), producer={**m.producer, "feature_set_fingerprint": stale},
-                          inputs=m.inputs)
+    table.write_partition(
+        DS, table.read(DS), producer={**m.producer, "feature_set_fingerprint": stale}, inputs=m.inputs
+    )
     try:
         with pytest.raises(FingerprintMismatchError, match=f"built with {stale}") as info:
             score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
@@ -113,7 +130,7 @@ def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
 
 def test_no_champion_is_a_clear_error(setup):
     cfg, reg, _, _ = setup
-    from jobs.registry import RegistryError
+    from jobs.models.registry import RegistryError
 
     with pytest.raises(RegistryError, match="no registered model|no version or alias"):
         score_snapshot(cfg, DS, "nobody", registry=reg, validate=False)

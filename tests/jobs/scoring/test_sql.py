@@ -3,6 +3,7 @@
 Re-publishing a day replaces exactly that day's rows, in one transaction; a failure midway
 leaves the previous rows in place.
 """
+
 import glob
 import os
 import pwd
@@ -17,9 +18,9 @@ import pytest
 import sqlalchemy as sa
 
 from features import registry as feature_registry
-from jobs import sql
 from jobs.config import Config
-from jobs.scoring import predictions_table
+from jobs.scoring import sql
+from jobs.scoring.batch import predictions_table
 
 FS = feature_registry.get("customer_activity_v1")
 PG_HINT = "install the server with `apt-get install -y postgresql` (Debian's package; .ci/run does this)"
@@ -58,13 +59,28 @@ def postgres_url():
         return subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True, timeout=120)
 
     run(f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "lockstep", "-E", "UTF8", "--locale=C", "--no-sync")
-    run(f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-w", "-t", "60", "-o",
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+    run(
+        f"{bindir}/pg_ctl",
+        "-D",
+        data,
+        "-l",
+        os.path.join(root, "log"),
+        "-w",
+        "-t",
+        "60",
+        "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off",
+        "start",
+    )
     try:
         yield f"postgresql+psycopg://lockstep@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=120, check=False)
+        subprocess.run(
+            [*prefix, f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -87,11 +103,17 @@ def postgresql_clean(postgres_url):
 def _write_day(cfg, ds, n, seed, version=1):
     rng = np.random.default_rng(seed)
     ids = np.arange(1, n + 1, dtype=np.int64)
-    frame = pd.DataFrame({
-        "customer_id": np.r_[ids, ids], "score": rng.random(2 * n),
-        "model_name": "repurchase_90d", "model_version": np.r_[np.full(n, version), np.full(n, version + 1)],
-        "role": ["champion"] * n + ["challenger"] * n, "feature_set_fingerprint": FS.fingerprint,
-        "scored_at": pd.Timestamp(ds, tz="UTC") + pd.Timedelta(days=1)})
+    frame = pd.DataFrame(
+        {
+            "customer_id": np.r_[ids, ids],
+            "score": rng.random(2 * n),
+            "model_name": "repurchase_90d",
+            "model_version": np.r_[np.full(n, version), np.full(n, version + 1)],
+            "role": ["champion"] * n + ["challenger"] * n,
+            "feature_set_fingerprint": FS.fingerprint,
+            "scored_at": pd.Timestamp(ds, tz="UTC") + pd.Timedelta(days=1),
+        }
+    )
     predictions_table(cfg.lake()).write_partition(ds, frame, producer={"job": "test", "models": []})
     return frame.sort_values(["customer_id", "role"], ignore_index=True)
 
@@ -134,7 +156,7 @@ def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
     url = url or sql.sql_url(cfg)
     before = sql.read_day(url, "1997-03-01")
     _write_day(cfg, "1997-03-01", 2_500, seed=9, version=7)
-    real, calls = sql._insert, []
+    real, calls = sql.insert_rows, []
 
     def failing(conn, *args):
         calls.append(1)
@@ -142,7 +164,7 @@ def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
             raise RuntimeError("connection lost mid-publish")
         return real(conn, *args)
 
-    monkeypatch.setattr(sql, "_insert", failing)
+    monkeypatch.setattr(sql, "insert_rows", failing)
     with pytest.raises(RuntimeError, match="mid-publish"):
         sql.publish_predictions(cfg, "1997-03-01", url, batch_rows=1_000)
     pd.testing.assert_frame_equal(sql.read_day(url, "1997-03-01"), before)
@@ -164,7 +186,7 @@ def test_cli_publish(tmp_path, capsys, monkeypatch):
     cfg = Config(lake_root=str(tmp_path / "lake"))
     _write_day(cfg, "1997-03-01", 10, seed=1)
     _write_day(cfg, "1997-03-02", 20, seed=2)
-    parser = cli._parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["--lake", cfg.lake_root, "publish", "--ds", "1997-03-01", "--to", "1997-03-02"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -9,6 +9,7 @@ correct serving path must survive and the skew job must explain:
 
 Snapshots are built for the three days before ``DAY`` (materialized mode and staleness checks).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 from features import registry
 from jobs.config import Config
-from jobs.ingest import iter_ingest_days, read_cdnow
+from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
 from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
 from jobs.serving.model import LinearModel, StaticSource
 
@@ -41,12 +42,17 @@ def build_events(max_customer: int = 4000, seed: int = 7) -> tuple[pd.DataFrame,
     recent = ev[(ev.event_ts >= LATE_TS) & (ev.event_ts <= pd.Timestamp(LAST, tz="UTC"))].customer_id.unique()
     pool = np.setdiff1d(before, recent)
     late_customers = np.sort(rng.choice(pool, 40, replace=False))
-    late = pd.DataFrame({
-        "event_id": ev.event_id.max() + 1 + np.arange(len(late_customers)),
-        "customer_id": late_customers,
-        "event_ts": LATE_TS, "ingested_at": LATE_INGEST,
-        "n_items": 2, "amount": 25.5, "category": "standard",
-    })
+    late = pd.DataFrame(
+        {
+            "event_id": ev.event_id.max() + 1 + np.arange(len(late_customers)),
+            "customer_id": late_customers,
+            "event_ts": LATE_TS,
+            "ingested_at": LATE_INGEST,
+            "n_items": 2,
+            "amount": 25.5,
+            "category": "standard",
+        }
+    )
     late["event_ts"] = late["event_ts"].astype("datetime64[us, UTC]")
     late["ingested_at"] = late["ingested_at"].astype("datetime64[us, UTC]")
     ev = pd.concat([ev, late], ignore_index=True)

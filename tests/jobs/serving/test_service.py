@@ -1,4 +1,5 @@
 """The service in process: API, metrics, PII allowlist, Redis store, degradation, queue-full handling."""
+
 from __future__ import annotations
 
 import json
@@ -22,16 +23,18 @@ from .conftest import DAY, FS
 
 
 def _app(lake_cfg, model_source, tmp_path, **kw):
-    settings = Settings(lake_root=lake_cfg.lake_root, wal_dir=str(tmp_path / "wal"),
-                        **{k: v for k, v in kw.items() if k in Settings.__dataclass_fields__})
+    settings = Settings(
+        lake_root=lake_cfg.lake_root,
+        wal_dir=str(tmp_path / "wal"),
+        **{k: v for k, v in kw.items() if k in Settings.__dataclass_fields__},
+    )
     extra = {k: v for k, v in kw.items() if k not in Settings.__dataclass_fields__}
     return create_app(settings, model_source=model_source, cfg=lake_cfg, **extra)
 
 
 def test_predict_health_metrics_and_pii_allowlist(lake_cfg, model_source, model, tmp_path):
     app = _app(lake_cfg, model_source, tmp_path, cache_ttl_s=60.0)
-    body = {"entity_id": 5, "request_time": f"{DAY}T12:00:00.123456Z", "email": "jane@example.com",
-            "name": "Jane Doe"}
+    body = {"entity_id": 5, "request_time": f"{DAY}T12:00:00.123456Z", "email": "jane@example.com", "name": "Jane Doe"}
     with TestClient(app) as c:
         assert c.get("/health").json()["status"] == "ok"
         r1 = c.post("/predict", json=body).json()
@@ -61,6 +64,7 @@ def test_store_down_serves_defaults_flagged_degraded(lake_cfg, model_source, tmp
     class Down:
         def events(self, entity_id):
             from jobs.serving.store import StoreUnavailable
+
             raise StoreUnavailable("store_timeout", "simulated")
 
     app = _app(lake_cfg, model_source, tmp_path, store=Down())
@@ -99,19 +103,40 @@ def test_full_log_queue_is_counted_alerted_and_refused(lake_cfg, model_source, t
 def test_wal_recovery_skips_torn_tail_and_publish_is_idempotent(lake_cfg, tmp_path):
     wal = tmp_path / "wal"
     slog = ServingLog(wal, FS).start()
-    futs = [slog.submit(make_record(FS, request_id=f"r{i}", entity_id=i, request_time=pd.Timestamp(f"{DAY}T0{i}:00Z"),
-                                    feature_set=FS.name, degraded=False, txn_count_7d=i)) for i in range(5)]
+    futs = [
+        slog.submit(
+            make_record(
+                FS,
+                request_id=f"r{i}",
+                entity_id=i,
+                request_time=pd.Timestamp(f"{DAY}T0{i}:00Z"),
+                feature_set=FS.name,
+                degraded=False,
+                txn_count_7d=i,
+            )
+        )
+        for i in range(5)
+    ]
     for f in futs:
         f.result(5)
-    slog._fd = None  # simulate a crash: no clean close
+    slog.abandon_segment()  # simulate a crash: no clean close
     seg = max(wal.glob("segment-*.jsonl"))
     with open(seg, "ab") as f:
         f.write(b'{"request_id":"torn","entity')
     again = ServingLog(wal, FS).start()
     assert again.recovered == 5
     assert len(list(wal.glob("segment-*.jsonl"))) == 2  # a restart writes a new segment
-    again.submit(make_record(FS, request_id="r9", entity_id=9, request_time=pd.Timestamp(f"{DAY}T09:00Z"),
-                             feature_set=FS.name, degraded=False, txn_count_7d=9)).result(5)
+    again.submit(
+        make_record(
+            FS,
+            request_id="r9",
+            entity_id=9,
+            request_time=pd.Timestamp(f"{DAY}T09:00Z"),
+            feature_set=FS.name,
+            degraded=False,
+            txn_count_7d=9,
+        )
+    ).result(5)
     again.close()
     frame = read_wal(wal, FS)
     assert sorted(frame.request_id) == ["r0", "r1", "r2", "r3", "r4", "r9"]
@@ -140,7 +165,8 @@ def test_l1_cache_ttl_and_lru():
 
 # ----------------------------------------------------------------------------- Redis
 
-def _free_port() -> int:
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -151,10 +177,26 @@ def redis_url(tmp_path):
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not installed (Debian package redis-server; .ci/run installs it)")
-    port = _free_port()
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--enable-debug-command", "yes", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "yes",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import redis
 
     client = redis.Redis(port=port)
@@ -169,28 +211,42 @@ def redis_url(tmp_path):
     proc.wait()
 
 
-def test_redis_store_serves_the_same_bits_and_degrades_on_timeout(lake_cfg, lake_events, model_source, tmp_path,
-                                                                   redis_url):
+def test_redis_store_serves_the_same_bits_and_degrades_on_timeout(
+    lake_cfg, lake_events, model_source, tmp_path, redis_url
+):
     events = read_lake_events(lake_cfg, FS)
     store = RedisStore(FS, redis_url, timeout_s=0.1)
     assert store.load(events) == events.customer_id.nunique()
     emb = EmbeddedStore(FS, events)
     for e in (5, 17, 1234):
         a, b = store.events(e), emb.events(e)
-        pd.testing.assert_frame_equal(a.sort_values("event_id", ignore_index=True),
-                                      b.sort_values("event_id", ignore_index=True), check_dtype=False)
+        pd.testing.assert_frame_equal(
+            a.sort_values("event_id", ignore_index=True),
+            b.sort_values("event_id", ignore_index=True),
+            check_dtype=False,
+        )
     plan = plan_day(lake_events[0], DAY, 60, seed=2)
     results = {}
     for name, kw in (("redis", {"redis_url": redis_url, "load_store": False}), ("embedded", {})):
         app = _app(lake_cfg, model_source, tmp_path / name, cache_ttl_s=0.0, **kw)
         with TestClient(app) as c:
-            results[name] = [c.post("/predict", json={"entity_id": int(r.entity_id), "request_time":
-                                                      r.request_time.isoformat()}).json()["features"]
-                             for r in plan.itertuples()]
+            results[name] = [
+                c.post(
+                    "/predict", json={"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()}
+                ).json()["features"]
+                for r in plan.itertuples()
+            ]
     assert results["redis"] == results["embedded"]
 
-    app = _app(lake_cfg, model_source, tmp_path / "slow", redis_url=redis_url, load_store=False,
-               store_timeout_ms=50.0, cache_ttl_s=0.0)
+    app = _app(
+        lake_cfg,
+        model_source,
+        tmp_path / "slow",
+        redis_url=redis_url,
+        load_store=False,
+        store_timeout_ms=50.0,
+        cache_ttl_s=0.0,
+    )
     import redis
 
     with TestClient(app) as c:
@@ -235,10 +291,11 @@ def test_cached_index_path_equals_the_kernel_on_the_entitys_own_events(lake_cfg,
 
 # ----------------------------------------------------------------------------- store refresh
 
+
 def _small_lake(root, lake_events, last: str):
     """Customers <= 300, raw_events partitions 1997-01-01..``last``."""
     from jobs.config import Config
-    from jobs.ingest import iter_ingest_days
+    from jobs.ingest.cdnow import iter_ingest_days
     from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
 
     ev = lake_events[0]
@@ -267,8 +324,9 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
 
     cfg, ev = _small_lake(tmp_path / "lake", lake_events, "1997-04-08")
     extra = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
-    settings = Settings(lake_root=cfg.lake_root, wal_dir=str(tmp_path / "wal"), cache_ttl_s=600.0, refresh_s=0.0,
-                        **extra)
+    settings = Settings(
+        lake_root=cfg.lake_root, wal_dir=str(tmp_path / "wal"), cache_ttl_s=600.0, refresh_s=0.0, **extra
+    )
     app = create_app(settings, model_source=model_source, cfg=cfg)
     body = {"entity_id": 7, "request_time": "1997-04-09T12:00:00Z"}
     raw = cfg.lake().table(RAW_EVENTS_TABLE)
@@ -281,8 +339,9 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
         assert refresher.check_once() == ["1997-04-09"] and refresher.refreshes == 1
         after = c.post("/predict", json=body).json()["features"]
         assert after["txn_count_7d"] == before["txn_count_7d"] + 1
-        assert after == compute_one(pd.concat([ev[ev.ingested_at < "1997-04-09"], new]), 7,
-                                    pd.Timestamp(body["request_time"]), FS)
+        assert after == compute_one(
+            pd.concat([ev[ev.ingested_at < "1997-04-09"], new]), 7, pd.Timestamp(body["request_time"]), FS
+        )
         # the day is re-published with another amount: the store reloads rather than keeping both
         raw.write_partition("1997-04-09", to_raw_events(new.assign(amount=99.0)), producer={"job": "test"})
         assert refresher.check_once() == sorted(raw.partitions()) and refresher.reloads == 1
@@ -302,8 +361,9 @@ def test_store_refresh_failure_is_counted_and_the_store_keeps_serving(lake_event
     raw = cfg.lake().table(RAW_EVENTS_TABLE)
     with TestClient(app) as c:
         refresher = app.state.lockstep["refresher"]
-        m = raw.write_partition("1997-04-09", to_raw_events(_purchase(ev, 7, "1997-04-09T03:00:00", 1.0, 10**7)),
-                                producer={"job": "test"})
+        m = raw.write_partition(
+            "1997-04-09", to_raw_events(_purchase(ev, 7, "1997-04-09T03:00:00", 1.0, 10**7)), producer={"job": "test"}
+        )
         part = next(p for p in (tmp_path / "lake").rglob("*.parquet") if "ds=1997-04-09" in str(p))
         part.write_bytes(b"corrupt")  # the manifest's checksum no longer matches: the read is refused
         deadline = time.monotonic() + 10

@@ -4,6 +4,7 @@ Invariant: after the client has retried (same request_id) every request that did
 answer, the published serving log holds exactly one record per 200 response — none lost to the
 kill, none extra.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,7 +24,7 @@ from jobs.serving.log import publish, read_wal
 from jobs.serving.replay import plan_day, replay
 
 from .conftest import DAY, FS
-from .test_service import _free_port
+from .test_service import free_port
 
 CONCURRENCY = 8
 
@@ -40,9 +41,24 @@ class Service:
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", "jobs.serving.app:app_from_env", "--host",
-                 "127.0.0.1", "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-                env=self.env, stdout=out, stderr=out)
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    "jobs.serving.app:app_from_env",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    "--no-access-log",
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=out,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -69,9 +85,14 @@ class Service:
 def service(lake_cfg, model, tmp_path):
     model_path = tmp_path / "model.pkl"
     model_path.write_bytes(pickle.dumps(model))
-    env = {**os.environ, "LOCKSTEP_LAKE": lake_cfg.lake_root, "LOCKSTEP_SERVING_WAL_DIR": str(tmp_path / "wal"),
-           "LOCKSTEP_SERVING_MODEL_PATH": str(model_path), "LOCKSTEP_SERVING_CACHE_TTL_S": "5"}
-    svc = Service(env, _free_port(), tmp_path / "service.log")
+    env = {
+        **os.environ,
+        "LOCKSTEP_LAKE": lake_cfg.lake_root,
+        "LOCKSTEP_SERVING_WAL_DIR": str(tmp_path / "wal"),
+        "LOCKSTEP_SERVING_MODEL_PATH": str(model_path),
+        "LOCKSTEP_SERVING_CACHE_TTL_S": "5",
+    }
+    svc = Service(env, free_port(), tmp_path / "service.log")
     yield svc
     svc.stop()
 
@@ -118,5 +139,7 @@ def test_concurrent_load_then_kill9_loses_no_acknowledged_record(service, lake_c
     assert manifest.rows == len(ok_ids) == len(plan)
     assert set(logged.request_id) == ok_ids
     # The retried requests carry the same request time, so a record written before the kill is the same row.
-    assert logged.set_index("request_id").loc[plan.request_id, "request_time"].tolist() == \
-        pd.to_datetime(plan.request_time).tolist()
+    assert (
+        logged.set_index("request_id").loc[plan.request_id, "request_time"].tolist()
+        == pd.to_datetime(plan.request_time).tolist()
+    )

@@ -1,4 +1,5 @@
 """Replayed CDNOW traffic through the service, then the skew job: the right cause on the right features."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,7 +14,7 @@ from jobs.serving.app import Settings, create_app
 from jobs.serving.log import publish
 from jobs.serving.replay import plan_day, replay
 from jobs.serving.store import EmbeddedStore
-from jobs.skew import CAUSES, SkewThresholdError, run_skew
+from jobs.skew.job import CAUSES, SkewThresholdError, run_skew
 
 from . import wrong
 from .conftest import DAY, FS
@@ -39,8 +40,14 @@ def serve_and_skew(lake_cfg, lake_events, store, model_source, tmp_path):
             (root / name).symlink_to(f"{lake_cfg.lake_root}/{name}")
         cfg = Config(lake_root=str(root))
         wal = tmp_path / "wal"
-        app = create_app(Settings(lake_root=str(root), wal_dir=str(wal), cache_ttl_s=60.0),
-                         model_source=model_source, store=store, hook=hook, cfg=cfg, notifier=alerts.append)
+        app = create_app(
+            Settings(lake_root=str(root), wal_dir=str(wal), cache_ttl_s=60.0),
+            model_source=model_source,
+            store=store,
+            hook=hook,
+            cfg=cfg,
+            notifier=alerts.append,
+        )
         plan = plan if plan is not None else plan_day(lake_events[0], DAY, N, seed=11, mode=mode)
         with TestClient(app) as client:
             res = replay(client, plan)
@@ -141,7 +148,7 @@ def test_changed_definition_with_old_fingerprint_is_version_skew(serve_and_skew,
     import argparse
     import json
 
-    from jobs.skew import add_parsers
+    from jobs.cli.skew import add_parsers
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--lake")
@@ -157,9 +164,13 @@ def test_late_arriving_events_are_late_data(serve_and_skew, lake_events):
     late_customers = lake_events[1]
     rng = np.random.default_rng(5)
     t0 = pd.Timestamp(DAY, tz="UTC")
-    plan = pd.DataFrame({
-        "request_id": [f"late-{c}" for c in late_customers], "entity_id": late_customers,
-        "request_time": t0 + pd.to_timedelta(rng.integers(0, 86_400_000_000, len(late_customers)), unit="us")})
+    plan = pd.DataFrame(
+        {
+            "request_id": [f"late-{c}" for c in late_customers],
+            "entity_id": late_customers,
+            "request_time": t0 + pd.to_timedelta(rng.integers(0, 86_400_000_000, len(late_customers)), unit="us"),
+        }
+    )
     rep = serve_and_skew(plan=plan)
     assert not getattr(rep, "error", None)
     c = rep.causes

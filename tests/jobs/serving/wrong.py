@@ -1,4 +1,5 @@
 """Deliberately wrong fresh-mode feature computations, injected through the service's hook (test only)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,8 +11,9 @@ from features.spec import FeatureSet
 
 
 def _with(fs: FeatureSet, **changes_by_feature) -> FeatureSet:
-    feats = tuple(dataclasses.replace(f, **changes_by_feature[f.name]) if f.name in changes_by_feature else f
-                  for f in fs.features)
+    feats = tuple(
+        dataclasses.replace(f, **changes_by_feature[f.name]) if f.name in changes_by_feature else f for f in fs.features
+    )
     return dataclasses.replace(fs, features=feats)
 
 
@@ -21,6 +23,7 @@ def window_7_for_30(fs: FeatureSet):
 
     def hook(events, entity_id, t, _fs):
         return compute_one(events, entity_id, t, wrong, "known_at")
+
     return hook
 
 
@@ -53,5 +56,6 @@ def old_definition(fs: FeatureSet):
 
     def hook(events, entity_id, t, _fs):
         return compute_one(events, entity_id, t, old, "known_at")
+
     hook.fingerprint = old.fingerprint
     return hook

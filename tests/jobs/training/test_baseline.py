@@ -1,5 +1,6 @@
 """The incremental linear baseline (issue #7): out-of-core scaler + SGD on Dask, exact predictions
 after a registry round trip, determinism, lineage gate, and the floor LightGBM must beat."""
+
 import argparse
 import dataclasses
 import json
@@ -13,17 +14,17 @@ import pytest
 from training_lake import COMMIT, RANGES, training_lake
 
 from features import registry as feature_registry
-from jobs.labels import weekly_cutoffs
-from jobs.registry import (
+from jobs.models.registry import (
     CHAMPION,
     LineageError,
     PromotionRefused,
     Registry,
     RegistryError,
 )
-from jobs.train import TrainSpec, train_model
 from jobs.training import baseline as bl
-from jobs.training_set import training_set_table
+from jobs.training.labels import weekly_cutoffs
+from jobs.training.trainer import TrainSpec, train_model
+from jobs.training.training_set import training_set_table
 
 FS = feature_registry.get("customer_activity_v1")
 FEATURES = list(FS.feature_names)
@@ -71,9 +72,13 @@ def test_trains_on_more_partitions_than_fit_in_the_worker_memory_limit(tmp_path)
     from distributed import Client, LocalCluster
 
     files = _write_synthetic(str(tmp_path))
-    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit=MEMORY_LIMIT, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client, \
-            dask.config.set(scheduler=client):
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, memory_limit=MEMORY_LIMIT, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+        dask.config.set(scheduler=client),
+    ):
         ddf = bl.read_frame(files, SYN_FEATURES, "label")
         part_bytes = int(ddf.partitions[0].memory_usage(deep=True).sum().compute())
         pids = set(client.run(os.getpid).values())
@@ -88,16 +93,22 @@ def test_trains_on_more_partitions_than_fit_in_the_worker_memory_limit(tmp_path)
     assert max(peaks.values()) < MEMORY_LIMIT, peaks  # never held the frame: peak RSS below the limit
     # The scaler saw every row of every partition: numpy over each full column (one at a time).
     for j, name in enumerate(SYN_FEATURES):
-        col = np.concatenate([pq.read_table(f, columns=[name]).column(name).to_numpy(zero_copy_only=False)
-                              .astype(np.float64) for f in files])
+        col = np.concatenate(
+            [
+                pq.read_table(f, columns=[name]).column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                for f in files
+            ]
+        )
         assert np.allclose(fit.scaler.mean_[j], np.nanmean(col), rtol=1e-12, atol=0)
         assert np.allclose(fit.scaler.var_[j], np.nanvar(col), rtol=1e-12, atol=0)
     assert fit.model.indicators == ["x01"] and fit.model.n_samples_seen == fit.rows
     # It learned the synthetic signal (weights are known up to the scale).
     assert len(fit.coef_history) == 2 and np.all(np.isfinite(fit.model.coef))
-    print(f"\nout of core: {ddf.npartitions} partitions x {part_bytes / 1e6:.1f} MB = "
-          f"{ddf.npartitions * part_bytes / 1e6:.0f} MB > limit {MEMORY_LIMIT / 1e6:.0f} MB; peak worker RSS "
-          f"{max(peaks.values()) / 1e6:.0f} MB; fit {seconds:.1f} s {fit.seconds}")
+    print(
+        f"\nout of core: {ddf.npartitions} partitions x {part_bytes / 1e6:.1f} MB = "
+        f"{ddf.npartitions * part_bytes / 1e6:.0f} MB > limit {MEMORY_LIMIT / 1e6:.0f} MB; peak worker RSS "
+        f"{max(peaks.values()) / 1e6:.0f} MB; fit {seconds:.1f} s {fit.seconds}"
+    )
 
 
 # ---- CDNOW: the job, the registry round trip, the floor -------------------------------------------
@@ -209,8 +220,9 @@ def test_registration_without_lineage_is_refused_for_the_baseline(registry, base
 
 @pytest.mark.dask
 def test_lightgbm_below_the_baseline_is_not_promoted_and_one_above_is(registry, baseline, spec, cfg, capsys):
-    weak = train_model(cfg, dataclasses.replace(spec, num_boost_round=1, patience=1,
-                                                params={**PARAMS, "num_leaves": 2}), registry)
+    weak = train_model(
+        cfg, dataclasses.replace(spec, num_boost_round=1, patience=1, params={**PARAMS, "num_leaves": 2}), registry
+    )
     m = weak.candidate.metrics
     assert weak.baseline["version"] == baseline.registered.version
     assert m["baseline_valid_auc"] == pytest.approx(baseline.candidate.metrics["valid_auc"], abs=1e-12)
@@ -227,27 +239,40 @@ def test_lightgbm_below_the_baseline_is_not_promoted_and_one_above_is(registry, 
 
     strong = train_model(cfg, spec, registry)
     s = strong.candidate.metrics
-    print(f"\nCDNOW valid AUC: baseline {s['baseline_valid_auc']:.4f}, LightGBM {s['valid_auc']:.4f} "
-          f"(weak {m['valid_auc']:.4f}); holdback: baseline {s['baseline_holdback_auc']:.4f}, "
-          f"LightGBM {s['holdback_auc']:.4f}")
+    print(
+        f"\nCDNOW valid AUC: baseline {s['baseline_valid_auc']:.4f}, LightGBM {s['valid_auc']:.4f} "
+        f"(weak {m['valid_auc']:.4f}); holdback: baseline {s['baseline_holdback_auc']:.4f}, "
+        f"LightGBM {s['holdback_auc']:.4f}"
+    )
     assert s["valid_auc_lift_over_baseline"] > 0, s
     assert strong.candidate.reports["baseline"]["winner"] == "lightgbm"
     assert strong.registered.metrics["valid_auc_lift_over_baseline"] == pytest.approx(
-        s["valid_auc_lift_over_baseline"], abs=1e-12)
+        s["valid_auc_lift_over_baseline"], abs=1e-12
+    )
     assert strong.registered.tags["lockstep.baseline"] == f"{NAME}_baseline v{baseline.registered.version}"
     assert registry.promote(NAME).version == strong.registered.version
 
 
 def test_model_json_round_trip_is_exact_and_checked():
     rng = np.random.default_rng(1)
-    m = bl.BaselineModel(["a", "b"], rng.normal(size=2), rng.random(2), rng.random(2) + 0.5, ["b"],
-                         rng.normal(size=3), rng.normal(), 10, {"epochs": 1})
+    m = bl.BaselineModel(
+        ["a", "b"],
+        rng.normal(size=2),
+        rng.random(2),
+        rng.random(2) + 0.5,
+        ["b"],
+        rng.normal(size=3),
+        rng.normal(),
+        10,
+        {"epochs": 1},
+    )
     back = bl.BaselineModel.from_json(m.to_json())
     for k in ("mean", "var", "scale", "coef"):
         assert np.array_equal(getattr(back, k), getattr(m, k))
     x = np.array([[1.0, np.nan], [np.nan, 2.0], [0.5, 0.25]])
-    assert np.array_equal(back.predict(x), m.predict(x)) and np.array_equal(m.predict(np.asfortranarray(x)),
-                                                                          m.predict(x))
+    assert np.array_equal(back.predict(x), m.predict(x)) and np.array_equal(
+        m.predict(np.asfortranarray(x)), m.predict(x)
+    )
     d = m.design(x)
     assert d.shape == (3, 3) and d[0, 1] == 0.0 and d[1, 0] == 0.0 and list(d[:, 2]) == [1.0, 0.0, 0.0]
     assert not np.isnan(x[0, 0]) and np.isnan(x[0, 1])  # the caller's matrix is not modified
@@ -260,15 +285,30 @@ def test_model_json_round_trip_is_exact_and_checked():
 @pytest.mark.dask
 def test_cli_baseline_command(cfg, registry, baseline, dask_client, capsys, monkeypatch):
     from jobs import cli
+    from jobs.cli import training as cli_training
 
-    parser = cli._parser()
+    parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    if "baseline" not in sub.choices:  # until jobs/cli.py registers it
-        bl.add_parsers(sub)
+    if "baseline" not in sub.choices:  # until jobs/cli/ registers it
+        cli_training.add_baseline_parser(sub)
     monkeypatch.setenv("LOCKSTEP_DASK_ADDRESS", dask_client.scheduler.address)
-    args = parser.parse_args(["--lake", cfg.lake_root, "baseline", "--train", *RANGES["train"],
-                              "--valid", *RANGES["valid"], "--holdback", *RANGES["holdback"], "--epochs", "2",
-                              "--embargo-days", "0"])
+    args = parser.parse_args(
+        [
+            "--lake",
+            cfg.lake_root,
+            "baseline",
+            "--train",
+            *RANGES["train"],
+            "--valid",
+            *RANGES["valid"],
+            "--holdback",
+            *RANGES["holdback"],
+            "--epochs",
+            "2",
+            "--embargo-days",
+            "0",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "trained baseline repurchase_90d_baseline" in out and "valid    AUC" in out
@@ -281,7 +321,7 @@ def test_cli_baseline_command(cfg, registry, baseline, dask_client, capsys, monk
 @pytest.mark.dask
 def test_batch_scoring_uses_the_registered_baseline(cfg, registry, baseline):
     """``lockstep score`` with a baseline champion: the persisted scaler, imputation and weights."""
-    from jobs.scoring import predictions_table, score_snapshot
+    from jobs.scoring.batch import predictions_table, score_snapshot
     from jobs.snapshots import build_snapshot, snapshot_table
 
     name, ds = baseline.candidate.name, "1997-03-31"
@@ -296,7 +336,8 @@ def test_batch_scoring_uses_the_registered_baseline(cfg, registry, baseline):
 
 @pytest.mark.dask
 def test_with_no_champion_the_baseline_a_challenger_lost_to_becomes_the_first_champion(
-        training_lake_template, tmp_path_factory, spec, dask_client, monkeypatch):
+    training_lake_template, tmp_path_factory, spec, dask_client, monkeypatch
+):
     """A first training run whose LightGBM is below the floor still leaves scoring a champion: the
     better model, the baseline, adopted as a version of the model (same run, artifacts, lineage)."""
     monkeypatch.setenv("LOCKSTEP_CODE_COMMIT", COMMIT)
@@ -304,8 +345,9 @@ def test_with_no_champion_the_baseline_a_challenger_lost_to_becomes_the_first_ch
     registry = Registry.from_config(cfg)
     base = bl.train_baseline(cfg, spec, registry, client=dask_client, epochs=2, seed=0)
     assert registry.baseline_as_first_champion(NAME) is None  # no challenger yet
-    weak = train_model(cfg, dataclasses.replace(spec, num_boost_round=1, patience=1,
-                                                params={**PARAMS, "num_leaves": 2}), registry)
+    weak = train_model(
+        cfg, dataclasses.replace(spec, num_boost_round=1, patience=1, params={**PARAMS, "num_leaves": 2}), registry
+    )
     assert weak.candidate.metrics["valid_auc_lift_over_baseline"] <= 0
     with pytest.raises(PromotionRefused):
         registry.promote(NAME)

@@ -1,17 +1,18 @@
 """Repurchase labels on real CDNOW data: definition, population boundary, maturity."""
+
 import pandas as pd
 import pytest
 
 from jobs.config import Config
-from jobs.ingest import ingest_cdnow, read_cdnow
-from jobs.labels import (
+from jobs.ingest.cdnow import ingest_cdnow, read_cdnow
+from jobs.lake import MissingPartitionError
+from jobs.training.labels import (
     build_labels,
     label_rows,
     labels_table,
     latest_mature_cutoff,
     weekly_cutoffs,
 )
-from jobs.lake import MissingPartitionError
 
 HORIZON = 28  # short horizon: a small CDNOW range suffices (the job's default is 90)
 CUTOFFS = ["1997-01-27", "1997-02-03"]
@@ -39,8 +40,9 @@ def test_weekly_cutoffs_are_the_mondays_of_the_range():
 def test_labels_follow_the_definition_exactly(cfg, events, ds):
     c = pd.Timestamp(ds, tz="UTC")
     known = set(events.loc[events["ingested_at"] < c, "customer_id"])
-    buyers = set(events.loc[(events["event_ts"] >= c) & (events["event_ts"] < c + pd.Timedelta(days=HORIZON)),
-                            "customer_id"])
+    buyers = set(
+        events.loc[(events["event_ts"] >= c) & (events["event_ts"] < c + pd.Timedelta(days=HORIZON)), "customer_id"]
+    )
     got = labels_table(cfg.lake()).read(ds)
     assert got["customer_id"].tolist() == sorted(known)
     assert set(got.loc[got["label"] == 1, "customer_id"]) == known & buyers
@@ -61,8 +63,10 @@ def test_population_is_customers_ingested_before_the_cutoff(cfg, events):
 
 def test_manifest_records_definition_and_inputs(cfg):
     m = labels_table(cfg.lake()).manifest("1997-02-03")
-    assert m.producer["horizon_days"] == HORIZON and "cutoff <= event_ts < cutoff + horizon_days" in \
-        m.producer["definition"]
+    assert (
+        m.producer["horizon_days"] == HORIZON
+        and "cutoff <= event_ts < cutoff + horizon_days" in m.producer["definition"]
+    )
     assert sorted(m.inputs) == ["raw_events/ds=1997-01-01..1997-02-02", "raw_events/ds=1997-02-03..1997-03-02"]
 
 
@@ -81,16 +85,20 @@ def test_label_rows_dedupes_and_sorts():
 
 def test_cli_labels_and_training_set(cfg, capsys):
     from features import registry
-    from jobs import cli, labels, training_set
+    from jobs import cli
+    from jobs.training import labels, training_set
 
-    parser = cli._parser()
-    args = parser.parse_args(["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--horizon-days",
-                              str(HORIZON)])
+    parser = cli.build_parser()
+    args = parser.parse_args(
+        ["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--horizon-days", str(HORIZON)]
+    )
     assert args.func(args) == 0
     assert "labels/ds=1997-01-20" in capsys.readouterr().out  # up to the last mature Monday
     args = parser.parse_args(["--lake", cfg.lake_root, "training-set", "--from", "1997-01-20", "--no-validate"])
     assert args.func(args) == 0
     assert "training_sets/customer_activity_v1/ds=1997-01-20" in capsys.readouterr().out
     fs = registry.get("customer_activity_v1")
-    assert training_set.training_set_table(cfg.lake(), fs).manifest("1997-01-20").rows == \
-        labels.labels_table(cfg.lake()).manifest("1997-01-20").rows
+    assert (
+        training_set.training_set_table(cfg.lake(), fs).manifest("1997-01-20").rows
+        == labels.labels_table(cfg.lake()).manifest("1997-01-20").rows
+    )

@@ -1,4 +1,5 @@
 """Hyperparameter search (successive halving on the Dask cluster) on a small CDNOW lake."""
+
 import json
 import shutil
 
@@ -8,10 +9,10 @@ from training_lake import COMMIT, RANGES, training_lake
 
 from features import registry as feature_registry
 from jobs.config import Config
-from jobs.labels import weekly_cutoffs
-from jobs.train import TrainSpec
-from jobs.training import tune as t
-from jobs.training_set import partitions_in, training_set_table
+from jobs.training import search as t
+from jobs.training.labels import weekly_cutoffs
+from jobs.training.trainer import TrainSpec
+from jobs.training.training_set import partitions_in, training_set_table
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(300)]
 
@@ -59,7 +60,7 @@ def test_search_never_reads_the_holdback_and_follows_the_schedule(first):
     assert by_rung[0] == list(range(9))
     for k in (1, 2):
         prev = sorted((r for r in res.records if r.rung == k - 1), key=lambda r: (-r.valid_auc, r.candidate))
-        want = {r.candidate for r in prev[:3 if k == 1 else 1]} | {0}
+        want = {r.candidate for r in prev[: 3 if k == 1 else 1]} | {0}
         assert by_rung[k] == sorted(want)
     assert res.n_configs == 9 and res.n_fits == len(res.records) == sum(r["candidates"] for r in res.rungs)
     assert res.records[0].params == t.TUNED_DEFAULTS
@@ -125,20 +126,22 @@ def test_budgets(no_holdback_cfg, dask_client):
 def test_bad_input(no_holdback_cfg, dask_client):
     with pytest.raises(ValueError, match="n_candidates"):
         t.tune(no_holdback_cfg, SPEC, client=dask_client, **{**SEARCH, "n_candidates": 0})
-    empty = TrainSpec(train=("1997-01-06", "1997-01-20"), valid=RANGES["valid"], holdback=RANGES["holdback"],
-                      embargo_days=0)
+    empty = TrainSpec(
+        train=("1997-01-06", "1997-01-20"), valid=RANGES["valid"], holdback=RANGES["holdback"], embargo_days=0
+    )
     with pytest.raises(ValueError, match="no labels partitions"):
         t.tune(no_holdback_cfg, empty, client=dask_client, **SEARCH)
     with pytest.raises(ValueError, match="empty"):
-        TrainSpec(train=("1997-02-24", "1997-02-03"), valid=RANGES["valid"], holdback=RANGES["holdback"],
-                  embargo_days=0)
+        TrainSpec(
+            train=("1997-02-24", "1997-02-03"), valid=RANGES["valid"], holdback=RANGES["holdback"], embargo_days=0
+        )
     with pytest.raises(ValueError, match="eta"):
         t.rung_sizes(10, 100, 1)
 
 
 def test_tune_and_train_registers_the_best_with_its_report(cfg, dask_client, monkeypatch):
     monkeypatch.setenv("LOCKSTEP_CODE_COMMIT", COMMIT)
-    from jobs.registry import Registry
+    from jobs.models.registry import Registry
 
     registry = Registry.from_config(cfg)
     out = t.tune_and_train(cfg, SPEC, registry, client=dask_client, **{**SEARCH, "n_candidates": 3})
@@ -151,7 +154,9 @@ def test_tune_and_train_registers_the_best_with_its_report(cfg, dask_client, mon
     assert len(csv) == len(out.tuning.records) and {"valid_auc", "rows", "budget", "num_leaves"} <= set(csv.columns)
     with open(out.report["summary.json"]) as fh:
         summary = json.load(fh)
-    assert summary["configs_tried_on_validation"] == 3 and "/_reports/tuning/repurchase_90d/" in out.report["summary.md"]
+    assert (
+        summary["configs_tried_on_validation"] == 3 and "/_reports/tuning/repurchase_90d/" in out.report["summary.md"]
+    )
     info = out.train.registered
     assert info.aliases == ["challenger"]
     assert info.metrics["valid_configs_tried"] == 3 and info.metrics["holdback_auc"] > 0.6
@@ -165,17 +170,39 @@ def test_tune_and_train_registers_the_best_with_its_report(cfg, dask_client, mon
 def test_cli_tune_no_train(no_holdback_cfg, dask_client, monkeypatch, capsys):
     import argparse
 
-    from jobs import tune as tune_cli
+    from jobs.cli import training as tune_cli
 
     p = argparse.ArgumentParser()
     for opt in ("--lake", "--engine", "--dask-address", "--spark-master"):
         p.add_argument(opt)
     p.add_argument("--buckets", type=int)
     tune_cli.add_parsers(p.add_subparsers(dest="command"))
-    args = p.parse_args(["--lake", no_holdback_cfg.lake_root, "--dask-address", dask_client.scheduler.address,
-                         "tune", "--train", *RANGES["train"], "--valid", *RANGES["valid"],
-                         "--holdback", *RANGES["holdback"], "--embargo-days", "0", "--candidates", "3",
-                         "--min-rows", "4000", "--max-rows", "12000", "--rounds", "100", "--no-train"])
+    args = p.parse_args(
+        [
+            "--lake",
+            no_holdback_cfg.lake_root,
+            "--dask-address",
+            dask_client.scheduler.address,
+            "tune",
+            "--train",
+            *RANGES["train"],
+            "--valid",
+            *RANGES["valid"],
+            "--holdback",
+            *RANGES["holdback"],
+            "--embargo-days",
+            "0",
+            "--candidates",
+            "3",
+            "--min-rows",
+            "4000",
+            "--max-rows",
+            "12000",
+            "--rounds",
+            "100",
+            "--no-train",
+        ]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     import re

@@ -1,4 +1,5 @@
 """The training job on CDNOW training sets: time split, metrics, lineage-gated registration, Dask."""
+
 import json
 
 import numpy as np
@@ -7,11 +8,11 @@ import pytest
 from training_lake import COMMIT, RANGES, training_lake
 
 from features import registry as feature_registry
-from jobs.labels import weekly_cutoffs
-from jobs.registry import CHAMPION, Registry
-from jobs.train import TrainSpec, train_model
+from jobs.models.registry import CHAMPION, Registry
+from jobs.training.labels import weekly_cutoffs
 from jobs.training.lgbm import score_files
-from jobs.training_set import training_set_table
+from jobs.training.trainer import TrainSpec, train_model
+from jobs.training.training_set import training_set_table
 
 FS = feature_registry.get("customer_activity_v1")
 PARAMS = {"num_threads": 1, "num_leaves": 15, "min_data_in_leaf": 50}
@@ -30,8 +31,9 @@ def registry(cfg):
 @pytest.fixture(scope="module")
 def trained(cfg, registry, monkeypatch_module):
     monkeypatch_module.setenv("LOCKSTEP_CODE_COMMIT", COMMIT)
-    return train_model(cfg, TrainSpec(**RANGES, embargo_days=0, num_boost_round=80, patience=10, params=PARAMS),
-                       registry)
+    return train_model(
+        cfg, TrainSpec(**RANGES, embargo_days=0, num_boost_round=80, patience=10, params=PARAMS), registry
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,10 @@ def test_registered_lineage_names_every_partition(cfg, registry, trained):
     assert info.tags["code_commit"] == COMMIT and info.tags["feature_set_fingerprint"] == FS.fingerprint
     lineage = registry.load("repurchase_90d", info.version).lineage
     table = training_set_table(cfg.lake(), FS)
-    want = {f"{table.name}/ds={d}": table.manifest(d).content_fingerprint
-            for d in weekly_cutoffs("1997-02-03", "1997-03-31")}
+    want = {
+        f"{table.name}/ds={d}": table.manifest(d).content_fingerprint
+        for d in weekly_cutoffs("1997-02-03", "1997-03-31")
+    }
     assert lineage["training_set_fingerprints"] == want
     assert lineage["holdback"]["partitions"] == {k: v for k, v in want.items() if k[-10:] >= "1997-03-17"}
     assert json.loads(info.tags["ranges"]) == {k: list(v) for k, v in RANGES.items()}
@@ -82,24 +86,29 @@ def test_registered_lineage_names_every_partition(cfg, registry, trained):
 
 def test_time_split_is_checked():
     with pytest.raises(ValueError, match="must start after the train range"):
-        TrainSpec(train=("1997-03-03", "1997-03-10"), valid=("1997-03-03", "1997-03-10"),
-                  holdback=("1997-03-17", "1997-03-31"), embargo_days=0)
+        TrainSpec(
+            train=("1997-03-03", "1997-03-10"),
+            valid=("1997-03-03", "1997-03-10"),
+            holdback=("1997-03-17", "1997-03-31"),
+            embargo_days=0,
+        )
     with pytest.raises(ValueError, match="embargo_days"):
         TrainSpec(**RANGES)  # 7 days between train and valid, labels look 90 days ahead
     with pytest.raises(ValueError, match="holdback range"):
-        TrainSpec(train=RANGES["train"], valid=RANGES["valid"], holdback=("1997-03-10", "1997-03-31"),
-                  embargo_days=0)
+        TrainSpec(train=RANGES["train"], valid=RANGES["valid"], holdback=("1997-03-10", "1997-03-31"), embargo_days=0)
 
 
-def test_a_second_model_is_compared_with_the_champion_on_the_same_holdback(cfg, registry, trained,
-                                                                            monkeypatch_module):
+def test_a_second_model_is_compared_with_the_champion_on_the_same_holdback(cfg, registry, trained, monkeypatch_module):
     registry.promote("repurchase_90d")
-    weak = train_model(cfg, TrainSpec(**RANGES, embargo_days=0, num_boost_round=3, patience=3,
-                                      params={**PARAMS, "num_leaves": 2}), registry)
+    weak = train_model(
+        cfg,
+        TrainSpec(**RANGES, embargo_days=0, num_boost_round=3, patience=3, params={**PARAMS, "num_leaves": 2}),
+        registry,
+    )
     assert weak.candidate.holdback["key"] == trained.candidate.holdback["key"]
     champion = registry.get("repurchase_90d", CHAMPION)
     assert champion.version == trained.registered.version
-    from jobs.registry import PromotionRefused
+    from jobs.models.registry import PromotionRefused
 
     with pytest.raises(PromotionRefused, match="does not beat"):
         registry.promote("repurchase_90d")
@@ -110,10 +119,18 @@ def test_a_second_model_is_compared_with_the_champion_on_the_same_holdback(cfg, 
 def test_dask_backend_trains_on_a_local_cluster(cfg, trained):
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit="2GiB") as cluster, Client(cluster) as client:
-        out = train_model(cfg, TrainSpec(**RANGES, embargo_days=0, num_boost_round=60, patience=10,
-                                         backend="dask", params=PARAMS), register=False, client=client)
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit="2GiB"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        out = train_model(
+            cfg,
+            TrainSpec(**RANGES, embargo_days=0, num_boost_round=60, patience=10, backend="dask", params=PARAMS),
+            register=False,
+            client=client,
+        )
     m, ref = out.candidate.metrics, trained.candidate.metrics
     assert m["train_rows"] == ref["train_rows"]
     assert abs(m["holdback_auc"] - ref["holdback_auc"]) < 0.02, (m["holdback_auc"], ref["holdback_auc"])
@@ -125,7 +142,7 @@ def test_dask_backend_trains_on_a_local_cluster(cfg, trained):
 def test_cli_model_list_and_promote(cfg, registry, trained, capsys):
     from jobs import cli
 
-    parser = cli._parser()
+    parser = cli.build_parser()
     args = parser.parse_args(["--lake", cfg.lake_root, "model", "list", "repurchase_90d"])
     assert args.func(args) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,5 @@
 """Point-in-time training sets on CDNOW: the kernel at the cut-off, label passthrough, no leakage."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,11 +7,11 @@ import pytest
 from features import registry
 from features.kernel import compute
 from jobs.config import Config
-from jobs.ingest import ingest_cdnow, iter_ingest_days, read_cdnow
-from jobs.labels import build_labels, labels_table
+from jobs.ingest.cdnow import ingest_cdnow, iter_ingest_days, read_cdnow
 from jobs.lake import LakeError, MissingPartitionError
 from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
-from jobs.training_set import build_training_set, partitions_in, training_set_table
+from jobs.training.labels import build_labels, labels_table
+from jobs.training.training_set import build_training_set, partitions_in, training_set_table
 
 FS = registry.get("customer_activity_v1")
 HORIZON, CUTOFF = 28, "1997-02-03"
@@ -72,10 +73,17 @@ def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_p
     ev.loc[late, "amount"] = rng.uniform(1, 500, late.sum())
     ev.loc[late, "n_items"] = rng.integers(1, 9, late.sum())
     quiet = np.setdiff1d(ev.loc[ev["event_ts"] < C, "customer_id"].unique(), ev.loc[late, "customer_id"].unique())
-    extra = pd.DataFrame({
-        "event_id": np.arange(len(quiet)) + 10_000_000, "customer_id": quiet,
-        "event_ts": C + pd.Timedelta(days=3), "ingested_at": C + pd.Timedelta(days=3, hours=1),
-        "n_items": 2, "amount": 30.0, "category": "standard"})
+    extra = pd.DataFrame(
+        {
+            "event_id": np.arange(len(quiet)) + 10_000_000,
+            "customer_id": quiet,
+            "event_ts": C + pd.Timedelta(days=3),
+            "ingested_at": C + pd.Timedelta(days=3, hours=1),
+            "n_items": 2,
+            "amount": 30.0,
+            "category": "standard",
+        }
+    )
     ev = pd.concat([ev, extra], ignore_index=True)
     ev = ev[ev["ingested_at"] < pd.Timestamp(LAST_DAY, tz="UTC") + pd.Timedelta(days=1)]
     shifted = _lake_from_events(tmp_path / "shifted", ev)

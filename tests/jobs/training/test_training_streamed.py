@@ -1,5 +1,6 @@
 """Streamed (lightgbm.Sequence over Parquet) vs in-memory training on the same 1M x 30 data:
 same quality, lower peak memory — each measured in its own process."""
+
 import json
 import subprocess
 import sys
@@ -42,8 +43,12 @@ def data(tmp_path_factory):
 @pytest.mark.timeout(300)
 def test_streamed_training_matches_in_memory_quality_with_lower_peak_memory(data):
     args = [json.dumps(data["train"]), json.dumps(data["valid"]), json.dumps(data["hold"])]
-    procs = {b: subprocess.Popen([sys.executable, "-c", RUNNER, *args, b], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True) for b in ("streamed", "memory")}
+    procs = {
+        b: subprocess.Popen(
+            [sys.executable, "-c", RUNNER, *args, b], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for b in ("streamed", "memory")
+    }
     out = {}
     for b, p in procs.items():
         stdout, stderr = p.communicate()
@@ -98,8 +103,10 @@ def test_subprocess_construction_and_binary_file_give_the_same_model(tmp_path):
     valid = synthetic.write_files(str(tmp_path / "v"), 5_000, 8, files=1, seed=9)
     feats = synthetic.feature_names(8)
     params = {"num_threads": 1, "num_leaves": 7, "bin_construct_sample_cnt": 5_000}
-    runs = [lgbm.train_local(files, valid, feats, "label", params, num_boost_round=15, patience=5, **kw)
-            for kw in ({}, {"construct": "subprocess"}, {"binary_path": str(tmp_path / "d.bin")})]
+    runs = [
+        lgbm.train_local(files, valid, feats, "label", params, num_boost_round=15, patience=5, **kw)
+        for kw in ({}, {"construct": "subprocess"}, {"binary_path": str(tmp_path / "d.bin")})
+    ]
     x = np.concatenate([to_matrix(__import__("pyarrow.parquet").parquet.read_table(f), feats) for f in valid])
     preds = [r.booster.predict(x) for r in runs]
     np.testing.assert_array_equal(preds[0], preds[1])

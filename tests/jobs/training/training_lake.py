@@ -4,6 +4,7 @@ Built once per session (ingest 1997-01-01..04-27, weekly 28-day labels, point-in
 sets for the Mondays 1997-02-03..03-31) and copied per test module, so each module gets its own
 registry (``<lake>/_registry``) without paying for the build again.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -13,15 +14,18 @@ import pytest
 from jobs.config import Config
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-RANGES = {"train": ("1997-02-03", "1997-02-24"), "valid": ("1997-03-03", "1997-03-10"),
-          "holdback": ("1997-03-17", "1997-03-31")}
+RANGES = {
+    "train": ("1997-02-03", "1997-02-24"),
+    "valid": ("1997-03-03", "1997-03-10"),
+    "holdback": ("1997-03-17", "1997-03-31"),
+}
 
 
 @pytest.fixture(scope="session")
 def training_lake_template(tmp_path_factory) -> str:
-    from jobs.ingest import ingest_cdnow
-    from jobs.labels import build_labels, weekly_cutoffs
-    from jobs.training_set import build_training_sets
+    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.training.labels import build_labels, weekly_cutoffs
+    from jobs.training.training_set import build_training_sets
 
     root = str(tmp_path_factory.mktemp("training_lake_template") / "lake")
     cfg = Config(lake_root=root)

@@ -1,0 +1,76 @@
+"""``lockstep validate``: validate lake partitions against their Great Expectations suites."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from jobs.config import Config
+from jobs.lake import LakeError, MissingPartitionError
+from jobs.quality.suites import DATASETS, DEFAULT_FEATURE_SET, SuiteError, load_suite
+from jobs.quality.validate import DEFAULT_BATCH_ROWS, validate_range
+
+
+def add_validate_parser(subparsers) -> argparse.ArgumentParser:
+    """``lockstep validate DATASET --ds D [--to E]`` (exit 0 pass, 1 data-quality failure, 2 usage)."""
+    s = subparsers.add_parser(
+        "validate",
+        help="validate partitions against their Great Expectations suite (exit 0 pass, "
+        "1 data-quality failure, 2 usage error)",
+    )
+    s.add_argument("dataset", choices=DATASETS)
+    s.add_argument("--ds", help="partition day YYYY-MM-DD (first day with --to)")
+    s.add_argument("--to", help="last day of a range (inclusive); each day is validated on its own")
+    s.add_argument(
+        "--feature-set",
+        default=DEFAULT_FEATURE_SET,
+        help="feature set the suite is bound to (all datasets but raw_events)",
+    )
+    s.add_argument("--table", help="validate this table instead of the dataset's default one")
+    s.add_argument("--batch-rows", type=int, help=f"rows per batch (default {DEFAULT_BATCH_ROWS})")
+    s.add_argument("--no-quarantine", action="store_true", help="report only: leave a failed partition published")
+    s.add_argument("--no-alert", action="store_true", help="do not send alerts")
+    s.add_argument("--show-suite", action="store_true", help="print the bound suite as JSON and exit")
+    s.set_defaults(func=cmd_validate)
+    return s
+
+
+def cmd_validate(args) -> int:
+    """Run ``lockstep validate``; prints one verdict per partition."""
+    try:
+        if args.show_suite:
+            print(json.dumps(load_suite(args.dataset, args.feature_set).to_json_dict(), indent=2))
+            return 0
+        if not args.ds:
+            print("lockstep validate: error: --ds is required", file=sys.stderr)
+            return 2
+        cfg = Config.from_args(args)
+        results = validate_range(
+            cfg,
+            args.dataset,
+            args.ds,
+            args.to,
+            feature_set=args.feature_set,
+            table=args.table,
+            batch_rows=args.batch_rows,
+            quarantine=not args.no_quarantine,
+            alert=not args.no_alert,
+            raise_on_failure=False,
+        )
+    except (MissingPartitionError, SuiteError, KeyError, ValueError, LakeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"lockstep validate: error: {msg}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(
+            r.describe()
+            if not r.success
+            else f"{r.dataset} {r.partition}: passed {len(r.outcomes)} expectations "
+            f"({r.rows} rows); report: {r.report_path}"
+        )
+    failed = [r for r in results if not r.success]
+    if failed:
+        print(f"{len(failed)} of {len(results)} partition(s) failed validation", file=sys.stderr)
+        return 1
+    return 0

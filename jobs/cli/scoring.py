@@ -1,0 +1,60 @@
+"""``lockstep score`` and ``lockstep publish``: batch scoring and the SQL table of predictions."""
+
+from __future__ import annotations
+
+from jobs.cli.common import days
+from jobs.config import Config
+from jobs.defaults import DEFAULT_MODEL
+from jobs.models.registry import Registry
+from jobs.scoring.batch import score_snapshot
+from jobs.scoring.sql import publish_predictions
+
+
+def add_parsers(subparsers) -> None:
+    """Every command of the scoring stage, in ``lockstep --help`` order."""
+    add_score_parser(subparsers)
+    add_publish_parser(subparsers)
+
+
+def add_score_parser(subparsers) -> None:
+    """``lockstep score --ds D [--to E] [--shadow]``."""
+    s = subparsers.add_parser("score", help="score feature_snapshots ds=D with the champion -> predictions/ds=D")
+    s.add_argument("--ds", required=True)
+    s.add_argument("--to", help="last day of a range (inclusive)")
+    s.add_argument("--model", default=DEFAULT_MODEL)
+    s.add_argument("--shadow", action="store_true", help="also score with the challenger")
+    s.add_argument("--no-validate", action="store_true", help="skip the predictions suite")
+    s.add_argument("--publish", action="store_true", help="then publish each day to the SQL table")
+    s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
+    s.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    cfg = Config.from_args(args)
+    registry = Registry.from_config(cfg)
+    for d in days(args.ds, args.to):
+        m = score_snapshot(cfg, d, args.model, shadow=args.shadow, registry=registry, validate=not args.no_validate)
+        used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
+        print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
+        if args.publish:
+            r = publish_predictions(cfg, d, args.sql_url)
+            print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")
+    return 0
+
+
+def add_publish_parser(subparsers) -> None:
+    """``lockstep publish --ds D [--to E] [--sql-url URL]``."""
+    s = subparsers.add_parser("publish", help="publish predictions/ds=D to the SQL table (replaces day D)")
+    s.add_argument("--ds", required=True)
+    s.add_argument("--to")
+    s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
+    s.add_argument("--table", default="predictions")
+    s.set_defaults(func=_cmd_publish)
+
+
+def _cmd_publish(args) -> int:
+    cfg = Config.from_args(args)
+    for d in days(args.ds, args.to):
+        r = publish_predictions(cfg, d, args.sql_url, table_name=args.table)
+        print(f"{r['table']} ds={r['ds']}: {r['rows']} rows at {r['url']}")
+    return 0
