@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from features import registry
+from features import registry, repo
 from jobs.cli.common import days
 from jobs.config import Config
 from jobs.snapshots import build_snapshots, snapshot_table
@@ -62,7 +62,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_features(args) -> int:
-    for name, fs in registry.FEATURE_SETS.items():
+    for name, fs in repo.load().feature_sets.items():
         print(f"{name}  fingerprint={fs.fingerprint}  entity={fs.entity}  features={len(fs.features)}")
         if args.verbose:
             for f in fs.features:
