@@ -9,6 +9,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from features.repo import Repo
+from features.repo import load as load_repo
 from jobs.lake import Lake
 
 ENGINES = ("local", "dask", "spark")
@@ -21,6 +23,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "LOCKSTEP_SPARK_MASTER": ("spark_master", str),
     "LOCKSTEP_BUCKETS": ("buckets", int),
     "LOCKSTEP_DASK_MEMORY_LIMIT": ("dask_memory_limit", str),
+    "LOCKSTEP_REPO": ("repo_package", str),
 }
 
 # argparse destination of a global ``lockstep`` flag -> Config field (``Config.from_args``).
@@ -30,6 +33,7 @@ _FLAGS: dict[str, str] = {
     "dask_address": "dask_address",
     "spark_master": "spark_master",
     "buckets": "buckets",
+    "repo": "repo_package",
 }
 
 _SCRATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -53,6 +57,9 @@ class Config:
     spark_master: str = "local[2]"
     buckets: int = 16
     verify_checksums: bool = True
+    #: The declarations: a package name or a directory of modules (``features.repo.load``);
+    #: None = ``features.projects``.
+    repo_package: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -97,6 +104,10 @@ class Config:
         Flags the parser does not define, or leaves unset, fall through to the environment.
         """
         return cls.from_env(**{name: getattr(args, flag, None) for flag, name in _FLAGS.items()})
+
+    def repo(self) -> Repo:
+        """The checked repo of declarations (sources, feature sets, models) this run works on."""
+        return load_repo(self.repo_package)
 
     def lake(self) -> Lake:
         """The lake at `lake_root`."""
