@@ -11,6 +11,7 @@ two joined sets, a label horizon longer than the data, two declarations of one n
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import importlib.util
 import os
@@ -19,8 +20,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-
-import pandas as pd
 
 from features.model import Condition, EntitySnapshots, EventLabel, Model, OutcomeLabel, QueryRows
 from features.source import TIMESTAMP, DeclarationError, Source
@@ -210,7 +209,7 @@ def _check_model(m: Model, repo: Repo) -> None:
         if not label.horizon_days > 0:
             raise bad("label.horizon_days", f"must be > 0, got {label.horizon_days!r}")
         if label.source.span is not None:
-            first, last = (pd.Timestamp(d) for d in label.source.span)
+            first, last = (dt.date.fromisoformat(d) for d in label.source.span)
             days = (last - first).days + 1
             if label.horizon_days + label.grace_days >= days:
                 raise bad("label.horizon_days", f"a {label.horizon_days:g}-day horizon (+{label.grace_days} grace) is "
