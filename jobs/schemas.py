@@ -65,17 +65,25 @@ def _arrow_type(type_str: str) -> pa.DataType:
     return pa.type_for_alias(type_str)
 
 
-PREDICTIONS_TABLE = "predictions"
-
-#: ``predictions/ds=D``: what batch scoring writes and the SQL publisher reads.
-PREDICTIONS_SCHEMA = pa.schema(
-    [
-        pa.field("customer_id", pa.int64(), nullable=False),
-        pa.field("score", pa.float64(), nullable=False),
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.int64(), nullable=False),
-        pa.field("role", pa.string(), nullable=False),
-        pa.field("feature_set_fingerprint", pa.string(), nullable=False),
-        pa.field("scored_at", UTC_US, nullable=False),
-    ]
+#: The columns of a predictions row after the model's id columns (``predictions_schema``).
+PREDICTION_COLUMNS: tuple[tuple[str, pa.DataType], ...] = (
+    ("score", pa.float64()),
+    ("model_name", pa.string()),
+    ("model_version", pa.int64()),
+    ("role", pa.string()),
+    ("feature_set_fingerprint", pa.string()),
+    ("scored_at", UTC_US),
 )
+
+
+def predictions_schema(model) -> pa.Schema:
+    """``<model.predictions_table>/ds=D``: what batch scoring writes and the SQL publisher reads.
+
+    The model's id columns (``model.id_columns``: the query id, then the join keys; int64 or
+    string), then ``score, model_name, model_version, role, feature_set_fingerprint, scored_at``;
+    nothing is null. ``feature_set_fingerprint`` is the model's compatibility fingerprint
+    (``model.fingerprint``: the joined sets' fingerprints, ``+``-joined in join order).
+    """
+    fields = [pa.field(name, _arrow_type(type_), nullable=False) for name, type_ in model.id_columns]
+    fields += [pa.field(name, type_, nullable=False) for name, type_ in PREDICTION_COLUMNS]
+    return pa.schema(fields)
