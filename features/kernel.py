@@ -19,6 +19,7 @@ hash buckets and the serving path calls it for one request. Exactness rules
 
 Timestamps are handled as int64 microseconds since the epoch, UTC.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -70,8 +71,9 @@ def index_events(events: pd.DataFrame, fs: FeatureSet) -> EventIndex:
     return EventIndex(events, fs)
 
 
-def compute_indexed(index: EventIndex, entity_ids, as_of_us, fs: FeatureSet,
-                    mode: str = "known_at") -> dict[str, np.ndarray]:
+def compute_indexed(
+    index: EventIndex, entity_ids, as_of_us, fs: FeatureSet, mode: str = "known_at"
+) -> dict[str, np.ndarray]:
     """Feature arrays for queries given as entity ids and int64 microsecond times (see ``to_us``)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -88,6 +90,7 @@ def snapshot_queries(events: pd.DataFrame, fs: FeatureSet, as_of, mode: str = "k
     visible = to_us(events[fs.timestamp], fs.timestamp) < t
     if mode == "known_at":
         visible &= to_us(events[fs.ingested_at], fs.ingested_at) < t
+    visible &= events[fs.entity].notna().to_numpy()
     ids = np.sort(pd.unique(events[fs.entity].to_numpy()[visible]))
     return pd.DataFrame({fs.entity: ids, AS_OF: from_us(np.full(len(ids), t, dtype=np.int64))})
 
@@ -101,6 +104,7 @@ def output_columns(fs: FeatureSet, query_columns=None, entity_type: str = "int64
 
 
 # --------------------------------------------------------------------------- time
+
 
 def to_us(values, what: str = "timestamp") -> np.ndarray:
     """int64 microseconds since the epoch, UTC. Naive timestamps are taken as UTC."""
@@ -127,10 +131,14 @@ def from_us(us: np.ndarray) -> pd.Series:
 
 # --------------------------------------------------------------------------- events
 
+
 class EventIndex:
     """Deduplicated events sorted by (entity, event_ts, event_id), with search keys."""
 
     def __init__(self, events: pd.DataFrame, fs: FeatureSet):
+        keyless = events[fs.entity].isna().to_numpy()
+        if keyless.any():  # an event without this set's key belongs to none of its entities
+            events = events.loc[~keyless]
         eid = _key_array(events[fs.event_id], fs.event_id)
         ts = to_us(events[fs.timestamp], f"events.{fs.timestamp}")
         ing = to_us(events[fs.ingested_at], f"events.{fs.ingested_at}")
@@ -142,8 +150,6 @@ class EventIndex:
             by_id = np.argsort(eid, kind="stable")
         self._frame = events
         codes, self._entity_uniques = pd.factorize(events[fs.entity], use_na_sentinel=True)
-        if (codes < 0).any():
-            raise ValueError(f"events.{fs.entity}: null entity keys")
         codes = codes.astype(np.int64)
         coord = self._time_coordinates(ts, len(self._entity_uniques))
         key = codes * self._stride + coord
@@ -252,6 +258,7 @@ def _require(frame: pd.DataFrame, columns, what: str) -> None:
 
 
 # --------------------------------------------------------------------------- evaluation
+
 
 def _evaluate(ev: EventIndex, q_code, q_t, fs: FeatureSet, mode: str) -> dict[str, np.ndarray]:
     n = len(q_t)

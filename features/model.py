@@ -171,8 +171,9 @@ class Model:
         if not self.joins:
             raise DeclarationError("model", self.name, "joins", "a model joins at least one feature set")
         if isinstance(self.queries, EntitySnapshots) and not isinstance(self.label, EventLabel):
-            raise DeclarationError("model", self.name, "label",
-                                   "entity-snapshot queries need an EventLabel (an outcome needs query rows)")
+            raise DeclarationError(
+                "model", self.name, "label", "entity-snapshot queries need an EventLabel (an outcome needs query rows)"
+            )
 
     # ------------------------------------------------------------------ derived names
 

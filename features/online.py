@@ -1,4 +1,5 @@
 """The serving path: one request, one entity, the entity's recent events — same kernel."""
+
 from __future__ import annotations
 
 import math
@@ -18,8 +19,9 @@ def request_time_us(request_time) -> int:
     return int(t.value) // 1000  # Timestamp.value is nanoseconds whatever the unit
 
 
-def compute_one(entity_events: pd.DataFrame | EventIndex, entity_id, request_time, fs: FeatureSet,
-                mode: str = "known_at") -> dict[str, int | float | None]:
+def compute_one(
+    entity_events: pd.DataFrame | EventIndex, entity_id, request_time, fs: FeatureSet, mode: str = "known_at"
+) -> dict[str, int | float | None]:
     """Feature values for one ``(entity, request_time)``, as plain Python values (null -> None).
 
     ``entity_events`` may hold only this entity's events and only the last

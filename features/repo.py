@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from features.model import Condition, EntitySnapshots, EventLabel, Model, OutcomeLabel, QueryRows
+from features.model import Condition, EntitySnapshots, EventLabel, Model, OutcomeLabel
 from features.source import TIMESTAMP, DeclarationError, Source
 from features.spec import FeatureSet
 
@@ -52,7 +52,9 @@ class Repo:
         kind, book = _book(self, d)
         other = book.get(d.name)
         if other is not None and other != d:
-            raise DeclarationError(kind, d.name, "name", f"declared twice ({self.origins[f'{kind}:{d.name}']} and {origin})")
+            raise DeclarationError(
+                kind, d.name, "name", f"declared twice ({self.origins[f'{kind}:{d.name}']} and {origin})"
+            )
         book[d.name] = d
         self.origins.setdefault(f"{kind}:{d.name}", origin)
 
@@ -158,8 +160,9 @@ def check(repo: Repo) -> None:
     """Cross-declaration checks; raises the first :class:`DeclarationError` found."""
     for fs in repo.feature_sets.values():
         if fs.source is not None and repo.sources.get(fs.source.name) not in (None, fs.source):
-            raise DeclarationError("feature set", fs.name, "source",
-                                   f"uses a source {fs.source.name!r} that differs from the declared one")
+            raise DeclarationError(
+                "feature set", fs.name, "source", f"uses a source {fs.source.name!r} that differs from the declared one"
+            )
     for m in repo.models.values():
         _check_model(m, repo)
 
@@ -193,8 +196,11 @@ def _check_model(m: Model, repo: Repo) -> None:
         if j.key_name not in columns:
             raise bad(f"{where}.key", f"unknown column {j.key_name!r}: the queries have {sorted(columns)}")
         if columns[j.key_name] != fs.entity_type:
-            raise bad(f"{where}.key", f"key-type mismatch: query column {j.key_name!r} is {columns[j.key_name]}, "
-                                      f"feature set {fs.name!r} is keyed by {fs.entity} ({fs.entity_type})")
+            raise bad(
+                f"{where}.key",
+                f"key-type mismatch: query column {j.key_name!r} is {columns[j.key_name]}, "
+                f"feature set {fs.name!r} is keyed by {fs.entity} ({fs.entity_type})",
+            )
         for name in fs.feature_names:
             if name in seen:
                 raise bad(where, f"feature name {name!r} is used by two joined sets: {seen[name]!r} and {fs.name!r}")
@@ -212,9 +218,12 @@ def _check_model(m: Model, repo: Repo) -> None:
             first, last = (dt.date.fromisoformat(d) for d in label.source.span)
             days = (last - first).days + 1
             if label.horizon_days + label.grace_days >= days:
-                raise bad("label.horizon_days", f"a {label.horizon_days:g}-day horizon (+{label.grace_days} grace) is "
-                                                f"longer than the data of source {label.source.name!r} "
-                                                f"({label.source.span[0]}..{label.source.span[1]}, {days} days)")
+                raise bad(
+                    "label.horizon_days",
+                    f"a {label.horizon_days:g}-day horizon (+{label.grace_days} grace) is "
+                    f"longer than the data of source {label.source.name!r} "
+                    f"({label.source.span[0]}..{label.source.span[1]}, {days} days)",
+                )
         if label.source.name != q.name and m.queries.key_name not in label.source.key_names:
             raise bad("label.source", f"source {label.source.name!r} has no key {m.queries.key_name!r}")
     else:
@@ -232,5 +241,7 @@ def _check_model(m: Model, repo: Repo) -> None:
 def _check_conditions(bad, where: str, conditions: tuple[Condition, ...], source: Source) -> None:
     for i, c in enumerate(conditions):
         if c.column not in source.raw_column_names:
-            raise bad(f"{where}[{i}]", f"unknown column {c.column!r} of source {source.name!r} "
-                                       f"(columns: {source.raw_column_names})")
+            raise bad(
+                f"{where}[{i}]",
+                f"unknown column {c.column!r} of source {source.name!r} (columns: {source.raw_column_names})",
+            )

@@ -38,6 +38,9 @@ class Key:
     name: str
     type: str = "int64"
     min: int | None = None
+    #: A nullable key (e.g. a flight without a plane): its events belong to no entity of a set
+    #: keyed by it, and a query without it gets that set's defaults.
+    nullable: bool = False
     description: str = ""
 
 
@@ -64,7 +67,9 @@ class Column:
 
 @dataclass(frozen=True)
 class FileLander:
-    """One day lands as files of ``format`` at ``path`` (an fsspec path or URL with ``{ds}``).
+    """One day lands as files of ``format`` at ``path`` (an fsspec path or URL with ``{ds}``; glob
+    patterns allowed; ``package://<package>/<file>`` names a file shipped inside an installed
+    Python package; with ``split_days`` one file without ``{ds}`` holds many days).
 
     ``columns`` maps raw-table columns to the file's columns (unmapped = same name);
     ``scale`` multiplies numeric columns (unit conversion, e.g. cents -> dollars = 0.01);
@@ -82,6 +87,8 @@ class FileLander:
     time_zone: str = "UTC"
     epoch_unit: str | None = None
     ingest_latency_s: float | None = None
+    #: ``path`` names one file holding many days (no ``{ds}``): each landing day keeps its rows.
+    split_days: bool = False
     options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
@@ -150,8 +157,13 @@ class Source:
         if isinstance(self.lander, FileLander):
             if self.lander.format not in FORMATS:
                 raise bad("lander", f"format {self.lander.format!r}; expected one of {FORMATS}")
-            if "{ds}" not in self.lander.path:
-                raise bad("lander", f"path {self.lander.path!r} has no {{ds}} placeholder")
+            if ("{ds}" in self.lander.path) == self.lander.split_days:
+                raise bad(
+                    "lander",
+                    f"path {self.lander.path!r} has no {{ds}} placeholder"
+                    if not self.lander.split_days
+                    else f"path {self.lander.path!r}: split_days=True is for one file without {{ds}}",
+                )
             if self.lander.epoch_unit is not None and self.lander.epoch_unit not in EPOCH_UNITS:
                 raise bad("lander", f"epoch_unit {self.lander.epoch_unit!r}; expected one of {EPOCH_UNITS}")
             unknown = sorted(set(self.lander.column_map) - set(names))
@@ -193,7 +205,7 @@ class Source:
     def raw_columns(self) -> list[tuple[str, str, bool]]:
         """``(name, Arrow type, nullable)`` of the raw table, in order: id, keys, times, values."""
         cols = [(self.event_id, self.event_id_type, False)]
-        cols += [(k.name, k.type, False) for k in self.keys]
+        cols += [(k.name, k.type, k.nullable) for k in self.keys]
         cols += [(self.event_time, TIMESTAMP, False), (self.ingested_at, TIMESTAMP, False)]
         cols += [(c.name, c.type, c.nullable) for c in self.columns]
         return cols

@@ -9,6 +9,7 @@ Feature sets are versioned by name (``customer_activity_v1``, then ``_v2``);
 never edit a published one in place — its fingerprint changes and every table,
 model and serving-log row that carries the old fingerprint is flagged as skew.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -148,21 +149,32 @@ class FeatureSet:
         keys = src.key_names
         key = self.key or (keys[0] if len(keys) == 1 else None)
         if key is None:
-            raise DeclarationError("feature set", self.name, "key",
-                                   f"source {src.name!r} has keys {list(keys)}; name one with key=")
+            raise DeclarationError(
+                "feature set", self.name, "key", f"source {src.name!r} has keys {list(keys)}; name one with key="
+            )
         if key not in keys:
-            raise DeclarationError("feature set", self.name, "key",
-                                   f"{key!r} is not a key of source {src.name!r} (keys: {list(keys)})")
+            raise DeclarationError(
+                "feature set", self.name, "key", f"{key!r} is not a key of source {src.name!r} (keys: {list(keys)})"
+            )
         if self.entity and self.entity != key:
-            raise DeclarationError("feature set", self.name, "entity",
-                                   f"{self.entity!r} differs from the source key {key!r}")
+            raise DeclarationError(
+                "feature set", self.name, "entity", f"{self.entity!r} differs from the source key {key!r}"
+            )
         for f in self.features:
             if f.column and f.column not in src.value_names:
-                raise DeclarationError("feature set", self.name, f"features.{f.name}.column",
-                                       f"unknown column {f.column!r}: source {src.name!r} has {list(src.value_names)}")
+                raise DeclarationError(
+                    "feature set",
+                    self.name,
+                    f"features.{f.name}.column",
+                    f"unknown column {f.column!r}: source {src.name!r} has {list(src.value_names)}",
+                )
             if f.agg in ("sum", "mean", "min", "max") and src.type_of(f.column) not in ("int64", "double"):
-                raise DeclarationError("feature set", self.name, f"features.{f.name}.column",
-                                       f"{f.agg} needs a numeric column; {f.column!r} is {src.type_of(f.column)}")
+                raise DeclarationError(
+                    "feature set",
+                    self.name,
+                    f"features.{f.name}.column",
+                    f"{f.agg} needs a numeric column; {f.column!r} is {src.type_of(f.column)}",
+                )
         object.__setattr__(self, "key", key)
         object.__setattr__(self, "entity", key)
         object.__setattr__(self, "timestamp", src.event_time)

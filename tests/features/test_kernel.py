@@ -1,4 +1,5 @@
 """Exact values of the kernel on tiny hand-built frames (DESIGN §1 semantics)."""
+
 import math
 
 import numpy as np
@@ -34,8 +35,16 @@ def events(*rows):
     """rows: (event_id, user, event_ts, ingested_at or None (= event_ts), x, cat)."""
     recs = []
     for eid, user, ts, ing, x, cat in rows:
-        recs.append({"event_id": eid, "user": user, "event_ts": ts, "ingested_at": ts if ing is None else ing, "x": x,
-                     "cat": cat})
+        recs.append(
+            {
+                "event_id": eid,
+                "user": user,
+                "event_ts": ts,
+                "ingested_at": ts if ing is None else ing,
+                "x": x,
+                "cat": cat,
+            }
+        )
     df = pd.DataFrame(recs, columns=["event_id", "user", "event_ts", "ingested_at", "x", "cat"])
     for c in ("event_ts", "ingested_at"):
         df[c] = pd.to_datetime(df[c], utc=True)
@@ -224,10 +233,43 @@ def test_output_columns_match_compute_dtypes():
 def test_chunking_and_rank_keys_do_not_change_results(monkeypatch, knob, value):
     rng = np.random.default_rng(1)
     n = 3000
-    ev = events(*[(i, int(rng.integers(0, 30)), T0 - pd.Timedelta(seconds=int(rng.integers(0, 20 * 86400))), None,
-                   float(rng.normal()), str(rng.integers(0, 4))) for i in range(n)])
+    ev = events(
+        *[
+            (
+                i,
+                int(rng.integers(0, 30)),
+                T0 - pd.Timedelta(seconds=int(rng.integers(0, 20 * 86400))),
+                None,
+                float(rng.normal()),
+                str(rng.integers(0, 4)),
+            )
+            for i in range(n)
+        ]
+    )
     q = queries(*[(u, T0 - pd.Timedelta(hours=h)) for u in range(30) for h in (0, 30, 100)])
     whole = compute(ev, q, FS)
     import features.kernel as k
+
     monkeypatch.setattr(k, knob, value)
     pd.testing.assert_frame_equal(whole, compute(ev, q, FS), check_exact=True)
+
+
+def test_string_keys_hour_windows_and_events_without_the_key():
+    """A nullable string key: keyless events belong to no entity; a keyless query gets the defaults."""
+    fs = FeatureSet("planes_v1", "tailnum", (count("n_2h", 2 / 24), agg("delay_max_2h", "max", "delay", 2 / 24)))
+    t0 = pd.Timestamp("2013-03-10 06:00", tz="UTC")
+    events = pd.DataFrame(
+        {
+            "event_id": ["a", "b", "c", "d"],
+            "tailnum": pd.array(["N1", "N1", None, "N2"], dtype="str"),
+            "event_ts": [t0 - pd.Timedelta(minutes=m) for m in (30, 150, 10, 60)],
+            "delay": [5.0, 50.0, 99.0, 7.0],
+        }
+    )
+    events["ingested_at"] = events["event_ts"] + pd.Timedelta(minutes=15)
+    queries = pd.DataFrame({"tailnum": pd.array(["N1", "N2", None, "N9"], dtype="str"), "as_of": [t0] * 4})
+    out = compute(events, queries, fs)
+    assert out["n_2h"].tolist() == [1, 1, 0, 0]  # b is 150 min old; c has no plane
+    assert out["delay_max_2h"].tolist()[:2] == [5.0, 7.0] and out["delay_max_2h"].isna().tolist()[2:] == [True, True]
+    snap = snapshot_queries(events, fs, t0)
+    assert snap["tailnum"].tolist() == ["N1", "N2"]

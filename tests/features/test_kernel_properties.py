@@ -1,4 +1,5 @@
 """The vectorised kernel equals a naive per-query loop, exactly, on random frames."""
+
 import math
 
 import numpy as np
@@ -17,11 +18,18 @@ FS = FeatureSet(
     name="prop_v1",
     entity="user",
     features=(
-        count("n_1d", 1), count("n_3d", 3), count("n_all", None),
-        agg("sum_1d", "sum", "x", 1), agg("sum_3d", "sum", "x", 3), agg("sum_all", "sum", "x", None),
-        agg("mean_3d", "mean", "x", 3), agg("min_3d", "min", "x", 3), agg("max_all", "max", "x", None),
+        count("n_1d", 1),
+        count("n_3d", 3),
+        count("n_all", None),
+        agg("sum_1d", "sum", "x", 1),
+        agg("sum_3d", "sum", "x", 3),
+        agg("sum_all", "sum", "x", None),
+        agg("mean_3d", "mean", "x", 3),
+        agg("min_3d", "min", "x", 3),
+        agg("max_all", "max", "x", None),
         agg("cats_3d", "distinct_count", "cat", 3),
-        Feature("last", "days_since_last"), Feature("first_3d", "days_since_first", window_days=3),
+        Feature("last", "days_since_last"),
+        Feature("first_3d", "days_since_first", window_days=3),
         ratio("r", "sum_3d", "n_3d"),
     ),
 )
@@ -110,7 +118,9 @@ def frames(evs, qs):
     )
     ev["event_ts"] = pd.to_datetime(ev["event_ts"], utc=True)
     ev["ingested_at"] = pd.to_datetime(ev["ingested_at"], utc=True)
-    q = pd.DataFrame({"user": [x[0] for x in qs], "as_of": pd.to_datetime([BASE + pd.Timedelta(minutes=x[1]) for x in qs], utc=True)})
+    q = pd.DataFrame(
+        {"user": [x[0] for x in qs], "as_of": pd.to_datetime([BASE + pd.Timedelta(minutes=x[1]) for x in qs], utc=True)}
+    )
     return ev, q
 
 
@@ -126,8 +136,9 @@ def test_kernel_equals_naive_loop(evs, qs, mode):
 @settings(max_examples=150, deadline=None)
 @given(st.lists(event, max_size=60), st.lists(query, min_size=1, max_size=8), st.sampled_from(["known_at", "as_of"]))
 def test_online_one_entity_on_truncated_history_is_bit_identical(evs, qs, mode):
-    bounded = FeatureSet("bounded_v1", "user", tuple(f for f in FS.features if f.window_days is not None
-                                                       or f.agg == "ratio"))
+    bounded = FeatureSet(
+        "bounded_v1", "user", tuple(f for f in FS.features if f.window_days is not None or f.agg == "ratio")
+    )
     # A duplicate is a re-delivery: same event, another ingested_at. (Copies with different
     # event times would make "which copy wins" depend on how much history is kept.)
     first = {}

@@ -22,9 +22,15 @@ ORDERS = Source(
     event_id_type="string",
     span=("2024-01-01", "2024-01-31"),
 )
-SHOP_LOAD = FeatureSet("shop_load_v1", source=ORDERS, key="shop",
-                       features=(count("shop_orders_6h", hours(6)), agg("shop_late_mean_6h", "mean", "minutes_late", hours(6))))
-COURIER_LOAD = FeatureSet("courier_load_v1", source=ORDERS, key="courier", features=(count("courier_orders_1h", hours(1)),))
+SHOP_LOAD = FeatureSet(
+    "shop_load_v1",
+    source=ORDERS,
+    key="shop",
+    features=(count("shop_orders_6h", hours(6)), agg("shop_late_mean_6h", "mean", "minutes_late", hours(6))),
+)
+COURIER_LOAD = FeatureSet(
+    "courier_load_v1", source=ORDERS, key="courier", features=(count("courier_orders_1h", hours(1)),)
+)
 
 
 def late_model(**changes) -> Model:
@@ -46,7 +52,15 @@ def test_the_shipped_repo_loads_cdnow_with_derived_names():
     assert fs.source is src and fs.entity == "customer_id" and fs.entity_type == "int64"
     assert m.feature_sets == (fs,) and m.id_columns == (("customer_id", "int64"),)
     assert src.table == "raw_events/cdnow_purchases"
-    assert src.raw_column_names == ["event_id", "customer_id", "event_ts", "ingested_at", "n_items", "amount", "category"]
+    assert src.raw_column_names == [
+        "event_id",
+        "customer_id",
+        "event_ts",
+        "ingested_at",
+        "n_items",
+        "amount",
+        "category",
+    ]
     assert r.feature_sets_of(src) == [fs] and r.models_of(fs) == [m]
     assert m.fingerprint == fs.fingerprint
 
@@ -64,7 +78,9 @@ def test_a_model_over_query_rows_joins_sets_of_two_keys():
 
 def test_feature_set_fingerprint_covers_the_source_columns_not_the_lander():
     moved = dataclasses.replace(ORDERS, lander=FileLander("csv", "s3://elsewhere/{ds}.csv"))
-    retyped = dataclasses.replace(ORDERS, columns=ORDERS.columns[:1] + (Column("minutes_late", "int64"),) + ORDERS.columns[2:])
+    retyped = dataclasses.replace(
+        ORDERS, columns=ORDERS.columns[:1] + (Column("minutes_late", "int64"),) + ORDERS.columns[2:]
+    )
     fp = SHOP_LOAD.fingerprint
     assert dataclasses.replace(SHOP_LOAD, source=moved).fingerprint == fp
     assert dataclasses.replace(SHOP_LOAD, source=retyped).fingerprint != fp
@@ -73,26 +89,46 @@ def test_feature_set_fingerprint_covers_the_source_columns_not_the_lander():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: FeatureSet("x_v1", source=ORDERS, features=(count("c", 1),)),
-         r"feature set 'x_v1', field 'key': source 'orders' has keys \['shop', 'courier'\]; name one with key="),
-        (lambda: FeatureSet("x_v1", source=ORDERS, key="city", features=(count("c", 1),)),
-         r"feature set 'x_v1', field 'key': 'city' is not a key of source 'orders'"),
-        (lambda: FeatureSet("x_v1", source=ORDERS, key="shop", features=(agg("s", "sum", "minutes", 1),)),
-         r"feature set 'x_v1', field 'features.s.column': unknown column 'minutes'"),
-        (lambda: FeatureSet("x_v1", source=ORDERS, key="shop", features=(agg("s", "sum", "status", 1),)),
-         r"field 'features.s.column': sum needs a numeric column; 'status' is string"),
-        (lambda: dataclasses.replace(ORDERS, keys=(Key("shop", "uuid"),)),
-         r"source 'orders', field 'keys': key 'shop' has type 'uuid'"),
-        (lambda: dataclasses.replace(ORDERS, lander=FileLander("xml", "a/{ds}")),
-         r"source 'orders', field 'lander': format 'xml'"),
-        (lambda: dataclasses.replace(ORDERS, lander=FileLander("csv", "a/b.csv")),
-         r"source 'orders', field 'lander': path 'a/b.csv' has no \{ds\} placeholder"),
-        (lambda: dataclasses.replace(ORDERS, lander=FileLander("csv", "a/{ds}", columns={"nope": "x"})),
-         r"source 'orders', field 'lander': maps unknown raw column\(s\) \['nope'\]"),
-        (lambda: dataclasses.replace(ORDERS, columns=ORDERS.columns + (Column("shop", "string"),)),
-         r"source 'orders', field 'columns': column names used twice: \['shop'\]"),
-        (lambda: dataclasses.replace(ORDERS, columns=(Column("n", "int64", allowed=("a",)),)),
-         r"column 'n': allowed values need a string column"),
+        (
+            lambda: FeatureSet("x_v1", source=ORDERS, features=(count("c", 1),)),
+            r"feature set 'x_v1', field 'key': source 'orders' has keys \['shop', 'courier'\]; name one with key=",
+        ),
+        (
+            lambda: FeatureSet("x_v1", source=ORDERS, key="city", features=(count("c", 1),)),
+            r"feature set 'x_v1', field 'key': 'city' is not a key of source 'orders'",
+        ),
+        (
+            lambda: FeatureSet("x_v1", source=ORDERS, key="shop", features=(agg("s", "sum", "minutes", 1),)),
+            r"feature set 'x_v1', field 'features.s.column': unknown column 'minutes'",
+        ),
+        (
+            lambda: FeatureSet("x_v1", source=ORDERS, key="shop", features=(agg("s", "sum", "status", 1),)),
+            r"field 'features.s.column': sum needs a numeric column; 'status' is string",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, keys=(Key("shop", "uuid"),)),
+            r"source 'orders', field 'keys': key 'shop' has type 'uuid'",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, lander=FileLander("xml", "a/{ds}")),
+            r"source 'orders', field 'lander': format 'xml'",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, lander=FileLander("csv", "a/b.csv")),
+            r"source 'orders', field 'lander': path 'a/b.csv' has no \{ds\} placeholder",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, lander=FileLander("csv", "a/{ds}", columns={"nope": "x"})),
+            r"source 'orders', field 'lander': maps unknown raw column\(s\) \['nope'\]",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, columns=ORDERS.columns + (Column("shop", "string"),)),
+            r"source 'orders', field 'columns': column names used twice: \['shop'\]",
+        ),
+        (
+            lambda: dataclasses.replace(ORDERS, columns=(Column("n", "int64", allowed=("a",)),)),
+            r"column 'n': allowed values need a string column",
+        ),
     ],
 )
 def test_source_and_feature_set_errors_name_the_declaration_and_field(make, message):
@@ -100,35 +136,57 @@ def test_source_and_feature_set_errors_name_the_declaration_and_field(make, mess
         make()
 
 
-INT_KEYED = FeatureSet("int_keyed_v1", features=(count("n_1d", 1),),
-                       source=Source("ints", (Key("shop", "int64"),), (), ParserLander("p")))
+INT_KEYED = FeatureSet(
+    "int_keyed_v1", features=(count("n_1d", 1),), source=Source("ints", (Key("shop", "int64"),), (), ParserLander("p"))
+)
 
 
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"joins": (Join(SHOP_LOAD, key="store"),)},
-         r"model 'late_order', field 'joins\[0\].key': unknown column 'store'"),
-        ({"joins": (Join(SHOP_LOAD), Join(INT_KEYED, key="shop"))},
-         r"model 'late_order', field 'joins\[1\].key': key-type mismatch: query column 'shop' is string, "
-         r"feature set 'int_keyed_v1' is keyed by shop \(int64\)"),
-        ({"joins": (Join(SHOP_LOAD), Join(dataclasses.replace(SHOP_LOAD, name="shop_load_v2"), key="shop"))},
-         r"field 'joins\[1\]': feature name 'shop_orders_6h' is used by two joined sets: 'shop_load_v1' and 'shop_load_v2'"),
-        ({"label": OutcomeLabel((Condition("delay", ">=", 15),))},
-         r"model 'late_order', field 'label.when\[0\]': unknown column 'delay' of source 'orders'"),
-        ({"queries": QueryRows(ORDERS, time="due")},
-         r"model 'late_order', field 'queries.time': unknown column 'due'"),
-        ({"queries": QueryRows(ORDERS, time="minutes_late")},
-         r"field 'queries.time': 'minutes_late' is double, not a timestamp"),
-        ({"queries": EntitySnapshots(ORDERS, key="shop"), "label": EventLabel(ORDERS, horizon_days=31),
-          "joins": (Join(SHOP_LOAD),)},
-         r"model 'late_order', field 'label.horizon_days': a 31-day horizon \(\+0 grace\) is longer than the data "
-         r"of source 'orders' \(2024-01-01..2024-01-31, 31 days\)"),
-        ({"queries": EntitySnapshots(ORDERS, key="shop"), "label": EventLabel(ORDERS, horizon_days=7),
-          "joins": (Join(SHOP_LOAD), Join(COURIER_LOAD))},
-         r"model 'late_order', field 'joins\[1\].key': unknown column 'courier': the queries have \['shop'\]"),
-        ({"ranges": Ranges(train=("2023-12-01", "2024-01-10"))},
-         r"field 'ranges.train': 2023-12-01..2024-01-10 is outside the data \(2024-01-01..2024-01-31\)"),
+        (
+            {"joins": (Join(SHOP_LOAD, key="store"),)},
+            r"model 'late_order', field 'joins\[0\].key': unknown column 'store'",
+        ),
+        (
+            {"joins": (Join(SHOP_LOAD), Join(INT_KEYED, key="shop"))},
+            r"model 'late_order', field 'joins\[1\].key': key-type mismatch: query column 'shop' is string, "
+            r"feature set 'int_keyed_v1' is keyed by shop \(int64\)",
+        ),
+        (
+            {"joins": (Join(SHOP_LOAD), Join(dataclasses.replace(SHOP_LOAD, name="shop_load_v2"), key="shop"))},
+            r"field 'joins\[1\]': feature name 'shop_orders_6h' is used by two joined sets: 'shop_load_v1' and 'shop_load_v2'",
+        ),
+        (
+            {"label": OutcomeLabel((Condition("delay", ">=", 15),))},
+            r"model 'late_order', field 'label.when\[0\]': unknown column 'delay' of source 'orders'",
+        ),
+        ({"queries": QueryRows(ORDERS, time="due")}, r"model 'late_order', field 'queries.time': unknown column 'due'"),
+        (
+            {"queries": QueryRows(ORDERS, time="minutes_late")},
+            r"field 'queries.time': 'minutes_late' is double, not a timestamp",
+        ),
+        (
+            {
+                "queries": EntitySnapshots(ORDERS, key="shop"),
+                "label": EventLabel(ORDERS, horizon_days=31),
+                "joins": (Join(SHOP_LOAD),),
+            },
+            r"model 'late_order', field 'label.horizon_days': a 31-day horizon \(\+0 grace\) is longer than the data "
+            r"of source 'orders' \(2024-01-01..2024-01-31, 31 days\)",
+        ),
+        (
+            {
+                "queries": EntitySnapshots(ORDERS, key="shop"),
+                "label": EventLabel(ORDERS, horizon_days=7),
+                "joins": (Join(SHOP_LOAD), Join(COURIER_LOAD)),
+            },
+            r"model 'late_order', field 'joins\[1\].key': unknown column 'courier': the queries have \['shop'\]",
+        ),
+        (
+            {"ranges": Ranges(train=("2023-12-01", "2024-01-10"))},
+            r"field 'ranges.train': 2023-12-01..2024-01-10 is outside the data \(2024-01-01..2024-01-31\)",
+        ),
     ],
 )
 def test_model_errors_name_the_model_and_field(changes, message):
@@ -137,7 +195,9 @@ def test_model_errors_name_the_model_and_field(changes, message):
 
 
 def test_model_shape_errors_are_raised_at_declaration():
-    with pytest.raises(DeclarationError, match="model 'late_order', field 'label': entity-snapshot queries need an EventLabel"):
+    with pytest.raises(
+        DeclarationError, match="model 'late_order', field 'label': entity-snapshot queries need an EventLabel"
+    ):
         late_model(queries=EntitySnapshots(ORDERS, key="shop"), label=OutcomeLabel((Condition("status", "is_null"),)))
     with pytest.raises(DeclarationError, match="field 'joins': a model joins at least one feature set"):
         late_model(joins=())

@@ -1,4 +1,5 @@
 """Feature sets as data: validation, fingerprints, the concrete CDNOW set."""
+
 import dataclasses
 
 import pytest
@@ -13,7 +14,17 @@ def test_customer_activity_v1_declares_enough_features_over_the_required_windows
     windows = {f.window_days for f in fs.features if f.agg != "ratio"}
     assert {7, 30, 90, 365, None} <= windows
     aggs = {f.agg for f in fs.features}
-    assert {"count", "sum", "mean", "min", "max", "distinct_count", "days_since_last", "days_since_first", "ratio"} <= aggs
+    assert {
+        "count",
+        "sum",
+        "mean",
+        "min",
+        "max",
+        "distinct_count",
+        "days_since_last",
+        "days_since_first",
+        "ratio",
+    } <= aggs
     assert fs.source_columns == ("amount", "n_items", "category")
     assert fs.horizon_days is None  # lifetime features need all history online
 
@@ -22,7 +33,9 @@ def test_fingerprint_is_stable_and_changes_with_the_spec():
     fs = registry.get("customer_activity_v1")
     assert fs.fingerprint == registry.get("customer_activity_v1").fingerprint
     assert fs.fingerprint.startswith("customer_activity_v1:") and len(fs.fingerprint.split(":")[1]) == 16
-    changed = dataclasses.replace(fs, features=fs.features[:-1] + (ratio("activity_trend_30_90", "txn_count_7d", "txn_count_90d"),))
+    changed = dataclasses.replace(
+        fs, features=fs.features[:-1] + (ratio("activity_trend_30_90", "txn_count_7d", "txn_count_90d"),)
+    )
     assert changed.fingerprint != fs.fingerprint
     assert registry.known_fingerprints()[fs.fingerprint] == "customer_activity_v1"
 
@@ -46,7 +59,10 @@ def test_fingerprint_covers_the_kernel_source(monkeypatch, tmp_path):
         (lambda: Feature("x", "count", window_days=0), "window_days must be > 0"),
         (lambda: Feature("x", "ratio", numerator="a"), "needs a numerator and a denominator"),
         (lambda: FeatureSet("s", "u", (count("a", 1), count("a", 2))), "duplicate feature names"),
-        (lambda: FeatureSet("s", "u", (ratio("r", "a", "b"), count("a", 1), count("b", 1))), "must be declared before it"),
+        (
+            lambda: FeatureSet("s", "u", (ratio("r", "a", "b"), count("a", 1), count("b", 1))),
+            "must be declared before it",
+        ),
         (lambda: FeatureSet("s", "u", (count("as_of", 1),)), "clash with key columns"),
         (lambda: FeatureSet("s", "u", (count("a", 1),), training_mode="later"), "training_mode"),
     ],

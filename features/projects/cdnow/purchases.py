@@ -14,10 +14,10 @@ CDNOW_PURCHASES = Source(
     keys=(Key("customer_id", "int64", min=0, description="CDNOW customer number"),),
     columns=(
         Column("n_items", "int64", min=0, max=1000, not_null_share=0.95, description="CDs bought"),
-        Column("amount", "double", min=0, max=50000, mean=(1, 1000), not_null_share=0.9,
-               description="dollars paid"),
-        Column("category", "string", allowed=PRICE_BANDS, not_null_share=0.95,
-               description="price band of dollars per CD"),
+        Column("amount", "double", min=0, max=50000, mean=(1, 1000), not_null_share=0.9, description="dollars paid"),
+        Column(
+            "category", "string", allowed=PRICE_BANDS, not_null_share=0.95, description="price band of dollars per CD"
+        ),
     ),
     lander=ParserLander("cdnow"),
     span=("1997-01-01", "1998-06-30"),

@@ -7,8 +7,9 @@ from features.projects.cdnow.purchases import CDNOW_PURCHASES
 REPURCHASE_90D = Model(
     name="repurchase_90d",
     queries=EntitySnapshots(CDNOW_PURCHASES, every="week", weekday=0),
-    label=EventLabel(CDNOW_PURCHASES, horizon_days=90,
-                     description="the customer buys again within 90 days of the cut-off"),
+    label=EventLabel(
+        CDNOW_PURCHASES, horizon_days=90, description="the customer buys again within 90 days of the cut-off"
+    ),
     joins=(CUSTOMER_ACTIVITY_V1,),
     ranges=Ranges(train_weeks=8, valid_weeks=3, holdback_weeks=3),
     rounds=500,
