@@ -8,8 +8,8 @@ import sys
 
 from jobs.config import Config
 from jobs.lake import LakeError, MissingPartitionError
-from jobs.quality.suites import DATASETS, DEFAULT_FEATURE_SET, SuiteError, load_suite
-from jobs.quality.validate import DEFAULT_BATCH_ROWS, validate_range
+from jobs.quality.suites import DATASETS, SuiteError
+from jobs.quality.validate import DEFAULT_BATCH_ROWS, suite_for, validate_range
 
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
@@ -22,10 +22,13 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("dataset", choices=DATASETS)
     s.add_argument("--ds", help="partition day YYYY-MM-DD (first day with --to)")
     s.add_argument("--to", help="last day of a range (inclusive); each day is validated on its own")
+    s.add_argument("--source", help="source the raw_events suite is derived from (default: the repo's first)")
     s.add_argument(
-        "--feature-set",
-        default=DEFAULT_FEATURE_SET,
-        help="feature set the suite is bound to (all datasets but raw_events)",
+        "--feature-set", help="feature set the feature_snapshots suite is derived from (default: the model's first)"
+    )
+    s.add_argument(
+        "--model",
+        help="model the training_sets / predictions / serving_logs suite is derived from (default: the repo's default)",
     )
     s.add_argument("--table", help="validate this table instead of the dataset's default one")
     s.add_argument("--batch-rows", type=int, help=f"rows per batch (default {DEFAULT_BATCH_ROWS})")
@@ -39,8 +42,9 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_validate(args) -> int:
     """Run ``lockstep validate``; prints one verdict per partition."""
     try:
+        names = {"source": args.source, "feature_set": args.feature_set, "model": args.model}
         if args.show_suite:
-            print(json.dumps(load_suite(args.dataset, args.feature_set).to_json_dict(), indent=2))
+            print(json.dumps(suite_for(Config.from_args(args), args.dataset, **names).to_json_dict(), indent=2))
             return 0
         if not args.ds:
             print("lockstep validate: error: --ds is required", file=sys.stderr)
@@ -51,7 +55,7 @@ def cmd_validate(args) -> int:
             args.dataset,
             args.ds,
             args.to,
-            feature_set=args.feature_set,
+            **names,
             table=args.table,
             batch_rows=args.batch_rows,
             quarantine=not args.no_quarantine,

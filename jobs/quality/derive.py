@@ -1,5 +1,16 @@
-"""Expectations derived from a feature set's declaration, so a new feature is checked without
-anyone writing its checks.
+"""Expectations derived from the declarations, so a new source, feature set, feature or model is
+checked without anyone writing its checks.
+
+``source_expectations(source)`` (raw_events)
+    the raw table's columns in order and their Arrow types (``Source.raw_columns``); not null for
+    every non-nullable column; a unique event id (exact re-deliveries counted once); keys >=
+    ``Key.min``; ``Column.min/max`` (between), ``allowed`` (in set), ``mean`` (column mean
+    between), ``not_null_share`` (not null, mostly), ``unique``; row count >= ``min_rows`` and >=
+    ``min_share_of_previous`` x the previous partition's rows.
+``model_expectations(dataset, model, rules)`` (training_sets, predictions, serving_logs)
+    the model's id column types, and every joined set's feature checks under ``rules``.
+
+Feature-set rules follow.
 
 Rules (``derive`` section of a suite's ``meta.lockstep``):
 
@@ -28,6 +39,227 @@ import itertools
 from typing import Any
 
 _INF = float("inf")
+
+
+def column_bounds(source) -> dict[str, tuple[float | None, float | None]]:
+    """Literal bounds a source declares per column: ``Column.min/max`` and ``Key.min``."""
+    out: dict[str, tuple[float | None, float | None]] = {}
+    if source is None:
+        return out
+    for c in source.columns:
+        if c.min is not None or c.max is not None:
+            out[c.name] = (c.min, c.max)
+    for k in source.keys:
+        if k.min is not None:
+            out[k.name] = (k.min, None)
+    return out
+
+
+def source_expectations(src) -> list[dict]:
+    """GE expectation configs derived from a :class:`features.source.Source` (raw_events)."""
+    cols = src.raw_columns()
+    where = f"source {src.name}"
+    out = [
+        _sexp(
+            "expect_table_columns_to_match_ordered_list",
+            {"column_list": [c for c, _, _ in cols]},
+            f"Schema drift: the columns of {src.table}, in order, as {where} declares them; a renamed, "
+            "missing or extra column would silently become nulls or be ignored downstream.",
+            "schema drift",
+            src,
+        )
+    ]
+    out += [
+        _sexp(
+            "expect_column_values_to_be_of_type",
+            {"column": c, "type_": t},
+            f"{'Wrong timestamp unit or time zone' if t.startswith('timestamp') else 'Schema drift'}: "
+            f"{c} is {t} as {where} declares it.",
+            "wrong timestamp unit or time zone" if t.startswith("timestamp") else "schema drift",
+            src,
+            c,
+        )
+        for c, t, _ in cols
+    ]
+    out.append(
+        _sexp(
+            "expect_table_row_count_to_be_between",
+            {"min_value": src.min_rows},
+            f"Empty partition: every ingest day has at least {src.min_rows} row(s) (min_rows of {where}); "
+            "fewer is a broken export.",
+            "empty partition",
+            src,
+        )
+    )
+    if src.min_share_of_previous:
+        out.append(
+            _sexp(
+                "expect_table_row_count_to_be_between",
+                {"min_value": {"$PARAMETER": f"previous_rows * {src.min_share_of_previous:g}"}},
+                f"Row-count collapse: fewer than {src.min_share_of_previous:g} x the previous day's rows "
+                f"(min_share_of_previous of {where}) means a partial export.",
+                "row-count collapse",
+                src,
+            )
+        )
+    out += [
+        _sexp(
+            "expect_column_values_to_not_be_null",
+            {"column": c},
+            f"Key nulls: {c} is declared non-nullable; an event without it is lost to every feature "
+            "(or cannot be de-duplicated).",
+            "key nulls",
+            src,
+            c,
+        )
+        for c, _, nullable in cols
+        if not nullable
+    ]
+    out.append(
+        _sexp(
+            "expect_column_values_to_be_unique",
+            {"column": src.event_id},
+            f"Duplicate keys: two different events sharing an {src.event_id} make the kernel drop one of them. "
+            "Re-deliveries (same id, same content, later ingestion) are legitimate and counted once.",
+            "duplicate keys",
+            src,
+            src.event_id,
+            ignore_identical_rows_on=[c for c, _, _ in cols if c != src.ingested_at],
+        )
+    )
+    for k in src.keys:
+        if k.min is not None:
+            out.append(
+                _sexp(
+                    "expect_column_values_to_be_between",
+                    {"column": k.name, "min_value": k.min},
+                    f"Sentinel keys: {k.name} below {k.min} (Key.min) is a placeholder from another system, "
+                    "not an entity.",
+                    "key nulls",
+                    src,
+                    k.name,
+                )
+            )
+    for c in src.columns:
+        if c.min is not None or c.max is not None:
+            kw: dict[str, Any] = {"column": c.name}
+            if c.min is not None:
+                kw["min_value"] = c.min
+            if c.max is not None:
+                kw["max_value"] = c.max
+            out.append(
+                _sexp(
+                    "expect_column_values_to_be_between",
+                    kw,
+                    f"Negative or absurd values: {c.name} is within [{_fmt(c.min, '-inf')}, {_fmt(c.max, 'inf')}] "
+                    "(Column.min/max); outside is a refund leaking in, an overflow or a unit change.",
+                    "negative or absurd amounts",
+                    src,
+                    c.name,
+                )
+            )
+        if c.allowed is not None:
+            out.append(
+                _sexp(
+                    "expect_column_values_to_be_in_set",
+                    {"column": c.name, "value_set": list(c.allowed)},
+                    f"Unknown category: {c.name} is one of {list(c.allowed)} (Column.allowed); a new value "
+                    "is an upstream change no feature expects.",
+                    "unknown category",
+                    src,
+                    c.name,
+                )
+            )
+        if c.mean is not None:
+            out.append(
+                _sexp(
+                    "expect_column_mean_to_be_between",
+                    {"column": c.name, "min_value": c.mean[0], "max_value": c.mean[1]},
+                    f"Unit change: the partition mean of {c.name} is within {list(c.mean)} (Column.mean); a "
+                    "unit change (cents for dollars) moves it by orders of magnitude.",
+                    "negative or absurd amounts",
+                    src,
+                    c.name,
+                )
+            )
+        share = c.not_null_share if c.not_null_share is not None else (None if c.nullable else 1.0)
+        if share is not None and c.nullable:
+            out.append(
+                _sexp(
+                    "expect_column_values_to_not_be_null",
+                    {"column": c.name, "mostly": share},
+                    f"Null-rate spike: at least {share:g} of {c.name} is not null (Column.not_null_share).",
+                    "null-rate spike",
+                    src,
+                    c.name,
+                )
+            )
+        if c.unique:
+            out.append(
+                _sexp(
+                    "expect_column_values_to_be_unique",
+                    {"column": c.name},
+                    f"Duplicate keys: {c.name} is declared unique (Column.unique).",
+                    "duplicate keys",
+                    src,
+                    c.name,
+                )
+            )
+    return out
+
+
+def model_expectations(dataset: str, model, rules: dict) -> list[dict]:
+    """GE expectation configs derived from a :class:`features.model.Model` for its tables."""
+    from features.model import EntitySnapshots
+
+    out: list[dict] = []
+    sets = model.feature_sets
+    if dataset == "training_sets":
+        query_cols = [tuple(c) for c in (rules.get("schema") or {}).get("query_columns", [])]
+        cols = [*model.id_columns, ("as_of", "timestamp[us, tz=UTC]"), *query_cols]
+        for fs in sets:
+            cols += [(f.name, "int64" if f.is_integer else "double") for f in fs.features]
+        out.append(
+            _mexp(
+                "expect_table_columns_to_match_ordered_list",
+                {"column_list": [c for c, _ in cols]},
+                f"Schema drift: the columns of {model.training_table}, in order: the model's id columns, as_of, "
+                "the label, then every joined set's features in join order.",
+                "schema drift",
+                model,
+            )
+        )
+        out += [
+            _mexp(
+                "expect_column_values_to_be_of_type",
+                {"column": c, "type_": t},
+                f"Schema drift: {c} is {t}.",
+                "schema drift",
+                model,
+            )
+            for c, t in cols
+        ]
+    elif dataset == "predictions":
+        out += [
+            _mexp(
+                "expect_column_values_to_be_of_type",
+                {"column": c, "type_": t},
+                f"Schema drift: the id column {c} keeps the declared key type {t} (joins and SQL lookups "
+                "silently mismatch otherwise).",
+                "schema drift",
+                model,
+            )
+            for c, t in model.id_columns
+        ]
+    feats = dict(rules.get("features") or {})
+    if dataset == "training_sets":
+        feats.pop("types", None)  # the schema above types them
+    for fs in sets:
+        first = isinstance(model.queries, EntitySnapshots) and fs.entity == model.queries.key_name
+        sub = {"features": {**feats, "not_null": bool(feats.get("not_null"))}, "lifetime_not_null": first}
+        if any(sub["features"].values()):
+            out += derived_expectations(fs, sub, column_bounds(fs.source))
+    return out
 
 
 def derived_expectations(fs, derive: dict, source_bounds: dict[str, tuple[Any, Any]]) -> list[dict]:
@@ -75,7 +307,7 @@ def derived_expectations(fs, derive: dict, source_bounds: dict[str, tuple[Any, A
     if feats.get("ranges"):
         out += _ranges(fs, source_bounds)
     if feats.get("not_null"):
-        out += _not_null(fs)
+        out += _not_null(fs, derive.get("lifetime_not_null", True))
     return out
 
 
@@ -163,10 +395,10 @@ def _ranges(fs, source_bounds) -> list[dict]:
     return out
 
 
-def _not_null(fs) -> list[dict]:
+def _not_null(fs, lifetime: bool = True) -> list[dict]:
     out = []
     for f in fs.features:
-        lifetime_recency = f.agg in ("days_since_last", "days_since_first") and f.window_days is None
+        lifetime_recency = lifetime and f.agg in ("days_since_last", "days_since_first") and f.window_days is None
         if f.default is None and not lifetime_recency:
             continue
         why = (
@@ -211,12 +443,29 @@ def _describe(f) -> str:
     return f"{f.agg}{'(' + f.column + ')' if f.column else ''} over {window}"
 
 
-def _fmt(v) -> str:
+def _fmt(v, none: str = "") -> str:
+    if v is None:
+        return none
     return "inf" if v == _INF else "-inf" if v == -_INF else f"{v:g}"
 
 
 def _exp(type_: str, kwargs: dict, notes: str, risk: str, fs, feature=None) -> dict:
-    meta: dict[str, Any] = {"risk": risk, "derived_from": f"features.registry: {fs.name}"}
+    meta: dict[str, Any] = {"risk": risk, "derived_from": f"feature set {fs.name}"}
     if feature is not None:
         meta["derived_from"] += f".{feature.name} ({_describe(feature)})"
     return {"type": type_, "kwargs": kwargs, "notes": notes, "meta": meta}
+
+
+def _sexp(type_: str, kwargs: dict, notes: str, risk: str, src, column=None, **meta_extra) -> dict:
+    meta: dict[str, Any] = {"risk": risk, "derived_from": f"source {src.name}" + (f".{column}" if column else "")}
+    meta.update(meta_extra)
+    return {"type": type_, "kwargs": kwargs, "notes": notes, "meta": meta}
+
+
+def _mexp(type_: str, kwargs: dict, notes: str, risk: str, model) -> dict:
+    return {
+        "type": type_,
+        "kwargs": kwargs,
+        "notes": notes,
+        "meta": {"risk": risk, "derived_from": f"model {model.name}"},
+    }

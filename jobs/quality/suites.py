@@ -34,7 +34,14 @@ from typing import Any
 from jobs.quality.errors import SuiteError
 
 DATASETS = ("raw_events", "feature_snapshots", "training_sets", "predictions", "serving_logs")
-DEFAULT_FEATURE_SET = "customer_activity_v1"
+#: Which declaration each dataset's suite is derived from.
+BOUND_TO = {
+    "raw_events": "source",
+    "feature_snapshots": "feature_set",
+    "training_sets": "model",
+    "predictions": "model",
+    "serving_logs": "model",
+}
 _ID_NAMESPACE = uuid.UUID("6d1f3c2e-8a55-4d7b-9a51-6c0e3f1b2a77")
 
 
@@ -46,7 +53,11 @@ def expectations_dir() -> Path:
 
 @dataclass(frozen=True)
 class Suite:
-    """A dataset's suite bound to a feature set: GE expectation configs, parameters unresolved."""
+    """A dataset's suite bound to a declaration: GE expectation configs, parameters unresolved.
+
+    ``source`` / ``feature_set`` / ``model`` name the declaration the suite was derived from
+    (raw_events: a source; feature_snapshots: a feature set; the rest: a model, whose first joined
+    set is ``feature_set``)."""
 
     dataset: str
     name: str
@@ -55,6 +66,8 @@ class Suite:
     expectations: tuple[dict, ...]
     meta: dict = field(default_factory=dict)
     notes: str | None = None
+    source: str | None = None
+    model: str | None = None
 
     def to_json_dict(self) -> dict:
         """The bound suite in GE's JSON form (``gx.ExpectationSuite(**d)`` reads it back)."""
@@ -85,14 +98,58 @@ def read_suite_file(dataset: str) -> dict:
         raise SuiteError(f"{path}: not valid JSON: {exc}") from None
 
 
-def load_suite(dataset: str, feature_set: str | None = None) -> Suite:
-    """The suite of ``dataset``; every dataset but raw_events is bound to a feature set
-    (default ``customer_activity_v1``)."""
-    if dataset != "raw_events":
-        feature_set = feature_set or DEFAULT_FEATURE_SET
-    else:
-        feature_set = None
-    return _load(dataset, feature_set)
+def declarations_for(dataset: str, *, source=None, feature_set=None, model=None, repo=None):
+    """``(source, feature_set, model)`` declarations a dataset's suite is bound to.
+
+    Each argument is a declaration or its name (looked up in ``repo``, default
+    ``features.repo.load()``). Defaults: raw_events -> the given set's or model's source, else the
+    repo's first source by name; feature_snapshots -> the given set, else the model's (or the
+    repo's default model's) first joined set; training_sets / predictions / serving_logs -> the
+    given model, else the first model joining the given set, else the repo's default model.
+    """
+    if dataset not in DATASETS:
+        raise SuiteError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if repo is None:
+        from features import repo as repo_mod
+
+        repo = repo_mod.load()
+    src = repo.source(source) if isinstance(source, str) else source
+    fs = repo.feature_set(feature_set) if isinstance(feature_set, str) else feature_set
+    mdl = repo.model(model) if isinstance(model, str) else model
+    kind = BOUND_TO[dataset]
+    if kind == "source":
+        if src is None:
+            src = fs.source if fs is not None else mdl.queries.source if mdl is not None else None
+        if src is None:
+            if not repo.sources:
+                raise SuiteError("raw_events needs a source: the repo declares none")
+            src = repo.sources[sorted(repo.sources)[0]]
+        return src, None, None
+    if kind == "feature_set":
+        if fs is None:
+            mdl = mdl or (repo.default_model() if repo.models else None)
+            if mdl is not None:
+                fs = mdl.feature_sets[0]
+            elif repo.feature_sets:
+                fs = repo.feature_sets[sorted(repo.feature_sets)[0]]
+            else:
+                raise SuiteError("feature_snapshots needs a feature set: the repo declares none")
+        return fs.source, fs, None
+    if mdl is None:
+        users = repo.models_of(fs) if fs is not None else []
+        mdl = users[0] if users else repo.default_model()
+    return mdl.queries.source, mdl.feature_sets[0], mdl
+
+
+def load_suite(dataset: str, feature_set=None, *, source=None, model=None, repo=None) -> Suite:
+    """The suite of ``dataset``, derived from its declaration (see :func:`declarations_for`):
+    the template ``expectations/<dataset>.json`` with its placeholders bound, plus the checks
+    derived from the source, feature set or model (``jobs.quality.derive``)."""
+    src, fs, mdl = declarations_for(dataset, source=source, feature_set=feature_set, model=model, repo=repo)
+    try:
+        return _load(dataset, src, fs, mdl)
+    except TypeError:  # an unhashable declaration: no cache
+        return _load.__wrapped__(dataset, src, fs, mdl)
 
 
 def clear_cache() -> None:
@@ -101,7 +158,7 @@ def clear_cache() -> None:
 
 
 @lru_cache(maxsize=64)
-def _load(dataset: str, feature_set: str | None) -> Suite:
+def _load(dataset: str, src, fs, mdl) -> Suite:
     from jobs.quality import combine, derive
 
     raw = read_suite_file(dataset)
@@ -109,29 +166,31 @@ def _load(dataset: str, feature_set: str | None) -> Suite:
         raise SuiteError(f"suite {dataset!r}: 'expectations' must be a list")
     meta = raw.get("meta") or {}
     lock = meta.get("lockstep") or {}
-    fs = None
-    if feature_set is not None:
-        from features import registry
-
-        fs = registry.get(feature_set)
-    binding = _binding(fs)
+    binding = _binding(dataset, src, fs, mdl)
     expectations = [_bind(e, binding) for e in raw["expectations"]]
-    if fs is not None and lock.get("derive"):
-        expectations += derive.derived_expectations(fs, lock["derive"], source_bounds())
-    name = dataset if fs is None else f"{dataset}.{fs.name}"
+    rules = lock.get("derive") or {}
+    if dataset == "raw_events":
+        expectations += derive.source_expectations(src)
+    elif mdl is not None:
+        expectations += derive.model_expectations(dataset, mdl, rules)
+    elif fs is not None and rules:
+        expectations += derive.derived_expectations(fs, rules, derive.column_bounds(fs.source))
+    owner = mdl if mdl is not None else fs if fs is not None else src
+    name = f"{dataset}.{owner.name}"
     for i, e in enumerate(expectations):
         _check_expectation(name, i, e)
         combine.kind_of(e)  # raises SuiteError for a type that cannot be combined across batches
         e["id"] = str(uuid.uuid5(_ID_NAMESPACE, f"{name}|{i}|{json.dumps(e, sort_keys=True, default=str)}"))
-    table = _bind(lock.get("table", dataset), binding)
     suite = Suite(
         dataset=dataset,
         name=name,
-        table=table,
-        feature_set=feature_set,
+        table=_bind(lock.get("table", dataset), binding),
+        feature_set=fs.name if fs is not None else None,
         expectations=tuple(expectations),
         meta=meta,
-        notes=raw.get("notes"),
+        notes=_bind(raw.get("notes"), binding),
+        source=src.name if src is not None else None,
+        model=mdl.name if mdl is not None else None,
     )
     try:  # GE checks every expectation's kwargs (names, types) when it builds the suite
         suite.to_gx()
@@ -140,22 +199,14 @@ def _load(dataset: str, feature_set: str | None) -> Suite:
     return suite
 
 
-def source_bounds() -> dict[str, tuple[float | None, float | None]]:
-    """Literal value bounds the raw_events suite declares per column (``expect_column_values_to_be_between``);
-    derived feature ranges (means, mins, maxes, sums) inherit them."""
-    out: dict[str, tuple[float | None, float | None]] = {}
-    for e in read_suite_file("raw_events")["expectations"]:
-        kw = e.get("kwargs", {})
-        if e.get("type") != "expect_column_values_to_be_between" or kw.get("mostly") is not None:
-            continue
-        lo, hi = kw.get("min_value"), kw.get("max_value")
-        if any(isinstance(v, dict) for v in (lo, hi)) or not all(
-            v is None or isinstance(v, (int, float)) for v in (lo, hi)
-        ):
-            continue
-        old_lo, old_hi = out.get(kw["column"], (None, None))
-        out[kw["column"]] = (_tighter(old_lo, lo, max), _tighter(old_hi, hi, min))
-    return out
+def source_bounds(source=None) -> dict[str, tuple[float | None, float | None]]:
+    """Literal value bounds a source declares per column (``Column.min/max``, ``Key.min``);
+    derived feature ranges (means, mins, maxes, sums) inherit them. Default: the repo's first source."""
+    from jobs.quality import derive
+
+    if source is None or isinstance(source, str):
+        source = declarations_for("raw_events", source=source)[0]
+    return derive.column_bounds(source)
 
 
 def resolve(expectation: dict, params: dict[str, Any]) -> tuple[dict, list[str]]:
@@ -192,10 +243,35 @@ def _evaluate(expr: str, params: dict[str, Any]) -> Any:
     return parse_suite_parameter(expr, {n: params[n] for n in names})
 
 
-def _binding(fs) -> dict[str, Any]:
-    if fs is None:
-        return {}
-    return {"${entity}": fs.entity, "${feature_set}": fs.name, "${features}": list(fs.feature_names)}
+def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if src is not None:
+        content = [c for c, _, _ in src.raw_columns() if c != src.ingested_at]
+        out.update(
+            {
+                "${source}": src.name,
+                "${source_table}": src.table,
+                "${event_id}": src.event_id,
+                "${event_time}": src.event_time,
+                "${ingested_at}": src.ingested_at,
+                "${event_content}": content,
+            }
+        )
+    if fs is not None:
+        out.update({"${entity}": fs.entity, "${feature_set}": fs.name, "${features}": list(fs.feature_names)})
+    if mdl is not None:
+        ids = [c for c, _ in mdl.id_columns]
+        out.update(
+            {
+                "${model}": mdl.name,
+                "${query_id}": mdl.query_id,
+                "${id_columns}": ids,
+                "${features}": list(mdl.feature_names),
+                "${training_table}": mdl.training_table,
+                "${predictions_table}": mdl.predictions_table,
+            }
+        )
+    return out
 
 
 def _bind(value: Any, binding: dict[str, Any]) -> Any:
@@ -211,10 +287,10 @@ def _bind(value: Any, binding: dict[str, Any]) -> Any:
     if isinstance(value, list):
         out = []
         for item in value:
-            if item == "${features}":
-                if "${features}" not in binding:
-                    raise SuiteError("'${features}' needs a feature set")
-                out.extend(binding["${features}"])
+            if isinstance(item, str) and isinstance(binding.get(item), list):
+                out.extend(binding[item])
+            elif item in ("${features}", "${id_columns}", "${event_content}"):
+                raise SuiteError(f"{item!r} needs a declaration that defines it (known: {sorted(binding) or 'none'})")
             else:
                 out.append(_bind(item, binding))
         return out
@@ -231,9 +307,3 @@ def _check_expectation(suite: str, i: int, e: dict) -> None:
         raise SuiteError(f"{where}: needs 'type' and 'kwargs'")
     if not (e.get("notes") or "").strip() or not (e.get("meta") or {}).get("risk"):
         raise SuiteError(f"{where}: every expectation needs 'notes' and meta.risk naming the risk it guards")
-
-
-def _tighter(old, new, pick):
-    if new is None:
-        return old
-    return new if old is None else pick(old, new)

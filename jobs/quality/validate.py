@@ -5,8 +5,9 @@ One partition (or each partition of a date range) is read in bounded pandas batc
 ``jobs.quality.combine``: row-level expectations by GE's pandas datasource batch by batch,
 table-level ones (row counts, uniqueness across the whole partition, null rates, means, the
 Parquet schema, the manifest's producer) combined over all batches, so the verdict and the counts
-do not depend on the batch size. Suites: ``expectations/<dataset>.json``, bound to a feature set
-by ``jobs.quality.suites`` (which says what the source of truth is).
+do not depend on the batch size. Suites: ``expectations/<dataset>.json`` templates plus checks derived
+from the declarations (``jobs.quality.suites``, ``jobs.quality.derive``): raw_events from a source,
+feature_snapshots from a feature set, training_sets / predictions / serving_logs from a model.
 
 Every validation stores its result next to the partition (``<partition>/_validation.json``) and
 renders GE Data Docs under ``<lake>/_data_docs/``. A failure:
@@ -69,6 +70,7 @@ __all__ = [
     "gate_for",
     "load_suite",
     "partition_parameters",
+    "suite_for",
     "validate_frame_batches",
     "validate_partition",
     "validate_range",
@@ -247,9 +249,16 @@ def _error_from_json(d: dict) -> DataQualityError:
 
 
 # ---- validation -----------------------------------------------------------------------------
-def table_name(dataset: str, feature_set: str | None = None) -> str:
+def suite_for(cfg, dataset: str, *, source=None, feature_set=None, model=None) -> Suite:
+    """The suite of ``dataset`` derived from the named declaration in ``cfg.repo()`` (see
+    ``jobs.quality.suites.declarations_for`` for the defaults)."""
+    repo = cfg.repo() if cfg is not None else None
+    return load_suite(dataset, feature_set, source=source, model=model, repo=repo)
+
+
+def table_name(cfg, dataset: str, *, source=None, feature_set=None, model=None) -> str:
     """The lake table a dataset's suite validates by default (e.g. ``feature_snapshots/<set>``)."""
-    return load_suite(dataset, feature_set).table
+    return suite_for(cfg, dataset, source=source, feature_set=feature_set, model=model).table
 
 
 def validate_frame_batches(
@@ -260,6 +269,8 @@ def validate_frame_batches(
     params: dict | None = None,
     manifest: dict | Manifest | None = None,
     feature_set: str | None = None,
+    source: str | None = None,
+    model: str | None = None,
     table: str | None = None,
     ds: str | None = None,
     reread: Callable[[], Iterator[pd.DataFrame]] | None = None,
@@ -273,7 +284,7 @@ def validate_frame_batches(
     are missing are reported as skipped. ``manifest`` feeds the manifest-level expectations.
     ``reread`` gives the batches again, to show actual values of duplicated hashed keys.
     """
-    suite = dataset if isinstance(dataset, Suite) else load_suite(dataset, feature_set)
+    suite = dataset if isinstance(dataset, Suite) else load_suite(dataset, feature_set, source=source, model=model)
     manifest = asdict(manifest) if isinstance(manifest, Manifest) else manifest
     params = dict(params or {})
     it = iter(batches)
@@ -311,10 +322,17 @@ def validate_frame_batches(
 
 
 def partition_parameters(
-    table: Table, ds: str, *, manifest: Manifest | None, validated_at: pd.Timestamp | None = None
+    table: Table, ds: str, *, manifest: Manifest | None, validated_at: pd.Timestamp | None = None, repo=None
 ) -> dict[str, Any]:
-    """The suite parameters of partition ``ds`` of ``table`` (see each suite's meta.lockstep.parameters)."""
-    from features.registry import known_fingerprints
+    """The suite parameters of partition ``ds`` of ``table`` (see each suite's meta.lockstep.parameters).
+
+    ``known_fingerprints``: every feature set's fingerprint in ``repo`` (default ``features.repo.load()``)
+    and every model's (the "+"-joined fingerprints of a multi-set model)."""
+    if repo is None:
+        from features import repo as repo_mod
+
+        repo = repo_mod.load()
+    fingerprints = set(repo.known_fingerprints()) | {m.fingerprint for m in repo.models.values()}
 
     start = pd.Timestamp(ds, tz="UTC")
     first = table.first_ds()
@@ -325,7 +343,7 @@ def partition_parameters(
         "data_start": pd.Timestamp(min(first, ds) if first else ds, tz="UTC"),
         "previous_rows": previous.rows if previous else 0,
         "manifest_rows": manifest.rows if manifest else None,
-        "known_fingerprints": sorted(known_fingerprints()),
+        "known_fingerprints": sorted(fingerprints),
         "validated_at": validated_at if validated_at is not None else _now(),
     }
 
@@ -335,7 +353,9 @@ def validate_partition(
     dataset: str,
     ds: str | dt.date,
     *,
+    source: str | None = None,
     feature_set: str | None = None,
+    model: str | None = None,
     table: str | None = None,
     batch_rows: int | None = None,
     quarantine: bool = True,
@@ -353,8 +373,12 @@ def validate_partition(
     ``DataQualityError`` is raised (unless ``raise_on_failure=False``). A partition that does not
     exist raises ``MissingPartitionError``; one whose files do not match its manifest fails
     validation (it is corrupt). ``docs_index=False`` skips rebuilding the Data Docs index page.
+
+    The suite is derived from the declaration named by ``source`` (raw_events), ``feature_set``
+    (feature_snapshots) or ``model`` (training_sets, predictions, serving_logs) in ``cfg.repo()``;
+    unnamed, the repo's default one (see ``jobs.quality.suites.declarations_for``).
     """
-    suite = load_suite(dataset, feature_set)
+    suite = suite_for(cfg, dataset, source=source, feature_set=feature_set, model=model)
     lake = cfg.lake()
     tbl = lake.table(table or suite.table)  # no schema: read the files as written, drift included
     ds = _ds(ds)
@@ -363,7 +387,7 @@ def validate_partition(
     except CorruptPartitionError as exc:
         result = _unreadable(suite, tbl, ds, None, exc)
     else:
-        params = partition_parameters(tbl, ds, manifest=manifest)
+        params = partition_parameters(tbl, ds, manifest=manifest, repo=cfg.repo())
         size = _batch_rows(batch_rows)
         try:
             dataset_ = tbl.dataset(ds)  # verifies sizes, checksums, footers
@@ -404,7 +428,8 @@ def validate_range(
     """
     raise_on_failure = kwargs.pop("raise_on_failure", True)
     days = day_range(ds_from, ds_to)
-    suite = load_suite(dataset, kwargs.get("feature_set"))
+    names = {k: kwargs.get(k) for k in ("source", "feature_set", "model")}
+    suite = suite_for(cfg, dataset, **names)
     tbl = cfg.lake().table(kwargs.get("table") or suite.table)
     missing = [d for d in days if not _published_or_corrupt(tbl, d)]
     if missing:
@@ -425,7 +450,9 @@ def gate_for(
     cfg,
     dataset: str,
     *,
+    source: str | None = None,
     feature_set: str | None = None,
+    model: str | None = None,
     batch_rows: int | None = None,
     alert: bool = True,
     notifier=None,
@@ -436,13 +463,15 @@ def gate_for(
 
     ``table.write_partition(ds, data, producer=..., gate=gate_for(cfg, "feature_snapshots"))``
     publishes only a partition that passes; otherwise the lake quarantines the staged files and
-    ``DataQualityError`` propagates (after an alert).
+    ``DataQualityError`` propagates (after an alert). The suite is derived from the named
+    declaration as in :func:`validate_partition`.
     """
-    suite = load_suite(dataset, feature_set)
+    suite = suite_for(cfg, dataset, source=source, feature_set=feature_set, model=model)
+    repo = cfg.repo()
 
     def gate(staged: StagedPartition) -> None:
         tbl, ds = staged.table, staged.ds
-        params = partition_parameters(tbl, ds, manifest=staged.manifest)
+        params = partition_parameters(tbl, ds, manifest=staged.manifest, repo=repo)
         size = _batch_rows(batch_rows)
         try:
             dataset_ = staged.dataset()
