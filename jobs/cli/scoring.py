@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from jobs.cli.common import days
 from jobs.config import Config
-from jobs.defaults import DEFAULT_MODEL
 from jobs.models.registry import Registry
 from jobs.scoring.batch import score_snapshot
 from jobs.scoring.sql import publish_predictions
@@ -17,11 +16,13 @@ def add_parsers(subparsers) -> None:
 
 
 def add_score_parser(subparsers) -> None:
-    """``lockstep score --ds D [--to E] [--shadow]``."""
-    s = subparsers.add_parser("score", help="score feature_snapshots ds=D with the champion -> predictions/ds=D")
+    """``lockstep score --ds D [--to E] [--model M] [--shadow]``."""
+    s = subparsers.add_parser(
+        "score", help="score a model's queries of day D with its champion -> its predictions ds=D"
+    )
     s.add_argument("--ds", required=True)
     s.add_argument("--to", help="last day of a range (inclusive)")
-    s.add_argument("--model", default=DEFAULT_MODEL)
+    s.add_argument("--model", help="the declared model (default: the repo's default model)")
     s.add_argument("--shadow", action="store_true", help="also score with the challenger")
     s.add_argument("--no-validate", action="store_true", help="skip the predictions suite")
     s.add_argument("--publish", action="store_true", help="then publish each day to the SQL table")
@@ -37,24 +38,25 @@ def _cmd_score(args) -> int:
         used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
         print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
         if args.publish:
-            r = publish_predictions(cfg, d, args.sql_url)
+            r = publish_predictions(cfg, d, args.model, args.sql_url)
             print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")
     return 0
 
 
 def add_publish_parser(subparsers) -> None:
-    """``lockstep publish --ds D [--to E] [--sql-url URL]``."""
-    s = subparsers.add_parser("publish", help="publish predictions/ds=D to the SQL table (replaces day D)")
+    """``lockstep publish --ds D [--to E] [--model M] [--sql-url URL]``."""
+    s = subparsers.add_parser("publish", help="publish a model's predictions ds=D to its SQL table (replaces day D)")
     s.add_argument("--ds", required=True)
     s.add_argument("--to")
+    s.add_argument("--model", help="the declared model (default: the repo's default model)")
     s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
-    s.add_argument("--table", default="predictions")
+    s.add_argument("--table", help="SQL table name (default: the model's declared sql_table_name)")
     s.set_defaults(func=_cmd_publish)
 
 
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
     for d in days(args.ds, args.to):
-        r = publish_predictions(cfg, d, args.sql_url, table_name=args.table)
+        r = publish_predictions(cfg, d, args.model, args.sql_url, table_name=args.table)
         print(f"{r['table']} ds={r['ds']}: {r['rows']} rows at {r['url']}")
     return 0

@@ -1,17 +1,30 @@
-"""Batch scoring: ``feature_snapshots/<set>/ds=D`` -> ``predictions/ds=D`` with the champion
+"""Batch scoring of a model's queries of day D -> ``<model.predictions_table>/ds=D`` with the champion
 (and, in shadow mode, the challenger), in bounded batches.
 
-Each row: ``customer_id, score, model_name, model_version, role, feature_set_fingerprint,
-scored_at``. ``role`` is ``champion`` or ``challenger``; both roles of a shadow run are in
-one partition. ``scored_at`` is the snapshot's logical time — ``D+1 00:00 UTC``, the instant
-the snapshot describes — not the wall clock, so re-scoring D with the same models gives the
-same content fingerprint (idempotent backfills); a caller may pass another logical time
-(e.g. Airflow's data-interval end). The partition's manifest names the models it used
-(``producer.models``), which is what the registry's retention reads.
+The queries of day D depend on the model's declaration (``features.model``):
 
-A model is refused (``FingerprintMismatchError``) unless its feature-set fingerprint equals
-the one in the snapshot partition's manifest: the features it would read were computed by
-different code or declarations than the ones it was trained on.
+* :class:`~features.model.EntitySnapshots`: every entity of the first joined set's snapshot
+  ``feature_snapshots/<set>/ds=D`` (every entity known at D+1 00:00 UTC); the other joined sets'
+  vectors come from their own snapshot partitions ds=D (an entity absent from one has no event
+  of that set's source: the declared defaults, what the kernel gives it). One join reads the
+  snapshot as it is, streamed in batches.
+* :class:`~features.model.QueryRows`: the rows of the query source whose ``as_of`` falls on day
+  D+1 (ingested through D), scored with the features as known at D+1 00:00 UTC — the
+  point-in-time join of every joined set (``jobs.engines.join.join_features``).
+
+Each row: the model's id columns (``model.id_columns``), then ``score, model_name,
+model_version, role, feature_set_fingerprint, scored_at`` (``jobs.schemas.predictions_schema``).
+``role`` is ``champion`` or ``challenger``; both roles of a shadow run are in one partition.
+``scored_at`` is the logical time — ``D+1 00:00 UTC``, the instant the features describe — not the
+wall clock, so re-scoring D with the same models gives the same content fingerprint (idempotent
+backfills); a caller may pass another logical time (e.g. Airflow's data-interval end). The
+partition's manifest names the models it used (``producer.models``), which is what the
+registry's retention reads.
+
+A model version is refused (``FingerprintMismatchError``) unless its lineage fingerprint equals
+the model's (``model.fingerprint``) and the fingerprints the features were built with: the
+features it would read were computed by different code or declarations than the ones it was
+trained on.
 """
 
 from __future__ import annotations
@@ -23,73 +36,76 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features import registry as feature_registry
+from features.model import EntitySnapshots
 from jobs.config import Config
-from jobs.defaults import DEFAULT_MODEL
 from jobs.lake import LakeError, Manifest, Table
 from jobs.models.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
-from jobs.schemas import PREDICTIONS_SCHEMA, PREDICTIONS_TABLE, UTC_US
+from jobs.schemas import UTC_US, predictions_schema
 from jobs.snapshots import cutoff, snapshot_table
 
 log = logging.getLogger(__name__)
 
 
 class FingerprintMismatchError(ValueError):
-    """The model was trained on another version of the feature set than the snapshot's."""
+    """The model was trained on another version of the feature sets than the features scored."""
 
 
-def predictions_table(lake) -> Table:
-    return lake.table(PREDICTIONS_TABLE, PREDICTIONS_SCHEMA)
+def predictions_table(lake, model) -> Table:
+    """The lake table of ``model``'s predictions (a :class:`features.model.Model`)."""
+    return lake.table(model.predictions_table, predictions_schema(model))
 
 
 def scored_at_for(ds: str | dt.date) -> pd.Timestamp:
-    """The logical scoring time of snapshot ``ds``: ``D+1 00:00 UTC``."""
+    """The logical scoring time of day ``ds``: ``D+1 00:00 UTC``."""
     return cutoff(ds)
 
 
 def score_snapshot(
     cfg: Config,
     ds: str | dt.date,
-    model_name: str = DEFAULT_MODEL,
+    model: str | None = None,
     *,
     shadow: bool = False,
     registry: Registry | None = None,
     batch_rows: int = 100_000,
     scored_at: pd.Timestamp | None = None,
     validate: bool = True,
+    **engine_options,
 ) -> Manifest:
-    """Score snapshot ``ds`` with the champion (and the challenger when ``shadow``) and publish
-    ``predictions/ds=D``; with ``validate`` the partition passes the ``predictions`` suite first."""
+    """Score the queries of day ``ds`` of declared model ``model`` (default: the repo's default model)
+    with its registered champion (and the challenger when ``shadow``) and publish
+    ``<model.predictions_table>/ds=D``; with ``validate`` the partition passes the ``predictions``
+    suite first. ``engine_options`` go to the engines (query-row models only)."""
     ds = str(pd.Timestamp(str(ds)).date())
+    repo = cfg.repo()
+    decl = repo.model(model) if model else repo.default_model()
     registry = registry or Registry.from_config(cfg)
-    models: list[tuple[str, LoadedModel]] = [(CHAMPION, registry.load(model_name, CHAMPION))]
+    models: list[tuple[str, LoadedModel]] = [(CHAMPION, registry.load(decl.name, CHAMPION))]
     if shadow:
-        if registry.alias(model_name, CHALLENGER) is None:
-            log.warning("scoring: shadow mode, but %s has no challenger; scoring the champion only", model_name)
+        if registry.alias(decl.name, CHALLENGER) is None:
+            log.warning("scoring: shadow mode, but %s has no challenger; scoring the champion only", decl.name)
         else:
-            models.append((CHALLENGER, registry.load(model_name, CHALLENGER)))
-    fs = feature_registry.get(models[0][1].lineage["feature_set"])
+            models.append((CHALLENGER, registry.load(decl.name, CHALLENGER)))
     lake = cfg.lake()
-    snapshots = snapshot_table(lake, fs)
-    manifest = snapshots.manifest(ds)
-    snap_fp = manifest.producer.get("feature_set_fingerprint")
-    for role, m in models:
-        check_compatible(m, snap_fp, fs, f"{snapshots.name}/ds={ds}")
-    features = list(fs.feature_names)
     when = pd.Timestamp(scored_at) if scored_at is not None else scored_at_for(ds)
     when = when.tz_localize("UTC") if when.tz is None else when.tz_convert("UTC")
-    # Arrow batches straight into a float64 matrix (the one dtype contract).
-    dataset = snapshots.dataset(ds)  # verifies the files against the manifest here
-    batches = _matrices(dataset, fs.entity, features, batch_rows)
-    rows = _rows(batches, models, snap_fp, when, manifest.rows)
+    if isinstance(decl.queries, EntitySnapshots):
+        built_with, inputs, batches, expected = _snapshot_batches(lake, decl, ds, batch_rows)
+    else:
+        built_with, inputs, batches, expected = _query_batches(cfg, decl, ds, batch_rows, engine_options)
+    for _, m in models:
+        check_compatible(m, built_with, decl, ", ".join(inputs) or f"the queries of ds={ds}")
+    rows = _rows(decl, batches, models, built_with, when, expected)
     producer = {
         "job": "score_snapshot",
+        "model": decl.name,
         "models": [
             {"name": m.info.name, "version": m.info.version, "role": role, "run_id": m.info.run_id}
             for role, m in models
         ],
-        "feature_set": fs.name,
-        "feature_set_fingerprint": snap_fp,
+        "feature_set": "+".join(fs.name for fs in decl.feature_sets),
+        "feature_sets": [fs.name for fs in decl.feature_sets],
+        "feature_set_fingerprint": built_with,
         "scored_at": when.isoformat(),
         "shadow": shadow,
     }
@@ -97,40 +113,148 @@ def score_snapshot(
     if validate:
         from jobs.quality.validate import gate_for
 
-        gate = gate_for(cfg, "predictions")
-    return predictions_table(lake).write_partition(
-        ds, rows, producer=producer, inputs={f"{snapshots.name}/ds={ds}": manifest.content_fingerprint}, gate=gate
-    )
+        gate = gate_for(cfg, "predictions", model=decl.name)
+    return predictions_table(lake, decl).write_partition(ds, rows, producer=producer, inputs=inputs, gate=gate)
 
 
-def check_compatible(model: LoadedModel, snapshot_fingerprint: str | None, fs, where: str) -> None:
-    """Refuse a model whose feature-set fingerprint or feature list differs from the snapshot's."""
+def check_compatible(model: LoadedModel, built_with: str | None, decl, where: str) -> None:
+    """Refuse a model version whose fingerprint or feature list differs from the declared model's
+    and from the fingerprint(s) the features to score were built with (``built_with``)."""
     fp = model.lineage.get("feature_set_fingerprint")
-    if fp != snapshot_fingerprint:
-        names = feature_registry.known_fingerprints()
+    names = _known_fingerprints(decl)
+
+    def named(f):
+        return names.get(f) or ("+".join(names.get(p, "unknown to this code") for p in str(f).split("+")))
+
+    if fp != built_with or fp != decl.fingerprint:
         raise FingerprintMismatchError(
-            f"model {model.info.name} v{model.info.version} was trained on features {fp} "
-            f"({names.get(fp, 'unknown to this code')}), but {where} was built with {snapshot_fingerprint} "
-            f"({names.get(snapshot_fingerprint, 'unknown to this code')}): rebuild the snapshot with the model's "
-            "feature-set version, or train and promote a model on the current one"
+            f"model {model.info.name} v{model.info.version} was trained on features {fp} ({named(fp)}), but "
+            f"{where} was built with {built_with} ({named(built_with)}) and model {decl.name!r} declares "
+            f"{decl.fingerprint}: rebuild the features with the model's feature-set versions, or train and "
+            "promote a model on the current ones"
         )
-    if list(model.lineage.get("feature_names", [])) != list(fs.feature_names):
+    if list(model.lineage.get("feature_names", [])) != list(decl.feature_names):
         raise FingerprintMismatchError(
             f"model {model.info.name} v{model.info.version} expects features "
-            f"{model.lineage.get('feature_names')}, the snapshot has {list(fs.feature_names)}"
+            f"{model.lineage.get('feature_names')}, model {decl.name!r} joins {list(decl.feature_names)}"
         )
 
 
-def _matrices(dataset, entity: str, features: list[str], batch_rows: int):
+def _known_fingerprints(decl) -> dict[str, str]:
+    out = {fs.fingerprint: fs.name for fs in decl.feature_sets}
+    out[decl.fingerprint] = "+".join(fs.name for fs in decl.feature_sets)
+    return out
+
+
+# ----------------------------------------------------------------------------- entity snapshots
+
+
+def _snapshot_batches(lake, decl, ds: str, batch_rows: int):
+    """(fingerprint built with, inputs, batches of (ids table, matrix), rows expected)."""
+    first, *others = decl.joins
+    tables = [snapshot_table(lake, j.feature_set) for j in decl.joins]
+    manifests = [t.manifest(ds) for t in tables]
+    built_with = "+".join(str(m.producer.get("feature_set_fingerprint")) for m in manifests)
+    inputs = {f"{t.name}/ds={ds}": m.content_fingerprint for t, m in zip(tables, manifests)}
+    key = decl.id_columns[0][0]
+    fs0 = first.feature_set
+    dataset = tables[0].dataset(ds)  # verifies the files against the manifest here
+    lookups = [(j.feature_set, tables[i + 1].read(ds)) for i, j in enumerate(others)]
+
+    def batches():
+        names = list(fs0.feature_names)
+        for batch in dataset.to_batches(columns=[fs0.entity, *names], batch_size=batch_rows):
+            if not batch.num_rows:
+                continue
+            tbl = pa.Table.from_batches([batch])
+            ids = tbl.column(fs0.entity)
+            x = _matrix(tbl, names)
+            if lookups:
+                x = np.hstack([x, *(_looked_up(fs, frame, ids) for fs, frame in lookups)])
+            yield pa.table({key: ids}), x
+
+    return built_with, inputs, batches(), manifests[0].rows
+
+
+def _looked_up(fs, frame: pd.DataFrame, ids) -> np.ndarray:
+    """``fs``'s snapshot vectors of ``ids`` (declared defaults for an entity absent from it)."""
+    pos = pd.Index(frame[fs.entity].to_numpy()).get_indexer(ids.to_numpy())
+    found = pos >= 0
+    out = np.empty((len(pos), len(fs.features)), dtype=np.float64, order="F")
+    for j, f in enumerate(fs.features):
+        col = frame[f.name].to_numpy(dtype=np.float64, na_value=np.nan)
+        default = np.nan if f.default is None else float(f.default)
+        out[:, j] = np.where(found, col[np.maximum(pos, 0)] if len(col) else default, default)
+    return out
+
+
+def _matrix(tbl: pa.Table, names: list[str]) -> np.ndarray:
     from jobs.training.sequence import to_matrix
 
-    for batch in dataset.to_batches(columns=[entity, *features], batch_size=batch_rows):
-        if batch.num_rows:
-            tbl = pa.Table.from_batches([batch])
-            yield tbl.column(entity), to_matrix(tbl, features, order="F")
+    return to_matrix(tbl, names, order="F")  # Arrow straight into a float64 matrix (the one dtype contract)
 
 
-def _rows(batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
+# ----------------------------------------------------------------------------- query rows
+
+
+def query_rows_of_day(cfg: Config, decl, ds: str) -> pd.DataFrame:
+    """The queries of day ``ds`` of a query-row model: the query source's rows ingested through ``ds``
+    whose ``as_of`` (``time + offset_hours``) falls on day D+1, one per query id (the last ingested),
+    as the model's id columns plus ``as_of`` = D+1 00:00 UTC (the features as known then)."""
+    q = decl.queries
+    src = q.source
+    ids = [c for c, _ in decl.id_columns]
+    raw = cfg.lake().table(src.table)
+    first = raw.first_ds()
+    when = scored_at_for(ds)
+    if first is None or first > ds:
+        frame = pd.DataFrame({c: pd.Series([], dtype="int64" if t == "int64" else object) for c, t in decl.id_columns})
+        frame["as_of"] = pd.Series([], dtype="datetime64[us, UTC]")
+        return frame
+    cols = list(dict.fromkeys([*ids, q.time, src.ingested_at]))
+    rows = raw.read(first, ds, columns=cols)
+    as_of = rows[q.time] + pd.Timedelta(microseconds=q.offset_us)
+    day = as_of.dt.tz_convert("UTC").dt.floor("D")
+    rows = rows[(day == when).to_numpy()]
+    rows = rows.sort_values(src.ingested_at, kind="stable").drop_duplicates(decl.query_id, keep="last")
+    out = rows[ids].sort_values(ids, ignore_index=True)
+    out["as_of"] = pd.Series(when, index=out.index).astype("datetime64[us, UTC]")
+    return out
+
+
+def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: dict):
+    from jobs.engines.join import join_features
+
+    queries = query_rows_of_day(cfg, decl, ds)
+    ids = [c for c, _ in decl.id_columns]
+    names = list(decl.feature_names)
+    src = decl.queries.source
+    inputs = {f"{src.table}/ds=..{ds}": _inputs_fingerprint(cfg, src.table, ds)}
+
+    def batches():
+        for frame in join_features(cfg, decl, queries, **engine_options):
+            for start in range(0, len(frame), batch_rows):
+                part = frame.iloc[start : start + batch_rows]
+                tbl = pa.Table.from_pandas(part[[*ids, *names]], preserve_index=False)
+                yield tbl.select(ids), _matrix(tbl, names)
+
+    return decl.fingerprint, inputs, batches(), len(queries)
+
+
+def _inputs_fingerprint(cfg: Config, table: str, ds: str) -> str:
+    from jobs.lake import inputs_fingerprint
+
+    raw = cfg.lake().table(table)
+    first = raw.first_ds()
+    return inputs_fingerprint(raw, first, ds) if first is not None and first <= ds else ""
+
+
+# ----------------------------------------------------------------------------- rows
+
+
+def _rows(decl, batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
+    schema = predictions_schema(decl)
+    n_ids = len(decl.id_columns)
     seen = 0
     for ids, x in batches:
         n = len(x)
@@ -142,7 +266,7 @@ def _rows(batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
                 raise LakeError(f"model {m.info.name} v{m.info.version}: {int(bad.sum())} score(s) outside [0, 1]")
             yield pa.table(
                 [
-                    ids.cast(pa.int64()),
+                    *(ids.column(i).cast(schema.field(i).type) for i in range(n_ids)),
                     pa.array(p, pa.float64()),
                     pa.repeat(pa.scalar(m.info.name, pa.string()), n),
                     pa.array(np.full(n, m.info.version, dtype=np.int64)),
@@ -150,22 +274,27 @@ def _rows(batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
                     pa.repeat(pa.scalar(fingerprint, pa.string()), n),
                     pa.array(np.full(n, when.value // 1000, dtype=np.int64)).cast(UTC_US),
                 ],
-                schema=PREDICTIONS_SCHEMA,
+                schema=schema,
             )
     if seen != expected:
-        raise LakeError(f"read {seen} snapshot rows, its manifest lists {expected}")
+        raise LakeError(f"read {seen} query rows, expected {expected}")
 
 
-def referenced_models(cfg: Config, sql_url: str | None = None) -> set[tuple[str, int]]:
-    """(model name, version) pairs that published predictions still reference: every
-    ``predictions`` partition's manifest, plus the SQL table when ``sql_url`` is given."""
+def referenced_models(cfg: Config, sql_url: str | None = None, model: str | None = None) -> set[tuple[str, int]]:
+    """(model name, version) pairs that published predictions still reference: every partition's
+    manifest of the predictions table of ``model`` (default: of every declared model), plus its SQL
+    table when ``sql_url`` is given."""
+    repo = cfg.repo()
+    decls = [repo.model(model)] if model else list(repo.models.values())
     refs: set[tuple[str, int]] = set()
-    table = predictions_table(cfg.lake())
-    for ds in table.partitions():
-        for m in table.manifest(ds).producer.get("models", []):
-            refs.add((m["name"], int(m["version"])))
-    if sql_url:
-        from jobs.scoring.sql import referenced_models as sql_refs
+    lake = cfg.lake()
+    for decl in decls:
+        table = predictions_table(lake, decl)
+        for ds in table.partitions():
+            for m in table.manifest(ds).producer.get("models", []):
+                refs.add((m["name"], int(m["version"])))
+        if sql_url:
+            from jobs.scoring.sql import referenced_models as sql_refs
 
-        refs |= sql_refs(sql_url)
+            refs |= sql_refs(sql_url, decl)
     return refs

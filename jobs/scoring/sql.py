@@ -1,4 +1,6 @@
-"""Publish ``predictions/ds=D`` as a SQL table: embedded SQLite by default, PostgreSQL when configured.
+"""Publish a model's ``<model.predictions_table>/ds=D`` as its SQL table ``model.sql_table_name``:
+embedded SQLite by default, PostgreSQL when configured. The table's key is ``(ds, the model's id
+columns..., role)``; id columns are BigInteger for int64 keys and String for string keys.
 
 URL: the ``url`` argument, else ``$LOCKSTEP_SQL_URL``, else ``cfg.sql_url`` when the config has
 one, else ``sqlite:///<lake>/_sql/lockstep.sqlite``. PostgreSQL:
@@ -12,7 +14,7 @@ fingerprint) each day of the table holds.
 Why SQLite as the embedded default (rather than DuckDB): it ships with Python (no new
 dependency; DuckDB is only a benchmark extra here), SQLAlchemy's built-in dialect gives the
 very same code path and transaction semantics as PostgreSQL (DuckDB needs the separate
-``duckdb-engine``), and its consumers are applications looking predictions up by customer and
+``duckdb-engine``), and its consumers are applications looking predictions up by key and
 analysts running modest queries — row lookups by primary key, where SQLite does well — while
 in WAL mode readers in other processes keep reading while a day is replaced. DuckDB would scan
 large aggregates faster, but it allows one writing process and blocks other processes from
@@ -21,6 +23,7 @@ opening the file meanwhile.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
@@ -30,11 +33,17 @@ import pandas as pd
 import sqlalchemy as sa
 
 from jobs.config import Config
-from jobs.schemas import PREDICTIONS_SCHEMA, PREDICTIONS_TABLE
+from jobs.schemas import PREDICTION_COLUMNS, predictions_schema
 
 SQL_ENV = "LOCKSTEP_SQL_URL"
 PUBLISHED = "lockstep_published"
-_COLUMNS = ("ds", "customer_id", "role", "score", "model_name", "model_version", "feature_set_fingerprint", "scored_at")
+
+
+def columns(model) -> tuple[str, ...]:
+    """Columns of the model's SQL table, in order: ``ds``, the id columns, ``role``, the rest."""
+    ids = tuple(c for c, _ in model.id_columns)
+    rest = tuple(c for c, _ in PREDICTION_COLUMNS if c != "role")
+    return ("ds", *ids, "role", *rest)
 
 
 def sql_url(cfg: Config, url: str | None = None) -> str:
@@ -66,18 +75,24 @@ def make_engine(url: str) -> sa.Engine:
     return engine
 
 
-def tables(table_name: str = "predictions") -> tuple[sa.MetaData, sa.Table, sa.Table]:
+def tables(model) -> tuple[sa.MetaData, sa.Table, sa.Table]:
+    """The model's SQL table ``model.sql_table_name`` — primary key ``(ds, id columns..., role)``, id
+    columns BigInteger for int64 keys and String for string keys — and the ``lockstep_published`` book."""
     md = sa.MetaData()
+    keys = [
+        sa.Column(name, sa.BigInteger if type_ == "int64" else sa.String(200), primary_key=True)
+        for name, type_ in model.id_columns
+    ]
     preds = sa.Table(
-        table_name,
+        model.sql_table_name,
         md,
         sa.Column("ds", sa.Date, primary_key=True),
-        sa.Column("customer_id", sa.BigInteger, primary_key=True),
+        *keys,
         sa.Column("role", sa.String(16), primary_key=True),
         sa.Column("score", sa.Float(precision=53), nullable=False),
         sa.Column("model_name", sa.String(200), nullable=False),
         sa.Column("model_version", sa.Integer, nullable=False),
-        sa.Column("feature_set_fingerprint", sa.String(100), nullable=False),
+        sa.Column("feature_set_fingerprint", sa.String(400), nullable=False),
         sa.Column("scored_at", sa.DateTime(timezone=True), nullable=False),
     )
     published = sa.Table(
@@ -91,18 +106,43 @@ def tables(table_name: str = "predictions") -> tuple[sa.MetaData, sa.Table, sa.T
     return md, preds, published
 
 
+def _model(cfg: Config | None, model):
+    """A model declaration from a declaration, a name (looked up in ``cfg``'s repo) or None (the default)."""
+    if model is not None and not isinstance(model, str):
+        return model
+    from features.repo import load
+
+    repo = cfg.repo() if cfg is not None else load()
+    return repo.model(model) if model else repo.default_model()
+
+
 def publish_predictions(
-    cfg: Config, ds: str | dt.date, url: str | None = None, *, table_name: str = "predictions", batch_rows: int = 50_000
+    cfg: Config,
+    ds: str | dt.date,
+    model=None,
+    url: str | None = None,
+    *,
+    table_name: str | None = None,
+    batch_rows: int = 50_000,
 ) -> dict:
-    """Replace day ``ds`` of the SQL table with ``predictions/ds=D``, in one transaction."""
+    """Replace day ``ds`` of the SQL table of ``model`` (a declared model's name; default: the repo's
+    default model) with ``<model.predictions_table>/ds=D``, in one transaction.
+
+    ``table_name`` overrides the declared ``model.sql_table_name``.
+    """
+    decl = _model(cfg, model)
+    if table_name:
+        decl = dataclasses.replace(decl, sql_table=table_name)
     ds = str(pd.Timestamp(str(ds)).date())
     day = dt.date.fromisoformat(ds)
-    lake_table = cfg.lake().table(PREDICTIONS_TABLE, PREDICTIONS_SCHEMA)
+    lake_table = cfg.lake().table(decl.predictions_table, predictions_schema(decl))
     manifest = lake_table.manifest(ds)
-    batches = lake_table.iter_batches(ds, columns=[c for c in _COLUMNS if c != "ds"], batch_size=batch_rows)
+    cols = columns(decl)
+    batches = lake_table.iter_batches(ds, columns=[c for c in cols if c != "ds"], batch_size=batch_rows)
     url = sql_url(cfg, url)
     engine = make_engine(url)
-    md, preds, published = tables(table_name)
+    md, preds, published = tables(decl)
+    name = decl.sql_table_name
     try:
         md.create_all(engine, checkfirst=True)
         rows = 0
@@ -110,76 +150,86 @@ def publish_predictions(
             conn.execute(sa.delete(preds).where(preds.c.ds == day))
             for df in batches:
                 if len(df):
-                    rows += insert_rows(conn, preds, day, df)
+                    rows += insert_rows(conn, preds, day, df, decl)
             if rows != manifest.rows:
-                raise ValueError(f"read {rows} rows from predictions/ds={ds}, its manifest lists {manifest.rows}")
-            conn.execute(sa.delete(published).where((published.c.table_name == table_name) & (published.c.ds == day)))
+                raise ValueError(
+                    f"read {rows} rows from {decl.predictions_table}/ds={ds}, its manifest lists {manifest.rows}"
+                )
+            conn.execute(sa.delete(published).where((published.c.table_name == name) & (published.c.ds == day)))
             conn.execute(
                 sa.insert(published).values(
-                    table_name=table_name, ds=day, rows=rows, content_fingerprint=manifest.content_fingerprint
+                    table_name=name, ds=day, rows=rows, content_fingerprint=manifest.content_fingerprint
                 )
             )
     finally:
         engine.dispose()
     return {
         "url": sa.make_url(url).render_as_string(hide_password=True),
-        "table": table_name,
+        "table": name,
+        "model": decl.name,
         "ds": ds,
         "rows": rows,
         "content_fingerprint": manifest.content_fingerprint,
     }
 
 
-def insert_rows(conn, preds: sa.Table, day: dt.date, df: pd.DataFrame) -> int:
-    """Insert one batch ``df`` of ``predictions/ds=day`` into ``preds`` on ``conn`` (inside the caller's
-    transaction: COPY on PostgreSQL/psycopg, multi-row INSERTs elsewhere); returns the rows inserted."""
+def insert_rows(conn, preds: sa.Table, day: dt.date, df: pd.DataFrame, model) -> int:
+    """Insert one batch ``df`` of the model's predictions of ``day`` into ``preds`` on ``conn`` (inside
+    the caller's transaction: COPY on PostgreSQL/psycopg, multi-row INSERTs elsewhere); returns the
+    rows inserted."""
     scored = df["scored_at"].dt.tz_convert("UTC")
-    cols = {
-        "customer_id": df["customer_id"].to_numpy(dtype=np.int64).tolist(),
-        "role": df["role"].astype(str).tolist(),
-        "score": df["score"].to_numpy(dtype=np.float64).tolist(),
-        "model_name": df["model_name"].astype(str).tolist(),
-        "model_version": df["model_version"].to_numpy(dtype=np.int64).tolist(),
-        "feature_set_fingerprint": df["feature_set_fingerprint"].astype(str).tolist(),
-        "scored_at": list(scored.dt.to_pydatetime()),
-    }
+    cols = {}
+    for name, type_ in model.id_columns:
+        cols[name] = df[name].to_numpy(dtype=np.int64).tolist() if type_ == "int64" else df[name].astype(str).tolist()
+    cols.update(
+        {
+            "role": df["role"].astype(str).tolist(),
+            "score": df["score"].to_numpy(dtype=np.float64).tolist(),
+            "model_name": df["model_name"].astype(str).tolist(),
+            "model_version": df["model_version"].to_numpy(dtype=np.int64).tolist(),
+            "feature_set_fingerprint": df["feature_set_fingerprint"].astype(str).tolist(),
+            "scored_at": list(scored.dt.to_pydatetime()),
+        }
+    )
+    names = columns(model)
     n = len(df)
     if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
         # COPY is several times faster than multi-row INSERTs, and runs in the same transaction.
-        names = ", ".join(c for c in _COLUMNS)
+        quoted = ", ".join(f'"{c}"' for c in names)
         cursor = conn.connection.driver_connection.cursor()
-        with cursor.copy(f'COPY "{preds.name}" ({names}) FROM STDIN') as copy:
+        with cursor.copy(f'COPY "{preds.name}" ({quoted}) FROM STDIN') as copy:
             for i in range(n):
-                copy.write_row((day, *(cols[c][i] for c in _COLUMNS[1:])))
+                copy.write_row((day, *(cols[c][i] for c in names[1:])))
         return n
-    records = [{"ds": day, **{c: cols[c][i] for c in _COLUMNS[1:]}} for i in range(n)]
+    records = [{"ds": day, **{c: cols[c][i] for c in names[1:]}} for i in range(n)]
     conn.execute(sa.insert(preds), records)
     return n
 
 
-def read_day(url: str, ds: str | dt.date, table_name: str = "predictions") -> pd.DataFrame:
-    """Day ``ds`` of the SQL table, sorted by (customer_id, role)."""
+def read_day(url: str, ds: str | dt.date, model=None) -> pd.DataFrame:
+    """Day ``ds`` of the SQL table of ``model`` (a declaration or its name; default: the default
+    model), sorted by (id columns..., role)."""
+    decl = _model(None, model)
     day = dt.date.fromisoformat(str(pd.Timestamp(str(ds)).date()))
     engine = make_engine(url)
-    _, preds, _ = tables(table_name)
+    _, preds, _ = tables(decl)
+    order = [preds.c[c] for c, _ in decl.id_columns] + [preds.c.role]
     try:
         with engine.connect() as conn:
-            rows = (
-                conn.execute(sa.select(preds).where(preds.c.ds == day).order_by(preds.c.customer_id, preds.c.role))
-                .mappings()
-                .all()
-            )
+            rows = conn.execute(sa.select(preds).where(preds.c.ds == day).order_by(*order)).mappings().all()
     finally:
         engine.dispose()
-    return pd.DataFrame([dict(r) for r in rows], columns=list(_COLUMNS))
+    return pd.DataFrame([dict(r) for r in rows], columns=list(columns(decl)))
 
 
-def referenced_models(url: str, table_name: str = "predictions") -> set[tuple[str, int]]:
-    """(model_name, model_version) pairs present in the SQL table (empty if it does not exist)."""
+def referenced_models(url: str, model=None) -> set[tuple[str, int]]:
+    """(model_name, model_version) pairs present in the SQL table of ``model`` (a declaration or its
+    name; default: the default model); empty if the table does not exist."""
+    decl = _model(None, model)
     engine = make_engine(url)
-    _, preds, _ = tables(table_name)
+    _, preds, _ = tables(decl)
     try:
-        if not sa.inspect(engine).has_table(table_name):
+        if not sa.inspect(engine).has_table(decl.sql_table_name):
             return set()
         with engine.connect() as conn:
             rows = conn.execute(sa.select(preds.c.model_name, preds.c.model_version).distinct()).all()

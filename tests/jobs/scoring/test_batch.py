@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features import registry as feature_registry
+from features import repo
 from jobs.config import Config
 from jobs.ingest.cdnow import ingest_cdnow
 from jobs.models import metadata
@@ -21,8 +22,9 @@ from jobs.scoring.batch import (
 from jobs.snapshots import build_snapshot, snapshot_table
 
 FS = feature_registry.get("customer_activity_v1")
+MODEL = repo.load().model("repurchase_90d")
 DS = "1997-01-31"
-NAME = "scorer"
+NAME = MODEL.name
 
 
 def _booster(seed: int) -> lgb.Booster:
@@ -66,7 +68,7 @@ def test_champion_scores_every_snapshot_row_in_bounded_batches(setup):
     cfg, reg, champion, _ = setup
     m = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=1_000, validate=False)
     snap = snapshot_table(cfg.lake(), FS).read(DS).sort_values("customer_id", ignore_index=True)
-    got = predictions_table(cfg.lake()).read(DS).sort_values("customer_id", ignore_index=True)
+    got = predictions_table(cfg.lake(), MODEL).read(DS).sort_values("customer_id", ignore_index=True)
     assert m.rows == len(snap) == len(got) > 5_000
     want = champion.predict(snap[list(FS.feature_names)].to_numpy(dtype=np.float64))
     np.testing.assert_array_equal(got["score"].to_numpy(), want)
@@ -99,7 +101,7 @@ def test_rescoring_is_idempotent(setup):
 def test_shadow_mode_records_champion_and_challenger(setup):
     cfg, reg, *_ = setup
     m = score_snapshot(cfg, DS, NAME, registry=reg, shadow=True, validate=False)
-    got = predictions_table(cfg.lake()).read(DS)
+    got = predictions_table(cfg.lake(), MODEL).read(DS)
     n = snapshot_table(cfg.lake(), FS).manifest(DS).rows
     assert m.rows == 2 * n
     by_role = {r: g.sort_values("customer_id") for r, g in got.groupby("role")}
@@ -112,7 +114,7 @@ def test_shadow_mode_records_champion_and_challenger(setup):
 def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
     cfg, reg, _, _ = setup
     table = snapshot_table(cfg.lake(), FS)
-    before = predictions_table(cfg.lake()).manifest(DS)
+    before = predictions_table(cfg.lake(), MODEL).manifest(DS)
     m = table.manifest(DS)
     stale = "customer_activity_v1:00000000deadbeef"
     # the same day, as a snapshot job of another feature-set version would have published it
@@ -123,14 +125,17 @@ def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
         with pytest.raises(FingerprintMismatchError, match=f"built with {stale}") as info:
             score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
         assert FS.fingerprint in str(info.value)
-        assert predictions_table(cfg.lake()).manifest(DS) == before  # nothing was replaced
+        assert predictions_table(cfg.lake(), MODEL).manifest(DS) == before  # nothing was replaced
     finally:
         table.write_partition(DS, table.read(DS), producer=m.producer, inputs=m.inputs)
 
 
-def test_no_champion_is_a_clear_error(setup):
-    cfg, reg, _, _ = setup
+def test_no_champion_is_a_clear_error(setup, tmp_path):
+    cfg, _, _, _ = setup
     from jobs.models.registry import RegistryError
 
+    empty = Registry.from_config(Config(lake_root=str(tmp_path / "empty")))
     with pytest.raises(RegistryError, match="no registered model|no version or alias"):
-        score_snapshot(cfg, DS, "nobody", registry=reg, validate=False)
+        score_snapshot(cfg, DS, NAME, registry=empty, validate=False)
+    with pytest.raises(KeyError, match="unknown model 'nobody'"):
+        score_snapshot(cfg, DS, "nobody", validate=False)

@@ -18,11 +18,13 @@ import pytest
 import sqlalchemy as sa
 
 from features import registry as feature_registry
+from features import repo
 from jobs.config import Config
 from jobs.scoring import sql
 from jobs.scoring.batch import predictions_table
 
 FS = feature_registry.get("customer_activity_v1")
+MODEL = repo.load().model("repurchase_90d")
 PG_HINT = "install the server with `apt-get install -y postgresql` (Debian's package; .ci/run does this)"
 
 
@@ -114,7 +116,7 @@ def _write_day(cfg, ds, n, seed, version=1):
             "scored_at": pd.Timestamp(ds, tz="UTC") + pd.Timedelta(days=1),
         }
     )
-    predictions_table(cfg.lake()).write_partition(ds, frame, producer={"job": "test", "models": []})
+    predictions_table(cfg.lake(), MODEL).write_partition(ds, frame, producer={"job": "test", "models": []})
     return frame.sort_values(["customer_id", "role"], ignore_index=True)
 
 
@@ -122,8 +124,8 @@ def test_publish_replaces_one_day_idempotently(target):
     cfg, url = target
     d1 = _write_day(cfg, "1997-03-01", 3_000, seed=1)
     _write_day(cfg, "1997-03-02", 500, seed=2)
-    r = sql.publish_predictions(cfg, "1997-03-01", url, batch_rows=1_000)
-    sql.publish_predictions(cfg, "1997-03-02", url)
+    r = sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000)
+    sql.publish_predictions(cfg, "1997-03-02", MODEL.name, url)
     url = url or sql.sql_url(cfg)
     assert r["rows"] == 6_000 and (url.startswith("sqlite:///") or "postgresql" in r["url"])
     got = sql.read_day(url, "1997-03-01")
@@ -131,11 +133,11 @@ def test_publish_replaces_one_day_idempotently(target):
     assert got["customer_id"].tolist() == d1["customer_id"].tolist() and got["role"].tolist() == d1["role"].tolist()
     first = pd.Timestamp(got["scored_at"][0])  # PostgreSQL: tz-aware; SQLite: naive UTC
     assert (first.tz_convert("UTC").tz_localize(None) if first.tz else first) == pd.Timestamp("1997-03-02")
-    sql.publish_predictions(cfg, "1997-03-01", url)  # again: the same rows, no duplicates
+    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)  # again: the same rows, no duplicates
     pd.testing.assert_frame_equal(sql.read_day(url, "1997-03-01"), got)
     # re-scored with fewer customers and a new model: day 1 replaced whole, day 2 untouched
     d1b = _write_day(cfg, "1997-03-01", 1_000, seed=3, version=5)
-    sql.publish_predictions(cfg, "1997-03-01", url)
+    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)
     again = sql.read_day(url, "1997-03-01")
     assert len(again) == 2_000 and set(again["model_version"]) == {5, 6}
     np.testing.assert_array_equal(again["score"].to_numpy(), d1b["score"].to_numpy())
@@ -146,13 +148,13 @@ def test_publish_replaces_one_day_idempotently(target):
         rows = conn.execute(sa.text(f"SELECT ds, rows, content_fingerprint FROM {sql.PUBLISHED} ORDER BY ds")).all()
     engine.dispose()
     assert [r[1] for r in rows] == [2_000, 1_000]
-    assert rows[0][2] == predictions_table(cfg.lake()).manifest("1997-03-01").content_fingerprint
+    assert rows[0][2] == predictions_table(cfg.lake(), MODEL).manifest("1997-03-01").content_fingerprint
 
 
 def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
     cfg, url = target
     _write_day(cfg, "1997-03-01", 2_000, seed=1)
-    sql.publish_predictions(cfg, "1997-03-01", url)
+    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)
     url = url or sql.sql_url(cfg)
     before = sql.read_day(url, "1997-03-01")
     _write_day(cfg, "1997-03-01", 2_500, seed=9, version=7)
@@ -166,7 +168,7 @@ def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
 
     monkeypatch.setattr(sql, "insert_rows", failing)
     with pytest.raises(RuntimeError, match="mid-publish"):
-        sql.publish_predictions(cfg, "1997-03-01", url, batch_rows=1_000)
+        sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000)
     pd.testing.assert_frame_equal(sql.read_day(url, "1997-03-01"), before)
     assert len(calls) == 2  # the first batch was inserted, then rolled back
 
