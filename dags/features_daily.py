@@ -1,4 +1,5 @@
-"""features_daily: land a CDNOW day, validate it, build that day's feature snapshot, validate it."""
+"""features_daily__<source>: one DAG per declared source — land a day, validate it, build that day's snapshot
+of every feature set over the source, validate each, publish each set's Asset."""
 
 from __future__ import annotations
 
@@ -7,28 +8,39 @@ from airflow.sdk import Asset, CronDataIntervalTimetable, Metadata, Param, dag, 
 from jobs import orchestration as o
 from jobs.alerts import AirflowNotifier
 
-SNAPSHOTS = Asset(o.asset_uri(o.snapshot_table_name()), group="lockstep")
 
-DOC = f"""
-### features_daily
+def doc(source, feature_sets) -> str:
+    start, end = o.span_dates(source)
+    span = f"{start.date()}..{end.date()}" if end else f"from {start.date()}"
+    lander = source.lander
+    where = getattr(lander, "path", "") or f"the `{getattr(lander, 'parser', '?')}` parser's default input"
+    rows = "\n".join(
+        f"| `build_snapshot__{fs.name}` | `{source.table}/ds=<first>..<ds>` | `{o.snapshot_table_name(fs.name)}/ds=<ds>`: "
+        f"every `{fs.entity}` as known at `ds`+1 00:00 UTC |\n"
+        f"| `validate_snapshot__{fs.name}` | the snapshot partition | Data Docs; on success, an event on the Asset "
+        f"`{o.asset_uri(o.snapshot_table_name(fs.name))}` with `extra.ds` |"
+        for fs in feature_sets
+    )
+    return f"""
+### {o.features_dag_id(source.name)}
 
-One run per day `ds` (the run's logical date; the run starts once the day is over).
+Generated from the source declaration `{source.name}` ({source.description or "no description"}); one run per
+day `ds` (the run's logical date; the run starts once the day is over), over the source's days ({span}).
 
 | step | reads | writes |
 |---|---|---|
-| `land_raw` | the shipped CDNOW log (`jobs/ingest/data/CDNOW_master.txt.gz`), rows ingested on `ds` | `raw_events/ds=<ds>` |
-| `validate_raw` | `raw_events/ds=<ds>` | Data Docs; fails fast (no retry) on bad data |
-| `build_snapshot` | `raw_events/ds=<first>..<ds>` | `{o.snapshot_table_name()}/ds=<ds>`: every customer as known at `ds`+1 00:00 UTC |
-| `validate_snapshot` | the snapshot partition | Data Docs; on success, an event on the Asset `{SNAPSHOTS.uri}` with `extra.ds` |
+| `land_raw` | {where} (lander `{type(lander).__name__}`), rows ingested on `ds` | `{source.table}/ds=<ds>` |
+| `validate_raw` | `{source.table}/ds=<ds>` | Data Docs (suite derived from the source); fails fast (no retry) on bad data; Asset `{o.asset_uri(source.table)}` |
+{rows}
 
 Every task replaces its own partition whole, so re-running or backfilling a day is safe and gives the same
-content fingerprint. `build_snapshot` waits for the previous day's snapshot (`depends_on_past`): a snapshot
-reads every raw day before it, so days are built in order and a bad day stops the ones after it.
-Backfill the raw history from the data's first day (1997-01-01), or land it first with
-`lockstep ingest-cdnow --to <day before>`.
+content fingerprint. `build_snapshot__*` waits for the previous day's snapshot (`depends_on_past`): a
+snapshot reads every raw day before it, so days are built in order and a bad day stops the ones after it.
+Backfill the raw history from the data's first day ({start.date()}), or land it first with
+`lockstep ingest --source {source.name} --to <day before>`.
 
-**Params**: `engine` (local, dask, spark; empty = `LOCKSTEP_ENGINE`); `source` (the CDNOW export to land
-from; empty = the shipped file). Lake root: `LOCKSTEP_LAKE`.
+**Params**: `engine` (local, dask, spark; empty = `LOCKSTEP_ENGINE`); `path` (the input to land from instead
+of the declared one; empty = the declaration's). Lake root: `LOCKSTEP_LAKE`.
 Catch-up is off: backfills are explicit (UI "Backfill" dialog, `airflow backfill create`, REST). Because
 of `depends_on_past`, a backfill must reprocess "Missing and Errored Runs" or "All Runs" (Airflow refuses
 "Missing Runs" only).
@@ -36,54 +48,72 @@ Failures go to the alert notifier (alerts log; e-mail/Slack when configured).
 """
 
 
-@dag(
-    dag_id="features_daily",
-    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
-    **o.daily_dag_kwargs(on_failure_callback=AirflowNotifier()),
-    params={
-        "engine": Param(None, **o.engine_param_schema()),
-        "source": Param(
-            None,
-            type=["null", "string"],
-            title="CDNOW export",
-            description="Path of the CDNOW export to land from; empty = the shipped file.",
-        ),
-    },
-    doc_md=DOC,
-    tags=["lockstep", "features"],
-)
-def features_daily():
-    @task
-    def land_raw(ds=None, params=None):
-        from jobs.ingest.cdnow import ingest_cdnow
+def features_daily_dag(source, feature_sets):
+    name = source.name
+    raw_asset = Asset(o.asset_uri(source.table), group="lockstep")
 
-        day = o.partition(ds)
-        return o.summary(ingest_cdnow(o.config().lake(), day, day, source=params["source"]))
+    @dag(
+        dag_id=o.features_dag_id(name),
+        schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
+        **o.daily_dag_kwargs(source, on_failure_callback=AirflowNotifier()),
+        params={
+            "engine": Param(None, **o.engine_param_schema()),
+            "path": Param(
+                None,
+                type=["null", "string"],
+                title="Input to land from",
+                description=f"Path (or fsspec URL) to land {name} from; empty = the declared one.",
+            ),
+        },
+        doc_md=doc(source, feature_sets),
+        tags=["lockstep", "features", f"source:{name}"],
+    )
+    def features_daily():
+        @task
+        def land_raw(ds=None, params=None):
+            return o.summary(o.land_day(o.config(), name, o.partition(ds), params.get("path")))
 
-    @task
-    def validate_raw(ds=None):
-        from jobs.quality.validate import validate_partition
+        @task(outlets=[raw_asset])
+        def validate_raw(ds=None):
+            from jobs.quality.validate import validate_partition
 
-        with o.data_quality_gate():
-            return o.summary(validate_partition(o.config(), o.RAW_EVENTS, o.partition(ds), alert=False))
+            with o.data_quality_gate():
+                return o.summary(
+                    validate_partition(o.config(), o.RAW_EVENTS, o.partition(ds), source=name, alert=False)
+                )
 
-    @task(depends_on_past=True)
+        validated = land_raw() >> validate_raw()
+        for fs in feature_sets:
+            validated >> snapshot_tasks(fs.name)
+
+    return features_daily()
+
+
+def snapshot_tasks(fs_name: str):
+    """``build_snapshot__<set>`` -> ``validate_snapshot__<set>`` (outlet: the set's Asset); returns the first."""
+    table = o.snapshot_table_name(fs_name)
+    asset = Asset(o.asset_uri(table), group="lockstep")
+
+    @task(task_id=f"build_snapshot__{fs_name}", depends_on_past=True)
     def build_snapshot(ds=None, params=None):
         from jobs.snapshots import build_snapshot
 
-        return o.summary(build_snapshot(o.config(params["engine"]), o.partition(ds), o.FEATURE_SET))
+        return o.summary(build_snapshot(o.config(params["engine"]), o.partition(ds), fs_name))
 
-    @task(outlets=[SNAPSHOTS])
+    @task(task_id=f"validate_snapshot__{fs_name}", outlets=[asset])
     def validate_snapshot(ds=None):
         from jobs.quality.validate import validate_partition
 
         day = o.partition(ds)
         with o.data_quality_gate():
-            validate_partition(o.config(), "feature_snapshots", day, feature_set=o.FEATURE_SET, alert=False)
-        # The Asset event carries the partition, so batch_scoring scores exactly this day.
-        yield Metadata(SNAPSHOTS, {"ds": day, "table": o.snapshot_table_name()})
+            validate_partition(o.config(), o.FEATURE_SNAPSHOTS, day, feature_set=fs_name, alert=False)
+        # The Asset event carries the partition, so batch scoring scores exactly this day.
+        yield Metadata(asset, {"ds": day, "table": table})
 
-    land_raw() >> validate_raw() >> build_snapshot() >> validate_snapshot()
+    first = build_snapshot()
+    first >> validate_snapshot()
+    return first
 
 
-features_daily()
+REPO = o.repo()
+DAGS = {o.features_dag_id(s.name): features_daily_dag(s, REPO.feature_sets_of(s)) for s in REPO.sources.values()}

@@ -1,25 +1,34 @@
-"""Glue between the Airflow DAGs in ``dags/`` and the jobs: names, Params, Asset URIs, retry policy,
-and the small pure functions the DAG tasks use to turn Airflow's context into explicit job arguments.
+"""Glue between the Airflow DAGs in ``dags/`` and the jobs: DAG ids, Asset URIs, Params, schedules and
+dates derived from the declarations (``features.repo``), the retry policy, and the small functions the DAG
+tasks use to turn Airflow's context into explicit job arguments.
 
-DAG files import this module at parse time, so it imports only the standard library at module level;
-everything heavy (pandas, pyarrow, the jobs themselves) is imported inside the functions that need it.
+Nothing here names a source, feature set or model: every DAG is generated from a declaration
+(``features_daily__<source>``, ``training__<model>``, ``batch_scoring__<model>``, ``skew_nightly__<model>``).
+
+DAG files import this module at parse time, so it imports only the standard library at module level (and
+``features.repo``, pure dataclasses, inside :func:`repo`); everything heavy (pandas, pyarrow, the jobs
+themselves) is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only
+    from features.model import Model
+    from features.repo import Repo
+    from features.source import Source
 
 #: Kept equal to ``jobs.config.ENGINES`` (a test checks); repeated here so parsing a DAG stays cheap.
 ENGINES = ("local", "dask", "spark")
-FEATURE_SET = "customer_activity_v1"
 
-#: The span of the shipped CDNOW log: the DAGs' schedules live inside it so the real data drives them.
-CDNOW_START = dt.datetime(1997, 1, 1, tzinfo=dt.UTC)
-CDNOW_END = dt.datetime(1998, 6, 30, tzinfo=dt.UTC)
+#: Start date of a DAG whose source declares no ``span`` (catch-up is off, so only the latest interval runs).
+DEFAULT_START = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 
 #: Every Lockstep task runs in this pool; its slots cap concurrent tasks (one per core) so a months-long
 #: backfill queues instead of stampeding the machine. Created by ``lockstep demo``, the tests and the
@@ -28,7 +37,10 @@ POOL = "lockstep"
 POOL_SLOTS = 2
 POOL_DESCRIPTION = "Lockstep jobs: one slot per core, so backfills queue instead of stampeding"
 
+#: Dataset names of ``jobs.quality.validate.validate_partition`` (the suite is derived from the declaration).
 RAW_EVENTS = "raw_events"
+FEATURE_SNAPSHOTS = "feature_snapshots"
+TRAINING_SETS = "training_sets"
 PREDICTIONS = "predictions"
 
 # Retries are for infrastructure hiccups (a busy disk, a lost Dask worker); data-quality failures skip
@@ -38,26 +50,83 @@ RETRY_DELAY = dt.timedelta(seconds=30)
 MAX_RETRY_DELAY = dt.timedelta(minutes=10)
 EXECUTION_TIMEOUT = dt.timedelta(hours=2)
 
+BACKENDS = ("streamed", "memory", "dask")  # kept equal to jobs.training.lgbm.BACKENDS (a test checks)
 
-def snapshot_table_name(feature_set: str = FEATURE_SET) -> str:
+
+# ---- the declarations ----------------------------------------------------------------------------------
+def repo(package: str | None = None) -> Repo:
+    """The checked repo of declarations the DAGs are generated from (``$LOCKSTEP_REPO``, else
+    ``features.projects``): pure dataclasses, cheap enough to load at DAG parse time."""
+    from features.repo import load
+
+    return load(package)
+
+
+def features_dag_id(source: str) -> str:
+    return f"features_daily__{source}"
+
+
+def training_dag_id(model: str) -> str:
+    return f"training__{model}"
+
+
+def scoring_dag_id(model: str) -> str:
+    return f"batch_scoring__{model}"
+
+
+def skew_dag_id(model: str) -> str:
+    return f"skew_nightly__{model}"
+
+
+def dag_ids(r: Repo) -> dict[str, list[str]]:
+    """Every DAG the declarations produce, by the declaration (``source:<name>`` / ``model:<name>``)."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(r.sources):
+        out[f"source:{name}"] = [features_dag_id(name)]
+    for name in sorted(r.models):
+        out[f"model:{name}"] = [training_dag_id(name), scoring_dag_id(name), skew_dag_id(name)]
+    return out
+
+
+def snapshot_table_name(feature_set: str) -> str:
     return f"feature_snapshots/{feature_set}"
 
 
 def asset_uri(table: str) -> str:
-    """The Asset URI of a lake table: logical (``lockstep://lake/<table>``), so it does not change
-    when the lake moves from a local path to object storage."""
-    if not table or table.startswith("/") or ".." in table.split("/"):
+    """The Asset URI of a lake table: logical (``lockstep://<table>``), so it does not change when the
+    lake moves from a local path to object storage. A one-segment table (``predictions``) ends in ``/``,
+    as Airflow normalises it (the table is the URI's authority)."""
+    if not table or table.startswith("/") or ".." in table.split("/") or "://" in table:
         raise ValueError(f"bad table name {table!r}")
-    return f"lockstep://lake/{table}"
+    return f"lockstep://{table}" if "/" in table.strip("/") else f"lockstep://{table.strip('/')}/"
 
 
-def daily_dag_kwargs(on_failure_callback: Any = None) -> dict[str, Any]:
+def _day(value: str) -> dt.datetime:
+    return dt.datetime.combine(dt.date.fromisoformat(value), dt.time(), tzinfo=dt.UTC)
+
+
+def span_dates(source: Source | None) -> tuple[dt.datetime, dt.datetime | None]:
+    """``(start_date, end_date)`` of the DAGs over ``source``: its declared ``span`` (the data's first and
+    last day), else :data:`DEFAULT_START` and no end."""
+    span = getattr(source, "span", None)
+    if not span:
+        return DEFAULT_START, None
+    return _day(span[0]), _day(span[1])
+
+
+def model_source(model: Model) -> Source:
+    """The source whose days a model's daily DAGs follow: its queries' source."""
+    return model.queries.source
+
+
+def daily_dag_kwargs(source: Source | None, on_failure_callback: Any = None) -> dict[str, Any]:
     """The ``@dag`` arguments besides ``schedule`` (explicit in each file: ruff's AIR002) of the daily
-    DAGs over the CDNOW period (``features_daily``, ``skew_nightly``): no implicit catch-up
-    (backfills are explicit), two runs at a time, the shared ``default_args``."""
+    DAGs over a source's days (``features_daily__*``, ``skew_nightly__*``): the source's span as start and
+    end dates, no implicit catch-up (backfills are explicit), two runs at a time, the shared ``default_args``."""
+    start, end = span_dates(source)
     return {
-        "start_date": CDNOW_START,
-        "end_date": CDNOW_END,
+        "start_date": start,
+        "end_date": end,
         "catchup": False,
         "max_active_runs": 2,
         "default_args": default_args(on_failure_callback),
@@ -78,6 +147,60 @@ def default_args(on_failure_callback: Any = None) -> dict[str, Any]:
     if on_failure_callback is not None:
         args["on_failure_callback"] = on_failure_callback
     return args
+
+
+# ---- a model's cut-offs, label horizon and schedules ------------------------------------------------------
+def cadence(model: Model) -> tuple[str, int]:
+    """How a model's cut-offs (labels / training-set partitions) step: ``("week", weekday)`` for weekly
+    entity snapshots, ``("day", 0)`` for daily ones and for query rows (a partition per day)."""
+    q = model.queries
+    every = getattr(q, "every", "day")
+    return (every, int(getattr(q, "weekday", 0))) if every == "week" else ("day", 0)
+
+
+def label_horizon_days(model: Model) -> float:
+    """Days after a cut-off until the model's labels are known: an event label's horizon, an outcome's
+    maturity (hours) in days."""
+    label = model.label
+    if hasattr(label, "horizon_days"):
+        return float(label.horizon_days)
+    return float(getattr(label, "maturity_hours", 0.0)) / 24.0
+
+
+def embargo_days(model: Model) -> int:
+    """The default gap between the train and the valid range: the label horizon, in whole days, so
+    training labels never see the validation period."""
+    return math.ceil(label_horizon_days(model))
+
+
+def cron_of(schedule: str | None, model: Model | None = None) -> str | None:
+    """A declared schedule as a cron expression. ``@weekly`` runs at 00:00 UTC of the model's cut-off
+    weekday (a weekly model trains on the day its newest cut-off is taken); other presets and cron
+    expressions pass through; ``None`` = no schedule (manual runs only)."""
+    if schedule is None:
+        return None
+    if schedule == "@weekly" and model is not None:
+        every, weekday = cadence(model)
+        if every == "week":
+            return f"0 0 * * {(weekday + 1) % 7}"  # cron: 0 = Sunday; declarations: 0 = Monday
+    return schedule
+
+
+def training_param_defaults(model: Model) -> dict[str, Any]:
+    """Defaults of the training DAG's Params, from the declaration: the window (``model.ranges``: weeks
+    of cut-offs, or fixed ranges), the embargo (the label horizon) and the boosting rounds."""
+    r = model.ranges
+    out: dict[str, Any] = {
+        "train_weeks": r.train_weeks,
+        "valid_weeks": r.valid_weeks,
+        "holdback_weeks": r.holdback_weeks,
+        "embargo_days": embargo_days(model),
+        "rounds": model.rounds,
+    }
+    for role in ("train", "valid", "holdback"):
+        rng = getattr(r, role)
+        out[f"{role}_from"], out[f"{role}_to"] = (rng[0], rng[1]) if rng else (None, None)
+    return out
 
 
 def engine_param_schema() -> dict[str, Any]:
@@ -160,70 +283,85 @@ def partitions_to_score(param_ds: Any, triggering_asset_events: Mapping[Any, Ite
     return sorted(days)
 
 
-#: Defaults of the training DAG's window (weeks of Monday cut-offs) and its label horizon.
-TRAIN_WEEKS, VALID_WEEKS, HOLDBACK_WEEKS = 8, 3, 3
-HORIZON_DAYS = 90  # kept equal to jobs.training.labels.HORIZON_DAYS (a test checks)
-BACKENDS = ("streamed", "memory", "dask")  # kept equal to jobs.training.lgbm.BACKENDS
+def cutoff_on_or_before(day: dt.date, every: str = "week", weekday: int = 0) -> dt.date:
+    """The last cut-off on or before ``day``: ``day`` itself for daily cut-offs, else the last ``weekday``."""
+    return day if every == "day" else day - dt.timedelta(days=(day.weekday() - weekday) % 7)
 
 
-def _monday_on_or_before(day: dt.date) -> dt.date:
-    return day - dt.timedelta(days=day.weekday())
+def cutoffs_between(ds_from: Any, ds_to: Any, every: str = "week", weekday: int = 0) -> list[str]:
+    """The cut-offs of ``ds_from..ds_to`` (inclusive): every day, or every ``weekday``."""
+    day, last = dt.date.fromisoformat(parse_ds(ds_from)), dt.date.fromisoformat(parse_ds(ds_to))
+    step = dt.timedelta(days=1 if every == "day" else 7)
+    if every != "day":
+        day += dt.timedelta(days=(weekday - day.weekday()) % 7)
+    out = []
+    while day <= last:
+        out.append(day.isoformat())
+        day += step
+    return out
 
 
-def training_window(params: Mapping[str, Any], logical_date: Any = None, latest_mature: Any = None) -> dict[str, Any]:
-    """Resolve the training DAG's Params into train / valid / holdback ranges of Monday cut-offs.
+def training_window(
+    model: Model, params: Mapping[str, Any], logical_date: Any = None, latest_mature: Any = None
+) -> dict[str, Any]:
+    """Resolve a training DAG's Params into train / valid / holdback ranges of the model's cut-offs.
 
-    Explicit ``*_from``/``*_to`` Params win. Otherwise the window ends at the last Monday whose labels
-    are mature (the whole horizon landed) — no later than ``logical_date - horizon`` for a scheduled run,
-    and no later than ``latest_mature`` (what the lake holds) — and goes back ``holdback_weeks``, then
-    ``valid_weeks``, an embargo of ``embargo_days`` (training labels must not see the validation period),
-    then ``train_weeks``. Returns the six dates, ``embargo_days`` and every cut-off (``cutoffs``).
+    Explicit ``*_from``/``*_to`` Params win (their defaults are the model's fixed ``ranges``). Otherwise the
+    window ends at the last cut-off whose labels are mature (the whole label horizon landed) — no later than
+    ``logical_date - horizon`` for a scheduled run, and no later than ``latest_mature`` (what the lake holds)
+    — and goes back ``holdback_weeks``, then ``valid_weeks``, an embargo of ``embargo_days`` (training labels
+    must not see the validation period), then ``train_weeks`` (the weeks default to ``model.ranges``).
+    Returns the six dates, ``embargo_days`` and every cut-off (``cutoffs``).
     """
-    embargo = int(params["embargo_days"]) if params.get("embargo_days") is not None else HORIZON_DAYS
-    weeks = {
-        k: int(params.get(f"{k}_weeks") or d)
-        for k, d in (("train", TRAIN_WEEKS), ("valid", VALID_WEEKS), ("holdback", HOLDBACK_WEEKS))
-    }
+    defaults = training_param_defaults(model)
+    every, weekday = cadence(model)
+    horizon = label_horizon_days(model)
+
+    def param(name: str) -> Any:
+        value = params.get(name)
+        return defaults[name] if value is None or value == "" else value
+
+    embargo = int(param("embargo_days"))
+    weeks = {k: int(param(f"{k}_weeks")) for k in ("train", "valid", "holdback")}
     bounds = []
     if logical_date is not None:
-        bounds.append(dt.date.fromisoformat(parse_ds(logical_date)) - dt.timedelta(days=HORIZON_DAYS))
+        bounds.append(dt.date.fromisoformat(parse_ds(logical_date)) - dt.timedelta(days=math.ceil(horizon)))
     if latest_mature is not None:
         bounds.append(dt.date.fromisoformat(parse_ds(latest_mature)))
 
     def given(name: str) -> dt.date | None:
-        return dt.date.fromisoformat(parse_ds(params[name])) if params.get(name) else None
+        value = param(name)
+        return dt.date.fromisoformat(parse_ds(value)) if value else None
 
+    def on_or_before(day: dt.date) -> dt.date:
+        return cutoff_on_or_before(day, every, weekday)
+
+    step = dt.timedelta(days=1 if every == "day" else 7)
     hold_to = given("holdback_to")
     if hold_to is None:
         if not bounds:
             raise ValueError(
-                "no mature labels: land raw_events at least 90 days past a Monday first, or pass holdback_to"
+                f"no mature labels of model {model.name!r}: land its sources at least {horizon:g} days past "
+                "a cut-off first, or pass holdback_to"
             )
-        hold_to = _monday_on_or_before(min(bounds))
-    hold_from = given("holdback_from") or hold_to - dt.timedelta(weeks=weeks["holdback"] - 1)
-    valid_to = given("valid_to") or hold_from - dt.timedelta(weeks=1)
-    valid_from = given("valid_from") or valid_to - dt.timedelta(weeks=weeks["valid"] - 1)
-    train_to = given("train_to") or _monday_on_or_before(valid_from - dt.timedelta(days=max(embargo, 1)))
-    train_from = given("train_from") or train_to - dt.timedelta(weeks=weeks["train"] - 1)
+        hold_to = on_or_before(min(bounds))
+    hold_from = given("holdback_from") or on_or_before(hold_to - dt.timedelta(weeks=weeks["holdback"]) + step)
+    valid_to = given("valid_to") or hold_from - step
+    valid_from = given("valid_from") or on_or_before(valid_to - dt.timedelta(weeks=weeks["valid"]) + step)
+    train_to = given("train_to") or on_or_before(valid_from - dt.timedelta(days=max(embargo, 1)))
+    train_from = given("train_from") or on_or_before(train_to - dt.timedelta(weeks=weeks["train"]) + step)
     if not train_from <= train_to < valid_from <= valid_to < hold_from <= hold_to:
         raise ValueError(
-            f"bad training window: train {train_from}..{train_to}, valid {valid_from}..{valid_to}, "
-            f"holdback {hold_from}..{hold_to}"
+            f"bad training window of model {model.name!r}: train {train_from}..{train_to}, "
+            f"valid {valid_from}..{valid_to}, holdback {hold_from}..{hold_to}"
         )
-    out = {
+    out: dict[str, Any] = {
         "train": [train_from.isoformat(), train_to.isoformat()],
         "valid": [valid_from.isoformat(), valid_to.isoformat()],
         "holdback": [hold_from.isoformat(), hold_to.isoformat()],
         "embargo_days": embargo,
     }
-    cutoffs = []
-    for a, b in (out["train"], out["valid"], out["holdback"]):
-        day = dt.date.fromisoformat(a)
-        day += dt.timedelta(days=(-day.weekday()) % 7)
-        while day <= dt.date.fromisoformat(b):
-            cutoffs.append(day.isoformat())
-            day += dt.timedelta(weeks=1)
-    out["cutoffs"] = cutoffs
+    out["cutoffs"] = [c for role in ("train", "valid", "holdback") for c in cutoffs_between(*out[role], every, weekday)]
     return out
 
 
@@ -269,6 +407,15 @@ def data_quality_gate() -> Iterator[None]:
         raise AirflowFailException(f"data quality failed: {exc}") from exc
 
 
+# ---- features_daily ----------------------------------------------------------------------------------
+def land_day(cfg, source: str, day: str, path: str | None = None):
+    """Land day ``day`` of the declared ``source`` (``jobs.ingest.landing.land``); ``path`` (the DAG's Param)
+    lands from another input than the declared one, e.g. a re-export."""
+    from jobs.ingest.landing import land
+
+    return land(cfg, source, day, day, **({"path": path} if path else {}))
+
+
 # ---- skew_nightly ------------------------------------------------------------------------------------
 SERVING_LOGS = "serving_logs"
 SKEW_REPORTS = "skew_reports"
@@ -308,6 +455,34 @@ def serving_log_action(ds: str, wal_ids: Iterable[str], published_ids: Iterable[
         f"but lacks {len(published - wal)} the partition holds (WAL segments pruned?); "
         "republishing would drop logged records — restore the segments or delete the partition"
     )
+
+
+def publish_serving_log(cfg, model: str, day: str, wal_param: Any = None) -> dict[str, Any]:
+    """The nightly publish of ``serving_logs/ds=<day>`` for ``model`` from the serving WAL, idempotent
+    (:func:`serving_log_action`): skipped when no request was logged that day, failed at once when there is
+    neither a WAL nor a published partition (a misconfigured WAL directory)."""
+    from pathlib import Path
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+    from jobs.serving.log import publish, read_wal
+
+    decl = cfg.repo().model(model)
+    wal_dir = serving_wal_dir(wal_param)
+    table = cfg.lake().table(SERVING_LOGS)
+    published = table.read(day, columns=["request_id"])["request_id"] if table.exists(day) else None
+    if published is None and not Path(wal_dir).is_dir():
+        raise AirflowFailException(
+            f"no serving WAL at {wal_dir!r} and no {SERVING_LOGS}/ds={day}: "
+            f"set {SERVING_WAL_ENV} (absolute) or the wal_dir Param"
+        )
+    wal = read_wal(wal_dir, decl) if Path(wal_dir).is_dir() else None
+    wal_ids = [] if wal is None else wal.loc[wal["request_time"].dt.strftime("%Y-%m-%d") == day, "request_id"]
+    action = serving_log_action(day, wal_ids, published)
+    if action == "empty":
+        raise AirflowSkipException(f"the service logged no request on {day} (WAL {wal_dir})")
+    manifest = publish(cfg, wal_dir, decl, day) if action == "publish" else table.manifest(day)
+    return {"action": action, **summary(manifest)}
 
 
 @contextlib.contextmanager

@@ -10,7 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-EXPECTED = {"features_daily", "training", "batch_scoring", "skew_nightly"}
+#: The DAGs the CDNOW example's declarations produce: one per source, three per model.
+FEATURES = "features_daily__cdnow_purchases"
+TRAINING = "training__repurchase_90d"
+SCORING = "batch_scoring__repurchase_90d"
+SKEW = "skew_nightly__repurchase_90d"
+EXPECTED = {FEATURES, TRAINING, SCORING, SKEW}
+SNAPSHOT_URI = "lockstep://feature_snapshots/customer_activity_v1"
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +30,7 @@ def dagbag():
 
 def test_dag_files_import_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert EXPECTED <= set(dagbag.dag_ids)
+    assert set(dagbag.dag_ids) == EXPECTED  # one set per declaration, nothing else
 
 
 def test_each_dag_file_parses_well_under_a_second(dagbag):
@@ -74,28 +80,38 @@ def test_dag_conventions(dagbag, dag_id):
 
 
 def test_features_daily_schedule_is_inside_cdnow(dagbag):
-    dag = dagbag.dags["features_daily"]
+    dag = dagbag.dags[FEATURES]
     assert str(dag.start_date.date()) == "1997-01-01" and str(dag.end_date.date()) == "1998-06-30"
     assert [t.task_id for t in dag.topological_sort()] == [
         "land_raw",
         "validate_raw",
-        "build_snapshot",
-        "validate_snapshot",
+        "build_snapshot__customer_activity_v1",
+        "validate_snapshot__customer_activity_v1",
     ]
-    assert dag.get_task("validate_snapshot").outlets[0].uri == "lockstep://lake/feature_snapshots/customer_activity_v1"
+    assert dag.get_task("validate_snapshot__customer_activity_v1").outlets[0].uri == SNAPSHOT_URI
+    assert dag.get_task("validate_raw").outlets[0].uri == "lockstep://raw_events/cdnow_purchases"
     # Snapshots read every earlier raw day: days are built in order, a bad day stops the later ones.
-    assert dag.get_task("build_snapshot").depends_on_past
+    assert dag.get_task("build_snapshot__customer_activity_v1").depends_on_past
+    assert "depends_on_past" in dag.doc_md
 
 
 def test_batch_scoring_runs_on_the_snapshot_asset(dagbag):
-    dag = dagbag.dags["batch_scoring"]
+    from jobs import orchestration as o
+
+    dag = dagbag.dags[SCORING]
     uris = {a.uri for a in dag.timetable.asset_condition.objects}
-    assert uris == {"lockstep://lake/feature_snapshots/customer_activity_v1"}
+    assert uris == {SNAPSHOT_URI}
+    assert (
+        [a.uri for a in dag.get_task("publish_sql").outlets]
+        == ["lockstep://predictions/"]
+        == [o.asset_uri("predictions")]
+    )
     assert [t.task_id for t in dag.topological_sort()] == ["partitions", "score", "validate_predictions", "publish_sql"]
 
 
 def test_training_flow_and_params(dagbag):
-    dag = dagbag.dags["training"]
+    dag = dagbag.dags[TRAINING]
+    assert dag.timetable.expression == "0 0 * * 1"  # @weekly on the model's Monday cut-offs
     assert [t.task_id for t in dag.topological_sort()] == [
         "plan_window",
         "build_labels",
@@ -115,19 +131,24 @@ def test_training_flow_and_params(dagbag):
 
     with pytest.raises(ParamValidationError):
         dag.params.get_param("backend").resolve("gpu")
+    # defaults from the declaration: its ranges (weeks of cut-offs), its label horizon, its rounds
+    defaults = {k: dag.params[k] for k in ("train_weeks", "valid_weeks", "holdback_weeks", "embargo_days", "rounds")}
+    assert defaults == {"train_weeks": 8, "valid_weeks": 3, "holdback_weeks": 3, "embargo_days": 90, "rounds": 500}
 
 
-def test_every_dag_file_is_covered():
-    assert {p.stem for p in DAGS.glob("*.py")} == EXPECTED  # each file defines the DAG of its name
+def test_every_dag_file_is_covered(dagbag):
+    # each file generates the DAGs of its name, one per declaration
+    assert {p.stem for p in DAGS.glob("*.py")} == {"features_daily", "training", "batch_scoring", "skew_nightly"}
+    for dag_id in EXPECTED:
+        assert Path(dagbag.dags[dag_id].fileloc).stem == dag_id.split("__")[0]
 
 
 def test_skew_nightly_publishes_validates_then_reports(dagbag):
-    dag = dagbag.dags["skew_nightly"]
+    dag = dagbag.dags[SKEW]
     assert str(dag.start_date.date()) == "1997-01-01" and str(dag.end_date.date()) == "1998-06-30"
     assert dag.timetable.expression == "0 0 * * *"  # @daily
     assert [t.task_id for t in dag.topological_sort()] == ["publish_serving_log", "validate_serving_log", "skew"]
-    assert [a.uri for a in dag.get_task("skew").outlets] == ["lockstep://lake/skew_reports"]
-    assert dag.params.get_param("model_name").resolve("repurchase_90d") == "repurchase_90d"
+    assert [a.uri for a in dag.get_task("skew").outlets] == ["lockstep://skew_reports/"]
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError):
@@ -135,7 +156,7 @@ def test_skew_nightly_publishes_validates_then_reports(dagbag):
     assert dag.params.get_param("thresholds").resolve({"*": {"psi": 0.25}}) == {"*": {"psi": 0.25}}
 
 
-@pytest.mark.parametrize("dag_id", ["features_daily", "training", "skew_nightly"])
+@pytest.mark.parametrize("dag_id", [FEATURES, TRAINING, SKEW])
 def test_a_bad_engine_name_is_refused_at_trigger_time(dagbag, dag_id):
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -155,7 +176,7 @@ def test_training_tune_task_is_skipped_unless_asked_and_feeds_train_and_register
     import jobs.training.search as tune_mod
     import jobs.training.trainer
 
-    dag = dagbag.dags["training"]
+    dag = dagbag.dags[TRAINING]
     window = {
         "train": ["1997-02-03", "1997-02-24"],
         "valid": ["1997-03-03", "1997-03-10"],
