@@ -1,5 +1,7 @@
-"""``lockstep``: the jobs as subcommands. Every subcommand takes the lake and engine from
-``--lake``/``--engine`` or the LOCKSTEP_* environment (see ``jobs.config.Config``)."""
+"""``lockstep``: the jobs as subcommands. Every subcommand takes the lake, engine and repo of declarations
+from ``--lake``/``--engine``/``--repo`` or the LOCKSTEP_* environment (see ``jobs.config.Config``), and the
+declarations it works on from ``--model`` / ``--source`` / ``--feature-set`` (default: the repo's only or
+first one; ``lockstep repo`` lists them)."""
 
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The ``lockstep`` parser: the global flags (``Config.from_args`` reads them) and every subcommand,
     each declared by its stage's module in this package."""
-    from jobs.cli import demo, features, ingest, models, quality, scoring, serving, skew, training
+    from jobs.cli import demo, features, ingest, models, quality, repo, scoring, serving, skew, training
 
     p = argparse.ArgumentParser(
         prog="lockstep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -39,8 +41,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dask-address", help="dask.distributed scheduler address (default: a LocalCluster per run)")
     p.add_argument("--spark-master", help="Spark master URL (default local[2])")
     p.add_argument("--buckets", type=int, help="hash buckets for the Dask/Spark engines (default 16)")
+    p.add_argument(
+        "--repo",
+        metavar="PATH_OR_PACKAGE",
+        help="the declarations: a package or a directory of modules (env LOCKSTEP_REPO; default features.projects)",
+    )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
+    repo.add_parsers(sub)
     demo.add_parsers(sub)
     ingest.add_parsers(sub)
     features.add_parsers(sub)
