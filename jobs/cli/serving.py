@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 
-from features import registry
 from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
 from jobs.serving.log import publish
@@ -22,6 +21,7 @@ def add_parsers(subparsers) -> None:
 def add_serve_parser(subparsers) -> None:
     """``lockstep serve [--host H] [--port P] [--mode fresh|materialized] [--redis-url URL] [--wal-dir D]``."""
     p = subparsers.add_parser("serve", help="run the reference serving service (POST /predict, /health, /metrics)")
+    p.add_argument("--model", help="the declared model to serve (default: the repo's default model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--mode", choices=MODES, help="default feature mode (default fresh)")
@@ -44,6 +44,7 @@ def _cmd_serve(args) -> int:
 
     settings = Settings.from_env(
         lake_root=getattr(args, "lake", None),
+        model=args.model,
         mode=args.mode,
         redis_url=args.redis_url,
         store_timeout_ms=args.store_timeout_ms,
@@ -60,6 +61,8 @@ def _cmd_serve(args) -> int:
             }
         )
         os.environ["LOCKSTEP_LAKE"] = settings.lake_root
+        if getattr(args, "repo", None):
+            os.environ["LOCKSTEP_REPO"] = args.repo
         uvicorn.run(
             "jobs.serving.app:app_from_env",
             factory=True,
@@ -69,7 +72,8 @@ def _cmd_serve(args) -> int:
             log_level="info",
         )
     else:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info")
+        cfg = Config.from_args(args)
+        uvicorn.run(create_app(settings, cfg=cfg), host=args.host, port=args.port, log_level="info")
     return 0
 
 
@@ -80,37 +84,46 @@ def add_publish_log_parser(subparsers) -> None:
     )
     p.add_argument("--ds", required=True)
     p.add_argument("--wal-dir", default=".lockstep/serving_wal")
-    p.add_argument("--feature-set", default="customer_activity_v1")
+    p.add_argument("--model", help="the declared model the service served (default: the repo's default model)")
     p.set_defaults(func=_cmd_publish)
 
 
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
-    m = publish(cfg, args.wal_dir, registry.get(args.feature_set), args.ds)
+    m = publish(cfg, args.wal_dir, _model(cfg, args.model), args.ds)
     print(f"serving_logs/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
     return 0
 
 
 def add_replay_parser(subparsers) -> None:
     """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``."""
-    p = subparsers.add_parser("replay", help="replay a day of CDNOW-like requests against a running service")
+    p = subparsers.add_parser(
+        "replay", help="replay a day of requests from the model's source against a running service"
+    )
     p.add_argument("--ds", required=True)
     p.add_argument("--url", default="http://127.0.0.1:8000")
     p.add_argument("--requests", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("fresh", "materialized"))
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--feature-set", default="customer_activity_v1")
+    p.add_argument("--model", help="the declared model the service serves (default: the repo's default model)")
     p.set_defaults(func=_cmd_replay)
 
 
 def _cmd_replay(args) -> int:
-    from jobs.serving.store import read_lake_events
-
     cfg = Config.from_args(args)
-    fs = registry.get(args.feature_set)
-    plan = plan_day(read_lake_events(cfg, fs), args.ds, args.requests, args.seed, fs.entity, args.mode)
+    model = _model(cfg, args.model)
+    src = model.queries.source
+    raw = cfg.lake().table(src.table)
+    first, last = raw.first_ds(), raw.last_ds()
+    events = raw.read(first, last) if first is not None else raw.read(args.ds)
+    plan = plan_day(events, args.ds, args.requests, args.seed, model, args.mode)
     res = replay(args.url, plan, args.concurrency)
     counts = res["status"].value_counts().to_dict()
     print(f"replayed {len(res)} requests for ds={args.ds}: status counts {counts}")
     return 0 if set(counts) == {200} else 1
+
+
+def _model(cfg, name: str | None):
+    repo = cfg.repo()
+    return repo.model(name) if name else repo.default_model()

@@ -10,10 +10,12 @@ from jobs.skew.job import SkewThresholdError, run_skew
 
 
 def add_parsers(subparsers) -> None:
-    """``lockstep skew --ds D [--thresholds FILE.json] [--lookback-days N] [--late-days N] [--no-fail]``."""
+    """``lockstep skew --ds D [--model M] [--thresholds FILE.json] [--lookback-days N] [--late-days N] [--no-fail]``."""
     p = subparsers.add_parser("skew", help="compare serving_logs/ds=D with an offline recomputation; report causes")
     p.add_argument("--ds", required=True)
-    p.add_argument("--feature-set", default="customer_activity_v1")
+    p.add_argument(
+        "--model", help="the declared model whose serving log is compared (default: the repo's default model)"
+    )
     p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "recency_days": {"psi": 0.25}}')
     p.add_argument("--lookback-days", type=int, default=3)
     p.add_argument("--late-days", type=int, default=3)
@@ -31,14 +33,15 @@ def _cmd_skew(args) -> int:
     try:
         from jobs.serving.model import RegistrySource
 
-        source = RegistrySource(cfg)
+        repo = cfg.repo()
+        source = RegistrySource(cfg, (repo.model(args.model) if args.model else repo.default_model()).name)
     except ImportError:
         pass
     try:
         rep = run_skew(
             cfg,
             args.ds,
-            feature_set=args.feature_set,
+            model=args.model,
             model_source=source,
             thresholds=thresholds,
             lookback_days=args.lookback_days,

@@ -1,4 +1,14 @@
-"""Reference serving service: ``POST /predict`` -> the champion's score, every response logged.
+"""Reference serving service of one declared model: ``POST /predict`` -> the champion's score, every
+response logged.
+
+A request names the model's query keys (``model.query_keys``): for a model with one key the body
+is ``{"entity_id": ..., "request_time": ...}`` as it always was; a model joining sets on several
+keys takes them by name, top level or under ``"keys"`` (``{"shop": "s1", "courier": "c7", ...}``).
+Every joined set is evaluated on its bound key (in join order), each from its own online store over
+its source's raw table (``fs.source.table``, keyed by the set's entity: int64 or string keys), and
+the record names the model's sets and every set's fingerprint (``+``-joined, ``model.fingerprint``
+when the code is right). A champion whose lineage fingerprint is not ``model.fingerprint`` is refused
+at start-up (it was trained on other feature-set versions).
 
 Feature modes (both produce the kernel's values; see DESIGN §7):
 
@@ -10,7 +20,7 @@ Feature modes (both produce the kernel's values; see DESIGN §7):
   ``python -m bench.serving``). It runs inline on the event loop: a thread-pool hop would cost
   about as much as the work, and CPU parallelism comes from ``--workers`` processes.
 * ``materialized``: the vector of ``feature_snapshots/<set>/ds=date(t)-1`` (as known at 00:00 of
-  the request day): no kernel call per request, but up to a day stale (``recency_days`` etc.).
+  the request day): no kernel call per request, but up to a day stale (recencies etc.).
 
 Degradation: when the store errors or exceeds its per-request timeout (Redis: socket timeout
 ``store_timeout_ms``), or the day's snapshot is not published, the service still answers with
@@ -36,12 +46,11 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
-from features import registry
 from features.online import compute_one
 from features.spec import FeatureSet
-from jobs.serving.log import LogQueueFull, ServingLog, make_record
+from jobs.serving.log import LogQueueFull, ServingLog, log_feature_sets, log_keys, make_record
 from jobs.serving.model import Model, ModelSource
 from jobs.serving.store import (
     EmbeddedStore,
@@ -51,6 +60,7 @@ from jobs.serving.store import (
     StoreRefresher,
     StoreUnavailable,
     history_of,
+    key_of,
 )
 
 MODES = ("fresh", "materialized")
@@ -58,17 +68,21 @@ MODES = ("fresh", "materialized")
 #: The pluggable feature computation of fresh mode: (entity's events, entity, request time, set) -> values.
 #: Only tests replace it (deliberately wrong implementations); a hook may carry a ``fingerprint``
 #: attribute to stamp instead of the set's (a service built from another version of the set).
-FeatureHook = Callable[[pd.DataFrame, int, pd.Timestamp, FeatureSet], dict]
+FeatureHook = Callable[[pd.DataFrame, object, pd.Timestamp, FeatureSet], dict]
 
 
-def kernel_hook(events: pd.DataFrame, entity_id: int, request_time: pd.Timestamp, fs: FeatureSet) -> dict:
+class FingerprintMismatchError(ValueError):
+    """The champion was trained on other feature-set versions than the model declares."""
+
+
+def kernel_hook(events: pd.DataFrame, entity_id, request_time: pd.Timestamp, fs: FeatureSet) -> dict:
     return compute_one(events, entity_id, request_time, fs, "known_at")
 
 
 @dataclass(frozen=True)
 class Settings:
     lake_root: str = ".lockstep/lake"
-    feature_set: str = "customer_activity_v1"
+    model: str | None = None  # the declared model served (None: the repo's default model)
     mode: str = "fresh"  # default mode when a request does not name one
     redis_url: str | None = None  # None: the embedded store
     store_timeout_ms: float = 50.0
@@ -121,7 +135,8 @@ class Metrics:
 
 
 class Predictor:
-    """Features + score for one request (no HTTP, no logging): the in-process serving path."""
+    """One feature set's features (+ the score, for a one-set model) for one request (no HTTP, no
+    logging): the in-process serving path."""
 
     def __init__(
         self,
@@ -145,7 +160,7 @@ class Predictor:
         }
         self._lock = threading.Lock()
 
-    def features(self, entity_id: int, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
+    def features(self, entity_id, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
         """(values, degraded reason or None, snapshot ds or None)."""
         if mode == "materialized":
             try:
@@ -166,21 +181,78 @@ class Predictor:
         return self.hook(history.frame, entity_id, request_time, self.fs), None, None
 
     def score(self, values: dict) -> float:
-        # One float64 row, nulls as NaN (the scoring job's dtype contract; counts are exact in float64).
-        row = np.array([[np.nan if values[n] is None else values[n] for n in self._names]], dtype=np.float64)
-        matrix = getattr(self.model, "predict_matrix", None)
-        if matrix is not None:  # no DataFrame per request
-            return float(matrix(row)[0])
-        return float(self.model.predict(pd.DataFrame(row, columns=self._names))[0])
+        return score_of(self.model, self._names, values)
+
+
+def score_of(model: Model, names: list[str], values: dict) -> float:
+    # One float64 row, nulls as NaN (the scoring job's dtype contract; counts are exact in float64).
+    row = np.array([[np.nan if values[n] is None else values[n] for n in names]], dtype=np.float64)
+    matrix = getattr(model, "predict_matrix", None)
+    if matrix is not None:  # no DataFrame per request
+        return float(matrix(row)[0])
+    return float(model.predict(pd.DataFrame(row, columns=names))[0])
+
+
+class ModelPredictor:
+    """Every joined set's features for one request, each on its bound query key, then the score."""
+
+    def __init__(self, decl, parts: list[tuple[object, Predictor]], model: Model):
+        self.decl, self.parts, self.model = decl, parts, model
+        #: what the record carries: every set's fingerprint as served, in join order
+        self.fingerprint = "+".join(p.fingerprint for _, p in parts)
+        self._names = list(model.feature_names)
+        self._cast = [(j.key_name, key_of(p.fs)) for j, p in parts]
+
+    def features(self, keys: dict, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
+        """(values of every set, the first degraded reason or None, the first snapshot ds or None)."""
+        values: dict = {}
+        reason = snap = None
+        for (join, pred), (col, cast) in zip(self.parts, self._cast):
+            got, why, ds = pred.features(cast(keys[col]), request_time, mode)
+            values.update(got)
+            reason, snap = reason or why, snap or ds
+        return values, reason, snap
+
+    def score(self, values: dict) -> float:
+        return score_of(self.model, self._names, values)
 
 
 class PredictRequest(BaseModel):
-    """Body of ``POST /predict``. Unknown fields are ignored and never reach the log (PII allowlist)."""
+    """Body of ``POST /predict``: the model's query keys (``entity_id`` for a one-key model; by name,
+    top level or under ``keys``, for several). Other fields are ignored and never reach the log
+    (PII allowlist)."""
 
-    entity_id: int
+    model_config = ConfigDict(extra="allow")
+
+    entity_id: int | str | None = None
+    keys: dict[str, int | str] | None = None
     request_time: str | None = None  # ISO 8601; naive = UTC; default: now
     mode: str | None = None  # fresh | materialized; default: the service's
     request_id: str | None = None  # default: a new uuid4
+
+
+def request_keys(req: PredictRequest, keys: list[tuple[str, str, str]]) -> dict:
+    """``{query column: key}`` of a request, typed by the declaration; ValueError naming a missing or
+    mistyped key."""
+    extra = req.model_extra or {}
+    out = {}
+    for log_col, col, type_ in keys:
+        v = (req.keys or {}).get(col, extra.get(col))
+        if v is None and log_col == "entity_id":
+            v = req.entity_id
+        if v is None:
+            raise ValueError(f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
+        if type_ == "int64":
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ValueError(f"key {col!r} must be an integer, got {v!r}")
+            try:
+                v = int(v)
+            except ValueError:
+                raise ValueError(f"key {col!r} must be an integer, got {v!r}") from None
+        else:
+            v = str(v)
+        out[col] = v
+    return out
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -198,7 +270,8 @@ def create_app(
     cfg=None,
     notifier=None,
 ):
-    """The FastAPI app. Everything not given is built from ``settings`` at start-up."""
+    """The FastAPI app of the declared model ``settings.model``. Everything not given is built from
+    ``settings`` at start-up. ``store``: one store for every joined set, or ``{set name: store}``."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException
@@ -206,47 +279,71 @@ def create_app(
     from jobs.config import Config
 
     cfg = cfg or Config(lake_root=settings.lake_root)
-    fs = registry.get(settings.feature_set)
+    repo = cfg.repo()
+    decl = repo.model(settings.model) if settings.model else repo.default_model()
+    keys = log_keys(decl)
     state: dict = {}
+
+    def set_store(fs: FeatureSet):
+        if isinstance(store, dict):
+            return store.get(fs.name)
+        return store
 
     @asynccontextmanager
     async def lifespan(app):
         notify = notifier or _default_notifier(cfg)
         metrics = Metrics()
-        base, refresher = store, None
-        if base is None:
-            loaded = StoreRefresher.published(cfg)  # before the read: a later partition is applied later
-            through = max(loaded) if loaded else None
-            if settings.redis_url:
-                base = RedisStore(fs, settings.redis_url, timeout_s=settings.store_timeout_ms / 1000)
-                if settings.load_store:
-                    from jobs.serving.store import read_lake_events
+        model = (model_source or _model_source(settings, cfg, decl)).champion()
+        fp = getattr(model, "feature_set_fingerprint", None)
+        if fp != decl.fingerprint:
+            raise FingerprintMismatchError(
+                f"model {model.name} v{model.version} was trained on features {fp}, but model {decl.name!r} "
+                f"declares {decl.fingerprint}: serve a version trained on the current feature sets"
+            )
+        parts, caches, bases, refreshers = [], [], [], []
+        for join in decl.joins:
+            fs = join.feature_set
+            base, refresher = set_store(fs), None
+            loaded: dict = {}
+            if base is None:
+                loaded = StoreRefresher.published(cfg, fs)  # before the read: a later partition is applied later
+                through = max(loaded) if loaded else None
+                if settings.redis_url:
+                    base = RedisStore(fs, settings.redis_url, timeout_s=settings.store_timeout_ms / 1000)
+                    if settings.load_store:
+                        from jobs.serving.store import read_lake_events
 
-                    base.load(read_lake_events(cfg, fs, through))
-            else:
-                base = EmbeddedStore.from_lake(cfg, fs, through)
-        cache = L1Cache(base, settings.cache_entries, settings.cache_ttl_s, fs=fs)
-        if store is None and (settings.load_store or not settings.redis_url):
-            refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
-        model = (model_source or _model_source(settings, cfg)).champion()
+                        base.load(read_lake_events(cfg, fs, through))
+                else:
+                    base = EmbeddedStore.from_lake(cfg, fs, through)
+            cache = L1Cache(base, settings.cache_entries, settings.cache_ttl_s, fs=fs)
+            if set_store(fs) is None and (settings.load_store or not settings.redis_url):
+                refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
+                refreshers.append(refresher)
+            parts.append((join, Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics)))
+            caches.append(cache)
+            bases.append(base)
         slog = serving_log or ServingLog(
-            settings.wal_dir, fs, queue_size=settings.log_queue_size, fsync=settings.fsync, notifier=notify
+            settings.wal_dir, decl, queue_size=settings.log_queue_size, fsync=settings.fsync, notifier=notify
         )
         if serving_log is None or not slog.running:
             slog.start()
         state.update(
-            predictor=Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics),
+            predictor=ModelPredictor(decl, parts, model),
             log=slog,
             metrics=metrics,
-            cache=cache,
-            store=base,
-            refresher=refresher,
+            cache=caches[0],
+            caches=caches,
+            store=bases[0],
+            stores=bases,
+            refresher=refreshers[0] if refreshers else None,
+            refreshers=refreshers,
             started=time.time(),
         )
         try:
             yield
         finally:
-            if refresher is not None:
+            for refresher in refreshers:
                 refresher.stop()
             slog.close()
 
@@ -256,7 +353,7 @@ def create_app(
     @app.post("/predict")
     async def predict(req: PredictRequest):
         t0 = time.perf_counter()
-        pred: Predictor = state["predictor"]
+        pred: ModelPredictor = state["predictor"]
         metrics: Metrics = state["metrics"]
         mode = req.mode or settings.mode
         if mode not in MODES:
@@ -265,19 +362,23 @@ def create_app(
             t = _utc(req.request_time) if req.request_time else pd.Timestamp.now(tz="UTC")
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"bad request_time: {exc}") from None
+        try:
+            query = request_keys(req, keys)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
         metrics.requests += 1
-        values, reason, snap_ds = pred.features(req.entity_id, t, mode)
+        values, reason, snap_ds = pred.features(query, t, mode)
         score = pred.score(values)
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
         rec = make_record(
-            fs,
+            decl,
             request_id=request_id,
-            entity_id=req.entity_id,
+            **{log_col: query[col] for log_col, col, _ in keys},
             request_time=t,
             served_at=pd.Timestamp.now(tz="UTC"),
             mode=mode,
-            feature_set=fs.name,
+            feature_set=log_feature_sets(decl),
             feature_set_fingerprint=pred.fingerprint,
             model_name=pred.model.name,
             model_version=str(pred.model.version),
@@ -302,28 +403,35 @@ def create_app(
         metrics.by_mode[mode] += 1
         metrics.degraded += reason is not None
         metrics.latencies.append(latency_ms)
-        return {
-            "request_id": request_id,
-            "entity_id": req.entity_id,
-            "request_time": t.isoformat(),
-            "mode": mode,
-            "score": score,
-            "model_name": pred.model.name,
-            "model_version": str(pred.model.version),
-            "feature_set_fingerprint": pred.fingerprint,
-            "degraded": reason is not None,
-            "degraded_reason": reason,
-            "features": values,
-        }
+        out = {"request_id": request_id}
+        if len(keys) == 1 and keys[0][0] == "entity_id":
+            out["entity_id"] = query[keys[0][1]]
+        out.update(
+            {
+                "keys": query,
+                "request_time": t.isoformat(),
+                "mode": mode,
+                "score": score,
+                "model": decl.name,
+                "model_name": pred.model.name,
+                "model_version": str(pred.model.version),
+                "feature_set_fingerprint": pred.fingerprint,
+                "degraded": reason is not None,
+                "degraded_reason": reason,
+                "features": values,
+            }
+        )
+        return out
 
     @app.get("/health")
     async def health():
-        pred: Predictor | None = state.get("predictor")
-        ok = pred is not None and state["log"]._thread is not None
+        pred: ModelPredictor | None = state.get("predictor")
+        ok = pred is not None and state["log"].running
         return {
             "status": "ok" if ok else "starting",
-            "feature_set": fs.name,
-            "fingerprint": fs.fingerprint,
+            "model_declaration": decl.name,
+            "feature_set": log_feature_sets(decl),
+            "fingerprint": decl.fingerprint,
             "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
             "store": type(state.get("store")).__name__,
         }
@@ -331,17 +439,18 @@ def create_app(
     @app.get("/metrics")
     async def metrics_endpoint():
         m: Metrics = state["metrics"]
-        cache: L1Cache = state["cache"]
+        caches: list[L1Cache] = state["caches"]
         slog: ServingLog = state["log"]
+        hits, misses = sum(c.hits for c in caches), sum(c.misses for c in caches)
         return {
             "requests": m.requests,
             "ok": m.ok,
             "by_mode": m.by_mode,
             "degraded": m.degraded,
             **m.percentiles(),
-            "cache_hits": cache.hits,
-            "cache_misses": cache.misses,
-            "cache_hit_rate": cache.hit_rate,
+            "cache_hits": hits,
+            "cache_misses": misses,
+            "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
             "store_errors": m.store_errors,
             "store_timeouts": m.store_timeouts,
             "log_written": slog.written,
@@ -349,25 +458,28 @@ def create_app(
             "log_queue_full": slog.queue_full,
             "log_write_errors": slog.write_errors,
             "log_recovered_at_start": slog.recovered,
-            **_refresh_metrics(state.get("refresher")),
+            **_refresh_metrics(state.get("refreshers") or []),
         }
 
     return app
 
 
-def _refresh_metrics(refresher: StoreRefresher | None) -> dict:
-    if refresher is None:
+def _refresh_metrics(refreshers: list[StoreRefresher]) -> dict:
+    """The stores' refresh counters, summed over the joined sets (loaded through: the least)."""
+    if not refreshers:
         return {"store_loaded_through": None, "store_refreshes": 0, "store_reloads": 0, "store_refresh_errors": 0}
+    through = [r.loaded_through for r in refreshers]
+    errors = [r.last_error for r in refreshers if r.last_error]
     return {
-        "store_loaded_through": refresher.loaded_through,
-        "store_refreshes": refresher.refreshes,
-        "store_reloads": refresher.reloads,
-        "store_refresh_errors": refresher.errors,
-        "store_refresh_last_error": refresher.last_error,
+        "store_loaded_through": None if None in through else min(through),
+        "store_refreshes": sum(r.refreshes for r in refreshers),
+        "store_reloads": sum(r.reloads for r in refreshers),
+        "store_refresh_errors": sum(r.errors for r in refreshers),
+        "store_refresh_last_error": errors[-1] if errors else None,
     }
 
 
-def _model_source(settings: Settings, cfg) -> ModelSource:
+def _model_source(settings: Settings, cfg, decl) -> ModelSource:
     if settings.model_path:
         import pickle
 
@@ -377,7 +489,7 @@ def _model_source(settings: Settings, cfg) -> ModelSource:
             return StaticSource(pickle.load(f))
     from jobs.serving.model import RegistrySource
 
-    return RegistrySource(cfg)
+    return RegistrySource(cfg, decl.name)
 
 
 def _default_notifier(cfg):

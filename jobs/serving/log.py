@@ -49,11 +49,10 @@ log = logging.getLogger(__name__)
 SERVING_LOGS_TABLE = "serving_logs"
 FSYNC_POLICIES = ("interval", "always", "never")
 
-#: Fields a serving-log record may carry besides the feature values. Anything else a client
-#: sends (names, e-mails, addresses...) is dropped: the log holds ids, not raw PII.
+#: Fields a serving-log record may carry besides the query keys and the feature values. Anything
+#: else a client sends (names, e-mails, addresses...) is dropped: the log holds ids, not raw PII.
 BASE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("request_id", pa.string()),
-    ("entity_id", pa.int64()),
     ("request_time", pa.timestamp("us", tz="UTC")),
     ("served_at", pa.timestamp("us", tz="UTC")),
     ("mode", pa.string()),
@@ -68,31 +67,80 @@ BASE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("snapshot_ds", pa.string()),
 )
 _TIME_FIELDS = ("request_time", "served_at")
+#: The log column of the query key of a model with one query key (the historical name).
+ENTITY_ID = "entity_id"
 
 
-class LogQueueFull(Exception):
-    """The serving log's queue is full; the record was not accepted."""
+def log_keys(model) -> list[tuple[str, str, str]]:
+    """``(log column, query column, Arrow type)`` of the query keys a record carries.
+
+    ``model`` is a :class:`features.model.Model` (or, for one set served alone, a
+    :class:`features.spec.FeatureSet`). A model with one query key logs it as ``entity_id``; a
+    model joining sets on several keys logs each under its query column's name.
+    """
+    if isinstance(model, FeatureSet):
+        return [(ENTITY_ID, model.entity, model.entity_type)]
+    keys = list(model.query_keys)
+    if len(keys) == 1:
+        return [(ENTITY_ID, keys[0][0], keys[0][1])]
+    return [(name, name, type_) for name, type_ in keys]
 
 
-def log_schema(fs: FeatureSet) -> pa.Schema:
-    fields = [pa.field(n, t) for n, t in BASE_FIELDS]
-    fields += [pa.field(f.name, pa.int64() if f.is_integer else pa.float64()) for f in fs.features]
+def feature_sets_of(model) -> tuple[FeatureSet, ...]:
+    return (model,) if isinstance(model, FeatureSet) else tuple(model.feature_sets)
+
+
+def log_fingerprint(model) -> str:
+    """What a correct service stamps in ``feature_set_fingerprint``: every joined set's fingerprint,
+    ``+``-joined in join order (``model.fingerprint``)."""
+    return "+".join(fs.fingerprint for fs in feature_sets_of(model))
+
+
+def log_feature_sets(model) -> str:
+    """What a record's ``feature_set`` holds: the joined sets' names, ``+``-joined in join order."""
+    return "+".join(fs.name for fs in feature_sets_of(model))
+
+
+def log_schema(model) -> pa.Schema:
+    """``serving_logs`` rows of ``model``: request id, the query keys (``log_keys``), the base fields,
+    then every joined set's features (counts int64, others float64)."""
+    keys = [
+        pa.field(col, pa.timestamp("us", tz="UTC") if t.startswith("timestamp") else pa.type_for_alias(t))
+        for col, _, t in log_keys(model)
+    ]
+    fields = [pa.field(*BASE_FIELDS[0]), *keys, *(pa.field(n, t) for n, t in BASE_FIELDS[1:])]
+    fields += [
+        pa.field(f.name, pa.int64() if f.is_integer else pa.float64())
+        for fs in feature_sets_of(model)
+        for f in fs.features
+    ]
     return pa.schema(fields)
 
 
-def allowed_fields(fs: FeatureSet) -> tuple[str, ...]:
-    return tuple(n for n, _ in BASE_FIELDS) + fs.feature_names
+_ALLOWED: dict[int, tuple] = {}
 
 
-def make_record(fs: FeatureSet, **fields) -> dict:
+def allowed_fields(model) -> tuple[str, ...]:
+    """The columns of ``log_schema(model)`` (computed once per declaration: every request asks)."""
+    got = _ALLOWED.get(id(model))
+    if got is None or got[0] is not model:
+        got = _ALLOWED[id(model)] = (model, tuple(log_schema(model).names))
+    return got[1]
+
+
+def make_record(model, **fields) -> dict:
     """A record with exactly the allowlisted fields (missing ones null); times as int microseconds UTC."""
     rec = {}
-    for name in allowed_fields(fs):
+    for name in allowed_fields(model):
         v = fields.get(name)
         if name in _TIME_FIELDS and v is not None and not isinstance(v, int):
             v = int(pd.Timestamp(v).value // 1000)
         rec[name] = v
     return rec
+
+
+class LogQueueFull(Exception):
+    """The serving log's queue is full; the record was not accepted."""
 
 
 class ServingLog:
@@ -101,7 +149,7 @@ class ServingLog:
     def __init__(
         self,
         wal_dir: str | os.PathLike,
-        fs: FeatureSet,
+        model,
         *,
         queue_size: int = 10_000,
         batch_size: int = 1024,
@@ -113,7 +161,7 @@ class ServingLog:
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
         self.wal_dir = Path(wal_dir)
-        self.fs = fs
+        self.model = model
         self.batch_size, self.fsync, self.fsync_interval_s = batch_size, fsync, fsync_interval_s
         self.segment_bytes = segment_bytes
         self.notifier = notifier
@@ -269,14 +317,14 @@ class ServingLog:
 
     # ---- reading and publishing -------------------------------------------------------------
     def read_records(self) -> pd.DataFrame:
-        return read_wal(self.wal_dir, self.fs)
+        return read_wal(self.wal_dir, self.model)
 
     def publish(self, cfg, ds: str):
-        return publish(cfg, self.wal_dir, self.fs, ds)
+        return publish(cfg, self.wal_dir, self.model, ds)
 
 
-def read_wal(wal_dir, fs: FeatureSet) -> pd.DataFrame:
-    """Every complete record in the WAL segments, as a frame in ``log_schema(fs)``."""
+def read_wal(wal_dir, model) -> pd.DataFrame:
+    """Every complete record in the WAL segments, as a frame in ``log_schema(model)``."""
     rows = []
     for seg in sorted(Path(wal_dir).glob("segment-*.jsonl")):
         data = seg.read_bytes()
@@ -284,11 +332,11 @@ def read_wal(wal_dir, fs: FeatureSet) -> pd.DataFrame:
         for line in data[:end].splitlines():
             if line:
                 rows.append(json.loads(line))
-    return records_frame(rows, fs)
+    return records_frame(rows, model)
 
 
-def records_frame(rows: list[dict], fs: FeatureSet) -> pd.DataFrame:
-    schema = log_schema(fs)
+def records_frame(rows: list[dict], model) -> pd.DataFrame:
+    schema = log_schema(model)
     cols = {}
     for field in schema:
         vals = [r.get(field.name) for r in rows]
@@ -300,22 +348,24 @@ def records_frame(rows: list[dict], fs: FeatureSet) -> pd.DataFrame:
     return pa.table(cols, schema=schema).to_pandas()
 
 
-def publish(cfg, wal_dir, fs: FeatureSet, ds: str):
+def publish(cfg, wal_dir, model, ds: str):
     """Write the WAL's records of request day ``ds`` to ``serving_logs/ds=D`` (replaces the partition)."""
-    frame = read_wal(wal_dir, fs)
+    frame = read_wal(wal_dir, model)
     day = frame["request_time"].dt.strftime("%Y-%m-%d") == ds
     part = frame[day].drop_duplicates("request_id").sort_values(["request_time", "request_id"], ignore_index=True)
-    table = cfg.lake().table(SERVING_LOGS_TABLE, log_schema(fs))
-    producer = {"job": "serving_log.publish", "feature_set": fs.name, "wal_dir": str(wal_dir)}
-    return table.write_partition(
-        ds, pa.Table.from_pandas(part, schema=log_schema(fs), preserve_index=False), producer=producer
-    )
+    schema = log_schema(model)
+    table = cfg.lake().table(SERVING_LOGS_TABLE, schema)
+    producer = {"job": "serving_log.publish", "feature_set": log_feature_sets(model), "wal_dir": str(wal_dir)}
+    if not isinstance(model, FeatureSet):
+        producer["model"] = model.name
+    return table.write_partition(ds, pa.Table.from_pandas(part, schema=schema, preserve_index=False), producer=producer)
 
 
-def feature_frame(logs: pd.DataFrame, fs: FeatureSet) -> pd.DataFrame:
-    """The logged feature values as the kernel's dtypes (counts int64, others float64, NaN = null)."""
+def feature_frame(logs: pd.DataFrame, model) -> pd.DataFrame:
+    """The logged feature values (of every joined set) as the kernel's dtypes (counts int64, others
+    float64, NaN = null)."""
     out = {}
-    for f in fs.features:
+    for f in (f for fs in feature_sets_of(model) for f in fs.features):
         col = logs[f.name]
         out[f.name] = col.to_numpy(dtype=np.int64) if f.is_integer else col.to_numpy(dtype=np.float64, na_value=np.nan)
     return pd.DataFrame(out, index=logs.index)

@@ -115,6 +115,7 @@ class BoosterModel:
 
 class RegistrySource:
     """Adapter over ``jobs.models.registry.Registry`` (MLflow): champion alias, load by name/version.
+    ``model_name`` is the registered name (default: the repo's default model's).
 
     Drift reference: the feature columns of the training-set partitions in the champion's lineage
     (``training_set_fingerprints``, restricted to the ``train`` range when recorded), at most
@@ -129,9 +130,7 @@ class RegistrySource:
         self.cfg = cfg
         self.registry = Registry.from_config(cfg)
         if model_name is None:
-            from jobs.defaults import DEFAULT_MODEL
-
-            model_name = DEFAULT_MODEL
+            model_name = cfg.repo().default_model().name
         self.model_name, self.max_training_rows = model_name, max_training_rows
         self._cache: dict[tuple[str, str], BoosterModel] = {}
 

@@ -1,10 +1,17 @@
-"""Traffic replay: a day of realistic requests built from CDNOW activity, sent to the running service.
+"""Traffic replay: a day of realistic requests built from a model's source activity, sent to the
+running service.
 
-``plan_day`` picks, for day ``ds`` (seeded): every customer who buys that day (a visit around a
-purchase) plus an equal number of returning customers drawn from those with earlier purchases,
-weighted by how often they bought; each request gets a uniformly random time of the day at
-microsecond precision. ``replay`` sends them (bounded concurrency) and returns one row per
-request with the HTTP status.
+``plan_day`` picks, for day ``ds`` (seeded), by the model's queries (``model``: a declaration;
+default the repo's default model):
+
+* one query key (entity snapshots): every entity with an event that day (a visit around it) plus
+  an equal number of returning entities drawn from those with earlier events, weighted by how
+  often they had one; each request gets a uniformly random time of the day at microsecond
+  precision. Plan columns: request_id, entity_id, request_time (UTC, us), mode;
+* query rows: every query row whose ``as_of`` falls on the day, requested at its ``as_of`` with its
+  key columns (plan columns: request_id, the query keys by name, request_time, mode).
+
+``replay`` sends them (bounded concurrency) and returns one row per request with the HTTP status.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import uuid
 import numpy as np
 import pandas as pd
 
+from features.model import QueryRows
+
 US_PER_DAY = 86_400_000_000
 
 
@@ -23,16 +32,32 @@ def plan_day(
     ds: str,
     n_requests: int | None = None,
     seed: int = 0,
-    entity: str = "customer_id",
+    model=None,
     mode: str | None = None,
 ) -> pd.DataFrame:
-    """Requests for day ``ds``: columns request_id, entity_id, request_time (UTC, us), mode.
+    """Requests for day ``ds`` (see the module docstring).
 
-    ``events`` are raw events (``entity``, ``event_ts``). ``n_requests`` caps/fixes the count.
+    ``events`` are raw events of the model's query source. ``n_requests`` caps/fixes the count.
     """
+    if model is None or isinstance(model, str):
+        from features.repo import load
+
+        repo = load()
+        model = repo.model(model) if model else repo.default_model()
     rng = np.random.default_rng(seed)
     day0 = pd.Timestamp(ds, tz="UTC")
-    ts = events["event_ts"]
+    if isinstance(model.queries, QueryRows):
+        plan = _query_rows(events, model, day0, n_requests, rng)
+    else:
+        plan = _entities(events, model, day0, n_requests, rng)
+    if mode:
+        plan["mode"] = mode
+    return plan.sort_values("request_time", ignore_index=True, kind="stable")
+
+
+def _entities(events, model, day0, n_requests, rng) -> pd.DataFrame:
+    (entity, _), *_ = model.query_keys
+    ts = events[model.queries.source.event_time]
     buyers = pd.unique(events.loc[(ts >= day0) & (ts < day0 + pd.Timedelta(days=1)), entity].to_numpy())
     past = events.loc[ts < day0, entity].value_counts()
     n = n_requests if n_requests is not None else 2 * len(buyers)
@@ -41,24 +66,49 @@ def plan_day(
     if len(past) and n - n_buyers > 0:
         p = past.to_numpy(dtype=np.float64)
         picked.append(rng.choice(past.index.to_numpy(), n - n_buyers, replace=True, p=p / p.sum()))
-    ids = np.concatenate(picked).astype(np.int64) if picked else np.empty(0, np.int64)
+    dtype = np.int64 if events[entity].dtype.kind in "iu" else object
+    ids = np.concatenate(picked).astype(dtype) if picked else np.empty(0, dtype)
     offsets = rng.integers(0, US_PER_DAY, len(ids))
     t = pd.to_datetime(day0.value // 1000 + offsets, unit="us", utc=True)
     rid = [uuid.UUID(bytes=rng.bytes(16)).hex for _ in range(len(ids))]
-    plan = pd.DataFrame({"request_id": rid, "entity_id": ids, "request_time": t})
-    if mode:
-        plan["mode"] = mode
-    return plan.sort_values("request_time", ignore_index=True)
+    return pd.DataFrame({"request_id": rid, "entity_id": ids, "request_time": t})
+
+
+def _query_rows(events, model, day0, n_requests, rng) -> pd.DataFrame:
+    q = model.queries
+    keys = [c for c, _ in model.query_keys]
+    as_of = events[q.time] + pd.Timedelta(microseconds=q.offset_us)
+    rows = events[((as_of >= day0) & (as_of < day0 + pd.Timedelta(days=1))).to_numpy()]
+    rows = rows.drop_duplicates(model.query_id, keep="last")
+    times = as_of.loc[rows.index]
+    if n_requests is not None and n_requests < len(rows):
+        keep = np.sort(rng.choice(len(rows), n_requests, replace=False))
+        rows, times = rows.iloc[keep], times.iloc[keep]
+    plan = pd.DataFrame({"request_id": rows[model.query_id].astype(str).to_numpy()})
+    for k in keys:
+        plan[k] = rows[k].to_numpy()
+    plan["request_time"] = times.to_numpy()
+    plan["request_time"] = pd.to_datetime(plan["request_time"], utc=True)
+    return plan
+
+
+_NOT_KEYS = ("request_id", "request_time", "mode", "entity_id", "status", "score")
+
+
+def _native(v):
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _body(row) -> dict:
-    body = {
-        "entity_id": int(row.entity_id),
-        "request_time": pd.Timestamp(row.request_time).isoformat(),
-        "request_id": row.request_id,
-    }
-    if getattr(row, "mode", None):
-        body["mode"] = row.mode
+    fields = row._asdict()
+    body = {"request_time": pd.Timestamp(fields["request_time"]).isoformat(), "request_id": fields["request_id"]}
+    if "entity_id" in fields:
+        body["entity_id"] = _native(fields["entity_id"])
+    keys = {k: _native(v) for k, v in fields.items() if k not in _NOT_KEYS}
+    if keys:
+        body["keys"] = keys
+    if fields.get("mode"):
+        body["mode"] = fields["mode"]
     return body
 
 

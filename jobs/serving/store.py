@@ -4,11 +4,11 @@ Two backends behind one interface (``events(entity_id) -> DataFrame``; ``history
 kernel's index of those events, built once per cached entry — see :class:`EntityHistory`):
 
 * :class:`EmbeddedStore` (default): an in-process dict ``entity -> its events`` loaded from the
-  lake's ``raw_events``. Why not SQLite: the reference service is one process, the store is
+  lake's raw table of the set's source (``fs.source.table``). Why not SQLite: the reference service is one process, the store is
   read-only between loads, and the kernel wants a DataFrame per entity anyway; a dict lookup costs
   nanoseconds and needs no extra dependency, while SQLite would add a query plus a DataFrame
-  build per request. It holds ``fs.horizon_days`` of history per entity — all of it for
-  ``customer_activity_v1`` (lifetime features) — so it is for data that fits in one process.
+  build per request. It holds ``fs.horizon_days`` of history per entity — all of it for a set
+  with lifetime features — so it is for data that fits in one process.
 * :class:`RedisStore`: one key per entity holding its events as an Arrow IPC stream (a safe,
   typed encoding: no pickle from the network). For data that outgrows a process or is shared by
   several service replicas. The per-request timeout is the socket timeout of the client.
@@ -33,6 +33,12 @@ import pyarrow as pa
 from features.spec import FeatureSet
 
 
+def key_of(fs: FeatureSet | None):
+    """The Python type an entity key of ``fs`` is looked up as: ``int`` for int64 keys, ``str`` for
+    string keys (and ``int`` without a set, the historical default)."""
+    return str if fs is not None and fs.entity_type == "string" else int
+
+
 class StoreUnavailable(Exception):
     """The store did not answer in time or failed; ``reason`` is ``store_timeout`` or ``store_error``."""
 
@@ -42,7 +48,7 @@ class StoreUnavailable(Exception):
 
 
 class EventStore(Protocol):
-    def events(self, entity_id: int) -> pd.DataFrame: ...
+    def events(self, entity_id) -> pd.DataFrame: ...
 
 
 class EntityHistory:
@@ -77,28 +83,40 @@ class EntityHistory:
         return self._index
 
 
-def history_of(store, entity_id: int, fs: FeatureSet) -> EntityHistory:
+def history_of(store, entity_id, fs: FeatureSet) -> EntityHistory:
     """``store.history(entity)`` when the store keeps histories, else its ``events`` wrapped."""
     get = getattr(store, "history", None)
     return get(entity_id) if get is not None else EntityHistory(store.events(entity_id), fs)
 
 
 def _empty_events(fs: FeatureSet) -> pd.DataFrame:
-    from jobs.schemas import RAW_EVENTS
+    cols = list(fs.event_columns)
+    if fs.source is None:
+        return pd.DataFrame({c: [] for c in cols})
+    types = {name: type_ for name, type_, _ in fs.source.raw_columns()}
+    schema = pa.schema([(c, _arrow(types[c])) for c in cols if c in types])
+    frame = schema.empty_table().to_pandas()
+    for c in cols:
+        if c not in frame.columns:
+            frame[c] = []
+    return frame[cols]
 
-    cols = [c for c in fs.event_columns]
-    return (
-        RAW_EVENTS.empty_table().to_pandas()[cols]
-        if set(cols) <= set(RAW_EVENTS.names)
-        else pd.DataFrame({c: [] for c in cols})
-    )
+
+def _arrow(type_: str) -> pa.DataType:
+    return pa.timestamp("us", tz="UTC") if type_.startswith("timestamp[") else pa.type_for_alias(type_)
+
+
+def events_table(fs: FeatureSet) -> str:
+    """The raw table a set's events come from: its source's (``fs.source.table``)."""
+    if fs.source is None:
+        raise ValueError(f"feature set {fs.name!r} declares no source: no raw table to serve it from")
+    return fs.source.table
 
 
 def read_lake_events(cfg, fs: FeatureSet, ds_to: str | None = None) -> pd.DataFrame:
-    """All raw events ingested up to ``ds_to`` (default: every published partition), ``fs.event_columns``."""
-    from jobs.schemas import RAW_EVENTS_TABLE
-
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    """All events of ``fs``'s source ingested up to ``ds_to`` (default: every published partition),
+    ``fs.event_columns``."""
+    raw = cfg.lake().table(events_table(fs))
     first, last = raw.first_ds(), raw.last_ds()
     if first is None:
         return _empty_events(fs)
@@ -110,8 +128,9 @@ class EmbeddedStore:
 
     def __init__(self, fs: FeatureSet, events: pd.DataFrame | None = None):
         self.fs = fs
-        self._by_entity: dict[int, pd.DataFrame] = {}
-        self._spans: dict[int, tuple[int, int]] = {}
+        self._key = key_of(fs)
+        self._by_entity: dict = {}
+        self._spans: dict = {}
         self._empty = _empty_events(fs)
         self._empty_history = EntityHistory(self._empty, fs)
         if events is not None:
@@ -131,7 +150,7 @@ class EmbeddedStore:
         starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.empty(0, np.int64)
         ends = np.r_[starts[1:], len(keys)]
         self._sorted = ev
-        self._spans = {int(keys[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
+        self._spans = {self._key(keys[a]): (int(a), int(b)) for a, b in zip(starts, ends)}
         self._by_entity = {}
         # One kernel index over the whole table, built here, once: a request then costs only the
         # evaluation of its (entity, time) — no per-entity build on first touch. The kernel gives
@@ -140,9 +159,9 @@ class EmbeddedStore:
 
         self._index = index_events(ev, self.fs)
 
-    def history(self, entity_id: int) -> EntityHistory:
+    def history(self, entity_id) -> EntityHistory:
         """The entity's events (cut on first use) and the store's kernel index."""
-        key = int(entity_id)
+        key = self._key(entity_id)
         got = self._by_entity.get(key)
         if got is None:
             span = self._spans.get(key)
@@ -153,7 +172,7 @@ class EmbeddedStore:
             )
         return got
 
-    def events(self, entity_id: int) -> pd.DataFrame:
+    def events(self, entity_id) -> pd.DataFrame:
         return self.history(entity_id).frame
 
     def appended(self, events: pd.DataFrame) -> EmbeddedStore:
@@ -172,14 +191,15 @@ class RedisStore:
         import redis
 
         self.fs = fs
+        self._key = key_of(fs)
         self.prefix = prefix or f"lockstep:{fs.name}:events"
         self._client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._errors = (redis.exceptions.RedisError, OSError)
         self._timeout_errors = (redis.exceptions.TimeoutError,)
         self._empty = _empty_events(fs)
 
-    def key(self, entity_id: int) -> str:
-        return f"{self.prefix}:{int(entity_id)}"
+    def key(self, entity_id) -> str:
+        return f"{self.prefix}:{self._key(entity_id)}"
 
     def load(self, events: pd.DataFrame, batch: int = 2000) -> int:
         """Write every entity's events (replacing what is there); returns the number of entities."""
@@ -196,7 +216,7 @@ class RedisStore:
         pipe.execute()
         return len(starts)
 
-    def events(self, entity_id: int) -> pd.DataFrame:
+    def events(self, entity_id) -> pd.DataFrame:
         try:
             payload = self._client.get(self.key(entity_id))
         except self._timeout_errors as exc:
@@ -207,14 +227,14 @@ class RedisStore:
             return self._empty
         return pa.ipc.open_stream(payload).read_all().to_pandas()
 
-    def append(self, events: pd.DataFrame) -> list[int]:
+    def append(self, events: pd.DataFrame) -> list:
         """Add ``events`` to their entities' keys (read, concatenate, write back); the entities touched.
 
         Not atomic across entities; an entity's key is replaced in one SET. Events already present
         (same ``event_id`` and ``ingested_at``) are not duplicated, so re-applying a partition is harmless.
         """
         ev = events[list(self.fs.event_columns)].sort_values(self.fs.entity, kind="stable", ignore_index=True)
-        entities = [int(e) for e in pd.unique(ev[self.fs.entity])]
+        entities = [self._key(e) for e in pd.unique(ev[self.fs.entity])]
         if not entities:
             return []
         try:
@@ -262,16 +282,17 @@ class L1Cache:
     ):
         self.store, self.max_entries, self.ttl_s, self._clock = store, max_entries, ttl_s, clock
         self.fs = fs or getattr(store, "fs", None)
-        self._entries: OrderedDict[int, tuple[float, EntityHistory]] = OrderedDict()
+        self._key = key_of(self.fs)
+        self._entries: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
-    def events(self, entity_id: int) -> pd.DataFrame:
+    def events(self, entity_id) -> pd.DataFrame:
         return self.history(entity_id).frame
 
-    def history(self, entity_id: int) -> EntityHistory:
-        key = int(entity_id)
+    def history(self, entity_id) -> EntityHistory:
+        key = self._key(entity_id)
         now = self._clock()
         if self.ttl_s > 0:
             with self._lock:
@@ -299,7 +320,7 @@ class L1Cache:
                 self._entries.clear()
             else:
                 for e in entity_ids:
-                    self._entries.pop(int(e), None)
+                    self._entries.pop(self._key(e), None)
 
     def swap(self, store: EventStore) -> None:
         """Serve from ``store`` from now on; cached entries of the old one are dropped."""
@@ -323,14 +344,15 @@ class SnapshotVectors:
 
     def __init__(self, cfg, fs: FeatureSet, keep_days: int = 2):
         self.cfg, self.fs, self.keep_days = cfg, fs, keep_days
-        self._days: OrderedDict[str, dict[int, tuple] | None] = OrderedDict()
+        self._key = key_of(fs)
+        self._days: OrderedDict[str, dict | None] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
     def ds_for(request_time: pd.Timestamp) -> str:
         return (request_time.tz_convert("UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
 
-    def vector(self, entity_id: int, request_time: pd.Timestamp) -> tuple[str, tuple | None]:
+    def vector(self, entity_id, request_time: pd.Timestamp) -> tuple[str, tuple | None]:
         """(ds, values in ``fs.feature_names`` order); values None for an entity with no history.
 
         Raises StoreUnavailable("no_snapshot") when the partition does not exist.
@@ -339,7 +361,7 @@ class SnapshotVectors:
         day = self._day(ds)
         if day is None:
             raise StoreUnavailable("no_snapshot", f"feature_snapshots/{self.fs.name}/ds={ds} is not published")
-        return ds, day.get(int(entity_id))
+        return ds, day.get(self._key(entity_id))
 
     def _day(self, ds: str):
         with self._lock:
@@ -361,7 +383,7 @@ class SnapshotVectors:
             integer = [self.fs.feature(n).is_integer for n in names]
             day = {}
             for i, e in enumerate(frame[self.fs.entity].to_numpy()):
-                day[int(e)] = tuple(
+                day[self._key(e)] = tuple(
                     int(c[i]) if isint else _none_if_nan(float(c[i])) for c, isint in zip(cols, integer)
                 )
         if day is None:
@@ -374,9 +396,10 @@ class SnapshotVectors:
 
 
 class StoreRefresher:
-    """Keeps the online store current: new ``raw_events`` partitions reach it while the service runs.
+    """Keeps the online store of a set current: new partitions of its source's raw table
+    (``fs.source.table``) reach it while the service runs.
 
-    Every ``interval_s`` it compares the lake's ``raw_events`` manifests with the ones loaded
+    Every ``interval_s`` it compares the raw table's manifests with the ones loaded
     (day -> content fingerprint). New partitions are read (verified, like every lake read) and
     applied: the embedded store is rebuilt with them in this background thread and swapped in
     whole (requests keep using the old one meanwhile); Redis keys of the entities they touch
@@ -398,11 +421,11 @@ class StoreRefresher:
         self._thread: threading.Thread | None = None
 
     @staticmethod
-    def published(cfg) -> dict[str, str]:
-        """``raw_events`` partitions in the lake now: ds -> content fingerprint."""
-        from jobs.schemas import RAW_EVENTS_TABLE
-
-        raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    def published(cfg, fs: FeatureSet | None = None) -> dict[str, str]:
+        """Partitions of the set's raw table (default: the repo's default model's first set) in the
+        lake now: ds -> content fingerprint."""
+        fs = fs or cfg.repo().default_model().feature_sets[0]
+        raw = cfg.lake().table(fs.source.table)
         return {ds: raw.manifest(ds).content_fingerprint for ds in raw.partitions()}
 
     @property
@@ -411,14 +434,12 @@ class StoreRefresher:
 
     def check_once(self) -> list[str]:
         """Bring the store up to the lake; the partitions applied (all of them after a full reload)."""
-        from jobs.schemas import RAW_EVENTS_TABLE
-
-        now = self.published(self.cfg)
+        now = self.published(self.cfg, self.fs)
         replaced = sorted(d for d, fp in self.loaded.items() if d in now and now[d] != fp)
         new = sorted(d for d in now if d not in self.loaded)
         if not replaced and not new:
             return []
-        raw = self.cfg.lake().table(RAW_EVENTS_TABLE)
+        raw = self.cfg.lake().table(self.fs.source.table)
         store = self.cache.store
         if not isinstance(store, (EmbeddedStore, RedisStore)):
             raise TypeError(f"cannot refresh a {type(store).__name__}")
@@ -453,7 +474,9 @@ class StoreRefresher:
             try:
                 days = self.check_once()
                 if days:
-                    logging.getLogger(__name__).info("online store: applied raw_events %s", ", ".join(days))
+                    logging.getLogger(__name__).info(
+                        "online store: applied %s %s", events_table(self.fs), ", ".join(days)
+                    )
             except Exception as exc:  # noqa: BLE001 - keep serving what is loaded; counted and retried
                 self.errors += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -1,7 +1,8 @@
-"""Nightly training-serving skew job: ``lockstep skew --ds D``.
+"""Nightly training-serving skew job of one declared model: ``lockstep skew --ds D [--model M]``.
 
-For every row of ``serving_logs/ds=D`` the features are recomputed offline at the same
-``(entity, request_time)`` through the engines, in ``known_at`` mode (what the same code computes
+For every row of ``serving_logs/ds=D`` served for the model, every joined set's features are
+recomputed offline at the same ``(bound key, request_time)`` through the engines (over the set's
+source table ``fs.source.table``), in ``known_at`` mode (what the same code computes
 with what the service could have seen) and in ``as_of`` mode (every event that happened before the
 request, however late it arrived), and joined on ``request_id``.
 
@@ -12,7 +13,8 @@ null equals only null). Each mismatch gets one cause, first match wins:
 1. ``degraded``     the service flagged the row (store down/slow): it served declared defaults;
 2. ``late_data``    served == known_at but != as_of: events that arrived after the request (the
                     served value is what the current code gives, whatever the row's fingerprint);
-3. ``version_skew`` the row's feature-set fingerprint is not the current one;
+3. ``version_skew`` the row's fingerprint of the feature's set is not the current one (a row carries
+                    every joined set's fingerprint, ``+``-joined in join order);
 4. ``staleness``    the whole served vector equals the entity's vector in one of the
                     ``lookback_days`` previous daily snapshots (a cache or materialized view);
 5. ``logic_skew``   anything else: same fingerprint, and the same code offline disagrees.
@@ -23,7 +25,12 @@ Also: distribution drift of served features against the champion's training feat
 prediction skew (logged rows re-scored with the logged model version; and the served score vs the
 score of the offline known_at features).
 
-Output: ``skew_reports/ds=D`` (one row per feature plus ``__score__``), an HTML page with plots
+Thresholds: the defaults below, under the model's ``skew_thresholds`` (``model_thresholds``), under
+the caller's (``{feature or "*": {metric: max}}``). A feature whose PSI reaches the model's
+``drift_psi`` is reported as ``major`` drift (and named in the report's notes).
+
+Output: ``skew_reports/ds=D`` (one row per feature — with the set it came from — plus
+``__score__``), an HTML page with plots
 (``jobs.skew.report``) and, when a per-feature threshold is crossed, an alert and
 :class:`SkewThresholdError` naming every breach.
 """
@@ -38,12 +45,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features import registry
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.lake import MissingPartitionError
-from jobs.schemas import RAW_EVENTS_TABLE
-from jobs.serving.log import SERVING_LOGS_TABLE, feature_frame, log_schema
+from jobs.serving.log import SERVING_LOGS_TABLE, feature_frame, log_feature_sets, log_keys, log_schema
 from jobs.skew.causes import (
     CAUSES,
     DEGRADED,
@@ -71,6 +76,7 @@ REPORT_SCHEMA = pa.schema(
     [
         ("ds", pa.string()),
         ("feature", pa.string()),
+        ("feature_set", pa.string()),
         ("rows", pa.int64()),
         ("compared", pa.int64()),
         ("both_null", pa.int64()),
@@ -169,8 +175,12 @@ def attribute(
 _CAUSE_LABELS = ["", DEGRADED, LATE_DATA, VERSION_SKEW, STALENESS, LOGIC_SKEW]
 
 
-def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame) -> list[dict]:
+def feature_stats(
+    fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame, key: str = "entity_id"
+) -> list[dict]:
+    """One record per feature of ``fs``; ``key`` is the log column of the set's bound key (samples)."""
     out = []
+    keys = rows[key].to_numpy() if key in rows else np.full(len(rows), None)
     for f in fs.features:
         s = served[f.name].to_numpy(dtype=np.float64)
         k = known[f.name].to_numpy(dtype=np.float64)
@@ -181,6 +191,7 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
         mism = c != ""
         rec = {
             "feature": f.name,
+            "feature_set": fs.name,
             "rows": len(s),
             "compared": int(both.sum()),
             "both_null": int((sn & kn).sum()),
@@ -206,7 +217,7 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
             [
                 {
                     "request_id": rows["request_id"].iat[i],
-                    "entity_id": int(rows["entity_id"].iat[i]),
+                    key: _native(keys[i]),
                     "request_time": rows["request_time"].iat[i].isoformat(),
                     "served": _js(s[i]),
                     "known_at": _js(k[i]),
@@ -218,6 +229,10 @@ def feature_stats(fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, ro
         )
         out.append(rec)
     return out
+
+
+def _native(v):
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def _js(v):
@@ -258,25 +273,34 @@ def psi_js(train: np.ndarray, served: np.ndarray, bins: int = 10, eps: float = 1
     return psi, float(max(0.0, (kl_p + kl_q) / 2))
 
 
-def drift_level(psi: float | None) -> str:
+def drift_level(psi: float | None, major: float = PSI_MAJOR) -> str:
+    """``major`` at or above ``major`` (a model's ``drift_psi``), ``moderate`` from 0.1, else ``stable``."""
     if psi is None or np.isnan(psi):
         return "n/a"
-    return "major" if psi >= PSI_MAJOR else ("moderate" if psi >= PSI_MODERATE else "stable")
+    return "major" if psi >= major else ("moderate" if psi >= PSI_MODERATE else "stable")
 
 
 # ----------------------------------------------------------------------------- the job
 
 
-def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, mode: str) -> pd.DataFrame:
-    """Offline features for the logged (entity, request_time), in the order of ``logs``."""
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+def logged_keys(logs: pd.DataFrame, key: str, fs: FeatureSet) -> np.ndarray:
+    """The log column ``key`` as ``fs``'s entity keys (int64, or strings as objects)."""
+    col = logs[key]
+    return col.to_numpy(dtype=np.int64) if fs.entity_type == "int64" else col.astype(object).to_numpy()
+
+
+def recompute(
+    cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, mode: str, key: str = "entity_id"
+) -> pd.DataFrame:
+    """Offline features of ``fs`` for the logged (``key``, request_time), in the order of ``logs``."""
+    raw = cfg.lake().table(fs.source.table)
     first, last = raw.first_ds(), raw.last_ds()
     if first is None:
-        raise ValueError(f"no raw_events partitions in {cfg.lake().root}")
+        raise ValueError(f"no {fs.source.table} partitions in {cfg.lake().root}")
     end = min(last, (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
     queries = pd.DataFrame(
         {
-            fs.entity: logs["entity_id"].to_numpy(dtype=np.int64),
+            fs.entity: logged_keys(logs, key, fs),
             "as_of": logs["request_time"].array,  # tz-aware datetimes, not Timestamp objects
             "_row": np.arange(len(logs), dtype=np.int64),
         }
@@ -289,7 +313,9 @@ def recompute(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, 
     return out[list(fs.feature_names)]
 
 
-def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int) -> np.ndarray:
+def in_flight_rows(
+    cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, key: str = "entity_id"
+) -> np.ndarray:
     """Rows (entity e, time t) with an event of e such that ``event_ts < t <= ingested_at``.
 
     Such an event arrived at or after the earliest request, so it sits in an ingest partition from
@@ -297,7 +323,7 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
     """
     if not len(logs):
         return np.zeros(0, dtype=bool)
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    raw = cfg.lake().table(fs.source.table)
     t = logs["request_time"]
     first = t.min().strftime("%Y-%m-%d")
     last = min(raw.last_ds(), (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
@@ -307,9 +333,7 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
     ev = ev[(ev[fs.ingested_at] >= t.min()) & (ev[fs.timestamp] < t.max())]
     if not len(ev):
         return np.zeros(len(logs), dtype=bool)
-    rows = pd.DataFrame(
-        {fs.entity: logs["entity_id"].to_numpy(dtype=np.int64), "_t": t.array, "_row": np.arange(len(logs))}
-    )
+    rows = pd.DataFrame({fs.entity: logged_keys(logs, key, fs), "_t": t.array, "_row": np.arange(len(logs))})
     pairs = rows.merge(ev, on=fs.entity, how="inner")
     hit = (pairs[fs.timestamp] < pairs["_t"]) & (pairs[fs.ingested_at] >= pairs["_t"])
     mask = np.zeros(len(logs), dtype=bool)
@@ -317,7 +341,9 @@ def in_flight_rows(cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: 
     return mask
 
 
-def stale_vectors(cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int) -> tuple[list[pd.DataFrame], list[str]]:
+def stale_vectors(
+    cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int, key: str = "entity_id"
+) -> tuple[list[pd.DataFrame], list[str]]:
     """Per earlier snapshot (request day - 1 ... - lookback): the entity's vector (defaults when absent)."""
     from features.kernel import US_PER_DAY, to_us
     from jobs.snapshots import snapshot_table
@@ -339,7 +365,7 @@ def stale_vectors(cfg, fs: FeatureSet, logs: pd.DataFrame, lookback_days: int) -
                     v[want == snap_day] = np.nan
                 continue
             rows = np.flatnonzero(want == snap_day)
-            pos = pd.Index(snap[fs.entity].to_numpy()).get_indexer(logs["entity_id"].to_numpy()[rows])
+            pos = pd.Index(snap[fs.entity].to_numpy()).get_indexer(logged_keys(logs, key, fs)[rows])
             found = pos >= 0
             for f in fs.features:
                 col = snap[f.name].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -352,7 +378,7 @@ def run_skew(
     cfg,
     ds: str,
     *,
-    feature_set: str = "customer_activity_v1",
+    model: str | None = None,
     model_source=None,
     thresholds: dict | None = None,
     lookback_days: int = 3,
@@ -361,42 +387,62 @@ def run_skew(
     html: bool = True,
     fail: bool = True,
 ) -> SkewReport:
-    """Compare ``serving_logs/ds=D`` with offline recomputation; write the report; raise on a breach."""
+    """Compare ``serving_logs/ds=D`` of declared model ``model`` (default: the repo's default model)
+    with offline recomputation of every joined set; write the report; raise on a breach."""
     ds = str(pd.Timestamp(ds).date())
-    fs = registry.get(feature_set)
+    repo = cfg.repo()
+    decl = repo.model(model) if model else repo.default_model()
     lake = cfg.lake()
-    logs = lake.table(SERVING_LOGS_TABLE, log_schema(fs)).read(ds)
-    logs = logs[logs["feature_set"] == fs.name].reset_index(drop=True)
+    logs = lake.table(SERVING_LOGS_TABLE, log_schema(decl)).read(ds)
+    logs = logs[logs["feature_set"] == log_feature_sets(decl)].reset_index(drop=True)
     notes = []
-    served = feature_frame(logs, fs).reset_index(drop=True)
-    known = recompute(cfg, fs, logs, ds, late_days, "known_at")
-    # as_of differs from known_at only where an event had happened but not yet arrived at the
-    # request time; only those rows are recomputed in as_of mode (the rest are equal by definition).
-    in_flight = in_flight_rows(cfg, fs, logs, ds, late_days)
-    as_of = known.copy()
-    if in_flight.any():
-        sub = recompute(cfg, fs, logs[in_flight].reset_index(drop=True), ds, late_days, "as_of")
-        as_of.loc[in_flight, :] = sub.to_numpy()
-        as_of = as_of.astype(known.dtypes.to_dict())
-    stale, stale_notes = stale_vectors(cfg, fs, logs, lookback_days)
-    notes += sorted(set(stale_notes))
-    current = logs["feature_set_fingerprint"].to_numpy() == fs.fingerprint
-    known_fps = registry.known_fingerprints()
+    served = feature_frame(logs, decl).reset_index(drop=True)
+    column_of = {col: log_col for log_col, col, _ in log_keys(decl)}
+    # every set's logged fingerprint: the row's "+"-joined fingerprints, by join position
+    parts = logs["feature_set_fingerprint"].fillna("").str.split("+", regex=False)
+    n_sets = len(decl.joins)
+    known_parts, as_of_parts, causes_parts, stats = [], [], [], []
+    degraded = logs["degraded"].fillna(False).to_numpy(dtype=bool)
+    for i, join in enumerate(decl.joins):
+        fs, key = join.feature_set, column_of[join.key_name]
+        names = list(fs.feature_names)
+        known = recompute(cfg, fs, logs, ds, late_days, "known_at", key)
+        # as_of differs from known_at only where an event had happened but not yet arrived at the
+        # request time; only those rows are recomputed in as_of mode (the rest are equal by definition).
+        in_flight = in_flight_rows(cfg, fs, logs, ds, late_days, key)
+        as_of = known.copy()
+        if in_flight.any():
+            sub = recompute(cfg, fs, logs[in_flight].reset_index(drop=True), ds, late_days, "as_of", key)
+            as_of.loc[in_flight, :] = sub.to_numpy()
+            as_of = as_of.astype(known.dtypes.to_dict())
+        stale, stale_notes = stale_vectors(cfg, fs, logs, lookback_days, key)
+        notes += sorted(set(stale_notes) - set(notes))
+        current = np.array([len(p) == n_sets and p[i] == fs.fingerprint for p in parts], dtype=bool)
+        causes = attribute(fs, served[names], known, as_of, stale, current, degraded)
+        stats += feature_stats(fs, served[names], known, as_of, causes, logs, key)
+        known_parts.append(known)
+        as_of_parts.append(as_of)
+        causes_parts.append(causes)
+    known = pd.concat(known_parts, axis=1) if known_parts else pd.DataFrame(index=logs.index)
+    as_of = pd.concat(as_of_parts, axis=1) if as_of_parts else pd.DataFrame(index=logs.index)
+    causes = pd.concat(causes_parts, axis=1)
+    known_fps = repo.known_fingerprints()
     fps = logs["feature_set_fingerprint"].value_counts().to_dict()
     for fp in fps:
-        if fp != fs.fingerprint:
+        if fp != decl.fingerprint:
+            unknown = any(p not in known_fps for p in str(fp).split("+"))
             notes.append(
                 f"{fps[fp]} row(s) served with fingerprint {fp}"
-                f"{'' if fp in known_fps else ' (unknown to the registry)'}; current is {fs.fingerprint}"
+                f"{' (unknown to the registry)' if unknown else ''}; current is {decl.fingerprint}"
             )
-    degraded = logs["degraded"].fillna(False).to_numpy(dtype=bool)
-    causes = attribute(fs, served, known, as_of, stale, current, degraded)
-    stats = feature_stats(fs, served, known, as_of, causes, logs)
-    _add_drift(stats, fs, served, logs, model_source, notes)
-    stats.append(_prediction_skew(fs, logs, served, known, model_source, notes))
+    _add_drift(stats, decl, served, logs, model_source, notes)
+    major = [r["feature"] for r in stats if r.get("drift") == "major"]
+    if major:
+        notes.append(f"major drift (PSI >= {decl.drift_psi:g}) on {', '.join(major)}")
+    stats.append(_prediction_skew(decl, logs, served, known, model_source, notes))
     table = pd.DataFrame(stats)
     table.insert(0, "ds", ds)
-    thresholds = _merge_thresholds(thresholds)
+    thresholds = _merge_thresholds(model_thresholds(decl), thresholds)
     breaches = _breaches(table, thresholds)
     table["breaches"] = [";".join(b for f, b in breaches if f == feat) for feat in table["feature"]]
     for col in REPORT_SCHEMA.names:
@@ -419,7 +465,9 @@ def run_skew(
         producer={
             "job": "skew",
             "engine": cfg.engine,
-            "feature_set_fingerprint": fs.fingerprint,
+            "model": decl.name,
+            "feature_sets": [fs.name for fs in decl.feature_sets],
+            "feature_set_fingerprint": decl.fingerprint,
             "lookback_days": lookback_days,
             "late_days": late_days,
             "thresholds": thresholds,
@@ -451,7 +499,7 @@ def timeseries(cfg, to_ds: str) -> pd.DataFrame:
     return pd.concat([table.read(d) for d in days], ignore_index=True)
 
 
-def _add_drift(stats, fs, served, logs, model_source, notes) -> None:
+def _add_drift(stats, model, served, logs, model_source, notes) -> None:
     train = None
     if model_source is not None:
         try:
@@ -467,10 +515,10 @@ def _add_drift(stats, fs, served, logs, model_source, notes) -> None:
                 train[rec["feature"]].to_numpy(dtype=np.float64, na_value=np.nan),
                 served[rec["feature"]].to_numpy(dtype=np.float64),
             )
-        rec["psi"], rec["js_bits"], rec["drift"] = psi, js, drift_level(psi)
+        rec["psi"], rec["js_bits"], rec["drift"] = psi, js, drift_level(psi, model.drift_psi)
 
 
-def _prediction_skew(fs, logs, served, known, model_source, notes) -> dict:
+def _prediction_skew(model, logs, served, known, model_source, notes) -> dict:
     rec = {"feature": SCORE_ROW, "rows": len(logs)}
     if model_source is None or not len(logs):
         return rec
@@ -501,10 +549,26 @@ def _prediction_skew(fs, logs, served, known, model_source, notes) -> dict:
     return rec
 
 
-def _merge_thresholds(user: dict | None) -> dict:
+def model_thresholds(model) -> dict:
+    """A model's declared thresholds as ``{feature or "*": {metric: max}}`` from ``skew_thresholds``: a
+    flat metric applies to every feature (a cause name means its rate: ``logic_skew`` =
+    ``logic_skew_rate``), a dict value is one feature's. (``drift_psi`` is the PSI at which drift is
+    reported ``major``; a PSI breach is declared as ``("psi", max)``.)"""
+    out: dict = {"*": {}}
+    for key, value in model.skew_thresholds:
+        if isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out["*"][f"{key}_rate" if key in CAUSES else key] = value
+    return out
+
+
+def _merge_thresholds(*layers: dict | None) -> dict:
+    """The defaults, then each layer over them (``{feature or "*": {metric: max}}``)."""
     out = {k: dict(v) for k, v in DEFAULT_THRESHOLDS.items()}
-    for k, v in (user or {}).items():
-        out.setdefault(k, {}).update(v)
+    for layer in layers:
+        for k, v in (layer or {}).items():
+            out.setdefault(k, {}).update(v)
     return out
 
 

@@ -104,6 +104,7 @@ def render(report, series: pd.DataFrame) -> str:
     status = ("FAILED: " + "; ".join(report.breaches)) if report.breaches else "PASSED: no threshold crossed"
     cols = [
         "feature",
+        "feature_set",
         "rows",
         "compared",
         "both_null",

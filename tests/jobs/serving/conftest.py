@@ -19,7 +19,7 @@ import pytest
 from features import registry
 from jobs.config import Config
 from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+from jobs.schemas import raw_schema, to_raw
 from jobs.serving.model import LinearModel, StaticSource
 
 DAY = "1997-04-10"
@@ -61,9 +61,9 @@ def build_events(max_customer: int = 4000, seed: int = 7) -> tuple[pd.DataFrame,
 
 def write_lake(root, events: pd.DataFrame) -> Config:
     cfg = Config(lake_root=str(root))
-    table = cfg.lake().table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    table = cfg.lake().table(FS.source.table, raw_schema(FS.source))
     for ds, part in iter_ingest_days(events, FIRST, LAST):
-        table.write_partition(ds, to_raw_events(part), producer={"job": "test"})
+        table.write_partition(ds, to_raw(FS.source, part), producer={"job": "test"})
     from jobs.snapshots import build_snapshot
 
     for ds in pd.date_range(pd.Timestamp(DAY) - pd.Timedelta(days=3), periods=3).strftime("%Y-%m-%d"):

@@ -296,14 +296,14 @@ def _small_lake(root, lake_events, last: str):
     """Customers <= 300, raw_events partitions 1997-01-01..``last``."""
     from jobs.config import Config
     from jobs.ingest.cdnow import iter_ingest_days
-    from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+    from jobs.schemas import raw_schema, to_raw
 
     ev = lake_events[0]
     ev = ev[ev.customer_id <= 300]
     cfg = Config(lake_root=str(root))
-    table = cfg.lake().table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    table = cfg.lake().table(FS.source.table, raw_schema(FS.source))
     for ds, part in iter_ingest_days(ev, "1997-01-01", last):
-        table.write_partition(ds, to_raw_events(part), producer={"job": "test"})
+        table.write_partition(ds, to_raw(FS.source, part), producer={"job": "test"})
     return cfg, ev
 
 
@@ -320,7 +320,7 @@ def _purchase(ev, customer: int, ts: str, amount: float, event_id: int):
 def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_source, tmp_path, backend, request):
     """A running service sees raw_events published after it started (new day: appended; a
     re-published day: full reload), through the L1 cache, without a restart."""
-    from jobs.schemas import RAW_EVENTS_TABLE, to_raw_events
+    from jobs.schemas import to_raw
 
     cfg, ev = _small_lake(tmp_path / "lake", lake_events, "1997-04-08")
     extra = {"redis_url": request.getfixturevalue("redis_url")} if backend == "redis" else {}
@@ -329,13 +329,13 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
     )
     app = create_app(settings, model_source=model_source, cfg=cfg)
     body = {"entity_id": 7, "request_time": "1997-04-09T12:00:00Z"}
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    raw = cfg.lake().table(FS.source.table)
     with TestClient(app) as c:
         refresher = app.state.lockstep["refresher"]
         assert refresher.loaded_through == "1997-04-08" and refresher.check_once() == []
         before = c.post("/predict", json=body).json()["features"]
         new = _purchase(ev, 7, "1997-04-09T03:00:00", 12.5, 10**7)
-        raw.write_partition("1997-04-09", to_raw_events(new), producer={"job": "test"})
+        raw.write_partition("1997-04-09", to_raw(FS.source, new), producer={"job": "test"})
         assert refresher.check_once() == ["1997-04-09"] and refresher.refreshes == 1
         after = c.post("/predict", json=body).json()["features"]
         assert after["txn_count_7d"] == before["txn_count_7d"] + 1
@@ -343,7 +343,7 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
             pd.concat([ev[ev.ingested_at < "1997-04-09"], new]), 7, pd.Timestamp(body["request_time"]), FS
         )
         # the day is re-published with another amount: the store reloads rather than keeping both
-        raw.write_partition("1997-04-09", to_raw_events(new.assign(amount=99.0)), producer={"job": "test"})
+        raw.write_partition("1997-04-09", to_raw(FS.source, new.assign(amount=99.0)), producer={"job": "test"})
         assert refresher.check_once() == sorted(raw.partitions()) and refresher.reloads == 1
         again = c.post("/predict", json=body).json()["features"]
         m = c.get("/metrics").json()
@@ -353,16 +353,18 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
 
 
 def test_store_refresh_failure_is_counted_and_the_store_keeps_serving(lake_events, model_source, tmp_path):
-    from jobs.schemas import RAW_EVENTS_TABLE, to_raw_events
+    from jobs.schemas import to_raw
 
     cfg, ev = _small_lake(tmp_path / "lake", lake_events, "1997-04-08")
     settings = Settings(lake_root=cfg.lake_root, wal_dir=str(tmp_path / "wal"), refresh_s=0.05)
     app = create_app(settings, model_source=model_source, cfg=cfg)
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    raw = cfg.lake().table(FS.source.table)
     with TestClient(app) as c:
         refresher = app.state.lockstep["refresher"]
         m = raw.write_partition(
-            "1997-04-09", to_raw_events(_purchase(ev, 7, "1997-04-09T03:00:00", 1.0, 10**7)), producer={"job": "test"}
+            "1997-04-09",
+            to_raw(FS.source, _purchase(ev, 7, "1997-04-09T03:00:00", 1.0, 10**7)),
+            producer={"job": "test"},
         )
         part = next(p for p in (tmp_path / "lake").rglob("*.parquet") if "ds=1997-04-09" in str(p))
         part.write_bytes(b"corrupt")  # the manifest's checksum no longer matches: the read is refused
