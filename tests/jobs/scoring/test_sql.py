@@ -97,7 +97,7 @@ def target(request, tmp_path):
 def postgresql_clean(postgres_url):
     engine = sa.create_engine(postgres_url)
     with engine.begin() as conn:
-        conn.execute(sa.text(f"DROP TABLE IF EXISTS predictions, {sql.PUBLISHED}"))
+        conn.execute(sa.text(f"DROP TABLE IF EXISTS predictions, predictions_late_order, {sql.PUBLISHED}"))
     engine.dispose()
     return postgres_url
 
@@ -194,3 +194,60 @@ def test_cli_publish(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "ds=1997-03-01: 20 rows" in out and "ds=1997-03-02: 40 rows" in out
     assert len(sql.read_day(sql.sql_url(cfg), "1997-03-02")) == 40
+
+
+def test_a_string_keyed_model_gets_string_key_columns(target):
+    """A model declared in a test (``serving/string_repo``): its SQL table is keyed by
+    (ds, order_id, shop, courier, role), all three ids String columns."""
+    from serving.string_keyed import config
+
+    cfg, url = target
+    cfg = config(cfg.lake_root)
+    model = cfg.repo().model("late_order")
+    n = 50
+    frame = pd.DataFrame(
+        {
+            "order_id": [f"o-{i:04d}" for i in range(n)],
+            "shop": [f"s{i % 3}" for i in range(n)],
+            "courier": [f"c{i % 4}" for i in range(n)],
+            "score": np.linspace(0.01, 0.99, n),
+            "model_name": model.name,
+            "model_version": 3,
+            "role": "champion",
+            "feature_set_fingerprint": model.fingerprint,
+            "scored_at": pd.Timestamp("2024-01-04", tz="UTC"),
+        }
+    )
+    predictions_table(cfg.lake(), model).write_partition("2024-01-03", frame, producer={"job": "test", "models": []})
+    r = sql.publish_predictions(cfg, "2024-01-03", "late_order", url)
+    url = url or sql.sql_url(cfg)
+    assert r["table"] == "predictions_late_order" and r["rows"] == n
+    got = sql.read_day(url, "2024-01-03", model)
+    assert list(got.columns) == [
+        "ds",
+        "order_id",
+        "shop",
+        "courier",
+        "role",
+        "score",
+        "model_name",
+        "model_version",
+        "feature_set_fingerprint",
+        "scored_at",
+    ]
+    assert (
+        got["order_id"].tolist() == frame["order_id"].tolist() and got["courier"].tolist() == frame["courier"].tolist()
+    )
+    np.testing.assert_array_equal(got["score"].to_numpy(), frame["score"].to_numpy())
+    engine = sa.create_engine(url)
+    try:
+        inspector = sa.inspect(engine)
+        columns = {c["name"]: c["type"] for c in inspector.get_columns("predictions_late_order")}
+        pk = inspector.get_pk_constraint("predictions_late_order")["constrained_columns"]
+    finally:
+        engine.dispose()
+    assert all(isinstance(columns[c], sa.String) for c in ("order_id", "shop", "courier"))
+    assert sorted(pk) == sorted(["ds", "order_id", "shop", "courier", "role"])
+    assert sql.referenced_models(url, model) == {("late_order", 3)}
+    sql.publish_predictions(cfg, "2024-01-03", "late_order", url)  # idempotent: no duplicate keys
+    assert len(sql.read_day(url, "2024-01-03", model)) == n

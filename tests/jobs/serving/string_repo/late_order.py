@@ -1,0 +1,51 @@
+"""A string-keyed project declared for the tests (as a user would write it): orders of shops and
+couriers, a feature set per key with hour windows, and a model with an outcome per order.
+
+Loaded as a repo of declarations by path (``Config(repo_package=REPO_DIR)``), never imported by
+``jobs/``: scoring, SQL, serving and skew must take it with no change to the platform.
+"""
+
+from features.model import Condition, Join, Model, OutcomeLabel, QueryRows
+from features.source import Column, FileLander, Key, Source, hours
+from features.spec import FeatureSet, agg, count
+
+ORDERS = Source(
+    name="orders",
+    keys=(Key("shop", "string"), Key("courier", "string")),
+    columns=(
+        Column("due_ts", "timestamp[us, tz=UTC]", nullable=False),
+        Column("minutes_late", "double", min=0),
+        Column("status", "string", allowed=("done", "cancelled")),
+    ),
+    lander=FileLander("csv", "memory://orders/{ds}.csv"),
+    event_id="order_id",
+    event_id_type="string",
+    span=("2024-01-01", "2024-01-31"),
+)
+
+SHOP_LOAD = FeatureSet(
+    "shop_load_v1",
+    source=ORDERS,
+    key="shop",
+    features=(
+        count("shop_orders_6h", hours(6)),
+        agg("shop_late_mean_6h", "mean", "minutes_late", hours(6)),
+        count("shop_orders_lifetime", None),
+    ),
+)
+
+COURIER_LOAD = FeatureSet(
+    "courier_load_v1",
+    source=ORDERS,
+    key="courier",
+    features=(count("courier_orders_2h", hours(2)), agg("courier_late_max_24h", "max", "minutes_late", 1)),
+)
+
+LATE_ORDER = Model(
+    name="late_order",
+    queries=QueryRows(ORDERS, time="due_ts", offset_hours=-1),
+    label=OutcomeLabel((Condition("minutes_late", ">=", 15), Condition("status", "==", "cancelled"))),
+    joins=(Join(SHOP_LOAD), Join(COURIER_LOAD, key="courier")),
+    skew_thresholds={"logic_skew": 0.0},
+    drift_psi=0.5,
+)

@@ -1,0 +1,127 @@
+"""A string-keyed model declared in a test (``string_repo``) served and checked for skew: two
+feature sets on two string keys, requests by key name, every served feature equal to the kernel's,
+and a skew job that finds no logic skew on a correct log and the cause on a wrong one."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from features.kernel import compute
+from features.online import compute_one
+from jobs.serving.app import FingerprintMismatchError, Settings, create_app
+from jobs.serving.log import log_schema, publish
+from jobs.serving.model import LinearModel, StaticSource
+from jobs.serving.replay import plan_day, replay
+from jobs.skew.job import SkewThresholdError, run_skew
+
+from .string_keyed import write_lake
+
+DAY = "2024-01-04"
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    cfg, orders = write_lake(tmp_path_factory.mktemp("orders") / "lake")
+    model = cfg.repo().model("late_order")
+    scorer = LinearModel("late_order", "1", model.fingerprint, model.feature_names)
+    return cfg, orders, model, StaticSource(scorer)
+
+
+def _app(cfg, source, tmp_path, **kw):
+    settings = Settings(lake_root=cfg.lake_root, model="late_order", wal_dir=str(tmp_path / "wal"), refresh_s=0.0)
+    return create_app(settings, model_source=source, cfg=cfg, **kw)
+
+
+def test_a_request_by_string_keys_serves_the_kernels_features(lake, tmp_path):
+    cfg, orders, model, source = lake
+    t = pd.Timestamp(f"{DAY}T09:30:00.5Z")
+    with TestClient(_app(cfg, source, tmp_path)) as c:
+        r = c.post("/predict", json={"shop": "s1", "courier": "c3", "request_time": t.isoformat(), "email": "x@y"})
+        r2 = c.post("/predict", json={"keys": {"shop": "s1", "courier": "c3"}, "request_time": t.isoformat()})
+        missing = c.post("/predict", json={"shop": "s1", "request_time": t.isoformat()})
+        health = c.get("/health").json()
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["keys"] == {"shop": "s1", "courier": "c3"} and "entity_id" not in body
+    assert r2.json()["features"] == body["features"]
+    assert missing.status_code == 422 and "courier" in missing.text
+    assert (
+        body["feature_set_fingerprint"] == model.fingerprint and health["feature_set"] == "shop_load_v1+courier_load_v1"
+    )
+    want = {}
+    for j, key in zip(model.joins, ("s1", "c3")):
+        fs = j.feature_set
+        got = compute(orders, pd.DataFrame({fs.entity: [key], "as_of": [t]}), fs, "known_at")
+        want.update({f.name: got[f.name].iloc[0] for f in fs.features})
+        assert compute_one(orders, key, t, fs) == {n: body["features"][n] for n in fs.feature_names}
+    for name, value in want.items():
+        served = body["features"][name]
+        assert (served is None and pd.isna(value)) or served == value, name
+    assert body["features"]["shop_orders_lifetime"] > body["features"]["shop_orders_6h"] > 0
+    logged = list(log_schema(model).names)
+    assert logged[:3] == ["request_id", "shop", "courier"] and "entity_id" not in logged
+
+
+def test_a_champion_of_other_feature_sets_is_refused(lake, tmp_path):
+    cfg, _, model, _ = lake
+    old = LinearModel("late_order", "0", "shop_load_v1:00000000deadbeef", model.feature_names)
+    with pytest.raises(FingerprintMismatchError, match="trained on features shop_load_v1:00000000deadbeef"):
+        with TestClient(_app(cfg, StaticSource(old), tmp_path)):
+            pass
+
+
+def _serve_day(cfg, orders, model, source, tmp_path, hook=None):
+    wal = tmp_path / "wal"
+    plan = plan_day(orders, DAY, model=model)
+    assert len(plan) > 20 and list(plan.columns) == ["request_id", "shop", "courier", "request_time"]
+    with TestClient(_app(cfg, source, tmp_path, hook=hook)) as client:
+        res = replay(client, plan)
+    assert (res.status == 200).all(), res.status.value_counts()
+    assert publish(cfg, wal, model, DAY).rows == len(plan)
+    return plan
+
+
+def test_skew_of_a_correct_log_has_no_logic_skew(lake, tmp_path):
+    cfg, orders, model, source = lake
+    root = tmp_path / "lake"
+    root.mkdir()
+    (root / "raw_events").symlink_to(f"{cfg.lake_root}/raw_events")  # share the inputs, own the outputs
+    own = dataclasses.replace(cfg, lake_root=str(root))
+    plan = _serve_day(own, orders, model, source, tmp_path)
+    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False)
+    counts = rep.cause_counts()
+    assert set(counts.index) == set(model.feature_names)
+    assert counts[["logic_skew", "version_skew", "staleness", "degraded"]].to_numpy().sum() == 0
+    sets = rep.table.set_index("feature")["feature_set"].to_dict()
+    assert sets["shop_orders_6h"] == "shop_load_v1" and sets["courier_orders_2h"] == "courier_load_v1"
+    assert rep.feature("__score__")["rescore_max_abs_diff"] == 0.0 and len(rep.rows) == len(plan)
+    assert rep.fingerprints == {model.fingerprint: len(plan)}
+
+
+def test_skew_of_a_wrong_courier_window_is_logic_skew_on_that_feature(lake, tmp_path):
+    cfg, orders, model, source = lake
+    root = tmp_path / "lake"
+    root.mkdir()
+    (root / "raw_events").symlink_to(f"{cfg.lake_root}/raw_events")
+    own = dataclasses.replace(cfg, lake_root=str(root))
+    courier = model.feature_sets[1]
+    wrong = dataclasses.replace(
+        courier,
+        features=tuple(
+            dataclasses.replace(f, window_days=1.0) if f.name == "courier_orders_2h" else f for f in courier.features
+        ),
+    )
+
+    def hook(events, key, t, fs):  # the courier set computed with a 24-hour window for its 2-hour count
+        return compute_one(events, key, t, wrong if fs.name == courier.name else fs, "known_at")
+
+    _serve_day(own, orders, model, source, tmp_path, hook=hook)
+    with pytest.raises(SkewThresholdError, match="courier_orders_2h: logic_skew_rate") as info:
+        run_skew(own, DAY, model="late_order", model_source=source, html=False)
+    counts = info.value.report.cause_counts()
+    assert counts.loc["courier_orders_2h", "logic_skew"] > 0
+    assert counts.drop(index="courier_orders_2h")["logic_skew"].sum() == 0
