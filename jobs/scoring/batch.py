@@ -70,22 +70,35 @@ def score_snapshot(
     batch_rows: int = 100_000,
     scored_at: pd.Timestamp | None = None,
     validate: bool = True,
+    registered: str | None = None,
     **engine_options,
 ) -> Manifest:
     """Score the queries of day ``ds`` of declared model ``model`` (default: the repo's default model)
     with its registered champion (and the challenger when ``shadow``) and publish
     ``<model.predictions_table>/ds=D``; with ``validate`` the partition passes the ``predictions``
-    suite first. ``engine_options`` go to the engines (query-row models only)."""
+    suite first. ``engine_options`` go to the engines (query-row models only).
+
+    The registered model is the one named like the declaration unless ``registered`` names another;
+    ``model`` may also be a registered name that no model declares (a model's baseline, say): its
+    champion's lineage (``model``, else ``feature_set``) then says which declaration it scores for.
+    """
     ds = str(pd.Timestamp(str(ds)).date())
     repo = cfg.repo()
-    decl = repo.model(model) if model else repo.default_model()
     registry = registry or Registry.from_config(cfg)
-    models: list[tuple[str, LoadedModel]] = [(CHAMPION, registry.load(decl.name, CHAMPION))]
+    if not model or model in repo.models:
+        decl = repo.model(model) if model else repo.default_model()
+        name = registered or decl.name
+        champion = registry.load(name, CHAMPION)
+    else:  # a registered name of its own (e.g. a model's baseline): its lineage names the declaration
+        name = model
+        champion = registry.load(name, CHAMPION)
+        decl = declaration_of(repo, champion.lineage, name)
+    models: list[tuple[str, LoadedModel]] = [(CHAMPION, champion)]
     if shadow:
-        if registry.alias(decl.name, CHALLENGER) is None:
-            log.warning("scoring: shadow mode, but %s has no challenger; scoring the champion only", decl.name)
+        if registry.alias(name, CHALLENGER) is None:
+            log.warning("scoring: shadow mode, but %s has no challenger; scoring the champion only", name)
         else:
-            models.append((CHALLENGER, registry.load(decl.name, CHALLENGER)))
+            models.append((CHALLENGER, registry.load(name, CHALLENGER)))
     lake = cfg.lake()
     when = pd.Timestamp(scored_at) if scored_at is not None else scored_at_for(ds)
     when = when.tz_localize("UTC") if when.tz is None else when.tz_convert("UTC")
@@ -115,6 +128,22 @@ def score_snapshot(
 
         gate = gate_for(cfg, "predictions", model=decl.name)
     return predictions_table(lake, decl).write_partition(ds, rows, producer=producer, inputs=inputs, gate=gate)
+
+
+def declaration_of(repo, lineage: dict, name: str):
+    """The declared model a registered version scores for: its lineage's ``model`` or, else, the one
+    model joining exactly its ``feature_set`` (``+``-joined names)."""
+    if lineage.get("model") in repo.models:
+        return repo.model(lineage["model"])
+    sets = lineage.get("feature_sets") or str(lineage.get("feature_set", "")).split("+")
+    found = [m for m in repo.models.values() if [fs.name for fs in m.feature_sets] == list(sets)]
+    if len(found) != 1:
+        raise KeyError(
+            f"registered model {name!r} is no declared model, and its lineage names model "
+            f"{lineage.get('model')!r} / feature sets {sets}: {len(found)} declared models match "
+            f"(declared: {sorted(repo.models)})"
+        )
+    return found[0]
 
 
 def check_compatible(model: LoadedModel, built_with: str | None, decl, where: str) -> None:

@@ -131,11 +131,27 @@ def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
 
 
 def test_no_champion_is_a_clear_error(setup, tmp_path):
-    cfg, _, _, _ = setup
+    cfg, reg, _, _ = setup
     from jobs.models.registry import RegistryError
 
+    with pytest.raises(RegistryError, match="no registered model|no version or alias"):
+        score_snapshot(cfg, DS, "nobody", registry=reg, validate=False)
     empty = Registry.from_config(Config(lake_root=str(tmp_path / "empty")))
     with pytest.raises(RegistryError, match="no registered model|no version or alias"):
         score_snapshot(cfg, DS, NAME, registry=empty, validate=False)
-    with pytest.raises(KeyError, match="unknown model 'nobody'"):
-        score_snapshot(cfg, DS, "nobody", validate=False)
+
+
+def test_a_registered_name_no_model_declares_scores_for_the_model_its_lineage_names(setup):
+    """E.g. a model's baseline: registered under its own name, its lineage's feature set says which
+    declared model's table it scores into."""
+    cfg, reg, _, challenger = setup
+    other = _candidate(challenger, 0.6)
+    other.name = "scorer_other"
+    reg.register(other, alias="champion")
+    m = score_snapshot(cfg, DS, "scorer_other", registry=reg, validate=False)
+    got = predictions_table(cfg.lake(), MODEL).read(DS).sort_values("customer_id", ignore_index=True)
+    snap = snapshot_table(cfg.lake(), FS).read(DS).sort_values("customer_id", ignore_index=True)
+    assert m.table == MODEL.predictions_table and set(got["model_name"]) == {"scorer_other"}
+    np.testing.assert_array_equal(
+        got["score"].to_numpy(), challenger.predict(snap[list(FS.feature_names)].to_numpy(dtype=np.float64))
+    )
