@@ -16,7 +16,7 @@ def add_parsers(subparsers) -> None:
     p.add_argument(
         "--model", help="the declared model whose serving log is compared (default: the repo's default model)"
     )
-    p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "recency_days": {"psi": 0.25}}')
+    p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "<feature>": {"psi": 0.25}}')
     p.add_argument("--lookback-days", type=int, default=3)
     p.add_argument("--late-days", type=int, default=3)
     p.add_argument("--no-fail", action="store_true", help="report breaches but exit 0")
