@@ -1,23 +1,26 @@
-"""``lockstep demo``: the real DAGs on a real (embedded) Airflow over a stretch of the CDNOW period.
+"""``lockstep demo``: the real DAGs, generated from the declarations, on a real (embedded) Airflow over a
+stretch of a model's data — by default the repo's default model (the shipped repo ``features.projects``
+declares the CDNOW example: one source, one feature set, one model, so four DAGs). The demo's days come
+from the declarations: the sources' ``span``.
 
 Steps, all inside the project directory (``.lockstep/``):
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
    ``lockstep`` pool, login admin/admin);
-2. the CDNOW history landed into ``raw_events`` in bulk — what months of ``features_daily`` runs would
-   have landed, so the 90-day labels of the training DAG are mature;
-3. the ``training`` DAG (``airflow dags test``, with a small window): labels, point-in-time
+2. the history of every source the model reads landed in bulk (its declared span) — what months of
+   ``features_daily__<source>`` runs would have landed, so the labels of the training DAG are mature;
+3. the ``training__<model>`` DAG (``airflow dags test``, with a small window): labels, point-in-time
    training sets, validation, the dask-ml linear baseline, LightGBM, lineage-gated registration,
    promotion to champion (only if it beats the baseline on validation);
-4. the scheduler, DAG processor and API server started; a **backfill** of ``features_daily``
-   over ``days`` days created through the REST API (what the UI's Backfill dialog does); each
-   validated snapshot emits an Asset event that triggers ``batch_scoring`` (champion + shadow
-   challenger -> validation -> SQL table);
+4. the scheduler, DAG processor and API server started; a **backfill** of ``features_daily__<source>``
+   over ``days`` days (from the first day of the span's last month) created through the REST API (what
+   the UI's Backfill dialog does); each validated snapshot emits an Asset event that triggers
+   ``batch_scoring__<model>`` (champion + shadow challenger -> validation -> SQL table);
 5. the services stopped;
 6. the reference serving service (``uvicorn``, ``fresh`` mode, the champion) started on a free local
-   port; a seeded day of CDNOW traffic (the last features day) replayed against it, every answer
+   port; a seeded day of traffic (the last features day) replayed against it, every answer
    logged to its write-ahead log (``.lockstep/serving_wal``); the service stopped;
-7. the ``skew_nightly`` DAG for that day (``airflow dags test``): the WAL's records published to
+7. the ``skew_nightly__<model>`` DAG for that day (``airflow dags test``): the WAL's records published to
    ``serving_logs``, validated, compared with the offline recomputation -> ``skew_reports`` and the
    page ``<lake>/_reports/skew/ds=<day>.html``; where everything is, and how to open the UI, printed.
 
@@ -37,8 +40,8 @@ from pathlib import Path
 
 from jobs import orchestration as o
 
-#: The features backfill of the demo: the first days of June 1998 (the end of the CDNOW log).
-DEMO_FEATURES_FROM = "1998-06-01"
+#: The features backfill of the demo: this many days from the first day of the source's last month (for
+#: the CDNOW example, the first days of June 1998: the end of the log).
 DEMO_DAYS = 3
 #: A small training window, so the demo stays within a few minutes on 2 cores.
 DEMO_TRAINING_CONF = {"train_weeks": 3, "valid_weeks": 1, "holdback_weeks": 1, "rounds": 100}
@@ -62,17 +65,45 @@ def _step(n: int, total: int, text: str, t0: float) -> None:
     print(f"[{n}/{total}] {text} ({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
-def _floor(cfg) -> str:
+def demo_model(cfg, model: str | None = None):
+    """The declared model the demo runs (default: the repo's default model)."""
+    repo = cfg.repo()
+    return repo.model(model) if model else repo.default_model()
+
+
+def features_window(source, ds_from: str | None = None, days: int = DEMO_DAYS) -> tuple[str, str]:
+    """The demo's features backfill: ``days`` days from ``ds_from``, by default from the first day of the
+    last month of the source's declared span."""
+    if ds_from is None:
+        if not source.span:
+            raise ValueError(f"source {source.name!r} declares no span: pass the demo's first features day (--from)")
+        ds_from = dt.date.fromisoformat(source.span[1]).replace(day=1).isoformat()
+    last = (dt.date.fromisoformat(ds_from) + dt.timedelta(days=days - 1)).isoformat()
+    return ds_from, last
+
+
+def land_history(cfg, model) -> list:
+    """Every source the model reads, landed over its declared span (what the daily DAGs would have landed)."""
+    from jobs.ingest.landing import land
+
+    out = []
+    for source in model.sources:
+        if not source.span:
+            raise ValueError(f"source {source.name!r} declares no span: the demo cannot tell which days to land")
+        out += land(cfg, source.name, *source.span)
+    return out
+
+
+def _floor(cfg, model: str) -> str:
     """The champion's validation AUC against the linear baseline's (the promotion floor)."""
-    from jobs.defaults import DEFAULT_MODEL
     from jobs.models.registry import CHAMPION, Registry
 
     registry = Registry.from_config(cfg)
-    champion = registry.alias(DEFAULT_MODEL, CHAMPION)
+    champion = registry.alias(model, CHAMPION)
     if champion is None:
-        raise RuntimeError(f"the training DAG left no champion of {DEFAULT_MODEL}: nothing to score or serve")
+        raise RuntimeError(f"the training DAG left no champion of {model}: nothing to score or serve")
     if champion.flavor != "lightgbm":
-        lost = registry.alias(DEFAULT_MODEL, "challenger")
+        lost = registry.alias(model, "challenger")
         lgbm = f"LightGBM {lost.metrics['valid_auc']:.4f} < " if lost is not None else ""
         return (
             f"champion: the linear baseline ({champion.tags.get('lockstep.adopted_from')}), validation AUC "
@@ -159,26 +190,26 @@ class ServingProcess:
             self.proc.wait(5)
 
 
-def serve_and_replay(project: Path, cfg, day: str, requests: int = DEMO_REQUESTS, seed: int = DEMO_SEED) -> dict:
-    """Start the service (fresh mode, the registry's champion), replay ``requests`` seeded requests of ``day``,
-    stop it; returns the status counts and the service's metrics."""
-    from features import registry
+def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_REQUESTS, seed: int = DEMO_SEED) -> dict:
+    """Start the service (fresh mode, the registry's champion of ``model``), replay ``requests`` seeded
+    requests of ``day``, stop it; returns the status counts and the service's metrics."""
     from jobs.local.airflow_local import free_port
     from jobs.serving.replay import plan_day, replay
     from jobs.serving.store import read_lake_events
 
-    fs = registry.get(o.FEATURE_SET)
+    query_source = model.queries.source.name
+    fs = next((f for f in model.feature_sets if f.source.name == query_source), model.feature_sets[0])
     env = {
         **os.environ,
         "LOCKSTEP_LAKE": cfg.lake_root,
         o.SERVING_WAL_ENV: str(wal_dir(project)),
         "LOCKSTEP_SERVING_MODE": "fresh",
-        "LOCKSTEP_SERVING_FEATURE_SET": fs.name,
+        "LOCKSTEP_SERVING_MODEL": model.name,
         "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
         ).rstrip(os.pathsep),
     }
-    plan = plan_day(read_lake_events(cfg, fs), day, requests, seed, fs.entity)
+    plan = plan_day(read_lake_events(cfg, fs), day, requests, seed, model)
     svc = ServingProcess(env, free_port(), project / ".lockstep" / "serving.log")
     svc.start()
     try:
@@ -196,23 +227,28 @@ def serve_and_replay(project: Path, cfg, day: str, requests: int = DEMO_REQUESTS
 def run_demo(
     project: Path | str = ".",
     lake: str | None = None,
-    ds_from: str = DEMO_FEATURES_FROM,
+    ds_from: str | None = None,
     days: int = DEMO_DAYS,
     training_conf: dict | None = None,
     timeout: float = 1800,
     requests: int = DEMO_REQUESTS,
+    model: str | None = None,
 ) -> dict:
-    """Run the demo; returns where its outputs are."""
+    """Run the demo on the DAGs of ``model`` (default: the repo's default model) and of its query source;
+    returns where its outputs are."""
     from jobs.config import Config
-    from jobs.ingest.cdnow import ingest_cdnow
     from jobs.local.airflow_local import PASSWORD, USER, free_port
 
     project = Path(project).resolve()
     cfg = Config.from_env(lake_root=lake)
     lake_root = str(Path(cfg.lake_root).resolve()) if "://" not in cfg.lake_root else cfg.lake_root
     cfg = Config.from_env(lake_root=lake_root)
+    decl = demo_model(cfg, model)
+    source = o.model_source(decl)
+    features_dag, training_dag = o.features_dag_id(source.name), o.training_dag_id(decl.name)
+    scoring_dag, skew_dag = o.scoring_dag_id(decl.name), o.skew_dag_id(decl.name)
     t0 = time.perf_counter()
-    last = (dt.date.fromisoformat(ds_from) + dt.timedelta(days=days - 1)).isoformat()
+    ds_from, last = features_window(source, ds_from, days)
     problems: list[str] = []
     notes: list[str] = []
 
@@ -220,51 +256,54 @@ def run_demo(
     af.init()
     _step(1, STEPS, f"Airflow home {af.home} (SQLite, LocalExecutor, dags/ = {af.dags_folder})", t0)
 
-    raw = ingest_cdnow(cfg.lake())
-    _step(2, STEPS, f"raw_events: {len(raw)} CDNOW days landed ({raw[0].ds}..{raw[-1].ds})", t0)
+    raw = land_history(cfg, decl)
+    tables = sorted({m.table for m in raw})
+    _step(2, STEPS, f"{', '.join(tables)}: {len(raw)} days landed ({raw[0].ds}..{raw[-1].ds})", t0)
 
-    proc = af.dags_test("training", conf={**DEMO_TRAINING_CONF, **(training_conf or {})}, check=False, timeout=timeout)
+    proc = af.dags_test(
+        training_dag, conf={**DEMO_TRAINING_CONF, **(training_conf or {})}, check=False, timeout=timeout
+    )
     if proc.returncode != 0:
-        raise RuntimeError(f"the training DAG failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
+        raise RuntimeError(f"{training_dag} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
     _step(
         3,
         STEPS,
-        "training DAG: labels -> training sets -> validated -> dask-ml baseline + LightGBM -> "
-        f"registered -> champion ({_floor(cfg)})",
+        f"{training_dag}: labels -> training sets -> validated -> dask-ml baseline + LightGBM -> "
+        f"registered -> champion ({_floor(cfg, decl.name)})",
         t0,
     )
 
     af.start(("scheduler", "dag-processor", "api-server"))
     try:
         af.wait_until_up()
-        for dag_id in ("features_daily", "batch_scoring"):
+        for dag_id in (features_dag, scoring_dag):
             af.wait_for_dag(dag_id)
         want = set(o.day_range(ds_from, last))
-        predictions = cfg.lake().table(o.PREDICTIONS)
+        predictions = cfg.lake().table(decl.predictions_table)
         before = {d: predictions.manifest(d).created_at for d in want if predictions.exists(d)}  # a re-run
         idle_since = time.monotonic()
-        backfill = af.create_backfill("features_daily", ds_from, last, max_active_runs=2, reprocess="completed")
+        backfill = af.create_backfill(features_dag, ds_from, last, max_active_runs=2, reprocess="completed")
         deadline = time.monotonic() + timeout
         while not af.api("GET", f"backfills/{backfill['id']}").get("completed_at"):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"features_daily backfill {ds_from}..{last} not done after {timeout}s")
+                raise TimeoutError(f"{features_dag} backfill {ds_from}..{last} not done after {timeout}s")
             af.check_alive()
             time.sleep(3)
-        failed = [r["logical_date"][:10] for r in af.dag_runs("features_daily") if r["state"] == "failed"]
+        failed = [r["logical_date"][:10] for r in af.dag_runs(features_dag) if r["state"] == "failed"]
         if failed:
-            problems.append(f"features_daily failed for {failed}")
+            problems.append(f"{features_dag} failed for {failed}")
         _step(
             4,
             STEPS,
-            f"features_daily backfill {ds_from}..{last}: {days} runs (ingest -> validate -> snapshot -> validate)",
+            f"{features_dag} backfill {ds_from}..{last}: {days} runs (land -> validate -> snapshot -> validate)",
             t0,
         )
         scored: set[str] = set()
         retried = False
         while not failed:
-            # Asset events of several snapshot days may be merged into one batch_scoring run; a day's
+            # Asset events of several snapshot days may be merged into one scoring run; a day's
             # predictions partition exists once it is scored and validated (a failure quarantines it).
-            runs = af.dag_runs("batch_scoring")
+            runs = af.dag_runs(scoring_dag)
             busy = any(r["state"] in ("queued", "running") for r in runs)
             scored = {
                 d for d in want & set(predictions.partitions()) if predictions.manifest(d).created_at != before.get(d)
@@ -275,22 +314,22 @@ def run_demo(
                 # Airflow 3.3 on SQLite can drop an Asset event that lands while the scoring run it
                 # would join is being created; score such days explicitly (a manual run with `ds`).
                 for day in sorted(want - scored):
-                    af.api("POST", "dags/batch_scoring/dagRuns", {"logical_date": None, "conf": {"ds": day}})
-                    notes.append(f"batch_scoring for {day} triggered explicitly (its Asset event was not picked up)")
+                    af.api("POST", f"dags/{scoring_dag}/dagRuns", {"logical_date": None, "conf": {"ds": day}})
+                    notes.append(f"{scoring_dag} for {day} triggered explicitly (its Asset event was not picked up)")
                 retried = True
             if busy:
                 idle_since = time.monotonic()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"batch_scoring has not scored {sorted(want - scored)} after {timeout}s")
+                raise TimeoutError(f"{scoring_dag} has not scored {sorted(want - scored)} after {timeout}s")
             time.sleep(5)
-        if any(r["state"] == "failed" for r in af.dag_runs("batch_scoring")):
-            problems.append("a batch_scoring run failed")
+        if any(r["state"] == "failed" for r in af.dag_runs(scoring_dag)):
+            problems.append(f"a {scoring_dag} run failed")
         if want - scored:
-            problems.append(f"batch_scoring did not score {sorted(want - scored)}")
+            problems.append(f"{scoring_dag} did not score {sorted(want - scored)}")
         _step(
             5,
             STEPS,
-            f"batch_scoring (triggered by the snapshot Asset): predictions for {len(scored & want)} of "
+            f"{scoring_dag} (triggered by the snapshot Assets): predictions for {len(scored & want)} of "
             f"{len(want)} days, published to SQL",
             t0,
         )
@@ -299,12 +338,12 @@ def run_demo(
 
     # Serving: a day of traffic against the champion, logged; then the nightly skew job for that day.
     serve_day = last
-    served = serve_and_replay(project, cfg, serve_day, requests)
+    served = serve_and_replay(project, cfg, decl, serve_day, requests)
     m = served["metrics"]
     _step(
         6,
         STEPS,
-        f"serving: {served['requests']} requests of {serve_day} replayed (HTTP {served['statuses']}); "
+        f"serving {decl.name}: {served['requests']} requests of {serve_day} replayed (HTTP {served['statuses']}); "
         f"p50 {m.get('p50_ms') or 0:.1f} ms, p99 {m.get('p99_ms') or 0:.1f} ms; "
         f"{m.get('log_written')} records in the WAL {wal_dir(project)}",
         t0,
@@ -312,22 +351,21 @@ def run_demo(
     if set(served["statuses"]) != {200}:
         problems.append(f"serving answered {served['statuses']} (not all 200)")
     af.extra_env[o.SERVING_WAL_ENV] = str(wal_dir(project))
-    proc = af.dags_test("skew_nightly", serve_day, check=False, timeout=timeout)
+    proc = af.dags_test(skew_dag, serve_day, check=False, timeout=timeout)
     from jobs.skew.causes import CAUSES
 
     skew_reports = cfg.lake().table(o.SKEW_REPORTS)
     if proc.returncode != 0 or not skew_reports.exists(serve_day):
         problems.append(
-            f"skew_nightly failed for {serve_day} (a threshold breach or an error):\n"
-            + _tail(proc.stdout + proc.stderr)
+            f"{skew_dag} failed for {serve_day} (a threshold breach or an error):\n" + _tail(proc.stdout + proc.stderr)
         )
         skew_text = "FAILED"
     else:
         rep = skew_reports.read(serve_day)
         counts = {c: int(rep[c].fillna(0).sum()) for c in CAUSES}
         skew_text = f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; mismatches by cause {counts}"
-    _step(7, STEPS, f"skew_nightly {serve_day}: serving log published -> validated -> skew report: {skew_text}", t0)
-    out = outputs(project, cfg, sorted(want), USER, PASSWORD, skew_day=serve_day)
+    _step(7, STEPS, f"{skew_dag} {serve_day}: serving log published -> validated -> skew report: {skew_text}", t0)
+    out = outputs(project, cfg, decl, sorted(want), USER, PASSWORD, skew_day=serve_day)
     out["problems"] = problems
     out["notes"] = notes
     return out
@@ -337,15 +375,18 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def outputs(project: Path, cfg, days: list[str], user: str, password: str, skew_day: str | None = None) -> dict:
+def outputs(project: Path, cfg, model, days: list[str], user: str, password: str, skew_day: str | None = None) -> dict:
     from jobs.quality.gx import index_path
     from jobs.scoring.sql import sql_url
 
     lake = cfg.lake()
     return {
+        "model": model.name,
+        "dags": [o.features_dag_id(o.model_source(model).name), *o.dag_ids(cfg.repo())[f"model:{model.name}"]],
         "predictions_sql": sql_url(cfg),
-        "predictions_lake": lake.table(o.PREDICTIONS).partition_path(days[-1]),
-        "snapshots": lake.table(o.snapshot_table_name()).partition_path(days[-1]),
+        "sql_table": model.sql_table_name,
+        "predictions_lake": lake.table(model.predictions_table).partition_path(days[-1]),
+        "snapshots": [lake.table(o.snapshot_table_name(fs.name)).partition_path(days[-1]) for fs in model.feature_sets],
         "data_docs": index_path(lake),
         "alerts_log": lake.path("_alerts", "alerts.jsonl"),
         "registry": lake.path("_registry"),
@@ -362,13 +403,13 @@ def outputs(project: Path, cfg, days: list[str], user: str, password: str, skew_
 
 def print_outputs(out: dict) -> None:
     db = out["predictions_sql"].removeprefix("sqlite:///")
-    print("\nOutputs")
-    print(
-        f"  prediction table   {out['predictions_sql']}  (table `predictions`, days {out['days'][0]}..{out['days'][-1]})"
-    )
-    print(f'                     sqlite3 {db} "select role, count(*), avg(score) from predictions group by role"')
+    table = out["sql_table"]
+    print(f"\nOutputs of model {out['model']} (DAGs {', '.join(out['dags'])})")
+    print(f"  prediction table   {out['predictions_sql']}  (table `{table}`, days {out['days'][0]}..{out['days'][-1]})")
+    print(f'                     sqlite3 {db} "select role, count(*), avg(score) from {table} group by role"')
     print(f"  predictions (lake) {out['predictions_lake']}")
-    print(f"  feature snapshots  {out['snapshots']}")
+    for path in out["snapshots"]:
+        print(f"  feature snapshots  {path}")
     print(f"  Data Docs          {out['data_docs']}")
     if out.get("skew_day"):
         print(f"  serving WAL        {out['serving_wal']}")
@@ -408,7 +449,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("command", nargs="?", choices=("run", "ui"), default="run")
     p.add_argument("--lake", help="lake root (env LOCKSTEP_LAKE; default ./.lockstep/lake)")
-    p.add_argument("--from", dest="ds_from", default=DEMO_FEATURES_FROM, help="first features day")
+    p.add_argument("--model", help="the declared model (default: the repo's default model)")
+    p.add_argument(
+        "--from", dest="ds_from", help="first features day (default: the first day of the source span's last month)"
+    )
     p.add_argument("--days", type=int, default=DEMO_DAYS, help="features days to backfill")
     p.add_argument("--port", type=int, default=8080, help="UI port (ui)")
     p.add_argument(
@@ -421,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         run_ui(".", args.lake, args.port)
         return 0
-    out = run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests)
+    out = run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests, model=args.model)
     print_outputs(out)
     return 1 if out["problems"] else 0
 

@@ -253,7 +253,9 @@ def test_schedules_and_dates_come_from_the_declarations():
 
 
 def test_dag_ids_per_declaration():
-    assert o.dag_ids(REPO) == {
+    ids = o.dag_ids(REPO)
+    assert len(ids) == len(REPO.sources) + len(REPO.models)
+    assert {k: ids[k] for k in ("source:cdnow_purchases", "model:repurchase_90d")} == {
         "source:cdnow_purchases": ["features_daily__cdnow_purchases"],
         "model:repurchase_90d": [
             "training__repurchase_90d",

@@ -35,8 +35,10 @@ def test_repo_lists_every_declaration_with_fingerprint_origin_tables_and_dags(ca
 
     assert main(["repo"]) == 0
     out = capsys.readouterr().out
-    fs = repo.load().feature_set("customer_activity_v1")
-    assert "1 source(s), 1 feature set(s), 1 model(s) — checked, no declaration error" in out
+    r = repo.load()
+    fs = r.feature_set("customer_activity_v1")
+    counts = f"{len(r.sources)} source(s), {len(r.feature_sets)} feature set(s), {len(r.models)} model(s)"
+    assert f"{counts} — checked, no declaration error" in out
     assert f"customer_activity_v1  fingerprint {fs.fingerprint}" in out
     assert f"repurchase_90d  fingerprint {fs.fingerprint}" in out  # one set: the model's fingerprint is the set's
     assert "declared in  features.projects.cdnow.repurchase_90d" in out
