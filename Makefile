@@ -14,9 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-## Run the whole pipeline on the embedded default (real CDNOW data) and print where its outputs are.
+## Run the whole pipeline of the CDNOW example (real CDNOW data) through the DAGs generated from its
+## declarations (features/projects/cdnow) on an embedded Airflow, and print where its outputs are.
+DEMO_MODEL ?= repurchase_90d
 demo: $(STAMP)
-	$(BIN)/lockstep demo
+	$(BIN)/lockstep demo --model $(DEMO_MODEL)
 
 ## Run the test suite (what CI runs): also installs the servers the tests start (PostgreSQL, Redis, Chromium).
 test: $(STAMP) system-deps
