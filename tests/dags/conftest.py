@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from e2e_support import DAYS, SNAPSHOTS, fingerprints, lake_of, wait_backfill
+from e2e_support import DAYS, FEATURES_DAG, SNAPSHOTS, fingerprints, lake_of, wait_backfill
 
 # Airflow reads its home when first imported: keep this process (DagBag tests) off ~/airflow.
 if "AIRFLOW_HOME" not in os.environ:
@@ -60,10 +60,10 @@ def scheduler_stack(tmp_path_factory):
 @pytest.fixture(scope="session")
 def first_backfill(scheduler_stack):
     stack = scheduler_stack
-    stack.wait_for_dag("features_daily")
-    b = stack.create_backfill("features_daily", DAYS[0], DAYS[-1], max_active_runs=2)
+    stack.wait_for_dag(FEATURES_DAG)
+    b = stack.create_backfill(FEATURES_DAG, DAYS[0], DAYS[-1], max_active_runs=2)
     wait_backfill(stack, b["id"])
-    runs = [r for r in stack.dag_runs("features_daily") if r["run_type"] == "backfill"]
+    runs = [r for r in stack.dag_runs(FEATURES_DAG) if r["run_type"] == "backfill"]
     lake = lake_of(stack)
     return {
         "runs": runs,

@@ -5,6 +5,10 @@ from __future__ import annotations
 import time
 
 SNAPSHOTS = "feature_snapshots/customer_activity_v1"
+RAW = "raw_events/cdnow_purchases"
+#: The DAGs generated from the CDNOW example's declarations.
+FEATURES_DAG = "features_daily__cdnow_purchases"
+BUILD, VALIDATE = "build_snapshot__customer_activity_v1", "validate_snapshot__customer_activity_v1"
 #: The backfill the end-to-end tests create through the REST API: the data's first days, so the
 #: snapshots need no raw history landed beforehand.
 DAYS = ["1997-01-01", "1997-01-02", "1997-01-03"]
@@ -29,7 +33,7 @@ def wait_backfill(stack, backfill_id: int, timeout: float = 480) -> dict:
 
 def fingerprints(lake) -> dict[str, str]:
     out = {}
-    for table in ("raw_events", SNAPSHOTS):
+    for table in (RAW, SNAPSHOTS):
         for ds in DAYS:
             out[f"{table}/ds={ds}"] = lake.table(table).manifest(ds).content_fingerprint
     return out

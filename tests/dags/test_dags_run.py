@@ -7,24 +7,30 @@ import pytest
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(900)]
 
 SNAPSHOTS = "feature_snapshots/customer_activity_v1"
+RAW = "raw_events/cdnow_purchases"
+FEATURES, TRAINING, SCORING = (
+    "features_daily__cdnow_purchases",
+    "training__repurchase_90d",
+    "batch_scoring__repurchase_90d",
+)
 
 
 def test_features_daily_lands_and_snapshots_the_day(airflow_local, lake):
     for ds in ("1997-01-01", "1997-01-02"):
-        airflow_local.dags_test("features_daily", ds)
-        raw = lake.table("raw_events").manifest(ds)
+        airflow_local.dags_test(FEATURES, ds)
+        raw = lake.table(RAW).manifest(ds)
         snap = lake.table(SNAPSHOTS).manifest(ds)
         assert raw.rows > 0 and snap.rows > 0
         # The snapshot of D covers every customer known at D+1 00:00: at least the day's buyers.
-        assert snap.rows >= lake.table("raw_events").read(ds)["customer_id"].nunique()
+        assert snap.rows >= lake.table(RAW).read(ds)["customer_id"].nunique()
     assert lake.table(SNAPSHOTS).partitions() == ["1997-01-01", "1997-01-02"]
 
 
 def test_a_bad_engine_fails_the_run_before_any_task(airflow_local, lake):
-    proc = airflow_local.dags_test("features_daily", "1997-01-03", conf={"engine": "flink"}, check=False)
+    proc = airflow_local.dags_test(FEATURES, "1997-01-03", conf={"engine": "flink"}, check=False)
     assert proc.returncode != 0
     assert "flink" in proc.stdout + proc.stderr
-    assert not lake.table("raw_events").exists("1997-01-03")
+    assert not lake.table(RAW).exists("1997-01-03")
 
 
 # ---- training and batch scoring need mature labels: the whole CDNOW history landed -----------------
@@ -35,14 +41,14 @@ SCORE_DAY = "1998-03-31"
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
     from jobs.config import Config
-    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.ingest.landing import land
     from jobs.local.airflow_local import AirflowLocal, free_port
 
     root = tmp_path_factory.mktemp("history")
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
     af.init()
     cfg = Config(lake_root=str(root / "lake"))
-    ingest_cdnow(cfg.lake())
+    land(cfg, "cdnow_purchases", *cfg.repo().source("cdnow_purchases").span)
     return af, cfg
 
 
@@ -52,11 +58,12 @@ def test_training_dag_trains_registers_and_promotes_a_champion(history):
     from jobs.training.labels import latest_mature_cutoff
 
     af, cfg = history
-    af.dags_test("training", conf=TRAINING_CONF)
-    window = o.training_window(TRAINING_CONF, None, latest_mature_cutoff(cfg.lake()))
+    af.dags_test(TRAINING, conf=TRAINING_CONF)
+    model = cfg.repo().model("repurchase_90d")
+    window = o.training_window(model, TRAINING_CONF, None, latest_mature_cutoff(cfg, "repurchase_90d"))
     lake = cfg.lake()
-    assert lake.table("labels").partitions() == window["cutoffs"]
-    assert lake.table("training_sets/customer_activity_v1").partitions() == window["cutoffs"]
+    assert lake.table("labels/repurchase_90d").partitions() == window["cutoffs"]
+    assert lake.table("training_sets/repurchase_90d").partitions() == window["cutoffs"]
     registry = Registry.from_config(cfg)
     champion = registry.alias("repurchase_90d", CHAMPION)
     assert champion is not None and champion.version == 1
@@ -73,8 +80,8 @@ def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
     from jobs.snapshots import build_snapshot
 
     af, cfg = history
-    snap = build_snapshot(cfg, SCORE_DAY)  # features_daily's job, run directly: tested above
-    af.dags_test("batch_scoring", conf={"ds": SCORE_DAY})
+    snap = build_snapshot(cfg, SCORE_DAY, "customer_activity_v1")  # the features DAG's job, run directly
+    af.dags_test(SCORING, conf={"ds": SCORE_DAY})
     preds = cfg.lake().table("predictions").manifest(SCORE_DAY)
     assert preds.rows == snap.rows  # the champion only: no challenger exists yet
     table = read_day(sql_url(cfg), SCORE_DAY)
@@ -91,7 +98,7 @@ def test_training_dag_with_tune_trains_the_searched_parameters(history):
 
     af, cfg = history
     proc = af.dags_test(
-        "training", conf={**TRAINING_CONF, "tune": True, "tune_candidates": 3, "tune_max_rows": 5000, "tune_seed": 1}
+        TRAINING, conf={**TRAINING_CONF, "tune": True, "tune_candidates": 3, "tune_max_rows": 5000, "tune_seed": 1}
     )
     reports = list((Path(cfg.lake_root) / "_reports" / "tuning" / "repurchase_90d").glob("*-seed1/summary.json"))
     assert len(reports) == 1, proc.stdout[-3000:]

@@ -4,7 +4,7 @@ what the UI's Backfill dialog does — and the lake holds every partition, ident
 from __future__ import annotations
 
 import pytest
-from e2e_support import DAYS, SNAPSHOTS, fingerprints, lake_of, wait_backfill
+from e2e_support import BUILD, DAYS, FEATURES_DAG, RAW, SNAPSHOTS, VALIDATE, fingerprints, lake_of, wait_backfill
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(900)]
 
@@ -14,7 +14,7 @@ def test_backfill_through_the_rest_api_publishes_every_partition(scheduler_stack
     assert sorted(r["logical_date"][:10] for r in runs) == DAYS
     assert {r["state"] for r in runs} == {"success"}
     lake = lake_of(scheduler_stack)
-    assert lake.table("raw_events").partitions() == DAYS
+    assert lake.table(RAW).partitions() == DAYS
     assert lake.table(SNAPSHOTS).partitions() == DAYS
     rows = [lake.table(SNAPSHOTS).manifest(ds).rows for ds in DAYS]
     assert rows == sorted(rows) and rows[0] > 0  # customers accumulate day by day
@@ -32,9 +32,9 @@ def test_each_snapshot_day_emits_an_asset_event_naming_its_partition(scheduler_s
 
 def test_the_same_backfill_again_gives_identical_content(scheduler_stack, first_backfill):
     stack = scheduler_stack
-    b = stack.create_backfill("features_daily", DAYS[0], DAYS[-1], max_active_runs=2, reprocess="completed")
+    b = stack.create_backfill(FEATURES_DAG, DAYS[0], DAYS[-1], max_active_runs=2, reprocess="completed")
     wait_backfill(stack, b["id"])
-    runs = [r for r in stack.dag_runs("features_daily") if r["run_type"] == "backfill"]
+    runs = [r for r in stack.dag_runs(FEATURES_DAG) if r["run_type"] == "backfill"]
     assert {r["state"] for r in runs} == {"success"}
     lake = lake_of(stack)
     assert fingerprints(lake) == first_backfill["fingerprints"]
@@ -46,7 +46,9 @@ def test_the_same_backfill_again_gives_identical_content(scheduler_stack, first_
 def test_a_bad_engine_is_refused_when_the_run_is_triggered(scheduler_stack, first_backfill):
     with pytest.raises(RuntimeError, match=r"HTTP 400.*flink"):
         scheduler_stack.api(
-            "POST", "dags/features_daily/dagRuns", {"logical_date": "1997-01-06T00:00:00Z", "conf": {"engine": "flink"}}
+            "POST",
+            f"dags/{FEATURES_DAG}/dagRuns",
+            {"logical_date": "1997-01-06T00:00:00Z", "conf": {"engine": "flink"}},
         )
 
 
@@ -76,28 +78,28 @@ def test_a_corrupted_raw_day_fails_at_validation_and_stops_the_line(scheduler_st
     _corrupt_cdnow(bad, day)
     run = stack.api(
         "POST",
-        "dags/features_daily/dagRuns",
-        {"dag_run_id": "corrupted_raw", "logical_date": f"{day}T00:00:00Z", "conf": {"source": str(bad)}},
+        f"dags/{FEATURES_DAG}/dagRuns",
+        {"dag_run_id": "corrupted_raw", "logical_date": f"{day}T00:00:00Z", "conf": {"path": str(bad)}},
     )
-    (done,) = stack.wait_for_runs("features_daily", 1, timeout=300, dag_run_id=run["dag_run_id"])
+    (done,) = stack.wait_for_runs(FEATURES_DAG, 1, timeout=300, dag_run_id=run["dag_run_id"])
     assert done["state"] == "failed"
-    tis = stack.api("GET", "dags/features_daily/dagRuns/corrupted_raw/taskInstances")["task_instances"]
+    tis = stack.api("GET", f"dags/{FEATURES_DAG}/dagRuns/corrupted_raw/taskInstances")["task_instances"]
     states = {t["task_id"]: t["state"] for t in tis}
     assert states == {
         "land_raw": "success",
         "validate_raw": "failed",
-        "build_snapshot": "upstream_failed",
-        "validate_snapshot": "upstream_failed",
+        BUILD: "upstream_failed",
+        VALIDATE: "upstream_failed",
     }
     # Failed fast: a data-quality failure is not retried.
     assert {t["task_id"]: t["try_number"] for t in tis}["validate_raw"] == 1
 
     lake = lake_of(stack)
     assert not lake.table(SNAPSHOTS).exists(day)
-    assert not lake.table("raw_events").exists(day), "the bad raw partition is quarantined, not left readable"
+    assert not lake.table(RAW).exists(day), "the bad raw partition is quarantined, not left readable"
     alerts_log = lake_of(stack).path("_alerts", "alerts.jsonl")
     with open(alerts_log) as f:
         lines = [json.loads(line) for line in f if line.strip()]
-    mine = [a for a in lines if "features_daily" in json.dumps(a) and "validate_raw" in json.dumps(a)]
+    mine = [a for a in lines if FEATURES_DAG in json.dumps(a) and "validate_raw" in json.dumps(a)]
     assert mine, f"no alert line for the failed validation in {alerts_log}: {lines}"
     assert "amount" in json.dumps(mine[-1]), "the alert names what failed"

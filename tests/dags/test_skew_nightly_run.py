@@ -10,6 +10,7 @@ pytestmark = [pytest.mark.airflow, pytest.mark.timeout(600)]
 DAY = "1997-02-10"
 LAST_RAW = "1997-02-13"  # DAY + late_days: the events that arrived after the requests
 REQUESTS = 100
+SKEW = "skew_nightly__repurchase_90d"
 
 
 def _register_champion(cfg, fs, ds: str):
@@ -51,9 +52,8 @@ def served_day(tmp_path_factory):
     """Raw CDNOW days, three snapshots before DAY, a champion, and REQUESTS replayed against the service."""
     from fastapi.testclient import TestClient
 
-    from features import registry
     from jobs.config import Config
-    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.ingest.landing import land
     from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.serving.app import Settings, create_app
     from jobs.serving.model import RegistrySource
@@ -65,10 +65,10 @@ def served_day(tmp_path_factory):
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
     af.init()
     cfg = Config(lake_root=str(root / "lake"))
-    fs = registry.get("customer_activity_v1")
-    ingest_cdnow(cfg.lake(), "1997-01-01", LAST_RAW)
+    fs = cfg.repo().feature_set("customer_activity_v1")
+    land(cfg, "cdnow_purchases", "1997-01-01", LAST_RAW)
     for ds in ("1997-02-07", "1997-02-08", "1997-02-09"):
-        build_snapshot(cfg, ds)
+        build_snapshot(cfg, ds, fs.name)
     _register_champion(cfg, fs, "1997-02-09")
     wal = root / "wal"
     app = create_app(
@@ -84,7 +84,7 @@ def test_skew_nightly_publishes_validates_and_reports_the_day(served_day):
     from pathlib import Path
 
     af, cfg, wal = served_day
-    af.dags_test("skew_nightly", DAY, conf={"wal_dir": str(wal)})
+    af.dags_test(SKEW, DAY, conf={"wal_dir": str(wal)})
     lake = cfg.lake()
     logs = lake.table("serving_logs")
     assert logs.manifest(DAY).rows == REQUESTS
@@ -110,7 +110,7 @@ def test_a_rerun_keeps_the_serving_log_and_a_breach_fails_at_once_and_alerts(ser
     # thresholds under which any drift against the champion's training snapshot is a breach.
     af.extra_env["LOCKSTEP_SERVING_WAL_DIR"] = str(wal)
     try:
-        proc = af.dags_test("skew_nightly", DAY, conf={"thresholds": {"*": {"psi": 0.0}}}, check=False)
+        proc = af.dags_test(SKEW, DAY, conf={"thresholds": {"*": {"psi": 0.0}}}, check=False)
     finally:
         af.extra_env.pop("LOCKSTEP_SERVING_WAL_DIR")
     out = proc.stdout + proc.stderr
@@ -119,7 +119,7 @@ def test_a_rerun_keeps_the_serving_log_and_a_breach_fails_at_once_and_alerts(ser
     assert "'action': 'keep'" in out  # the publish task's XCom, logged
     alerts = Path(cfg.lake().path("_alerts", "alerts.jsonl"))
     lines = [json.loads(line) for line in alerts.read_text().splitlines()] if alerts.exists() else []
-    skew_alerts = [a for a in lines if "skew_nightly.skew" in json.dumps(a)]
+    skew_alerts = [a for a in lines if f"{SKEW}.skew" in json.dumps(a)]
     assert skew_alerts, out[-4000:]
     text = json.dumps(skew_alerts[-1])
     assert "psi" in text and f"ds={DAY}.html" in text  # names the breach and the report page

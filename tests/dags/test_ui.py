@@ -8,7 +8,7 @@ import time
 
 import pytest
 import ui_support as ui
-from e2e_support import lake_of, wait_backfill
+from e2e_support import FEATURES_DAG, SNAPSHOTS, lake_of, wait_backfill
 
 pytestmark = [pytest.mark.airflow, pytest.mark.timeout(600)]
 
@@ -32,7 +32,7 @@ def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfil
 
     stack = scheduler_stack
     ui.login(driver, stack.url, USER, PASSWORD)
-    ui.start_backfill_from_dialog(driver, stack.url, "features_daily", UI_DAYS[0], UI_DAYS[-1])
+    ui.start_backfill_from_dialog(driver, stack.url, FEATURES_DAG, UI_DAYS[0], UI_DAYS[-1])
 
     # The dialog called the API: a backfill over exactly those days now exists.
     deadline = time.monotonic() + 60
@@ -40,7 +40,7 @@ def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfil
     while time.monotonic() < deadline and not backfills:
         backfills = [
             b
-            for b in stack.api("GET", "backfills", params={"dag_id": "features_daily"})["backfills"]
+            for b in stack.api("GET", "backfills", params={"dag_id": FEATURES_DAG})["backfills"]
             if b["from_date"].startswith(UI_DAYS[0])
         ]
         time.sleep(1)
@@ -50,7 +50,7 @@ def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfil
     # ...and the runs appear in the UI's own run list.
     from selenium.webdriver.common.by import By
 
-    driver.get(f"{stack.url}/dags/features_daily/runs")
+    driver.get(f"{stack.url}/dags/{FEATURES_DAG}/runs")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         text = driver.find_element(By.TAG_NAME, "body").text
@@ -62,7 +62,7 @@ def test_backfill_started_from_the_ui_dialog_runs(scheduler_stack, first_backfil
     assert all(r in text for r in RUN_IDS), text[:2000]
     assert shot.stat().st_size > 10_000
 
-    runs = {r["logical_date"][:10]: r["state"] for r in stack.dag_runs("features_daily")}
+    runs = {r["logical_date"][:10]: r["state"] for r in stack.dag_runs(FEATURES_DAG)}
     assert [runs.get(d) for d in UI_DAYS] == ["success"] * len(UI_DAYS)
     lake = lake_of(stack)
-    assert all(lake.table("feature_snapshots/customer_activity_v1").exists(d) for d in UI_DAYS)
+    assert all(lake.table(SNAPSHOTS).exists(d) for d in UI_DAYS)
