@@ -30,11 +30,11 @@ def _booster(names, seed=1) -> lgb.Booster:
 
 
 def _register(reg: Registry, candidate: Candidate) -> None:
-    """Register as champion. The registry's lineage gate still knows one feature set per model (the
-    training stage's part of the wiring): it is bypassed here, for a model joining two sets."""
+    """Register as champion; a version of stale feature sets passes the registry's lineage gate
+    (which would refuse it) only to be refused by scoring."""
     with pytest.MonkeyPatch.context() as mp:
-        if "+" in candidate.feature_set_fingerprint:
-            mp.setattr(registry_module, "check_lineage", lambda c: None)
+        if candidate.params.get("stale"):
+            mp.setattr(registry_module, "check_lineage", lambda *a, **k: None)
         reg.register(candidate, alias=CHAMPION)
 
 
@@ -46,9 +46,10 @@ def _candidate(model, booster, fingerprint=None) -> Candidate:
         feature_names=list(model.feature_names),
         code_commit="0123456789abcdef0123456789abcdef01234567",
         feature_set_fingerprint=fingerprint or model.fingerprint,
+        feature_sets=[{"name": fs.name, "fingerprint": fs.fingerprint} for fs in model.feature_sets],
         training_set_fingerprints={f"{model.training_table}/ds=2024-01-02": "c" * 64},
         environment_digest=metadata.environment_digest({}),
-        params={"learning_rate": 0.1},
+        params={"learning_rate": 0.1, "stale": fingerprint is not None},
         metrics={"holdback_auc": 0.7},
         holdback={"key": "k" * 64},
     )
@@ -120,3 +121,20 @@ def test_a_version_trained_on_other_feature_sets_is_refused(lake, tmp_path):
     _register(reg, _candidate(model, booster, fingerprint=stale))
     with pytest.raises(FingerprintMismatchError, match=r"trained on features shop_load_v1:00000000deadbeef\+"):
         score_snapshot(cfg, DS, "late_order", registry=reg, validate=False)
+
+
+def test_a_one_set_entity_snapshot_model_with_string_keys_scores_its_snapshot(lake):
+    from jobs.snapshots import build_snapshot, snapshot_table
+
+    cfg, _, _, _, reg = lake
+    model = cfg.repo().model("shop_busy")
+    booster = _booster(model.feature_names, seed=4)
+    _register(reg, _candidate(model, booster))
+    build_snapshot(cfg, DS, "shop_load_v1")
+    m = score_snapshot(cfg, DS, "shop_busy", registry=reg, validate=False)
+    snap = snapshot_table(cfg.lake(), model.feature_sets[0]).read(DS).sort_values("shop", ignore_index=True)
+    got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
+    assert m.table == "predictions/shop_busy" and got["shop"].tolist() == ["s1", "s2", "s3"] == snap["shop"].tolist()
+    assert str(predictions_table(cfg.lake(), model).schema.field("shop").type) == "string"
+    x = snap[list(model.feature_names)].to_numpy(dtype=np.float64)
+    np.testing.assert_array_equal(got["score"].to_numpy(), booster.predict(x))

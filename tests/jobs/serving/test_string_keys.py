@@ -125,3 +125,18 @@ def test_skew_of_a_wrong_courier_window_is_logic_skew_on_that_feature(lake, tmp_
     counts = info.value.report.cause_counts()
     assert counts.loc["courier_orders_2h", "logic_skew"] > 0
     assert counts.drop(index="courier_orders_2h")["logic_skew"].sum() == 0
+
+
+def test_a_one_key_model_takes_a_string_entity_id(lake, tmp_path):
+    cfg, orders, _, _ = lake
+    model = cfg.repo().model("shop_busy")
+    source = StaticSource(LinearModel("shop_busy", "1", model.fingerprint, model.feature_names))
+    settings = Settings(lake_root=cfg.lake_root, model="shop_busy", wal_dir=str(tmp_path / "wal"), refresh_s=0.0)
+    t = pd.Timestamp(f"{DAY}T12:00:00Z")
+    with TestClient(create_app(settings, model_source=source, cfg=cfg)) as c:
+        body = c.post("/predict", json={"entity_id": "s2", "request_time": t.isoformat()}).json()
+        unknown = c.post("/predict", json={"entity_id": "nope", "request_time": t.isoformat()}).json()
+    fs = model.feature_sets[0]
+    assert body["entity_id"] == "s2" and body["features"] == compute_one(orders, "s2", t, fs)
+    assert unknown["features"]["shop_orders_lifetime"] == 0 and unknown["features"]["shop_late_mean_6h"] is None
+    assert log_schema(model).field("entity_id").type == "string"

@@ -5,7 +5,7 @@ Loaded as a repo of declarations by path (``Config(repo_package=REPO_DIR)``), ne
 ``jobs/``: scoring, SQL, serving and skew must take it with no change to the platform.
 """
 
-from features.model import Condition, Join, Model, OutcomeLabel, QueryRows
+from features.model import Condition, EntitySnapshots, EventLabel, Join, Model, OutcomeLabel, QueryRows
 from features.source import Column, FileLander, Key, Source, hours
 from features.spec import FeatureSet, agg, count
 
@@ -48,4 +48,12 @@ LATE_ORDER = Model(
     joins=(Join(SHOP_LOAD), Join(COURIER_LOAD, key="courier")),
     skew_thresholds={"logic_skew": 0.0},
     drift_psi=0.5,
+)
+
+SHOP_BUSY = Model(
+    name="shop_busy",
+    queries=EntitySnapshots(ORDERS, key="shop", every="day"),
+    label=EventLabel(ORDERS, horizon_days=1, where=(Condition("status", "==", "cancelled"),)),
+    joins=(SHOP_LOAD,),
+    predictions="predictions/shop_busy",
 )
