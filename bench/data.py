@@ -1,7 +1,7 @@
 """Benchmark inputs: generated events (many Parquet files) and a query table, once per size.
 
 ``<root>/<size>/events/ds=YYYY-MM-DD/part-00000.parquet`` comes from
-``jobs.ingest.generate.write_parquet_files`` (one file per ingest day, streamed, so any
+``jobs.ingest.cdnow_synthetic.write_parquet_files`` (one file per ingest day, streamed, so any
 size fits in memory); ``<root>/<size>/queries/part-NNNNN.parquet`` holds the
 queries (``query_id``, ``customer_id``, ``as_of``). ``meta.json`` records the
 parameters; a directory whose meta matches is reused, anything else is rebuilt.
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bench.featureset import AS_OF, ENTITY, QUERY_ID, US_PER_DAY
-from jobs.ingest.generate import GeneratorParams, write_parquet_files
+from jobs.ingest.cdnow_synthetic import GeneratorParams, write_parquet_files
 
 ENTITIES = 100_000
 DAYS = 60

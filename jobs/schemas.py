@@ -1,7 +1,8 @@
 """Arrow schemas of the tables Lockstep's jobs write.
 
-``RAW_EVENTS`` is the contract between the producers (CDNOW ingest, synthetic
-generator) and every consumer (validation, feature engines, the online store).
+The raw table of a source (``source.table`` = ``raw_events/<source>``) has the schema
+``raw_schema(source)``, derived from the declaration (``Source.raw_columns``): the contract
+between its landing step and every consumer (validation, feature engines, the online store).
 All timestamps are UTC at microsecond precision (DESIGN §1), stored as Parquet
 ``TIMESTAMP(us, UTC)``.
 """
@@ -11,46 +12,52 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-RAW_EVENTS_TABLE = "raw_events"
-
 UTC_US = pa.timestamp("us", tz="UTC")
 
-RAW_EVENTS = pa.schema(
-    [
-        pa.field("event_id", pa.int64(), nullable=False),
-        pa.field("customer_id", pa.int64(), nullable=False),
-        pa.field("event_ts", UTC_US, nullable=False),
-        pa.field("ingested_at", UTC_US, nullable=False),
-        pa.field("n_items", pa.int64()),
-        pa.field("amount", pa.float64()),
-        pa.field("category", pa.string()),
-    ]
-)
 
-RAW_EVENTS_COLUMNS: tuple[str, ...] = tuple(RAW_EVENTS.names)
+def raw_schema(source) -> pa.Schema:
+    """Arrow schema of ``source``'s raw table: id, keys, event time, ingestion time, values, in that
+    order; non-nullable where the declaration says so; timestamps ``TIMESTAMP(us, UTC)``."""
+    return pa.schema(
+        [pa.field(name, _arrow_type(type_), nullable=nullable) for name, type_, nullable in source.raw_columns()]
+    )
 
 
-def to_raw_events(df: pd.DataFrame) -> pa.Table:
-    """The frame as an Arrow table in exactly the ``RAW_EVENTS`` schema (column order, types).
+def to_raw(source, frame: pd.DataFrame) -> pa.Table:
+    """``frame`` as an Arrow table in exactly ``raw_schema(source)`` (column order, types).
 
-    Raises ``ValueError`` naming the columns that are missing or null where the
-    schema forbids nulls, rather than letting a writer coerce them.
+    Raises ``ValueError`` naming the source and the column that is missing, null where the
+    declaration forbids nulls, or not convertible to its declared type, rather than letting a
+    writer coerce it.
     """
-    missing = [c for c in RAW_EVENTS_COLUMNS if c not in df.columns]
+    schema = raw_schema(source)
+    missing = [c for c in schema.names if c not in frame.columns]
     if missing:
-        raise ValueError(f"raw events frame lacks columns {missing}")
-    nulls = [f.name for f in RAW_EVENTS if not f.nullable and df[f.name].isna().any()]
+        raise ValueError(f"source {source.name!r}: the frame lacks column(s) {missing} (it has {list(frame.columns)})")
+    nulls = [f.name for f in schema if not f.nullable and frame[f.name].isna().any()]
     if nulls:
-        raise ValueError(f"raw events frame has nulls in non-nullable columns {nulls}")
-    table = pa.Table.from_pandas(df[list(RAW_EVENTS_COLUMNS)], schema=RAW_EVENTS, preserve_index=False)
+        raise ValueError(f"source {source.name!r}: null values in non-nullable column(s) {nulls}")
+    try:
+        table = pa.Table.from_pandas(frame[schema.names], schema=schema, preserve_index=False)
+    except (pa.ArrowException, TypeError, ValueError) as exc:
+        for f in schema:  # name the column that does not convert
+            try:
+                pa.Array.from_pandas(frame[f.name], type=f.type)
+            except (pa.ArrowException, TypeError, ValueError) as col_exc:
+                raise ValueError(
+                    f"source {source.name!r}, column {f.name!r}: not convertible to {f.type}: {col_exc}"
+                ) from None
+        raise ValueError(f"source {source.name!r}: frame does not convert to its raw schema: {exc}") from None
     return table.replace_schema_metadata(None)
 
 
-def feature_schema(fs, query_columns=None, entity_type: str = "int64") -> pa.Schema:
+def feature_schema(fs, query_columns=None, entity_type: str | None = None) -> pa.Schema:
     """Arrow schema of a feature table of ``fs`` (``features.kernel.output_columns``):
-    keys not null, counts int64 not null, every other feature float64 (null = no value)."""
+    keys not null, counts int64 not null, every other feature float64 (null = no value).
+    The entity column is typed by ``fs.entity_type`` (int64 or string) unless ``entity_type`` says."""
     from features.kernel import output_columns
 
+    entity_type = entity_type or fs.entity_type
     fields = []
     keys = {fs.entity, "as_of"}
     integer = {f.name for f in fs.features if f.is_integer}

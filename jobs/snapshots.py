@@ -7,12 +7,11 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from features import registry
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.config import Config
 from jobs.lake import Lake, Manifest, Table, inputs_fingerprint
-from jobs.schemas import RAW_EVENTS_TABLE, feature_schema
+from jobs.schemas import feature_schema
 
 SNAPSHOT_MODE = "known_at"  # what a service running at the cut-off could have seen
 
@@ -26,22 +25,39 @@ def cutoff(ds: str | dt.date) -> pd.Timestamp:
     return pd.Timestamp(str(ds), tz="UTC") + pd.Timedelta(days=1)
 
 
-def build_snapshot(
-    cfg: Config, ds: str | dt.date, feature_set: str = "customer_activity_v1", **engine_options
-) -> Manifest:
-    """Compute and publish the snapshot partition ``ds`` on ``cfg.engine``.
+def feature_set_of(cfg: Config, feature_set: str | FeatureSet | None = None) -> FeatureSet:
+    """The named feature set of ``cfg.repo()`` (a FeatureSet as is); None: the default model's first
+    set, else the repo's first set by name."""
+    if isinstance(feature_set, FeatureSet):
+        return feature_set
+    repo = cfg.repo()
+    if feature_set is not None:
+        return repo.feature_set(feature_set)
+    if repo.models:
+        return repo.default_model().feature_sets[0]
+    if not repo.feature_sets:
+        raise KeyError("the repo declares no feature set")
+    return repo.feature_sets[sorted(repo.feature_sets)[0]]
 
-    Reads every raw-events ingest partition from the first one through ``ds`` (the
-    lake fails loudly on a missing or corrupt day) and replaces the partition whole,
-    so re-running a day — a backfill — is safe and gives the same content fingerprint.
+
+def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = None, **engine_options) -> Manifest:
+    """Compute and publish the snapshot partition ``ds`` of ``feature_set`` on ``cfg.engine``.
+
+    Reads every ingest partition of the set's source table (``fs.source.table``) from the first
+    one through ``ds`` (the lake fails loudly on a missing or corrupt day) and replaces the partition
+    whole, so re-running a day — a backfill — is safe and gives the same content fingerprint.
     """
-    fs = registry.get(feature_set)
+    fs = feature_set_of(cfg, feature_set)
+    if fs.source is None:
+        raise ValueError(f"feature set {fs.name!r} declares no source: nothing to build a snapshot from")
     lake = cfg.lake()
-    raw = lake.table(RAW_EVENTS_TABLE)
+    raw = lake.table(fs.source.table)
     ds = str(pd.Timestamp(str(ds)).date())
     first = raw.first_ds()
     if first is None or first > ds:
-        raise ValueError(f"no raw_events partitions at or before ds={ds} in {lake.root}; run the ingest first")
+        raise ValueError(
+            f"no raw_events partitions of {raw.name} at or before ds={ds} in {lake.root}; run the landing first"
+        )
     files = raw.files(first, ds)
     frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)
     producer = {
@@ -56,12 +72,12 @@ def build_snapshot(
         ds,
         frames,
         producer=producer,
-        inputs={f"{RAW_EVENTS_TABLE}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
+        inputs={f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
     )
 
 
 def build_snapshots(
-    cfg: Config, days: Iterable[str], feature_set: str = "customer_activity_v1", progress: bool = True, **engine_options
+    cfg: Config, days: Iterable[str], feature_set: str | None = None, progress: bool = True, **engine_options
 ) -> list[Manifest]:
     """``build_snapshot`` for each day, in order."""
     from tqdm.auto import tqdm

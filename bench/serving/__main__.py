@@ -1,7 +1,7 @@
 """Serving-path benchmarks: ``python -m bench.serving [--queries N] [--skip-skew] [--skip-http]``.
 
 1. Skew job on N logged requests (default 1M) vs ONE point-in-time feature build of the same
-   queries on the same engine (target: skew <= 2.5x). Synthetic events (jobs.ingest.generate), a
+   queries on the same engine (target: skew <= 2.5x). Synthetic events (jobs.ingest.cdnow_synthetic), a
    correct serving log synthesised with the kernel, the three lookback snapshots prebuilt.
 2. Service latency: in process (features + predict with a 200-tree LightGBM model, no HTTP)
    p50/p99 for both modes on CDNOW (target p99 <= 5 ms), and over HTTP against a uvicorn
@@ -46,9 +46,8 @@ def _model():
 def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int) -> list[tuple]:
     from jobs import engines
     from jobs.config import Config
-    from jobs.ingest.generate import generate_events
+    from jobs.ingest.cdnow_synthetic import generate_events
     from jobs.lake import Lake
-    from jobs.schemas import RAW_EVENTS_TABLE
     from jobs.serving.log import SERVING_LOGS_TABLE, log_schema
     from jobs.serving.model import StaticSource
     from jobs.snapshots import build_snapshot
@@ -69,7 +68,7 @@ def bench_skew(root: Path, n_queries: int, entities: int, events: int, days: int
             "request_id": [f"r{i:08d}" for i in range(n_queries)],
         }
     )
-    raw = cfg.lake().table(RAW_EVENTS_TABLE)
+    raw = cfg.lake().table(FS.source.table)
     files = raw.files(raw.first_ds(), raw.last_ds())
 
     t = time.perf_counter()

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import time
 
-from features import registry, repo
 from jobs.cli.common import days
 from jobs.config import Config
-from jobs.snapshots import build_snapshots, snapshot_table
+from jobs.snapshots import build_snapshots, feature_set_of, snapshot_table
 
 
 def add_parsers(subparsers) -> None:
@@ -17,11 +16,11 @@ def add_parsers(subparsers) -> None:
     )
     s.add_argument("--ds", required=True, help="snapshot day YYYY-MM-DD (first day with --to)")
     s.add_argument("--to", help="last day of a range (inclusive); each day is its own partition")
-    s.add_argument("--feature-set", default="customer_activity_v1")
+    s.add_argument("--feature-set", help="the declared feature set (default: the default model's first set)")
     s.set_defaults(func=cmd_snapshot)
 
     s = subparsers.add_parser("show", help="list a table's partitions, or print one partition's manifest")
-    s.add_argument("table", help="e.g. raw_events, feature_snapshots/customer_activity_v1")
+    s.add_argument("table", help="e.g. raw_events/<source>, feature_snapshots/<feature set>")
     s.add_argument("--ds")
     s.set_defaults(func=cmd_show)
 
@@ -36,7 +35,7 @@ def cmd_snapshot(args) -> int:
     manifests = build_snapshots(cfg, days(args.ds, args.to), args.feature_set)
     for m in manifests:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
-    where = snapshot_table(cfg.lake(), registry.get(args.feature_set)).partition_path(manifests[-1].ds)
+    where = snapshot_table(cfg.lake(), feature_set_of(cfg, args.feature_set)).partition_path(manifests[-1].ds)
     print(f"{len(manifests)} snapshot(s) on {cfg.engine} in {time.perf_counter() - t0:.1f}s; latest: {where}")
     return 0
 
@@ -62,7 +61,7 @@ def cmd_show(args) -> int:
 
 
 def cmd_features(args) -> int:
-    for name, fs in repo.load().feature_sets.items():
+    for name, fs in Config.from_args(args).repo().feature_sets.items():
         print(f"{name}  fingerprint={fs.fingerprint}  entity={fs.entity}  features={len(fs.features)}")
         if args.verbose:
             for f in fs.features:

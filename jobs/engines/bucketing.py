@@ -2,8 +2,13 @@
 
 An entity's bucket must not depend on how its key happens to be typed in one
 file (Spark's ``xxhash64`` gives int32 and int64 columns different buckets for
-equal values — MEASURED.md), so keys are cast to int64 first and then mixed
-with splitmix64's finaliser in uint64 arithmetic.
+equal values — MEASURED.md), so integer keys are cast to int64 first and then mixed
+with splitmix64's finaliser in uint64 arithmetic. String keys (``Key.type == "string"``)
+are hashed as strings with pandas' ``hash_array`` (siphash under a fixed key: the same
+value gives the same bucket in every process); large strings and dictionaries of
+strings are normalised to plain strings first. The same function buckets events and
+queries, so both sides of a key meet in one bucket. A null key (a nullable key: the
+event belongs to no entity of the set) goes to bucket 0.
 
 Bucketed files are laid out as ``<root>/bucket=<b>/part-<f>.parquet``: one file
 per (bucket, source file), written by exactly one task, so parallel tasks never
@@ -22,11 +27,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.schemas import RAW_EVENTS
+from jobs.schemas import raw_schema
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
+_STRING_HASH_KEY = "lockstep-bucket1"  # 16 bytes: siphash's key
 
 #: Record-batch size when streaming a source file.
 BATCH_ROWS = 65_536
@@ -53,27 +59,83 @@ def as_int64_keys(keys) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
 
+def _arrow(keys) -> pa.Array | pa.ChunkedArray:
+    if isinstance(keys, (pa.Array, pa.ChunkedArray)):
+        return keys
+    if isinstance(keys, (pd.Series, pd.Index)):
+        return pa.array(keys, from_pandas=True)
+    return pa.array(np.asarray(keys), from_pandas=True)
+
+
+def is_string_key(type_: pa.DataType) -> bool:
+    """Whether a key column of this Arrow type is a string key (plain, large or dictionary-encoded)."""
+    if pa.types.is_dictionary(type_):
+        type_ = type_.value_type
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+
+
+def normalize_key_column(col: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """A key column as int64 (integers, any width; a safe cast) or string (strings, any encoding);
+    nulls are kept. Raises ValueError for other types or non-integral values."""
+    if isinstance(col, pa.Array):
+        col = pa.chunked_array([col], type=col.type)
+    if is_string_key(col.type):
+        return col if col.type == pa.string() else pc.cast(col, pa.string())
+    if col.type == pa.int64():
+        return col
+    try:
+        return pc.cast(col, pa.int64())  # safe cast: 1.5 or "x" raise instead of being truncated
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValueError(f"entity keys must be integers or strings ({col.type}): {exc}") from None
+
+
+def normalize_keys(values) -> pd.Series | np.ndarray:
+    """Query keys of a frame as the engines hold them: int64 (numpy) for integer keys, pandas
+    strings for string keys; raises ValueError on nulls in integer keys."""
+    arr = _arrow(values)
+    if is_string_key(arr.type):
+        out = normalize_key_column(arr).to_pandas()
+        return out.set_axis(values.index) if isinstance(values, pd.Series) else out
+    return as_int64_keys(arr)
+
+
+def key_hashes(keys) -> np.ndarray:
+    """A stable uint64 hash per key: splitmix64 of the int64 value, or siphash of the string; 0 for null."""
+    col = normalize_key_column(_arrow(keys)).combine_chunks()
+    null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    if pa.types.is_string(col.type):
+        values = np.asarray(col.to_numpy(zero_copy_only=False), dtype=object)
+        if null.any():
+            values = np.where(null, "", values).astype(object)
+        z = pd.util.hash_array(values, hash_key=_STRING_HASH_KEY, categorize=False)
+    else:
+        z = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False).view(np.uint64)
+        # splitmix64 finaliser; uint64 array arithmetic wraps modulo 2**64 by design.
+        z = z + _GAMMA
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        z = z ^ (z >> np.uint64(31))
+    if null.any():
+        z = np.where(null, np.uint64(0), z)
+    return z
+
+
 def bucket_of(keys, n_buckets: int) -> np.ndarray:
-    """Bucket id in ``[0, n_buckets)`` per key (int64 array); equal integer values, any dtype, same bucket."""
+    """Bucket id in ``[0, n_buckets)`` per key (int64 array); equal integer values, any dtype, same
+    bucket; equal strings, any encoding, same bucket; null keys bucket 0."""
     if n_buckets < 1:
         raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
-    z = as_int64_keys(keys).view(np.uint64)
-    # splitmix64 finaliser; uint64 array arithmetic wraps modulo 2**64 by design.
-    z = z + _GAMMA
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    z = z ^ (z >> np.uint64(31))
-    return (z % np.uint64(n_buckets)).astype(np.int64)
+    return (key_hashes(keys) % np.uint64(n_buckets)).astype(np.int64)
 
 
 def normalize_table(table: pa.Table, key: str, decode_dictionaries: bool = True) -> pa.Table:
-    """Key column as int64 and (optionally) dictionary columns decoded, so that the parts of
-    a bucket coming from different source files share one schema. Schema metadata (pandas
-    dtypes of a bucketed frame) is kept."""
+    """Key column as int64 or string (``normalize_key_column``) and (optionally) dictionary columns
+    decoded, so that the parts of a bucket coming from different source files share one schema.
+    Schema metadata (pandas dtypes of a bucketed frame) is kept."""
     cols = []
     for name, col in zip(table.column_names, table.columns):
-        if name == key and col.type != pa.int64():
-            col = pa.chunked_array([as_int64_keys(col)], type=pa.int64())
+        if name == key and col.type not in (pa.int64(), pa.string()):
+            col = normalize_key_column(col)
         elif decode_dictionaries and pa.types.is_dictionary(col.type):
             col = pc.cast(col, col.type.value_type)
         cols.append(col)
@@ -270,13 +332,19 @@ def _require(have, need, what: str) -> None:
         raise KeyError(f"{what} is missing column(s) {missing}; it has {list(have)}")
 
 
+def _entity_type(fs) -> pa.DataType:
+    return pa.string() if fs.entity_type == "string" else pa.int64()
+
+
 def default_events_schema(fs) -> pa.Schema:
-    """Schema of an events table with no files: ``RAW_EVENTS`` types where the names match, else float64."""
-    known = {f.name: f.type for f in RAW_EVENTS}
+    """Schema of an events table with no files: the source's raw types (``raw_schema``) where the
+    names match, else float64 (a set without a source: int64 id and key)."""
+    known = {f.name: f.type for f in raw_schema(fs.source)} if fs.source is not None else {}
     ts = pa.timestamp("us", tz="UTC")
-    types = {fs.event_id: pa.int64(), fs.entity: pa.int64(), fs.timestamp: ts, fs.ingested_at: ts}
+    types = {fs.event_id: pa.int64(), fs.entity: _entity_type(fs), fs.timestamp: ts, fs.ingested_at: ts}
+    types.update({k: v for k, v in known.items() if k in (fs.event_id, fs.entity)})
     return pa.schema([(c, types.get(c, known.get(c, pa.float64()))) for c in fs.event_columns])
 
 
 def default_queries_schema(fs) -> pa.Schema:
-    return pa.schema([(fs.entity, pa.int64()), ("as_of", pa.timestamp("us", tz="UTC"))])
+    return pa.schema([(fs.entity, _entity_type(fs)), ("as_of", pa.timestamp("us", tz="UTC"))])

@@ -29,12 +29,12 @@ from features import kernel
 from features.spec import FeatureSet
 from jobs.engines import Snapshot
 from jobs.engines.bucketing import (
-    as_int64_keys,
     bucket_frame,
     bucket_parquet_file,
     default_events_schema,
     default_queries_schema,
     file_schema,
+    normalize_keys,
     normalize_table,
     read_frame,
     scratch_parquet_options,
@@ -227,7 +227,7 @@ def _empty_result(fs, queries, events_schema, mode, opts) -> pd.DataFrame:
         q = kernel.snapshot_queries(events, fs, queries.as_of, mode)
     elif isinstance(queries, pd.DataFrame):
         q = queries.iloc[:0].copy()
-        q[fs.entity] = as_int64_keys(q[fs.entity])
+        q[fs.entity] = normalize_keys(q[fs.entity])
     else:
         schema = file_schema(queries[0], fs.entity, None, opts) if queries else default_queries_schema(fs)
         q = normalize_table(schema.empty_table(), fs.entity).to_pandas()

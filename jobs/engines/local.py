@@ -10,9 +10,9 @@ from features import kernel
 from features.spec import FeatureSet
 from jobs.engines import Snapshot
 from jobs.engines.bucketing import (
-    as_int64_keys,
     default_events_schema,
     default_queries_schema,
+    normalize_keys,
     read_frame,
 )
 
@@ -25,11 +25,11 @@ def run(cfg, fs: FeatureSet, events_files: list[str], queries, mode: str) -> Ite
 
 
 def load_queries(fs: FeatureSet, events: pd.DataFrame, queries, mode: str, storage_options=None) -> pd.DataFrame:
-    """The query table: a Snapshot's from ``events``, a frame (key as int64) or files read whole."""
+    """The query table: a Snapshot's from ``events``, a frame (key as int64 or string) or files read whole."""
     if isinstance(queries, Snapshot):
         return kernel.snapshot_queries(events, fs, queries.as_of, mode)
     if isinstance(queries, pd.DataFrame):
         q = queries.copy()
-        q[fs.entity] = as_int64_keys(q[fs.entity])  # int64 keys on every engine
+        q[fs.entity] = normalize_keys(q[fs.entity])  # int64 or string keys on every engine
         return q
     return read_frame(queries, fs.entity, None, storage_options, empty=default_queries_schema(fs))

@@ -7,8 +7,9 @@ is one ``features.kernel.compute`` call. Two pitfalls are handled here:
 * time zones: Spark hands LTZ timestamps to pandas as naive wall-clock time of
   the *session* zone, so the session zone is pinned to UTC on every run (and the
   JVMs' default zone with ``-Duser.timezone=UTC``), and the UDF re-attaches UTC;
-* key types: ``xxhash64`` hashes int32 and int64 values differently, so the key
-  is cast to long before hashing.
+* key types: ``xxhash64`` hashes int32 and int64 values differently, so an integer key
+  is cast to long before hashing; a string key (``fs.entity_type == "string"``) is hashed
+  as a string.
 
 The result is written to a scratch Parquet directory and yielded file by file,
 so the driver holds one output file at a time.
@@ -149,7 +150,9 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.shuffle.partitions", str(n_buckets))
 
-    key = F.col(fs.entity).cast("long")  # before hashing: int32 and int64 hash differently
+    # Before hashing: int32 and int64 hash differently, so integer keys are cast to long; string
+    # keys are hashed as strings (xxhash64 of the UTF-8 bytes).
+    key = F.col(fs.entity).cast("string" if fs.entity_type == "string" else "long")
     events_paths = events_files or [_write_empty(default_events_schema(fs), f"{scratch}/empty_events.parquet", opts)]
     events = spark.read.parquet(*map(_spark_path, events_paths)).select(*fs.event_columns)
     events = events.withColumn(fs.entity, key).withColumn(BUCKET, F.pmod(F.xxhash64(fs.entity), F.lit(n_buckets)))
@@ -254,8 +257,13 @@ def _output_schema(fs: FeatureSet, query_names: list[str], extra: dict):
     """
     from pyspark.sql import types as T
 
-    arrow_to_spark = {"int64": T.LongType(), "double": T.DoubleType(), "timestamp[us, tz=UTC]": T.TimestampType()}
-    declared = dict(kernel.output_columns(fs))
+    arrow_to_spark = {
+        "int64": T.LongType(),
+        "double": T.DoubleType(),
+        "string": T.StringType(),
+        "timestamp[us, tz=UTC]": T.TimestampType(),
+    }
+    declared = dict(kernel.output_columns(fs, None, fs.entity_type))
     fields = []
     for name in query_names:
         typ = extra.get(name) or arrow_to_spark[declared[name]]

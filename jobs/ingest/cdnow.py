@@ -1,10 +1,14 @@
-"""CDNOW transaction log -> ``raw_events`` (the real data set of the demo and the tests).
+"""CDNOW transaction log -> the raw table of the ``cdnow_purchases`` source (``raw_events/cdnow_purchases``).
+
+The ``cdnow`` parser of ``jobs.ingest.landing`` (``ParserLander("cdnow")``, see
+``features/projects/cdnow/purchases.py``): ``lockstep land --source cdnow_purchases`` and the
+``lockstep ingest-cdnow`` shortcut both land through it.
 
 Source: ``jobs/ingest/data/CDNOW_master.txt.gz`` (attribution in ``jobs/ingest/data/README.md``),
 69,659 whitespace-separated lines after one header line:
 ``customer_id date(YYYYMMDD) number_of_cds dollar_value``.
 
-Mapping to ``RAW_EVENTS``:
+Mapping to the source's raw columns:
 
 - ``event_id``: the 1-based data line number (header excluded), so an event's id
   is stable for as long as the source file is, and re-ingesting gives the same ids.
@@ -60,8 +64,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.projects.cdnow.purchases import CDNOW_PURCHASES
 from jobs.lake import day_range
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_COLUMNS, RAW_EVENTS_TABLE, to_raw_events
+from jobs.schemas import raw_schema, to_raw
 
 CDNOW_PATH = Path(__file__).with_name("data") / "CDNOW_master.txt.gz"
 CDNOW_COLUMNS = ("customer_id", "date", "number_of_cds", "dollar_value")
@@ -72,6 +77,8 @@ TOP_BAND = "premium"
 FREE_BAND = "free"
 
 _DAY_US = 86_400_000_000
+#: The raw columns CDNOW lands (the declaration's order).
+RAW_COLUMNS: tuple[str, ...] = tuple(CDNOW_PURCHASES.raw_column_names)
 
 
 def price_band(amount, n_items) -> np.ndarray:
@@ -105,7 +112,7 @@ def _parse_ds(value) -> dt.date:
 
 
 def read_cdnow(path=None) -> pd.DataFrame:
-    """The CDNOW log as a frame in the ``RAW_EVENTS`` schema, in source line order.
+    """The CDNOW log as a frame of the ``cdnow_purchases`` raw columns, in source line order.
 
     Raises ``ValueError`` naming the line of any malformed row (wrong field
     count, bad date, negative or non-numeric value).
@@ -156,7 +163,7 @@ def read_cdnow(path=None) -> pd.DataFrame:
             "category": pd.array(price_band(amount, n_items), dtype="str"),
         }
     )
-    return df[list(RAW_EVENTS_COLUMNS)]
+    return df[list(RAW_COLUMNS)]
 
 
 def iter_ingest_days(events: pd.DataFrame, ds_from, ds_to):
@@ -182,10 +189,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def parse_days(source, lander, days: list[str], path=None):
+    """The ``cdnow`` parser (``jobs.ingest.landing``): ``(ds, frame)`` for each of ``days``, from
+    ``path`` (default the lander's path, else the shipped log)."""
+    from jobs.ingest.landing import Parsed, resolve_path
+
+    path = Path(resolve_path(path or lander.path) if (path or lander.path) else CDNOW_PATH)
+    events = read_cdnow(path)
+    return Parsed(
+        days=list(iter_ingest_days(events, days[0], days[-1])),
+        producer={"file": path.name, "price_bands_cents": dict(PRICE_BANDS)},
+        inputs={path.name: _sha256(path)},
+    )
+
+
 def ingest_cdnow(lake, ds_from=None, ds_to=None, source=None) -> list:
-    """Write ``raw_events`` partitions by ingest date, one per calendar day in
-    ``[ds_from, ds_to]`` (default: the data's full span, 1997-01-01..1998-06-30),
-    empty for a day without events. Returns the manifests in ``ds`` order.
+    """Write the ``cdnow_purchases`` raw partitions by ingest date, one per calendar day in
+    ``[ds_from, ds_to]`` (default: the data's full span, 1997-01-01..1998-06-30), empty for a day
+    without events; ``source`` is another path of the log. Returns the manifests in ``ds`` order.
 
     Idempotent: a re-run replaces each partition with identical content.
     """
@@ -194,10 +215,15 @@ def ingest_cdnow(lake, ds_from=None, ds_to=None, source=None) -> list:
     ingest_day = events["ingested_at"].dt.date
     ds_from = _parse_ds(ds_from) if ds_from is not None else ingest_day.min()
     ds_to = _parse_ds(ds_to) if ds_to is not None else ingest_day.max()
-    table = lake.table(RAW_EVENTS_TABLE, RAW_EVENTS)
-    producer = {"job": "ingest_cdnow", "source": path.name, "price_bands_cents": dict(PRICE_BANDS)}
+    table = lake.table(CDNOW_PURCHASES.table, raw_schema(CDNOW_PURCHASES))
+    producer = {
+        "job": "ingest_cdnow",
+        "source": CDNOW_PURCHASES.name,
+        "file": path.name,
+        "price_bands_cents": dict(PRICE_BANDS),
+    }
     inputs = {path.name: _sha256(path)}
     manifests = []
     for ds, part in iter_ingest_days(events, ds_from, ds_to):
-        manifests.append(table.write_partition(ds, to_raw_events(part), producer=producer, inputs=inputs))
+        manifests.append(table.write_partition(ds, to_raw(CDNOW_PURCHASES, part), producer=producer, inputs=inputs))
     return manifests

@@ -27,7 +27,7 @@ def test_ingest_snapshot_show_round_trip(tmp_path, capsys):
     assert main(["--lake", lake, "snapshot", "--ds", "1997-01-09", "--to", "1997-01-10"]) == 0
     assert main(["--lake", lake, "show", "feature_snapshots/customer_activity_v1"]) == 0
     out = capsys.readouterr().out
-    assert "raw_events: 10 partitions" in out
+    assert "raw_events/cdnow_purchases: 10 partitions" in out
     assert "feature_snapshots/customer_activity_v1: 2 partitions 1997-01-09..1997-01-10" in out
 
 

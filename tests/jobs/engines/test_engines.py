@@ -27,12 +27,13 @@ from features.registry import get
 from jobs import engines
 from jobs.engines import Snapshot
 from jobs.engines.bucketing import (
+    as_int64_keys,
     bucket_frame,
     bucket_of,
     bucket_parquet_file,
     read_frame,
 )
-from jobs.schemas import to_raw_events
+from jobs.ingest.cdnow_synthetic import to_raw_events
 
 FS = get("customer_activity_v1")
 KEY = FS.entity
@@ -55,7 +56,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cdnow(data_dir):
-    """The full CDNOW log as 3 Parquet files (RAW_EVENTS schema), plus the frame."""
+    """The full CDNOW log as 3 Parquet files (the cdnow_purchases raw schema), plus the frame."""
     from jobs.ingest.cdnow import read_cdnow
 
     events = read_cdnow()
@@ -70,7 +71,7 @@ def cdnow(data_dir):
 @pytest.fixture(scope="module")
 def generated(data_dir):
     """~200k generated events with high rates of nulls, ties, duplicates and late rows."""
-    from jobs.ingest.generate import write_parquet_files
+    from jobs.ingest.cdnow_synthetic import write_parquet_files
 
     files = write_parquet_files(
         data_dir / "gen",
@@ -331,9 +332,12 @@ def test_bucket_is_independent_of_the_key_dtype():
     assert counts.min() > 9_000 and counts.max() < 11_000  # sequential ids spread evenly
 
 
-def test_bucket_rejects_nulls_and_fractions():
+def test_bucket_puts_null_keys_in_bucket_0_and_rejects_fractions():
+    # a nullable key: an event without it belongs to no entity (the kernel skips it)
+    assert bucket_of(pd.Series([None, None], dtype="Int64"), 4).tolist() == [0, 0]
+    assert bucket_of(pd.Series([7, None], dtype="Int64"), 4)[0] == bucket_of(np.array([7]), 4)[0]
     with pytest.raises(ValueError, match="null"):
-        bucket_of(pd.Series([1, None], dtype="Int64"), 4)
+        as_int64_keys(pd.Series([1, None], dtype="Int64"))
     with pytest.raises(ValueError, match="integers"):
         bucket_of(np.array([1.5]), 4)
 

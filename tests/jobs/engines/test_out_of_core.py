@@ -36,7 +36,7 @@ def _memory_peak(dask_worker) -> float:
 def test_dask_engine_runs_tables_bigger_than_worker_memory(tmp_path, make_config):
     from distributed import Client, LocalCluster
 
-    from jobs.ingest.generate import write_parquet_files
+    from jobs.ingest.cdnow_synthetic import write_parquet_files
 
     files = write_parquet_files(
         tmp_path / "events", entities=100_000, events=EVENTS, days=20, seed=11, chunk_rows=200_000, progress=False

@@ -1,4 +1,4 @@
-"""CDNOW ingest: parsing, the RAW_EVENTS mapping, price bands, partitions by ingest day."""
+"""CDNOW ingest: parsing, the mapping to the cdnow_purchases raw columns, price bands, partitions by ingest day."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from features.projects.cdnow.purchases import CDNOW_PURCHASES
 from jobs.ingest.cdnow import (
     CDNOW_PATH,
     ingest_cdnow,
@@ -19,7 +20,15 @@ from jobs.ingest.cdnow import (
     price_band,
     read_cdnow,
 )
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+from jobs.schemas import raw_schema, to_raw
+
+RAW_EVENTS = raw_schema(CDNOW_PURCHASES)
+RAW_EVENTS_TABLE = CDNOW_PURCHASES.table
+
+
+def to_raw_events(frame):
+    return to_raw(CDNOW_PURCHASES, frame)
+
 
 US = pd.Timedelta(microseconds=1)
 
@@ -210,7 +219,8 @@ def test_manifest_names_the_job_and_the_source_checksum(full_ingest):
     lake, manifests = full_ingest
     sha = hashlib.sha256(CDNOW_PATH.read_bytes()).hexdigest()
     m = lake.table(RAW_EVENTS_TABLE).manifest("1997-03-26")
-    assert m.producer["job"] == "ingest_cdnow"
+    assert m.producer["job"] == "ingest_cdnow" and m.producer["source"] == "cdnow_purchases"
+    assert m.table == "raw_events/cdnow_purchases"
     assert m.inputs == {"CDNOW_master.txt.gz": sha}
     same_day = next(x for x in manifests if x.ds == "1997-03-26")
     assert m.content_fingerprint == same_day.content_fingerprint

@@ -22,7 +22,7 @@ from test_validate_support import (
 )
 
 from jobs.ingest.cdnow import ingest_cdnow
-from jobs.ingest.generate import generate_events, iter_event_days
+from jobs.ingest.cdnow_synthetic import generate_events, iter_event_days
 from jobs.lake import MissingPartitionError
 from jobs.quality.validate import (
     RESULT_FILE,

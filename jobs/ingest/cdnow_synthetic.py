@@ -1,6 +1,6 @@
-"""Synthetic ``raw_events`` at any scale, streamed day by day.
+"""Synthetic CDNOW-shaped events (the ``cdnow_purchases`` raw table) at any scale, streamed day by day: the benches' data.
 
-The generator writes the same schema as the CDNOW ingest (``jobs.schemas.RAW_EVENTS``)
+The generator writes the same schema as the CDNOW ingest (``jobs.schemas.raw_schema`` of the ``cdnow_purchases`` source)
 with the awkward properties real event streams have, each at a chosen rate:
 
 - activity per entity is heavy-tailed: every entity gets a lognormal weight
@@ -46,7 +46,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+from features.projects.cdnow.purchases import CDNOW_PURCHASES
+from jobs.schemas import raw_schema, to_raw
+
+RAW_SCHEMA = raw_schema(CDNOW_PURCHASES)
+
+
+def to_raw_events(frame: pd.DataFrame):
+    """A generated frame as an Arrow table of the ``cdnow_purchases`` raw schema."""
+    return to_raw(CDNOW_PURCHASES, frame)
+
 
 BLOCK_ROWS = 1 << 16
 ENTITY_SIGMA = 1.5
@@ -236,7 +245,7 @@ def iter_event_days(
     progress: bool | None = None,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
     """Yield ``(ingest_ds, frame)`` in ingest-day order, frames of at most ``chunk_rows``
-    rows in the ``RAW_EVENTS`` columns; every ingest day yields at least one (maybe
+    rows in the ``cdnow_purchases`` raw columns; every ingest day yields at least one (maybe
     empty) frame. ``progress``: tqdm bar (None = only on a terminal)."""
     p = GeneratorParams(
         entities, events, days, start, seed, null_rate, dup_rate, late_rate, max_late_days, tie_rate, n_categories
@@ -286,9 +295,9 @@ def generate_events(
     n_categories: int = 8,
     chunk_rows: int = 500_000,
     progress: bool | None = None,
-    table: str = RAW_EVENTS_TABLE,
+    table: str = CDNOW_PURCHASES.table,
 ) -> list:
-    """Write generated events to ``table`` (default ``raw_events``), one partition per
+    """Write generated events to ``table`` (default ``raw_events/cdnow_purchases``), one partition per
     ingest day, each streamed chunk by chunk. Returns the manifests in ``ds`` order."""
     kw = {
         "entities": entities,
@@ -306,7 +315,7 @@ def generate_events(
         "progress": progress,
     }
     producer = {"job": "generate_events", "params": _params(kw)}
-    target = lake.table(table, RAW_EVENTS)
+    target = lake.table(table, RAW_SCHEMA)
     manifests = []
     for ds, group in itertools.groupby(iter_event_days(**kw), key=lambda item: item[0]):
         chunks = (to_raw_events(frame) for _, frame in group)
@@ -335,7 +344,7 @@ def write_parquet_files(
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         with (
             fs.open(path, "wb") as f,
-            pq.ParquetWriter(f, RAW_EVENTS, use_dictionary=["category"], compression="zstd") as writer,
+            pq.ParquetWriter(f, RAW_SCHEMA, use_dictionary=["category"], compression="zstd") as writer,
         ):
             for _, frame in group:
                 writer.write_table(to_raw_events(frame))

@@ -10,13 +10,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.ingest.generate import (
+from features.projects.cdnow.purchases import CDNOW_PURCHASES
+from jobs.ingest.cdnow_synthetic import (
     GeneratorParams,
     generate_events,
     iter_event_days,
     write_parquet_files,
 )
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE
+from jobs.schemas import raw_schema
+
+RAW_EVENTS = raw_schema(CDNOW_PURCHASES)
+RAW_EVENTS_TABLE = CDNOW_PURCHASES.table
 
 DAY = pd.Timedelta(days=1)
 US = pd.Timedelta(microseconds=1)

@@ -1,0 +1,301 @@
+"""Landing a declared source: CSV / JSON Lines / Parquet files, column mapping, time zones, units,
+derived event ids, errors naming the file, the column and the rule; the CDNOW parser."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from features.source import Column, FileLander, Key, ParserLander, Source
+from jobs.config import Config
+from jobs.ingest.landing import LandingError, derived_event_ids, land, parser_for
+from jobs.lake import LakeError
+from jobs.schemas import raw_schema
+
+END = pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+
+
+def utc(s: str) -> pd.Timestamp:
+    return pd.Timestamp(s, tz="UTC")
+
+
+def orders_source(root, **lander) -> Source:
+    """Shop orders exported per day as CSV in New York wall-clock time, amounts in cents."""
+    kw = dict(
+        format="csv",
+        path=str(root / "orders" / "{ds}.csv"),
+        columns={"shop": "Shop", "event_ts": "Placed", "amount": "AmountCents"},
+        scale={"amount": 0.01},
+        time_zone="America/New_York",
+    )
+    kw.update(lander)
+    return Source(
+        name="shop_orders",
+        keys=(Key("shop", "string"),),
+        columns=(
+            Column("amount", "double", min=0),
+            Column("items", "int64", nullable=True),
+            Column("channel", "string", allowed=("web", "app")),
+        ),
+        lander=FileLander(**kw),
+        event_id="order_id",
+        event_id_type="string",
+    )
+
+
+DAY1 = """Shop,Placed,AmountCents,items,channel
+001,2024-03-09 23:30:00,1234,2,web
+café,2024-03-10 01:59:59,99,,app
+001,2024-03-09 23:30:00,1234,2,web
+"""
+DAY2 = """Shop,Placed,AmountCents,items,channel
+002,2024-03-10 03:00:00,500,1,app
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return Config(lake_root=str(tmp_path / "lake"))
+
+
+def write(path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_csv_with_string_keys_and_a_time_zone_lands_two_days_exactly(cfg, tmp_path):
+    src = orders_source(tmp_path)
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1)
+    write(tmp_path / "orders" / "2024-03-11.csv", DAY2)
+    manifests = land(cfg, src, "2024-03-10", "2024-03-11")
+    assert [(m.table, m.ds, m.rows) for m in manifests] == [
+        ("raw_events/shop_orders", "2024-03-10", 3),
+        ("raw_events/shop_orders", "2024-03-11", 1),
+    ]
+    m = manifests[0]
+    assert m.producer == {
+        "job": "land",
+        "source": "shop_orders",
+        "format": "csv",
+        "path": str(tmp_path / "orders" / "{ds}.csv"),
+    }
+    assert list(m.inputs) == [str(tmp_path / "orders" / "2024-03-10.csv")]
+    table = cfg.lake().table(src.table)
+    got = table.read("2024-03-10")
+    assert pa.Schema.from_pandas(got, preserve_index=False).names == raw_schema(src).names
+    # keys stay strings ("001", not 1); EST (-5h) before the 2024-03-10 02:00 DST change, EDT after
+    assert got["shop"].tolist() == ["001", "café", "001"]
+    assert got["event_ts"].tolist() == [utc("2024-03-10 04:30"), utc("2024-03-10 06:59:59"), utc("2024-03-10 04:30")]
+    assert got["ingested_at"].tolist() == [utc("2024-03-10") + END] * 3  # the end of the landing day
+    assert got["amount"].tolist() == [12.34, 0.99, 12.34]  # cents / 100, exactly
+    assert got["items"].tolist()[0] == 2 and pd.isna(got["items"].tolist()[1])
+    assert got["channel"].tolist() == ["web", "app", "web"]
+    ids = got["order_id"].tolist()
+    assert len(set(ids)) == 3 and all(len(i) == 16 for i in ids)  # two identical orders, two ids
+    day2 = table.read("2024-03-11")
+    assert day2["event_ts"].tolist() == [utc("2024-03-10 07:00")]  # EDT: -4h
+    assert day2["ingested_at"].tolist() == [utc("2024-03-11") + END]
+
+
+def test_derived_event_ids_are_stable_under_a_re_export(cfg, tmp_path):
+    src = orders_source(tmp_path, options={"comment": "#"})
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1)
+    first = cfg.lake().table(src.table)
+    land(cfg, src, "2024-03-10")
+    ids = first.read("2024-03-10").set_index(["shop", "event_ts"])["order_id"]
+    # the re-export: rows in another order, a blank line, a comment line, columns reordered
+    lines = DAY1.strip().splitlines()
+    header = "channel,items,AmountCents,Placed,Shop"
+
+    def reorder(line):
+        shop, placed, cents, items, channel = line.split(",")
+        return ",".join([channel, items, cents, placed, shop])
+
+    again = "\n".join(["# exported again", header, reorder(lines[3]), "", reorder(lines[2]), reorder(lines[1])])
+    write(tmp_path / "reexport" / "2024-03-10.csv", again + "\n")
+    land(cfg, src, "2024-03-10", path=str(tmp_path / "reexport" / "{ds}.csv"))
+    back = first.read("2024-03-10")
+    assert sorted(back["order_id"]) == sorted(ids)
+    assert (
+        back.set_index(["shop", "event_ts"])["order_id"].loc[("café", utc("2024-03-10 06:59:59"))]
+        == ids.loc[("café", utc("2024-03-10 06:59:59"))]
+    )
+
+
+def test_derived_int64_ids_depend_on_content_and_occurrence_only():
+    src = Source(
+        "clicks",
+        keys=(Key("user", "int64"),),
+        columns=(Column("x", "double"),),
+        lander=FileLander("csv", "c/{ds}.csv"),
+    )
+    frame = pd.DataFrame(
+        {
+            "user": [1, 1, 2],
+            "event_ts": pd.to_datetime(["2024-01-01"] * 3, utc=True).as_unit("us"),
+            "x": [1.0, 1.0, 1.0],
+        }
+    )
+    ids = derived_event_ids(src, frame)
+    assert ids.dtype == "int64" and (ids >= 0).all() and ids.is_unique
+    flipped = derived_event_ids(src, frame.iloc[[2, 0, 1]].reset_index(drop=True))
+    assert sorted(flipped) == sorted(ids) and flipped.iloc[0] == ids.iloc[2]
+
+
+def test_jsonl_with_epoch_times_latency_and_an_ingested_at_column(cfg, tmp_path):
+    src = Source(
+        name="app_events",
+        keys=(Key("user", "int64", min=1),),
+        columns=(Column("kind", "string"), Column("ok", "bool")),
+        lander=FileLander("jsonl", str(tmp_path / "app" / "{ds}" / "*.jsonl.gz"), epoch_unit="ms", ingest_latency_s=30),
+        event_id="id",
+    )
+    rows = [
+        {"id": 7, "user": 1, "event_ts": 1704110400000, "kind": "open", "ok": True},
+        {"id": 8, "user": 2, "event_ts": 1704110401500, "kind": "close", "ok": False},
+    ]
+    (tmp_path / "app" / "2024-01-01").mkdir(parents=True)
+    for i, r in enumerate(rows):  # one file each: the glob reads both, in name order
+        with gzip.open(tmp_path / "app" / "2024-01-01" / f"part-{i}.jsonl.gz", "wt") as f:
+            f.write(json.dumps(r) + "\n")
+    [m] = land(cfg, src, "2024-01-01")
+    assert m.rows == 2 and len(m.inputs) == 2
+    got = cfg.lake().table(src.table).read("2024-01-01")
+    assert got["id"].tolist() == [7, 8] and got["user"].tolist() == [1, 2]
+    assert got["event_ts"].tolist() == [utc("2024-01-01 12:00"), utc("2024-01-01 12:00:01.5")]
+    assert got["ingested_at"].tolist() == [utc("2024-01-01 12:00:30"), utc("2024-01-01 12:00:31.5")]
+    assert got["ok"].tolist() == [True, False] and got["kind"].tolist() == ["open", "close"]
+
+
+def test_parquet_with_naive_local_timestamps_and_a_mapped_ingested_at(cfg, tmp_path):
+    src = Source(
+        name="meter",
+        keys=(Key("meter", "string"),),
+        columns=(Column("kwh", "double"),),
+        lander=FileLander(
+            "parquet",
+            str(tmp_path / "m" / "{ds}.parquet"),
+            columns={"event_ts": "read_at", "ingested_at": "received", "kwh": "wh"},
+            scale={"kwh": 0.001},
+            time_zone="Europe/Berlin",
+        ),
+    )
+    (tmp_path / "m").mkdir()
+    pq.write_table(
+        pa.table(
+            {
+                "meter": ["m1", "m2"],
+                "read_at": pa.array(pd.to_datetime(["2024-07-01 10:00", "2024-07-01 23:30"]), pa.timestamp("us")),
+                "received": pa.array(pd.to_datetime(["2024-07-01 10:05", "2024-07-01 23:59"]), pa.timestamp("us")),
+                "wh": [1500, 250],
+            }
+        ),
+        tmp_path / "m" / "2024-07-01.parquet",
+    )
+    land(cfg, src, "2024-07-01")
+    got = cfg.lake().table(src.table).read("2024-07-01")
+    assert got["event_ts"].tolist() == [utc("2024-07-01 08:00"), utc("2024-07-01 21:30")]  # CEST = +2h
+    assert got["ingested_at"].tolist() == [utc("2024-07-01 08:05"), utc("2024-07-01 21:59")]
+    assert got["kwh"].tolist() == [1.5, 0.25]
+    assert got["event_id"].dtype == "int64" and got["event_id"].is_unique
+
+
+# ---- errors: the file, the column, the rule; nothing half written ---------------------------------
+def test_a_missing_day_fails_before_any_day_is_written(cfg, tmp_path):
+    src = orders_source(tmp_path)
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1)
+    with pytest.raises(LandingError) as exc:
+        land(cfg, src, "2024-03-10", "2024-03-11")
+    msg = str(exc.value)
+    assert "2024-03-11.csv" in msg and "file not found" in msg and "rule: lander.path" in msg
+    assert cfg.lake().table(src.table).partitions() == []  # day 1 was readable, and not written
+
+
+def test_a_missing_column_names_the_file_the_column_and_the_mapping(cfg, tmp_path):
+    src = orders_source(tmp_path)
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("AmountCents", "Amount"))
+    with pytest.raises(LandingError) as exc:
+        land(cfg, src, "2024-03-10")
+    e = exc.value
+    assert e.file.endswith("2024-03-10.csv") and e.column == "amount" and e.rule == "lander.columns['amount']"
+    assert "file column 'AmountCents' is missing" in str(e)
+
+
+def test_a_bad_value_names_the_file_the_column_the_rule_and_the_row(cfg, tmp_path):
+    src = orders_source(tmp_path)
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("99,,app", "9x9,,app"))
+    with pytest.raises(LandingError) as exc:
+        land(cfg, src, "2024-03-10")
+    msg = str(exc.value)
+    assert "2024-03-10.csv" in msg and "column 'amount'" in msg and "rule: a number (double)" in msg
+    assert "data row(s) [2]" in msg and "'9x9'" in msg
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("2024-03-10 01:59:59", "yesterday"))
+    with pytest.raises(LandingError, match=r"column 'event_ts'.*rule: an ISO 8601 timestamp"):
+        land(cfg, src, "2024-03-10")
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("2024-03-10 01:59:59", "2024-03-10 02:30:00"))
+    with pytest.raises(LandingError, match=r"column 'event_ts'.*rule: lander.time_zone"):
+        land(cfg, src, "2024-03-10")  # 02:30 does not exist in New York that night
+    write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("café,", ","))
+    with pytest.raises(LandingError, match=r"column 'shop'.*rule: not null"):
+        land(cfg, src, "2024-03-10")
+    assert cfg.lake().table(src.table).partitions() == []
+
+
+def test_a_garbled_file_and_an_unknown_parser(cfg, tmp_path):
+    src = Source(
+        "p", keys=(Key("k", "int64"),), columns=(), lander=FileLander("parquet", str(tmp_path / "{ds}.parquet"))
+    )
+    (tmp_path / "2024-01-01.parquet").write_bytes(b"not parquet")
+    with pytest.raises(LandingError, match=r"rule: lander.format.*cannot be read as parquet"):
+        land(cfg, src, "2024-01-01")
+    with pytest.raises(KeyError, match="unknown parser 'nope'"):
+        parser_for("nope")
+    with pytest.raises(LakeError):
+        land(cfg, src, "2024-01-02", "2024-01-01")
+
+
+def test_split_days_lands_each_day_from_one_file(cfg, tmp_path):
+    src = Source(
+        "one_file",
+        keys=(Key("k", "string"),),
+        columns=(),
+        lander=FileLander("csv", str(tmp_path / "all.csv"), split_days=True),
+    )
+    write(
+        tmp_path / "all.csv",
+        "k,event_ts\na,2024-01-01T10:00:00Z\nb,2024-01-02T00:00:00+01:00\nc,2024-01-02T05:00:00Z\n",
+    )
+    a, b = land(cfg, src, "2024-01-01", "2024-01-02")
+    assert (a.rows, b.rows) == (2, 1)  # b is 2024-01-01 23:00 UTC
+    got = cfg.lake().table(src.table).read("2024-01-01")
+    assert got["k"].tolist() == ["a", "b"] and got["ingested_at"].tolist() == [utc("2024-01-01") + END] * 2
+
+
+# ---- the CDNOW parser ------------------------------------------------------------------------------
+def test_the_cdnow_parser_lands_what_ingest_cdnow_lands(cfg, tmp_path):
+    from features.projects.cdnow.purchases import CDNOW_PURCHASES
+    from jobs.ingest.cdnow import ingest_cdnow
+    from jobs.lake import Lake
+
+    assert isinstance(CDNOW_PURCHASES.lander, ParserLander) and CDNOW_PURCHASES.lander.parser == "cdnow"
+    landed = land(cfg, "cdnow_purchases", "1997-02-01", "1997-02-03")
+    shortcut = ingest_cdnow(Lake(str(tmp_path / "other")), "1997-02-01", "1997-02-03")
+    assert [m.content_fingerprint for m in landed] == [m.content_fingerprint for m in shortcut]
+    assert landed[0].table == "raw_events/cdnow_purchases" and landed[0].producer["parser"] == "cdnow"
+
+
+def test_lockstep_land_cli(tmp_path, capsys, monkeypatch):
+    from jobs.cli import main
+
+    lake = str(tmp_path / "lake")
+    assert (
+        main(["--lake", lake, "land", "--source", "cdnow_purchases", "--ds", "1997-01-01", "--to", "1997-01-02"]) == 0
+    )
+    assert "raw_events/cdnow_purchases: 2 partition(s)" in capsys.readouterr().out
+    assert main(["--lake", lake, "land", "--source", "nope", "--ds", "1997-01-01"]) == 2
+    assert "unknown source 'nope'" in capsys.readouterr().err
