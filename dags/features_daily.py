@@ -37,7 +37,7 @@ Every task replaces its own partition whole, so re-running or backfilling a day 
 content fingerprint. `build_snapshot__*` waits for the previous day's snapshot (`depends_on_past`): a
 snapshot reads every raw day before it, so days are built in order and a bad day stops the ones after it.
 Backfill the raw history from the data's first day ({start.date()}), or land it first with
-`lockstep ingest --source {source.name} --to <day before>`.
+`lockstep land --source {source.name} --ds {start.date()} --to <day before>`.
 
 **Params**: `engine` (local, dask, spark; empty = `LOCKSTEP_ENGINE`); `path` (the input to land from instead
 of the declared one; empty = the declaration's). Lake root: `LOCKSTEP_LAKE`.
