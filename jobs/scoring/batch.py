@@ -258,7 +258,8 @@ def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: 
     ids = [c for c, _ in decl.id_columns]
     names = list(decl.feature_names)
     src = decl.queries.source
-    inputs = {f"{src.table}/ds=..{ds}": _inputs_fingerprint(cfg, src.table, ds)}
+    first = cfg.lake().table(src.table).first_ds()
+    inputs = {f"{src.table}/ds={first}..{ds}": _inputs_fingerprint(cfg, src.table, ds)} if first else {}
 
     def batches():
         for frame in join_features(cfg, decl, queries, **engine_options):

@@ -138,3 +138,28 @@ def test_a_one_set_entity_snapshot_model_with_string_keys_scores_its_snapshot(la
     assert str(predictions_table(cfg.lake(), model).schema.field("shop").type) == "string"
     x = snap[list(model.feature_names)].to_numpy(dtype=np.float64)
     np.testing.assert_array_equal(got["score"].to_numpy(), booster.predict(x))
+
+
+def test_an_entity_snapshot_model_of_two_sets_joins_their_snapshots(lake):
+    """Every entity of the first set's snapshot, the second set's vector from its own snapshot (its
+    declared defaults for an entity it lacks): what the kernel gives at D+1 00:00."""
+    from jobs.snapshots import build_snapshot
+
+    cfg, orders, _, _, reg = lake
+    model = cfg.repo().model("shop_risk")
+    booster = _booster(model.feature_names, seed=5)
+    _register(reg, _candidate(model, booster))
+    for fs in model.feature_sets:
+        build_snapshot(cfg, DS, fs.name)
+    m = score_snapshot(cfg, DS, "shop_risk", registry=reg, validate=False)
+    got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
+    q = pd.DataFrame({"shop": ["s1", "s2", "s3"], "as_of": pd.Timestamp("2024-01-04", tz="UTC")})
+    x = np.hstack(
+        [
+            compute(orders, q, fs, "known_at")[list(fs.feature_names)].to_numpy(dtype=np.float64)
+            for fs in model.feature_sets
+        ]
+    )
+    assert m.table == "predictions/shop_risk" and got["shop"].tolist() == ["s1", "s2", "s3"]
+    assert len(m.inputs) == 2 and m.producer["feature_set_fingerprint"] == model.fingerprint
+    np.testing.assert_array_equal(got["score"].to_numpy(), booster.predict(x))

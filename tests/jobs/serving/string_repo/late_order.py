@@ -50,6 +50,20 @@ LATE_ORDER = Model(
     drift_psi=0.5,
 )
 
+SHOP_LATENESS = FeatureSet(
+    "shop_lateness_v1",
+    source=ORDERS,
+    key="shop",
+    features=(agg("shop_late_max_24h", "max", "minutes_late", 1), agg("shop_late_sum_12h", "sum", "minutes_late", 0.5)),
+)
+
+SHOP_RISK = Model(
+    name="shop_risk",
+    queries=EntitySnapshots(ORDERS, key="shop", every="day"),
+    label=EventLabel(ORDERS, horizon_days=1, where=(Condition("minutes_late", ">=", 30),)),
+    joins=(SHOP_LOAD, SHOP_LATENESS),
+)
+
 SHOP_BUSY = Model(
     name="shop_busy",
     queries=EntitySnapshots(ORDERS, key="shop", every="day"),
