@@ -66,8 +66,8 @@ def _scoring(ctx: dict) -> dict:
 
     def stream() -> int:
         writer, rows = None, 0
-        for p, tbl in lgbm.predict_batches(booster, files, feats, extra=["customer_id"], batch_rows=100_000):
-            res = pa.table({"customer_id": tbl.column("customer_id"), "score": p})
+        for p, tbl in lgbm.predict_batches(booster, files, feats, extra=["entity_id"], batch_rows=100_000):
+            res = pa.table({"entity_id": tbl.column("entity_id"), "score": p})
             writer = writer or pq.ParquetWriter(out, res.schema, compression="zstd")
             writer.write_table(res)
             rows += len(p)

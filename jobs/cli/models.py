@@ -1,11 +1,13 @@
-"""``lockstep model list|promote|rollback|prune``: the model registry's commands."""
+"""``lockstep model list|promote|rollback|prune [NAME | --model M]``: the model registry's commands.
+
+NAME is a registered name (e.g. a model's ``<model>_baseline``); ``--model`` names a declared model;
+without either, the repo's default model."""
 
 from __future__ import annotations
 
 import json
 
 from jobs.config import Config
-from jobs.defaults import DEFAULT_MODEL
 from jobs.models.registry import PromotionRefused, Registry
 from jobs.scoring.batch import referenced_models
 
@@ -21,7 +23,8 @@ def add_parsers(subparsers) -> None:
         ("prune", "retention: delete versions that are not kept"),
     ):
         a = msub.add_parser(action, help=help_)
-        a.add_argument("name", nargs="?", default=DEFAULT_MODEL)
+        a.add_argument("name", nargs="?", default=None, help="registered name (default: --model)")
+        a.add_argument("--model", default=None, help="a declared model (default: the repo's only or first)")
         if action == "promote":
             a.add_argument("--min-delta", type=float, default=0.0)
         if action == "prune":
@@ -33,6 +36,10 @@ def add_parsers(subparsers) -> None:
 
 def _cmd_model(args) -> int:
     cfg = Config.from_args(args)
+    if args.name and args.model:
+        raise ValueError("give a registered NAME or --model, not both")
+    if not args.name:
+        args.name = cfg.repo().model(args.model).name if args.model else cfg.repo().default_model().name
     registry = Registry.from_config(cfg)
     if args.model_command == "list":
         for v in registry.versions(args.name):
@@ -59,7 +66,10 @@ def _cmd_model(args) -> int:
         print(f"{args.name}: rolled back, v{info.version} is the champion")
     else:
         report = registry.prune(
-            args.name, references=referenced_models(cfg, args.sql_url), keep_top_k=args.keep, dry_run=args.dry_run
+            args.name,
+            references=referenced_models(cfg, args.sql_url, args.model),
+            keep_top_k=args.keep,
+            dry_run=args.dry_run,
         )
         print(json.dumps(report, indent=1))
     return 0

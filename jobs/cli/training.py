@@ -4,6 +4,9 @@
 the search reads the train range (a stratified, seeded subsample) and scores on the valid range only;
 the holdback is scored once, by the final training (``jobs.training.trainer.train_model``). See
 ``jobs.training.search``.
+
+Every command works on one declared model (``--model``, default the repo's ``default_model()``): its
+labels rule, cut-offs, feature sets and registered name come from the declaration.
 """
 
 from __future__ import annotations
@@ -11,13 +14,19 @@ from __future__ import annotations
 import contextlib
 import json
 
+from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
-from jobs.defaults import DEFAULT_MODEL
 from jobs.models.registry import Registry
 from jobs.training import BACKENDS, CONSTRUCT, baseline
-from jobs.training.labels import HORIZON_DAYS, build_labels, labels_table, latest_mature_cutoff, weekly_cutoffs
-from jobs.training.trainer import TrainSpec, train_model
+from jobs.training.labels import build_labels, cutoffs_in, labels_table, latest_mature_cutoff
+from jobs.training.spec import TrainSpec
+from jobs.training.trainer import train_model
 from jobs.training.training_set import build_training_sets
+
+
+def model_of(cfg: Config, args):
+    """The declared model a command works on: ``--model`` or the repo's default."""
+    return cfg.repo().model(model_name(cfg, args))
 
 
 def add_parsers(subparsers) -> None:
@@ -30,50 +39,51 @@ def add_parsers(subparsers) -> None:
 
 
 def add_labels_parser(subparsers) -> None:
-    """``lockstep labels --from A --to B [--horizon-days 90]``."""
-    s = subparsers.add_parser("labels", help="build weekly repurchase labels labels/ds=<Monday cut-off>")
-    s.add_argument("--from", dest="ds_from", required=True, help="first day of the cut-off range (Mondays in it)")
-    s.add_argument("--to", dest="ds_to", help="last day of the range (default: the last mature Monday)")
-    s.add_argument("--horizon-days", type=int, default=HORIZON_DAYS)
-    s.add_argument("--grace-days", type=int, default=0)
+    """``lockstep labels --from A [--to B] [--model M]``."""
+    s = subparsers.add_parser("labels", help="build a model's labels labels/<model>/ds=<cut-off>")
+    s.add_argument("--from", dest="ds_from", required=True, help="first day of the cut-off range")
+    s.add_argument("--to", dest="ds_to", help="last day of the range (default: the last mature cut-off)")
+    add_model_arg(s)
     s.set_defaults(func=_cmd_labels)
 
 
 def _cmd_labels(args) -> int:
     cfg = Config.from_args(args)
-    to = args.ds_to or latest_mature_cutoff(cfg.lake(), args.horizon_days, args.grace_days)
+    model = model_of(cfg, args)
+    to = args.ds_to or latest_mature_cutoff(cfg, model)
     if to is None:
-        raise ValueError("no mature cut-off: ingest raw events first")
-    manifests = build_labels(cfg, weekly_cutoffs(args.ds_from, to), args.horizon_days, args.grace_days)
+        raise ValueError(f"no mature cut-off of {model.name}: land its sources first")
+    manifests = build_labels(cfg, model, cutoffs_in(model, args.ds_from, to))
     for m in manifests:
-        print(f"{m.table}/ds={m.ds}: {m.rows} customers")
+        print(f"{m.table}/ds={m.ds}: {m.rows} rows")
     print(
-        f"{len(manifests)} labels partition(s) in {labels_table(cfg.lake()).partition_path(manifests[-1].ds)}"
+        f"{len(manifests)} labels partition(s) in {labels_table(cfg.lake(), model).partition_path(manifests[-1].ds)}"
         if manifests
-        else "no Mondays in the range"
+        else "no cut-offs in the range"
     )
     return 0
 
 
 def add_training_set_parser(subparsers) -> None:
-    """``lockstep training-set --from A [--to B]``: every labels cut-off in the range."""
+    """``lockstep training-set --from A [--to B] [--model M]``: every labels cut-off in the range."""
     s = subparsers.add_parser(
-        "training-set", help="join labels with a feature set point in time -> training_sets/<set>/ds=C"
+        "training-set", help="join a model's labels with its feature sets point in time -> training_sets/<model>/ds=C"
     )
     s.add_argument("--from", dest="ds_from", required=True)
     s.add_argument("--to", dest="ds_to", help="last cut-off (default: --from)")
-    s.add_argument("--feature-set", default="customer_activity_v1")
+    add_model_arg(s)
     s.add_argument("--no-validate", action="store_true", help="skip the training_sets suite")
     s.set_defaults(func=_cmd_training_set)
 
 
 def _cmd_training_set(args) -> int:
     cfg = Config.from_args(args)
+    model = model_of(cfg, args)
     to = args.ds_to or args.ds_from
-    days = [d for d in labels_table(cfg.lake()).partitions() if args.ds_from <= d <= to]
+    days = [d for d in labels_table(cfg.lake(), model).partitions() if args.ds_from <= d <= to]
     if not days:
-        raise ValueError(f"no labels partitions in {args.ds_from}..{to}; run `lockstep labels` first")
-    for m in build_training_sets(cfg, days, args.feature_set, validate=not args.no_validate):
+        raise ValueError(f"no {model.labels_table} partitions in {args.ds_from}..{to}; run `lockstep labels` first")
+    for m in build_training_sets(cfg, model, days, validate=not args.no_validate):
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     return 0
 
@@ -85,14 +95,13 @@ def add_train_parser(subparsers) -> None:
         s.add_argument(
             f"--{role}", nargs=2, metavar=("FROM", "TO"), required=True, help=f"{role} cut-off range (inclusive)"
         )
-    s.add_argument("--model", default=DEFAULT_MODEL)
-    s.add_argument("--feature-set", default="customer_activity_v1")
+    add_model_arg(s)
     s.add_argument("--backend", choices=BACKENDS, default="streamed")
     s.add_argument("--construct", choices=CONSTRUCT, default="inline")
     s.add_argument("--save-binary", action="store_true", help="train from LightGBM's binary dataset file")
     s.add_argument("--rounds", type=int, default=500)
     s.add_argument("--patience", type=int, default=30)
-    s.add_argument("--embargo-days", type=int, default=HORIZON_DAYS)
+    s.add_argument("--embargo-days", type=int, default=None, help="default: the model's label horizon")
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a LightGBM parameter")
     s.add_argument("--promote", action="store_true", help="promote the new challenger if it wins")
     s.add_argument(
@@ -111,8 +120,7 @@ def _cmd_train(args) -> int:
         tuple(args.train),
         tuple(args.valid),
         tuple(args.holdback),
-        model_name=args.model,
-        feature_set=args.feature_set,
+        model_name=model_of(cfg, args).name,
         params=parse_params(args.param),
         num_boost_round=args.rounds,
         patience=args.patience,
@@ -152,12 +160,11 @@ def add_baseline_parser(subparsers) -> None:
         s.add_argument(
             f"--{role}", nargs=2, metavar=("FROM", "TO"), required=True, help=f"{role} cut-off range (inclusive)"
         )
-    s.add_argument("--model", default=DEFAULT_MODEL, help="the model this baseline is the floor of")
-    s.add_argument("--feature-set", default="customer_activity_v1")
+    add_model_arg(s, help="the model this baseline is the floor of (default: the repo's only model, else the first)")
     s.add_argument("--epochs", type=int, default=baseline.DEFAULT_EPOCHS)
     s.add_argument("--seed", type=int, default=baseline.DEFAULT_SEED)
     s.add_argument("--alpha", type=float, default=baseline.DEFAULT_SGD["alpha"], help="SGD L2 regularisation")
-    s.add_argument("--embargo-days", type=int, default=HORIZON_DAYS)
+    s.add_argument("--embargo-days", type=int, default=None, help="default: the model's label horizon")
     s.set_defaults(func=_cmd_baseline)
 
 
@@ -167,8 +174,7 @@ def _cmd_baseline(args) -> int:
         tuple(args.train),
         tuple(args.valid),
         tuple(args.holdback),
-        model_name=args.model,
-        feature_set=args.feature_set,
+        model_name=model_of(cfg, args).name,
         embargo_days=args.embargo_days,
     )
     registry = Registry.from_config(cfg)
@@ -204,8 +210,7 @@ def add_tune_parser(subparsers) -> None:
             required=True,
             help=f"{role} cut-off range (inclusive)" + ("; never read by the search" if role == "holdback" else ""),
         )
-    s.add_argument("--model", default=DEFAULT_MODEL)
-    s.add_argument("--feature-set", default="customer_activity_v1")
+    add_model_arg(s)
     s.add_argument("--candidates", type=int, default=27, help="configurations (candidate budget; 0 = the defaults)")
     s.add_argument("--eta", type=int, default=3, help="keep the best 1/eta of each rung; rows x eta per rung")
     s.add_argument("--min-rows", type=int, default=10_000, help="training rows of the first rung (at least)")
@@ -214,7 +219,7 @@ def add_tune_parser(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--rounds", type=int, default=500, help="boosting rounds cap (search fits and final training)")
     s.add_argument("--patience", type=int, default=30)
-    s.add_argument("--embargo-days", type=int, default=HORIZON_DAYS)
+    s.add_argument("--embargo-days", type=int, default=None, help="default: the model's label horizon")
     s.add_argument(
         "--param", action="append", default=[], metavar="KEY=VALUE", help="a fixed LightGBM parameter (not searched)"
     )
@@ -230,8 +235,7 @@ def _cmd_tune(args) -> int:
         tuple(args.train),
         tuple(args.valid),
         tuple(args.holdback),
-        model_name=args.model,
-        feature_set=args.feature_set,
+        model_name=model_of(cfg, args).name,
         params=parse_params(args.param),
         num_boost_round=args.rounds,
         patience=args.patience,

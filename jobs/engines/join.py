@@ -69,7 +69,7 @@ def join_features(
     """
     mode_of = _modes(model, modes)
     _check_queries(model, queries)
-    as_of_max = _max_as_of(cfg, queries)
+    as_of_max = latest_as_of(cfg, queries)
     joins = model.joins
     scratch = None
     try:
@@ -77,9 +77,7 @@ def join_features(
         for i, join in enumerate(joins):
             fs = join.feature_set
             mode = mode_of[fs.name]
-            events = _events_files(
-                cfg, fs.source.table if fs.source is not None else None, mode, as_of_max, events_through
-            )
+            events = _events_files(cfg, fs, mode, as_of_max, events_through)
             if isinstance(current, Snapshot):
                 if join.key_name != fs.entity:
                     raise ValueError(
@@ -160,8 +158,8 @@ def _file_columns(path: str, storage_options=None) -> list[str]:
         return list(pq.ParquetFile(f).schema_arrow.names)
 
 
-def _max_as_of(cfg, queries) -> pd.Timestamp | None:
-    """The latest query instant (None for no queries)."""
+def latest_as_of(cfg, queries) -> pd.Timestamp | None:
+    """The latest ``as_of`` of ``queries`` (a frame, Parquet files or a Snapshot; None for no rows)."""
     if isinstance(queries, Snapshot):
         return queries.as_of
     if isinstance(queries, pd.DataFrame):
@@ -184,21 +182,29 @@ def _max_as_of(cfg, queries) -> pd.Timestamp | None:
     return best
 
 
-def _events_files(cfg, table_name: str | None, mode: str, as_of_max, events_through: str | None) -> list[str]:
-    """The ingest partitions a pass reads (module docstring)."""
-    if table_name is None or as_of_max is None:
-        return []
-    table = cfg.lake().table(table_name)
+def events_range(cfg, fs, mode: str, as_of_max, events_through: str | None = None) -> tuple[str, str] | None:
+    """``(first, last)`` ingest partitions of ``fs.source.table`` a pass reads (module docstring);
+    None when there are none (no source, no queries, an empty table)."""
+    if fs.source is None or as_of_max is None:
+        return None
+    table = cfg.lake().table(fs.source.table)
     first = table.first_ds()
     if first is None:
-        return []
+        return None
     if mode == "known_at":
         last = (as_of_max - pd.Timedelta(microseconds=1)).strftime("%Y-%m-%d")
     else:
         last = events_through or table.last_ds()
     if last < first:
+        return None
+    return first, last
+
+
+def _events_files(cfg, fs, mode: str, as_of_max, events_through: str | None) -> list[str]:
+    rng = events_range(cfg, fs, mode, as_of_max, events_through)
+    if rng is None:
         return []
-    return table.files(first, last)
+    return cfg.lake().table(fs.source.table).files(*rng)
 
 
 def _to_pass(join: Join, columns) -> dict[str, str]:

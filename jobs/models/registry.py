@@ -83,10 +83,15 @@ class Candidate:
 
     name: str
     model_text: str
+    #: the joined feature sets' names, "+"-joined in join order (one name for a one-set model)
     feature_set: str
     feature_names: list[str]
     code_commit: str | None = None
+    #: the model's fingerprint: the joined sets' fingerprints, "+"-joined (``Model.fingerprint``)
     feature_set_fingerprint: str | None = None
+    #: the joined sets, in join order: ``[{"name": ..., "fingerprint": ...}]`` (empty: ``feature_set``
+    #: names one set)
+    feature_sets: list[dict] = field(default_factory=list)
     training_set_fingerprints: dict[str, str] = field(default_factory=dict)
     environment_digest: str | None = None
     environment: dict[str, str] = field(default_factory=dict)
@@ -102,6 +107,9 @@ class Candidate:
     flavor: str = "lightgbm"
     #: the baseline this candidate was compared with on the validation range (``"<name> v<version>"``)
     baseline: str | None = None
+    #: the declared model (``features.model.Model.name``) this version scores for; a baseline's is the
+    #: model it is the floor of
+    model: str | None = None
 
 
 @dataclass
@@ -148,9 +156,10 @@ class LoadedModel:
         return self.booster.predict(x) if self.booster is not None else self.model.predict(x)
 
 
-def check_lineage(c: Candidate) -> None:
-    """Raise ``LineageError`` naming every missing or invalid lineage field."""
-    from features import registry as feature_registry
+def check_lineage(c: Candidate, repo=None) -> None:
+    """Raise ``LineageError`` naming every missing or invalid lineage field. Feature-set fingerprints
+    are checked against ``repo`` (a ``features.repo.Repo``; default ``features.repo.load()``)."""
+    from features import repo as declarations
 
     problems: dict[str, str] = {}
     if c.flavor not in FLAVORS:
@@ -159,13 +168,22 @@ def check_lineage(c: Candidate) -> None:
         problems["code_commit"] = "missing (run from a git checkout or set LOCKSTEP_CODE_COMMIT)"
     elif not md.is_commit(c.code_commit):
         problems["code_commit"] = f"{c.code_commit!r} is not a full commit hash"
-    known = feature_registry.known_fingerprints()
+    known = (repo or declarations.load()).known_fingerprints()
+    sets = c.feature_sets or [{"name": c.feature_set, "fingerprint": c.feature_set_fingerprint}]
     if not c.feature_set_fingerprint:
         problems["feature_set_fingerprint"] = "missing"
-    elif known.get(c.feature_set_fingerprint) != c.feature_set:
+    elif c.feature_set_fingerprint != "+".join(str(s.get("fingerprint")) for s in sets):
         problems["feature_set_fingerprint"] = (
-            f"{c.feature_set_fingerprint!r} is not the current fingerprint of feature set {c.feature_set!r}"
+            f"{c.feature_set_fingerprint!r} is not the joined fingerprints of feature sets "
+            f"{[s.get('name') for s in sets]}"
         )
+    else:
+        stale = [s for s in sets if known.get(s.get("fingerprint")) != s.get("name")]
+        if stale:
+            problems["feature_set_fingerprint"] = "; ".join(
+                f"{s.get('fingerprint')!r} is not the current fingerprint of feature set {s.get('name')!r}"
+                for s in stale
+            )
     if not c.training_set_fingerprints:
         problems["training_set_fingerprints"] = "missing (which training-set partitions, with content fingerprints)"
     elif not all(isinstance(v, str) and len(v) == 64 for v in c.training_set_fingerprints.values()):
@@ -227,9 +245,11 @@ def tracking_uri(cfg) -> str:
 class Registry:
     """Lockstep's view of an MLflow model registry."""
 
-    def __init__(self, uri: str, artifact_root: str | None = None):
+    def __init__(self, uri: str, artifact_root: str | None = None, repo=None):
         self.uri = uri
         self.artifact_root = artifact_root
+        #: the declarations fingerprints are checked against (None: ``features.repo.load()``)
+        self.repo = repo
         self._client = None
 
     @classmethod
@@ -239,7 +259,7 @@ class Registry:
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///") :])
             artifacts = (db.parent / "artifacts").as_uri()
-        return cls(uri, artifacts)
+        return cls(uri, artifacts, repo=cfg.repo())
 
     @property
     def client(self):
@@ -258,7 +278,7 @@ class Registry:
         """Gate, redact and register ``c`` as a new version (alias ``challenger`` by default)."""
         from mlflow.entities import Metric, Param
 
-        check_lineage(c)
+        check_lineage(c, self.repo)
         params, findings = md.sanitize("params", c.params, md.allow_param)
         raw_metrics, _ = md.finite_metrics(c.metrics)
         metrics_kept, more = md.sanitize("metrics", raw_metrics, md.allow_metric)
@@ -266,9 +286,11 @@ class Registry:
         reports, more = md.redact(c.reports, "reports")
         findings += more
         lineage = {
+            "model": c.model or c.name,
             "code_commit": c.code_commit,
             "feature_set": c.feature_set,
             "feature_set_fingerprint": c.feature_set_fingerprint,
+            "feature_sets": list(c.feature_sets),
             "feature_names": list(c.feature_names),
             "training_set_fingerprints": dict(sorted(c.training_set_fingerprints.items())),
             "environment_digest": c.environment_digest,

@@ -275,18 +275,18 @@ def train_baseline(
     and register it (lineage gate) as ``<spec.model_name>_baseline``, flavor ``sgd_baseline``."""
     import dask
 
-    from features import registry as feature_registry
     from jobs.models.registry import Candidate, Registry
     from jobs.training import metrics
     from jobs.training.cluster import dask_client
     from jobs.training.labels import LABEL
     from jobs.training.lineage import label_params, lineage_fields
+    from jobs.training.spec import resolve_spec
     from jobs.training.training_set import ranges_files
 
-    fs = feature_registry.get(spec.feature_set)
+    declared, spec = resolve_spec(cfg, spec)
     lake = cfg.lake()
-    table, parts, files = ranges_files(lake, fs, spec)
-    features = list(fs.feature_names)
+    table, parts, files = ranges_files(lake, declared, spec)
+    features = list(declared.feature_names)
     opts = cfg.storage_options or None
 
     with dask_client(cfg, client) as c, dask.config.set(scheduler=c):
@@ -309,7 +309,7 @@ def train_baseline(
         name=baseline_name(spec.model_name),
         model_text=model.to_json(),
         flavor=FLAVOR,
-        **lineage_fields(fs, table, parts, spec),
+        **lineage_fields(declared, table, parts, spec),
         params={
             "model_flavor": FLAVOR,
             "epochs": epochs,
@@ -344,8 +344,8 @@ def train_baseline(
 
 def find_baseline(registry, model_name: str, spec, feature_set_fingerprint: str | None = None):
     """The newest registered baseline of ``model_name`` trained and validated on exactly
-    ``spec``'s train and valid ranges and feature set (version: ``feature_set_fingerprint`` when
-    given), so it saw the same partitions; None when there is none."""
+    ``spec``'s train and valid ranges and over the same feature-set versions (the model's
+    ``feature_set_fingerprint``, when given), so it saw the same partitions; None when there is none."""
     from jobs.models.registry import RegistryError
 
     try:
@@ -358,7 +358,6 @@ def find_baseline(registry, model_name: str, spec, feature_set_fingerprint: str 
             if (
                 ranges.get("train") == list(spec.train)
                 and ranges.get("valid") == list(spec.valid)
-                and info.tags.get("feature_set") == spec.feature_set
                 and info.tags.get("flavor") == FLAVOR
                 and feature_set_fingerprint in (None, info.tags.get("feature_set_fingerprint"))
             ):

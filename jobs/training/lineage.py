@@ -8,19 +8,23 @@ import hashlib
 import json
 
 
-def lineage_fields(fs, table, parts: dict, spec) -> dict:
-    """The lineage a ``Candidate`` needs (the registry's gate checks it), for a model trained on the
-    training-set partitions ``parts`` (role -> manifests) of ``table``: code commit, feature set and
-    fingerprint, every partition's content fingerprint, environment, holdback key and the ranges."""
+def lineage_fields(model, table, parts: dict, spec) -> dict:
+    """The lineage a ``Candidate`` needs (the registry's gate checks it), for ``model`` (a
+    ``features.model.Model``) trained on the training-set partitions ``parts`` (role -> manifests) of
+    ``table``: code commit, the joined feature sets (names, fingerprints; ``feature_set_fingerprint``
+    = ``model.fingerprint``), every partition's content fingerprint, environment, holdback key and
+    the ranges."""
     from jobs.models import metadata
 
     env = metadata.environment()
     holdback_parts = {f"{table.name}/ds={m.ds}": m.content_fingerprint for m in parts["holdback"]}
     return {
-        "feature_set": fs.name,
-        "feature_names": list(fs.feature_names),
+        "model": model.name,
+        "feature_set": "+".join(fs.name for fs in model.feature_sets),
+        "feature_sets": [{"name": fs.name, "fingerprint": fs.fingerprint} for fs in model.feature_sets],
+        "feature_names": list(model.feature_names),
         "code_commit": metadata.code_commit(),
-        "feature_set_fingerprint": fs.fingerprint,
+        "feature_set_fingerprint": model.fingerprint,
         "training_set_fingerprints": {
             f"{table.name}/ds={m.ds}": m.content_fingerprint for ms in parts.values() for m in ms
         },

@@ -534,16 +534,16 @@ def tune(
     progress=None,
 ) -> TuneResult:
     """``search`` over ``spec``'s train range, scored on its valid range; the holdback is not touched."""
-    from features import registry as feature_registry
     from jobs.training.cluster import dask_client
     from jobs.training.labels import LABEL
+    from jobs.training.spec import resolve_spec
     from jobs.training.training_set import ranges_files
 
     if n_candidates < 1:
         raise ValueError(f"n_candidates must be >= 1, got {n_candidates}")
-    fs = feature_registry.get(spec.feature_set)
+    model, spec = resolve_spec(cfg, spec)
     lake = cfg.lake()
-    _, _, files = ranges_files(lake, fs, spec, roles=("train", "valid"))  # never the holdback
+    _, _, files = ranges_files(lake, model, spec, roles=("train", "valid"))  # never the holdback
     for role, paths in files.items():
         if not paths:
             raise ValueError(f"the {role} range {getattr(spec, role)} has no training-set files")
@@ -552,7 +552,7 @@ def tune(
             c,
             files["train"],
             files["valid"],
-            list(fs.feature_names),
+            list(model.feature_names),
             LABEL,
             n_candidates=n_candidates,
             eta=eta,
@@ -684,7 +684,9 @@ def tune_and_train(
     import dataclasses
 
     from jobs.training.cluster import dask_client
+    from jobs.training.spec import resolve_spec
 
+    _, spec = resolve_spec(cfg, spec)
     with dask_client(cfg, client) as c:
         result = tune(cfg, spec, client=c, progress=progress, **search_kwargs)
         paths = write_report(result, report_dir(cfg, spec.model_name, result.seed), cfg.storage_options or None)

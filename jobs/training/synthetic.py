@@ -37,7 +37,7 @@ def make_chunk(rng: np.random.Generator, rows: int, n_features: int) -> pa.Table
             v[rng.random(rows) < 0.02] = np.nan
             cols.append(pa.array(v, from_pandas=True))
     return pa.Table.from_arrays(
-        [pa.array(np.arange(rows, dtype=np.int64)), pa.array(y), *cols], names=["customer_id", LABEL, *names]
+        [pa.array(np.arange(rows, dtype=np.int64)), pa.array(y), *cols], names=["entity_id", LABEL, *names]
     )
 
 

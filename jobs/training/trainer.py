@@ -8,8 +8,13 @@ Time split, by labels cut-off (all three ranges are lists of weekly training-set
   what the registry compares champion and challenger on.
 
 A label at cut-off ``C`` looks ``horizon`` days ahead, so a training row's label overlaps the
-validation period unless ``valid_start - train_end >= embargo_days`` (default: the labels'
-horizon, 90); the same gap is required before the holdback. Tests on short ranges pass 0.
+validation period unless ``valid_start - train_end >= embargo_days`` (default: the model's label
+horizon, ``labels.embargo_days``); the same gap is required before the holdback. Tests on short
+ranges pass 0.
+
+The model (``TrainSpec.model_name``, default the repo's ``default_model()``) names everything:
+the features (``model.feature_names``, all its joined sets), the training-set table, and the
+registered model's name.
 
 The floor: when ``<model>_baseline`` (``jobs.training.baseline``, the incremental linear model)
 was trained on the same train and valid ranges, it is scored on the candidate's validation and
@@ -26,9 +31,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from features import registry as feature_registry
 from jobs.config import Config
-from jobs.defaults import DEFAULT_MODEL
 from jobs.models.registry import (
     CHAMPION,
     Candidate,
@@ -36,54 +39,13 @@ from jobs.models.registry import (
     Registry,
     RegistryError,
 )
-from jobs.training import BACKENDS, CONSTRUCT
 from jobs.training.cluster import dask_client
-from jobs.training.labels import HORIZON_DAYS, LABEL
+from jobs.training.labels import LABEL
 from jobs.training.lineage import label_params, lineage_fields
+from jobs.training.spec import TrainSpec, resolve_spec
 from jobs.training.training_set import ranges_files
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """What to train on and how. Ranges are inclusive ``(from, to)`` cut-off dates."""
-
-    train: tuple[str, str]
-    valid: tuple[str, str]
-    holdback: tuple[str, str]
-    model_name: str = DEFAULT_MODEL
-    feature_set: str = "customer_activity_v1"
-    params: dict = field(default_factory=dict)
-    num_boost_round: int = 500
-    patience: int = 30
-    backend: str = "streamed"  # streamed | memory | dask
-    construct: str = "inline"  # inline | subprocess (streamed only)
-    save_binary: bool = False
-    embargo_days: int = HORIZON_DAYS
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.construct not in CONSTRUCT:
-            raise ValueError(f"construct must be one of {CONSTRUCT}, got {self.construct!r}")
-        for role in ("train", "valid", "holdback"):
-            a, b = getattr(self, role)
-            a, b = str(pd.Timestamp(str(a)).date()), str(pd.Timestamp(str(b)).date())
-            if b < a:
-                raise ValueError(f"{role} range {a}..{b} is empty")
-            object.__setattr__(self, role, (a, b))
-        gap = (pd.Timestamp(self.valid[0]) - pd.Timestamp(self.train[1])).days
-        if gap <= 0:
-            raise ValueError(f"valid range {self.valid} must start after the train range {self.train}")
-        if gap < self.embargo_days:
-            raise ValueError(
-                f"valid starts {gap} days after the last training cut-off; labels look "
-                f"{self.embargo_days} days ahead (embargo_days), so training labels would overlap "
-                "the validation period"
-            )
-        if self.holdback[0] <= self.valid[1]:
-            raise ValueError(f"holdback range {self.holdback} must start after the valid range {self.valid}")
 
 
 @dataclass
@@ -122,10 +84,10 @@ def train_model(
     from jobs.training import metrics
     from jobs.training.lgbm import resolve_params, score_files, train_dask, train_local
 
-    fs = feature_registry.get(spec.feature_set)
+    model, spec = resolve_spec(cfg, spec)
     lake = cfg.lake()
-    table, parts, files = ranges_files(lake, fs, spec)
-    features = list(fs.feature_names)
+    table, parts, files = ranges_files(lake, model, spec)
+    features = list(model.feature_names)
     params = resolve_params(spec.params)
     opts = cfg.storage_options or None
 
@@ -174,7 +136,7 @@ def train_model(
     candidate = Candidate(
         name=spec.model_name,
         model_text=booster.model_to_string(num_iteration=best),
-        **lineage_fields(fs, table, parts, spec),
+        **lineage_fields(model, table, parts, spec),
         params={
             **_jsonable(params),
             "num_boost_round": spec.num_boost_round,
@@ -215,7 +177,15 @@ def train_model(
     outcome.registered = registry.register(candidate)
     if champion is not None:
         outcome.champion_eval = evaluate_on_holdback(
-            registry, champion, spec, files["holdback"], features, candidate.holdback["key"], outcome.notes, opts
+            registry,
+            champion,
+            spec,
+            files["holdback"],
+            features,
+            candidate.holdback["key"],
+            outcome.notes,
+            opts,
+            fingerprint=model.fingerprint,
         )
     return outcome
 
@@ -238,8 +208,8 @@ def compare_with_baseline(
     from jobs.training import baseline as bl
     from jobs.training import metrics
 
-    fs = feature_registry.get(spec.feature_set)
-    info = bl.find_baseline(registry, spec.model_name, spec, fs.fingerprint)
+    model, spec = resolve_spec(cfg, spec)
+    info = bl.find_baseline(registry, spec.model_name, spec, model.fingerprint)
     if info is None and train:
         trained = bl.train_baseline(cfg, spec, registry, client=client)
         info = trained.registered
@@ -289,8 +259,11 @@ def evaluate_on_holdback(
     key: str,
     notes: list[str],
     storage_options=None,
+    *,
+    fingerprint: str,
 ) -> dict | None:
-    """Score the champion on the challenger's holdback, if that is fair; record it in the registry."""
+    """Score the champion on the challenger's holdback, if that is fair; record it in the registry.
+    ``fingerprint``: the model's current one (``model.fingerprint``); another version is not comparable."""
     from jobs.training import metrics
     from jobs.training.lgbm import score_files
 
@@ -311,7 +284,7 @@ def evaluate_on_holdback(
         )
         return None
     loaded = registry.load(champion.name, champion.version)
-    if loaded.lineage.get("feature_set_fingerprint") != feature_registry.get(spec.feature_set).fingerprint:
+    if loaded.lineage.get("feature_set_fingerprint") != fingerprint:
         notes.append(f"champion v{champion.version} uses another feature-set version: not comparable")
         return None
     if loaded.booster is None:
@@ -337,4 +310,11 @@ def _jsonable(params: dict) -> dict:
     return json.loads(json.dumps(params, default=str))
 
 
-__all__ = ["TrainOutcome", "TrainSpec", "compare_with_baseline", "evaluate_on_holdback", "train_model"]
+__all__ = [
+    "TrainOutcome",
+    "TrainSpec",
+    "compare_with_baseline",
+    "evaluate_on_holdback",
+    "resolve_spec",
+    "train_model",
+]

@@ -1,18 +1,20 @@
-"""Point-in-time training sets: ``labels/ds=C`` joined with a feature set -> ``training_sets/<set>/ds=C``.
+"""Point-in-time training sets: ``labels/<model>/ds=D`` joined with the model's feature sets ->
+``training_sets/<model>/ds=D``.
 
-The label rows are the engine's queries (``customer_id``, ``as_of = C``, ``label`` passed
-through), so every feature comes from the one kernel at the cut-off instant, on whichever
-engine the config names (local, Dask, Spark) — out of core on Dask and Spark. The events read
-are the ``raw_events`` ingest partitions:
+The label rows are the queries (the model's id columns, ``as_of``, ``label`` passed through) of
+:func:`jobs.engines.join.join_features`: one engine pass per joined feature set, so every
+feature comes from the one kernel at the row's ``as_of``, on whichever engine the config names
+(local, Dask, Spark) — out of core on Dask and Spark. Each pass reads the ingest partitions of
+its set's own source:
 
-* ``known_at`` (the default training mode): ``first .. C-1`` — exactly what was ingested
-  before the cut-off; later partitions cannot matter;
-* ``as_of``: ``first .. C + horizon - 1 + grace`` (the label's own input range), so late
-  arrivals with ``event_ts < C`` count, as event-time semantics say.
+* ``known_at`` (the default training mode): the first partition through the day before the
+  latest ``as_of`` (for a cut-off ``C``: ``first .. C-1``) — exactly what was ingested before;
+* ``as_of``: ``first ..`` the label's own last input day (``labels.horizon_end_ds``), so late
+  arrivals with ``event_ts < as_of`` count, as event-time semantics say.
 
-The kernel's rule ``event_ts < as_of`` keeps every event at or after ``C`` out of the features.
-Row order inside a partition follows the engine's output order; the content fingerprint
-does not depend on it.
+The kernel's rule ``event_ts < as_of`` keeps every event at or after ``as_of`` out of the
+features. Row order inside a partition follows the engine's output order; the content
+fingerprint does not depend on it.
 """
 
 from __future__ import annotations
@@ -21,74 +23,90 @@ import datetime as dt
 from collections.abc import Iterable
 
 import pandas as pd
+import pyarrow as pa
 
-from features import registry
-from features.spec import FeatureSet
-from jobs import engines
+from features.model import EntitySnapshots, Model
 from jobs.config import Config
+from jobs.engines.join import events_range, join_features, latest_as_of
 from jobs.lake import Lake, LakeError, Manifest, Table, inputs_fingerprint
-from jobs.schemas import RAW_EVENTS_TABLE, feature_schema
-from jobs.training.labels import LABEL, horizon_end_ds, labels_table
+from jobs.schemas import feature_schema
+from jobs.training.labels import horizon_end_ds, labels_schema, labels_table, resolve_model
 
 TRAINING_SETS = "training_sets"
 LABEL_TYPE = "int8"
 
 
-def training_set_table(lake: Lake, fs: FeatureSet) -> Table:
-    """``training_sets/<fs.name>``: keys, ``label``, then the features in ``fs.feature_names`` order."""
-    return lake.table(f"{TRAINING_SETS}/{fs.name}", feature_schema(fs, [(LABEL, LABEL_TYPE)]))
+def training_schema(model: Model) -> pa.Schema:
+    """``model.training_table``'s schema: id columns, ``as_of``, ``label``, then ``model.feature_names``
+    (counts int64 not null, every other feature float64)."""
+    fields = list(labels_schema(model))
+    for fs in model.feature_sets:
+        fields += [f for f in feature_schema(fs) if f.name in fs.feature_names]
+    return pa.schema(fields)
+
+
+def training_set_table(lake: Lake, model: Model) -> Table:
+    """``training_sets/<model>``: id columns, ``as_of``, ``label``, then the features in ``model.feature_names`` order."""
+    return lake.table(model.training_table, training_schema(model))
+
+
+def feature_sets_lineage(model: Model) -> list[dict]:
+    """The joined sets, in join order: ``[{"name", "fingerprint"}, ...]``."""
+    return [{"name": fs.name, "fingerprint": fs.fingerprint} for fs in model.feature_sets]
 
 
 def build_training_set(
     cfg: Config,
+    model: str | Model,
     ds: str | dt.date,
-    feature_set: str = "customer_activity_v1",
     *,
     validate: bool = True,
     **engine_options,
 ) -> Manifest:
-    """Publish ``training_sets/<set>/ds=ds`` from ``labels/ds=ds`` (one row per label row).
+    """Publish ``training_sets/<model>/ds=ds`` from ``labels/<model>/ds=ds`` (one row per label row).
 
-    With ``validate`` the staged partition must pass the ``training_sets`` suite before it is
-    published (otherwise it is quarantined and ``DataQualityError`` raised).
+    With ``validate`` the staged partition must pass the ``training_sets`` suite of the model
+    before it is published (otherwise it is quarantined and ``DataQualityError`` raised).
     """
-    fs = registry.get(feature_set)
+    m = resolve_model(cfg, model)
     lake = cfg.lake()
     ds = str(pd.Timestamp(str(ds)).date())
-    labels = labels_table(lake)
+    labels = labels_table(lake, m)
     label_manifest = labels.manifest(ds)  # MissingPartitionError names the day
-    raw = lake.table(RAW_EVENTS_TABLE)
-    first = raw.first_ds()
-    if first is None or first >= ds:
-        raise ValueError(f"no raw_events partitions before cut-off {ds} in {lake.root}")
-    mode = fs.training_mode
-    if mode == "known_at":
-        last = (pd.Timestamp(ds) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
-    else:
-        prod = label_manifest.producer
-        last = horizon_end_ds(ds, int(prod["horizon_days"]), int(prod.get("grace_days", 0)))
-    events_files = raw.files(first, last)
-    frames = engines.run(cfg, fs, events_files, labels.files(ds), mode, **engine_options)
+    if isinstance(m.queries, EntitySnapshots):
+        hist = lake.table(m.queries.source.table)
+        first = hist.first_ds()
+        if first is None or first >= ds:
+            raise ValueError(f"no {hist.name} partitions before cut-off {ds} in {lake.root}")
+    through = label_manifest.producer.get("inputs_through") or horizon_end_ds(m, ds)
+    query_files = labels.files(ds)
+    as_of_max = latest_as_of(cfg, query_files)
+    modes = {fs.name: fs.training_mode for fs in m.feature_sets}
+    inputs = {f"{labels.name}/ds={ds}": label_manifest.content_fingerprint}
+    for fs in m.feature_sets:
+        rng = events_range(cfg, fs, modes[fs.name], as_of_max, through)
+        if rng is not None:
+            table = lake.table(fs.source.table)
+            inputs[f"{table.name}/ds={rng[0]}..{rng[1]}"] = inputs_fingerprint(table, *rng)
+    frames = join_features(cfg, m, query_files, modes=modes, events_through=through, **engine_options)
     producer = {
         "job": "build_training_set",
         "engine": cfg.engine,
-        "feature_set": fs.name,
-        "feature_set_fingerprint": fs.fingerprint,
-        "mode": mode,
+        "model": m.name,
+        "feature_set": "+".join(fs.name for fs in m.feature_sets),
+        "feature_sets": feature_sets_lineage(m),
+        "feature_set_fingerprint": m.fingerprint,
+        "mode": "+".join(modes[fs.name] for fs in m.feature_sets),
         "as_of": pd.Timestamp(ds, tz="UTC").isoformat(),
         "label_definition": label_manifest.producer.get("definition", ""),
         "horizon_days": label_manifest.producer.get("horizon_days"),
     }
-    inputs = {
-        f"{labels.name}/ds={ds}": label_manifest.content_fingerprint,
-        f"{RAW_EVENTS_TABLE}/ds={first}..{last}": inputs_fingerprint(raw, first, last),
-    }
-    table = training_set_table(lake, fs)
+    table = training_set_table(lake, m)
     gate = None
     if validate:
         from jobs.quality.validate import gate_for
 
-        gate = gate_for(cfg, "training_sets", feature_set=fs.name)
+        gate = gate_for(cfg, "training_sets", model=m.name)
     return table.write_partition(
         ds, _checked(frames, label_manifest.rows, table.name, ds), producer=producer, inputs=inputs, gate=gate
     )
@@ -106,44 +124,46 @@ def _checked(frames, expected: int, name: str, ds: str):
 
 def build_training_sets(
     cfg: Config,
+    model: str | Model,
     days: Iterable[str],
-    feature_set: str = "customer_activity_v1",
     *,
     validate: bool = True,
     **engine_options,
 ) -> list[Manifest]:
-    """``build_training_set`` for each cut-off, in order."""
-    return [build_training_set(cfg, d, feature_set, validate=validate, **engine_options) for d in sorted(days)]
+    """``build_training_set`` for each labels partition, in order."""
+    return [build_training_set(cfg, model, d, validate=validate, **engine_options) for d in sorted(days)]
 
 
-def partitions_in(lake: Lake, fs: FeatureSet, ds_from: str, ds_to: str) -> list[Manifest]:
-    """Manifests of the training-set partitions for every labels cut-off in ``[ds_from, ds_to]``.
+def partitions_in(lake: Lake, model: Model, ds_from: str, ds_to: str) -> list[Manifest]:
+    """Manifests of the training-set partitions for every labels partition in ``[ds_from, ds_to]``.
 
-    Cut-offs are weekly, so the range is checked against the labels table: a labels partition
-    without its training-set partition is an error naming it, never a silently smaller input.
+    The range is checked against the labels table: a labels partition without its training-set
+    partition is an error naming it, never a silently smaller input; so is a partition built
+    with other versions of the model's feature sets.
     """
-    cutoffs = [d for d in labels_table(lake).partitions() if ds_from <= d <= ds_to]
+    cutoffs = [d for d in labels_table(lake, model).partitions() if ds_from <= d <= ds_to]
     if not cutoffs:
-        raise ValueError(f"no labels partitions in {ds_from}..{ds_to}; run `lockstep labels` first")
-    table = training_set_table(lake, fs)
+        raise ValueError(f"no {model.labels_table} partitions in {ds_from}..{ds_to}; run `lockstep labels` first")
+    table = training_set_table(lake, model)
     missing = [d for d in cutoffs if not table.exists(d)]
     if missing:
         raise LakeError(
             f"{table.name} has no partition for labels cut-off(s) {missing}; run `lockstep training-set` for them"
         )
     manifests = [table.manifest(d) for d in cutoffs]
-    stale = [m.ds for m in manifests if m.producer.get("feature_set_fingerprint") != fs.fingerprint]
+    stale = [m.ds for m in manifests if m.producer.get("feature_set_fingerprint") != model.fingerprint]
     if stale:
         raise LakeError(
-            f"{table.name} ds={stale} were built with another version of {fs.name} (not {fs.fingerprint}); rebuild them"
+            f"{table.name} ds={stale} were built with other versions of the feature sets of {model.name} "
+            f"(not {model.fingerprint}); rebuild them"
         )
     return manifests
 
 
-def ranges_files(lake: Lake, fs: FeatureSet, spec, roles=("train", "valid", "holdback")):
+def ranges_files(lake: Lake, model: Model, spec, roles=("train", "valid", "holdback")):
     """``(table, {role: manifests}, {role: Parquet files})`` of ``spec``'s cut-off ranges (a ``TrainSpec``:
     ``spec.train`` etc.), through :func:`partitions_in`. Only ``roles`` are read (the search: never the
     holdback)."""
-    table = training_set_table(lake, fs)
-    parts = {role: partitions_in(lake, fs, *getattr(spec, role)) for role in roles}
+    table = training_set_table(lake, model)
+    parts = {role: partitions_in(lake, model, *getattr(spec, role)) for role in roles}
     return table, parts, {role: [f for m in ms for f in table.files(m.ds)] for role, ms in parts.items()}

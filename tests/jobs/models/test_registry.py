@@ -213,3 +213,42 @@ def test_code_commit_reads_the_checkout_or_the_environment(tmp_path, monkeypatch
     monkeypatch.setenv(metadata.COMMIT_ENV, "3" * 40)
     assert metadata.code_commit(tmp_path / "repo") == "3" * 40
     assert metadata.code_commit(tmp_path / "nowhere") == "3" * 40
+
+
+def _late_order_repo():
+    from features import repo
+
+    return repo.load(str(Path(__file__).resolve().parents[2] / "fixtures" / "late_orders"))
+
+
+def test_a_two_set_model_is_checked_set_by_set(model_text):
+    from jobs.models.registry import check_lineage
+
+    r = _late_order_repo()
+    m = r.model("late_order")
+    sets = [{"name": fs.name, "fingerprint": fs.fingerprint} for fs in m.feature_sets]
+    c = candidate(
+        model_text,
+        name=m.name,
+        feature_set="+".join(fs.name for fs in m.feature_sets),
+        feature_sets=sets,
+        feature_names=list(m.feature_names),
+        feature_set_fingerprint=m.fingerprint,
+    )
+    check_lineage(c, r)  # complete
+    with pytest.raises(LineageError, match="is not the joined fingerprints of feature sets"):
+        check_lineage(dataclasses.replace(c, feature_set_fingerprint=sets[0]["fingerprint"]), r)
+    stale = [sets[0], {"name": sets[1]["name"], "fingerprint": "courier_load_v1:0000"}]
+    with pytest.raises(
+        LineageError,
+        match=r"'courier_load_v1:0000' is not the current fingerprint of feature set "
+        r"'courier_load_v1'",
+    ):
+        check_lineage(
+            dataclasses.replace(
+                c, feature_sets=stale, feature_set_fingerprint="+".join(s["fingerprint"] for s in stale)
+            ),
+            r,
+        )
+    with pytest.raises(LineageError, match="not the current fingerprint"):
+        check_lineage(c)  # against the shipped repo: these sets are not declared there

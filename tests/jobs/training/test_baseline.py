@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from training_lake import COMMIT, RANGES, training_lake
 
-from features import registry as feature_registry
+from features import repo as feature_repo
 from jobs.models.registry import (
     CHAMPION,
     LineageError,
@@ -26,7 +26,8 @@ from jobs.training.labels import weekly_cutoffs
 from jobs.training.trainer import TrainSpec, train_model
 from jobs.training.training_set import training_set_table
 
-FS = feature_registry.get("customer_activity_v1")
+MODEL = feature_repo.load().model("repurchase_90d")
+FS = MODEL.feature_sets[0]
 FEATURES = list(FS.feature_names)
 PARAMS = {"num_threads": 1, "num_leaves": 15, "min_data_in_leaf": 50}
 NAME = "repurchase_90d"
@@ -137,7 +138,7 @@ def spec():
 
 @pytest.fixture(scope="module")
 def files(cfg):
-    table = training_set_table(cfg.lake(), FS)
+    table = training_set_table(cfg.lake(), MODEL)
     return {role: [f for d in weekly_cutoffs(*r) for f in table.files(d)] for role, r in RANGES.items()}
 
 
@@ -329,7 +330,7 @@ def test_batch_scoring_uses_the_registered_baseline(cfg, registry, baseline):
     registry.promote(name)  # no lift metric on a baseline: the floor does not apply to itself
     m = score_snapshot(cfg, ds, name, registry=registry, batch_rows=1_000, validate=False)
     snap = snapshot_table(cfg.lake(), FS).read(ds).sort_values("customer_id", ignore_index=True)
-    got = predictions_table(cfg.lake()).read(ds).sort_values("customer_id", ignore_index=True)
+    got = predictions_table(cfg.lake(), MODEL).read(ds).sort_values("customer_id", ignore_index=True)
     want = registry.load(name).model.predict(snap[FEATURES])
     assert m.rows == len(snap) and np.array_equal(got["score"].to_numpy(), want)
 

@@ -1,28 +1,35 @@
 """Repurchase labels on real CDNOW data: definition, population boundary, maturity."""
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
+from features import repo
 from jobs.config import Config
-from jobs.ingest.cdnow import ingest_cdnow, read_cdnow
+from jobs.ingest.cdnow import read_cdnow
+from jobs.ingest.landing import land
 from jobs.lake import MissingPartitionError
 from jobs.training.labels import (
     build_labels,
+    cutoffs_in,
     label_rows,
     labels_table,
     latest_mature_cutoff,
     weekly_cutoffs,
 )
 
-HORIZON = 28  # short horizon: a small CDNOW range suffices (the job's default is 90)
+HORIZON = 28  # short horizon: a small CDNOW range suffices (the model's is 90)
 CUTOFFS = ["1997-01-27", "1997-02-03"]
+MODEL = repo.load().model("repurchase_90d")
+M28 = dataclasses.replace(MODEL, label=dataclasses.replace(MODEL.label, horizon_days=HORIZON))
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
-    ingest_cdnow(cfg.lake(), "1997-01-01", "1997-03-02")
-    build_labels(cfg, CUTOFFS, horizon_days=HORIZON)
+    land(cfg, "cdnow_purchases", "1997-01-01", "1997-03-02")
+    build_labels(cfg, M28, CUTOFFS)
     return cfg
 
 
@@ -34,6 +41,9 @@ def events():
 def test_weekly_cutoffs_are_the_mondays_of_the_range():
     assert weekly_cutoffs("1997-01-01", "1997-01-31") == ["1997-01-06", "1997-01-13", "1997-01-20", "1997-01-27"]
     assert weekly_cutoffs("1998-03-30", "1998-04-05") == ["1998-03-30"]
+    assert cutoffs_in(MODEL, "1997-01-01", "1997-01-31") == weekly_cutoffs("1997-01-01", "1997-01-31")
+    daily = dataclasses.replace(MODEL, queries=dataclasses.replace(MODEL.queries, every="day"))
+    assert cutoffs_in(daily, "1997-01-30", "1997-02-02") == ["1997-01-30", "1997-01-31", "1997-02-01", "1997-02-02"]
 
 
 @pytest.mark.parametrize("ds", CUTOFFS)
@@ -43,7 +53,7 @@ def test_labels_follow_the_definition_exactly(cfg, events, ds):
     buyers = set(
         events.loc[(events["event_ts"] >= c) & (events["event_ts"] < c + pd.Timedelta(days=HORIZON)), "customer_id"]
     )
-    got = labels_table(cfg.lake()).read(ds)
+    got = labels_table(cfg.lake(), MODEL).read(ds)
     assert got["customer_id"].tolist() == sorted(known)
     assert set(got.loc[got["label"] == 1, "customer_id"]) == known & buyers
     assert (got["as_of"] == c).all() and str(got["label"].dtype) == "int8"
@@ -56,49 +66,63 @@ def test_population_is_customers_ingested_before_the_cutoff(cfg, events):
     day_before = set(first[first == c - pd.Timedelta(days=1)].index)
     on_cutoff = set(first[first == c].index)
     assert day_before and on_cutoff  # CDNOW acquires customers every day of Q1 1997
-    ids = set(labels_table(cfg.lake()).read("1997-02-03")["customer_id"])
+    ids = set(labels_table(cfg.lake(), MODEL).read("1997-02-03")["customer_id"])
     assert day_before <= ids  # ingested at 23:59:59.999999 the day before: known
     assert not (on_cutoff & ids)  # first purchase on the cut-off day: not yet known
 
 
 def test_manifest_records_definition_and_inputs(cfg):
-    m = labels_table(cfg.lake()).manifest("1997-02-03")
+    m = labels_table(cfg.lake(), MODEL).manifest("1997-02-03")
     assert (
         m.producer["horizon_days"] == HORIZON
-        and "cutoff <= event_ts < cutoff + horizon_days" in m.producer["definition"]
+        and "cutoff <= event_ts < cutoff + 28 days" in m.producer["definition"]
+        and m.producer["model"] == "repurchase_90d"
     )
-    assert sorted(m.inputs) == ["raw_events/ds=1997-01-01..1997-02-02", "raw_events/ds=1997-02-03..1997-03-02"]
+    assert m.table == "labels/repurchase_90d"
+    assert sorted(m.inputs) == [
+        "raw_events/cdnow_purchases/ds=1997-01-01..1997-02-02",
+        "raw_events/cdnow_purchases/ds=1997-02-03..1997-03-02",
+    ]
 
 
 def test_a_label_without_its_whole_horizon_is_refused(cfg):
     with pytest.raises(MissingPartitionError, match="1997-03-03") as info:
-        build_labels(cfg, ["1997-02-10"], horizon_days=HORIZON)
+        build_labels(cfg, M28, ["1997-02-10"])
     assert any("not mature" in n for n in info.value.__notes__)
-    assert not labels_table(cfg.lake()).exists("1997-02-10")
-    assert latest_mature_cutoff(cfg.lake(), HORIZON) == "1997-02-03"
+    assert not labels_table(cfg.lake(), MODEL).exists("1997-02-10")
+    assert latest_mature_cutoff(cfg, M28) == "1997-02-03"
+    assert latest_mature_cutoff(cfg, "repurchase_90d") is None  # 90 days are not in the lake
 
 
 def test_label_rows_dedupes_and_sorts():
-    df = label_rows([3, 1, 3, 2], [2, 9], pd.Timestamp("1997-02-03", tz="UTC"))
+    df = label_rows([3, 1, 3, 2], [2, 9], pd.Timestamp("1997-02-03", tz="UTC"), "customer_id")
     assert df["customer_id"].tolist() == [1, 2, 3] and df["label"].tolist() == [0, 1, 0]
 
 
-def test_cli_labels_and_training_set(cfg, capsys):
-    from features import registry
+def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
+    """The CLI on a model declared in a repo directory (a 28-day variant of the shipped one)."""
     from jobs import cli
     from jobs.training import labels, training_set
 
+    (tmp_path / "repurchase_28d.py").write_text(
+        "import dataclasses\n"
+        "from features.projects.cdnow.repurchase_90d import REPURCHASE_90D as M\n"
+        "REPURCHASE_28D = dataclasses.replace(M, name='repurchase_28d',\n"
+        "                                     label=dataclasses.replace(M.label, horizon_days=28))\n"
+    )
+    monkeypatch.setenv("LOCKSTEP_REPO", str(tmp_path))
     parser = cli.build_parser()
+    args = parser.parse_args(["--lake", cfg.lake_root, "labels", "--from", "1997-01-20"])
+    assert args.func(args) == 0  # the repo's only model
+    out = capsys.readouterr().out
+    assert "labels/repurchase_28d/ds=1997-01-20" in out and "ds=1997-02-03" in out  # up to the last mature Monday
     args = parser.parse_args(
-        ["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--horizon-days", str(HORIZON)]
+        ["--lake", cfg.lake_root, "training-set", "--from", "1997-01-20", "--model", "repurchase_28d", "--no-validate"]
     )
     assert args.func(args) == 0
-    assert "labels/ds=1997-01-20" in capsys.readouterr().out  # up to the last mature Monday
-    args = parser.parse_args(["--lake", cfg.lake_root, "training-set", "--from", "1997-01-20", "--no-validate"])
-    assert args.func(args) == 0
-    assert "training_sets/customer_activity_v1/ds=1997-01-20" in capsys.readouterr().out
-    fs = registry.get("customer_activity_v1")
+    assert "training_sets/repurchase_28d/ds=1997-01-20" in capsys.readouterr().out
+    m = Config(lake_root=cfg.lake_root, repo_package=str(tmp_path)).repo().model("repurchase_28d")
     assert (
-        training_set.training_set_table(cfg.lake(), fs).manifest("1997-01-20").rows
-        == labels.labels_table(cfg.lake()).manifest("1997-01-20").rows
+        training_set.training_set_table(cfg.lake(), m).manifest("1997-01-20").rows
+        == labels.labels_table(cfg.lake(), m).manifest("1997-01-20").rows
     )

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from training_lake import COMMIT, RANGES, training_lake
 
-from features import registry as feature_registry
+from features import repo as feature_repo
 from jobs.config import Config
 from jobs.training import search as t
 from jobs.training.labels import weekly_cutoffs
@@ -16,7 +16,8 @@ from jobs.training.training_set import partitions_in, training_set_table
 
 pytestmark = [pytest.mark.dask, pytest.mark.timeout(300)]
 
-FS = feature_registry.get("customer_activity_v1")
+MODEL = feature_repo.load().model("repurchase_90d")
+FS = MODEL.feature_sets[0]
 SPEC = TrainSpec(**RANGES, embargo_days=0, num_boost_round=300, patience=30)
 SEARCH = {"n_candidates": 9, "eta": 3, "min_rows": 4_000, "max_rows": 36_000, "seed": 7}
 
@@ -32,12 +33,12 @@ def no_holdback_cfg(cfg, tmp_path_factory):
     root = tmp_path_factory.mktemp("lake_no_holdback") / "lake"
     shutil.copytree(cfg.lake_root, root)
     copy = Config(lake_root=str(root), dask_workers=2)
-    table = training_set_table(copy.lake(), FS)
+    table = training_set_table(copy.lake(), MODEL)
     for d in weekly_cutoffs(*RANGES["holdback"]):
         shutil.rmtree(table.partition_path(d))
         assert not table.exists(d)
     with pytest.raises(Exception):  # noqa: B017 - whatever reads the holdback now fails
-        partitions_in(copy.lake(), FS, *RANGES["holdback"])
+        partitions_in(copy.lake(), MODEL, *RANGES["holdback"])
     return copy
 
 
@@ -94,8 +95,10 @@ def test_same_seed_same_table(first, no_holdback_cfg, dask_client):
 def test_best_is_at_least_as_good_as_the_defaults(first, no_holdback_cfg):
     res, _ = first
     lake = no_holdback_cfg.lake()
-    table = training_set_table(lake, FS)
-    files = {r: [f for m in partitions_in(lake, FS, *RANGES[r]) for f in table.files(m.ds)] for r in ("train", "valid")}
+    table = training_set_table(lake, MODEL)
+    files = {
+        r: [f for m in partitions_in(lake, MODEL, *RANGES[r]) for f in table.files(m.ds)] for r in ("train", "valid")
+    }
     x, y, _ = t.load_subsample(files["train"], FS.feature_names, "label", SEARCH["max_rows"], SEARCH["seed"])
     xv, yv = t.load_all(files["valid"], FS.feature_names, "label")
     base = res.settings["base_params"]
@@ -129,7 +132,7 @@ def test_bad_input(no_holdback_cfg, dask_client):
     empty = TrainSpec(
         train=("1997-01-06", "1997-01-20"), valid=RANGES["valid"], holdback=RANGES["holdback"], embargo_days=0
     )
-    with pytest.raises(ValueError, match="no labels partitions"):
+    with pytest.raises(ValueError, match="no labels/repurchase_90d partitions"):
         t.tune(no_holdback_cfg, empty, client=dask_client, **SEARCH)
     with pytest.raises(ValueError, match="empty"):
         TrainSpec(

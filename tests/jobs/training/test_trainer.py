@@ -7,14 +7,16 @@ import pandas as pd
 import pytest
 from training_lake import COMMIT, RANGES, training_lake
 
-from features import registry as feature_registry
+from features import repo as feature_repo
+from jobs.config import Config
 from jobs.models.registry import CHAMPION, Registry
 from jobs.training.labels import weekly_cutoffs
 from jobs.training.lgbm import score_files
-from jobs.training.trainer import TrainSpec, train_model
+from jobs.training.trainer import TrainSpec, resolve_spec, train_model
 from jobs.training.training_set import training_set_table
 
-FS = feature_registry.get("customer_activity_v1")
+MODEL = feature_repo.load().model("repurchase_90d")
+FS = MODEL.feature_sets[0]
 PARAMS = {"num_threads": 1, "num_leaves": 15, "min_data_in_leaf": 50}
 
 
@@ -59,7 +61,7 @@ def test_metrics_cover_validation_and_holdback(trained):
 
 def test_holdback_metrics_are_those_of_the_registered_model(cfg, registry, trained):
     loaded = registry.load("repurchase_90d", trained.registered.version)
-    table = training_set_table(cfg.lake(), FS)
+    table = training_set_table(cfg.lake(), MODEL)
     files = [f for d in weekly_cutoffs(*RANGES["holdback"]) for f in table.files(d)]
     y, p = score_files(loaded.booster, files, list(FS.feature_names), "label")
     from sklearn.metrics import roc_auc_score
@@ -73,7 +75,7 @@ def test_registered_lineage_names_every_partition(cfg, registry, trained):
     assert info.aliases == ["challenger"]
     assert info.tags["code_commit"] == COMMIT and info.tags["feature_set_fingerprint"] == FS.fingerprint
     lineage = registry.load("repurchase_90d", info.version).lineage
-    table = training_set_table(cfg.lake(), FS)
+    table = training_set_table(cfg.lake(), MODEL)
     want = {
         f"{table.name}/ds={d}": table.manifest(d).content_fingerprint
         for d in weekly_cutoffs("1997-02-03", "1997-03-31")
@@ -93,7 +95,11 @@ def test_time_split_is_checked():
             embargo_days=0,
         )
     with pytest.raises(ValueError, match="embargo_days"):
-        TrainSpec(**RANGES)  # 7 days between train and valid, labels look 90 days ahead
+        TrainSpec(**RANGES, embargo_days=90)  # 7 days between train and valid, labels look 90 days ahead
+    with pytest.raises(ValueError, match="labels look 90 days ahead"):
+        resolve_spec(Config(), TrainSpec(**RANGES))  # the default embargo: the model's label horizon
+    model, spec = resolve_spec(Config(), TrainSpec(**RANGES, embargo_days=0))
+    assert spec.model_name == model.name == "repurchase_90d" and spec.embargo_days == 0
     with pytest.raises(ValueError, match="holdback range"):
         TrainSpec(train=RANGES["train"], valid=RANGES["valid"], holdback=("1997-03-10", "1997-03-31"), embargo_days=0)
 

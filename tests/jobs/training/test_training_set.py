@@ -1,29 +1,35 @@
 """Point-in-time training sets on CDNOW: the kernel at the cut-off, label passthrough, no leakage."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from features import registry
+from features import repo
 from features.kernel import compute
 from jobs.config import Config
-from jobs.ingest.cdnow import ingest_cdnow, iter_ingest_days, read_cdnow
+from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
+from jobs.ingest.landing import land
 from jobs.lake import LakeError, MissingPartitionError
-from jobs.schemas import RAW_EVENTS, RAW_EVENTS_TABLE, to_raw_events
+from jobs.schemas import raw_schema, to_raw
 from jobs.training.labels import build_labels, labels_table
 from jobs.training.training_set import build_training_set, partitions_in, training_set_table
 
-FS = registry.get("customer_activity_v1")
+MODEL = repo.load().model("repurchase_90d")
+FS = MODEL.feature_sets[0]
+SOURCE = FS.source
 HORIZON, CUTOFF = 28, "1997-02-03"
+M28 = dataclasses.replace(MODEL, label=dataclasses.replace(MODEL.label, horizon_days=HORIZON))
 C = pd.Timestamp(CUTOFF, tz="UTC")
 LAST_DAY = "1997-03-02"  # the label horizon's last ingest day
 
 
 def _lake_from_events(path, events) -> Config:
     cfg = Config(lake_root=str(path))
-    table = cfg.lake().table(RAW_EVENTS_TABLE, RAW_EVENTS)
+    table = cfg.lake().table(SOURCE.table, raw_schema(SOURCE))
     for ds, part in iter_ingest_days(events, "1997-01-01", LAST_DAY):
-        table.write_partition(ds, to_raw_events(part), producer={"job": "test"})
+        table.write_partition(ds, to_raw(SOURCE, part), producer={"job": "test"})
     return cfg
 
 
@@ -36,28 +42,32 @@ def events():
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
-    ingest_cdnow(cfg.lake(), "1997-01-01", LAST_DAY)
-    build_labels(cfg, [CUTOFF], horizon_days=HORIZON)
-    build_training_set(cfg, CUTOFF, validate=True)  # through the training_sets suite once
+    land(cfg, SOURCE.name, "1997-01-01", LAST_DAY)
+    build_labels(cfg, M28, [CUTOFF])
+    build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True)  # through the training_sets suite once
     return cfg
 
 
 def _features(cfg) -> pd.DataFrame:
-    return training_set_table(cfg.lake(), FS).read(CUTOFF).sort_values("customer_id", ignore_index=True)
+    return training_set_table(cfg.lake(), MODEL).read(CUTOFF).sort_values("customer_id", ignore_index=True)
 
 
 def test_training_set_is_the_kernel_at_the_cutoff_with_the_label_passed_through(cfg, events):
     got = _features(cfg)
-    labels = labels_table(cfg.lake()).read(CUTOFF)
+    labels = labels_table(cfg.lake(), MODEL).read(CUTOFF)
     want = compute(events[events["ingested_at"] < C], labels, FS, FS.training_mode)
     want = want.sort_values("customer_id", ignore_index=True)
     pd.testing.assert_frame_equal(got, want[got.columns.tolist()], check_exact=True)
     assert got.columns.tolist()[:3] == ["customer_id", "as_of", "label"]
     assert got.columns.tolist()[3:] == list(FS.feature_names)
-    m = training_set_table(cfg.lake(), FS).manifest(CUTOFF)
+    m = training_set_table(cfg.lake(), MODEL).manifest(CUTOFF)
     assert m.producer["feature_set_fingerprint"] == FS.fingerprint and m.producer["mode"] == "known_at"
-    assert m.inputs[f"labels/ds={CUTOFF}"] == labels_table(cfg.lake()).manifest(CUTOFF).content_fingerprint
-    assert "raw_events/ds=1997-01-01..1997-02-02" in m.inputs
+    assert m.producer["feature_sets"] == [{"name": FS.name, "fingerprint": FS.fingerprint}]
+    assert (
+        m.inputs[f"labels/repurchase_90d/ds={CUTOFF}"]
+        == labels_table(cfg.lake(), MODEL).manifest(CUTOFF).content_fingerprint
+    )
+    assert "raw_events/cdnow_purchases/ds=1997-01-01..1997-02-02" in m.inputs
 
 
 def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_path):
@@ -87,8 +97,8 @@ def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_p
     ev = pd.concat([ev, extra], ignore_index=True)
     ev = ev[ev["ingested_at"] < pd.Timestamp(LAST_DAY, tz="UTC") + pd.Timedelta(days=1)]
     shifted = _lake_from_events(tmp_path / "shifted", ev)
-    build_labels(shifted, [CUTOFF], horizon_days=HORIZON)
-    build_training_set(shifted, CUTOFF, validate=False)
+    build_labels(shifted, M28, [CUTOFF])
+    build_training_set(shifted, MODEL, CUTOFF, validate=False)
 
     before, after = _features(cfg), _features(shifted)
     cols = ["customer_id", "as_of", *FS.feature_names]
@@ -103,23 +113,23 @@ def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_p
 
 def test_a_missing_labels_partition_is_named(cfg):
     with pytest.raises(MissingPartitionError, match="1997-02-10"):
-        build_training_set(cfg, "1997-02-10", validate=False)
+        build_training_set(cfg, MODEL, "1997-02-10", validate=False)
 
 
 def test_training_ranges_refuse_missing_or_stale_partitions(cfg, tmp_path):
     lake = cfg.lake()
-    assert [m.ds for m in partitions_in(lake, FS, "1997-01-01", "1997-02-28")] == [CUTOFF]
-    with pytest.raises(ValueError, match="no labels partitions"):
-        partitions_in(lake, FS, "1997-03-01", "1997-03-31")
+    assert [m.ds for m in partitions_in(lake, MODEL, "1997-01-01", "1997-02-28")] == [CUTOFF]
+    with pytest.raises(ValueError, match="no labels/repurchase_90d partitions"):
+        partitions_in(lake, MODEL, "1997-03-01", "1997-03-31")
     import shutil
 
     other = Config(lake_root=str(tmp_path / "copy"))
     shutil.copytree(cfg.lake_root, other.lake_root)
-    table = training_set_table(other.lake(), FS)
+    table = training_set_table(other.lake(), MODEL)
     data = table.read(CUTOFF)
     table.write_partition(CUTOFF, data, producer={"feature_set_fingerprint": "customer_activity_v1:0000"})
-    with pytest.raises(LakeError, match="another version"):
-        partitions_in(other.lake(), FS, "1997-01-01", "1997-02-28")
-    (tmp_path / "copy" / "training_sets" / FS.name / f"ds={CUTOFF}" / "_manifest.json").unlink()
+    with pytest.raises(LakeError, match="other versions of the feature sets of repurchase_90d"):
+        partitions_in(other.lake(), MODEL, "1997-01-01", "1997-02-28")
+    (tmp_path / "copy" / "training_sets" / MODEL.name / f"ds={CUTOFF}" / "_manifest.json").unlink()
     with pytest.raises(LakeError, match="no partition for labels cut-off"):
-        partitions_in(other.lake(), FS, "1997-01-01", "1997-02-28")
+        partitions_in(other.lake(), MODEL, "1997-01-01", "1997-02-28")
