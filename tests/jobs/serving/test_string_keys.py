@@ -19,6 +19,7 @@ from jobs.serving.replay import plan_day, replay
 from jobs.skew.job import SkewThresholdError, run_skew
 
 from .string_keyed import write_lake
+from .test_service import redis_url  # noqa: F401 - the Redis server fixture
 
 DAY = "2024-01-04"
 
@@ -140,3 +141,23 @@ def test_a_one_key_model_takes_a_string_entity_id(lake, tmp_path):
     assert body["entity_id"] == "s2" and body["features"] == compute_one(orders, "s2", t, fs)
     assert unknown["features"]["shop_orders_lifetime"] == 0 and unknown["features"]["shop_late_mean_6h"] is None
     assert log_schema(model).field("entity_id").type == "string"
+
+
+def test_redis_store_serves_string_keys_like_the_embedded_one(lake, tmp_path, redis_url):  # noqa: F811
+    cfg, orders, model, source = lake
+    t = pd.Timestamp(f"{DAY}T15:45:00Z")
+    served = {}
+    for name, extra in (("redis", {"redis_url": redis_url}), ("embedded", {})):
+        settings = Settings(
+            lake_root=cfg.lake_root, model="late_order", wal_dir=str(tmp_path / name), refresh_s=0.0, **extra
+        )
+        with TestClient(create_app(settings, model_source=source, cfg=cfg)) as c:
+            served[name] = [
+                c.post("/predict", json={"shop": s, "courier": k, "request_time": t.isoformat()}).json()["features"]
+                for s, k in (("s1", "c1"), ("s3", "c4"), ("zz", "c2"))
+            ]
+    assert served["redis"] == served["embedded"]
+    assert served["redis"][0] == {
+        **compute_one(orders, "s1", t, model.feature_sets[0]),
+        **compute_one(orders, "c1", t, model.feature_sets[1]),
+    }
