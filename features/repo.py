@@ -122,14 +122,32 @@ def load(package: str | None = None) -> Repo:
     package = package or os.environ.get(REPO_ENV, "").strip() or DEFAULT_PACKAGE
     if package not in _CACHE:
         repo = Repo()
-        for origin, module in _modules(package):
-            for value in vars(module).values():
-                if isinstance(value, (Source, FeatureSet, Model)):
-                    repo.add(value, origin)
+        modules = list(_modules(package))
+        # a declaration's origin is the module assigning it, not one importing it: those first
+        for own in (True, False):
+            for origin, module in modules:
+                assigned = _assigned_names(module)
+                for name, value in vars(module).items():
+                    if isinstance(value, (Source, FeatureSet, Model)) and (name in assigned) == own:
+                        repo.add(value, origin)
         repo.add_referenced()
         check(repo)
         _CACHE[package] = repo
     return _CACHE[package]
+
+
+def _assigned_names(module: ModuleType) -> set[str]:
+    """Names a module assigns at top level (not the ones it imports)."""
+    import ast
+
+    file = getattr(module, "__file__", None)
+    if not file or not file.endswith(".py"):
+        return set()
+    out: set[str] = set()
+    for node in ast.parse(Path(file).read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        out |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return out
 
 
 def _modules(package: str):

@@ -42,6 +42,9 @@ def test_repo_lists_every_declaration_with_fingerprint_origin_tables_and_dags(ca
     assert f"customer_activity_v1  fingerprint {fs.fingerprint}" in out
     assert f"repurchase_90d  fingerprint {fs.fingerprint}" in out  # one set: the model's fingerprint is the set's
     assert "declared in  features.projects.cdnow.repurchase_90d" in out
+    # where each is assigned, not the first module importing it
+    assert "declared in  features.projects.cdnow.purchases" in out
+    assert "declared in  features.projects.cdnow.customer_activity_v1" in out
     assert "tables       raw_events/cdnow_purchases" in out
     assert "tables       labels/repurchase_90d, training_sets/repurchase_90d, predictions, SQL predictions" in out
     assert "dags         training__repurchase_90d, batch_scoring__repurchase_90d, skew_nightly__repurchase_90d" in out
