@@ -10,6 +10,7 @@ from jobs.config import Config
 from jobs.ingest.cdnow import read_cdnow
 from jobs.ingest.landing import land
 from jobs.lake import MissingPartitionError
+from jobs.schemas import raw_schema, to_raw
 from jobs.training.labels import (
     build_labels,
     cutoffs_in,
@@ -126,3 +127,58 @@ def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
         training_set.training_set_table(cfg.lake(), m).manifest("1997-01-20").rows
         == labels.labels_table(cfg.lake(), m).manifest("1997-01-20").rows
     )
+
+
+def test_event_labels_with_conditions_string_keys_daily_cutoffs_and_a_fractional_horizon(tmp_path):
+    """EntitySnapshots + EventLabel beyond CDNOW: string keys, daily cut-offs, ``where``, 12 hours."""
+    from features.model import Condition, EntitySnapshots, EventLabel, Model
+    from features.source import Column, FileLander, Key, Source, hours
+    from features.spec import FeatureSet, count
+
+    src = Source(
+        "payments",
+        (Key("user", "string"),),
+        (Column("status", "string"), Column("value", "double")),
+        FileLander("csv", "memory://p/{ds}.csv"),
+    )
+    fs = FeatureSet("user_payments_v1", source=src, features=(count("payments_1d", 1),))
+    model = Model(
+        "pays_again",
+        queries=EntitySnapshots(src, every="day"),
+        label=EventLabel(
+            src, horizon_days=hours(12), where=(Condition("status", "==", "paid"), Condition("value", ">", 5))
+        ),
+        joins=(fs,),
+    )
+    t = pd.Timestamp
+    rows = [  # user, event time, ingested, status, value
+        ("u1", "2024-01-01 10:00", "2024-01-01 10:00", "paid", 10.0),  # known at 01-02
+        ("u2", "2024-01-01 11:00", "2024-01-01 11:00", "paid", 1.0),  # known at 01-02
+        ("u3", "2024-01-01 23:00", "2024-01-02 00:30", "paid", 9.0),  # ingested after the cut-off: not known
+        ("u1", "2024-01-02 11:59", "2024-01-02 12:00", "paid", 7.0),  # u1: within 12 h, matches -> 1
+        ("u2", "2024-01-02 06:00", "2024-01-02 06:00", "failed", 50.0),  # u2: not paid
+        ("u2", "2024-01-02 07:00", "2024-01-02 07:00", "paid", 5.0),  # u2: value not > 5 -> 0
+        ("u3", "2024-01-02 01:00", "2024-01-02 01:00", "paid", 6.0),  # u3 is not in the population
+        ("u4", "2024-01-01 09:00", "2024-01-01 09:00", None, None),  # known
+        ("u4", "2024-01-02 12:00", "2024-01-02 12:00", "paid", 99.0),  # at cutoff + 12 h: outside -> 0
+    ]
+    df = pd.DataFrame(rows, columns=["user", "event_ts", "ingested_at", "status", "value"])
+    for c in ("event_ts", "ingested_at"):
+        df[c] = pd.to_datetime(df[c], utc=True).astype("datetime64[us, UTC]")
+    df.insert(0, "event_id", range(len(df)))
+    cfg = Config(lake_root=str(tmp_path / "lake"))
+    table = cfg.lake().table(src.table, raw_schema(src))
+    for ds in ("2024-01-01", "2024-01-02", "2024-01-03"):
+        part = df[df["ingested_at"].dt.strftime("%Y-%m-%d") == ds].reset_index(drop=True)
+        table.write_partition(ds, to_raw(src, part), producer={"job": "test"})
+    assert cutoffs_in(model, "2024-01-02", "2024-01-03") == ["2024-01-02", "2024-01-03"]
+    assert latest_mature_cutoff(cfg, model) == "2024-01-03"  # a 12-hour horizon reads its own day only
+    (m,) = build_labels(cfg, model, ["2024-01-02"])
+    got = labels_table(cfg.lake(), model).read("2024-01-02")
+    assert got["user"].tolist() == ["u1", "u2", "u4"] and got["label"].tolist() == [1, 0, 0]
+    assert (got["as_of"] == t("2024-01-02", tz="UTC")).all()
+    assert "status == 'paid' and value > 5" in m.producer["definition"]
+    assert sorted(m.inputs) == [
+        "raw_events/payments/ds=2024-01-01..2024-01-01",
+        "raw_events/payments/ds=2024-01-02..2024-01-02",
+    ]
