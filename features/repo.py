@@ -145,7 +145,10 @@ def _assigned_names(module: ModuleType) -> set[str]:
         return set()
     out: set[str] = set()
     for node in ast.parse(Path(file).read_text()).body:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else []
         out |= {t.id for t in targets if isinstance(t, ast.Name)}
     return out
 
