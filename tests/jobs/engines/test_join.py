@@ -52,11 +52,7 @@ def _sorted(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values("order_id", kind="stable", ignore_index=True)
 
 
-#: Until the engines bucket string keys (H-sources), the string cases may fail.
-STRING_KEYS = pytest.param("string", marks=pytest.mark.xfail(reason="engines: string keys pending", strict=False))
-
-
-@pytest.mark.parametrize("key_type", ["int64", STRING_KEYS])
+@pytest.mark.parametrize("key_type", ["int64", "string"])
 def test_two_sets_equal_a_naive_per_row_computation(make_config, key_type):
     cfg = make_config()
     d, orders, pings = _lake(cfg, key_type)
@@ -128,7 +124,6 @@ def test_missing_query_columns_are_named(make_config):
 
 
 @pytest.mark.dask
-@pytest.mark.xfail(reason="engines: string keys pending", strict=False)
 def test_two_set_join_local_equals_dask(make_config, dask_client):
     local = make_config()
     d, orders, _ = _lake(local, "string")

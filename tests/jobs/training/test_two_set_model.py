@@ -24,8 +24,6 @@ _spec.loader.exec_module(lo)
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 UTC = "UTC"
-#: Until the engines bucket string keys (H-sources), the string cases may fail.
-STRING_KEYS = pytest.param("string", marks=pytest.mark.xfail(reason="engines: string keys pending", strict=False))
 
 
 def _cfg(tmp_path) -> Config:
@@ -104,7 +102,7 @@ def _lake(tmp_path, key_type: str):
     return cfg, model, {model.queries.source.name: orders, model.feature_sets[1].source.name: pings}
 
 
-@pytest.mark.parametrize("key_type", ["int64", STRING_KEYS])
+@pytest.mark.parametrize("key_type", ["int64", "string"])
 def test_training_set_equals_a_naive_per_row_computation(tmp_path, key_type):
     cfg, model, events = _lake(tmp_path, key_type)
     build_labels(cfg, model.name, ["2024-01-03"])
@@ -130,7 +128,7 @@ def test_training_set_equals_a_naive_per_row_computation(tmp_path, key_type):
     )
 
 
-@pytest.mark.parametrize("key_type", ["int64", STRING_KEYS])
+@pytest.mark.parametrize("key_type", ["int64", "string"])
 def test_train_and_register_with_lineage(tmp_path, key_type, monkeypatch):
     from jobs.models.registry import Registry
     from jobs.training.trainer import TrainSpec, train_model
