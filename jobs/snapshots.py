@@ -56,7 +56,7 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = Non
     first = raw.first_ds()
     if first is None or first > ds:
         raise ValueError(
-            f"no raw_events partitions of {raw.name} at or before ds={ds} in {lake.root}; run the landing first"
+            f"no raw_events partitions at or before ds={ds} in {raw.name} of {lake.root}; run the landing first"
         )
     files = raw.files(first, ds)
     frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)

@@ -10,8 +10,10 @@ with the awkward properties real event streams have, each at a chosen rate:
   the same entity (downstream ties are broken by ``event_id``);
 - ``amount`` = ``n_items`` x a lognormal price, rounded to cents, always positive,
   null for ``null_rate`` of the events; ``n_items`` >= 1, Zipf-distributed;
-- ``category`` is one of ``n_categories`` labels ``cat_00``, ``cat_01``, ... with
-  Zipf-like probabilities (``cat_00`` the most frequent);
+- ``category`` is one of the first ``n_categories`` (at most 4) price bands the CDNOW source
+  allows, in ``CATEGORIES`` order (``standard``, ``budget``, ``premium``, ``free``: CDNOW's own
+  order of frequency) with Zipf-like probabilities (``standard`` the most frequent), so generated
+  partitions pass the source's declared checks;
 - on time, ``ingested_at`` is the end of the event's day (23:59:59.999999 UTC,
   like CDNOW); ``late_rate`` of the events arrive late, ``ingested_at`` = event_ts
   + a uniform lag of 1 to ``max_late_days`` days;
@@ -60,6 +62,10 @@ def to_raw_events(frame: pd.DataFrame):
 BLOCK_ROWS = 1 << 16
 ENTITY_SIGMA = 1.5
 CATEGORY_EXPONENT = 1.2
+#: The categories drawn: the CDNOW source's allowed price bands, most frequent first.
+CATEGORIES: tuple[str, ...] = tuple(
+    sorted(CDNOW_PURCHASES.column("category").allowed, key=("standard", "budget", "premium", "free").index)
+)
 ITEMS_ZIPF_A = 2.5
 MAX_ITEMS = 99
 PRICE_MEDIAN = 13.0
@@ -82,11 +88,13 @@ class GeneratorParams:
     late_rate: float = 0.03
     max_late_days: int = 5
     tie_rate: float = 0.05
-    n_categories: int = 8
+    n_categories: int = len(CATEGORIES)
 
     def __post_init__(self) -> None:
         if self.entities < 1 or self.days < 1 or self.events < 0 or self.n_categories < 1:
             raise ValueError("entities, days and n_categories must be >= 1 and events >= 0")
+        if self.n_categories > len(CATEGORIES):
+            raise ValueError(f"n_categories must be <= {len(CATEGORIES)} (the CDNOW price bands {list(CATEGORIES)})")
         for name in ("null_rate", "dup_rate", "late_rate", "tie_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -146,7 +154,7 @@ class _Model:
         self.day_offset = np.concatenate([[0], np.cumsum(self.per_day)])
         cat_w = 1.0 / np.arange(1, p.n_categories + 1) ** CATEGORY_EXPONENT
         self.category_cdf = np.cumsum(cat_w) / cat_w.sum()
-        self.labels = np.array([f"cat_{k:02d}" for k in range(p.n_categories)], dtype=object)
+        self.labels = np.array(CATEGORIES[: p.n_categories], dtype=object)
         self.start_us = (p.start_date - _EPOCH).days * DAY_US
 
 
@@ -240,7 +248,7 @@ def iter_event_days(
     late_rate: float = 0.03,
     max_late_days: int = 5,
     tie_rate: float = 0.05,
-    n_categories: int = 8,
+    n_categories: int = len(CATEGORIES),
     chunk_rows: int = 500_000,
     progress: bool | None = None,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -292,7 +300,7 @@ def generate_events(
     late_rate: float = 0.03,
     max_late_days: int = 5,
     tie_rate: float = 0.05,
-    n_categories: int = 8,
+    n_categories: int = len(CATEGORIES),
     chunk_rows: int = 500_000,
     progress: bool | None = None,
     table: str = CDNOW_PURCHASES.table,

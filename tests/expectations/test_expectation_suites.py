@@ -21,9 +21,10 @@ from jobs.quality.suites import (
     source_bounds,
 )
 from jobs.quality.validate import validate_frame_batches
-from jobs.schemas import RAW_EVENTS, feature_schema
+from jobs.schemas import feature_schema, raw_schema
 
 FS = registry.get("customer_activity_v1")
+RAW_EVENTS = raw_schema(FS.source)
 DAY = pd.Timestamp("1997-05-05", tz="UTC")
 
 

@@ -42,13 +42,13 @@ def test_manifest_carries_lineage_and_a_rerun_is_identical(cfg):
     assert again.producer["feature_set_fingerprint"] == FS.fingerprint
     assert again.producer["as_of"] == "1997-03-04T00:00:00+00:00"
     [(name, fp)] = again.inputs.items()
-    assert name == "raw_events/ds=1997-01-01..1997-03-03" and len(fp) == 64
+    assert name == "raw_events/cdnow_purchases/ds=1997-01-01..1997-03-03" and len(fp) == 64
 
 
 def test_a_missing_raw_partition_fails_loudly_naming_it(cfg, tmp_path):
     broken = Config(lake_root=str(tmp_path / "lake"))
     shutil.copytree(cfg.lake_root, broken.lake_root)
-    (tmp_path / "lake" / "raw_events" / "ds=1997-01-20" / "_manifest.json").unlink()
+    (tmp_path / "lake" / "raw_events" / "cdnow_purchases" / "ds=1997-01-20" / "_manifest.json").unlink()
     with pytest.raises(MissingPartitionError, match="1997-01-20"):
         build_snapshot(broken, "1997-01-31")
     assert not snapshot_table(broken.lake(), FS).exists("1997-01-31")

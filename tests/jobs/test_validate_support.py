@@ -16,9 +16,19 @@ from features.kernel import compute, snapshot_queries
 from jobs.config import Config
 from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
 from jobs.lake import MissingPartitionError
-from jobs.schemas import RAW_EVENTS, feature_schema, to_raw_events
+from jobs.schemas import feature_schema, raw_schema, to_raw
 
 FS = registry.get("customer_activity_v1")
+SOURCE = FS.source
+#: The CDNOW source's raw table and its schema.
+RAW_TABLE = SOURCE.table
+RAW_EVENTS = raw_schema(SOURCE)
+
+
+def to_raw_events(frame):
+    return to_raw(SOURCE, frame)
+
+
 DAYS = ("1997-03-01", "1997-03-02")  # published history before the day under test
 DAY = "1997-03-03"
 
@@ -32,7 +42,7 @@ _DAYS: dict[tuple[int, str], pd.DataFrame] = {}
 
 
 def raw_day(cdnow: pd.DataFrame, ds: str) -> pd.DataFrame:
-    """CDNOW's rows ingested on `ds`, in the RAW_EVENTS schema (pandas; a fresh copy)."""
+    """CDNOW's rows ingested on `ds`, in the raw schema of the CDNOW source (pandas; a fresh copy)."""
     key = (id(cdnow), ds)
     if key not in _DAYS:
         ((_, part),) = iter_ingest_days(cdnow, ds, ds)
@@ -48,13 +58,13 @@ def cfg(tmp_path) -> Config:
 @pytest.fixture
 def history(cfg, cdnow) -> Config:
     """A lake with clean raw_events for DAYS, published the way the ingest does."""
-    table = cfg.lake().table("raw_events", RAW_EVENTS)
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
     for ds in DAYS:
         table.write_partition(ds, raw_day(cdnow, ds), producer={"job": "ingest_cdnow"})
     return cfg
 
 
-def land(cfg: Config, ds: str, frame, table: str = "raw_events", producer: dict | None = None):
+def land(cfg: Config, ds: str, frame, table: str = RAW_TABLE, producer: dict | None = None):
     """A producer that does not know the contract: publishes the frame as it is (no schema)."""
     return cfg.lake().table(table).write_partition(ds, frame, producer=producer or {"job": "sloppy"})
 

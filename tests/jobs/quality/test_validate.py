@@ -11,6 +11,8 @@ import pyarrow as pa
 import pytest
 from test_validate_support import (
     FS,
+    RAW_EVENTS,
+    RAW_TABLE,
     alerts,
     land,
     predictions_frame,
@@ -32,7 +34,7 @@ from jobs.quality.validate import (
     validate_partition,
     validate_range,
 )
-from jobs.schemas import RAW_EVENTS, feature_schema
+from jobs.schemas import feature_schema
 from jobs.snapshots import build_snapshot
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
@@ -80,7 +82,7 @@ def test_cdnow_lake_partitions_and_snapshots_pass(cfg):
     ingest_cdnow(cfg.lake(), "1997-01-01", "1997-01-31")
     results = validate_range(cfg, "raw_events", "1997-01-25", "1997-01-31")
     assert [r.success for r in results] == [True] * 7
-    raw = cfg.lake().table("raw_events")
+    raw = cfg.lake().table(RAW_TABLE)
     for r in results:  # stored next to the manifest, naming the content it judged
         stored = json.loads(Path(os.path.join(raw.partition_path(r.ds), RESULT_FILE)).read_text())
         assert stored["success"] and stored["manifest"]["content_fingerprint"] == raw.manifest(r.ds).content_fingerprint
@@ -235,7 +237,7 @@ def test_exact_redeliveries_are_not_duplicates_but_a_changed_copy_is(cfg, cdnow)
 
 # ---- results, errors, ranges ------------------------------------------------------------------
 def test_a_range_validates_every_day_and_quarantines_only_the_bad_one(cfg, cdnow):
-    table = cfg.lake().table("raw_events", RAW_EVENTS)
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
     for ds in ("1997-01-01", "1997-01-02", "1997-01-03"):
         df = raw_day(cdnow, ds)
         if ds == "1997-01-02":
@@ -245,7 +247,7 @@ def test_a_range_validates_every_day_and_quarantines_only_the_bad_one(cfg, cdnow
         validate_range(cfg, "raw_events", "1997-01-01", "1997-01-03")
     assert info.value.ds == "1997-01-02" and "ds=1997-01-02" in str(info.value)
     assert table.partitions() == ["1997-01-01", "1997-01-03"]
-    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/ds=1997-01-02"]
+    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/cdnow_purchases/ds=1997-01-02"]
     with pytest.raises(MissingPartitionError, match="1997-01-02"):
         validate_range(cfg, "raw_events", "1997-01-01", "1997-01-03")
 
@@ -270,8 +272,8 @@ def test_report_renders_each_failed_expectation(cfg, cdnow):
         validate_partition(cfg, "raw_events", "1997-01-01", alert=False)
     html = Path(info.value.report_path).read_text()
     assert "-3.25" in html and "amount" in html and "Failed" in html
-    suite_page = os.path.join(cfg.lake_root, "_data_docs", "expectations", "raw_events.html")
-    assert "Negative or absurd amounts" in Path(suite_page).read_text()
+    suite_page = os.path.join(cfg.lake_root, "_data_docs", "expectations", "raw_events", "cdnow_purchases.html")
+    assert "Negative or absurd values" in Path(suite_page).read_text()
 
 
 def test_gate_publishes_a_clean_snapshot_with_its_result(cfg, cdnow):

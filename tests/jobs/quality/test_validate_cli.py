@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_validate_support import alerts, land, raw_day
+from test_validate_support import RAW_TABLE, alerts, land, raw_day
 
 from jobs.cli.quality import add_validate_parser
 
@@ -38,22 +38,22 @@ def lake(cfg, cdnow):
 def test_passing_partitions_exit_0(lake, capsys):
     assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-01", "--to", "1997-01-02") == 0
     out = capsys.readouterr().out
-    assert "raw_events raw_events/ds=1997-01-01: passed" in out and "ds=1997-01-02: passed" in out
+    assert "raw_events raw_events/cdnow_purchases/ds=1997-01-01: passed" in out and "ds=1997-01-02: passed" in out
 
 
 def test_a_failing_partition_exits_1_and_says_why(lake, capsys, cfg):
     assert lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-02", "--to", "1997-01-03") == 1
     captured = capsys.readouterr()
-    assert "raw_events/ds=1997-01-03: FAILED" in captured.out and "[future timestamps]" in captured.out
+    assert "raw_events/cdnow_purchases/ds=1997-01-03: FAILED" in captured.out and "[future timestamps]" in captured.out
     assert "quarantined: " in captured.out and "1 of 2 partition(s) failed" in captured.err
-    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/ds=1997-01-03"]
+    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/cdnow_purchases/ds=1997-01-03"]
 
 
 def test_report_only_mode_leaves_the_partition_and_sends_nothing(lake, cfg):
     assert (
         lockstep("--lake", lake, "validate", "raw_events", "--ds", "1997-01-03", "--no-quarantine", "--no-alert") == 1
     )
-    table = cfg.lake().table("raw_events")
+    table = cfg.lake().table(RAW_TABLE)
     assert table.exists("1997-01-03") and alerts(cfg) == []
     stored = json.loads((Path(table.partition_path("1997-01-03")) / "_validation.json").read_text())
     assert stored["success"] is False and stored["quarantine_path"] is None

@@ -11,6 +11,8 @@ from test_validate_support import (
     DAY,
     DAYS,
     FS,
+    RAW_EVENTS,
+    RAW_TABLE,
     alerts,
     assert_stopped,
     land,
@@ -22,7 +24,7 @@ from test_validate_support import (
 )
 
 from jobs.quality.validate import DataQualityError, gate_for, validate_partition
-from jobs.schemas import RAW_EVENTS, feature_schema
+from jobs.schemas import feature_schema
 from jobs.snapshots import build_snapshot
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
@@ -34,9 +36,7 @@ def stopped_raw(cfg, frame, *phrases, batch_rows=None, landed=True):
         land(cfg, DAY, frame)
     with pytest.raises(DataQualityError) as info:
         validate_partition(cfg, "raw_events", DAY, batch_rows=batch_rows)
-    assert_stopped(
-        cfg, info.value, "raw_events", "raw_events", DAY, *phrases, downstream=lambda: build_snapshot(cfg, DAY)
-    )
+    assert_stopped(cfg, info.value, "raw_events", RAW_TABLE, DAY, *phrases, downstream=lambda: build_snapshot(cfg, DAY))
     return info.value
 
 
@@ -145,7 +145,7 @@ def test_nan_and_inf(history, cdnow):
 
 
 def test_empty_partition(history):
-    history.lake().table("raw_events", RAW_EVENTS).write_partition(
+    history.lake().table(RAW_TABLE, RAW_EVENTS).write_partition(
         DAY, RAW_EVENTS.empty_table(), producer={"job": "ingest_cdnow"}
     )
     stopped_raw(history, None, "[empty partition]: observed 0", landed=False)
@@ -154,10 +154,10 @@ def test_empty_partition(history):
 def test_truncated_parquet_file(history, cdnow):
     m = (
         history.lake()
-        .table("raw_events", RAW_EVENTS)
+        .table(RAW_TABLE, RAW_EVENTS)
         .write_partition(DAY, raw_day(cdnow, DAY), producer={"job": "ingest_cdnow"})
     )
-    path = os.path.join(history.lake().table("raw_events").partition_path(DAY), m.files[0]["name"])
+    path = os.path.join(history.lake().table(RAW_TABLE).partition_path(DAY), m.files[0]["name"])
     with open(path, "r+b") as fh:
         fh.truncate(m.files[0]["bytes"] // 2)
     err = stopped_raw(
