@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.cli.common import days
+from jobs.cli.common import add_model_arg, days, model_name
 from jobs.config import Config
 from jobs.models.registry import Registry
 from jobs.scoring.batch import score_snapshot
@@ -22,7 +22,11 @@ def add_score_parser(subparsers) -> None:
     )
     s.add_argument("--ds", required=True)
     s.add_argument("--to", help="last day of a range (inclusive)")
-    s.add_argument("--model", help="the declared model (default: the repo's default model)")
+    add_model_arg(
+        s,
+        "the declared model (default: the repo's only model, else the first by name), or a registered name "
+        "whose lineage names one (a baseline)",
+    )
     s.add_argument("--shadow", action="store_true", help="also score with the challenger")
     s.add_argument("--no-validate", action="store_true", help="skip the predictions suite")
     s.add_argument("--publish", action="store_true", help="then publish each day to the SQL table")
@@ -38,7 +42,7 @@ def _cmd_score(args) -> int:
         used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
         print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
         if args.publish:
-            r = publish_predictions(cfg, d, args.model, args.sql_url)
+            r = publish_predictions(cfg, d, m.producer["model"], args.sql_url)
             print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")
     return 0
 
@@ -48,7 +52,7 @@ def add_publish_parser(subparsers) -> None:
     s = subparsers.add_parser("publish", help="publish a model's predictions ds=D to its SQL table (replaces day D)")
     s.add_argument("--ds", required=True)
     s.add_argument("--to")
-    s.add_argument("--model", help="the declared model (default: the repo's default model)")
+    add_model_arg(s)
     s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
     s.add_argument("--table", help="SQL table name (default: the model's declared sql_table_name)")
     s.set_defaults(func=_cmd_publish)
@@ -57,6 +61,6 @@ def add_publish_parser(subparsers) -> None:
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
     for d in days(args.ds, args.to):
-        r = publish_predictions(cfg, d, args.model, args.sql_url, table_name=args.table)
+        r = publish_predictions(cfg, d, model_name(cfg, args), args.sql_url, table_name=args.table)
         print(f"{r['table']} ds={r['ds']}: {r['rows']} rows at {r['url']}")
     return 0

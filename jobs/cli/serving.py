@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 
+from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
 from jobs.serving.log import publish
@@ -21,7 +22,7 @@ def add_parsers(subparsers) -> None:
 def add_serve_parser(subparsers) -> None:
     """``lockstep serve [--host H] [--port P] [--mode fresh|materialized] [--redis-url URL] [--wal-dir D]``."""
     p = subparsers.add_parser("serve", help="run the reference serving service (POST /predict, /health, /metrics)")
-    p.add_argument("--model", help="the declared model to serve (default: the repo's default model)")
+    add_model_arg(p, "the declared model to serve (default: the repo's only model, else the first by name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--mode", choices=MODES, help="default feature mode (default fresh)")
@@ -84,13 +85,13 @@ def add_publish_log_parser(subparsers) -> None:
     )
     p.add_argument("--ds", required=True)
     p.add_argument("--wal-dir", default=".lockstep/serving_wal")
-    p.add_argument("--model", help="the declared model the service served (default: the repo's default model)")
+    add_model_arg(p)
     p.set_defaults(func=_cmd_publish)
 
 
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
-    m = publish(cfg, args.wal_dir, _model(cfg, args.model), args.ds)
+    m = publish(cfg, args.wal_dir, _model(cfg, args), args.ds)
     print(f"serving_logs/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
     return 0
 
@@ -106,13 +107,13 @@ def add_replay_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mode", choices=("fresh", "materialized"))
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--model", help="the declared model the service serves (default: the repo's default model)")
+    add_model_arg(p)
     p.set_defaults(func=_cmd_replay)
 
 
 def _cmd_replay(args) -> int:
     cfg = Config.from_args(args)
-    model = _model(cfg, args.model)
+    model = _model(cfg, args)
     src = model.queries.source
     raw = cfg.lake().table(src.table)
     first, last = raw.first_ds(), raw.last_ds()
@@ -124,6 +125,5 @@ def _cmd_replay(args) -> int:
     return 0 if set(counts) == {200} else 1
 
 
-def _model(cfg, name: str | None):
-    repo = cfg.repo()
-    return repo.model(name) if name else repo.default_model()
+def _model(cfg, args):
+    return cfg.repo().model(model_name(cfg, args))

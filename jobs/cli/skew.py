@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
 from jobs.skew.causes import CAUSES
 from jobs.skew.job import SkewThresholdError, run_skew
@@ -13,9 +14,7 @@ def add_parsers(subparsers) -> None:
     """``lockstep skew --ds D [--model M] [--thresholds FILE.json] [--lookback-days N] [--late-days N] [--no-fail]``."""
     p = subparsers.add_parser("skew", help="compare serving_logs/ds=D with an offline recomputation; report causes")
     p.add_argument("--ds", required=True)
-    p.add_argument(
-        "--model", help="the declared model whose serving log is compared (default: the repo's default model)"
-    )
+    add_model_arg(p, "the declared model whose serving log is compared (default: the repo's only/first model)")
     p.add_argument("--thresholds", help='JSON file: {"*": {"logic_skew_rate": 0}, "<feature>": {"psi": 0.25}}')
     p.add_argument("--lookback-days", type=int, default=3)
     p.add_argument("--late-days", type=int, default=3)
@@ -33,15 +32,14 @@ def _cmd_skew(args) -> int:
     try:
         from jobs.serving.model import RegistrySource
 
-        repo = cfg.repo()
-        source = RegistrySource(cfg, (repo.model(args.model) if args.model else repo.default_model()).name)
+        source = RegistrySource(cfg, model_name(cfg, args))
     except ImportError:
         pass
     try:
         rep = run_skew(
             cfg,
             args.ds,
-            model=args.model,
+            model=model_name(cfg, args),
             model_source=source,
             thresholds=thresholds,
             lookback_days=args.lookback_days,
