@@ -29,11 +29,11 @@ def _booster(names, seed=1) -> lgb.Booster:
     return lgb.train(params, lgb.Dataset(x, y, feature_name=list(names)), 5)
 
 
-def _register(reg: Registry, candidate: Candidate) -> None:
+def _register(reg: Registry, candidate: Candidate, stale: bool = False) -> None:
     """Register as champion; a version of stale feature sets passes the registry's lineage gate
     (which would refuse it) only to be refused by scoring."""
     with pytest.MonkeyPatch.context() as mp:
-        if candidate.params.get("stale"):
+        if stale:
             mp.setattr(registry_module, "check_lineage", lambda *a, **k: None)
         reg.register(candidate, alias=CHAMPION)
 
@@ -49,7 +49,7 @@ def _candidate(model, booster, fingerprint=None) -> Candidate:
         feature_sets=[{"name": fs.name, "fingerprint": fs.fingerprint} for fs in model.feature_sets],
         training_set_fingerprints={f"{model.training_table}/ds=2024-01-02": "c" * 64},
         environment_digest=metadata.environment_digest({}),
-        params={"learning_rate": 0.1, "stale": fingerprint is not None},
+        params={"learning_rate": 0.1},
         metrics={"holdback_auc": 0.7},
         holdback={"key": "k" * 64},
     )
@@ -110,7 +110,7 @@ def test_string_keyed_model_scores_exactly(lake):
     assert first["shop_orders_6h"] == len(placed)
     assert set(got["feature_set_fingerprint"]) == {model.fingerprint} and "+" in model.fingerprint
     assert m.producer["feature_sets"] == ["shop_load_v1", "courier_load_v1"]
-    again = score_snapshot(cfg, DS, "late_order", registry=reg, validate=False)
+    again = score_snapshot(cfg, DS, "late_order", registry=reg)  # through the derived predictions suite
     assert again.content_fingerprint == m.content_fingerprint
 
 
@@ -118,7 +118,7 @@ def test_a_version_trained_on_other_feature_sets_is_refused(lake, tmp_path):
     cfg, _, model, booster, _ = lake
     reg = Registry.from_config(cfg.__class__(lake_root=str(tmp_path / "other"), repo_package=cfg.repo_package))
     stale = "shop_load_v1:00000000deadbeef+" + model.feature_sets[1].fingerprint
-    _register(reg, _candidate(model, booster, fingerprint=stale))
+    _register(reg, _candidate(model, booster, fingerprint=stale), stale=True)
     with pytest.raises(FingerprintMismatchError, match=r"trained on features shop_load_v1:00000000deadbeef\+"):
         score_snapshot(cfg, DS, "late_order", registry=reg, validate=False)
 
