@@ -75,10 +75,25 @@ def test_a_champion_of_other_feature_sets_is_refused(lake, tmp_path):
             pass
 
 
-def _serve_day(cfg, orders, model, source, tmp_path, hook=None):
+def _own_lake(cfg, tmp_path):
+    """A lake sharing ``cfg``'s raw tables, with its own snapshots of every set for the two days
+    before ``DAY`` (materialized mode, staleness)."""
+    from jobs.snapshots import build_snapshot
+
+    root = tmp_path / "lake"
+    root.mkdir()
+    (root / "raw_events").symlink_to(f"{cfg.lake_root}/raw_events")  # share the inputs, own the outputs
+    own = dataclasses.replace(cfg, lake_root=str(root))
+    for fs in own.repo().model("late_order").feature_sets:
+        for ds in ("2024-01-02", "2024-01-03"):
+            build_snapshot(own, ds, fs.name)
+    return own
+
+
+def _serve_day(cfg, orders, model, source, tmp_path, hook=None, mode=None):
     wal = tmp_path / "wal"
-    plan = plan_day(orders, DAY, model=model)
-    assert len(plan) > 20 and list(plan.columns) == ["request_id", "shop", "courier", "request_time"]
+    plan = plan_day(orders, DAY, model=model, mode=mode)
+    assert len(plan) > 20 and list(plan.columns)[:4] == ["request_id", "shop", "courier", "request_time"]
     with TestClient(_app(cfg, source, tmp_path, hook=hook)) as client:
         res = replay(client, plan)
     assert (res.status == 200).all(), res.status.value_counts()
@@ -88,10 +103,7 @@ def _serve_day(cfg, orders, model, source, tmp_path, hook=None):
 
 def test_skew_of_a_correct_log_has_no_logic_skew(lake, tmp_path):
     cfg, orders, model, source = lake
-    root = tmp_path / "lake"
-    root.mkdir()
-    (root / "raw_events").symlink_to(f"{cfg.lake_root}/raw_events")  # share the inputs, own the outputs
-    own = dataclasses.replace(cfg, lake_root=str(root))
+    own = _own_lake(cfg, tmp_path)
     plan = _serve_day(own, orders, model, source, tmp_path)
     rep = run_skew(own, DAY, model="late_order", model_source=source, html=False)
     counts = rep.cause_counts()
@@ -103,12 +115,20 @@ def test_skew_of_a_correct_log_has_no_logic_skew(lake, tmp_path):
     assert rep.fingerprints == {model.fingerprint: len(plan)}
 
 
+def test_materialized_mode_of_string_keys_is_staleness(lake, tmp_path):
+    cfg, orders, model, source = lake
+    own = _own_lake(cfg, tmp_path)
+    _serve_day(own, orders, model, source, tmp_path, mode="materialized")
+    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False, fail=False)
+    counts = rep.cause_counts()
+    assert counts["logic_skew"].sum() == 0 and counts["version_skew"].sum() == 0
+    assert counts.loc["shop_orders_lifetime", "staleness"] > 0  # yesterday's vector, served today
+    assert set(rep.rows["snapshot_ds"]) == {"2024-01-03"}
+
+
 def test_skew_of_a_wrong_courier_window_is_logic_skew_on_that_feature(lake, tmp_path):
     cfg, orders, model, source = lake
-    root = tmp_path / "lake"
-    root.mkdir()
-    (root / "raw_events").symlink_to(f"{cfg.lake_root}/raw_events")
-    own = dataclasses.replace(cfg, lake_root=str(root))
+    own = _own_lake(cfg, tmp_path)
     courier = model.feature_sets[1]
     wrong = dataclasses.replace(
         courier,
