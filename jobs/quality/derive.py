@@ -251,6 +251,28 @@ def model_expectations(dataset: str, model, rules: dict) -> list[dict]:
             )
             for c, t in model.id_columns
         ]
+    elif dataset == "serving_logs":
+        for col, query_col, type_ in log_keys(model):
+            out.append(
+                _mexp(
+                    "expect_column_values_to_be_of_type",
+                    {"column": col, "type_": type_},
+                    f"Schema drift: the logged key {col} (query column {query_col}) keeps its declared type {type_}, "
+                    "so offline recomputation finds the entity.",
+                    "schema drift",
+                    model,
+                )
+            )
+            if not dict((n, nullable) for n, _, nullable in model.queries.source.raw_columns()).get(query_col, False):
+                out.append(
+                    _mexp(
+                        "expect_column_values_to_not_be_null",
+                        {"column": col},
+                        f"Key nulls: every request names its {query_col} (declared non-nullable).",
+                        "key nulls",
+                        model,
+                    )
+                )
     feats = dict(rules.get("features") or {})
     if dataset == "training_sets":
         feats.pop("types", None)  # the schema above types them
@@ -260,6 +282,16 @@ def model_expectations(dataset: str, model, rules: dict) -> list[dict]:
         if any(sub["features"].values()):
             out += derived_expectations(fs, sub, column_bounds(fs.source))
     return out
+
+
+def log_keys(model) -> list[tuple[str, str, str]]:
+    """``(log column, query column, Arrow type)`` of the keys a serving-log row of ``model`` carries:
+    ``entity_id`` for a model with one query key, else each query key under its own name (the rule of
+    ``jobs.serving.log.log_keys``, which a test keeps equal)."""
+    keys = list(model.query_keys)
+    if len(keys) == 1:
+        return [("entity_id", keys[0][0], keys[0][1])]
+    return [(name, name, type_) for name, type_ in keys]
 
 
 def derived_expectations(fs, derive: dict, source_bounds: dict[str, tuple[Any, Any]]) -> list[dict]:

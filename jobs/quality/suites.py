@@ -1,17 +1,25 @@
-"""The Great Expectations suites of ``expectations/``, bound to a feature set.
+"""The Great Expectations suites of ``expectations/``, derived from the declarations.
 
-Source of truth: the JSON files in ``expectations/`` (one GE 1.x suite per dataset) for every
-hand-written expectation, and the feature-set declaration (``features.registry``) for everything
-that depends on the features: the schema of feature tables (``features.kernel.output_columns``)
-and each feature's range, null and monotonicity checks (``jobs.quality.derive``). Nothing is
-generated into the JSON files, so a new feature gets its checks without editing them; the fully
-bound suite of a dataset is rendered with every validation's Data Docs (``expectations/<suite>.html``)
+Each dataset's suite is bound to one declaration (``BOUND_TO``): raw_events to a source,
+feature_snapshots to a feature set, training_sets / predictions / serving_logs to a model.
+Source of truth: the JSON templates in ``expectations/`` (one GE 1.x suite per dataset) for the
+generic, declaration-independent expectations (partition-time rules, manifest integrity, score
+range...), and the declarations for everything else (``jobs.quality.derive``): a source's column
+list and types, not-null keys, unique event id, key domain, value ranges, allowed values, means,
+null shares and row counts; a feature table's schema (``features.kernel.output_columns``) and each
+feature's range, null and monotonicity checks; a model's id columns and every joined set's feature
+checks. Nothing is generated into the JSON files, so a new source, set, feature or model gets its
+checks without editing them; the fully bound suite is rendered with every validation's Data Docs
 and printed by ``lockstep validate DATASET --show-suite``.
 
 Two extensions of GE's JSON, both resolved here:
 
-- ``${entity}``, ``${feature_set}`` in strings, and a ``"${features}"`` list item (the feature
-  names, in order), bound from the feature set when the suite is loaded;
+- placeholders bound from the declarations when the suite is loaded: strings ``${source}``,
+  ``${source_table}``, ``${event_id}``, ``${event_time}``, ``${ingested_at}`` (source),
+  ``${entity}``, ``${feature_set}`` (feature set), ``${model}``, ``${query_id}``,
+  ``${training_table}``, ``${predictions_table}`` (model); list items ``"${features}"``,
+  ``"${event_content}"`` (the raw columns but the ingestion time), ``"${id_columns}"``,
+  ``"${log_keys}"`` (expanded in place);
 - ``{"$PARAMETER": "expr"}`` is GE's own suite parameter (``previous_rows * 0.2``), bound per
   partition by ``jobs.quality.validate`` (see each suite's ``meta.lockstep.parameters``).
 
@@ -187,7 +195,7 @@ def _load(dataset: str, src, fs, mdl) -> Suite:
         table=_bind(lock.get("table", dataset), binding),
         feature_set=fs.name if fs is not None else None,
         expectations=tuple(expectations),
-        meta=meta,
+        meta=_bind(meta, binding),
         notes=_bind(raw.get("notes"), binding),
         source=src.name if src is not None else None,
         model=mdl.name if mdl is not None else None,
@@ -244,6 +252,8 @@ def _evaluate(expr: str, params: dict[str, Any]) -> Any:
 
 
 def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
+    from jobs.quality import derive
+
     out: dict[str, Any] = {}
     if src is not None:
         content = [c for c, _, _ in src.raw_columns() if c != src.ingested_at]
@@ -267,6 +277,7 @@ def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
                 "${query_id}": mdl.query_id,
                 "${id_columns}": ids,
                 "${features}": list(mdl.feature_names),
+                "${log_keys}": [c for c, _, _ in derive.log_keys(mdl)],
                 "${training_table}": mdl.training_table,
                 "${predictions_table}": mdl.predictions_table,
             }
@@ -289,7 +300,7 @@ def _bind(value: Any, binding: dict[str, Any]) -> Any:
         for item in value:
             if isinstance(item, str) and isinstance(binding.get(item), list):
                 out.extend(binding[item])
-            elif item in ("${features}", "${id_columns}", "${event_content}"):
+            elif item in ("${features}", "${id_columns}", "${event_content}", "${log_keys}"):
                 raise SuiteError(f"{item!r} needs a declaration that defines it (known: {sorted(binding) or 'none'})")
             else:
                 out.append(_bind(item, binding))
