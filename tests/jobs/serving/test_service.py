@@ -376,3 +376,21 @@ def test_store_refresh_failure_is_counted_and_the_store_keeps_serving(lake_event
     assert m.rows == 1 and r.status_code == 200 and not r.json()["degraded"]
     assert metrics["store_refresh_errors"] >= 1 and "1997-04-09" in metrics["store_refresh_last_error"]
     assert metrics["store_loaded_through"] == "1997-04-08"
+
+
+def test_the_model_comes_from_the_settings_and_int_keys_are_checked(lake_cfg, model_source, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCKSTEP_SERVING_MODEL", "repurchase_90d")
+    assert Settings.from_env().model == "repurchase_90d" and Settings().model is None
+    app = _app(lake_cfg, model_source, tmp_path, model="repurchase_90d")
+    t = f"{DAY}T08:00:00Z"
+    with TestClient(app) as c:
+        as_int = c.post("/predict", json={"entity_id": 5, "request_time": t}).json()
+        as_text = c.post("/predict", json={"entity_id": "5", "request_time": t}).json()
+        by_name = c.post("/predict", json={"customer_id": 5, "request_time": t}).json()
+        bad = c.post("/predict", json={"entity_id": "five", "request_time": t})
+        none = c.post("/predict", json={"request_time": t})
+        health = c.get("/health").json()
+    assert as_int["features"] == as_text["features"] == by_name["features"] and as_text["entity_id"] == 5
+    assert bad.status_code == 422 and "must be an integer" in bad.text
+    assert none.status_code == 422 and "missing key 'customer_id'" in none.text
+    assert health["model_declaration"] == "repurchase_90d" and health["fingerprint"] == FS.fingerprint
