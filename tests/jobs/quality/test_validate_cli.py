@@ -84,3 +84,31 @@ def test_show_suite_prints_the_bound_suite(capsys):
     suite = json.loads(capsys.readouterr().out)
     assert suite["name"] == "feature_snapshots.customer_activity_v1"
     assert any(e["kwargs"].get("column") == "txn_count_7d" for e in suite["expectations"])
+
+
+@pytest.mark.parametrize(
+    "argv,name,table",
+    [
+        (("raw_events", "--source", "cdnow_purchases"), "raw_events.cdnow_purchases", "raw_events/cdnow_purchases"),
+        (
+            ("feature_snapshots", "--feature-set", "customer_activity_v1"),
+            "feature_snapshots.customer_activity_v1",
+            None,
+        ),
+        (("training_sets", "--model", "repurchase_90d"), "training_sets.repurchase_90d", None),
+        (("serving_logs", "--model", "repurchase_90d"), "serving_logs.repurchase_90d", None),
+    ],
+)
+def test_show_suite_of_a_named_declaration(capsys, argv, name, table):
+    assert lockstep("validate", *argv, "--show-suite") == 0
+    suite = json.loads(capsys.readouterr().out)
+    assert suite["name"] == name
+    if table:
+        assert suite["meta"]["lockstep"]["table"] == table
+
+
+def test_validate_names_the_source(lake, capsys):
+    assert lockstep("--lake", lake, "validate", "raw_events", "--source", "cdnow_purchases", "--ds", "1997-01-01") == 0
+    assert "raw_events raw_events/cdnow_purchases/ds=1997-01-01: passed" in capsys.readouterr().out
+    assert lockstep("--lake", lake, "validate", "raw_events", "--source", "nope", "--ds", "1997-01-01") == 2
+    assert "unknown source 'nope'" in capsys.readouterr().err
