@@ -50,8 +50,13 @@ class FingerprintMismatchError(ValueError):
     """The model was trained on another version of the feature sets than the features scored."""
 
 
-def predictions_table(lake, model) -> Table:
-    """The lake table of ``model``'s predictions (a :class:`features.model.Model`)."""
+def predictions_table(lake, model=None) -> Table:
+    """The lake table of ``model``'s predictions (a :class:`features.model.Model`; default: the default
+    repo's default model)."""
+    if model is None:
+        from features.repo import load
+
+        model = load().default_model()
     return lake.table(model.predictions_table, predictions_schema(model))
 
 
