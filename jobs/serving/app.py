@@ -67,7 +67,8 @@ MODES = ("fresh", "materialized")
 
 #: The pluggable feature computation of fresh mode: (entity's events, entity, request time, set) -> values.
 #: Only tests replace it (deliberately wrong implementations); a hook may carry a ``fingerprint``
-#: attribute to stamp instead of the set's (a service built from another version of the set).
+#: attribute to stamp instead of the fingerprint of the set it names (a service built from another
+#: version of that set).
 FeatureHook = Callable[[pd.DataFrame, object, pd.Timestamp, FeatureSet], dict]
 
 
@@ -151,7 +152,9 @@ class Predictor:
         self.hook = hook or kernel_hook
         #: the kernel itself (no hook given): evaluate on the cached per-entity index
         self._indexed = hook is None or hook is kernel_hook
-        self.fingerprint = getattr(self.hook, "fingerprint", None) or fs.fingerprint
+        # a hook's own fingerprint stamps the set it names ("<set>:<hash>"), not the other joined sets
+        stamped = getattr(self.hook, "fingerprint", None)
+        self.fingerprint = stamped if stamped and stamped.split(":", 1)[0] == fs.name else fs.fingerprint
         self._names = list(model.feature_names)
         self.metrics = metrics or Metrics()
         self.defaults = {

@@ -181,3 +181,32 @@ def test_redis_store_serves_string_keys_like_the_embedded_one(lake, tmp_path, re
         **compute_one(orders, "s1", t, model.feature_sets[0]),
         **compute_one(orders, "c1", t, model.feature_sets[1]),
     }
+
+
+def test_an_old_courier_set_is_version_skew_on_its_features_only(lake, tmp_path):
+    """A service still computing the courier set's previous definition stamps that set's old
+    fingerprint: version skew on the changed feature of that set, nothing on the shop set."""
+    cfg, orders, model, source = lake
+    own = _own_lake(cfg, tmp_path)
+    courier = model.feature_sets[1]
+    old = dataclasses.replace(
+        courier,
+        features=tuple(
+            dataclasses.replace(f, window_days=3.0) if f.name == "courier_late_max_24h" else f for f in courier.features
+        ),
+    )
+
+    def hook(events, key, t, fs):
+        return compute_one(events, key, t, old if fs.name == courier.name else fs, "known_at")
+
+    hook.fingerprint = old.fingerprint
+    _serve_day(own, orders, model, source, tmp_path, hook=hook)
+    with pytest.raises(SkewThresholdError, match="courier_late_max_24h: version_skew_rate") as info:
+        run_skew(own, DAY, model="late_order", model_source=source, html=False)
+    rep = info.value.report
+    counts = rep.cause_counts()
+    assert counts.loc["courier_late_max_24h", "version_skew"] > 0
+    assert counts["logic_skew"].sum() == 0
+    assert counts.drop(index="courier_late_max_24h")["version_skew"].sum() == 0
+    assert set(rep.fingerprints) == {f"{model.feature_sets[0].fingerprint}+{old.fingerprint}"}
+    assert any("unknown to the registry" in n for n in rep.notes)
