@@ -163,3 +163,30 @@ def test_an_entity_snapshot_model_of_two_sets_joins_their_snapshots(lake):
     assert m.table == "predictions/shop_risk" and got["shop"].tolist() == ["s1", "s2", "s3"]
     assert len(m.inputs) == 2 and m.producer["feature_set_fingerprint"] == model.fingerprint
     np.testing.assert_array_equal(got["score"].to_numpy(), booster.predict(x))
+
+
+def test_a_model_of_two_sources_gets_the_declared_defaults_for_an_entity_one_source_lacks(lake):
+    """Shop s3 has orders but no rating: its ratings vector is absent from that set's snapshot, and
+    scoring uses the declared defaults (count 0, mean null), what the kernel gives it."""
+    from serving.string_keyed import make_ratings
+
+    from jobs.snapshots import build_snapshot, snapshot_table
+
+    cfg, orders, _, _, reg = lake
+    model = cfg.repo().model("shop_rated")
+    booster = _booster(model.feature_names, seed=6)
+    _register(reg, _candidate(model, booster))
+    for fs in model.feature_sets:
+        build_snapshot(cfg, DS, fs.name)
+    assert snapshot_table(cfg.lake(), model.feature_sets[1]).read(DS)["shop"].tolist() == ["s1", "s2"]
+    m = score_snapshot(cfg, DS, "shop_rated", registry=reg, validate=False)
+    got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
+    q = pd.DataFrame({"shop": ["s1", "s2", "s3"], "as_of": pd.Timestamp("2024-01-04", tz="UTC")})
+    loads = compute(orders, q, model.feature_sets[0], "known_at")
+    ratings = compute(make_ratings(), q, model.feature_sets[1], "known_at")
+    assert ratings["ratings_24h"].iloc[2] == 0 and np.isnan(ratings["stars_mean_24h"].iloc[2])
+    x = np.hstack(
+        [loads[list(model.feature_sets[0].feature_names)], ratings[list(model.feature_sets[1].feature_names)]]
+    )
+    assert m.rows == 3 and got["shop"].tolist() == ["s1", "s2", "s3"]
+    np.testing.assert_array_equal(got["score"].to_numpy(), booster.predict(x.astype(np.float64)))

@@ -44,13 +44,39 @@ def make_orders(n: int = 160, seed: int = 3) -> pd.DataFrame:
     return frame
 
 
+def make_ratings(n: int = 40, seed: int = 4) -> pd.DataFrame:
+    """Ratings of shops s1 and s2 only (s3 is never rated), a few every day, landing 1 minute later."""
+    rng = np.random.default_rng(seed)
+    start = pd.Timestamp(FIRST, tz="UTC").value // 1000
+    day_us = 86_400_000_000
+    placed = np.sort(start + np.arange(n) % 4 * day_us + rng.integers(0, day_us - 120_000_000, n))
+    frame = pd.DataFrame(
+        {
+            "rating_id": [f"r-{i:03d}" for i in range(n)],
+            "shop": rng.choice(["s1", "s2"], n),
+            "event_ts": pd.to_datetime(placed, unit="us", utc=True),
+            "ingested_at": pd.to_datetime(placed + 60_000_000, unit="us", utc=True),
+            "stars": rng.integers(1, 6, n).astype(float),
+        }
+    )
+    for c in ("event_ts", "ingested_at"):
+        frame[c] = frame[c].astype("datetime64[us, UTC]")
+    return frame.sort_values("event_ts", ignore_index=True)
+
+
+def _land(cfg, name: str, frame: pd.DataFrame) -> None:
+    src = cfg.repo().source(name)
+    table = cfg.lake().table(src.table, raw_schema(src))
+    day = frame[src.ingested_at].dt.strftime("%Y-%m-%d")
+    for ds in pd.date_range(FIRST, LAST).strftime("%Y-%m-%d"):
+        table.write_partition(ds, to_raw(src, frame[day == ds]), producer={"job": "test"})
+
+
 def write_lake(root, orders: pd.DataFrame | None = None) -> tuple[Config, pd.DataFrame]:
-    """The orders landed in ``raw_events/orders``, one partition per ingest day."""
+    """The orders landed in ``raw_events/orders`` and the ratings in ``raw_events/shop_ratings``
+    (``make_ratings``), one partition per ingest day."""
     cfg = config(root)
     orders = make_orders() if orders is None else orders
-    src = cfg.repo().source("orders")
-    table = cfg.lake().table(src.table, raw_schema(src))
-    day = orders["ingested_at"].dt.strftime("%Y-%m-%d")
-    for ds in pd.date_range(FIRST, LAST).strftime("%Y-%m-%d"):
-        table.write_partition(ds, to_raw(src, orders[day == ds]), producer={"job": "test"})
+    _land(cfg, "orders", orders)
+    _land(cfg, "shop_ratings", make_ratings())
     return cfg, orders

@@ -210,3 +210,24 @@ def test_an_old_courier_set_is_version_skew_on_its_features_only(lake, tmp_path)
     assert counts.drop(index="courier_late_max_24h")["version_skew"].sum() == 0
     assert set(rep.fingerprints) == {f"{model.feature_sets[0].fingerprint}+{old.fingerprint}"}
     assert any("unknown to the registry" in n for n in rep.notes)
+
+
+def test_a_model_of_two_sources_serves_each_set_from_its_own_store(lake, tmp_path):
+    from .string_keyed import make_ratings
+
+    cfg, orders, _, _ = lake
+    model = cfg.repo().model("shop_rated")
+    source = StaticSource(LinearModel("shop_rated", "1", model.fingerprint, model.feature_names))
+    settings = Settings(lake_root=cfg.lake_root, model="shop_rated", wal_dir=str(tmp_path / "wal"), refresh_s=0.0)
+    t = pd.Timestamp(f"{DAY}T18:00:00Z")
+    app = create_app(settings, model_source=source, cfg=cfg)
+    with TestClient(app) as c:
+        rated = c.post("/predict", json={"entity_id": "s1", "request_time": t.isoformat()}).json()
+        unrated = c.post("/predict", json={"entity_id": "s3", "request_time": t.isoformat()}).json()
+        stores = app.state.lockstep["stores"]
+    loads, ratings = model.feature_sets
+    assert [s.fs.name for s in stores] == ["shop_load_v1", "shop_ratings_v1"] and len(stores[1]) == 2
+    assert rated["features"] == {**compute_one(orders, "s1", t, loads), **compute_one(make_ratings(), "s1", t, ratings)}
+    assert rated["features"]["ratings_24h"] > 0
+    assert unrated["features"]["ratings_24h"] == 0 and unrated["features"]["stars_mean_24h"] is None
+    assert unrated["features"]["shop_orders_lifetime"] > 0

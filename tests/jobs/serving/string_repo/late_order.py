@@ -71,3 +71,28 @@ SHOP_BUSY = Model(
     joins=(SHOP_LOAD,),
     predictions="predictions/shop_busy",
 )
+
+#: A second source keyed by shop: a model joining sets of two sources (one online store per set).
+SHOP_RATINGS_SOURCE = Source(
+    name="shop_ratings",
+    keys=(Key("shop", "string"),),
+    columns=(Column("stars", "double", min=1, max=5),),
+    lander=FileLander("jsonl", "memory://ratings/{ds}.jsonl"),
+    event_id="rating_id",
+    event_id_type="string",
+    span=("2024-01-01", "2024-01-31"),
+)
+
+SHOP_RATINGS = FeatureSet(
+    "shop_ratings_v1",
+    source=SHOP_RATINGS_SOURCE,
+    features=(count("ratings_24h", 1), agg("stars_mean_24h", "mean", "stars", 1)),
+)
+
+SHOP_RATED = Model(
+    name="shop_rated",
+    queries=EntitySnapshots(ORDERS, key="shop", every="day"),
+    label=EventLabel(ORDERS, horizon_days=1, where=(Condition("status", "==", "cancelled"),)),
+    joins=(SHOP_LOAD, SHOP_RATINGS),
+    predictions="predictions/shop_rated",
+)
