@@ -131,4 +131,15 @@ def test_two_set_join_local_equals_dask(make_config, dask_client):
     want = _sorted(pd.concat(list(join_features(local, d["model"], q)), ignore_index=True))
     dask_cfg = make_config("dask", buckets=3)
     got = _sorted(pd.concat(list(join_features(dask_cfg, d["model"], q, client=dask_client)), ignore_index=True))
-    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.spark
+def test_two_set_join_local_equals_spark(make_config, spark):
+    local = make_config()
+    d, orders, _ = _lake(local, "string")
+    q = _queries(orders)
+    want = _sorted(pd.concat(list(join_features(local, d["model"], q)), ignore_index=True))
+    spark_cfg = make_config("spark", buckets=3)
+    got = _sorted(pd.concat(list(join_features(spark_cfg, d["model"], q, spark=spark)), ignore_index=True))
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
