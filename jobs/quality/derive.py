@@ -303,7 +303,7 @@ def derived_expectations(fs, derive: dict, source_bounds: dict[str, tuple[Any, A
     feats = derive.get("features") or {}
     if schema is not None:
         query_cols = [tuple(c) for c in schema.get("query_columns", [])]
-        cols = output_columns(fs, query_cols)
+        cols = output_columns(fs, query_cols, fs.entity_type)
         out.append(
             _exp(
                 "expect_table_columns_to_match_ordered_list",

@@ -299,3 +299,58 @@ def test_lockstep_land_cli(tmp_path, capsys, monkeypatch):
     assert "raw_events/cdnow_purchases: 2 partition(s)" in capsys.readouterr().out
     assert main(["--lake", lake, "land", "--source", "nope", "--ds", "1997-01-01"]) == 2
     assert "unknown source 'nope'" in capsys.readouterr().err
+
+
+# ---- a source declared in a repo of its own: land -> validate -> snapshot -> validate ----------------------
+SHOP_REPO = """
+from features.source import Column, FileLander, Key, Source, hours
+from features.spec import FeatureSet, agg, count
+
+VISITS = Source(
+    name="visits_t",
+    keys=(Key("shop", "string"),),
+    columns=(Column("basket", "double", min=0), Column("device", "string", allowed=("ios", "web"))),
+    lander=FileLander("csv", "memory://lockstep-test-visits/{ds}.csv", time_zone="Asia/Tokyo", ingest_latency_s=60),
+    event_id_type="string",
+)
+SHOP_VISITS = FeatureSet(
+    "shop_visits_t_v1",
+    source=VISITS,
+    features=(count("visits_2h", hours(2)), agg("basket_mean_2h", "mean", "basket", hours(2))),
+)
+"""
+
+
+def test_a_declared_string_keyed_source_flows_to_a_validated_snapshot(tmp_path):
+    import fsspec
+
+    from jobs.quality.validate import validate_partition
+    from jobs.snapshots import build_snapshot
+
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "visits_t.py").write_text(SHOP_REPO)
+    cfg = Config(lake_root=str(tmp_path / "lake"), repo_package=str(tmp_path / "repo"))
+    mem = fsspec.filesystem("memory")
+    mem.pipe(
+        "/lockstep-test-visits/2024-02-01.csv",
+        b"shop,event_ts,basket,device\nA,2024-02-01 09:00:00,10.5,ios\nA,2024-02-01 10:30:00,1.5,web\n"
+        b"B,2024-02-01 23:59:00,3,web\n",
+    )
+    try:
+        [m] = land(cfg, "visits_t", "2024-02-01")
+    finally:
+        mem.rm("/lockstep-test-visits", recursive=True)
+    assert m.table == "raw_events/visits_t" and m.rows == 2 + 1
+    raw = cfg.lake().table("raw_events/visits_t").read("2024-02-01")
+    # Tokyo is UTC+9: B's 23:59 local is 14:59 UTC, still 2024-02-01; ingested 60 s later
+    assert raw["event_ts"].tolist() == [utc("2024-02-01 00:00"), utc("2024-02-01 01:30"), utc("2024-02-01 14:59")]
+    assert raw["ingested_at"].tolist() == [utc("2024-02-01 00:01"), utc("2024-02-01 01:31"), utc("2024-02-01 15:00")]
+    r = validate_partition(cfg, "raw_events", "2024-02-01", source="visits_t", alert=False, docs=False)
+    assert r.success and r.suite == "raw_events.visits_t"
+    build_snapshot(cfg, "2024-02-01", "shop_visits_t_v1")
+    snap = cfg.lake().table("feature_snapshots/shop_visits_t_v1").read("2024-02-01")
+    assert snap["shop"].tolist() == ["A", "B"] and snap["visits_2h"].tolist() == [0, 0]  # as of 02-02 00:00 UTC
+    r = validate_partition(
+        cfg, "feature_snapshots", "2024-02-01", feature_set="shop_visits_t_v1", alert=False, docs=False
+    )
+    assert r.success, r.describe()
