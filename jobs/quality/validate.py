@@ -93,6 +93,10 @@ class ValidationResult:
     parameters: dict = field(default_factory=dict)
     manifest: dict | None = None
     feature_set: str | None = None
+    #: The declarations the suite was derived from (raw_events: a source; training_sets,
+    #: predictions, serving_logs: a model).
+    source: str | None = None
+    model: str | None = None
     validated_at: str = ""
     run_id: str = ""
     report_path: str | None = None
@@ -316,6 +320,8 @@ def validate_frame_batches(
         parameters=_jsonable(params),
         manifest=manifest,
         feature_set=suite.feature_set,
+        source=suite.source,
+        model=suite.model,
         validated_at=_now().isoformat(),
         run_id=uuid.uuid4().hex,
     )
@@ -599,6 +605,8 @@ def _unreadable(
         parameters=_jsonable(params or {}),
         manifest=asdict(manifest) if manifest else None,
         feature_set=suite.feature_set,
+        source=suite.source,
+        model=suite.model,
         validated_at=_now().isoformat(),
         run_id=uuid.uuid4().hex,
     )
