@@ -214,3 +214,11 @@ def test_raw_schema_types_string_keys_and_ids():
     schema = raw_schema(SHOPS)
     assert schema.field(KEY).type == pa.string() and not schema.field(KEY).nullable
     assert schema.field("order_id").type == pa.string()
+
+
+def test_feature_schema_types_the_entity_from_the_declaration():
+    from jobs.schemas import feature_schema
+
+    schema = feature_schema(FS)
+    assert schema.field(KEY).type == pa.string() and not schema.field(KEY).nullable
+    assert schema.field("orders_1h").type == pa.int64() and schema.field("late_mean_6h").type == pa.float64()

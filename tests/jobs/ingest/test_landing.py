@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
@@ -354,3 +355,27 @@ def test_a_declared_string_keyed_source_flows_to_a_validated_snapshot(tmp_path):
         cfg, "feature_snapshots", "2024-02-01", feature_set="shop_visits_t_v1", alert=False, docs=False
     )
     assert r.success, r.describe()
+
+
+def test_to_raw_names_the_source_and_the_column():
+    from jobs.schemas import to_raw
+
+    src = orders_source(Path("/nowhere"))
+    good = pd.DataFrame(
+        {
+            "order_id": ["a"],
+            "shop": ["s"],
+            "event_ts": [utc("2024-01-01")],
+            "ingested_at": [utc("2024-01-01")],
+            "amount": [1.0],
+            "items": [1],
+            "channel": ["web"],
+        }
+    )
+    assert to_raw(src, good).schema == raw_schema(src)
+    with pytest.raises(ValueError, match=r"source 'shop_orders': the frame lacks column\(s\) \['channel'\]"):
+        to_raw(src, good.drop(columns="channel"))
+    with pytest.raises(ValueError, match=r"source 'shop_orders': null values in non-nullable column\(s\) \['shop'\]"):
+        to_raw(src, good.assign(shop=[None]))
+    with pytest.raises(ValueError, match=r"source 'shop_orders', column 'amount': not convertible to double"):
+        to_raw(src, good.assign(amount=["x"]))
