@@ -25,6 +25,11 @@ fsync policy (``fsync=``):
 Recovery: a torn last line (a write cut by a crash) was never acknowledged; readers skip it.
 Segments are never rewritten or appended to after their process ends: every start opens a new
 one, named by time and pid, so several workers (``uvicorn --workers N``) can share a WAL dir.
+
+Records are shaped by the served model (``log_schema(model)``): the query keys (``entity_id`` for a
+model with one key, else each key by name), the base fields, every joined set's features. One WAL
+directory and one ``serving_logs`` table hold ONE model's records (the skew job selects the model's
+rows by ``feature_set``); a lake serving two models needs a WAL directory and a lake each, for now.
 """
 
 from __future__ import annotations
