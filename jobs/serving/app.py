@@ -303,6 +303,11 @@ def create_app(
                 f"model {model.name} v{model.version} was trained on features {fp}, but model {decl.name!r} "
                 f"declares {decl.fingerprint}: serve a version trained on the current feature sets"
             )
+        if tuple(model.feature_names) != tuple(decl.feature_names):
+            raise FingerprintMismatchError(
+                f"model {model.name} v{model.version} expects features {list(model.feature_names)}, "
+                f"model {decl.name!r} joins {list(decl.feature_names)}"
+            )
         parts, caches, bases, refreshers = [], [], [], []
         for join in decl.joins:
             fs = join.feature_set

@@ -73,6 +73,10 @@ def test_a_champion_of_other_feature_sets_is_refused(lake, tmp_path):
     with pytest.raises(FingerprintMismatchError, match="trained on features shop_load_v1:00000000deadbeef"):
         with TestClient(_app(cfg, StaticSource(old), tmp_path)):
             pass
+    shuffled = LinearModel("late_order", "0", model.fingerprint, model.feature_names[::-1])
+    with pytest.raises(FingerprintMismatchError, match="expects features"):
+        with TestClient(_app(cfg, StaticSource(shuffled), tmp_path)):
+            pass
 
 
 def _own_lake(cfg, tmp_path):
