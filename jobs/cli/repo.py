@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 
 from jobs import orchestration as o
 from jobs.config import Config
@@ -103,7 +104,16 @@ def plan(repo) -> dict:
 
 def cmd_repo(args) -> int:
     cfg = Config.from_args(args)
-    repo = cfg.repo()  # loads and checks: a DeclarationError exits 1 with its message (jobs.cli.main)
+    try:
+        repo = cfg.repo()  # loads and checks: a DeclarationError exits 1 with its message (jobs.cli.main)
+    except (ImportError, SyntaxError, TypeError, AttributeError, NameError) as exc:
+        # a module of the repo that does not even import: name it, exit 1 like a bad declaration
+        where = cfg.repo_package or "features.projects"
+        print(
+            f"lockstep repo: error: cannot load the declarations of {where}: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     p = plan(repo)
     if args.json:
         print(json.dumps(p, indent=2))

@@ -113,3 +113,10 @@ def test_model_source_and_feature_set_flags_resolve_against_the_repo(tmp_path):
         "shop_orders",
     )
     assert common.feature_set_name(other, args) == "shop_load_v1"
+
+
+def test_a_repo_module_that_does_not_import_exits_1_naming_it(tmp_path, capsys):
+    (tmp_path / "broken.py").write_text("from features.source import Sauce\n")
+    assert main(["--repo", str(tmp_path), "repo"]) == 1
+    err = capsys.readouterr().err
+    assert f"lockstep repo: error: cannot load the declarations of {tmp_path}: ImportError" in err and "Sauce" in err
