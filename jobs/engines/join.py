@@ -68,7 +68,7 @@ def join_features(
     frame (possibly empty).
     """
     mode_of = _modes(model, modes)
-    _check_queries(model, queries)
+    _check_queries(model, queries, getattr(cfg, "storage_options", None))
     as_of_max = latest_as_of(cfg, queries)
     joins = model.joins
     scratch = None
@@ -133,7 +133,7 @@ def _modes(model: Model, modes) -> dict[str, str]:
     return out
 
 
-def _check_queries(model: Model, queries) -> None:
+def _check_queries(model: Model, queries, storage_options=None) -> None:
     if isinstance(queries, Snapshot):
         return
     if isinstance(queries, (str, bytes)):
@@ -144,7 +144,7 @@ def _check_queries(model: Model, queries) -> None:
     elif isinstance(queries, Sequence):
         if not queries:
             return
-        have = _file_columns(queries[0])
+        have = _file_columns(queries[0], storage_options)
     else:
         raise TypeError(f"queries must be a DataFrame, a list of Parquet file paths or a Snapshot, got {type(queries)}")
     missing = [c for c in need if c not in have]
