@@ -279,6 +279,10 @@ def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
                 "${features}": list(mdl.feature_names),
                 "${log_keys}": [c for c, _, _ in derive.log_keys(mdl)],
                 "${training_table}": mdl.training_table,
+                # entity snapshots ask at the cut-off instant; query rows anywhere in their day
+                "${as_of_last}": "partition_start"
+                if mdl.query_id in mdl.queries.source.key_names
+                else "partition_last",
                 "${predictions_table}": mdl.predictions_table,
             }
         )
@@ -307,7 +311,7 @@ def _bind(value: Any, binding: dict[str, Any]) -> Any:
         return out
     if isinstance(value, dict):
         if "$PARAMETER" in value:
-            return dict(value)
+            return {**value, "$PARAMETER": _bind(value["$PARAMETER"], binding)}
         return {k: _bind(v, binding) for k, v in value.items()}
     return value
 

@@ -346,6 +346,7 @@ def partition_parameters(
     return {
         "partition_start": start,
         "partition_end": start + pd.Timedelta(days=1),
+        "partition_last": start + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1),
         "data_start": pd.Timestamp(min(first, ds) if first else ds, tz="UTC"),
         "previous_rows": previous.rows if previous else 0,
         "manifest_rows": manifest.rows if manifest else None,
