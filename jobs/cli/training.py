@@ -99,7 +99,7 @@ def add_train_parser(subparsers) -> None:
     s.add_argument("--backend", choices=BACKENDS, default="streamed")
     s.add_argument("--construct", choices=CONSTRUCT, default="inline")
     s.add_argument("--save-binary", action="store_true", help="train from LightGBM's binary dataset file")
-    s.add_argument("--rounds", type=int, default=500)
+    s.add_argument("--rounds", type=int, default=None, help="boosting rounds cap (default: the model's rounds)")
     s.add_argument("--patience", type=int, default=30)
     s.add_argument("--embargo-days", type=int, default=None, help="default: the model's label horizon")
     s.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a LightGBM parameter")
@@ -114,9 +114,10 @@ def add_train_parser(subparsers) -> None:
     s.set_defaults(func=_cmd_train)
 
 
-def _cmd_train(args) -> int:
-    cfg = Config.from_args(args)
-    spec = TrainSpec(
+def spec_from_args(cfg: Config, args, **extra) -> TrainSpec:
+    """The TrainSpec of ``train``/``tune``'s shared flags (ranges, --model, --param, --rounds, --patience,
+    --embargo-days); ``extra`` are the command's own fields."""
+    return TrainSpec(
         tuple(args.train),
         tuple(args.valid),
         tuple(args.holdback),
@@ -124,10 +125,19 @@ def _cmd_train(args) -> int:
         params=parse_params(args.param),
         num_boost_round=args.rounds,
         patience=args.patience,
+        embargo_days=args.embargo_days,
+        **extra,
+    )
+
+
+def _cmd_train(args) -> int:
+    cfg = Config.from_args(args)
+    spec = spec_from_args(
+        cfg,
+        args,
         backend=args.backend,
         construct=args.construct,
         save_binary=args.save_binary,
-        embargo_days=args.embargo_days,
     )
     registry = Registry.from_config(cfg)
     out = train_model(cfg, spec, registry, baseline={"auto": None, "train": True, "off": False}[args.baseline])
@@ -217,7 +227,12 @@ def add_tune_parser(subparsers) -> None:
     s.add_argument("--max-rows", type=int, default=300_000, help="rows of the stratified subsample (last rung)")
     s.add_argument("--max-seconds", type=float, default=3600.0, help="wall-clock budget of the search")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--rounds", type=int, default=500, help="boosting rounds cap (search fits and final training)")
+    s.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="boosting rounds cap, search fits and final training (default: the model's)",
+    )
     s.add_argument("--patience", type=int, default=30)
     s.add_argument("--embargo-days", type=int, default=None, help="default: the model's label horizon")
     s.add_argument(
@@ -231,16 +246,7 @@ def _cmd_tune(args) -> int:
     from jobs.training.search import tune_and_train
 
     cfg = Config.from_args(args)
-    spec = TrainSpec(
-        tuple(args.train),
-        tuple(args.valid),
-        tuple(args.holdback),
-        model_name=model_of(cfg, args).name,
-        params=parse_params(args.param),
-        num_boost_round=args.rounds,
-        patience=args.patience,
-        embargo_days=args.embargo_days,
-    )
+    spec = spec_from_args(cfg, args)
     registry = None if args.no_train else Registry.from_config(cfg)
     out = tune_and_train(
         cfg,

@@ -20,7 +20,9 @@ class TrainSpec:
     """What to train on and how. Ranges are inclusive ``(from, to)`` cut-off dates.
 
     ``model_name``: the declared model (None: the repo's default model, filled in by
-    :func:`resolve_spec`); ``embargo_days``: None = the model's label horizon (``resolve_spec``).
+    :func:`resolve_spec`); ``embargo_days``: None = the model's label horizon; ``num_boost_round``:
+    None = the model's declared ``rounds``; ``params`` go over the model's declared ``params``
+    (all by ``resolve_spec``).
     """
 
     train: tuple[str, str]
@@ -28,7 +30,7 @@ class TrainSpec:
     holdback: tuple[str, str]
     model_name: str | None = None
     params: dict = field(default_factory=dict)
-    num_boost_round: int = 500
+    num_boost_round: int | None = None
     patience: int = 30
     backend: str = "streamed"  # streamed | memory | dask
     construct: str = "inline"  # inline | subprocess (streamed only)
@@ -61,7 +63,8 @@ class TrainSpec:
 
 def resolve_spec(cfg: Config, spec: TrainSpec) -> tuple[Model, TrainSpec]:
     """The model ``spec`` trains (from ``cfg.repo()``) and ``spec`` with its defaults filled in:
-    the model's name, and the embargo = the model's label horizon (checked against the ranges)."""
+    the model's name, its declared parameters under the spec's own, its declared rounds, and the
+    embargo = the model's label horizon (checked against the ranges)."""
     repo = cfg.repo()
     model = repo.model(spec.model_name) if spec.model_name else repo.default_model()
     changes = {}
@@ -69,6 +72,10 @@ def resolve_spec(cfg: Config, spec: TrainSpec) -> tuple[Model, TrainSpec]:
         changes["model_name"] = model.name
     if spec.embargo_days is None:
         changes["embargo_days"] = embargo_days(model)
+    if spec.num_boost_round is None:
+        changes["num_boost_round"] = model.rounds
+    if model.params:
+        changes["params"] = {**dict(model.params), **spec.params}
     return model, (dataclasses.replace(spec, **changes) if changes else spec)
 
 
