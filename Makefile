@@ -33,8 +33,8 @@ bench: $(STAMP)
 
 ## Lint and format check (what CI runs before the tests); `ruff format jobs dags tests bench` fixes the format.
 lint: $(STAMP)
-	$(BIN)/ruff check jobs dags tests bench
-	$(BIN)/ruff format --check jobs dags tests bench
+	$(BIN)/ruff check features jobs dags tests bench
+	$(BIN)/ruff format --check features jobs dags tests bench
 
 clean:
 	rm -rf .lockstep
