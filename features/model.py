@@ -68,12 +68,15 @@ class QueryRows:
     """Queries: the rows of ``source``, one per query, at ``as_of`` = column ``time`` + ``offset_hours``.
 
     The query id is the source's event id; every key column of the source can be bound to a
-    feature set. The predictions table is keyed by the query id.
+    feature set. The predictions table is keyed by the query id. A query row whose ``as_of`` falls
+    on day D lands in the ingest partitions D - ``lead_days`` .. D + 1 (a schedule published a
+    week ahead: ``lead_days=8``); batch scoring of day D scores the rows already landed by D.
     """
 
     source: Source
     time: str
     offset_hours: float = 0.0
+    lead_days: int = 1
 
     @property
     def offset_us(self) -> int:
@@ -95,11 +98,17 @@ class EventLabel:
 
 @dataclass(frozen=True)
 class OutcomeLabel:
-    """1 when the query's own row matches ANY of ``when`` (e.g. ``dep_delay >= 15`` or cancelled),
-    else 0: an outcome per query, known ``maturity_hours`` after the query's time."""
+    """1 when the query's outcome matches ANY of ``when`` (e.g. ``dep_delay >= 15`` or cancelled),
+    else 0: an outcome per query, known ``maturity_hours`` after the query's time.
+
+    The outcome is the query row itself, or (``source``) the row of another source with the same
+    event id (a schedule's queries, the flights' outcomes); a query without an outcome row once the
+    label is mature has no label and is left out (the labels manifest counts them).
+    """
 
     when: tuple[Condition, ...]
     maturity_hours: float = 0.0
+    source: Source | None = None
     description: str = ""
 
 
@@ -212,6 +221,13 @@ class Model:
         return tuple(cols)
 
     @property
+    def id_fields(self) -> tuple[tuple[str, str, bool], ...]:
+        """``id_columns`` with nullability: the query id is never null; a join key is nullable when its
+        query-source key is (e.g. a flight without a plane)."""
+        nullable = {n: nul for n, _, nul in self.queries.source.raw_columns()}
+        return tuple((c, t, i > 0 and nullable.get(c, False)) for i, (c, t) in enumerate(self.id_columns))
+
+    @property
     def labels_table(self) -> str:
         return f"labels/{self.name}"
 
@@ -229,7 +245,7 @@ class Model:
 
     @property
     def label_source(self) -> Source:
-        return self.label.source if isinstance(self.label, EventLabel) else self.queries.source
+        return self.label.source or self.queries.source
 
     @property
     def sources(self) -> tuple[Source, ...]:

@@ -37,6 +37,8 @@ class Repo:
     feature_sets: dict[str, FeatureSet] = field(default_factory=dict)
     models: dict[str, Model] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
+    #: the model a job works on when none is named (``default_model``), if the repo names one
+    default: str | None = None
 
     @classmethod
     def of(cls, *declarations, origin: str = "<code>") -> Repo:
@@ -86,10 +88,17 @@ class Repo:
         return {fs.fingerprint: name for name, fs in self.feature_sets.items()}
 
     def default_model(self) -> Model:
-        """The only model, or the first by name (the CLI's default when --model is not given)."""
+        """The model a job works on when none is named (the CLI without --model): the only one, or the
+        repo's declared ``DEFAULT_MODEL`` (a module-level name in the repo package's ``__init__``)."""
         if not self.models:
             raise KeyError("the repo declares no model")
-        return self.models[sorted(self.models)[0]]
+        if len(self.models) == 1:
+            return next(iter(self.models.values()))
+        if self.default is None:
+            raise KeyError(
+                f"the repo declares {len(self.models)} models {sorted(self.models)} and no DEFAULT_MODEL: name one (--model)"
+            )
+        return self.model(self.default)
 
 
 def _book(repo: Repo, d) -> tuple[str, dict]:
@@ -131,6 +140,7 @@ def load(package: str | None = None) -> Repo:
                     if isinstance(value, (Source, FeatureSet, Model)) and (name in assigned) == own:
                         repo.add(value, origin)
         repo.add_referenced()
+        repo.default = next((getattr(mod, "DEFAULT_MODEL", None) for _, mod in modules[:1]), None)
         check(repo)
         _CACHE[package] = repo
     return _CACHE[package]
@@ -179,6 +189,10 @@ def _modules(package: str):
 
 def check(repo: Repo) -> None:
     """Cross-declaration checks; raises the first :class:`DeclarationError` found."""
+    if repo.default is not None and repo.default not in repo.models:
+        raise DeclarationError(
+            "repo", "DEFAULT_MODEL", "DEFAULT_MODEL", f"names no declared model ({sorted(repo.models)})"
+        )
     for fs in repo.feature_sets.values():
         if fs.source is not None and repo.sources.get(fs.source.name) not in (None, fs.source):
             raise DeclarationError(
@@ -201,6 +215,8 @@ def _check_model(m: Model, repo: Repo) -> None:
             raise bad("queries.every", f"{m.queries.every!r}; expected 'day' or 'week'")
         columns = {m.queries.key_name: q.type_of(m.queries.key_name)}
     else:
+        if m.queries.lead_days < 0:
+            raise bad("queries.lead_days", f"must be >= 0, got {m.queries.lead_days!r}")
         if m.queries.time not in q.raw_column_names:
             raise bad("queries.time", f"unknown column {m.queries.time!r} of query source {q.name!r}")
         if q.type_of(m.queries.time) != TIMESTAMP:
@@ -251,7 +267,14 @@ def _check_model(m: Model, repo: Repo) -> None:
         assert isinstance(label, OutcomeLabel)
         if not label.when:
             raise bad("label.when", "an outcome label needs at least one condition")
-        _check_conditions(bad, "label.when", label.when, q)
+        outcomes = label.source or q
+        if outcomes.event_id != q.event_id or outcomes.event_id_type != q.event_id_type:
+            raise bad(
+                "label.source",
+                f"outcome source {outcomes.name!r} has event id {outcomes.event_id!r} "
+                f"({outcomes.event_id_type}); the queries' is {q.event_id!r} ({q.event_id_type})",
+            )
+        _check_conditions(bad, "label.when", label.when, outcomes)
     for role in ("train", "valid", "holdback"):
         rng = getattr(m.ranges, role)
         span = m.label_source.span

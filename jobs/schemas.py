@@ -87,10 +87,10 @@ def predictions_schema(model) -> pa.Schema:
     """``<model.predictions_table>/ds=D``: what batch scoring writes and the SQL publisher reads.
 
     The model's id columns (``model.id_columns``: the query id, then the join keys; int64 or
-    string), then ``score, model_name, model_version, role, feature_set_fingerprint, scored_at``;
-    nothing is null. ``feature_set_fingerprint`` is the model's compatibility fingerprint
+    string; a join key null where its source key is nullable), then ``score, model_name,
+    model_version, role, feature_set_fingerprint, scored_at``, never null. ``feature_set_fingerprint`` is the model's compatibility fingerprint
     (``model.fingerprint``: the joined sets' fingerprints, ``+``-joined in join order).
     """
-    fields = [pa.field(name, _arrow_type(type_), nullable=False) for name, type_ in model.id_columns]
+    fields = [pa.field(name, _arrow_type(type_), nullable=nullable) for name, type_, nullable in model.id_fields]
     fields += [pa.field(name, type_, nullable=False) for name, type_ in PREDICTION_COLUMNS]
     return pa.schema(fields)

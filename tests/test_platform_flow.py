@@ -47,7 +47,7 @@ COURIER = FeatureSet("courier_e2e_v1", source=ORDERS, key="courier",
                      features=(count("courier_orders_2h", hours(2)), agg("courier_late_max_24h", "max", "minutes_late", 1.0)))
 MODEL = Model(
     name="late_e2e",
-    queries=QueryRows(ORDERS, time="due_ts", offset_hours=-1),
+    queries=QueryRows(ORDERS, time="due_ts", offset_hours=-1, lead_days=2),  # due up to 30 h after the order
     label=OutcomeLabel((Condition("minutes_late", ">=", 15), Condition("status", "==", "cancelled")), maturity_hours=20),
     joins=(Join(SHOP), Join(COURIER)),
     params={{"num_leaves": 4, "min_data_in_leaf": 5, "verbose": -1}},

@@ -27,7 +27,8 @@ How a day lands is declared by the source's lander (``features.source``):
     - ``event_id``: the mapped/same-named file column when the file has it, else DERIVED (see
       :func:`derived_event_ids`).
     ``options``: reader options (CSV: ``sep``, ``comment``, ``skiprows``, ``encoding``, ``quotechar``,
-    ``compression``; all formats: ``compression``).
+    ``compression``, ``null_values`` — comma-separated strings read as null besides the empty field,
+    e.g. ``"NA"``; all formats: ``compression``).
 
 ``ParserLander``
     a named parser: ``PARSERS`` maps a name to ``"module:function"`` (``"cdnow"`` ->
@@ -209,11 +210,12 @@ def _read_file(src, lander, name: str, data: bytes, ds: str | None, inputs: dict
     try:
         if lander.format == "csv":
             kw = {k: (int(v) if k == "skiprows" else v) for k, v in opts.items() if k in _CSV_OPTIONS}
+            nulls = [""] + [v for v in opts.get("null_values", "").split(",") if v]
             raw = pd.read_csv(
                 io.BytesIO(data),
                 dtype=str,
                 keep_default_na=False,
-                na_values=[""],
+                na_values=nulls,
                 compression=compression,
                 skip_blank_lines=True,
                 **kw,

@@ -232,8 +232,8 @@ def _matrix(tbl: pa.Table, names: list[str]) -> np.ndarray:
 
 
 def query_rows_of_day(cfg: Config, decl, ds: str) -> pd.DataFrame:
-    """The queries of day ``ds`` of a query-row model: the query source's rows ingested through ``ds``
-    whose ``as_of`` (``time + offset_hours``) falls on day D+1, one per query id (the last ingested),
+    """The queries of day ``ds`` of a query-row model: the query source's rows ingested in
+    D+1-``lead_days`` .. D whose ``as_of`` (``time + offset_hours``) falls on day D+1, one per query id (the last ingested),
     as the model's id columns plus ``as_of`` = D+1 00:00 UTC (the features as known then)."""
     q = decl.queries
     src = q.source
@@ -246,7 +246,9 @@ def query_rows_of_day(cfg: Config, decl, ds: str) -> pd.DataFrame:
         frame["as_of"] = pd.Series([], dtype="datetime64[us, UTC]")
         return frame
     cols = list(dict.fromkeys([*ids, q.time, src.ingested_at]))
-    rows = raw.read(first, ds, columns=cols)
+    # a query row of D+1 lands from D+1 - lead_days on; what has landed by D is what is scored
+    lo = max(first, (pd.Timestamp(ds) + pd.Timedelta(days=1 - q.lead_days)).strftime("%Y-%m-%d"))
+    rows = raw.read(lo, ds, columns=cols) if lo <= ds else raw.read(ds, ds, columns=cols).iloc[0:0]
     as_of = rows[q.time] + pd.Timedelta(microseconds=q.offset_us)
     day = as_of.dt.tz_convert("UTC").dt.floor("D")
     rows = rows[(day == when).to_numpy()]

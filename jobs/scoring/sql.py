@@ -76,12 +76,18 @@ def make_engine(url: str) -> sa.Engine:
 
 
 def tables(model) -> tuple[sa.MetaData, sa.Table, sa.Table]:
-    """The model's SQL table ``model.sql_table_name`` — primary key ``(ds, id columns..., role)``, id
-    columns BigInteger for int64 keys and String for string keys — and the ``lockstep_published`` book."""
+    """The model's SQL table ``model.sql_table_name`` — primary key ``(ds, query id, role)``, then the
+    join keys (null where their source key is nullable); BigInteger for int64 keys, String for string
+    keys — and the ``lockstep_published`` book."""
     md = sa.MetaData()
     keys = [
-        sa.Column(name, sa.BigInteger if type_ == "int64" else sa.String(200), primary_key=True)
-        for name, type_ in model.id_columns
+        sa.Column(
+            name,
+            sa.BigInteger if type_ == "int64" else sa.String(200),
+            primary_key=(i == 0),
+            nullable=nullable,
+        )
+        for i, (name, type_, nullable) in enumerate(model.id_fields)
     ]
     preds = sa.Table(
         model.sql_table_name,
@@ -179,8 +185,12 @@ def insert_rows(conn, preds: sa.Table, day: dt.date, df: pd.DataFrame, model) ->
     rows inserted."""
     scored = df["scored_at"].dt.tz_convert("UTC")
     cols = {}
-    for name, type_ in model.id_columns:
-        cols[name] = df[name].to_numpy(dtype=np.int64).tolist() if type_ == "int64" else df[name].astype(str).tolist()
+    for name, type_, nullable in model.id_fields:
+        values = df[name]
+        if type_ == "int64" and not nullable:
+            cols[name] = values.to_numpy(dtype=np.int64).tolist()
+        else:  # None for a null key, never the string "nan"
+            cols[name] = [None if pd.isna(v) else (int(v) if type_ == "int64" else str(v)) for v in values]
     cols.update(
         {
             "role": df["role"].astype(str).tolist(),

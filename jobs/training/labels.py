@@ -75,11 +75,7 @@ def label_definition(model: Model) -> str:
 
 def labels_schema(model: Model) -> pa.Schema:
     """``model.labels_table``'s schema: id columns, ``as_of``, ``label`` (int8)."""
-    nullable = {n: nul for n, _, nul in model.queries.source.raw_columns()}
-    fields = [
-        pa.field(c, pa.type_for_alias(t), nullable=(i > 0 and nullable.get(c, False)))
-        for i, (c, t) in enumerate(model.id_columns)
-    ]
+    fields = [pa.field(c, pa.type_for_alias(t), nullable=nullable) for c, t, nullable in model.id_fields]
     fields += [pa.field("as_of", UTC_US, nullable=False), pa.field(LABEL, pa.int8(), nullable=False)]
     return pa.schema(fields)
 
@@ -133,6 +129,12 @@ def label_inputs(model: Model, ds: str) -> tuple[str, str]:
     beyond the history (module docstring)."""
     if isinstance(model.label, EventLabel):
         return ds, _shift(ds, math.ceil(model.label.horizon_days) - 1 + model.label.grace_days)
+    return _shift(ds, -model.queries.lead_days), _shift(ds, 1 + math.ceil(model.label.maturity_hours / 24.0))
+
+
+def outcome_inputs(model: Model, ds: str) -> tuple[str, str]:
+    """``(first, last)`` ingest partitions of an OutcomeLabel's own ``source`` that labels ``ds`` read:
+    the day before ``ds`` through the label's maturity."""
     return _shift(ds, -1), _shift(ds, 1 + math.ceil(model.label.maturity_hours / 24.0))
 
 
@@ -278,7 +280,8 @@ def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]
     if first is None:
         raise ValueError(f"no {raw.name} partitions in {lake.root}; run the ingest first")
     ids = [c for c, _ in m.id_columns]
-    cols = list(dict.fromkeys([*ids, q.time, src.ingested_at, *(c.column for c in label.when)]))
+    outcome_cols = [c.column for c in label.when] if label.source is None else []  # else: from the outcome rows
+    cols = list(dict.fromkeys([*ids, q.time, src.ingested_at, *outcome_cols]))
     table = labels_table(lake, m)
     manifests = []
     for d in cutoffs:
@@ -292,6 +295,11 @@ def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]
                 f"(as_of day -1 .. +1 + {label.maturity_hours:g}h maturity): the label is not mature"
             )
             raise
+        inputs = {f"{raw.name}/ds={lo}..{hi}": inputs_fingerprint(raw, lo, hi)}
+        without = 0
+        if label.source is not None:
+            rows, without, out_inputs = _with_outcomes(lake, m, rows, d)
+            inputs.update(out_inputs)
         frame = outcome_rows(m, rows, d)
         producer = {
             "job": "build_labels",
@@ -301,10 +309,39 @@ def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]
             "grace_days": 0,
             "inputs_through": hi,
             "cutoff": cutoff_time(d).isoformat(),
+            **({"queries_without_outcome": without} if label.source is not None else {}),
         }
-        inputs = {f"{raw.name}/ds={lo}..{hi}": inputs_fingerprint(raw, lo, hi)}
         manifests.append(table.write_partition(d, frame, producer=producer, inputs=inputs))
     return manifests
+
+
+def _with_outcomes(lake: Lake, m: Model, rows: pd.DataFrame, ds: str) -> tuple[pd.DataFrame, int, dict]:
+    """The query rows of ``ds`` joined (by query id) with their outcome rows from the label's source;
+    returns the joined rows, how many query rows of the day had no outcome, and the inputs read."""
+    out_src = m.label.source
+    qid = m.query_id
+    table = lake.table(out_src.table)
+    first = table.first_ds()
+    lo, hi = outcome_inputs(m, ds)
+    lo = max(lo, first) if first else lo
+    cols = list(dict.fromkeys([qid, out_src.ingested_at, *(c.column for c in m.label.when)]))
+    try:
+        outcomes = table.read(lo, hi, columns=cols)
+    except MissingPartitionError as exc:
+        exc.add_note(f"outcomes of {m.name} for ds={ds} are the rows of {table.name} ingested {lo}..{hi}: not mature")
+        raise
+    outcomes = outcomes.sort_values(out_src.ingested_at, kind="stable").drop_duplicates(qid, keep="last")
+    conditions = [c for c in cols if c not in (qid, out_src.ingested_at)]
+    joined = rows.drop(columns=[c for c in conditions if c in rows.columns]).merge(
+        outcomes[[qid, *conditions]], on=qid, how="inner"
+    )
+    q = m.queries
+    timed = rows.loc[rows[q.time].notna()]
+    as_of_us = _us(timed[q.time]) + q.offset_us
+    day0 = cutoff_time(ds).value // 1000
+    on_day = timed.loc[(as_of_us >= day0) & (as_of_us < day0 + 86_400_000_000), qid].nunique()
+    labelled = len(outcome_rows(m, joined, ds))
+    return joined, on_day - labelled, {f"{table.name}/ds={lo}..{hi}": inputs_fingerprint(table, lo, hi)}
 
 
 def outcome_rows(m: Model, rows: pd.DataFrame, ds: str) -> pd.DataFrame:

@@ -113,8 +113,12 @@ def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("LOCKSTEP_REPO", str(tmp_path))
     parser = cli.build_parser()
+    # the directory declares repurchase_28d and imports repurchase_90d: two models, none the default
     args = parser.parse_args(["--lake", cfg.lake_root, "labels", "--from", "1997-01-20"])
-    assert args.func(args) == 0  # the repo's only model
+    with pytest.raises(KeyError, match=r"2 models \['repurchase_28d', 'repurchase_90d'\] and no DEFAULT_MODEL"):
+        args.func(args)
+    args = parser.parse_args(["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--model", "repurchase_28d"])
+    assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "labels/repurchase_28d/ds=1997-01-20" in out and "ds=1997-02-03" in out  # up to the last mature Monday
     args = parser.parse_args(

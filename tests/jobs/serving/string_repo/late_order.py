@@ -43,7 +43,7 @@ COURIER_LOAD = FeatureSet(
 
 LATE_ORDER = Model(
     name="late_order",
-    queries=QueryRows(ORDERS, time="due_ts", offset_hours=-1),
+    queries=QueryRows(ORDERS, time="due_ts", offset_hours=-1, lead_days=2),  # due up to 30 h after the order
     label=OutcomeLabel((Condition("minutes_late", ">=", 15), Condition("status", "==", "cancelled"))),
     joins=(Join(SHOP_LOAD), Join(COURIER_LOAD, key="courier")),
     skew_thresholds={"logic_skew": 0.0},
