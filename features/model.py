@@ -114,10 +114,26 @@ class OutcomeLabel:
 
 @dataclass(frozen=True)
 class Join:
-    """Feature set ``feature_set`` evaluated for the query column ``key`` (default: the set's entity)."""
+    """Feature set ``feature_set`` evaluated for the query column ``key`` (default: the set's entity).
+
+    Serving: the set is fetched with its own ``timeout_ms`` (None: the service's store timeout) and
+    in its own ``mode`` (``fresh``: the kernel over the entity's recent events; ``materialized``: the
+    last snapshot vector; None: the service's default); a set that times out or fails is served
+    with its declared defaults and named in the log row, the other sets are not held up.
+    """
 
     feature_set: FeatureSet
     key: str | None = None
+    timeout_ms: float | None = None
+    mode: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "fresh", "materialized"):
+            raise DeclarationError(
+                "join", self.feature_set.name, "mode", f"{self.mode!r}; expected 'fresh', 'materialized' or None"
+            )
+        if self.timeout_ms is not None and not self.timeout_ms > 0:
+            raise DeclarationError("join", self.feature_set.name, "timeout_ms", f"must be > 0, got {self.timeout_ms!r}")
 
     @property
     def key_name(self) -> str:
@@ -226,6 +242,15 @@ class Model:
         query-source key is (e.g. a flight without a plane)."""
         nullable = {n: nul for n, _, nul in self.queries.source.raw_columns()}
         return tuple((c, t, i > 0 and nullable.get(c, False)) for i, (c, t) in enumerate(self.id_columns))
+
+    @property
+    def serving_log_table(self) -> str:
+        """The lake table of the model's served requests (one partition per serving day)."""
+        return f"serving_logs/{self.name}"
+
+    @property
+    def skew_report_table(self) -> str:
+        return f"skew_reports/{self.name}"
 
     @property
     def labels_table(self) -> str:
