@@ -227,3 +227,64 @@ def test_a_repo_directory_is_loaded_from_its_modules(tmp_path, monkeypatch):
     assert r.origins["feature set:shop_dir_v1"].endswith("shop_v1.py")
     with pytest.raises(KeyError, match=r"unknown model 'nope'; known: \[\]"):
         r.model("nope")
+
+
+OUTCOMES = Source(
+    name="order_outcomes",
+    keys=(Key("shop", "string"),),
+    columns=(Column("minutes_late", "double"), Column("status", "string")),
+    lander=FileLander("csv", "memory://outcomes/{ds}.csv"),
+    event_id="order_id",
+    event_id_type="string",
+)
+
+
+def test_outcomes_from_another_source_by_query_id():
+    m = late_model(label=OutcomeLabel((Condition("minutes_late", ">=", 15),), source=OUTCOMES))
+    r = repo.Repo.of(m)
+    assert m.label_source is OUTCOMES and set(r.sources) == {"orders", "order_outcomes"}
+    wrong_id = dataclasses.replace(OUTCOMES, event_id="outcome_id")
+    with pytest.raises(
+        DeclarationError, match=r"field 'label.source': outcome source 'order_outcomes' has event id 'outcome_id'"
+    ):
+        repo.Repo.of(late_model(label=OutcomeLabel((Condition("minutes_late", ">=", 15),), source=wrong_id)))
+    with pytest.raises(
+        DeclarationError, match=r"field 'label.when\[0\]': unknown column 'due_ts' of source 'order_outcomes'"
+    ):
+        repo.Repo.of(late_model(label=OutcomeLabel((Condition("due_ts", "is_null"),), source=OUTCOMES)))
+    with pytest.raises(DeclarationError, match=r"field 'queries.lead_days': must be >= 0, got -1"):
+        repo.Repo.of(late_model(queries=QueryRows(ORDERS, time="due_ts", lead_days=-1)))
+
+
+def test_join_serving_options_and_id_nullability():
+    with pytest.raises(DeclarationError, match=r"join 'shop_load_v1', field 'mode': 'cached'"):
+        Join(SHOP_LOAD, mode="cached")
+    with pytest.raises(DeclarationError, match=r"join 'shop_load_v1', field 'timeout_ms': must be > 0"):
+        Join(SHOP_LOAD, timeout_ms=0)
+    nullable = dataclasses.replace(ORDERS, keys=(Key("shop", "string"), Key("courier", "string", nullable=True)))
+    m = late_model(
+        queries=QueryRows(nullable, time="due_ts"),
+        joins=(
+            Join(dataclasses.replace(SHOP_LOAD, source=nullable)),
+            Join(dataclasses.replace(COURIER_LOAD, source=nullable)),
+        ),
+    )
+    assert m.id_fields == (("order_id", "string", False), ("shop", "string", False), ("courier", "string", True))
+    assert m.serving_log_table == "serving_logs/late_order" and m.skew_report_table == "skew_reports/late_order"
+
+
+def test_the_default_model_is_the_only_one_or_the_declared_one():
+    one = repo.Repo.of(late_model())
+    assert one.default_model().name == "late_order"
+    two = repo.Repo.of(late_model(), late_model(name="late_order_b"))
+    with pytest.raises(KeyError, match=r"2 models \['late_order', 'late_order_b'\] and no DEFAULT_MODEL"):
+        two.default_model()
+    two.default = "late_order_b"
+    assert two.default_model().name == "late_order_b"
+    two.default = "nope"
+    with pytest.raises(DeclarationError, match="DEFAULT_MODEL.*names no declared model"):
+        repo.check(two)
+    shipped = repo.load()
+    assert shipped.default_model().name == "repurchase_90d" and {"repurchase_90d", "dep_delay_15"} <= set(
+        shipped.models
+    )
