@@ -98,7 +98,7 @@ def skew_nightly_dag(model):
                     notifier=lambda message: None,
                 )
             # The Asset event carries the partition and the page, for whatever consumes the reports.
-            outlet_events[reports].extra = {"ds": day, "table": o.SKEW_REPORTS, "report": rep.html_path}
+            outlet_events[reports].extra = {"ds": day, "table": model.skew_report_table, "report": rep.html_path}
             causes = rep.table.set_index("feature")[list(CAUSES)].sum()
             return {
                 "ds": day,

@@ -417,7 +417,9 @@ def land_day(cfg, source: str, day: str, path: str | None = None):
 
 
 # ---- skew_nightly ------------------------------------------------------------------------------------
+#: The dataset of the serving-log suite; a model's table is ``model.serving_log_table`` (``serving_logs/<model>``).
 SERVING_LOGS = "serving_logs"
+#: The prefix of every model's ``model.skew_report_table`` (``skew_reports/<model>``), the reports' Asset.
 SKEW_REPORTS = "skew_reports"
 #: Kept equal to ``jobs.serving.app.Settings.wal_dir`` (a test checks): the service's default WAL directory.
 DEFAULT_SERVING_WAL_DIR = ".lockstep/serving_wal"
@@ -458,22 +460,23 @@ def serving_log_action(ds: str, wal_ids: Iterable[str], published_ids: Iterable[
 
 
 def publish_serving_log(cfg, model: str, day: str, wal_param: Any = None) -> dict[str, Any]:
-    """The nightly publish of ``serving_logs/ds=<day>`` for ``model`` from the serving WAL, idempotent
+    """The nightly publish of ``<model.serving_log_table>/ds=<day>`` from the model's serving WAL
+    (``<wal root>/<model>``, ``jobs.serving.log.model_wal_dir``), idempotent
     (:func:`serving_log_action`): skipped when no request was logged that day, failed at once when there is
     neither a WAL nor a published partition (a misconfigured WAL directory)."""
     from pathlib import Path
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-    from jobs.serving.log import publish, read_wal
+    from jobs.serving.log import model_wal_dir, publish, read_wal
 
     decl = cfg.repo().model(model)
-    wal_dir = serving_wal_dir(wal_param)
-    table = cfg.lake().table(SERVING_LOGS)
+    wal_dir = str(model_wal_dir(serving_wal_dir(wal_param), decl))
+    table = cfg.lake().table(decl.serving_log_table)
     published = table.read(day, columns=["request_id"])["request_id"] if table.exists(day) else None
     if published is None and not Path(wal_dir).is_dir():
         raise AirflowFailException(
-            f"no serving WAL at {wal_dir!r} and no {SERVING_LOGS}/ds={day}: "
+            f"no serving WAL at {wal_dir!r} and no {decl.serving_log_table}/ds={day}: "
             f"set {SERVING_WAL_ENV} (absolute) or the wal_dir Param"
         )
     wal = read_wal(wal_dir, decl) if Path(wal_dir).is_dir() else None

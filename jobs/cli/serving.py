@@ -8,7 +8,7 @@ from dataclasses import fields
 from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
-from jobs.serving.log import publish
+from jobs.serving.log import model_wal_dir, publish
 from jobs.serving.replay import plan_day, replay
 
 
@@ -28,7 +28,10 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--mode", choices=MODES, help="default feature mode (default fresh)")
     p.add_argument("--redis-url", help="online store in Redis (default: embedded, loaded from the lake)")
     p.add_argument("--store-timeout-ms", type=float)
-    p.add_argument("--wal-dir", help="serving-log write-ahead directory (default .lockstep/serving_wal)")
+    p.add_argument(
+        "--wal-dir",
+        help="serving-log write-ahead root; the model's log goes to <root>/<model> (default .lockstep/serving_wal)",
+    )
     p.add_argument("--fsync", choices=("interval", "always", "never"))
     p.add_argument("--model-path", help="a pickled Model instead of the registry's champion")
     p.add_argument(
@@ -79,9 +82,10 @@ def _cmd_serve(args) -> int:
 
 
 def add_publish_log_parser(subparsers) -> None:
-    """``lockstep publish-serving-log --ds D [--wal-dir DIR]``: WAL records of day D -> serving_logs/ds=D."""
+    """``lockstep publish-serving-log --ds D [--wal-dir ROOT]``: the model's WAL records of day D
+    (``ROOT/<model>``) -> ``serving_logs/<model>/ds=D``."""
     p = subparsers.add_parser(
-        "publish-serving-log", help="rotate the serving WAL's records of a day into serving_logs/ds=D"
+        "publish-serving-log", help="rotate a model's serving WAL records of a day into serving_logs/<model>/ds=D"
     )
     p.add_argument("--ds", required=True)
     p.add_argument("--wal-dir", default=".lockstep/serving_wal")
@@ -91,8 +95,9 @@ def add_publish_log_parser(subparsers) -> None:
 
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
-    m = publish(cfg, args.wal_dir, _model(cfg, args), args.ds)
-    print(f"serving_logs/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
+    model = _model(cfg, args)
+    m = publish(cfg, model_wal_dir(args.wal_dir, model), model, args.ds)
+    print(f"{model.serving_log_table}/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
     return 0
 
 

@@ -284,6 +284,7 @@ def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
                 if mdl.query_id in mdl.queries.source.key_names
                 else "partition_last",
                 "${predictions_table}": mdl.predictions_table,
+                "${serving_log_table}": mdl.serving_log_table,
             }
         )
     return out

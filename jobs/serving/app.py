@@ -22,12 +22,24 @@ Feature modes (both produce the kernel's values; see DESIGN §7):
 * ``materialized``: the vector of ``feature_snapshots/<set>/ds=date(t)-1`` (as known at 00:00 of
   the request day): no kernel call per request, but up to a day stale (recencies etc.).
 
-Degradation: when the store errors or exceeds its per-request timeout (Redis: socket timeout
-``store_timeout_ms``), or the day's snapshot is not published, the service still answers with
-the score on the DECLARED DEFAULTS (``Feature.default``: counts and sums 0, other features null
-— the vector of an entity with no history) and logs the record with ``degraded=true`` and the
-reason (``store_timeout``, ``store_error``, ``no_snapshot``). Degraded rows show up in the skew
-report as mismatches of their own, not as silent zeros.
+Degradation, per joined set: when a set's store errors or exceeds that set's timeout
+(``Join.timeout_ms``, else ``store_timeout_ms``; Redis: also the socket timeout), or the day's
+snapshot is not published, THAT set is served with its DECLARED DEFAULTS (``Feature.default``:
+counts and sums 0, other features null — the vector of an entity with no history), the other sets
+are served as usual, and the record says ``degraded=true`` with the reason: ``store_timeout``,
+``store_error``, ``no_snapshot`` for a one-set model, ``<set>:<reason>`` entries joined by ``;``
+for several (``jobs.serving.log.degraded_sets``). Degraded rows show up in the skew report as
+mismatches of their own (on the degraded set's features only), not as silent zeros. A null key of
+a nullable key column (a flight without a tailnum) is no entity: that set's declared defaults.
+
+Fan-out (a model joining several sets): every set has its own L1 cache, mode (``Join.mode``, else
+the request's) and timeout. A set whose store can block (anything but the in-process
+:class:`EmbeddedStore`, e.g. Redis) and whose entity is not in its L1 cache is fetched on a thread
+of the fan-out pool (``fanout_threads``), all such sets at once, while the in-memory sets are
+evaluated inline on the event loop; each is awaited at most its own timeout from the request's
+start, so one slow set costs at most its timeout, never the sum. In-memory sets never take the
+thread hop (measured: a hop costs about what a whole set's evaluation costs, ``python -m
+bench.serving``). ``/metrics`` reports latency, timeouts, errors and degradations per set.
 
 Run: ``uvicorn --factory jobs.serving.app:app_from_env`` (settings from ``LOCKSTEP_SERVING_*``,
 see :meth:`Settings.from_env`) or ``lockstep serve``.
@@ -36,6 +48,7 @@ see :meth:`Settings.from_env`) or ``lockstep serve``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import os
 import threading
 import time
@@ -50,7 +63,15 @@ from pydantic import BaseModel, ConfigDict
 
 from features.online import compute_one
 from features.spec import FeatureSet
-from jobs.serving.log import LogQueueFull, ServingLog, log_feature_sets, log_keys, make_record
+from jobs.serving.log import (
+    LogQueueFull,
+    ServingLog,
+    degraded_reason,
+    log_feature_sets,
+    log_keys,
+    make_record,
+    model_wal_dir,
+)
 from jobs.serving.model import Model, ModelSource
 from jobs.serving.store import (
     EmbeddedStore,
@@ -89,12 +110,13 @@ class Settings:
     store_timeout_ms: float = 50.0
     cache_ttl_s: float = 1.0
     cache_entries: int = 50_000
-    wal_dir: str = ".lockstep/serving_wal"
+    wal_dir: str = ".lockstep/serving_wal"  # the WAL root: a model logs to <wal_dir>/<model>
     fsync: str = "interval"
     log_queue_size: int = 10_000
     model_path: str | None = None  # a pickled Model for a service without a registry (tests)
     load_store: bool = True  # fill the Redis store from the lake at start-up
     refresh_s: float = 60.0  # apply new raw_events partitions to the store this often (0: never)
+    fanout_threads: int = 8  # threads fetching the sets whose store can block (Redis), per process
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -135,6 +157,41 @@ class Metrics:
         return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99))}
 
 
+@dataclass
+class SetMetrics:
+    """One joined set's counters and recent fetch latencies (ms): ``/metrics`` ``feature_sets``."""
+
+    requests: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    degraded: int = 0
+    offloaded: int = 0  # fetched on a fan-out thread (a blocking store, L1 miss)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=20_000))
+
+    def observe(self, ms: float, reason: str | None, offloaded: bool = False) -> None:
+        self.requests += 1
+        self.latencies.append(ms)
+        self.offloaded += offloaded
+        if reason is not None:
+            self.degraded += 1
+            if reason == "store_timeout":
+                self.timeouts += 1
+            elif reason == "store_error":
+                self.errors += 1
+
+    def summary(self) -> dict:
+        a = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
+        return {
+            "requests": self.requests,
+            "p50_ms": None if a is None else float(np.percentile(a, 50)),
+            "p99_ms": None if a is None else float(np.percentile(a, 99)),
+            "timeouts": self.timeouts,
+            "errors": self.errors,
+            "degraded": self.degraded,
+            "offloaded": self.offloaded,
+        }
+
+
 class Predictor:
     """One feature set's features (+ the score, for a one-set model) for one request (no HTTP, no
     logging): the in-process serving path."""
@@ -147,8 +204,17 @@ class Predictor:
         model: Model,
         hook: FeatureHook | None = None,
         metrics: Metrics | None = None,
+        *,
+        timeout_s: float | None = None,
+        mode: str | None = None,
+        blocking: bool | None = None,
     ):
         self.fs, self.events, self.snapshots, self.model = fs, events, snapshots, model
+        #: the set's own fetch timeout (None: only the store's), its own mode (None: the request's)
+        self.timeout_s, self.mode = timeout_s, mode
+        #: whether a fetch can block (fetched off the event loop on an L1 miss): any store but the embedded one
+        self.blocking = (not isinstance(events.store, EmbeddedStore)) if blocking is None else blocking
+        self.set_metrics = SetMetrics()
         self.hook = hook or kernel_hook
         #: the kernel itself (no hook given): evaluate on the cached per-entity index
         self._indexed = hook is None or hook is kernel_hook
@@ -163,8 +229,15 @@ class Predictor:
         }
         self._lock = threading.Lock()
 
-    def features(self, entity_id, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
-        """(values, degraded reason or None, snapshot ds or None)."""
+    def features(
+        self, entity_id, request_time: pd.Timestamp, mode: str, history=None, count: bool = True
+    ) -> tuple[dict, str | None, str | None]:
+        """(values, degraded reason or None, snapshot ds or None). ``entity_id`` None (a null key of a
+        nullable key column): no entity, the declared defaults. ``history``: the entity's cached history
+        (``L1Cache.peek``), else it is fetched. ``count``: count a store failure in the service's
+        metrics (the fan-out counts its own, once, on the event loop)."""
+        if entity_id is None:
+            return dict(self.defaults), None, None
         if mode == "materialized":
             try:
                 ds, vec = self.snapshots.vector(entity_id, request_time)
@@ -172,16 +245,21 @@ class Predictor:
                 return dict(self.defaults), exc.reason, None
             return (dict(self.defaults) if vec is None else dict(zip(self.fs.feature_names, vec))), None, ds
         try:
-            history = history_of(self.events, entity_id, self.fs)
+            if history is None:
+                history = history_of(self.events, entity_id, self.fs)
         except StoreUnavailable as exc:
-            with self._lock:
-                if exc.reason == "store_timeout":
-                    self.metrics.store_timeouts += 1
-                self.metrics.store_errors += 1
+            if count:
+                self.count_failure(exc.reason)
             return dict(self.defaults), exc.reason, None
         if self._indexed:
             return compute_one(history.index, entity_id, request_time, self.fs, "known_at"), None, None
         return self.hook(history.frame, entity_id, request_time, self.fs), None, None
+
+    def count_failure(self, reason: str) -> None:
+        with self._lock:
+            if reason == "store_timeout":
+                self.metrics.store_timeouts += 1
+            self.metrics.store_errors += 1
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
@@ -197,24 +275,96 @@ def score_of(model: Model, names: list[str], values: dict) -> float:
 
 
 class ModelPredictor:
-    """Every joined set's features for one request, each on its bound query key, then the score."""
+    """Every joined set's features for one request, each on its bound query key, then the score.
 
-    def __init__(self, decl, parts: list[tuple[object, Predictor]], model: Model):
+    :meth:`features` evaluates the sets one after the other on the calling thread (in-process
+    use, and every model whose sets are all in memory); :meth:`afeatures` is the service's
+    fan-out (see the module docstring)."""
+
+    def __init__(self, decl, parts: list[tuple[object, Predictor]], model: Model, executor=None):
         self.decl, self.parts, self.model = decl, parts, model
         #: what the record carries: every set's fingerprint as served, in join order
         self.fingerprint = "+".join(p.fingerprint for _, p in parts)
         self._names = list(model.feature_names)
         self._cast = [(j.key_name, key_of(p.fs)) for j, p in parts]
+        self._single = len(parts) == 1
+        #: any set fetched off the event loop: only then does a request take the async fan-out
+        self.fans_out = any(p.blocking for _, p in parts)
+        self.executor = executor
+
+    def _key(self, keys: dict, i: int):
+        col, cast = self._cast[i]
+        v = keys.get(col)
+        return None if v is None else cast(v)
 
     def features(self, keys: dict, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
-        """(values of every set, the first degraded reason or None, the first snapshot ds or None)."""
+        """(values of every set, the degraded reason or None, the first snapshot ds or None)."""
         values: dict = {}
-        reason = snap = None
-        for (join, pred), (col, cast) in zip(self.parts, self._cast):
-            got, why, ds = pred.features(cast(keys[col]), request_time, mode)
+        reasons: list = []
+        snap = None
+        for i, (_, pred) in enumerate(self.parts):
+            t0 = time.perf_counter()
+            got, why, ds = pred.features(self._key(keys, i), request_time, pred.mode or mode)
+            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why)
             values.update(got)
-            reason, snap = reason or why, snap or ds
-        return values, reason, snap
+            if why is not None:
+                reasons.append((pred.fs.name, why))
+            snap = snap or ds
+        return values, degraded_reason(reasons, self._single), snap
+
+    async def afeatures(self, keys: dict, request_time: pd.Timestamp, mode: str) -> tuple[dict, str | None, str | None]:
+        """:meth:`features` with the blocking sets fetched concurrently, each within its own timeout."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        results: list = [None] * len(self.parts)
+        pending = []
+        for i, (_, pred) in enumerate(self.parts):  # first start every blocking fetch ...
+            key, m = self._key(keys, i), pred.mode or mode
+            if pred.blocking and key is not None and m == "fresh":
+                cached = pred.events.peek(key)
+                if cached is None:
+                    done: list = []
+                    fut = loop.run_in_executor(self.executor, pred.features, key, request_time, m, None, False)
+                    fut.add_done_callback(lambda _f, d=done: d.append(time.perf_counter()))
+                    pending.append((i, pred, fut, done))
+                    continue
+                results[i] = (key, m, cached)
+            else:
+                results[i] = (key, m, None)
+        for i, (_, pred) in enumerate(self.parts):  # ... then evaluate the in-memory sets inline meanwhile
+            if results[i] is not None:
+                key, m, cached = results[i]
+                t0 = time.perf_counter()
+                results[i] = pred.features(key, request_time, m, cached)
+                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1])
+        for i, pred, fut, done in pending:
+            timeout = pred.timeout_s
+            try:
+                if timeout is None:
+                    results[i] = await fut
+                else:
+                    results[i] = await asyncio.wait_for(fut, max(0.0, timeout - (time.perf_counter() - start)))
+            except (asyncio.TimeoutError, cf.TimeoutError):
+                # the thread finishes on its own; its answer is dropped
+                results[i] = (dict(pred.defaults), "store_timeout", None)
+            except Exception as exc:  # noqa: BLE001 - a failing set degrades only itself
+                results[i] = (dict(pred.defaults), "store_error", None)
+                import logging
+
+                logging.getLogger(__name__).warning("feature set %s failed: %r", pred.fs.name, exc)
+            if results[i][1] in ("store_timeout", "store_error"):
+                pred.count_failure(results[i][1])
+            end = done[0] if done else time.perf_counter()
+            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True)
+        values: dict = {}
+        reasons: list = []
+        snap = None
+        for (_, pred), (got, why, ds) in zip(self.parts, results):
+            values.update(got)
+            if why is not None:
+                reasons.append((pred.fs.name, why))
+            snap = snap or ds
+        return values, degraded_reason(reasons, self._single), snap
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
@@ -228,21 +378,24 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     entity_id: int | str | None = None
-    keys: dict[str, int | str] | None = None
+    keys: dict[str, int | str | None] | None = None
     request_time: str | None = None  # ISO 8601; naive = UTC; default: now
     mode: str | None = None  # fresh | materialized; default: the service's
     request_id: str | None = None  # default: a new uuid4
 
 
-def request_keys(req: PredictRequest, keys: list[tuple[str, str, str]]) -> dict:
+def request_keys(req: PredictRequest, keys: list[tuple[str, str, str]], nullable=frozenset()) -> dict:
     """``{query column: key}`` of a request, typed by the declaration; ValueError naming a missing or
-    mistyped key."""
+    mistyped key. A key column in ``nullable`` (declared nullable) may be missing or null: None."""
     extra = req.model_extra or {}
     out = {}
     for log_col, col, type_ in keys:
         v = (req.keys or {}).get(col, extra.get(col))
         if v is None and log_col == "entity_id":
             v = req.entity_id
+        if v is None and col in nullable:
+            out[col] = None
+            continue
         if v is None:
             raise ValueError(f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
         if type_ == "int64":
@@ -285,6 +438,7 @@ def create_app(
     repo = cfg.repo()
     decl = repo.model(settings.model) if settings.model else repo.default_model()
     keys = log_keys(decl)
+    nullable = frozenset(c for c, _, null in decl.id_fields if null)
     state: dict = {}
 
     def set_store(fs: FeatureSet):
@@ -317,7 +471,8 @@ def create_app(
                 loaded = StoreRefresher.published(cfg, fs)  # before the read: a later partition is applied later
                 through = max(loaded) if loaded else None
                 if settings.redis_url:
-                    base = RedisStore(fs, settings.redis_url, timeout_s=settings.store_timeout_ms / 1000)
+                    ms = join.timeout_ms if join.timeout_ms is not None else settings.store_timeout_ms
+                    base = RedisStore(fs, settings.redis_url, timeout_s=ms / 1000)
                     if settings.load_store:
                         from jobs.serving.store import read_lake_events
 
@@ -328,16 +483,41 @@ def create_app(
             if set_store(fs) is None and (settings.load_store or not settings.redis_url):
                 refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
                 refreshers.append(refresher)
-            parts.append((join, Predictor(fs, cache, SnapshotVectors(cfg, fs), model, hook, metrics)))
+            timeout_ms = join.timeout_ms if join.timeout_ms is not None else settings.store_timeout_ms
+            parts.append(
+                (
+                    join,
+                    Predictor(
+                        fs,
+                        cache,
+                        SnapshotVectors(cfg, fs),
+                        model,
+                        hook,
+                        metrics,
+                        timeout_s=timeout_ms / 1000,
+                        mode=join.mode,
+                    ),
+                )
+            )
             caches.append(cache)
             bases.append(base)
         slog = serving_log or ServingLog(
-            settings.wal_dir, decl, queue_size=settings.log_queue_size, fsync=settings.fsync, notifier=notify
+            model_wal_dir(settings.wal_dir, decl),
+            decl,
+            queue_size=settings.log_queue_size,
+            fsync=settings.fsync,
+            notifier=notify,
         )
         if serving_log is None or not slog.running:
             slog.start()
+        predictor = ModelPredictor(decl, parts, model)
+        executor = None
+        if predictor.fans_out:
+            executor = predictor.executor = cf.ThreadPoolExecutor(
+                max(settings.fanout_threads, 1), thread_name_prefix="lockstep-fanout"
+            )
         state.update(
-            predictor=ModelPredictor(decl, parts, model),
+            predictor=predictor,
             log=slog,
             metrics=metrics,
             cache=caches[0],
@@ -353,6 +533,8 @@ def create_app(
         finally:
             for refresher in refreshers:
                 refresher.stop()
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
             slog.close()
 
     app = FastAPI(title="Lockstep reference service", lifespan=lifespan)
@@ -371,11 +553,14 @@ def create_app(
         except (ValueError, TypeError) as exc:
             raise HTTPException(422, f"bad request_time: {exc}") from None
         try:
-            query = request_keys(req, keys)
+            query = request_keys(req, keys, nullable)
         except ValueError as exc:
             raise HTTPException(422, str(exc)) from None
         metrics.requests += 1
-        values, reason, snap_ds = pred.features(query, t, mode)
+        if pred.fans_out:
+            values, reason, snap_ds = await pred.afeatures(query, t, mode)
+        else:
+            values, reason, snap_ds = pred.features(query, t, mode)
         score = pred.score(values)
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
@@ -461,6 +646,16 @@ def create_app(
             "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
             "store_errors": m.store_errors,
             "store_timeouts": m.store_timeouts,
+            "feature_sets": {
+                p.fs.name: {
+                    **p.set_metrics.summary(),
+                    "mode": p.mode,
+                    "timeout_ms": None if p.timeout_s is None else p.timeout_s * 1000,
+                    "cache_hits": p.events.hits,
+                    "cache_misses": p.events.misses,
+                }
+                for _, p in state["predictor"].parts
+            },
             "log_written": slog.written,
             "log_queue_depth": slog.queue_depth,
             "log_queue_full": slog.queue_full,

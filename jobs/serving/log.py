@@ -28,8 +28,9 @@ one, named by time and pid, so several workers (``uvicorn --workers N``) can sha
 
 Records are shaped by the served model (``log_schema(model)``): the query keys (``entity_id`` for a
 model with one key, else each key by name), the base fields, every joined set's features. One WAL
-directory and one ``serving_logs`` table hold ONE model's records (the skew job selects the model's
-rows by ``feature_set``); a lake serving two models needs a WAL directory and a lake each, for now.
+directory and one table hold ONE model's records: ``model.serving_log_table``
+(``serving_logs/<model>``), written from ``<wal root>/<model>`` (:func:`model_wal_dir`), so several
+models served into one lake never share a WAL segment or a partition.
 """
 
 from __future__ import annotations
@@ -74,6 +75,48 @@ BASE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
 _TIME_FIELDS = ("request_time", "served_at")
 #: The log column of the query key of a model with one query key (the historical name).
 ENTITY_ID = "entity_id"
+
+
+def log_table(model) -> str:
+    """The lake table of ``model``'s serving log: ``model.serving_log_table`` (``serving_logs/<model>``);
+    ``serving_logs`` for one feature set served alone (no declared model)."""
+    return SERVING_LOGS_TABLE if isinstance(model, FeatureSet) else model.serving_log_table
+
+
+def model_wal_dir(wal_root, model) -> Path:
+    """The WAL directory of ``model`` under the service's WAL root: ``<wal_root>/<model name>``."""
+    return Path(wal_root) / model.name
+
+
+def degraded_reason(reasons: list[tuple[str, str]], single: bool) -> str | None:
+    """A record's ``degraded_reason`` from the ``(set name, reason)`` of its degraded sets: the bare
+    reason for a model of one set (``store_timeout``), else ``<set>:<reason>`` entries joined by ``;``
+    in join order (``origin_weather_v1:store_timeout``); None when no set was degraded."""
+    if not reasons:
+        return None
+    if single:
+        return reasons[0][1]
+    return ";".join(f"{name}:{why}" for name, why in reasons)
+
+
+def degraded_sets(reason: str | None, model) -> tuple[str, ...]:
+    """The names of the sets a record's ``degraded_reason`` says were served on their defaults (every
+    set of a one-set model when it is degraded)."""
+    if not isinstance(reason, str) or not reason:  # None, or NaN from a frame
+        return ()
+    sets = feature_sets_of(model)
+    if len(sets) == 1:
+        return (sets[0].name,)
+    return tuple(part.split(":", 1)[0] for part in reason.split(";") if ":" in part)
+
+
+def degraded_rows(logs: pd.DataFrame, model, fs: FeatureSet) -> np.ndarray:
+    """Rows of a serving log whose set ``fs`` was served on its declared defaults."""
+    flagged = logs["degraded"].fillna(False).to_numpy(dtype=bool)
+    if len(feature_sets_of(model)) == 1:
+        return flagged
+    named = np.array([fs.name in degraded_sets(r, model) for r in logs["degraded_reason"]], dtype=bool)
+    return flagged & named if len(logs) else flagged
 
 
 def log_keys(model) -> list[tuple[str, str, str]]:
@@ -354,12 +397,12 @@ def records_frame(rows: list[dict], model) -> pd.DataFrame:
 
 
 def publish(cfg, wal_dir, model, ds: str):
-    """Write the WAL's records of request day ``ds`` to ``serving_logs/ds=D`` (replaces the partition)."""
+    """Write the WAL's records of request day ``ds`` to ``<log_table(model)>/ds=D`` (replaces the partition)."""
     frame = read_wal(wal_dir, model)
     day = frame["request_time"].dt.strftime("%Y-%m-%d") == ds
     part = frame[day].drop_duplicates("request_id").sort_values(["request_time", "request_id"], ignore_index=True)
     schema = log_schema(model)
-    table = cfg.lake().table(SERVING_LOGS_TABLE, schema)
+    table = cfg.lake().table(log_table(model), schema)
     producer = {"job": "serving_log.publish", "feature_set": log_feature_sets(model), "wal_dir": str(wal_dir)}
     if not isinstance(model, FeatureSet):
         producer["model"] = model.name

@@ -99,12 +99,17 @@ def _native(v):
     return v.item() if isinstance(v, np.generic) else v
 
 
+def _null(v) -> bool:
+    return v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT
+
+
 def _body(row) -> dict:
     fields = row._asdict()
     body = {"request_time": pd.Timestamp(fields["request_time"]).isoformat(), "request_id": fields["request_id"]}
     if "entity_id" in fields:
         body["entity_id"] = _native(fields["entity_id"])
-    keys = {k: _native(v) for k, v in fields.items() if k not in _NOT_KEYS}
+    # a null key (a nullable key column: a flight without a tailnum) is sent as null
+    keys = {k: (None if _null(v) else _native(v)) for k, v in fields.items() if k not in _NOT_KEYS}
     if keys:
         body["keys"] = keys
     if fields.get("mode"):

@@ -313,6 +313,20 @@ class L1Cache:
                     self._entries.popitem(last=False)
         return got
 
+    def peek(self, entity_id) -> EntityHistory | None:
+        """The entity's cached history if it is fresh (counted as a hit), else None (nothing counted:
+        the caller then fetches through :meth:`history`, which counts the miss). Never touches the store."""
+        if self.ttl_s <= 0:
+            return None
+        key = self._key(entity_id)
+        with self._lock:
+            got = self._entries.get(key)
+            if got is not None and self._clock() - got[0] < self.ttl_s:
+                self._entries.move_to_end(key)
+                self.hits += 1
+                return got[1]
+        return None
+
     def invalidate(self, entity_ids=None) -> None:
         """Drop the given entities' entries (all entries when None)."""
         with self._lock:

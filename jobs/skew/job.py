@@ -1,6 +1,6 @@
 """Nightly training-serving skew job of one declared model: ``lockstep skew --ds D [--model M]``.
 
-For every row of ``serving_logs/ds=D`` served for the model, every joined set's features are
+For every row of ``serving_logs/<model>/ds=D`` served for the model, every joined set's features are
 recomputed offline at the same ``(bound key, request_time)`` through the engines (over the set's
 source table ``fs.source.table``), in ``known_at`` mode (what the same code computes
 with what the service could have seen) and in ``as_of`` mode (every event that happened before the
@@ -29,7 +29,7 @@ Thresholds: the defaults below, under the model's ``skew_thresholds`` (``model_t
 the caller's (``{feature or "*": {metric: max}}``). A feature whose PSI reaches the model's
 ``drift_psi`` is reported as ``major`` drift (and named in the report's notes).
 
-Output: ``skew_reports/ds=D`` (one row per feature — with the set it came from — plus
+Output: ``model.skew_report_table`` (``skew_reports/<model>/ds=D``) (one row per feature — with the set it came from — plus
 ``__score__``), an HTML page with plots
 (``jobs.skew.report``) and, when a per-feature threshold is crossed, an alert and
 :class:`SkewThresholdError` naming every breach.
@@ -48,7 +48,15 @@ import pyarrow as pa
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.lake import MissingPartitionError
-from jobs.serving.log import SERVING_LOGS_TABLE, feature_frame, log_feature_sets, log_keys, log_schema
+from jobs.serving.log import (
+    SERVING_LOGS_TABLE,
+    degraded_rows,
+    feature_frame,
+    log_feature_sets,
+    log_keys,
+    log_schema,
+    log_table,
+)
 from jobs.skew.causes import (
     CAUSES,
     DEGRADED,
@@ -387,13 +395,14 @@ def run_skew(
     html: bool = True,
     fail: bool = True,
 ) -> SkewReport:
-    """Compare ``serving_logs/ds=D`` of declared model ``model`` (default: the repo's default model)
+    """Compare ``serving_logs/<model>/ds=D`` of declared model ``model`` (default: the repo's default model)
     with offline recomputation of every joined set; write the report; raise on a breach."""
     ds = str(pd.Timestamp(ds).date())
     repo = cfg.repo()
     decl = repo.model(model) if model else repo.default_model()
     lake = cfg.lake()
-    logs = lake.table(SERVING_LOGS_TABLE, log_schema(decl)).read(ds)
+    logs_table = log_table(decl)
+    logs = lake.table(logs_table, log_schema(decl)).read(ds)
     logs = logs[logs["feature_set"] == log_feature_sets(decl)].reset_index(drop=True)
     notes = []
     served = feature_frame(logs, decl).reset_index(drop=True)
@@ -402,7 +411,6 @@ def run_skew(
     parts = logs["feature_set_fingerprint"].fillna("").str.split("+", regex=False)
     n_sets = len(decl.joins)
     known_parts, as_of_parts, causes_parts, stats = [], [], [], []
-    degraded = logs["degraded"].fillna(False).to_numpy(dtype=bool)
     for i, join in enumerate(decl.joins):
         fs, key = join.feature_set, column_of[join.key_name]
         names = list(fs.feature_names)
@@ -418,7 +426,8 @@ def run_skew(
         stale, stale_notes = stale_vectors(cfg, fs, logs, lookback_days, key)
         notes += sorted(set(stale_notes) - set(notes))
         current = np.array([len(p) == n_sets and p[i] == fs.fingerprint for p in parts], dtype=bool)
-        causes = attribute(fs, served[names], known, as_of, stale, current, degraded)
+        # a row degraded on another set is compared as usual on this one
+        causes = attribute(fs, served[names], known, as_of, stale, current, degraded_rows(logs, decl, fs))
         stats += feature_stats(fs, served[names], known, as_of, causes, logs, key)
         known_parts.append(known)
         as_of_parts.append(as_of)
@@ -459,7 +468,7 @@ def run_skew(
         notes,
         fingerprints={str(k): int(v) for k, v in fps.items()},
     )
-    lake.table(SKEW_REPORTS_TABLE, REPORT_SCHEMA).write_partition(
+    lake.table(decl.skew_report_table, REPORT_SCHEMA).write_partition(
         ds,
         pa.Table.from_pandas(table, schema=REPORT_SCHEMA, preserve_index=False),
         producer={
@@ -472,27 +481,30 @@ def run_skew(
             "late_days": late_days,
             "thresholds": thresholds,
         },
-        inputs={f"{SERVING_LOGS_TABLE}/ds={ds}": lake.table(SERVING_LOGS_TABLE).manifest(ds).content_fingerprint},
+        inputs={f"{logs_table}/ds={ds}": lake.table(logs_table).manifest(ds).content_fingerprint},
     )
     if html:
         from jobs.skew.report import write_html
 
-        report.html_path = write_html(cfg, report, timeseries(cfg, ds))
+        report.html_path = write_html(cfg, report, timeseries(cfg, ds, decl.name), decl.name)
     if report.breaches:
         msg = (
             f"skew ds={ds}: {len(report.breaches)} threshold breach(es): "
             + "; ".join(report.breaches)
             + (f" — report: {report.html_path}" if report.html_path else "")
         )
-        _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path)
+        _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path, dataset=logs_table)
         if fail:
             raise SkewThresholdError(msg, report)
     return report
 
 
-def timeseries(cfg, to_ds: str) -> pd.DataFrame:
-    """Every published skew report up to ``to_ds``, one row per (ds, feature)."""
-    table = cfg.lake().table(SKEW_REPORTS_TABLE, REPORT_SCHEMA)
+def timeseries(cfg, to_ds: str, model: str | None = None) -> pd.DataFrame:
+    """Every published skew report of ``model`` (default: the repo's default model) up to ``to_ds``,
+    one row per (ds, feature)."""
+    repo = cfg.repo()
+    decl = repo.model(model) if model else repo.default_model()
+    table = cfg.lake().table(decl.skew_report_table, REPORT_SCHEMA)
     days = [d for d in table.partitions() if d <= to_ds]
     if not days:
         return REPORT_SCHEMA.empty_table().to_pandas()
@@ -595,7 +607,16 @@ def _breaches(table: pd.DataFrame, thresholds: dict) -> list[tuple[str, str]]:
     return out
 
 
-def _alert(cfg, message: str, notifier=None, *, ds: str | None = None, failed=(), report: str | None = None) -> None:
+def _alert(
+    cfg,
+    message: str,
+    notifier=None,
+    *,
+    ds: str | None = None,
+    failed=(),
+    report: str | None = None,
+    dataset: str = SERVING_LOGS_TABLE,
+) -> None:
     """The platform notifier (``jobs.alerts``: alerts log, e-mail, webhook), or ``notifier(message)``."""
     log.error(message)
     if notifier is not None:
@@ -612,7 +633,7 @@ def _alert(cfg, message: str, notifier=None, *, ds: str | None = None, failed=()
                 where="lockstep skew",
                 reason=message,
                 what="skew threshold",
-                dataset=SERVING_LOGS_TABLE,
+                dataset=dataset,
                 partition=ds,
                 failed=list(failed),
                 report=report,

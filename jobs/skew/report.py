@@ -186,11 +186,11 @@ Jensen-Shannon divergence over the same bins in <b>bits</b> (log base 2, range 0
 </body></html>"""
 
 
-def write_html(cfg, report, series: pd.DataFrame) -> str:
-    """Write ``<lake>/_reports/skew/ds=D.html``; returns its path."""
+def write_html(cfg, report, series: pd.DataFrame, model: str) -> str:
+    """Write ``<lake>/_reports/skew/<model>/ds=D.html``; returns its path."""
     lake = cfg.lake()
-    path = lake.path("_reports", "skew", f"ds={report.ds}.html")
-    lake.fs.makedirs(lake.path("_reports", "skew"), exist_ok=True)
+    path = lake.path("_reports", "skew", model, f"ds={report.ds}.html")
+    lake.fs.makedirs(lake.path("_reports", "skew", model), exist_ok=True)
     with lake.fs.open(path, "w") as f:
         f.write(render(report, series))
     return path

@@ -27,6 +27,8 @@ FIRST, LAST = "1997-01-01", "1997-04-11"
 LATE_TS = pd.Timestamp("1997-04-08", tz="UTC")
 LATE_INGEST = pd.Timestamp("1997-04-11 12:00", tz="UTC")
 FS = registry.get("customer_activity_v1")
+#: The declared model the CDNOW service serves (the repo's default): its log and WAL are per model.
+MODEL = Config().repo().default_model()
 
 
 def build_events(max_customer: int = 4000, seed: int = 7) -> tuple[pd.DataFrame, np.ndarray]:

@@ -9,11 +9,11 @@ from fastapi.testclient import TestClient
 
 from jobs.config import Config
 from jobs.serving.app import Settings, create_app
-from jobs.serving.log import publish
+from jobs.serving.log import model_wal_dir, publish
 from jobs.serving.replay import plan_day, replay
 from jobs.skew.job import run_skew
 
-from .conftest import DAY, FS
+from .conftest import DAY, FS, MODEL
 
 pytest.importorskip("mlflow")
 
@@ -61,12 +61,12 @@ def test_registry_champion_serves_and_is_rescored_exactly(lake_cfg, lake_events,
     with TestClient(app) as c:
         res = replay(c, plan_day(lake_events[0], DAY, 80, seed=9))
     assert (res.status == 200).all()
-    publish(cfg, tmp_path / "wal", FS, DAY)
+    publish(cfg, model_wal_dir(tmp_path / "wal", MODEL), MODEL, DAY)
     rep = run_skew(cfg, DAY, model_source=source)
     score = rep.feature("__score__")
     assert score["compared"] == 80 and score["rescore_max_abs_diff"] == 0.0
     assert rep.feature("recency_days")["psi"] is not None and rep.feature("recency_days")["psi"] > 0
-    logged = cfg.lake().table("serving_logs").read(DAY)
+    logged = cfg.lake().table(MODEL.serving_log_table).read(DAY)
     assert set(logged.model_name) == {"repurchase_test"} and set(logged.model_version) == {"1"}
     want = booster.predict(logged[list(FS.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan))
     assert (logged.score.to_numpy() == want).all()

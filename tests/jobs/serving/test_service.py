@@ -15,11 +15,11 @@ from fastapi.testclient import TestClient
 
 from features.online import compute_one
 from jobs.serving.app import Settings, create_app
-from jobs.serving.log import LogQueueFull, ServingLog, make_record, publish, read_wal
+from jobs.serving.log import LogQueueFull, ServingLog, make_record, model_wal_dir, publish, read_wal
 from jobs.serving.replay import plan_day
 from jobs.serving.store import EmbeddedStore, L1Cache, RedisStore, read_lake_events
 
-from .conftest import DAY, FS
+from .conftest import DAY, FS, MODEL
 
 
 def _app(lake_cfg, model_source, tmp_path, **kw):
@@ -53,7 +53,7 @@ def test_predict_health_metrics_and_pii_allowlist(lake_cfg, model_source, model,
     assert r2["features"]["txn_count_365d"] == snap["txn_count_365d"]
     assert m["ok"] == 3 and m["by_mode"] == {"fresh": 2, "materialized": 1}
     assert m["cache_hits"] == 1 and m["cache_misses"] == 1 and m["p99_ms"] >= m["p50_ms"] > 0
-    raw = b"".join(p.read_bytes() for p in (tmp_path / "wal").glob("segment-*.jsonl"))
+    raw = b"".join(p.read_bytes() for p in model_wal_dir(tmp_path / "wal", MODEL).glob("segment-*.jsonl"))
     assert raw.count(b"\n") == 3
     assert b"jane" not in raw.lower() and b"doe" not in raw.lower()
     rec = json.loads(raw.splitlines()[0])
@@ -74,7 +74,7 @@ def test_store_down_serves_defaults_flagged_degraded(lake_cfg, model_source, tmp
     assert r["degraded"] and r["degraded_reason"] == "store_timeout"
     assert r["features"]["txn_count_30d"] == 0 and r["features"]["recency_days"] is None
     assert m["store_errors"] == 1 and m["store_timeouts"] == 1 and m["degraded"] == 1
-    logged = read_wal(tmp_path / "wal", FS)
+    logged = read_wal(model_wal_dir(tmp_path / "wal", MODEL), FS)
     assert logged["degraded"].tolist() == [True] and logged["degraded_reason"].tolist() == ["store_timeout"]
 
 

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 
 from jobs.config import Config
-from jobs.serving.log import publish, read_wal
+from jobs.serving.log import model_wal_dir, publish, read_wal
 from jobs.serving.replay import plan_day, replay
 
-from .conftest import DAY, FS
+from .conftest import DAY, FS, MODEL
 from .test_service import free_port
 
 CONCURRENCY = 8
@@ -105,7 +105,7 @@ def test_concurrent_load_then_kill9_loses_no_acknowledged_record(service, lake_c
     got = {}
     t = threading.Thread(target=lambda: got.setdefault("a", replay(service.url, first, CONCURRENCY, timeout=5)))
     t.start()
-    wal = tmp_path / "wal"
+    wal = model_wal_dir(tmp_path / "wal", MODEL)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and sum(p.read_bytes().count(b"\n") for p in wal.glob("segment-*")) < 100:
         time.sleep(0.01)
@@ -133,9 +133,9 @@ def test_concurrent_load_then_kill9_loses_no_acknowledged_record(service, lake_c
     service.stop()
 
     cfg = Config(lake_root=str(tmp_path / "lake"))
-    manifest = publish(cfg, wal, FS, DAY)
+    manifest = publish(cfg, wal, MODEL, DAY)
     ok_ids = set(answered.request_id) | set(r.request_id) | set(b.request_id)
-    logged = cfg.lake().table("serving_logs").read(DAY)
+    logged = cfg.lake().table(MODEL.serving_log_table).read(DAY)
     assert manifest.rows == len(ok_ids) == len(plan)
     assert set(logged.request_id) == ok_ids
     # The retried requests carry the same request time, so a record written before the kill is the same row.

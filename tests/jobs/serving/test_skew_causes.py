@@ -11,13 +11,13 @@ from fastapi.testclient import TestClient
 
 from jobs.config import Config
 from jobs.serving.app import Settings, create_app
-from jobs.serving.log import publish
+from jobs.serving.log import model_wal_dir, publish
 from jobs.serving.replay import plan_day, replay
 from jobs.serving.store import EmbeddedStore
 from jobs.skew.job import CAUSES, SkewThresholdError, run_skew
 
 from . import wrong
-from .conftest import DAY, FS
+from .conftest import DAY, FS, MODEL
 
 N = 300
 THIRTY_DAY = {"txn_count_30d", "spend_sum_30d", "spend_mean_30d", "items_sum_30d", "activity_trend_30_90"}
@@ -52,7 +52,7 @@ def serve_and_skew(lake_cfg, lake_events, store, model_source, tmp_path):
         with TestClient(app) as client:
             res = replay(client, plan)
         assert (res.status == 200).all(), res.status.value_counts()
-        assert publish(cfg, wal, FS, DAY).rows == len(plan)
+        assert publish(cfg, model_wal_dir(wal, MODEL), MODEL, DAY).rows == len(plan)
         try:
             return run_skew(cfg, DAY, model_source=model_source, fail=fail, html=html, notifier=alerts.append)
         except SkewThresholdError as exc:

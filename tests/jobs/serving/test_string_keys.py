@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from features.kernel import compute
 from features.online import compute_one
 from jobs.serving.app import FingerprintMismatchError, Settings, create_app
-from jobs.serving.log import log_schema, publish
+from jobs.serving.log import log_schema, model_wal_dir, publish
 from jobs.serving.model import LinearModel, StaticSource
 from jobs.serving.replay import plan_day, replay
 from jobs.skew.job import SkewThresholdError, run_skew
@@ -101,7 +101,7 @@ def _serve_day(cfg, orders, model, source, tmp_path, hook=None, mode=None):
     with TestClient(_app(cfg, source, tmp_path, hook=hook)) as client:
         res = replay(client, plan)
     assert (res.status == 200).all(), res.status.value_counts()
-    assert publish(cfg, wal, model, DAY).rows == len(plan)
+    assert publish(cfg, model_wal_dir(wal, model), model, DAY).rows == len(plan)
     return plan
 
 
