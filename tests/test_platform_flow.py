@@ -111,7 +111,7 @@ def test_a_declared_model_flows_from_landing_to_skew(platform, tmp_path):
     from jobs.scoring.batch import score_snapshot
     from jobs.scoring.sql import publish_predictions, read_day, sql_url
     from jobs.serving.app import Settings, create_app
-    from jobs.serving.log import publish
+    from jobs.serving.log import model_wal_dir, publish
     from jobs.serving.model import RegistrySource
     from jobs.serving.replay import plan_day, replay
     from jobs.skew.job import run_skew
@@ -202,7 +202,7 @@ def test_a_declared_model_flows_from_landing_to_skew(platform, tmp_path):
     with TestClient(create_app(settings, cfg=cfg)) as client:
         served = replay(client, plan)
     assert (served["status"] == 200).all()
-    assert publish(cfg, wal, model, serve_day).rows == len(plan)
+    assert publish(cfg, model_wal_dir(wal, model), model, serve_day).rows == len(plan)
     report = run_skew(cfg, serve_day, model=MODEL, model_source=RegistrySource(cfg, MODEL), html=False)
     counts = report.cause_counts()
     assert set(counts.index) == set(model.feature_names)

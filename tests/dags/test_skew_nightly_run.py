@@ -86,15 +86,15 @@ def test_skew_nightly_publishes_validates_and_reports_the_day(served_day):
     af, cfg, wal = served_day
     af.dags_test(SKEW, DAY, conf={"wal_dir": str(wal)})
     lake = cfg.lake()
-    logs = lake.table("serving_logs")
+    logs = lake.table("serving_logs/repurchase_90d")  # the served (default) model's table
     assert logs.manifest(DAY).rows == REQUESTS
     assert Path(logs.partition_path(DAY), "_validation.json").exists()
-    report = lake.table("skew_reports").read(DAY).set_index("feature")
+    report = lake.table("skew_reports/repurchase_90d").read(DAY).set_index("feature")
     assert "__score__" in report.index and len(report) > 2
     assert (report["rows"] == REQUESTS).all() and (report["compared"] > 0).all()
     assert report.loc["__score__", "rescore_max_abs_diff"] == 0.0  # the champion re-scores its own rows
     assert report[["logic_skew", "version_skew"]].fillna(0).to_numpy().sum() == 0
-    assert Path(lake.path("_reports", "skew", f"ds={DAY}.html")).exists()
+    assert Path(lake.path("_reports", "skew", "repurchase_90d", f"ds={DAY}.html")).exists()
 
 
 def test_a_rerun_keeps_the_serving_log_and_a_breach_fails_at_once_and_alerts(served_day):
@@ -102,7 +102,7 @@ def test_a_rerun_keeps_the_serving_log_and_a_breach_fails_at_once_and_alerts(ser
     from pathlib import Path
 
     af, cfg, wal = served_day
-    logs = cfg.lake().table("serving_logs")
+    logs = cfg.lake().table("serving_logs/repurchase_90d")
     if not logs.exists(DAY):
         pytest.skip("the first run did not publish")
     before = logs.manifest(DAY)

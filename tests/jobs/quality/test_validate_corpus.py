@@ -231,13 +231,15 @@ def test_unknown_fingerprint_on_a_snapshot_keeps_the_good_version(cfg, cdnow):
 
 def test_unknown_fingerprint_in_serving_logs(cfg, cdnow):
     ds = "1997-03-04"
+    table = cfg.repo().default_model().serving_log_table  # serving_logs/<model>: one table per served model
+    assert table == "serving_logs/repurchase_90d"
     logs = serving_frame(cdnow, ds).to_pandas()
     logs.loc[logs.index[-4:], "feature_set_fingerprint"] = "customer_activity_v2:feedfacefeedface"
     land(
         cfg,
         ds,
         pa.Table.from_pandas(logs, schema=serving_frame(cdnow, ds).schema, preserve_index=False),
-        table="serving_logs",
+        table=table,
         producer={"job": "serving_log_publish"},
     )
     with pytest.raises(DataQualityError) as info:
@@ -246,7 +248,7 @@ def test_unknown_fingerprint_in_serving_logs(cfg, cdnow):
         cfg,
         info.value,
         "serving_logs",
-        "serving_logs",
+        table,
         ds,
         "expect_column_values_to_be_in_set(column=feature_set_fingerprint",
         "4 of 60 rows",
