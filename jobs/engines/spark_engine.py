@@ -195,7 +195,7 @@ def _cogroup_fn(fs: FeatureSet, mode: str, ev_fields, q_fields, out_names):
     def fn(events: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
         ev = _from_spark(events, ev_fields)
         q = _from_spark(queries, q_fields)
-        return kernel.compute(ev, q, fs, mode)[out_names]
+        return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])
 
     return fn
 
@@ -204,7 +204,7 @@ def _snapshot_fn(fs: FeatureSet, mode: str, as_of: pd.Timestamp, ev_fields, out_
     def fn(events: pd.DataFrame) -> pd.DataFrame:
         ev = _from_spark(events, ev_fields)
         q = kernel.snapshot_queries(ev, fs, as_of, mode)
-        return kernel.compute(ev, q, fs, mode)[out_names]
+        return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])
 
     return fn
 
@@ -226,6 +226,19 @@ def _from_spark(pdf: pd.DataFrame, fields: list[tuple[str, str]]) -> pd.DataFram
             s = s.astype("str")
         out[name] = s
     return pd.DataFrame(out, index=pd.RangeIndex(len(pdf)))
+
+
+def _to_spark(frame: pd.DataFrame) -> pd.DataFrame:
+    """The UDF's output as pyspark can serialise it: string columns as object.
+
+    A group of more rows than one Arrow batch (``spark.sql.execution.arrow.maxRecordsPerBatch``,
+    10,000) reaches the UDF as several batches, so its pandas ``str`` columns are backed by a
+    multi-chunk Arrow array; a pass-through or key column keeps those chunks, and pyspark's
+    ``RecordBatch.from_arrays`` rejects the ``ChunkedArray`` it gets back ("Cannot convert
+    pyarrow.lib.ChunkedArray to pyarrow.lib.Array").
+    """
+    strings = [c for c in frame.columns if pd.api.types.is_string_dtype(frame[c].dtype) and frame[c].dtype != object]
+    return frame.astype({c: object for c in strings}) if strings else frame
 
 
 def _fields(schema, exclude: str) -> list[tuple[str, str]]:
