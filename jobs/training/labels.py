@@ -144,14 +144,28 @@ def horizon_end_ds(model: Model, ds: str) -> str:
 
 
 def latest_mature_cutoff(cfg: Config, model: str | Model) -> str | None:
-    """The last labels partition whose whole horizon is in the lake (None if there is none)."""
+    """The last labels partition whose every input is in the lake (None if there is none).
+
+    An event label reads its source's partitions ``C .. C + horizon + grace``; an outcome label reads
+    the query source's ``C - lead .. C + 1 + maturity`` (:func:`label_inputs`) and, when the outcomes
+    come from another source, that source's ``C - 1 .. C + 1 + maturity`` (:func:`outcome_inputs`):
+    each must end on or before the last partition of the table it reads (a timetable published a week
+    ahead ends a week before the flights it lists, so the flights bound the cut-off, not the timetable).
+    """
     m = resolve_model(cfg, model)
-    raw = cfg.lake().table(m.label_source.table)
+    lake = cfg.lake()
+    raw = lake.table(m.label_source.table if isinstance(m.label, EventLabel) else m.queries.source.table)
     last, first = raw.last_ds(), raw.first_ds()
     if last is None:
         return None
-    c = pd.Timestamp(last)
-    while label_inputs(m, c.strftime("%Y-%m-%d"))[1] > last:
+    bounds = [(last, lambda ds: label_inputs(m, ds)[1])]
+    if isinstance(m.label, OutcomeLabel) and m.label.source is not None:
+        out_last = lake.table(m.label.source.table).last_ds()
+        if out_last is None:
+            return None
+        bounds.append((out_last, lambda ds: outcome_inputs(m, ds)[1]))
+    c = pd.Timestamp(min(b for b, _ in bounds))
+    while any(reads(c.strftime("%Y-%m-%d")) > bound for bound, reads in bounds):
         c -= pd.Timedelta(days=1)
     q = m.queries
     if isinstance(q, EntitySnapshots):

@@ -186,3 +186,29 @@ def test_event_labels_with_conditions_string_keys_daily_cutoffs_and_a_fractional
         "raw_events/payments/ds=2024-01-01..2024-01-01",
         "raw_events/payments/ds=2024-01-02..2024-01-02",
     ]
+
+
+@pytest.mark.parametrize(
+    "schedule_to, flights_to, mature",
+    [
+        # the timetable bounds it: labels of C read its partitions C-8 .. C+2 (lead 8 days, maturity 24 h)
+        ("2013-01-06", "2013-01-12", "2013-01-04"),
+        # the flights (the outcomes) bound it: labels of C read their partitions C-1 .. C+2
+        ("2013-01-12", "2013-01-05", "2013-01-03"),
+    ],
+)
+def test_an_outcome_label_is_mature_when_both_the_queries_and_the_outcomes_are_landed(
+    tmp_path, schedule_to, flights_to, mature
+):
+    """dep_delay_15: queries from the timetable (published a week ahead), outcomes from the flights.
+    Bounding by the outcome source alone picked cut-offs whose timetable was not landed (the demo's
+    training DAG failed on raw_events/flight_schedule/ds=2013-12-25)."""
+    cfg = Config(lake_root=str(tmp_path / "lake"))
+    land(cfg, "flight_schedule", "2012-12-25", schedule_to)
+    land(cfg, "flights", "2013-01-01", flights_to)
+    assert latest_mature_cutoff(cfg, "dep_delay_15") == mature
+    (m,) = build_labels(cfg, "dep_delay_15", [mature])
+    assert m.rows > 500  # a day of scheduled departures, each with its outcome
+    after = (pd.Timestamp(mature) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    with pytest.raises(MissingPartitionError, match="not mature"):
+        build_labels(cfg, "dep_delay_15", [after])
