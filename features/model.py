@@ -19,6 +19,8 @@ Pure data, checked when constructed and again, across declarations, by
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from dataclasses import dataclass, field
 
 from features.source import DeclarationError, Source
@@ -271,6 +273,35 @@ class Model:
     @property
     def label_source(self) -> Source:
         return self.label.source or self.queries.source
+
+    def label_reads(self, ds: str) -> dict[str, tuple[str, str]]:
+        """``{source name: (first, last) ingest partition}`` the labels of cut-off ``ds`` read beyond
+        the history. An event label: its source's ``ds .. ds + ceil(horizon) - 1 + grace``. An outcome
+        label: the query source's ``ds - lead_days .. ds + 1 + ceil(maturity / 24 h)`` and, when the
+        outcomes come from another source, that source's ``ds - 1 .. ds + 1 + ceil(maturity / 24 h)``.
+        The labels of ``ds`` are mature when every range is landed (``jobs.training.labels``)."""
+        day = dt.date.fromisoformat(str(ds)[:10])
+
+        def shift(days: int) -> str:
+            return (day + dt.timedelta(days=days)).isoformat()
+
+        label = self.label
+        if isinstance(label, EventLabel):
+            return {self.label_source.name: (shift(0), shift(math.ceil(label.horizon_days) - 1 + label.grace_days))}
+        after = 1 + math.ceil(label.maturity_hours / 24.0)
+        out = {self.queries.source.name: (shift(-self.queries.lead_days), shift(after))}
+        if label.source is not None:
+            lo, hi = self.outcome_reads(ds)
+            prev = out.get(label.source.name)
+            out[label.source.name] = (min(lo, prev[0]), max(hi, prev[1])) if prev else (lo, hi)
+        return out
+
+    def outcome_reads(self, ds: str) -> tuple[str, str]:
+        """``(first, last)`` ingest partition of an outcome label's ``source`` the labels of ``ds``
+        join their outcomes from: ``ds - 1 .. ds + 1 + ceil(maturity / 24 h)``."""
+        day = dt.date.fromisoformat(str(ds)[:10])
+        after = 1 + math.ceil(self.label.maturity_hours / 24.0)
+        return (day - dt.timedelta(days=1)).isoformat(), (day + dt.timedelta(days=after)).isoformat()
 
     @property
     def sources(self) -> tuple[Source, ...]:

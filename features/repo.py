@@ -275,11 +275,21 @@ def _check_model(m: Model, repo: Repo) -> None:
                 f"({outcomes.event_id_type}); the queries' is {q.event_id!r} ({q.event_id_type})",
             )
         _check_conditions(bad, "label.when", label.when, outcomes)
+    spans = {s.name: s.span for s in m.sources}
     for role in ("train", "valid", "holdback"):
         rng = getattr(m.ranges, role)
         span = m.label_source.span
         if rng is not None and span is not None and (rng[0] < span[0] or rng[1] > span[1]):
             raise bad(f"ranges.{role}", f"{rng[0]}..{rng[1]} is outside the data ({span[0]}..{span[1]})")
+        if rng is None:
+            continue
+        for name, (_, last) in m.label_reads(rng[1]).items():
+            if spans.get(name) is not None and last > spans[name][1]:
+                raise bad(
+                    f"ranges.{role}",
+                    f"the labels of its last cut-off {rng[1]} read {name!r} through {last}, past its data "
+                    f"(which ends {spans[name][1]}): they can never mature",
+                )
 
 
 def _check_conditions(bad, where: str, conditions: tuple[Condition, ...], source: Source) -> None:

@@ -120,22 +120,17 @@ def embargo_days(model: Model) -> int:
     return math.ceil(horizon_days(model))
 
 
-def _grace(model: Model) -> int:
-    return model.label.grace_days if isinstance(model.label, EventLabel) else 0
-
-
 def label_inputs(model: Model, ds: str) -> tuple[str, str]:
     """``(first, last)`` ingest partitions of the label (or query) source that labels ``ds`` read
-    beyond the history (module docstring)."""
-    if isinstance(model.label, EventLabel):
-        return ds, _shift(ds, math.ceil(model.label.horizon_days) - 1 + model.label.grace_days)
-    return _shift(ds, -model.queries.lead_days), _shift(ds, 1 + math.ceil(model.label.maturity_hours / 24.0))
+    beyond the history (module docstring; :meth:`features.model.Model.label_reads`)."""
+    src = model.label_source if isinstance(model.label, EventLabel) else model.queries.source
+    return model.label_reads(ds)[src.name]
 
 
 def outcome_inputs(model: Model, ds: str) -> tuple[str, str]:
     """``(first, last)`` ingest partitions of an OutcomeLabel's own ``source`` that labels ``ds`` read:
-    the day before ``ds`` through the label's maturity."""
-    return _shift(ds, -1), _shift(ds, 1 + math.ceil(model.label.maturity_hours / 24.0))
+    the day before ``ds`` through the label's maturity (:meth:`features.model.Model.outcome_reads`)."""
+    return model.outcome_reads(ds)
 
 
 def horizon_end_ds(model: Model, ds: str) -> str:

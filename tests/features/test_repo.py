@@ -187,6 +187,12 @@ INT_KEYED = FeatureSet(
             {"ranges": Ranges(train=("2023-12-01", "2024-01-10"))},
             r"field 'ranges.train': 2023-12-01..2024-01-10 is outside the data \(2024-01-01..2024-01-31\)",
         ),
+        (
+            # an outcome label of D reads the query rows ingested through D + 1 (maturity 0 h)
+            {"ranges": Ranges(holdback=("2024-01-20", "2024-01-31"))},
+            r"field 'ranges.holdback': the labels of its last cut-off 2024-01-31 read 'orders' through 2024-02-01, "
+            r"past its data \(which ends 2024-01-31\): they can never mature",
+        ),
     ],
 )
 def test_model_errors_name_the_model_and_field(changes, message):
@@ -252,6 +258,20 @@ def test_outcomes_from_another_source_by_query_id():
         DeclarationError, match=r"field 'label.when\[0\]': unknown column 'due_ts' of source 'order_outcomes'"
     ):
         repo.Repo.of(late_model(label=OutcomeLabel((Condition("due_ts", "is_null"),), source=OUTCOMES)))
+    # the outcomes' maturity bounds the ranges as much as the queries' source does
+    # lead 1 day and maturity 0 h (the defaults): the queries ingested D-1 .. D+1, the outcomes D-1 .. D+1
+    assert m.label_reads("2024-01-10") == {
+        "orders": ("2024-01-09", "2024-01-11"),
+        "order_outcomes": ("2024-01-09", "2024-01-11"),
+    }
+    late = dataclasses.replace(OUTCOMES, span=("2024-01-01", "2024-01-20"))
+    with pytest.raises(DeclarationError, match=r"read 'order_outcomes' through 2024-01-21, past its data"):
+        repo.Repo.of(
+            late_model(
+                label=OutcomeLabel((Condition("minutes_late", ">=", 15),), source=late),
+                ranges=Ranges(holdback=("2024-01-15", "2024-01-20")),
+            )
+        )
     with pytest.raises(DeclarationError, match=r"field 'queries.lead_days': must be >= 0, got -1"):
         repo.Repo.of(late_model(queries=QueryRows(ORDERS, time="due_ts", lead_days=-1)))
 
