@@ -45,6 +45,9 @@ from jobs import orchestration as o
 DEMO_DAYS = 3
 #: A small training window, so the demo stays within a few minutes on 2 cores.
 DEMO_TRAINING_CONF = {"train_weeks": 3, "valid_weeks": 1, "holdback_weeks": 1, "rounds": 100}
+#: ... for a model with a labels partition every day (query rows, not weekly snapshots): two weeks of daily
+#: cut-offs to train on, then a week each of validation and holdback.
+DEMO_DAILY_TRAINING_CONF = {"train_weeks": 2, "valid_weeks": 1, "holdback_weeks": 1, "rounds": 100}
 #: Replayed serving traffic: this many requests (seeded) on the last features day, then skew_nightly for it.
 DEMO_REQUESTS = 500
 DEMO_SEED = 0
@@ -59,6 +62,51 @@ def airflow_for(project: Path, lake: str, port: int | None = None):
     from jobs.local.airflow_local import AirflowLocal
 
     return AirflowLocal(home_dir(project), lake, port=port or 8080)
+
+
+def training_conf_for(model, latest_mature: str | None = None, before: str | None = None) -> dict:
+    """The demo's training Params of ``model``: a short window of its own cut-offs (3/1/1 weeks of weekly
+    cut-offs, 2/1/1 weeks of daily ones). A model declaring fixed ranges (``dep_delay_15``: the whole
+    year) gets explicit dates instead — the window of those weeks ending at ``latest_mature`` (what the
+    lake holds), and before ``before`` (the first features day: the demo trains on the past of the days
+    it scores) — since explicit ranges win over weeks in the training DAG."""
+    import dataclasses
+
+    from features.model import EntitySnapshots
+
+    q = model.queries
+    weekly = isinstance(q, EntitySnapshots) and q.every == "week"
+    conf = dict(DEMO_TRAINING_CONF if weekly else DEMO_DAILY_TRAINING_CONF)
+    r = model.ranges
+    if r.train is None and r.valid is None and r.holdback is None:
+        return conf
+    bounds = [
+        d
+        for d in (latest_mature, (dt.date.fromisoformat(before) - dt.timedelta(days=1)).isoformat() if before else None)
+        if d
+    ]
+    weeks = {f"{k}_weeks": conf[f"{k}_weeks"] for k in ("train", "valid", "holdback")}
+    unfixed = dataclasses.replace(model, ranges=dataclasses.replace(r, train=None, valid=None, holdback=None, **weeks))
+    window = o.training_window(unfixed, {}, None, min(bounds) if bounds else None)
+    for role in ("train", "valid", "holdback"):
+        conf[f"{role}_from"], conf[f"{role}_to"] = window[role]
+    return conf
+
+
+def demo_models(cfg, model: str | None = None) -> list:
+    """The models ``lockstep demo`` runs: the named one, else every model of the repo, the default first."""
+    if model:
+        return [demo_model(cfg, model)]
+    repo = cfg.repo()
+    first = repo.default_model()
+    return [first, *(m for name, m in sorted(repo.models.items()) if name != first.name)]
+
+
+def features_dags(model) -> list[str]:
+    """The ``features_daily__<source>`` DAGs a model's demo backfills: its query source's first, then every
+    other source it reads (the scoring DAG waits for the snapshots of all its feature sets)."""
+    names = [o.model_source(model).name] + [s.name for s in model.sources]
+    return [o.features_dag_id(n) for n in dict.fromkeys(names)]
 
 
 def _step(n: int, total: int, text: str, t0: float) -> None:
@@ -197,8 +245,13 @@ def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_R
     from jobs.serving.replay import plan_day, replay
     from jobs.serving.store import read_lake_events
 
-    query_source = model.queries.source.name
-    fs = next((f for f in model.feature_sets if f.source.name == query_source), model.feature_sets[0])
+    query_source = model.queries.source
+    fs = next((f for f in model.feature_sets if f.source.name == query_source.name), None)
+    if fs is not None:
+        events = read_lake_events(cfg, fs)
+    else:  # the queries come from a source no set reads (dep_delay_15: the timetable): its raw rows
+        raw = cfg.lake().table(query_source.table)
+        events = raw.read(raw.first_ds(), raw.last_ds())
     env = {
         **os.environ,
         "LOCKSTEP_LAKE": cfg.lake_root,
@@ -209,7 +262,7 @@ def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_R
             [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]
         ).rstrip(os.pathsep),
     }
-    plan = plan_day(read_lake_events(cfg, fs), day, requests, seed, model)
+    plan = plan_day(events, day, requests, seed, model)
     svc = ServingProcess(env, free_port(), project / ".lockstep" / "serving.log")
     svc.start()
     try:
@@ -233,9 +286,10 @@ def run_demo(
     timeout: float = 1800,
     requests: int = DEMO_REQUESTS,
     model: str | None = None,
+    serve: bool = True,
 ) -> dict:
-    """Run the demo on the DAGs of ``model`` (default: the repo's default model) and of its query source;
-    returns where its outputs are."""
+    """Run the demo on the DAGs of ``model`` (default: the repo's default model) and of the sources it
+    reads; returns where its outputs are. ``serve=False`` skips steps 6-7 (serving and the skew DAG)."""
     from jobs.config import Config
     from jobs.local.airflow_local import PASSWORD, USER, free_port
 
@@ -245,7 +299,8 @@ def run_demo(
     cfg = Config.from_env(lake_root=lake_root)
     decl = demo_model(cfg, model)
     source = o.model_source(decl)
-    features_dag, training_dag = o.features_dag_id(source.name), o.training_dag_id(decl.name)
+    training_dag = o.training_dag_id(decl.name)
+    backfilled = features_dags(decl)
     scoring_dag, skew_dag = o.scoring_dag_id(decl.name), o.skew_dag_id(decl.name)
     t0 = time.perf_counter()
     ds_from, last = features_window(source, ds_from, days)
@@ -260,9 +315,10 @@ def run_demo(
     tables = sorted({m.table for m in raw})
     _step(2, STEPS, f"{', '.join(tables)}: {len(raw)} days landed ({raw[0].ds}..{raw[-1].ds})", t0)
 
-    proc = af.dags_test(
-        training_dag, conf={**DEMO_TRAINING_CONF, **(training_conf or {})}, check=False, timeout=timeout
-    )
+    from jobs.training.labels import latest_mature_cutoff
+
+    conf = {**training_conf_for(decl, latest_mature_cutoff(cfg, decl), before=ds_from), **(training_conf or {})}
+    proc = af.dags_test(training_dag, conf=conf, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{training_dag} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")
     _step(
@@ -276,26 +332,28 @@ def run_demo(
     af.start(("scheduler", "dag-processor", "api-server"))
     try:
         af.wait_until_up()
-        for dag_id in (features_dag, scoring_dag):
+        for dag_id in (*backfilled, scoring_dag):
             af.wait_for_dag(dag_id)
         want = set(o.day_range(ds_from, last))
         predictions = cfg.lake().table(decl.predictions_table)
         before = {d: predictions.manifest(d).created_at for d in want if predictions.exists(d)}  # a re-run
         idle_since = time.monotonic()
-        backfill = af.create_backfill(features_dag, ds_from, last, max_active_runs=2, reprocess="completed")
         deadline = time.monotonic() + timeout
-        while not af.api("GET", f"backfills/{backfill['id']}").get("completed_at"):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{features_dag} backfill {ds_from}..{last} not done after {timeout}s")
-            af.check_alive()
-            time.sleep(3)
-        failed = [r["logical_date"][:10] for r in af.dag_runs(features_dag) if r["state"] == "failed"]
-        if failed:
-            problems.append(f"{features_dag} failed for {failed}")
+        for dag_id in backfilled:
+            backfill = af.create_backfill(dag_id, ds_from, last, max_active_runs=2, reprocess="completed")
+            while not af.api("GET", f"backfills/{backfill['id']}").get("completed_at"):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{dag_id} backfill {ds_from}..{last} not done after {timeout}s")
+                af.check_alive()
+                time.sleep(3)
+            failed = [r["logical_date"][:10] for r in af.dag_runs(dag_id) if r["state"] == "failed"]
+            if failed:
+                problems.append(f"{dag_id} failed for {failed}")
         _step(
             4,
             STEPS,
-            f"{features_dag} backfill {ds_from}..{last}: {days} runs (land -> validate -> snapshot -> validate)",
+            f"{', '.join(backfilled)} backfill {ds_from}..{last}: {days} runs each "
+            "(land -> validate -> snapshot -> validate)",
             t0,
         )
         scored: set[str] = set()
@@ -336,6 +394,12 @@ def run_demo(
     finally:
         af.stop()
 
+    if not serve:
+        _step(6, STEPS, f"serving {decl.name}: skipped (serve=False)", t0)
+        _step(7, STEPS, f"{skew_dag}: skipped (no serving log)", t0)
+        out = outputs(project, cfg, decl, sorted(want), USER, PASSWORD)
+        out.update(problems=problems, notes=notes + [f"serving and {skew_dag} skipped for {decl.name}"])
+        return out
     # Serving: a day of traffic against the champion, logged; then the nightly skew job for that day.
     serve_day = last
     served = serve_and_replay(project, cfg, decl, serve_day, requests)
@@ -354,7 +418,7 @@ def run_demo(
     proc = af.dags_test(skew_dag, serve_day, check=False, timeout=timeout)
     from jobs.skew.causes import CAUSES
 
-    skew_reports = cfg.lake().table(o.SKEW_REPORTS)
+    skew_reports = cfg.lake().table(decl.skew_report_table)
     if proc.returncode != 0 or not skew_reports.exists(serve_day):
         problems.append(
             f"{skew_dag} failed for {serve_day} (a threshold breach or an error):\n" + _tail(proc.stdout + proc.stderr)
@@ -378,11 +442,12 @@ def _tail(text: str, lines: int = 15) -> str:
 def outputs(project: Path, cfg, model, days: list[str], user: str, password: str, skew_day: str | None = None) -> dict:
     from jobs.quality.gx import index_path
     from jobs.scoring.sql import sql_url
+    from jobs.serving.log import model_wal_dir
 
     lake = cfg.lake()
     return {
         "model": model.name,
-        "dags": [o.features_dag_id(o.model_source(model).name), *o.dag_ids(cfg.repo())[f"model:{model.name}"]],
+        "dags": [*features_dags(model), *o.dag_ids(cfg.repo())[f"model:{model.name}"]],
         "predictions_sql": sql_url(cfg),
         "sql_table": model.sql_table_name,
         "predictions_lake": lake.table(model.predictions_table).partition_path(days[-1]),
@@ -394,10 +459,10 @@ def outputs(project: Path, cfg, model, days: list[str], user: str, password: str
         "days": days,
         "login": f"{user} / {password}",
         "skew_day": skew_day,
-        "serving_wal": str(wal_dir(project)),
-        "serving_logs": lake.table(o.SERVING_LOGS).partition_path(skew_day) if skew_day else None,
-        "skew_table": lake.table(o.SKEW_REPORTS).partition_path(skew_day) if skew_day else None,
-        "skew_page": lake.path("_reports", "skew", f"ds={skew_day}.html") if skew_day else None,
+        "serving_wal": str(model_wal_dir(wal_dir(project), model)),
+        "serving_logs": lake.table(model.serving_log_table).partition_path(skew_day) if skew_day else None,
+        "skew_table": lake.table(model.skew_report_table).partition_path(skew_day) if skew_day else None,
+        "skew_page": lake.path("_reports", "skew", model.name, f"ds={skew_day}.html") if skew_day else None,
     }
 
 
@@ -449,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("command", nargs="?", choices=("run", "ui"), default="run")
     p.add_argument("--lake", help="lake root (env LOCKSTEP_LAKE; default ./.lockstep/lake)")
-    p.add_argument("--model", help="the declared model (default: the repo's default model)")
+    p.add_argument("--model", help="one declared model (default: every model, the repo's default first)")
     p.add_argument(
         "--from", dest="ds_from", help="first features day (default: the first day of the source span's last month)"
     )
@@ -465,9 +530,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ui":
         run_ui(".", args.lake, args.port)
         return 0
-    out = run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests, model=args.model)
-    print_outputs(out)
-    return 1 if out["problems"] else 0
+    cfg = _config(args.lake)
+    models = demo_models(cfg, args.model)
+    outs = []
+    for i, m in enumerate(models):
+        # Serving and the skew DAG: the named model, or the default one (the first) of the all-models demo.
+        serve = bool(args.model) or i == 0
+        print(f"\n=== demo of model {m.name} ({i + 1}/{len(models)}){'' if serve else ': serving skipped'}", flush=True)
+        outs.append(
+            run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests, model=m.name, serve=serve)
+        )
+    for out in outs:
+        print_outputs(out)
+        for note in out["notes"]:
+            print(f"  note: {note}")
+    return 1 if any(out["problems"] for out in outs) else 0
+
+
+def _config(lake: str | None):
+    from jobs.config import Config
+
+    return Config.from_env(lake_root=lake)
 
 
 if __name__ == "__main__":

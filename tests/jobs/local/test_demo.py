@@ -105,3 +105,45 @@ def test_demo_without_airflow_lands_and_snapshots_a_repo_written_here(tmp_path, 
     assert "[2/2] shop_load_v1 snapshots on the local engine: 2 days, 2 shop keys on 2024-01-03" in out
     assert "feature_snapshots/shop_load_v1/ds=2024-01-03" in out
     assert "LOCKSTEP_REPO" not in os.environ  # --repo is this command's, not the process's
+
+
+def test_the_demo_runs_every_model_the_default_first_or_the_named_one():
+    from jobs.config import Config
+
+    cfg = Config()
+    assert [m.name for m in demo.demo_models(cfg)] == ["repurchase_90d", "dep_delay_15"]
+    assert [m.name for m in demo.demo_models(cfg, "dep_delay_15")] == ["dep_delay_15"]
+
+
+def test_the_demo_backfills_every_source_a_model_reads_and_trains_on_a_short_window():
+    from jobs.config import Config
+
+    repo = Config().repo()
+    flights, cdnow_model = repo.model("dep_delay_15"), repo.model("repurchase_90d")
+    assert demo.features_dags(flights) == [
+        "features_daily__flight_schedule",
+        "features_daily__flights",
+        "features_daily__weather",
+    ]
+    assert demo.features_dags(cdnow_model) == ["features_daily__cdnow_purchases"]
+    assert demo.training_conf_for(cdnow_model, "1998-03-30", before="1998-06-01") == {
+        "train_weeks": 3,
+        "valid_weeks": 1,
+        "holdback_weeks": 1,
+        "rounds": 100,
+    }
+    # dep_delay_15 declares the year's ranges (explicit dates win in the DAG): two weeks of daily cut-offs,
+    # then a week each, ending before the first features day (the demo trains on the past of what it scores)
+    assert demo.training_conf_for(flights, "2013-12-22", before="2013-12-01") == {
+        "train_weeks": 2,
+        "valid_weeks": 1,
+        "holdback_weeks": 1,
+        "rounds": 100,
+        "train_from": "2013-11-03",
+        "train_to": "2013-11-16",
+        "valid_from": "2013-11-17",
+        "valid_to": "2013-11-23",
+        "holdback_from": "2013-11-24",
+        "holdback_to": "2013-11-30",
+    }
+    assert demo.features_window(flights.queries.source) == ("2013-12-01", "2013-12-03")
