@@ -3,6 +3,7 @@ and the cause, exit status 1, no traceback; the traceback too with the global ``
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
@@ -40,7 +41,7 @@ def lockstep(*argv: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory) -> str:
     """Raw CDNOW days 1997-01-01..05 with day 03's file truncated; predictions of 1997-01-06 that hold
-    customer 7's champion row twice; a serving WAL whose second line is garbled."""
+    customer 7's champion row twice; a serving WAL whose second line is garbled; a CDNOW log with a line of 5 fields."""
     root = tmp_path_factory.mktemp("errors")
     cfg = Config(lake_root=str(root / "lake"))
     ingest_cdnow(cfg.lake(), "1997-01-01", "1997-01-05")
@@ -62,6 +63,8 @@ def lake(tmp_path_factory) -> str:
     wal = root / "wal" / MODEL.name
     wal.mkdir(parents=True)
     (wal / "segment-00000000000000000001-1.jsonl").write_text('{"request_id": "a"}\n{"request_id": \n')
+    lines = b" customer_id  date number_of_cds  dollar_value\n 00001 19970101  1   11.77\n 00002 19970101  1   9.99 4\n"
+    (root / "cdnow.txt.gz").write_bytes(gzip.compress(lines))
     return str(root)
 
 
@@ -97,8 +100,21 @@ def lake(tmp_path_factory) -> str:
             "publish-serving-log",
             ["serving WAL segment ", "/wal/repurchase_90d/segment-00000000000000000001-1.jsonl, line 2: not a JSON"],
         ),
+        (
+            ("land", "--source", "cdnow_purchases", "--ds", "1997-01-01", "--path", "{root}/cdnow.txt.gz"),
+            "land",
+            ["/cdnow.txt.gz: malformed data line(s) [2] (file line(s) [3]; expected 4 fields, file line 3 has 5)"],
+        ),
     ],
-    ids=["show-missing", "snapshot-corrupt", "publish-integrity", "publish-missing", "score-no-model", "wal-garbled"],
+    ids=[
+        "show-missing",
+        "snapshot-corrupt",
+        "publish-integrity",
+        "publish-missing",
+        "score-no-model",
+        "wal-garbled",
+        "land-bad-line",
+    ],
 )
 def test_a_platform_error_is_one_line_and_exit_1(lake, argv, command, parts):
     argv = [a.format(root=lake) for a in argv]
