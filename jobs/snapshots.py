@@ -83,7 +83,6 @@ def build_snapshots(
     from tqdm.auto import tqdm
 
     days = list(days)
-    return [
-        build_snapshot(cfg, d, feature_set, **engine_options)
-        for d in tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress)
-    ]
+    # closed on an error too, so the bar's line ends before the error is printed
+    with tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
+        return [build_snapshot(cfg, d, feature_set, **engine_options) for d in bar]

@@ -1,12 +1,17 @@
 """``lockstep``: the jobs as subcommands. Every subcommand takes the lake, engine and repo of declarations
 from ``--lake``/``--engine``/``--repo`` or the LOCKSTEP_* environment (see ``jobs.config.Config``), and the
 declarations it works on from ``--model`` / ``--source`` / ``--feature-set`` (default: the repo's only or
-first one; ``lockstep repo`` lists them)."""
+first one; ``lockstep repo`` lists them).
+
+A command that fails on one of the platform's errors (a missing or corrupt partition, a failed suite, a SQL
+error, a bad declaration or input file) prints one message naming what failed and exits 1; ``--debug``
+prints the traceback too (``jobs.cli.errors``)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+
+from jobs.cli import errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,13 +22,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args) or 0
-    except (ValueError, KeyError, LookupError, OSError) as exc:
-        from jobs.lake import LakeError
-
-        if isinstance(exc, (ValueError, KeyError, LakeError, FileNotFoundError)):
-            print(f"lockstep {args.command}: error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except Exception as exc:
+        if not errors.is_platform_error(exc):
+            raise  # a bug: its traceback is the report
+        return errors.report(exc, args.command, debug=args.debug)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--repo",
         metavar="PATH_OR_PACKAGE",
         help="the declarations: a package or a directory of modules (env LOCKSTEP_REPO; default features.projects)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, print its traceback too (default: one message naming what failed, exit 1)",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jobs.cli import errors
 from jobs.config import Config
 from jobs.ingest.cdnow import ingest_cdnow
 from jobs.ingest.cdnow_synthetic import generate_events
@@ -52,8 +53,7 @@ def cmd_land(args) -> int:
     try:
         manifests = land(cfg, name, args.ds, args.to, path=args.path)
     except (LandingError, KeyError) as exc:
-        print(f"lockstep land: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
-        return 2
+        return errors.report(exc, "land", debug=getattr(args, "debug", False), status=2)
     rows = sum(m.rows for m in manifests)
     table = repo.source(name).table
     print(f"{table}: {len(manifests)} partition(s), {rows} rows ({manifests[0].ds}..{manifests[-1].ds})")

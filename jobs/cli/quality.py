@@ -6,18 +6,20 @@ import argparse
 import json
 import sys
 
+from jobs.cli import errors
+from jobs.cli.common import days as day_list
 from jobs.config import Config
-from jobs.lake import LakeError, MissingPartitionError
+from jobs.lake import MissingPartitionError
 from jobs.quality.suites import DATASETS, SuiteError
-from jobs.quality.validate import DEFAULT_BATCH_ROWS, suite_for, validate_range
+from jobs.quality.validate import DEFAULT_BATCH_ROWS, suite_for, table_name, validate_range
 
 
 def add_validate_parser(subparsers) -> argparse.ArgumentParser:
-    """``lockstep validate DATASET --ds D [--to E]`` (exit 0 pass, 1 data-quality failure, 2 usage)."""
+    """``lockstep validate DATASET --ds D [--to E]`` (exit 0 pass, 1 a failed or missing day, 2 usage)."""
     s = subparsers.add_parser(
         "validate",
         help="validate partitions against their Great Expectations suite (exit 0 pass, "
-        "1 data-quality failure, 2 usage error)",
+        "1 a day failed or has no partition, 2 usage error)",
     )
     s.add_argument("dataset", choices=DATASETS)
     s.add_argument("--ds", help="partition day YYYY-MM-DD (first day with --to)")
@@ -40,16 +42,19 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_validate(args) -> int:
-    """Run ``lockstep validate``; prints one verdict per partition."""
+    """Run ``lockstep validate``; prints one verdict per day: passed, FAILED (why, the report, the
+    quarantine) or MISSING. A bad day does not stop the others (``validate_range``)."""
+    debug = getattr(args, "debug", False)
     try:
         names = {"source": args.source, "feature_set": args.feature_set, "model": args.model}
         if args.show_suite:
             print(json.dumps(suite_for(Config.from_args(args), args.dataset, **names).to_json_dict(), indent=2))
             return 0
         if not args.ds:
-            print("lockstep validate: error: --ds is required", file=sys.stderr)
-            return 2
+            raise ValueError("--ds is required")
         cfg = Config.from_args(args)
+        days = day_list(args.ds, args.to)
+        table = args.table or table_name(cfg, args.dataset, **names)
         results = validate_range(
             cfg,
             args.dataset,
@@ -61,20 +66,26 @@ def cmd_validate(args) -> int:
             quarantine=not args.no_quarantine,
             alert=not args.no_alert,
             raise_on_failure=False,
+            skip_missing=True,
         )
-    except (MissingPartitionError, SuiteError, KeyError, ValueError, LakeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"lockstep validate: error: {msg}", file=sys.stderr)
-        return 2
-    for r in results:
-        print(
-            r.describe()
-            if not r.success
-            else f"{r.dataset} {r.partition}: passed {len(r.outcomes)} expectations "
-            f"({r.rows} rows); report: {r.report_path}"
-        )
+    except (SuiteError, KeyError, ValueError) as exc:  # bad flags or names: a usage error
+        return errors.report(exc, "validate", debug=debug, status=2)
+    by_day = {r.ds: r for r in results}
+    for d in days:
+        r = by_day.get(d)
+        if r is None:
+            print(f"{args.dataset} {table}/ds={d}: MISSING (no published partition)")
+        elif r.success:
+            print(
+                f"{r.dataset} {r.partition}: passed {len(r.outcomes)} expectations ({r.rows} rows); "
+                f"report: {r.report_path}"
+            )
+        else:
+            print(r.describe())
+    missing = [d for d in days if d not in by_day]
+    if missing:
+        errors.report(MissingPartitionError(table, missing), "validate", debug=debug)
     failed = [r for r in results if not r.success]
     if failed:
-        print(f"{len(failed)} of {len(results)} partition(s) failed validation", file=sys.stderr)
-        return 1
-    return 0
+        print(f"{len(failed)} of {len(days)} partition(s) failed validation", file=sys.stderr)
+    return errors.FAILED if failed or missing else 0

@@ -59,12 +59,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from features.projects.cdnow.purchases import CDNOW_PURCHASES
+from jobs.ingest.landing import decoded, decompressed
 from jobs.lake import day_range
 from jobs.schemas import raw_schema, to_raw
 
@@ -114,24 +116,27 @@ def _parse_ds(value) -> dt.date:
 def read_cdnow(path=None) -> pd.DataFrame:
     """The CDNOW log as a frame of the ``cdnow_purchases`` raw columns, in source line order.
 
-    Raises ``ValueError`` naming the line of any malformed row (wrong field
-    count, bad date, negative or non-numeric value).
+    Raises ``ValueError`` naming the file and the line of any malformed row (wrong field
+    count, bad date, negative or non-numeric value, a byte that is not UTF-8), or the last
+    whole line of a truncated gzip file.
     """
     path = Path(path) if path is not None else CDNOW_PATH
-    raw = pd.read_csv(
-        path,
-        sep=r"\s+",
-        header=None,
-        skiprows=1,
-        names=list(CDNOW_COLUMNS),
-        dtype=str,
-        skip_blank_lines=False,
-        compression="gzip" if path.suffix == ".gz" else None,
-    )
+    data = path.read_bytes()
+    try:
+        text = decoded(decompressed(data, "gzip") if path.suffix == ".gz" else data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    lines = text.splitlines()
+    # Data line n (the event id) is file line n + 1, after the header.
+    bad = [n for n, line in enumerate(lines[1:], 1) if len(line.split()) != len(CDNOW_COLUMNS)]
+    if bad:
+        first = len(lines[bad[0]].split())
+        raise ValueError(
+            f"{path}: malformed data line(s) {bad[:10]} (file line(s) {[n + 1 for n in bad[:10]]}; expected "
+            f"{len(CDNOW_COLUMNS)} fields, file line {bad[0] + 1} has {first})"
+        )
+    raw = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, skiprows=1, names=list(CDNOW_COLUMNS), dtype=str)
     line_no = np.arange(1, len(raw) + 1, dtype=np.int64)
-    bad = raw.isna().any(axis=1).to_numpy()
-    if bad.any():
-        raise ValueError(f"{path}: malformed data line(s) {line_no[bad][:10].tolist()} (expected 4 fields)")
 
     def numeric(col: str, kind: str) -> np.ndarray:
         values = pd.to_numeric(raw[col], errors="coerce")

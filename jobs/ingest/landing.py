@@ -5,7 +5,10 @@
 published atomically by the lake with its producer and inputs (the files read and their sha256).
 Every day of the range is read and checked BEFORE any is written: a missing or garbled input
 raises :class:`LandingError` (naming the file, the column and the rule it broke) and nothing of
-the range is written.
+the range is written. CSV and JSON Lines files (plain, gzip, bz2, xz) are decompressed and decoded
+here first, so a byte that is not in the declared encoding, a CSV record whose field count differs
+from the header's, or a truncated compressed file is named by its line (``decompressed``,
+``decoded``, ``check_field_counts``; the CDNOW parser uses them too).
 
 How a day lands is declared by the source's lander (``features.source``):
 
@@ -50,11 +53,15 @@ Derived event ids
 
 from __future__ import annotations
 
+import bz2
+import csv
 import datetime as dt
+import gzip
 import hashlib
 import importlib
 import importlib.util
 import io
+import lzma
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -73,6 +80,8 @@ PARSERS: dict[str, str] = {"cdnow": "jobs.ingest.cdnow:parse_days"}
 _DAY_US = 86_400_000_000
 _HASH_KEY = "lockstep-event-1"
 _CSV_OPTIONS = {"sep", "comment", "skiprows", "encoding", "quotechar", "compression", "decimal", "thousands"}
+#: Compressions decompressed here (so a truncated file is reported by line); others are left to pandas.
+_STREAMS = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}
 
 
 class LandingError(ValueError):
@@ -207,6 +216,15 @@ def _read_file(src, lander, name: str, data: bytes, ds: str | None, inputs: dict
         compression = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd"}.get(
             Path(name).suffix, None
         )
+    if lander.format in ("csv", "jsonl") and (compression is None or compression in _STREAMS):
+        try:  # read here, not by pandas, so an error names the line (pandas names none, or its chunk's)
+            if compression is not None:
+                data, compression = decompressed(data, compression), None
+            text = decoded(data, opts.get("encoding", "utf-8"), "; declare the file's encoding in the lander's options")
+            if lander.format == "csv":
+                check_field_counts(text, opts)
+        except ValueError as exc:
+            raise LandingError(src.name, name, str(exc), rule="lander.format") from None
     try:
         if lander.format == "csv":
             kw = {k: (int(v) if k == "skiprows" else v) for k, v in opts.items() if k in _CSV_OPTIONS}
@@ -229,6 +247,71 @@ def _read_file(src, lander, name: str, data: bytes, ds: str | None, inputs: dict
     except Exception as exc:  # noqa: BLE001 - any reader error: the file is garbled
         raise LandingError(src.name, name, f"cannot be read as {lander.format}: {exc}", rule="lander.format") from None
     return _conform(src, lander, name, raw, ds)
+
+
+def decompressed(data: bytes, compression: str) -> bytes:
+    """``data`` decompressed as ``compression`` (``gzip``, ``bz2`` or ``xz``). A truncated file is a
+    ``ValueError`` naming the last line it holds whole: a compressed stream keeps no index of its lines,
+    so the line where the damage is, and how many lines are lost after it, cannot be known."""
+    opener = _STREAMS[compression]
+    try:
+        with opener(io.BytesIO(data)) as f:
+            return f.read()
+    except EOFError:
+        pass
+    except (OSError, lzma.LZMAError) as exc:  # not such a file at all
+        raise ValueError(f"cannot be decompressed as {compression}: {exc}") from None
+    lines = size = 0
+    with opener(io.BytesIO(data)) as f:
+        try:
+            for line in f:  # whole lines only: the cut one raises
+                lines, size = lines + 1, size + len(line)
+        except EOFError:
+            pass
+    raise ValueError(
+        f"truncated {compression} file: its {len(data)} bytes end without the end-of-stream marker, after "
+        f"line {lines} ({size} bytes decompressed); what followed (line {lines + 1} and any later ones) cannot "
+        f"be known, a compressed stream keeps no index of its lines"
+    )
+
+
+def decoded(data: bytes, encoding: str = "utf-8", hint: str = "") -> str:
+    """``data`` as text in ``encoding``; a byte that is not is a ``ValueError`` naming its line and column
+    (counted in bytes; ASCII-compatible encodings), then ``hint``."""
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise ValueError(f"unknown encoding {encoding!r} (lander option 'encoding')") from None
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ValueError(
+            f"line {line}, byte {column}: {data[exc.start : exc.end]!r} is not {encoding} ({exc.reason}){hint}"
+        ) from None
+
+
+def check_field_counts(text: str, options: dict) -> None:
+    """Every record of CSV ``text`` has as many fields as its header (pandas would pad a short row with
+    nulls); else a ``ValueError`` naming the line. ``options``: the lander's ``sep``, ``quotechar``,
+    ``comment`` (the rest of a line from it is ignored, as pandas does) and ``skiprows``; a ``sep`` longer
+    than one character is a regular expression, left to pandas."""
+    sep = options.get("sep", ",")
+    if len(sep) != 1:
+        return
+    comment = options.get("comment")
+    skip = int(options.get("skiprows", 0))
+    lines = text.splitlines(keepends=True)[skip:]
+    if comment:
+        lines = [line.split(comment, 1)[0] if comment in line else line for line in lines]
+    reader = csv.reader(lines, delimiter=sep, quotechar=options.get("quotechar", '"'))
+    expected = None
+    for record in reader:
+        if not record or (len(record) == 1 and not record[0].strip()):
+            continue  # a blank or comment line (skipped by pandas too)
+        if expected is None:
+            expected = len(record)
+        elif len(record) != expected:
+            raise ValueError(f"line {skip + reader.line_num} has {len(record)} fields, the header has {expected}")
 
 
 def _conform(src, lander, name: str, raw: pd.DataFrame, ds: str | None) -> pd.DataFrame:

@@ -425,30 +425,43 @@ def validate_partition(
 
 
 def validate_range(
-    cfg, dataset: str, ds_from: str | dt.date, ds_to: str | dt.date | None = None, **kwargs
+    cfg,
+    dataset: str,
+    ds_from: str | dt.date,
+    ds_to: str | dt.date | None = None,
+    *,
+    skip_missing: bool = False,
+    **kwargs,
 ) -> list[ValidationResult]:
-    """``validate_partition`` for every day of ``[ds_from, ds_to]``, in order.
+    """``validate_partition`` for every published day of ``[ds_from, ds_to]``, in order.
 
-    Every partition is validated (and each failed one quarantined and alerted) before one
-    ``DataQualityError`` is raised for the first failure, its message listing all of them.
-    Missing days raise ``MissingPartitionError`` up front.
+    One bad day does not stop the others: every published partition is validated (and each failed
+    one quarantined and alerted) before anything is raised. Then days without a published partition
+    raise one ``MissingPartitionError`` naming all of them (``skip_missing=True``: they are left out of
+    the results, for the caller to report), else a failure raises one ``DataQualityError`` for the
+    first failed day, its notes listing all of them (``raise_on_failure=False``: the results say).
     """
     raise_on_failure = kwargs.pop("raise_on_failure", True)
     days = day_range(ds_from, ds_to)
     names = {k: kwargs.get(k) for k in ("source", "feature_set", "model")}
     suite = suite_for(cfg, dataset, **names)
     tbl = cfg.lake().table(kwargs.get("table") or suite.table)
-    missing = [d for d in days if not _published_or_corrupt(tbl, d)]
-    if missing:
-        raise MissingPartitionError(tbl.name, missing)
+    present = [d for d in days if _published_or_corrupt(tbl, d)]
     results = [
-        validate_partition(cfg, dataset, d, raise_on_failure=False, docs_index=d == days[-1], **kwargs) for d in days
+        validate_partition(cfg, dataset, d, raise_on_failure=False, docs_index=d == present[-1], **kwargs)
+        for d in present
     ]
     failed = [r for r in results if not r.success]
+    failures = f"{len(failed)} of {len(days)} partitions failed: " + ", ".join(r.ds for r in failed)
+    if len(present) < len(days) and not skip_missing:
+        err = MissingPartitionError(tbl.name, [d for d in days if d not in present])
+        if failed:
+            err.add_note(failures)
+        raise err
     if failed and raise_on_failure:
         err = DataQualityError(failed[0])
         if len(failed) > 1:
-            err.add_note(f"{len(failed)} of {len(days)} partitions failed: " + ", ".join(r.ds for r in failed))
+            err.add_note(failures)
         raise err
     return results
 

@@ -146,6 +146,7 @@ def publish_predictions(
     cols = columns(decl)
     batches = lake_table.iter_batches(ds, columns=[c for c in cols if c != "ds"], batch_size=batch_rows)
     url = sql_url(cfg, url)
+    shown = sa.make_url(url).render_as_string(hide_password=True)
     engine = make_engine(url)
     md, preds, published = tables(decl)
     name = decl.sql_table_name
@@ -167,10 +168,13 @@ def publish_predictions(
                     table_name=name, ds=day, rows=rows, content_fingerprint=manifest.content_fingerprint
                 )
             )
+    except sa.exc.SQLAlchemyError as exc:  # e.g. a duplicated key: say which day of which table it was
+        exc.add_note(f"publishing {decl.predictions_table}/ds={ds} to SQL table {name} at {shown}")
+        raise
     finally:
         engine.dispose()
     return {
-        "url": sa.make_url(url).render_as_string(hide_password=True),
+        "url": shown,
         "table": name,
         "model": decl.name,
         "ds": ds,

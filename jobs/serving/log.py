@@ -372,14 +372,18 @@ class ServingLog:
 
 
 def read_wal(wal_dir, model) -> pd.DataFrame:
-    """Every complete record in the WAL segments, as a frame in ``log_schema(model)``."""
+    """Every complete record in the WAL segments, as a frame in ``log_schema(model)``; a complete line
+    that is not a JSON record is a ``ValueError`` naming the segment file and the line."""
     rows = []
     for seg in sorted(Path(wal_dir).glob("segment-*.jsonl")):
         data = seg.read_bytes()
         end = data.rfind(b"\n") + 1  # a line being written right now is not complete yet
-        for line in data[:end].splitlines():
+        for number, line in enumerate(data[:end].splitlines(), 1):
             if line:
-                rows.append(json.loads(line))
+                try:
+                    rows.append(json.loads(line))
+                except ValueError as exc:  # a garbled record: say where, the WAL is a text file to look at
+                    raise ValueError(f"serving WAL segment {seg}, line {number}: not a JSON record: {exc}") from exc
     return records_frame(rows, model)
 
 

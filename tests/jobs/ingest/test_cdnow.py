@@ -6,6 +6,7 @@ import datetime as dt
 import gzip
 import hashlib
 import re
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,51 @@ def test_malformed_lines_are_named(tmp_path, bad_line, message):
     _write_source(src, [" 00001 19970101  1   11.77", bad_line, " 00003 19970103  2   20.00"])
     with pytest.raises(ValueError, match=re.escape(message)):
         read_cdnow(src)
+
+
+# ---- a damaged file: the error names the file and the line -----------------------------------------
+HEADER = b" customer_id  date number_of_cds  dollar_value\n"
+LINES = b"".join(
+    b" %05d 199701%02d  %d   %d.%02d\n" % (i, i % 28 + 1, i % 5 + 1, i * 7 % 97, i % 100) for i in range(1, 2001)
+)
+
+
+def test_a_truncated_gzip_names_the_file_and_the_last_whole_line(tmp_path):
+    whole = gzip.compress(HEADER + LINES)
+    cut = whole[: len(whole) // 2]
+    recovered = zlib.decompressobj(31).decompress(cut)  # all a reader can get: its whole lines are known
+    lines, size = recovered.count(b"\n"), recovered.rfind(b"\n") + 1
+    src = tmp_path / "cut.txt.gz"
+    src.write_bytes(cut)
+    with pytest.raises(ValueError) as info:
+        read_cdnow(src)
+    assert str(info.value) == (
+        f"{src}: truncated gzip file: its {len(cut)} bytes end without the end-of-stream marker, after line {lines} "
+        f"({size} bytes decompressed); what followed (line {lines + 1} and any later ones) cannot be known, "
+        "a compressed stream keeps no index of its lines"
+    )
+    assert 100 < lines < 2000
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(tmp_path):
+    src = tmp_path / "latin1.txt.gz"
+    src.write_bytes(gzip.compress(HEADER + LINES.replace(b" 00004 ", b" 0\xe904 ")))
+    with pytest.raises(ValueError) as info:
+        read_cdnow(src)
+    assert str(info.value) == f"{src}: line 5, byte 3: b'\\xe9' is not utf-8 (invalid continuation byte)"
+
+
+@pytest.mark.parametrize("extra,found", [(" 9", 5), ("", 3)])
+def test_a_wrong_field_count_names_the_file_and_the_line(tmp_path, extra, found):
+    line = b" 00007 19970108  3   49.07"
+    damaged = line + extra.encode() if extra else b" 00007 19970108  3"
+    src = tmp_path / "fields.txt.gz"
+    src.write_bytes(gzip.compress(HEADER + LINES.replace(line, damaged)))
+    with pytest.raises(ValueError) as info:
+        read_cdnow(src)
+    assert str(info.value) == (
+        f"{src}: malformed data line(s) [7] (file line(s) [8]; expected 4 fields, file line 8 has {found})"
+    )
 
 
 def test_iter_ingest_days_yields_every_day_including_empty_ones(cdnow):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -258,6 +259,61 @@ def test_a_garbled_file_and_an_unknown_parser(cfg, tmp_path):
         parser_for("nope")
     with pytest.raises(LakeError):
         land(cfg, src, "2024-01-02", "2024-01-01")
+
+
+# ---- a damaged file: the error names the file and the line, nothing lands -------------------------------
+MORE = "".join(f"{i:03d},2024-03-10 0{i % 10}:{i % 60:02d}:00,{i * 7919 % 10007},1,web\n" for i in range(400))
+
+
+def test_a_truncated_gzip_csv_names_the_file_and_the_last_whole_line(cfg, tmp_path):
+    src = orders_source(tmp_path, path=str(tmp_path / "orders" / "{ds}.csv.gz"))
+    whole = gzip.compress((DAY1 + MORE).encode())
+    cut = whole[: len(whole) * 2 // 3]
+    recovered = zlib.decompressobj(31).decompress(cut)  # all a reader can get: its whole lines are known
+    lines, size = recovered.count(b"\n"), recovered.rfind(b"\n") + 1
+    path = tmp_path / "orders" / "2024-03-10.csv.gz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(cut)
+    with pytest.raises(LandingError) as info:
+        land(cfg, src, "2024-03-10")
+    assert str(info.value) == (
+        f"source 'shop_orders', file {path} (rule: lander.format): truncated gzip file: its {len(cut)} bytes end "
+        f"without the end-of-stream marker, after line {lines} ({size} bytes decompressed); what followed "
+        f"(line {lines + 1} and any later ones) cannot be known, a compressed stream keeps no index of its lines"
+    )
+    assert 10 < lines < 400 and cfg.lake().table(src.table).partitions() == []
+
+
+def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(cfg, tmp_path):
+    src = orders_source(tmp_path)
+    path = tmp_path / "orders" / "2024-03-10.csv"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(DAY1.encode("latin-1"))  # café: 0xE9, not UTF-8
+    with pytest.raises(LandingError) as info:
+        land(cfg, src, "2024-03-10")
+    assert str(info.value) == (
+        f"source 'shop_orders', file {path} (rule: lander.format): line 3, byte 4: b'\\xe9' is not utf-8 "
+        "(invalid continuation byte); declare the file's encoding in the lander's options"
+    )
+    land(cfg, orders_source(tmp_path, options={"encoding": "latin-1"}), "2024-03-10")  # declared: it lands
+    assert cfg.lake().table(src.table).read("2024-03-10")["shop"].tolist() == ["001", "café", "001"]
+
+
+@pytest.mark.parametrize(
+    "damaged,found",
+    [("café,2024-03-10 01:59:59,99,,app,extra", 6), ("café,2024-03-10 01:59:59,99,app", 4)],
+    ids=["one-too-many", "one-too-few"],  # pandas pads a short row with nulls: it would have landed
+)
+def test_a_wrong_field_count_names_the_file_and_the_line(cfg, tmp_path, damaged, found):
+    src = orders_source(tmp_path)
+    path = tmp_path / "orders" / "2024-03-10.csv"
+    write(path, "# exported by the shop system\n" + DAY1.replace("café,2024-03-10 01:59:59,99,,app", damaged))
+    with pytest.raises(LandingError) as info:
+        land(cfg, orders_source(tmp_path, options={"comment": "#"}), "2024-03-10")
+    assert str(info.value) == (
+        f"source 'shop_orders', file {path} (rule: lander.format): line 4 has {found} fields, the header has 5"
+    )
+    assert cfg.lake().table(src.table).partitions() == []
 
 
 def test_split_days_lands_each_day_from_one_file(cfg, tmp_path):

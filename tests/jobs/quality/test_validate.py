@@ -252,6 +252,24 @@ def test_a_range_validates_every_day_and_quarantines_only_the_bad_one(cfg, cdnow
         validate_range(cfg, "raw_events", "1997-01-01", "1997-01-03")
 
 
+def test_a_missing_day_does_not_stop_the_range(cfg, cdnow):
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
+    for ds in ("1997-01-01", "1997-01-03", "1997-01-04"):
+        df = raw_day(cdnow, ds)
+        if ds == "1997-01-03":
+            df.loc[0, "amount"] = -1.0
+        table.write_partition(ds, df, producer={"job": "test"})
+    with pytest.raises(MissingPartitionError) as info:
+        validate_range(cfg, "raw_events", "1997-01-01", "1997-01-05")
+    assert info.value.missing == ["1997-01-02", "1997-01-05"]
+    assert info.value.__notes__ == ["1 of 5 partitions failed: 1997-01-03"]
+    assert table.partitions() == ["1997-01-01", "1997-01-04"]  # 03 validated and quarantined all the same
+    for ds in ("1997-01-01", "1997-01-04"):
+        assert json.loads(Path(table.partition_path(ds), RESULT_FILE).read_text())["success"] is True
+    results = validate_range(cfg, "raw_events", "1997-01-01", "1997-01-04", skip_missing=True)
+    assert [(r.ds, r.success) for r in results] == [("1997-01-01", True), ("1997-01-04", True)]
+
+
 def test_data_quality_error_survives_pickling(cfg, cdnow):
     df = raw_day(cdnow, "1997-01-01")
     df.loc[0, "customer_id"] = -5

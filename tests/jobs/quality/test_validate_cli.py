@@ -2,6 +2,9 @@
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -64,7 +67,6 @@ def test_report_only_mode_leaves_the_partition_and_sends_nothing(lake, cfg):
     [
         (("validate", "raw_events"), "--ds is required"),
         (("validate", "raw_events", "--ds", "1997-02-30"), "ds must be a YYYY-MM-DD date"),
-        (("validate", "raw_events", "--ds", "1997-01-03", "--to", "1997-01-05"), "1997-01-04..1997-01-05"),
         (("validate", "training_sets", "--ds", "1997-01-01", "--feature-set", "nope_v9"), "unknown feature set"),
     ],
 )
@@ -112,3 +114,41 @@ def test_validate_names_the_source(lake, capsys):
     assert "raw_events raw_events/cdnow_purchases/ds=1997-01-01: passed" in capsys.readouterr().out
     assert lockstep("--lake", lake, "validate", "raw_events", "--source", "nope", "--ds", "1997-01-01") == 2
     assert "unknown source 'nope'" in capsys.readouterr().err
+
+
+def test_a_range_reports_every_bad_day_and_validates_the_good_ones(cfg, cdnow):
+    """``python -m jobs.cli validate`` over 01..05: 02 never landed, 03 fails, 05 past the data."""
+    for ds in ("1997-01-01", "1997-01-03", "1997-01-04"):
+        df = raw_day(cdnow, ds)
+        if ds == "1997-01-03":
+            df.loc[0, "event_ts"] = df.loc[0, "event_ts"] + pd.Timedelta(days=30)
+        land(cfg, ds, df, producer={"job": "ingest_cdnow"})
+    root = Path(__file__).resolve().parents[3]
+    proc = subprocess.run(
+        [sys.executable, "-W", "ignore", "-m", "jobs.cli", "--lake", cfg.lake_root, "validate", "raw_events"]
+        + ["--ds", "1997-01-01", "--to", "1997-01-05"],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr
+    verdicts = [line for line in proc.stdout.splitlines() if line.startswith("raw_events ")]
+    assert [v.split(": ")[0].split("ds=")[1] for v in verdicts] == [
+        "1997-01-01",
+        "1997-01-02",
+        "1997-01-04",
+        "1997-01-05",
+    ]
+    assert "ds=1997-01-01: passed" in verdicts[0] and "ds=1997-01-04: passed" in verdicts[2]
+    assert verdicts[1] == f"raw_events {RAW_TABLE}/ds=1997-01-02: MISSING (no published partition)"
+    assert verdicts[3] == f"raw_events {RAW_TABLE}/ds=1997-01-05: MISSING (no published partition)"
+    assert f"data quality raw_events {RAW_TABLE}/ds=1997-01-03: FAILED" in proc.stdout
+    assert "[future timestamps]" in proc.stdout and "quarantined: " in proc.stdout
+    assert proc.stderr.splitlines() == [
+        f"lockstep validate: error: table '{RAW_TABLE}' has no published partition for ds 1997-01-02, 1997-01-05",
+        "1 of 5 partition(s) failed validation",
+    ]
+    assert cfg.lake().table(RAW_TABLE).partitions() == ["1997-01-01", "1997-01-04"]
+    assert [a["partition"] for a in alerts(cfg)] == [f"{RAW_TABLE}/ds=1997-01-03"]
