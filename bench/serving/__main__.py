@@ -330,7 +330,7 @@ def bench_http(
             check=True,
         ).stdout
         w = parse_wrk(out)
-        server = httpx.get(f"{url}/metrics").json()  # one worker's view
+        server = httpx.get(f"{url}/metrics.json").json()  # one worker's view
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
         from jobs.config import Config
@@ -348,7 +348,7 @@ def bench_http(
                 setup,
                 (
                     f"{w['rps']:.0f} req/s; client p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms; "
-                    f"server (the worker /metrics reached) p50 {_ms(server['p50_ms'])} p99 {_ms(server['p99_ms'])}; "
+                    f"server (the worker /metrics.json reached) p50 {_ms(server['p50_ms'])} p99 {_ms(server['p99_ms'])}; "
                     f"200s {ok}, other {w['non_2xx']}, socket errors {w['socket_errors']}, logged {logged}"
                 ),
                 ">= 500 req/s, no 200 unlogged",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
+from pathlib import Path
 
 from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
 from jobs.serving.log import model_wal_dir, publish
+from jobs.serving.metrics import MULTIPROC_ENV, clean_multiprocess_dir
 from jobs.serving.replay import plan_day, replay
 
 
@@ -21,7 +23,9 @@ def add_parsers(subparsers) -> None:
 
 def add_serve_parser(subparsers) -> None:
     """``lockstep serve [--host H] [--port P] [--mode fresh|materialized] [--redis-url URL] [--wal-dir D]``."""
-    p = subparsers.add_parser("serve", help="run the reference serving service (POST /predict, /health, /metrics)")
+    p = subparsers.add_parser(
+        "serve", help="run the reference serving service (POST /predict, /predict/batch; /health, /metrics)"
+    )
     add_model_arg(p, "the declared model to serve (default: the repo's only model, else the first by name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -38,7 +42,12 @@ def add_serve_parser(subparsers) -> None:
         "--workers",
         type=int,
         default=1,
-        help="uvicorn worker processes (they share the WAL directory; /metrics is per worker)",
+        help="uvicorn worker processes (they share the WAL directory; /metrics sums every worker's series)",
+    )
+    p.add_argument(
+        "--metrics-dir",
+        help="prometheus_client multiprocess directory, emptied at start (default with --workers > 1: "
+        "$PROMETHEUS_MULTIPROC_DIR, else <wal-dir>/../serving_metrics/<host>-<port>)",
     )
     p.set_defaults(func=_cmd_serve)
 
@@ -56,6 +65,15 @@ def _cmd_serve(args) -> int:
         fsync=args.fsync,
         model_path=args.model_path,
     )
+    metrics_dir = args.metrics_dir
+    if metrics_dir is None and args.workers > 1:
+        metrics_dir = os.environ.get(MULTIPROC_ENV) or str(
+            Path(settings.wal_dir).parent / "serving_metrics" / f"{args.host}-{args.port}"
+        )
+    if metrics_dir is not None:
+        # Before any worker starts (they inherit the environment, and prometheus_client picks its
+        # multiprocess mode when a worker first imports it); stale files of a previous run go.
+        os.environ[MULTIPROC_ENV] = str(clean_multiprocess_dir(metrics_dir))
     if args.workers > 1:  # workers import the factory and read the settings from the environment
         os.environ.update(
             {

@@ -39,7 +39,9 @@ of the fan-out pool (``fanout_threads``), all such sets at once, while the in-me
 evaluated inline on the event loop; each is awaited at most its own timeout from the request's
 start, so one slow set costs at most its timeout, never the sum. In-memory sets never take the
 thread hop (measured: a hop costs about what a whole set's evaluation costs, ``python -m
-bench.serving``). ``/metrics`` reports latency, timeouts, errors and degradations per set.
+bench.serving``). ``/metrics`` (Prometheus text, every worker summed: ``jobs.serving.metrics``) and
+``/metrics.json`` (this worker's counters and recent percentiles) report latency, timeouts, errors
+and degradations per set.
 
 Run: ``uvicorn --factory jobs.serving.app:app_from_env`` (settings from ``LOCKSTEP_SERVING_*``,
 see :meth:`Settings.from_env`) or ``lockstep serve``.
@@ -72,6 +74,7 @@ from jobs.serving.log import (
     make_record,
     model_wal_dir,
 )
+from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
 from jobs.serving.store import (
     EmbeddedStore,
@@ -138,7 +141,7 @@ class Settings:
 
 @dataclass
 class Metrics:
-    """Counters and a window of recent latencies (ms) for ``/metrics``."""
+    """Counters and a window of recent latencies (ms) for ``/metrics.json`` (this worker only)."""
 
     requests: int = 0
     ok: int = 0
@@ -159,7 +162,7 @@ class Metrics:
 
 @dataclass
 class SetMetrics:
-    """One joined set's counters and recent fetch latencies (ms): ``/metrics`` ``feature_sets``."""
+    """One joined set's counters and recent fetch latencies (ms): ``/metrics.json`` ``feature_sets``."""
 
     requests: int = 0
     timeouts: int = 0
@@ -167,8 +170,10 @@ class SetMetrics:
     degraded: int = 0
     offloaded: int = 0  # fetched on a fan-out thread (a blocking store, L1 miss)
     latencies: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    #: the set's Prometheus series (``jobs.serving.metrics.SetSink``), attached by the service
+    sink: object | None = None
 
-    def observe(self, ms: float, reason: str | None, offloaded: bool = False) -> None:
+    def observe(self, ms: float, reason: str | None, offloaded: bool = False, mode: str = "fresh") -> None:
         self.requests += 1
         self.latencies.append(ms)
         self.offloaded += offloaded
@@ -178,6 +183,9 @@ class SetMetrics:
                 self.timeouts += 1
             elif reason == "store_error":
                 self.errors += 1
+        if self.sink is not None:
+            self.sink.evaluated(mode, ms / 1000)
+            self.sink.outcome(mode, reason)
 
     def summary(self) -> dict:
         a = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
@@ -304,8 +312,9 @@ class ModelPredictor:
         snap = None
         for i, (_, pred) in enumerate(self.parts):
             t0 = time.perf_counter()
-            got, why, ds = pred.features(self._key(keys, i), request_time, pred.mode or mode)
-            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why)
+            m = pred.mode or mode
+            got, why, ds = pred.features(self._key(keys, i), request_time, m)
+            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why, mode=m)
             values.update(got)
             if why is not None:
                 reasons.append((pred.fs.name, why))
@@ -326,7 +335,7 @@ class ModelPredictor:
                     done: list = []
                     fut = loop.run_in_executor(self.executor, pred.features, key, request_time, m, None, False)
                     fut.add_done_callback(lambda _f, d=done: d.append(time.perf_counter()))
-                    pending.append((i, pred, fut, done))
+                    pending.append((i, pred, fut, done, m))
                     continue
                 results[i] = (key, m, cached)
             else:
@@ -336,8 +345,8 @@ class ModelPredictor:
                 key, m, cached = results[i]
                 t0 = time.perf_counter()
                 results[i] = pred.features(key, request_time, m, cached)
-                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1])
-        for i, pred, fut, done in pending:
+                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1], mode=m)
+        for i, pred, fut, done, m in pending:
             timeout = pred.timeout_s
             try:
                 if timeout is None:
@@ -355,7 +364,7 @@ class ModelPredictor:
             if results[i][1] in ("store_timeout", "store_error"):
                 pred.count_failure(results[i][1])
             end = done[0] if done else time.perf_counter()
-            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True)
+            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True, mode=m)
         values: dict = {}
         reasons: list = []
         snap = None
@@ -430,7 +439,7 @@ def create_app(
     ``settings`` at start-up. ``store``: one store for every joined set, or ``{set name: store}``."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Response
 
     from jobs.config import Config
 
@@ -511,6 +520,9 @@ def create_app(
         if serving_log is None or not slog.running:
             slog.start()
         predictor = ModelPredictor(decl, parts, model)
+        prom = ServiceMetrics(decl.name, model.version, [p.fs.name for _, p in parts])
+        for _, p in parts:
+            p.set_metrics.sink = prom.sets[p.fs.name]
         executor = None
         if predictor.fans_out:
             executor = predictor.executor = cf.ThreadPoolExecutor(
@@ -520,8 +532,10 @@ def create_app(
             predictor=predictor,
             log=slog,
             metrics=metrics,
+            prom=prom,
             cache=caches[0],
             caches=caches,
+            set_caches={p.fs.name: c for (_, p), c in zip(parts, caches)},
             store=bases[0],
             stores=bases,
             refresher=refreshers[0] if refreshers else None,
@@ -536,6 +550,7 @@ def create_app(
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
             slog.close()
+            prom.close()
 
     app = FastAPI(title="Lockstep reference service", lifespan=lifespan)
     app.state.lockstep = state
@@ -582,20 +597,15 @@ def create_app(
             snapshot_ds=snap_ds,
             **values,
         )
-        try:
-            fut = state["log"].submit(rec)
-        except LogQueueFull:
-            metrics.log_refused += 1
-            raise HTTPException(503, "serving log is full; request not served") from None
-        try:
-            await asyncio.wrap_future(fut)  # acknowledged only once the record is in the WAL
-        except Exception as exc:  # noqa: BLE001 - any write failure means: not logged, so not served
-            metrics.log_errors += 1
-            raise HTTPException(503, f"serving log write failed: {exc}") from None
+        await _log_or_503(state, [rec], "/predict", mode)
         metrics.ok += 1
         metrics.by_mode[mode] += 1
         metrics.degraded += reason is not None
         metrics.latencies.append(latency_ms)
+        prom: ServiceMetrics = state["prom"]
+        prom.request("/predict", mode, 200, time.perf_counter() - t0)
+        prom.predicted(mode, int(reason is not None), 1)
+        prom.sync_caches(state["set_caches"])
         out = {"request_id": request_id}
         if len(keys) == 1 and keys[0][0] == "entity_id":
             out["entity_id"] = query[keys[0][1]]
@@ -630,6 +640,14 @@ def create_app(
         }
 
     @app.get("/metrics")
+    async def prometheus_endpoint():
+        prom: ServiceMetrics = state["prom"]
+        prom.sync_caches(state["set_caches"])
+        prom.queue_depth.set(state["log"].queue_depth)
+        body, content_type = prom.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/metrics.json")
     async def metrics_endpoint():
         m: Metrics = state["metrics"]
         caches: list[L1Cache] = state["caches"]
@@ -665,6 +683,32 @@ def create_app(
         }
 
     return app
+
+
+async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str) -> None:
+    """Log ``records`` (all or none queued) and wait until they are in the WAL; 503 when the log
+    refuses them or a write fails (not logged, so not served)."""
+    from fastapi import HTTPException
+
+    metrics: Metrics = state["metrics"]
+    prom: ServiceMetrics = state["prom"]
+    slog: ServingLog = state["log"]
+    try:
+        fut = slog.submit_many(records) if len(records) > 1 else slog.submit(records[0])
+    except LogQueueFull:
+        metrics.log_refused += len(records)
+        prom.refused("queue_full", len(records))
+        prom.request(endpoint, mode, 503)
+        raise HTTPException(503, "serving log is full; request not served") from None
+    try:
+        await asyncio.wrap_future(fut)  # acknowledged only once the records are in the WAL
+    except Exception as exc:  # noqa: BLE001 - any write failure means: not logged, so not served
+        metrics.log_errors += len(records)
+        prom.refused("write_error", len(records))
+        prom.request(endpoint, mode, 503)
+        raise HTTPException(503, f"serving log write failed: {exc}") from None
+    finally:
+        prom.queue_depth.set(slog.queue_depth)
 
 
 def _refresh_metrics(refreshers: list[StoreRefresher]) -> dict:

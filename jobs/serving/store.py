@@ -420,7 +420,7 @@ class StoreRefresher:
     are extended in place. A partition that was REPLACED since it was loaded (a backfill)
     triggers a full reload from the lake instead. The L1 entries of changed entities are
     dropped, so a request sees new events at most ``interval_s`` after their partition is
-    published. A failed refresh is logged and counted (``/metrics``: ``store_refresh_errors``)
+    published. A failed refresh is logged and counted (``/metrics.json``: ``store_refresh_errors``)
     and retried at the next interval; the store keeps serving what it has.
     """
 

@@ -99,7 +99,7 @@ def _serve(cfg, tmp_path, rows, *, source=None, store=None, hook=None, name="wal
     app = create_app(s, model_source=source or linear(decl), store=store, hook=hook, cfg=cfg)
     with TestClient(app) as c:
         res = replay(c, rows)
-        metrics = c.get("/metrics").json()
+        metrics = c.get("/metrics.json").json()
     assert (res.status == 200).all(), res.status.value_counts()
     logged = read_wal(model_wal_dir(tmp_path / name, decl), decl).set_index("request_id").loc[rows.request_id]
     return logged, metrics
