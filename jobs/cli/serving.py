@@ -17,6 +17,7 @@ from jobs.serving.replay import plan_day, replay
 def add_parsers(subparsers) -> None:
     """Every command of the serving stage, in ``lockstep --help`` order."""
     add_serve_parser(subparsers)
+    add_serve_keys_parser(subparsers)
     add_publish_log_parser(subparsers)
     add_replay_parser(subparsers)
 
@@ -45,6 +46,15 @@ def add_serve_parser(subparsers) -> None:
         help="uvicorn worker processes (they share the WAL directory; /metrics sums every worker's series)",
     )
     p.add_argument(
+        "--api-keys-file",
+        help="API key hashes (lockstep serve-keys add); default $LOCKSTEP_SERVING_API_KEYS_FILE; none: open",
+    )
+    p.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="serve without API keys on a non-loopback --host (refused otherwise)",
+    )
+    p.add_argument(
         "--metrics-dir",
         help="prometheus_client multiprocess directory, emptied at start (default with --workers > 1: "
         "$PROMETHEUS_MULTIPROC_DIR, else <wal-dir>/../serving_metrics/<host>-<port>)",
@@ -64,7 +74,14 @@ def _cmd_serve(args) -> int:
         wal_dir=args.wal_dir,
         fsync=args.fsync,
         model_path=args.model_path,
+        api_keys_file=args.api_keys_file,
     )
+    open_ = not settings.api_keys_file and not (settings.api_key_hashes or "").strip()
+    if open_ and not _loopback(args.host) and not args.allow_open:
+        raise ValueError(
+            f"no API keys configured and --host {args.host} is reachable from other machines: add a key "
+            "(lockstep serve-keys add --file F, then --api-keys-file F) or pass --allow-open"
+        )
     metrics_dir = args.metrics_dir
     if metrics_dir is None and args.workers > 1:
         metrics_dir = os.environ.get(MULTIPROC_ENV) or str(
@@ -96,6 +113,59 @@ def _cmd_serve(args) -> int:
     else:
         cfg = Config.from_args(args)
         uvicorn.run(create_app(settings, cfg=cfg), host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_serve_keys_parser(subparsers) -> None:
+    """``lockstep serve-keys add|list|revoke [--file F]``: the service's API keys (hashes in a file)."""
+    p = subparsers.add_parser(
+        "serve-keys", help="API keys of the serving service: add (prints the key once), list, revoke"
+    )
+    p.add_argument(
+        "--file",
+        default=os.environ.get("LOCKSTEP_SERVING_API_KEYS_FILE"),
+        help="the key file (default $LOCKSTEP_SERVING_API_KEYS_FILE)",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="generate a key, append its hash to the file, print the key once")
+    add.add_argument("--id", help="the key's id (default key-<UTC time>)")
+    sub.add_parser("list", help="the key ids in the file")
+    rev = sub.add_parser("revoke", help="remove a key's line (running services drop it within their reload interval)")
+    rev.add_argument("key_id")
+    p.set_defaults(func=_cmd_serve_keys)
+
+
+def _cmd_serve_keys(args) -> int:
+    import sys
+
+    from jobs.serving.auth import add_key, read_key_file, revoke_key
+
+    if not args.file:
+        raise ValueError("no key file: pass --file or set LOCKSTEP_SERVING_API_KEYS_FILE")
+    if args.action == "add":
+        key_id, key = add_key(args.file, args.id)
+        print(f"added {key_id} to {args.file}; the key, shown this once (only its hash is kept):", file=sys.stderr)
+        print(key)
+        return 0
+    if args.action == "list":
+        for e in read_key_file(args.file):
+            print(e.key_id)
+        return 0
+    if not revoke_key(args.file, args.key_id):
+        print(f"{args.file}: no key {args.key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}", file=sys.stderr)
     return 0
 
 

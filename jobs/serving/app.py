@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import os
 import threading
 import time
@@ -58,13 +59,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from features.online import compute_one
 from features.spec import FeatureSet
+from jobs.serving.auth import KeyRing
 from jobs.serving.log import (
     LogQueueFull,
     ServingLog,
@@ -120,6 +123,11 @@ class Settings:
     load_store: bool = True  # fill the Redis store from the lake at start-up
     refresh_s: float = 60.0  # apply new raw_events partitions to the store this often (0: never)
     fanout_threads: int = 8  # threads fetching the sets whose store can block (Redis), per process
+    api_keys_file: str | None = None  # key hashes, one per line (jobs.serving.auth); None and no
+    api_key_hashes: str | None = None  # ... env entries either: the service is OPEN (a warning at start)
+    api_keys_reload_s: float = 2.0  # the key file is re-read, when changed, at most this often
+    max_batch: int = 1000  # queries per POST /predict/batch (422 above)
+    max_body_bytes: int = 1 << 20  # request bodies larger than this are refused (413)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -358,8 +366,6 @@ class ModelPredictor:
                 results[i] = (dict(pred.defaults), "store_timeout", None)
             except Exception as exc:  # noqa: BLE001 - a failing set degrades only itself
                 results[i] = (dict(pred.defaults), "store_error", None)
-                import logging
-
                 logging.getLogger(__name__).warning("feature set %s failed: %r", pred.fs.name, exc)
             if results[i][1] in ("store_timeout", "store_error"):
                 pred.count_failure(results[i][1])
@@ -379,45 +385,95 @@ class ModelPredictor:
         return score_of(self.model, self._names, values)
 
 
-class PredictRequest(BaseModel):
-    """Body of ``POST /predict``: the model's query keys (``entity_id`` for a one-key model; by name,
-    top level or under ``keys``, for several). Other fields are ignored and never reach the log
+#: Bounds of a request body's fields (a key's text, an id, a time): beyond them, 422 naming the field.
+MAX_KEY_CHARS = 256
+KeyText = Annotated[str, StringConstraints(max_length=MAX_KEY_CHARS)]
+
+
+class Query(BaseModel):
+    """One query: the model's query keys (``entity_id`` for a one-key model; by name, top level or
+    under ``keys``, for several), its time and id. Other fields are ignored and never reach the log
     (PII allowlist)."""
 
     model_config = ConfigDict(extra="allow")
 
-    entity_id: int | str | None = None
-    keys: dict[str, int | str | None] | None = None
-    request_time: str | None = None  # ISO 8601; naive = UTC; default: now
-    mode: str | None = None  # fresh | materialized; default: the service's
-    request_id: str | None = None  # default: a new uuid4
+    entity_id: int | KeyText | None = None
+    keys: Annotated[dict[KeyText, int | KeyText | None], Field(max_length=32)] | None = None
+    request_time: Annotated[str, StringConstraints(max_length=64)] | None = None  # ISO 8601; naive = UTC; default: now
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None  # default: a uuid4
 
 
-def request_keys(req: PredictRequest, keys: list[tuple[str, str, str]], nullable=frozenset()) -> dict:
-    """``{query column: key}`` of a request, typed by the declaration; ValueError naming a missing or
-    mistyped key. A key column in ``nullable`` (declared nullable) may be missing or null: None."""
+class PredictRequest(Query):
+    """Body of ``POST /predict``: one :class:`Query` and its mode."""
+
+    mode: Literal["fresh", "materialized"] | None = None  # default: the service's
+
+
+class BatchQuery(Query):
+    mode: None = None  # a batch has one mode (``BatchRequest.mode``): a query naming its own is refused
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /predict/batch``: up to ``Settings.max_batch`` queries, one mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: Annotated[list[BatchQuery], Field(min_length=1)]
+    mode: Literal["fresh", "materialized"] | None = None
+
+
+class FieldError(ValueError):
+    """A request field that does not fit the model's declaration; ``loc`` names it as pydantic does."""
+
+    def __init__(self, loc: tuple, msg: str):
+        super().__init__(msg)
+        self.loc = loc
+
+    def detail(self, prefix: tuple = ("body",)) -> list[dict]:
+        """The 422 body, shaped like FastAPI's own validation errors."""
+        return [{"type": "value_error", "loc": [*prefix, *self.loc], "msg": str(self)}]
+
+
+def request_keys(req: Query, keys: list[tuple[str, str, str]], nullable=frozenset()) -> dict:
+    """``{query column: key}`` of a request, typed by the declaration; :class:`FieldError` (a ValueError)
+    naming a missing or mistyped key. A key column in ``nullable`` (declared nullable) may be missing
+    or null: None."""
     extra = req.model_extra or {}
     out = {}
     for log_col, col, type_ in keys:
+        loc = ("keys", col) if col in (req.keys or {}) else (col,)
         v = (req.keys or {}).get(col, extra.get(col))
         if v is None and log_col == "entity_id":
-            v = req.entity_id
+            v, loc = req.entity_id, (col,) if req.entity_id is None else ("entity_id",)
         if v is None and col in nullable:
             out[col] = None
             continue
         if v is None:
-            raise ValueError(f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
+            raise FieldError(loc, f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
         if type_ == "int64":
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise ValueError(f"key {col!r} must be an integer, got {v!r}")
+                raise FieldError(loc, f"key {col!r} must be an integer, got {type(v).__name__}")
             try:
                 v = int(v)
             except ValueError:
-                raise ValueError(f"key {col!r} must be an integer, got {v!r}") from None
+                raise FieldError(loc, f"key {col!r} must be an integer, got {v[:MAX_KEY_CHARS]!r}") from None
+        elif isinstance(v, (dict, list, bool, float)):
+            raise FieldError(loc, f"key {col!r} must be a string, got {type(v).__name__}")
         else:
             v = str(v)
+            if len(v) > MAX_KEY_CHARS:
+                raise FieldError(loc, f"key {col!r} is longer than {MAX_KEY_CHARS} characters")
         out[col] = v
     return out
+
+
+def parse_query(q: Query, keys, nullable=frozenset()) -> tuple[dict, pd.Timestamp]:
+    """(typed query keys, request time UTC; now if not given) of one query; :class:`FieldError`."""
+    try:
+        t = _utc(q.request_time) if q.request_time else pd.Timestamp.now(tz="UTC")
+    except (ValueError, TypeError) as exc:
+        raise FieldError(("request_time",), f"not an ISO 8601 time: {exc}") from None
+    return request_keys(q, keys, nullable), t
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -443,6 +499,10 @@ def create_app(
 
     from jobs.config import Config
 
+    if settings.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {settings.mode!r}")
+    # built here, not at start-up: a key file that does not parse stops the app before it serves
+    key_ring = KeyRing(settings.api_keys_file, settings.api_key_hashes, settings.api_keys_reload_s)
     cfg = cfg or Config(lake_root=settings.lake_root)
     repo = cfg.repo()
     decl = repo.model(settings.model) if settings.model else repo.default_model()
@@ -458,6 +518,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         notify = notifier or _default_notifier(cfg)
+        if not key_ring.configured:
+            logging.getLogger(__name__).warning(
+                "NO API KEYS CONFIGURED: /predict is open to anyone who can reach this port (local development "
+                "only). Set LOCKSTEP_SERVING_API_KEYS_FILE (lockstep serve-keys add) or LOCKSTEP_SERVING_API_KEY_HASHES."
+            )
         metrics = Metrics()
         model = (model_source or _model_source(settings, cfg, decl)).champion()
         fp = getattr(model, "feature_set_fingerprint", None)
@@ -554,6 +619,8 @@ def create_app(
 
     app = FastAPI(title="Lockstep reference service", lifespan=lifespan)
     app.state.lockstep = state
+    state["keys"] = key_ring
+    app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
     @app.post("/predict")
     async def predict(req: PredictRequest):
@@ -561,16 +628,10 @@ def create_app(
         pred: ModelPredictor = state["predictor"]
         metrics: Metrics = state["metrics"]
         mode = req.mode or settings.mode
-        if mode not in MODES:
-            raise HTTPException(422, f"mode must be one of {MODES}")
         try:
-            t = _utc(req.request_time) if req.request_time else pd.Timestamp.now(tz="UTC")
-        except (ValueError, TypeError) as exc:
-            raise HTTPException(422, f"bad request_time: {exc}") from None
-        try:
-            query = request_keys(req, keys, nullable)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
+            query, t = parse_query(req, keys, nullable)
+        except FieldError as exc:
+            raise HTTPException(422, exc.detail()) from None
         metrics.requests += 1
         if pred.fans_out:
             values, reason, snap_ds = await pred.afeatures(query, t, mode)
@@ -637,6 +698,7 @@ def create_app(
             "fingerprint": decl.fingerprint,
             "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
             "store": type(state.get("store")).__name__,
+            "auth": "api_key" if key_ring.configured else "open",
         }
 
     @app.get("/metrics")
@@ -683,6 +745,91 @@ def create_app(
         }
 
     return app
+
+
+#: The paths that need an API key (when keys are configured) and whose bodies are size-checked.
+PROTECTED = frozenset({"/predict", "/predict/batch"})
+
+
+class Guard:
+    """ASGI middleware in front of :data:`PROTECTED`: the API key (``X-API-Key: <key>`` or
+    ``Authorization: Bearer <key>``) is checked before the body is read — 401 and nothing logged
+    without a valid one — and a body over ``max_body_bytes`` is refused (413) without reading
+    the rest. The key is never logged or echoed."""
+
+    def __init__(self, app, state: dict, max_body_bytes: int):
+        self.app, self.state, self.max_body_bytes = app, state, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in PROTECTED:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ring: KeyRing = self.state["keys"]
+        if ring.configured and ring.check(_presented_key(headers)) is None:
+            prom = self.state.get("prom")
+            if prom is not None:
+                prom.unauthorized.inc()
+            return await _send_json(
+                send, 401, {"detail": "missing or invalid API key"}, [(b"www-authenticate", b"Bearer")]
+            )
+        limit = self.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _send_json(send, 413, _too_large(limit))
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # no length (chunked): read up to the limit, then hand the body on
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            size += len(msg.get("body", b""))
+            if size > limit:
+                return await _send_json(send, 413, _too_large(limit))
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), []
+
+        async def replay():
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _presented_key(headers: dict) -> str | None:
+    raw = headers.get(b"x-api-key")
+    if raw is None:
+        auth = headers.get(b"authorization", b"")
+        scheme, _, raw = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not raw:
+            return None
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def _too_large(limit: int) -> dict:
+    return {"detail": [{"type": "too_large", "loc": ["body"], "msg": f"request body larger than {limit} bytes"}]}
+
+
+async def _send_json(send, status: int, body: dict, headers=()) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
 
 
 async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str) -> None:

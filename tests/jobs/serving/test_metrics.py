@@ -129,7 +129,10 @@ def test_two_workers_sum_their_counts_in_one_scrape(lake_cfg, model, tmp_path):
     port = free_port()
     argv = [sys.executable, "-m", "jobs.cli", "--lake", lake_cfg.lake_root, "serve", "--workers", "2"]
     argv += ["--port", str(port), "--wal-dir", str(tmp_path / "wal"), "--model-path", str(model_path)]
-    argv += ["--metrics-dir", str(metrics_dir)]
+    argv += ["--metrics-dir", str(metrics_dir), "--api-keys-file", str(tmp_path / "keys")]
+    from jobs.serving.auth import add_key
+
+    _, key = add_key(tmp_path / "keys", "load-test")
     svc = Service(service_env(LOCKSTEP_SERVING_REFRESH_S="0"), port, tmp_path / "service.log", argv=argv)
     svc.start()
     wal = model_wal_dir(tmp_path / "wal", MODEL)
@@ -138,7 +141,8 @@ def test_two_workers_sum_their_counts_in_one_scrape(lake_cfg, model, tmp_path):
 
         def burst(n: int) -> None:
             for i in range(n):  # a new connection per request: the kernel hands it to either worker
-                r = httpx.post(f"{svc.url}/predict", json={"entity_id": 5 + i, "request_time": f"{DAY}T12:00:00Z"})
+                body = {"entity_id": 5 + i, "request_time": f"{DAY}T12:00:00Z"}
+                r = httpx.post(f"{svc.url}/predict", json=body, headers={"X-API-Key": key})
                 assert r.status_code == 200
 
         while len(_segments_with_records(wal)) < 2 and sent < 400:
@@ -151,6 +155,11 @@ def test_two_workers_sum_their_counts_in_one_scrape(lake_cfg, model, tmp_path):
         per_worker = _segments_with_records(wal)
         assert len(per_worker) == 2, f"all {sent} requests went to one worker: {per_worker}"
         assert sum(per_worker.values()) == sent
+        for _ in range(3):
+            assert (
+                httpx.post(f"{svc.url}/predict", json={"entity_id": 5}, headers={"X-API-Key": "nope"}).status_code
+                == 401
+            )
         scrapes = [samples(httpx.get(f"{svc.url}/metrics").text) for _ in range(6)]
         assert not (metrics_dir / "counter_999999.db").exists()
     finally:
@@ -161,3 +170,8 @@ def test_two_workers_sum_their_counts_in_one_scrape(lake_cfg, model, tmp_path):
         assert value(got, "lockstep_serving_request_latency_seconds_count", mode="fresh") == sent
         assert value(got, "lockstep_serving_feature_set_requests_total", mode="fresh", outcome="ok") == sent
         assert value(got, "lockstep_serving_model_swaps_total", model=MODEL.name) == 0
+        assert value(got, "lockstep_serving_unauthorized_total", model=MODEL.name) == 3
+    # the key reached the service in every request: no file it wrote holds it (WAL, metrics, its log)
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "keys"]
+    assert wal.exists() and any(p.suffix == ".db" for p in written) and (tmp_path / "service.log").exists()
+    assert [p for p in written if key.encode() in p.read_bytes()] == []
