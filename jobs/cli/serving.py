@@ -190,7 +190,8 @@ def _cmd_publish(args) -> int:
 
 
 def add_replay_parser(subparsers) -> None:
-    """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``."""
+    """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``; the API
+    key, if the service needs one, from ``LOCKSTEP_SERVING_API_KEY`` (not a flag: argv is visible to all)."""
     p = subparsers.add_parser(
         "replay", help="replay a day of requests from the model's source against a running service"
     )
@@ -212,7 +213,7 @@ def _cmd_replay(args) -> int:
     first, last = raw.first_ds(), raw.last_ds()
     events = raw.read(first, last) if first is not None else raw.read(args.ds)
     plan = plan_day(events, args.ds, args.requests, args.seed, model, args.mode)
-    res = replay(args.url, plan, args.concurrency)
+    res = replay(args.url, plan, args.concurrency, api_key=os.environ.get("LOCKSTEP_SERVING_API_KEY") or None)
     counts = res["status"].value_counts().to_dict()
     print(f"replayed {len(res)} requests for ds={args.ds}: status counts {counts}")
     return 0 if set(counts) == {200} else 1

@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from features.online import compute_one
+from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
 from jobs.serving.log import (
@@ -195,6 +195,24 @@ class SetMetrics:
             self.sink.evaluated(mode, ms / 1000)
             self.sink.outcome(mode, reason)
 
+    def observe_batch(self, ms: float, reasons: list, offloaded: bool = False, mode: str = "fresh") -> None:
+        """One evaluation of the set for a batch of ``len(reasons)`` queries (a reason per query)."""
+        self.requests += len(reasons)
+        self.latencies.append(ms)
+        self.offloaded += offloaded * len(reasons)
+        counts: dict = {}
+        for r in reasons:
+            counts[r] = counts.get(r, 0) + 1
+        for reason, n in counts.items():
+            if reason is not None:
+                self.degraded += n
+                self.timeouts += n if reason == "store_timeout" else 0
+                self.errors += n if reason == "store_error" else 0
+        if self.sink is not None:
+            self.sink.evaluated(mode, ms / 1000)
+            for reason, n in counts.items():
+                self.sink.outcome(mode, reason, n)
+
     def summary(self) -> dict:
         a = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
         return {
@@ -271,6 +289,41 @@ class Predictor:
             return compute_one(history.index, entity_id, request_time, self.fs, "known_at"), None, None
         return self.hook(history.frame, entity_id, request_time, self.fs), None, None
 
+    def batch_features(
+        self, entity_ids: list, request_times: list, mode: str, count: bool = True
+    ) -> list[tuple[dict, str | None, str | None]]:
+        """:meth:`features` of many queries: the same (values, reason, ds) per query. In fresh mode each
+        distinct entity's history is fetched once, and the queries whose histories share one kernel
+        index (the embedded store's whole-table index: all of them) are evaluated in ONE kernel call."""
+        if mode == "materialized":
+            return [self.features(e, t, mode) for e, t in zip(entity_ids, request_times)]
+        out: list = [None] * len(entity_ids)
+        histories: dict = {}
+        groups: dict = {}  # id(index) -> (index, [query positions])
+        for i, e in enumerate(entity_ids):
+            if e is None:
+                out[i] = (dict(self.defaults), None, None)
+                continue
+            if e not in histories:
+                try:
+                    histories[e] = history_of(self.events, e, self.fs)
+                except StoreUnavailable as exc:
+                    histories[e] = exc
+            got = histories[e]
+            if isinstance(got, StoreUnavailable):
+                if count:
+                    self.count_failure(got.reason)
+                out[i] = (dict(self.defaults), got.reason, None)
+            elif not self._indexed:
+                out[i] = (self.hook(got.frame, e, request_times[i], self.fs), None, None)
+            else:
+                groups.setdefault(id(got.index), (got.index, []))[1].append(i)
+        for index, rows in groups.values():
+            values = compute_many(index, [entity_ids[i] for i in rows], [request_times[i] for i in rows], self.fs)
+            for i, v in zip(rows, values):
+                out[i] = (v, None, None)
+        return out
+
     def count_failure(self, reason: str) -> None:
         with self._lock:
             if reason == "store_timeout":
@@ -279,6 +332,15 @@ class Predictor:
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
+
+
+def scores_of(model: Model, names: list[str], rows: list[dict]) -> list[float]:
+    """The scores of many feature vectors in ONE model call (a float64 matrix, nulls as NaN)."""
+    x = np.array([[np.nan if v[n] is None else v[n] for n in names] for v in rows], dtype=np.float64)
+    x = x.reshape(len(rows), len(names))
+    matrix = getattr(model, "predict_matrix", None)
+    scores = matrix(x) if matrix is not None else model.predict(pd.DataFrame(x, columns=names))
+    return [float(v) for v in np.asarray(scores)]
 
 
 def score_of(model: Model, names: list[str], values: dict) -> float:
@@ -383,6 +445,69 @@ class ModelPredictor:
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
+
+    def scores(self, rows: list[dict]) -> list[float]:
+        return scores_of(self.model, self._names, rows)
+
+    def _merge(self, per_set: list[list], n: int) -> tuple[list[dict], list, list]:
+        values: list[dict] = [{} for _ in range(n)]
+        reasons: list[list] = [[] for _ in range(n)]
+        snaps: list = [None] * n
+        for (_, pred), results in zip(self.parts, per_set):
+            for q, (got, why, ds) in enumerate(results):
+                values[q].update(got)
+                if why is not None:
+                    reasons[q].append((pred.fs.name, why))
+                snaps[q] = snaps[q] or ds
+        return values, [degraded_reason(r, self._single) for r in reasons], snaps
+
+    def batch_features(self, keys: list[dict], request_times: list, mode: str) -> tuple[list[dict], list, list]:
+        """:meth:`features` of many queries, each set evaluated once for all of them
+        (:meth:`Predictor.batch_features`): (values, degraded reasons, snapshot ds), one per query."""
+        per_set = []
+        for i, (_, pred) in enumerate(self.parts):
+            m = pred.mode or mode
+            t0 = time.perf_counter()
+            got = pred.batch_features([self._key(k, i) for k in keys], request_times, m)
+            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in got], mode=m)
+            per_set.append(got)
+        return self._merge(per_set, len(keys))
+
+    async def abatch_features(self, keys: list[dict], request_times: list, mode: str) -> tuple[list[dict], list, list]:
+        """:meth:`batch_features` with every blocking set's fetch on a fan-out thread, all at once, each
+        within its own timeout from the batch's start: a set that misses it serves its declared
+        defaults to every query of the batch (``store_timeout``), like :meth:`afeatures`."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        per_set: list = [None] * len(self.parts)
+        pending = []
+        for i, (_, pred) in enumerate(self.parts):
+            m, ents = pred.mode or mode, [self._key(k, i) for k in keys]
+            if pred.blocking and m == "fresh":
+                fut = loop.run_in_executor(self.executor, pred.batch_features, ents, request_times, m, False)
+                pending.append((i, pred, fut, m, ents))
+                continue
+            t0 = time.perf_counter()
+            per_set[i] = pred.batch_features(ents, request_times, m)
+            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in per_set[i]], mode=m)
+        for i, pred, fut, m, ents in pending:
+            try:
+                if pred.timeout_s is None:
+                    got = await fut
+                else:
+                    got = await asyncio.wait_for(fut, max(0.0, pred.timeout_s - (time.perf_counter() - start)))
+            except Exception as exc:  # noqa: BLE001 - a failing set degrades only itself
+                why = "store_timeout" if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)) else "store_error"
+                if why == "store_error":
+                    logging.getLogger(__name__).warning("feature set %s failed: %r", pred.fs.name, exc)
+                got = [(dict(pred.defaults), None if e is None else why, None) for e in ents]
+            for _, why, _ in got:
+                if why in ("store_timeout", "store_error"):
+                    pred.count_failure(why)
+            per_set[i] = got
+            ms = (time.perf_counter() - start) * 1000
+            pred.set_metrics.observe_batch(ms, [r[1] for r in got], offloaded=True, mode=m)
+        return self._merge(per_set, len(keys))
 
 
 #: Bounds of a request body's fields (a key's text, an id, a time): beyond them, 422 naming the field.
@@ -521,7 +646,8 @@ def create_app(
         if not key_ring.configured:
             logging.getLogger(__name__).warning(
                 "NO API KEYS CONFIGURED: /predict is open to anyone who can reach this port (local development "
-                "only). Set LOCKSTEP_SERVING_API_KEYS_FILE (lockstep serve-keys add) or LOCKSTEP_SERVING_API_KEY_HASHES."
+                "only). Set LOCKSTEP_SERVING_API_KEYS_FILE (lockstep serve-keys add) or "
+                "LOCKSTEP_SERVING_API_KEY_HASHES."
             )
         metrics = Metrics()
         model = (model_source or _model_source(settings, cfg, decl)).champion()
@@ -622,25 +748,8 @@ def create_app(
     state["keys"] = key_ring
     app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
-    @app.post("/predict")
-    async def predict(req: PredictRequest):
-        t0 = time.perf_counter()
-        pred: ModelPredictor = state["predictor"]
-        metrics: Metrics = state["metrics"]
-        mode = req.mode or settings.mode
-        try:
-            query, t = parse_query(req, keys, nullable)
-        except FieldError as exc:
-            raise HTTPException(422, exc.detail()) from None
-        metrics.requests += 1
-        if pred.fans_out:
-            values, reason, snap_ds = await pred.afeatures(query, t, mode)
-        else:
-            values, reason, snap_ds = pred.features(query, t, mode)
-        score = pred.score(values)
-        latency_ms = (time.perf_counter() - t0) * 1000
-        request_id = req.request_id or uuid.uuid4().hex
-        rec = make_record(
+    def record(pred: ModelPredictor, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values) -> dict:
+        return make_record(
             decl,
             request_id=request_id,
             **{log_col: query[col] for log_col, col, _ in keys},
@@ -658,15 +767,8 @@ def create_app(
             snapshot_ds=snap_ds,
             **values,
         )
-        await _log_or_503(state, [rec], "/predict", mode)
-        metrics.ok += 1
-        metrics.by_mode[mode] += 1
-        metrics.degraded += reason is not None
-        metrics.latencies.append(latency_ms)
-        prom: ServiceMetrics = state["prom"]
-        prom.request("/predict", mode, 200, time.perf_counter() - t0)
-        prom.predicted(mode, int(reason is not None), 1)
-        prom.sync_caches(state["set_caches"])
+
+    def answer(pred: ModelPredictor, request_id, query, t, mode, score, reason, values) -> dict:
         out = {"request_id": request_id}
         if len(keys) == 1 and keys[0][0] == "entity_id":
             out["entity_id"] = query[keys[0][1]]
@@ -686,6 +788,79 @@ def create_app(
             }
         )
         return out
+
+    def served(endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
+        metrics: Metrics = state["metrics"]
+        degraded = sum(r is not None for r in reasons)
+        metrics.ok += len(reasons)
+        metrics.by_mode[mode] += len(reasons)
+        metrics.degraded += degraded
+        metrics.latencies.extend([latency_ms] * len(reasons))
+        prom: ServiceMetrics = state["prom"]
+        prom.request(endpoint, mode, 200, time.perf_counter() - t0)
+        prom.predicted(mode, degraded, len(reasons))
+        prom.sync_caches(state["set_caches"])
+
+    @app.post("/predict")
+    async def predict(req: PredictRequest):
+        t0 = time.perf_counter()
+        pred: ModelPredictor = state["predictor"]
+        mode = req.mode or settings.mode
+        try:
+            query, t = parse_query(req, keys, nullable)
+        except FieldError as exc:
+            raise HTTPException(422, exc.detail()) from None
+        state["metrics"].requests += 1
+        if pred.fans_out:
+            values, reason, snap_ds = await pred.afeatures(query, t, mode)
+        else:
+            values, reason, snap_ds = pred.features(query, t, mode)
+        score = pred.score(values)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        request_id = req.request_id or uuid.uuid4().hex
+        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
+        await _log_or_503(state, [rec], "/predict", mode)
+        served("/predict", mode, t0, latency_ms, [reason])
+        return answer(pred, request_id, query, t, mode, score, reason, values)
+
+    @app.post("/predict/batch")
+    async def predict_batch(req: BatchRequest):
+        """Up to ``max_batch`` queries: each set evaluated once for the batch, ONE model call, one
+        log record per query (all logged, or 503 and none answered), answers in query order."""
+        t0 = time.perf_counter()
+        pred: ModelPredictor = state["predictor"]
+        mode = req.mode or settings.mode
+        n = len(req.queries)
+        if n > settings.max_batch:
+            msg = f"at most {settings.max_batch} queries per batch, got {n}"
+            raise HTTPException(422, [{"type": "too_long", "loc": ["body", "queries"], "msg": msg}])
+        queries, times, ids, seen = [], [], [], set()
+        for i, q in enumerate(req.queries):
+            try:
+                query, t = parse_query(q, keys, nullable)
+            except FieldError as exc:
+                raise HTTPException(422, exc.detail(("body", "queries", i))) from None
+            request_id = q.request_id or uuid.uuid4().hex
+            if request_id in seen:
+                loc = ["body", "queries", i, "request_id"]
+                raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg": "used twice in this batch"}])
+            seen.add(request_id)
+            queries.append(query), times.append(t), ids.append(request_id)
+        state["metrics"].requests += n
+        if pred.fans_out:
+            values, reasons, snaps = await pred.abatch_features(queries, times, mode)
+        else:
+            values, reasons, snaps = pred.batch_features(queries, times, mode)
+        scores = pred.scores(values)
+        latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
+        rows = list(zip(ids, queries, times, scores, reasons, snaps, values))
+        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
+        await _log_or_503(state, records, "/predict/batch", mode)
+        served("/predict/batch", mode, t0, latency_ms, reasons)
+        return {
+            "count": n,
+            "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
+        }
 
     @app.get("/health")
     async def health():

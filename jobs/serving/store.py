@@ -158,6 +158,9 @@ class EmbeddedStore:
         from features.kernel import index_events
 
         self._index = index_events(ev, self.fs)
+        # An entity without events is evaluated on the same index (no rows: the declared defaults), so
+        # a batch's queries of known and unknown entities share ONE kernel evaluation.
+        self._empty_history = EntityHistory(self._empty, self.fs, self._index)
 
     def history(self, entity_id) -> EntityHistory:
         """The entity's events (cut on first use) and the store's kernel index."""
