@@ -45,3 +45,21 @@ def compute_one(
             v = float(v)
             values[f.name] = None if math.isnan(v) else v
     return values
+
+
+def compute_many(
+    index: EventIndex, entity_ids, request_times, fs: FeatureSet, mode: str = "known_at"
+) -> list[dict[str, int | float | None]]:
+    """:func:`compute_one` for many ``(entity, request_time)`` queries of one prebuilt index, in ONE
+    kernel evaluation: the same values, query by query (each (query, window) sums its own rows in
+    order, whatever else is in the call), as plain Python values in query order."""
+    t_us = np.array([request_time_us(t) for t in request_times], dtype=np.int64)
+    arrays = compute_indexed(index, np.array(list(entity_ids)), t_us, fs, mode)
+    columns = []
+    for f in fs.features:
+        a = arrays[f.name]
+        if f.is_integer:
+            columns.append((f.name, [int(v) for v in a]))
+        else:
+            columns.append((f.name, [None if math.isnan(v) else v for v in a.astype(np.float64).tolist()]))
+    return [{name: col[i] for name, col in columns} for i in range(len(t_us))]

@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import fields
+from pathlib import Path
 
 from jobs.cli.common import add_model_arg, model_name
 from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
 from jobs.serving.log import model_wal_dir, publish
+from jobs.serving.metrics import MULTIPROC_ENV, clean_multiprocess_dir
 from jobs.serving.replay import plan_day, replay
 
 
 def add_parsers(subparsers) -> None:
     """Every command of the serving stage, in ``lockstep --help`` order."""
     add_serve_parser(subparsers)
+    add_serve_keys_parser(subparsers)
     add_publish_log_parser(subparsers)
     add_replay_parser(subparsers)
 
 
 def add_serve_parser(subparsers) -> None:
     """``lockstep serve [--host H] [--port P] [--mode fresh|materialized] [--redis-url URL] [--wal-dir D]``."""
-    p = subparsers.add_parser("serve", help="run the reference serving service (POST /predict, /health, /metrics)")
+    p = subparsers.add_parser(
+        "serve", help="run the reference serving service (POST /predict, /predict/batch; /health, /metrics)"
+    )
     add_model_arg(p, "the declared model to serve (default: the repo's only model, else the first by name)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -38,7 +43,21 @@ def add_serve_parser(subparsers) -> None:
         "--workers",
         type=int,
         default=1,
-        help="uvicorn worker processes (they share the WAL directory; /metrics is per worker)",
+        help="uvicorn worker processes (they share the WAL directory; /metrics sums every worker's series)",
+    )
+    p.add_argument(
+        "--api-keys-file",
+        help="API key hashes (lockstep serve-keys add); default $LOCKSTEP_SERVING_API_KEYS_FILE; none: open",
+    )
+    p.add_argument(
+        "--allow-open",
+        action="store_true",
+        help="serve without API keys on a non-loopback --host (refused otherwise)",
+    )
+    p.add_argument(
+        "--metrics-dir",
+        help="prometheus_client multiprocess directory, emptied at start (default with --workers > 1: "
+        "$PROMETHEUS_MULTIPROC_DIR, else <wal-dir>/../serving_metrics/<host>-<port>)",
     )
     p.set_defaults(func=_cmd_serve)
 
@@ -55,7 +74,23 @@ def _cmd_serve(args) -> int:
         wal_dir=args.wal_dir,
         fsync=args.fsync,
         model_path=args.model_path,
+        api_keys_file=args.api_keys_file,
     )
+    open_ = not settings.api_keys_file and not (settings.api_key_hashes or "").strip()
+    if open_ and not _loopback(args.host) and not args.allow_open:
+        raise ValueError(
+            f"no API keys configured and --host {args.host} is reachable from other machines: add a key "
+            "(lockstep serve-keys add --file F, then --api-keys-file F) or pass --allow-open"
+        )
+    metrics_dir = args.metrics_dir
+    if metrics_dir is None and args.workers > 1:
+        metrics_dir = os.environ.get(MULTIPROC_ENV) or str(
+            Path(settings.wal_dir).parent / "serving_metrics" / f"{args.host}-{args.port}"
+        )
+    if metrics_dir is not None:
+        # Before any worker starts (they inherit the environment, and prometheus_client picks its
+        # multiprocess mode when a worker first imports it); stale files of a previous run go.
+        os.environ[MULTIPROC_ENV] = str(clean_multiprocess_dir(metrics_dir))
     if args.workers > 1:  # workers import the factory and read the settings from the environment
         os.environ.update(
             {
@@ -81,6 +116,59 @@ def _cmd_serve(args) -> int:
     return 0
 
 
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_serve_keys_parser(subparsers) -> None:
+    """``lockstep serve-keys add|list|revoke [--file F]``: the service's API keys (hashes in a file)."""
+    p = subparsers.add_parser(
+        "serve-keys", help="API keys of the serving service: add (prints the key once), list, revoke"
+    )
+    p.add_argument(
+        "--file",
+        default=os.environ.get("LOCKSTEP_SERVING_API_KEYS_FILE"),
+        help="the key file (default $LOCKSTEP_SERVING_API_KEYS_FILE)",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    add = sub.add_parser("add", help="generate a key, append its hash to the file, print the key once")
+    add.add_argument("--id", help="the key's id (default key-<UTC time>)")
+    sub.add_parser("list", help="the key ids in the file")
+    rev = sub.add_parser("revoke", help="remove a key's line (running services drop it within their reload interval)")
+    rev.add_argument("key_id")
+    p.set_defaults(func=_cmd_serve_keys)
+
+
+def _cmd_serve_keys(args) -> int:
+    import sys
+
+    from jobs.serving.auth import add_key, read_key_file, revoke_key
+
+    if not args.file:
+        raise ValueError("no key file: pass --file or set LOCKSTEP_SERVING_API_KEYS_FILE")
+    if args.action == "add":
+        key_id, key = add_key(args.file, args.id)
+        print(f"added {key_id} to {args.file}; the key, shown this once (only its hash is kept):", file=sys.stderr)
+        print(key)
+        return 0
+    if args.action == "list":
+        for e in read_key_file(args.file):
+            print(e.key_id)
+        return 0
+    if not revoke_key(args.file, args.key_id):
+        print(f"{args.file}: no key {args.key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}", file=sys.stderr)
+    return 0
+
+
 def add_publish_log_parser(subparsers) -> None:
     """``lockstep publish-serving-log --ds D [--wal-dir ROOT]``: the model's WAL records of day D
     (``ROOT/<model>``) -> ``serving_logs/<model>/ds=D``."""
@@ -102,7 +190,8 @@ def _cmd_publish(args) -> int:
 
 
 def add_replay_parser(subparsers) -> None:
-    """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``."""
+    """``lockstep replay --ds D --url URL [--requests N] [--seed S] [--mode M] [--concurrency C]``; the API
+    key, if the service needs one, from ``LOCKSTEP_SERVING_API_KEY`` (not a flag: argv is visible to all)."""
     p = subparsers.add_parser(
         "replay", help="replay a day of requests from the model's source against a running service"
     )
@@ -124,7 +213,7 @@ def _cmd_replay(args) -> int:
     first, last = raw.first_ds(), raw.last_ds()
     events = raw.read(first, last) if first is not None else raw.read(args.ds)
     plan = plan_day(events, args.ds, args.requests, args.seed, model, args.mode)
-    res = replay(args.url, plan, args.concurrency)
+    res = replay(args.url, plan, args.concurrency, api_key=os.environ.get("LOCKSTEP_SERVING_API_KEY") or None)
     counts = res["status"].value_counts().to_dict()
     print(f"replayed {len(res)} requests for ds={args.ds}: status counts {counts}")
     return 0 if set(counts) == {200} else 1

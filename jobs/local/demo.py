@@ -222,7 +222,7 @@ class ServingProcess:
     def metrics(self) -> dict:
         import httpx
 
-        return httpx.get(f"{self.url}/metrics", timeout=10).json()
+        return httpx.get(f"{self.url}/metrics.json", timeout=10).json()
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM (uvicorn drains; the serving log flushes and fsyncs its WAL), SIGKILL after ``timeout``."""

@@ -39,7 +39,9 @@ of the fan-out pool (``fanout_threads``), all such sets at once, while the in-me
 evaluated inline on the event loop; each is awaited at most its own timeout from the request's
 start, so one slow set costs at most its timeout, never the sum. In-memory sets never take the
 thread hop (measured: a hop costs about what a whole set's evaluation costs, ``python -m
-bench.serving``). ``/metrics`` reports latency, timeouts, errors and degradations per set.
+bench.serving``). ``/metrics`` (Prometheus text, every worker summed: ``jobs.serving.metrics``) and
+``/metrics.json`` (this worker's counters and recent percentiles) report latency, timeouts, errors
+and degradations per set.
 
 Run: ``uvicorn --factory jobs.serving.app:app_from_env`` (settings from ``LOCKSTEP_SERVING_*``,
 see :meth:`Settings.from_env`) or ``lockstep serve``.
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import logging
 import os
 import threading
 import time
@@ -56,13 +59,15 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from features.online import compute_one
+from features.online import compute_many, compute_one
 from features.spec import FeatureSet
+from jobs.serving.auth import KeyRing
 from jobs.serving.log import (
     LogQueueFull,
     ServingLog,
@@ -72,6 +77,7 @@ from jobs.serving.log import (
     make_record,
     model_wal_dir,
 )
+from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
 from jobs.serving.store import (
     EmbeddedStore,
@@ -117,6 +123,11 @@ class Settings:
     load_store: bool = True  # fill the Redis store from the lake at start-up
     refresh_s: float = 60.0  # apply new raw_events partitions to the store this often (0: never)
     fanout_threads: int = 8  # threads fetching the sets whose store can block (Redis), per process
+    api_keys_file: str | None = None  # key hashes, one per line (jobs.serving.auth); None and no
+    api_key_hashes: str | None = None  # ... env entries either: the service is OPEN (a warning at start)
+    api_keys_reload_s: float = 2.0  # the key file is re-read, when changed, at most this often
+    max_batch: int = 1000  # queries per POST /predict/batch (422 above)
+    max_body_bytes: int = 1 << 20  # request bodies larger than this are refused (413)
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -138,7 +149,7 @@ class Settings:
 
 @dataclass
 class Metrics:
-    """Counters and a window of recent latencies (ms) for ``/metrics``."""
+    """Counters and a window of recent latencies (ms) for ``/metrics.json`` (this worker only)."""
 
     requests: int = 0
     ok: int = 0
@@ -159,7 +170,7 @@ class Metrics:
 
 @dataclass
 class SetMetrics:
-    """One joined set's counters and recent fetch latencies (ms): ``/metrics`` ``feature_sets``."""
+    """One joined set's counters and recent fetch latencies (ms): ``/metrics.json`` ``feature_sets``."""
 
     requests: int = 0
     timeouts: int = 0
@@ -167,8 +178,10 @@ class SetMetrics:
     degraded: int = 0
     offloaded: int = 0  # fetched on a fan-out thread (a blocking store, L1 miss)
     latencies: deque = field(default_factory=lambda: deque(maxlen=20_000))
+    #: the set's Prometheus series (``jobs.serving.metrics.SetSink``), attached by the service
+    sink: object | None = None
 
-    def observe(self, ms: float, reason: str | None, offloaded: bool = False) -> None:
+    def observe(self, ms: float, reason: str | None, offloaded: bool = False, mode: str = "fresh") -> None:
         self.requests += 1
         self.latencies.append(ms)
         self.offloaded += offloaded
@@ -178,6 +191,27 @@ class SetMetrics:
                 self.timeouts += 1
             elif reason == "store_error":
                 self.errors += 1
+        if self.sink is not None:
+            self.sink.evaluated(mode, ms / 1000)
+            self.sink.outcome(mode, reason)
+
+    def observe_batch(self, ms: float, reasons: list, offloaded: bool = False, mode: str = "fresh") -> None:
+        """One evaluation of the set for a batch of ``len(reasons)`` queries (a reason per query)."""
+        self.requests += len(reasons)
+        self.latencies.append(ms)
+        self.offloaded += offloaded * len(reasons)
+        counts: dict = {}
+        for r in reasons:
+            counts[r] = counts.get(r, 0) + 1
+        for reason, n in counts.items():
+            if reason is not None:
+                self.degraded += n
+                self.timeouts += n if reason == "store_timeout" else 0
+                self.errors += n if reason == "store_error" else 0
+        if self.sink is not None:
+            self.sink.evaluated(mode, ms / 1000)
+            for reason, n in counts.items():
+                self.sink.outcome(mode, reason, n)
 
     def summary(self) -> dict:
         a = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
@@ -255,6 +289,41 @@ class Predictor:
             return compute_one(history.index, entity_id, request_time, self.fs, "known_at"), None, None
         return self.hook(history.frame, entity_id, request_time, self.fs), None, None
 
+    def batch_features(
+        self, entity_ids: list, request_times: list, mode: str, count: bool = True
+    ) -> list[tuple[dict, str | None, str | None]]:
+        """:meth:`features` of many queries: the same (values, reason, ds) per query. In fresh mode each
+        distinct entity's history is fetched once, and the queries whose histories share one kernel
+        index (the embedded store's whole-table index: all of them) are evaluated in ONE kernel call."""
+        if mode == "materialized":
+            return [self.features(e, t, mode) for e, t in zip(entity_ids, request_times)]
+        out: list = [None] * len(entity_ids)
+        histories: dict = {}
+        groups: dict = {}  # id(index) -> (index, [query positions])
+        for i, e in enumerate(entity_ids):
+            if e is None:
+                out[i] = (dict(self.defaults), None, None)
+                continue
+            if e not in histories:
+                try:
+                    histories[e] = history_of(self.events, e, self.fs)
+                except StoreUnavailable as exc:
+                    histories[e] = exc
+            got = histories[e]
+            if isinstance(got, StoreUnavailable):
+                if count:
+                    self.count_failure(got.reason)
+                out[i] = (dict(self.defaults), got.reason, None)
+            elif not self._indexed:
+                out[i] = (self.hook(got.frame, e, request_times[i], self.fs), None, None)
+            else:
+                groups.setdefault(id(got.index), (got.index, []))[1].append(i)
+        for index, rows in groups.values():
+            values = compute_many(index, [entity_ids[i] for i in rows], [request_times[i] for i in rows], self.fs)
+            for i, v in zip(rows, values):
+                out[i] = (v, None, None)
+        return out
+
     def count_failure(self, reason: str) -> None:
         with self._lock:
             if reason == "store_timeout":
@@ -263,6 +332,15 @@ class Predictor:
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
+
+
+def scores_of(model: Model, names: list[str], rows: list[dict]) -> list[float]:
+    """The scores of many feature vectors in ONE model call (a float64 matrix, nulls as NaN)."""
+    x = np.array([[np.nan if v[n] is None else v[n] for n in names] for v in rows], dtype=np.float64)
+    x = x.reshape(len(rows), len(names))
+    matrix = getattr(model, "predict_matrix", None)
+    scores = matrix(x) if matrix is not None else model.predict(pd.DataFrame(x, columns=names))
+    return [float(v) for v in np.asarray(scores)]
 
 
 def score_of(model: Model, names: list[str], values: dict) -> float:
@@ -304,8 +382,9 @@ class ModelPredictor:
         snap = None
         for i, (_, pred) in enumerate(self.parts):
             t0 = time.perf_counter()
-            got, why, ds = pred.features(self._key(keys, i), request_time, pred.mode or mode)
-            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why)
+            m = pred.mode or mode
+            got, why, ds = pred.features(self._key(keys, i), request_time, m)
+            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why, mode=m)
             values.update(got)
             if why is not None:
                 reasons.append((pred.fs.name, why))
@@ -326,7 +405,7 @@ class ModelPredictor:
                     done: list = []
                     fut = loop.run_in_executor(self.executor, pred.features, key, request_time, m, None, False)
                     fut.add_done_callback(lambda _f, d=done: d.append(time.perf_counter()))
-                    pending.append((i, pred, fut, done))
+                    pending.append((i, pred, fut, done, m))
                     continue
                 results[i] = (key, m, cached)
             else:
@@ -336,8 +415,8 @@ class ModelPredictor:
                 key, m, cached = results[i]
                 t0 = time.perf_counter()
                 results[i] = pred.features(key, request_time, m, cached)
-                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1])
-        for i, pred, fut, done in pending:
+                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1], mode=m)
+        for i, pred, fut, done, m in pending:
             timeout = pred.timeout_s
             try:
                 if timeout is None:
@@ -349,13 +428,11 @@ class ModelPredictor:
                 results[i] = (dict(pred.defaults), "store_timeout", None)
             except Exception as exc:  # noqa: BLE001 - a failing set degrades only itself
                 results[i] = (dict(pred.defaults), "store_error", None)
-                import logging
-
                 logging.getLogger(__name__).warning("feature set %s failed: %r", pred.fs.name, exc)
             if results[i][1] in ("store_timeout", "store_error"):
                 pred.count_failure(results[i][1])
             end = done[0] if done else time.perf_counter()
-            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True)
+            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True, mode=m)
         values: dict = {}
         reasons: list = []
         snap = None
@@ -369,46 +446,159 @@ class ModelPredictor:
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
 
+    def scores(self, rows: list[dict]) -> list[float]:
+        return scores_of(self.model, self._names, rows)
 
-class PredictRequest(BaseModel):
-    """Body of ``POST /predict``: the model's query keys (``entity_id`` for a one-key model; by name,
-    top level or under ``keys``, for several). Other fields are ignored and never reach the log
+    def _merge(self, per_set: list[list], n: int) -> tuple[list[dict], list, list]:
+        values: list[dict] = [{} for _ in range(n)]
+        reasons: list[list] = [[] for _ in range(n)]
+        snaps: list = [None] * n
+        for (_, pred), results in zip(self.parts, per_set):
+            for q, (got, why, ds) in enumerate(results):
+                values[q].update(got)
+                if why is not None:
+                    reasons[q].append((pred.fs.name, why))
+                snaps[q] = snaps[q] or ds
+        return values, [degraded_reason(r, self._single) for r in reasons], snaps
+
+    def batch_features(self, keys: list[dict], request_times: list, mode: str) -> tuple[list[dict], list, list]:
+        """:meth:`features` of many queries, each set evaluated once for all of them
+        (:meth:`Predictor.batch_features`): (values, degraded reasons, snapshot ds), one per query."""
+        per_set = []
+        for i, (_, pred) in enumerate(self.parts):
+            m = pred.mode or mode
+            t0 = time.perf_counter()
+            got = pred.batch_features([self._key(k, i) for k in keys], request_times, m)
+            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in got], mode=m)
+            per_set.append(got)
+        return self._merge(per_set, len(keys))
+
+    async def abatch_features(self, keys: list[dict], request_times: list, mode: str) -> tuple[list[dict], list, list]:
+        """:meth:`batch_features` with every blocking set's fetch on a fan-out thread, all at once, each
+        within its own timeout from the batch's start: a set that misses it serves its declared
+        defaults to every query of the batch (``store_timeout``), like :meth:`afeatures`."""
+        loop = asyncio.get_running_loop()
+        start = time.perf_counter()
+        per_set: list = [None] * len(self.parts)
+        pending = []
+        for i, (_, pred) in enumerate(self.parts):
+            m, ents = pred.mode or mode, [self._key(k, i) for k in keys]
+            if pred.blocking and m == "fresh":
+                fut = loop.run_in_executor(self.executor, pred.batch_features, ents, request_times, m, False)
+                pending.append((i, pred, fut, m, ents))
+                continue
+            t0 = time.perf_counter()
+            per_set[i] = pred.batch_features(ents, request_times, m)
+            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in per_set[i]], mode=m)
+        for i, pred, fut, m, ents in pending:
+            try:
+                if pred.timeout_s is None:
+                    got = await fut
+                else:
+                    got = await asyncio.wait_for(fut, max(0.0, pred.timeout_s - (time.perf_counter() - start)))
+            except Exception as exc:  # noqa: BLE001 - a failing set degrades only itself
+                why = "store_timeout" if isinstance(exc, (asyncio.TimeoutError, cf.TimeoutError)) else "store_error"
+                if why == "store_error":
+                    logging.getLogger(__name__).warning("feature set %s failed: %r", pred.fs.name, exc)
+                got = [(dict(pred.defaults), None if e is None else why, None) for e in ents]
+            for _, why, _ in got:
+                if why in ("store_timeout", "store_error"):
+                    pred.count_failure(why)
+            per_set[i] = got
+            ms = (time.perf_counter() - start) * 1000
+            pred.set_metrics.observe_batch(ms, [r[1] for r in got], offloaded=True, mode=m)
+        return self._merge(per_set, len(keys))
+
+
+#: Bounds of a request body's fields (a key's text, an id, a time): beyond them, 422 naming the field.
+MAX_KEY_CHARS = 256
+KeyText = Annotated[str, StringConstraints(max_length=MAX_KEY_CHARS)]
+
+
+class Query(BaseModel):
+    """One query: the model's query keys (``entity_id`` for a one-key model; by name, top level or
+    under ``keys``, for several), its time and id. Other fields are ignored and never reach the log
     (PII allowlist)."""
 
     model_config = ConfigDict(extra="allow")
 
-    entity_id: int | str | None = None
-    keys: dict[str, int | str | None] | None = None
-    request_time: str | None = None  # ISO 8601; naive = UTC; default: now
-    mode: str | None = None  # fresh | materialized; default: the service's
-    request_id: str | None = None  # default: a new uuid4
+    entity_id: int | KeyText | None = None
+    keys: Annotated[dict[KeyText, int | KeyText | None], Field(max_length=32)] | None = None
+    request_time: Annotated[str, StringConstraints(max_length=64)] | None = None  # ISO 8601; naive = UTC; default: now
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None  # default: a uuid4
 
 
-def request_keys(req: PredictRequest, keys: list[tuple[str, str, str]], nullable=frozenset()) -> dict:
-    """``{query column: key}`` of a request, typed by the declaration; ValueError naming a missing or
-    mistyped key. A key column in ``nullable`` (declared nullable) may be missing or null: None."""
+class PredictRequest(Query):
+    """Body of ``POST /predict``: one :class:`Query` and its mode."""
+
+    mode: Literal["fresh", "materialized"] | None = None  # default: the service's
+
+
+class BatchQuery(Query):
+    mode: None = None  # a batch has one mode (``BatchRequest.mode``): a query naming its own is refused
+
+
+class BatchRequest(BaseModel):
+    """Body of ``POST /predict/batch``: up to ``Settings.max_batch`` queries, one mode."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: Annotated[list[BatchQuery], Field(min_length=1)]
+    mode: Literal["fresh", "materialized"] | None = None
+
+
+class FieldError(ValueError):
+    """A request field that does not fit the model's declaration; ``loc`` names it as pydantic does."""
+
+    def __init__(self, loc: tuple, msg: str):
+        super().__init__(msg)
+        self.loc = loc
+
+    def detail(self, prefix: tuple = ("body",)) -> list[dict]:
+        """The 422 body, shaped like FastAPI's own validation errors."""
+        return [{"type": "value_error", "loc": [*prefix, *self.loc], "msg": str(self)}]
+
+
+def request_keys(req: Query, keys: list[tuple[str, str, str]], nullable=frozenset()) -> dict:
+    """``{query column: key}`` of a request, typed by the declaration; :class:`FieldError` (a ValueError)
+    naming a missing or mistyped key. A key column in ``nullable`` (declared nullable) may be missing
+    or null: None."""
     extra = req.model_extra or {}
     out = {}
     for log_col, col, type_ in keys:
+        loc = ("keys", col) if col in (req.keys or {}) else (col,)
         v = (req.keys or {}).get(col, extra.get(col))
         if v is None and log_col == "entity_id":
-            v = req.entity_id
+            v, loc = req.entity_id, (col,) if req.entity_id is None else ("entity_id",)
         if v is None and col in nullable:
             out[col] = None
             continue
         if v is None:
-            raise ValueError(f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
+            raise FieldError(loc, f"missing key {col!r} (the model's query keys: {[c for _, c, _ in keys]})")
         if type_ == "int64":
             if isinstance(v, bool) or not isinstance(v, (int, str)):
-                raise ValueError(f"key {col!r} must be an integer, got {v!r}")
+                raise FieldError(loc, f"key {col!r} must be an integer, got {type(v).__name__}")
             try:
                 v = int(v)
             except ValueError:
-                raise ValueError(f"key {col!r} must be an integer, got {v!r}") from None
+                raise FieldError(loc, f"key {col!r} must be an integer, got {v[:MAX_KEY_CHARS]!r}") from None
+        elif isinstance(v, (dict, list, bool, float)):
+            raise FieldError(loc, f"key {col!r} must be a string, got {type(v).__name__}")
         else:
             v = str(v)
+            if len(v) > MAX_KEY_CHARS:
+                raise FieldError(loc, f"key {col!r} is longer than {MAX_KEY_CHARS} characters")
         out[col] = v
     return out
+
+
+def parse_query(q: Query, keys, nullable=frozenset()) -> tuple[dict, pd.Timestamp]:
+    """(typed query keys, request time UTC; now if not given) of one query; :class:`FieldError`."""
+    try:
+        t = _utc(q.request_time) if q.request_time else pd.Timestamp.now(tz="UTC")
+    except (ValueError, TypeError) as exc:
+        raise FieldError(("request_time",), f"not an ISO 8601 time: {exc}") from None
+    return request_keys(q, keys, nullable), t
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -430,10 +620,14 @@ def create_app(
     ``settings`` at start-up. ``store``: one store for every joined set, or ``{set name: store}``."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, HTTPException
+    from fastapi import FastAPI, HTTPException, Response
 
     from jobs.config import Config
 
+    if settings.mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {settings.mode!r}")
+    # built here, not at start-up: a key file that does not parse stops the app before it serves
+    key_ring = KeyRing(settings.api_keys_file, settings.api_key_hashes, settings.api_keys_reload_s)
     cfg = cfg or Config(lake_root=settings.lake_root)
     repo = cfg.repo()
     decl = repo.model(settings.model) if settings.model else repo.default_model()
@@ -449,6 +643,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         notify = notifier or _default_notifier(cfg)
+        if not key_ring.configured:
+            logging.getLogger(__name__).warning(
+                "NO API KEYS CONFIGURED: /predict is open to anyone who can reach this port (local development "
+                "only). Set LOCKSTEP_SERVING_API_KEYS_FILE (lockstep serve-keys add) or "
+                "LOCKSTEP_SERVING_API_KEY_HASHES."
+            )
         metrics = Metrics()
         model = (model_source or _model_source(settings, cfg, decl)).champion()
         fp = getattr(model, "feature_set_fingerprint", None)
@@ -511,6 +711,9 @@ def create_app(
         if serving_log is None or not slog.running:
             slog.start()
         predictor = ModelPredictor(decl, parts, model)
+        prom = ServiceMetrics(decl.name, model.version, [p.fs.name for _, p in parts])
+        for _, p in parts:
+            p.set_metrics.sink = prom.sets[p.fs.name]
         executor = None
         if predictor.fans_out:
             executor = predictor.executor = cf.ThreadPoolExecutor(
@@ -520,8 +723,10 @@ def create_app(
             predictor=predictor,
             log=slog,
             metrics=metrics,
+            prom=prom,
             cache=caches[0],
             caches=caches,
+            set_caches={p.fs.name: c for (_, p), c in zip(parts, caches)},
             store=bases[0],
             stores=bases,
             refresher=refreshers[0] if refreshers else None,
@@ -536,35 +741,15 @@ def create_app(
             if executor is not None:
                 executor.shutdown(wait=False, cancel_futures=True)
             slog.close()
+            prom.close()
 
     app = FastAPI(title="Lockstep reference service", lifespan=lifespan)
     app.state.lockstep = state
+    state["keys"] = key_ring
+    app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
-    @app.post("/predict")
-    async def predict(req: PredictRequest):
-        t0 = time.perf_counter()
-        pred: ModelPredictor = state["predictor"]
-        metrics: Metrics = state["metrics"]
-        mode = req.mode or settings.mode
-        if mode not in MODES:
-            raise HTTPException(422, f"mode must be one of {MODES}")
-        try:
-            t = _utc(req.request_time) if req.request_time else pd.Timestamp.now(tz="UTC")
-        except (ValueError, TypeError) as exc:
-            raise HTTPException(422, f"bad request_time: {exc}") from None
-        try:
-            query = request_keys(req, keys, nullable)
-        except ValueError as exc:
-            raise HTTPException(422, str(exc)) from None
-        metrics.requests += 1
-        if pred.fans_out:
-            values, reason, snap_ds = await pred.afeatures(query, t, mode)
-        else:
-            values, reason, snap_ds = pred.features(query, t, mode)
-        score = pred.score(values)
-        latency_ms = (time.perf_counter() - t0) * 1000
-        request_id = req.request_id or uuid.uuid4().hex
-        rec = make_record(
+    def record(pred: ModelPredictor, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values) -> dict:
+        return make_record(
             decl,
             request_id=request_id,
             **{log_col: query[col] for log_col, col, _ in keys},
@@ -582,20 +767,8 @@ def create_app(
             snapshot_ds=snap_ds,
             **values,
         )
-        try:
-            fut = state["log"].submit(rec)
-        except LogQueueFull:
-            metrics.log_refused += 1
-            raise HTTPException(503, "serving log is full; request not served") from None
-        try:
-            await asyncio.wrap_future(fut)  # acknowledged only once the record is in the WAL
-        except Exception as exc:  # noqa: BLE001 - any write failure means: not logged, so not served
-            metrics.log_errors += 1
-            raise HTTPException(503, f"serving log write failed: {exc}") from None
-        metrics.ok += 1
-        metrics.by_mode[mode] += 1
-        metrics.degraded += reason is not None
-        metrics.latencies.append(latency_ms)
+
+    def answer(pred: ModelPredictor, request_id, query, t, mode, score, reason, values) -> dict:
         out = {"request_id": request_id}
         if len(keys) == 1 and keys[0][0] == "entity_id":
             out["entity_id"] = query[keys[0][1]]
@@ -616,6 +789,79 @@ def create_app(
         )
         return out
 
+    def served(endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
+        metrics: Metrics = state["metrics"]
+        degraded = sum(r is not None for r in reasons)
+        metrics.ok += len(reasons)
+        metrics.by_mode[mode] += len(reasons)
+        metrics.degraded += degraded
+        metrics.latencies.extend([latency_ms] * len(reasons))
+        prom: ServiceMetrics = state["prom"]
+        prom.request(endpoint, mode, 200, time.perf_counter() - t0)
+        prom.predicted(mode, degraded, len(reasons))
+        prom.sync_caches(state["set_caches"])
+
+    @app.post("/predict")
+    async def predict(req: PredictRequest):
+        t0 = time.perf_counter()
+        pred: ModelPredictor = state["predictor"]
+        mode = req.mode or settings.mode
+        try:
+            query, t = parse_query(req, keys, nullable)
+        except FieldError as exc:
+            raise HTTPException(422, exc.detail()) from None
+        state["metrics"].requests += 1
+        if pred.fans_out:
+            values, reason, snap_ds = await pred.afeatures(query, t, mode)
+        else:
+            values, reason, snap_ds = pred.features(query, t, mode)
+        score = pred.score(values)
+        latency_ms = (time.perf_counter() - t0) * 1000
+        request_id = req.request_id or uuid.uuid4().hex
+        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
+        await _log_or_503(state, [rec], "/predict", mode)
+        served("/predict", mode, t0, latency_ms, [reason])
+        return answer(pred, request_id, query, t, mode, score, reason, values)
+
+    @app.post("/predict/batch")
+    async def predict_batch(req: BatchRequest):
+        """Up to ``max_batch`` queries: each set evaluated once for the batch, ONE model call, one
+        log record per query (all logged, or 503 and none answered), answers in query order."""
+        t0 = time.perf_counter()
+        pred: ModelPredictor = state["predictor"]
+        mode = req.mode or settings.mode
+        n = len(req.queries)
+        if n > settings.max_batch:
+            msg = f"at most {settings.max_batch} queries per batch, got {n}"
+            raise HTTPException(422, [{"type": "too_long", "loc": ["body", "queries"], "msg": msg}])
+        queries, times, ids, seen = [], [], [], set()
+        for i, q in enumerate(req.queries):
+            try:
+                query, t = parse_query(q, keys, nullable)
+            except FieldError as exc:
+                raise HTTPException(422, exc.detail(("body", "queries", i))) from None
+            request_id = q.request_id or uuid.uuid4().hex
+            if request_id in seen:
+                loc = ["body", "queries", i, "request_id"]
+                raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg": "used twice in this batch"}])
+            seen.add(request_id)
+            queries.append(query), times.append(t), ids.append(request_id)
+        state["metrics"].requests += n
+        if pred.fans_out:
+            values, reasons, snaps = await pred.abatch_features(queries, times, mode)
+        else:
+            values, reasons, snaps = pred.batch_features(queries, times, mode)
+        scores = pred.scores(values)
+        latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
+        rows = list(zip(ids, queries, times, scores, reasons, snaps, values))
+        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
+        await _log_or_503(state, records, "/predict/batch", mode)
+        served("/predict/batch", mode, t0, latency_ms, reasons)
+        return {
+            "count": n,
+            "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
+        }
+
     @app.get("/health")
     async def health():
         pred: ModelPredictor | None = state.get("predictor")
@@ -627,9 +873,18 @@ def create_app(
             "fingerprint": decl.fingerprint,
             "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
             "store": type(state.get("store")).__name__,
+            "auth": "api_key" if key_ring.configured else "open",
         }
 
     @app.get("/metrics")
+    async def prometheus_endpoint():
+        prom: ServiceMetrics = state["prom"]
+        prom.sync_caches(state["set_caches"])
+        prom.queue_depth.set(state["log"].queue_depth)
+        body, content_type = prom.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/metrics.json")
     async def metrics_endpoint():
         m: Metrics = state["metrics"]
         caches: list[L1Cache] = state["caches"]
@@ -665,6 +920,117 @@ def create_app(
         }
 
     return app
+
+
+#: The paths that need an API key (when keys are configured) and whose bodies are size-checked.
+PROTECTED = frozenset({"/predict", "/predict/batch"})
+
+
+class Guard:
+    """ASGI middleware in front of :data:`PROTECTED`: the API key (``X-API-Key: <key>`` or
+    ``Authorization: Bearer <key>``) is checked before the body is read — 401 and nothing logged
+    without a valid one — and a body over ``max_body_bytes`` is refused (413) without reading
+    the rest. The key is never logged or echoed."""
+
+    def __init__(self, app, state: dict, max_body_bytes: int):
+        self.app, self.state, self.max_body_bytes = app, state, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in PROTECTED:
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        ring: KeyRing = self.state["keys"]
+        if ring.configured and ring.check(_presented_key(headers)) is None:
+            prom = self.state.get("prom")
+            if prom is not None:
+                prom.unauthorized.inc()
+            return await _send_json(
+                send, 401, {"detail": "missing or invalid API key"}, [(b"www-authenticate", b"Bearer")]
+            )
+        limit = self.max_body_bytes
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await _send_json(send, 413, _too_large(limit))
+        if length is not None:
+            return await self.app(scope, receive, send)
+        # no length (chunked): read up to the limit, then hand the body on
+        chunks, size = [], 0
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            size += len(msg.get("body", b""))
+            if size > limit:
+                return await _send_json(send, 413, _too_large(limit))
+            chunks.append(msg.get("body", b""))
+            if not msg.get("more_body"):
+                break
+        body, sent = b"".join(chunks), []
+
+        async def replay():
+            if not sent:
+                sent.append(True)
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def _presented_key(headers: dict) -> str | None:
+    raw = headers.get(b"x-api-key")
+    if raw is None:
+        auth = headers.get(b"authorization", b"")
+        scheme, _, raw = auth.partition(b" ")
+        if scheme.lower() != b"bearer" or not raw:
+            return None
+    try:
+        return raw.decode("ascii").strip()
+    except UnicodeDecodeError:
+        return None
+
+
+def _too_large(limit: int) -> dict:
+    return {"detail": [{"type": "too_large", "loc": ["body"], "msg": f"request body larger than {limit} bytes"}]}
+
+
+async def _send_json(send, status: int, body: dict, headers=()) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()), *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str) -> None:
+    """Log ``records`` (all or none queued) and wait until they are in the WAL; 503 when the log
+    refuses them or a write fails (not logged, so not served)."""
+    from fastapi import HTTPException
+
+    metrics: Metrics = state["metrics"]
+    prom: ServiceMetrics = state["prom"]
+    slog: ServingLog = state["log"]
+    try:
+        fut = slog.submit_many(records) if len(records) > 1 else slog.submit(records[0])
+    except LogQueueFull:
+        metrics.log_refused += len(records)
+        prom.refused("queue_full", len(records))
+        prom.request(endpoint, mode, 503)
+        raise HTTPException(503, "serving log is full; request not served") from None
+    try:
+        await asyncio.wrap_future(fut)  # acknowledged only once the records are in the WAL
+    except Exception as exc:  # noqa: BLE001 - any write failure means: not logged, so not served
+        metrics.log_errors += len(records)
+        prom.refused("write_error", len(records))
+        prom.request(endpoint, mode, 503)
+        raise HTTPException(503, f"serving log write failed: {exc}") from None
+    finally:
+        prom.queue_depth.set(slog.queue_depth)
 
 
 def _refresh_metrics(refreshers: list[StoreRefresher]) -> dict:

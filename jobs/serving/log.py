@@ -191,6 +191,27 @@ class LogQueueFull(Exception):
     """The serving log's queue is full; the record was not accepted."""
 
 
+class _GroupWaiter:
+    """What the writer resolves for each record of a :meth:`ServingLog.submit_many` group: the group's
+    future completes when its last record is written, or with the first failure."""
+
+    __slots__ = ("_fut", "_left", "_lock")
+
+    def __init__(self, fut: cf.Future, n: int):
+        self._fut, self._left, self._lock = fut, n, threading.Lock()
+
+    def set_result(self, _value) -> None:
+        with self._lock:
+            self._left -= 1
+            if self._left == 0 and not self._fut.done():
+                self._fut.set_result(True)
+
+    def set_exception(self, exc: BaseException) -> None:
+        with self._lock:
+            if not self._fut.done():
+                self._fut.set_exception(exc)
+
+
 class ServingLog:
     """Bounded queue -> writer thread -> WAL segments; ``publish(ds)`` -> ``serving_logs/ds=D``."""
 
@@ -268,6 +289,28 @@ class ServingLog:
             self.queue_full += 1
             self._alert_full()
             raise LogQueueFull(f"serving log queue full ({self._queue.maxsize} records)") from None
+        return fut
+
+    def submit_many(self, records: list[dict]) -> cf.Future:
+        """Queue several records, all or none; ONE future resolves once every one of them is in the
+        WAL (or fails with the first write error). Raises LogQueueFull when they do not all fit.
+
+        All or none holds for a single submitting thread (the service's event loop): only the
+        writer takes from the queue meanwhile, so the room checked is there when they are put."""
+        fut: cf.Future = cf.Future()
+        if not records:
+            fut.set_result(True)
+            return fut
+        room = self._queue.maxsize - self._queue.qsize() if self._queue.maxsize > 0 else len(records)
+        if room < len(records):
+            self.queue_full += len(records)
+            self._alert_full()
+            raise LogQueueFull(
+                f"serving log queue full ({self._queue.maxsize} records; {len(records)} offered, room for {room})"
+            )
+        waiter = _GroupWaiter(fut, len(records))
+        for rec in records:
+            self._queue.put_nowait((rec, waiter))
         return fut
 
     @property

@@ -103,7 +103,8 @@ def _null(v) -> bool:
     return v is None or (isinstance(v, float) and v != v) or v is pd.NA or v is pd.NaT
 
 
-def _body(row) -> dict:
+def request_body(row) -> dict:
+    """The ``/predict`` body of one planned request (a row of :func:`plan_day`)."""
     fields = row._asdict()
     body = {"request_time": pd.Timestamp(fields["request_time"]).isoformat(), "request_id": fields["request_id"]}
     if "entity_id" in fields:
@@ -117,13 +118,17 @@ def _body(row) -> dict:
     return body
 
 
-def replay(client, plan: pd.DataFrame, concurrency: int = 1, timeout: float = 10.0) -> pd.DataFrame:
-    """Send every planned request; ``client`` is an ``httpx.Client`` (or TestClient) or a base URL.
+def replay(
+    client, plan: pd.DataFrame, concurrency: int = 1, timeout: float = 10.0, api_key: str | None = None
+) -> pd.DataFrame:
+    """Send every planned request; ``client`` is an ``httpx.Client`` (or TestClient) or a base URL;
+    ``api_key``: sent as ``X-API-Key`` (a service with keys configured answers 401 without one).
 
     Returns ``plan`` plus ``status`` (HTTP status, 0 for a connection error) and ``score``.
     """
     import httpx
 
+    headers = {"X-API-Key": api_key} if api_key else None
     own = isinstance(client, str)
     if own:
         client = httpx.Client(
@@ -134,7 +139,7 @@ def replay(client, plan: pd.DataFrame, concurrency: int = 1, timeout: float = 10
 
     def one(row):
         try:
-            r = client.post("/predict", json=_body(row))
+            r = client.post("/predict", json=request_body(row), headers=headers)
         except httpx.HTTPError:
             return 0, None
         return r.status_code, (r.json().get("score") if r.status_code == 200 else None)

@@ -158,6 +158,9 @@ class EmbeddedStore:
         from features.kernel import index_events
 
         self._index = index_events(ev, self.fs)
+        # An entity without events is evaluated on the same index (no rows: the declared defaults), so
+        # a batch's queries of known and unknown entities share ONE kernel evaluation.
+        self._empty_history = EntityHistory(self._empty, self.fs, self._index)
 
     def history(self, entity_id) -> EntityHistory:
         """The entity's events (cut on first use) and the store's kernel index."""
@@ -420,7 +423,7 @@ class StoreRefresher:
     are extended in place. A partition that was REPLACED since it was loaded (a backfill)
     triggers a full reload from the lake instead. The L1 entries of changed entities are
     dropped, so a request sees new events at most ``interval_s`` after their partition is
-    published. A failed refresh is logged and counted (``/metrics``: ``store_refresh_errors``)
+    published. A failed refresh is logged and counted (``/metrics.json``: ``store_refresh_errors``)
     and retried at the next interval; the store keeps serving what it has.
     """
 

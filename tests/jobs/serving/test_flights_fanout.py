@@ -99,7 +99,7 @@ def _serve(cfg, tmp_path, rows, *, source=None, store=None, hook=None, name="wal
     app = create_app(s, model_source=source or linear(decl), store=store, hook=hook, cfg=cfg)
     with TestClient(app) as c:
         res = replay(c, rows)
-        metrics = c.get("/metrics").json()
+        metrics = c.get("/metrics.json").json()
     assert (res.status == 200).all(), res.status.value_counts()
     logged = read_wal(model_wal_dir(tmp_path / name, decl), decl).set_index("request_id").loc[rows.request_id]
     return logged, metrics
@@ -310,3 +310,30 @@ def test_two_models_served_into_one_lake_do_not_collide(flake, plan, tmp_path):
         assert lake.table(twin.skew_report_table).read(DAY)["rows"].max() == 4 == rb.table["rows"].max()
     finally:
         Repo.model = real_model
+
+
+def test_a_batch_of_flights_answers_what_single_calls_answer_and_a_slow_set_degrades_only_itself(flake, plan, tmp_path):
+    from jobs.serving.replay import request_body
+
+    decl = flake.repo().model(MODEL)
+    rows = pd.concat([plan[plan.tailnum.isna()].head(3), plan[plan.tailnum.notna()].head(27)], ignore_index=True)
+    bodies = [request_body(r) for r in rows.itertuples(index=False)]
+    weather = decl.joins[2].feature_set
+    slow = SlowStore(EmbeddedStore.from_lake(flake, weather), 0.3)
+    same = ("keys", "score", "degraded", "degraded_reason", "features")
+    for name, store in (("healthy", None), ("slow", {weather.name: slow})):
+        s = Settings(lake_root=flake.lake_root, model=MODEL, wal_dir=str(tmp_path / name), refresh_s=0.0)
+        s = dataclasses.replace(s, cache_ttl_s=0.0, store_timeout_ms=40.0)
+        with TestClient(create_app(s, model_source=linear(decl), store=store, cfg=flake)) as c:
+            t0 = time.perf_counter()
+            batch = c.post("/predict/batch", json={"queries": bodies}).json()["predictions"]
+            took = time.perf_counter() - t0
+            singles = [c.post("/predict", json={**b, "request_id": f"s-{b['request_id']}"}).json() for b in bodies]
+        for one, many in zip(singles, batch):
+            assert {k: many[k] for k in same} == {k: one[k] for k in same}
+        logged = read_wal(model_wal_dir(tmp_path / name, decl), decl)
+        assert set(logged.request_id) >= {b["request_id"] for b in bodies} and len(logged) == 60
+        if name == "slow":  # the set's timeout for the whole batch, not 30 x 300 ms
+            assert {p["degraded_reason"] for p in batch} == {"origin_weather_v1:store_timeout"} and took < 1.0
+        else:
+            assert not any(p["degraded"] for p in batch)

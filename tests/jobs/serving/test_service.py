@@ -41,7 +41,7 @@ def test_predict_health_metrics_and_pii_allowlist(lake_cfg, model_source, model,
         r2 = c.post("/predict", json={**body, "mode": "materialized"}).json()
         c.post("/predict", json=body)
         assert c.post("/predict", json={**body, "mode": "bogus"}).status_code == 422
-        m = c.get("/metrics").json()
+        m = c.get("/metrics.json").json()
     events = read_lake_events(lake_cfg, FS)
     want = compute_one(events, 5, pd.Timestamp(f"{DAY}T12:00:00.123456Z"), FS)
     assert r1["features"] == want and r1["model_version"] == model.version
@@ -70,7 +70,7 @@ def test_store_down_serves_defaults_flagged_degraded(lake_cfg, model_source, tmp
     app = _app(lake_cfg, model_source, tmp_path, store=Down())
     with TestClient(app) as c:
         r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"}).json()
-        m = c.get("/metrics").json()
+        m = c.get("/metrics.json").json()
     assert r["degraded"] and r["degraded_reason"] == "store_timeout"
     assert r["features"]["txn_count_30d"] == 0 and r["features"]["recency_days"] is None
     assert m["store_errors"] == 1 and m["store_timeouts"] == 1 and m["degraded"] == 1
@@ -96,7 +96,7 @@ def test_full_log_queue_is_counted_alerted_and_refused(lake_cfg, model_source, t
     app = _app(lake_cfg, model_source, tmp_path, serving_log=full)
     with TestClient(app) as c:
         r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"})
-        m = c.get("/metrics").json()
+        m = c.get("/metrics.json").json()
     assert r.status_code == 503 and m["log_queue_full"] == 1 and m["ok"] == 0
 
 
@@ -257,7 +257,7 @@ def test_redis_store_serves_the_same_bits_and_degrades_on_timeout(
         r = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T01:00:00Z"}).json()
         took = time.perf_counter() - t0
         t.join()
-        m = c.get("/metrics").json()
+        m = c.get("/metrics.json").json()
     assert r["degraded"] and r["degraded_reason"] == "store_timeout" and took < 0.4
     assert m["store_timeouts"] == 1
 
@@ -346,7 +346,7 @@ def test_store_refresh_applies_new_and_replaced_partitions(lake_events, model_so
         raw.write_partition("1997-04-09", to_raw(FS.source, new.assign(amount=99.0)), producer={"job": "test"})
         assert refresher.check_once() == sorted(raw.partitions()) and refresher.reloads == 1
         again = c.post("/predict", json=body).json()["features"]
-        m = c.get("/metrics").json()
+        m = c.get("/metrics.json").json()
     assert again["txn_count_7d"] == after["txn_count_7d"]
     assert again["spend_max_90d"] == 99.0 != after["spend_max_90d"]
     assert m["store_loaded_through"] == "1997-04-09" and m["store_refreshes"] == 1 and m["store_reloads"] == 1
@@ -372,7 +372,7 @@ def test_store_refresh_failure_is_counted_and_the_store_keeps_serving(lake_event
         while refresher.errors == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         r = c.post("/predict", json={"entity_id": 7, "request_time": "1997-04-09T12:00:00Z"})
-        metrics = c.get("/metrics").json()
+        metrics = c.get("/metrics.json").json()
     assert m.rows == 1 and r.status_code == 200 and not r.json()["degraded"]
     assert metrics["store_refresh_errors"] >= 1 and "1997-04-09" in metrics["store_refresh_last_error"]
     assert metrics["store_loaded_through"] == "1997-04-08"

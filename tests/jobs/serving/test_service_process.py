@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pandas as pd
@@ -29,9 +30,22 @@ from .test_service import free_port
 CONCURRENCY = 8
 
 
+#: The checkout under test: the service subprocess must import this code, whatever else is installed.
+REPO = str(Path(__file__).resolve().parents[3])
+
+
+def service_env(**env) -> dict:
+    """The test process's environment with this checkout first on the service's PYTHONPATH."""
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **env}
+
+
 class Service:
-    def __init__(self, env: dict, port: int, log_path):
-        self.env, self.port, self.log_path = env, port, log_path
+    """A service subprocess: ``uvicorn --factory jobs.serving.app:app_from_env`` on ``port``, or
+    ``argv`` (e.g. ``lockstep serve --workers 2``)."""
+
+    def __init__(self, env: dict, port: int, log_path, argv: list[str] | None = None):
+        self.env, self.port, self.log_path, self.argv = env, port, log_path, argv
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -41,7 +55,8 @@ class Service:
     def start(self, timeout: float = 60.0) -> None:
         with open(self.log_path, "ab") as out:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
-                [
+                self.argv
+                or [
                     sys.executable,
                     "-m",
                     "uvicorn",
@@ -85,13 +100,12 @@ class Service:
 def service(lake_cfg, model, tmp_path):
     model_path = tmp_path / "model.pkl"
     model_path.write_bytes(pickle.dumps(model))
-    env = {
-        **os.environ,
-        "LOCKSTEP_LAKE": lake_cfg.lake_root,
-        "LOCKSTEP_SERVING_WAL_DIR": str(tmp_path / "wal"),
-        "LOCKSTEP_SERVING_MODEL_PATH": str(model_path),
-        "LOCKSTEP_SERVING_CACHE_TTL_S": "5",
-    }
+    env = service_env(
+        LOCKSTEP_LAKE=lake_cfg.lake_root,
+        LOCKSTEP_SERVING_WAL_DIR=str(tmp_path / "wal"),
+        LOCKSTEP_SERVING_MODEL_PATH=str(model_path),
+        LOCKSTEP_SERVING_CACHE_TTL_S="5",
+    )
     svc = Service(env, free_port(), tmp_path / "service.log")
     yield svc
     svc.stop()
@@ -122,13 +136,13 @@ def test_concurrent_load_then_kill9_loses_no_acknowledged_record(service, lake_c
     assert len(extra) <= CONCURRENCY  # written, killed before the answer went out
 
     service.start()
-    metrics = httpx.get(f"{service.url}/metrics").json()
+    metrics = httpx.get(f"{service.url}/metrics.json").json()
     assert metrics["log_recovered_at_start"] == len(on_disk)
     retry = a[a.status != 200].drop(columns=["status", "score"])
     r = replay(service.url, retry, CONCURRENCY)
     b = replay(service.url, second, CONCURRENCY)
     assert (r.status == 200).all() and (b.status == 200).all(), "the service stopped serving under load"
-    m = httpx.get(f"{service.url}/metrics").json()
+    m = httpx.get(f"{service.url}/metrics.json").json()
     assert m["ok"] == len(r) + len(b) and m["log_queue_full"] == 0
     service.stop()
 

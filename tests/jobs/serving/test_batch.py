@@ -1,0 +1,139 @@
+"""``POST /predict/batch``: the answers of N single ``/predict`` calls, exactly, from one kernel
+evaluation per set and ONE model call; one log record per query; degradation as for /predict."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+import jobs.serving.app as app_module
+from jobs.serving.log import model_wal_dir, read_wal
+from jobs.serving.model import LinearModel, StaticSource
+from jobs.serving.replay import plan_day, request_body
+
+from .conftest import DAY, FS, MODEL
+from .test_metrics import samples, value
+from .test_service import _app
+
+#: what a batch answer and a single answer must agree on, query by query (not the request id)
+SAME = (
+    "entity_id",
+    "keys",
+    "request_time",
+    "mode",
+    "score",
+    "model_version",
+    "degraded",
+    "degraded_reason",
+    "features",
+)
+
+
+class CountingModel(LinearModel):
+    """The real linear model, counting its predict calls and rows."""
+
+    calls: list
+
+    def predict_matrix(self, x):
+        self.calls.append(len(x))
+        return super().predict_matrix(x)
+
+
+@pytest.fixture
+def counting(model):
+    m = CountingModel(model.name, model.version, model.feature_set_fingerprint, model.feature_names)
+    m.calls = []
+    return m
+
+
+@pytest.mark.parametrize("mode", ["fresh", "materialized"])
+def test_a_batch_answers_what_n_single_calls_answer(lake_cfg, lake_events, counting, tmp_path, monkeypatch, mode):
+    plan = plan_day(lake_events[0], DAY, 100, seed=5)
+    bodies = [request_body(r) for r in plan.itertuples(index=False)]
+    bodies[7]["entity_id"] = bodies[3]["entity_id"]  # an entity asked twice in one batch
+    bodies[11]["entity_id"] = 10**9  # an entity with no history
+    kernel_calls = []
+    real = app_module.compute_many
+    monkeypatch.setattr(app_module, "compute_many", lambda *a, **k: kernel_calls.append(len(a[1])) or real(*a, **k))
+    source = StaticSource(counting)
+    with TestClient(_app(lake_cfg, source, tmp_path / "single", mode=mode)) as c:
+        singles = [c.post("/predict", json={**b, "request_id": f"s{i}"}).json() for i, b in enumerate(bodies)]
+    counting.calls.clear()
+    with TestClient(_app(lake_cfg, source, tmp_path / "batch", mode=mode, cache_ttl_s=0.0)) as c:
+        r = c.post("/predict/batch", json={"queries": bodies})
+        got = samples(c.get("/metrics").text)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["count"] == 100 and [p["request_id"] for p in out["predictions"]] == [b["request_id"] for b in bodies]
+    for single, batch in zip(singles, out["predictions"]):
+        assert {k: batch[k] for k in SAME} == {k: single[k] for k in SAME}
+    assert counting.calls == [100]  # ONE model call for the batch
+    assert kernel_calls == ([100] if mode == "fresh" else [])  # ONE kernel evaluation of the set
+    logged = read_wal(model_wal_dir(tmp_path / "batch" / "wal", MODEL), MODEL).set_index("request_id")
+    one_by_one = read_wal(model_wal_dir(tmp_path / "single" / "wal", MODEL), MODEL)
+    one_by_one.index = [b["request_id"] for b in bodies]
+    assert len(logged) == 100 and sorted(logged.index) == sorted(b["request_id"] for b in bodies)
+    cols = ["entity_id", "request_time", "mode", "score", "degraded", *FS.feature_names]
+    pd.testing.assert_frame_equal(logged.loc[one_by_one.index, cols], one_by_one[cols], check_names=False)
+    assert value(got, "lockstep_serving_requests_total", endpoint="/predict/batch", mode=mode, status=200) == 1
+    assert value(got, "lockstep_serving_predictions_total", mode=mode, degraded="false", model_version="3") == 100
+    assert value(got, "lockstep_serving_feature_set_requests_total", mode=mode, outcome="ok") == 100
+    assert value(got, "lockstep_serving_feature_set_latency_seconds_count", mode=mode) == 1
+
+
+def test_a_batch_on_a_down_store_degrades_every_query_and_logs_each(lake_cfg, model_source, tmp_path):
+    from jobs.serving.store import StoreUnavailable
+
+    class Down:
+        def events(self, entity_id):
+            raise StoreUnavailable("store_error", "simulated")
+
+    queries = [{"entity_id": e, "request_time": f"{DAY}T01:00:00Z"} for e in (5, 17, 5)]
+    with TestClient(_app(lake_cfg, model_source, tmp_path, store=Down())) as c:
+        r = c.post("/predict/batch", json={"queries": queries}).json()
+        m = c.get("/metrics.json").json()
+        got = samples(c.get("/metrics").text)
+    assert [p["degraded_reason"] for p in r["predictions"]] == ["store_error"] * 3
+    assert all(p["features"]["txn_count_30d"] == 0 and p["features"]["recency_days"] is None for p in r["predictions"])
+    logged = read_wal(model_wal_dir(tmp_path / "wal", MODEL), MODEL)
+    assert logged.degraded.tolist() == [True] * 3 and m["store_errors"] == 3 and m["degraded"] == 3
+    assert value(got, "lockstep_serving_store_errors_total", feature_set=FS.name) == 3
+    assert value(got, "lockstep_serving_predictions_total", mode="fresh", degraded="true") == 3
+
+
+@pytest.mark.parametrize(
+    ("body", "loc"),
+    [
+        ({"queries": [{"entity_id": 5}] * 6}, ["body", "queries"]),  # max_batch 5
+        ({"queries": []}, ["body", "queries"]),
+        ({"queries": [{"entity_id": 5}, {"entity_id": "five"}]}, ["body", "queries", 1, "entity_id"]),
+        ({"queries": [{"entity_id": 5}, {}]}, ["body", "queries", 1, "customer_id"]),
+        ({"queries": [{"entity_id": 5, "mode": "fresh"}]}, ["body", "queries", 0, "mode"]),
+        ({"queries": [{"entity_id": 5, "request_time": 3}]}, ["body", "queries", 0, "request_time"]),
+        ({"queries": [{"entity_id": 5, "request_id": "a"}, {"entity_id": 6, "request_id": "a"}]}, None),
+        ({"queries": [{"entity_id": 5}], "mode": "bogus"}, ["body", "mode"]),
+        ({"queries": {"entity_id": 5}}, ["body", "queries"]),
+        ({"queries": [{"entity_id": 5}], "extra": 1}, ["body", "extra"]),
+    ],
+)
+def test_bad_batches_are_422_naming_the_field_and_log_nothing(lake_cfg, model_source, tmp_path, body, loc):
+    loc = loc or ["body", "queries", 1, "request_id"]
+    with TestClient(_app(lake_cfg, model_source, tmp_path, max_batch=5)) as c:
+        r = c.post("/predict/batch", json=body)
+    assert r.status_code == 422
+    assert loc in [d["loc"] for d in r.json()["detail"]], r.json()
+    assert read_wal(model_wal_dir(tmp_path / "wal", MODEL), MODEL).empty
+
+
+def test_a_batch_the_log_cannot_take_whole_is_503_and_none_is_logged(lake_cfg, model_source, tmp_path):
+    from jobs.serving.log import ServingLog
+
+    slog = ServingLog(model_wal_dir(tmp_path / "wal", MODEL), MODEL, queue_size=2)  # never started: nothing drains
+    queries = [{"entity_id": e, "request_time": f"{DAY}T01:00:00Z"} for e in (5, 17, 23)]
+    with TestClient(_app(lake_cfg, model_source, tmp_path, serving_log=slog)) as c:
+        r = c.post("/predict/batch", json={"queries": queries})
+        got = samples(c.get("/metrics").text)
+    assert r.status_code == 503 and slog.queue_depth == 0  # all or none: none queued
+    assert value(got, "lockstep_serving_log_refused_total", reason="queue_full") == 3
+    assert value(got, "lockstep_serving_requests_total", endpoint="/predict/batch", status=503) == 1
