@@ -14,11 +14,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-## Run the whole pipeline of the CDNOW example (real CDNOW data) through the DAGs generated from its
-## declarations (features/projects/cdnow) on an embedded Airflow, and print where its outputs are.
-DEMO_MODEL ?= repurchase_90d
+## Run the whole pipeline of every declared model — CDNOW repurchase (features/projects/cdnow) and NYC
+## departure delays (features/projects/flights) — through the DAGs generated from their declarations on an
+## embedded Airflow, and print where each one's outputs are. `make demo DEMO_MODEL=dep_delay_15`: one model.
+DEMO_MODEL ?=
 demo: $(STAMP)
-	$(BIN)/lockstep demo --model $(DEMO_MODEL)
+	$(BIN)/lockstep demo $(if $(DEMO_MODEL),--model $(DEMO_MODEL))
 
 ## Run the test suite (what CI runs): also installs the servers the tests start (PostgreSQL, Redis, Chromium).
 test: $(STAMP) system-deps

@@ -1,9 +1,8 @@
 """``lockstep demo``: the real DAGs, generated from the declarations, on a real (embedded) Airflow over a
-stretch of a model's data — by default the repo's default model (the shipped repo ``features.projects``
-declares the CDNOW example: one source, one feature set, one model, so four DAGs). The demo's days come
-from the declarations: the sources' ``span``.
-
-Steps, all inside the project directory (``.lockstep/``):
+stretch of each model's data — every model of the repo, the default one first (the shipped repo
+``features.projects`` declares two: ``repurchase_90d`` on CDNOW, one source and one set, and
+``dep_delay_15`` on NYC 2013 flights, three sources and three sets), or one with ``--model``. The demo's
+days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
    ``lockstep`` pool, login admin/admin);
@@ -13,16 +12,19 @@ Steps, all inside the project directory (``.lockstep/``):
    training sets, validation, the dask-ml linear baseline, LightGBM, lineage-gated registration,
    promotion to champion (only if it beats the baseline on validation);
 4. the scheduler, DAG processor and API server started; a **backfill** of ``features_daily__<source>``
-   over ``days`` days (from the first day of the span's last month) created through the REST API (what
+   for every source the model reads, all at once, over ``days`` days (from the first day of the span's last month) created through the REST API (what
    the UI's Backfill dialog does); each validated snapshot emits an Asset event that triggers
    ``batch_scoring__<model>`` (champion + shadow challenger -> validation -> SQL table);
 5. the services stopped;
 6. the reference serving service (``uvicorn``, ``fresh`` mode, the champion) started on a free local
    port; a seeded day of traffic (the last features day) replayed against it, every answer
-   logged to its write-ahead log (``.lockstep/serving_wal``); the service stopped;
+   logged to its write-ahead log (``.lockstep/serving_wal/<model>``); the service stopped;
 7. the ``skew_nightly__<model>`` DAG for that day (``airflow dags test``): the WAL's records published to
-   ``serving_logs``, validated, compared with the offline recomputation -> ``skew_reports`` and the
-   page ``<lake>/_reports/skew/ds=<day>.html``; where everything is, and how to open the UI, printed.
+   ``serving_logs/<model>``, validated, compared with the offline recomputation ->
+   ``skew_reports/<model>`` and the page ``<lake>/_reports/skew/<model>/ds=<day>.html``; where
+   everything is, and how to open the UI, printed.
+
+Everything is inside the project directory (``.lockstep/``); the models share one lake and one Airflow home.
 
 ``python -m jobs.local.demo ui`` then runs ``airflow standalone`` on that home to look at the runs.
 """
@@ -339,13 +341,18 @@ def run_demo(
         before = {d: predictions.manifest(d).created_at for d in want if predictions.exists(d)}  # a re-run
         idle_since = time.monotonic()
         deadline = time.monotonic() + timeout
-        for dag_id in backfilled:
-            backfill = af.create_backfill(dag_id, ds_from, last, max_active_runs=2, reprocess="completed")
+        # one backfill per source DAG, all at once (the scheduler interleaves their runs)
+        backfills = {
+            dag_id: af.create_backfill(dag_id, ds_from, last, max_active_runs=2, reprocess="completed")
+            for dag_id in backfilled
+        }
+        for dag_id, backfill in backfills.items():
             while not af.api("GET", f"backfills/{backfill['id']}").get("completed_at"):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{dag_id} backfill {ds_from}..{last} not done after {timeout}s")
                 af.check_alive()
                 time.sleep(3)
+        for dag_id in backfilled:
             failed = [r["logical_date"][:10] for r in af.dag_runs(dag_id) if r["state"] == "failed"]
             if failed:
                 problems.append(f"{dag_id} failed for {failed}")
@@ -534,12 +541,8 @@ def main(argv: list[str] | None = None) -> int:
     models = demo_models(cfg, args.model)
     outs = []
     for i, m in enumerate(models):
-        # Serving and the skew DAG: the named model, or the default one (the first) of the all-models demo.
-        serve = bool(args.model) or i == 0
-        print(f"\n=== demo of model {m.name} ({i + 1}/{len(models)}){'' if serve else ': serving skipped'}", flush=True)
-        outs.append(
-            run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests, model=m.name, serve=serve)
-        )
+        print(f"\n=== demo of model {m.name} ({i + 1}/{len(models)})", flush=True)
+        outs.append(run_demo(".", args.lake, args.ds_from, args.days, requests=args.requests, model=m.name))
     for out in outs:
         print_outputs(out)
         for note in out["notes"]:
