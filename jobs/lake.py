@@ -4,9 +4,19 @@ A table is `<root>/<name>/ds=YYYY-MM-DD/` holding `part-<writeid>-<nnnnn>.parque
 `_manifest.json`. Only files listed in the manifest belong to the partition, and a partition
 without a manifest does not exist. Readers verify every file against its manifest.
 
+Replacing a validated day never exposes, or loses to, an unvalidated version. A published version
+is *validated* once it carries a marker ``_validated-<writeid>.json`` (``Table.mark_validated``, or a
+write whose gate passed). A write of a day whose published version is validated is *staged*: its files
+and its manifest, as ``_candidate.json``, sit next to the published version, which readers keep getting
+(``read``, ``dataset``, ``files``, ``manifest``, ``exists``, ``partitions`` only ever read
+``_manifest.json``). ``Table.promote`` swaps a candidate in (one rename; the replaced files are removed
+after it) and ``Table.reject`` quarantines it, leaving the published version as it was. A newer write
+replaces a pending candidate. A day without a validated version (a first write, a table nothing
+validates, a lake written before markers existed) is published at once, as it always was.
+
 A write may pass a *gate* (e.g. a data-quality suite) that sees the staged files before the
-manifest is published; a partition the gate rejects, or a published one taken back with
-``Table.quarantine``, moves to ``<root>/_quarantine/<table>/ds=<ds>/<writeid>/`` with its
+manifest is published; a partition the gate rejects, a rejected candidate, or a published one taken
+back with ``Table.quarantine``, moves to ``<root>/_quarantine/<table>/ds=<ds>/<writeid>/`` with its
 (would-be) manifest and the reason, where no reader of the table sees it.
 """
 
@@ -33,13 +43,16 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 MANIFEST = "_manifest.json"
+#: The manifest of a staged write waiting for validation (never read by readers of the table).
+CANDIDATE = "_candidate.json"
 QUARANTINE = "_quarantine"
 QUARANTINE_REASON = "_reason.json"
 
 _DS = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _TABLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)*$")
 _PART = re.compile(r"^part-(?P<wid>[0-9A-Za-z]+)-(?P<seq>\d{5,})\.parquet$")
-_TMP = re.compile(r"^_manifest\.json\.tmp-(?P<wid>[0-9A-Za-z]+)$")
+_TMP = re.compile(r"^_(?:manifest|candidate|validated-[0-9A-Za-z]+)\.json\.tmp-(?P<wid>[0-9A-Za-z]+)$")
+_MARK = re.compile(r"^_validated-(?P<wid>[0-9A-Za-z]+)\.json$")
 _HASH_KEYS = ("lockstep-rows-k1", "lockstep-rows-k2")  # hash_pandas_object wants 16 chars
 # hash_key only affects string columns, so the second row hash also gets a constant salt column
 # in front: that changes how column hashes are combined, making the two sums independent.
@@ -229,7 +242,12 @@ class Table:
         `gate(staged)` is called once the data files are written, before the manifest is
         published. If it raises, the staged files and the would-be manifest move to
         `staged.quarantine_path` (the previous version, if any, stays published) and the
-        exception propagates with a `quarantine_path` attribute.
+        exception propagates with a `quarantine_path` attribute. A version published through a
+        gate that passed is validated.
+
+        Without a gate, when the published version of `ds` is validated, the write is staged as
+        the day's candidate (`pending(ds)`) instead: readers keep the validated version until
+        `promote` (or `reject`). Otherwise it is published at once. Returns the written manifest.
         """
         ds = check_ds(ds)
         if rows_per_file < 1:
@@ -281,16 +299,29 @@ class Table:
             current = self.manifest(ds)
         except LakeError:
             current = None
+        names = {f["name"] for f in files}
+        previous = set() if current is None else {f["name"] for f in current.files}
         if gate is not None:
             self._run_gate(gate, StagedPartition(self, ds, wid, manifest, current))
-        previous = set() if current is None else {f["name"] for f in current.files}
-        self._publish(pdir, wid, manifest)
-        self._cleanup(pdir, wid, {f["name"] for f in files}, previous)
+            self._mark(pdir, wid, manifest)  # before the manifest points at it: never a stale verdict
+            self._publish(pdir, wid, manifest)
+            self._cleanup(pdir, wid, names | {_marker(wid)}, previous)
+        elif current is not None and self._is_validated(pdir, current):
+            self._install(pdir, wid, CANDIDATE, manifest)
+            cur = write_id(current)
+            self._cleanup(pdir, wid, names | previous | {CANDIDATE, _marker(cur)}, set())
+        else:
+            self._publish(pdir, wid, manifest)
+            self._cleanup(pdir, wid, names, previous)
         return manifest
 
     def _publish(self, pdir: str, wid: str, manifest: Manifest) -> None:
-        tmp, final = f"{pdir}/{MANIFEST}.tmp-{wid}", f"{pdir}/{MANIFEST}"
-        payload = manifest.to_json().encode()
+        self._install(pdir, wid, MANIFEST, manifest)
+
+    def _install(self, pdir: str, wid: str, name: str, manifest: Manifest | dict) -> None:
+        """Write `name` in `pdir` atomically: a temp file, then a rename over the old one."""
+        tmp, final = f"{pdir}/{name}.tmp-{wid}", f"{pdir}/{name}"
+        payload = (manifest.to_json() if isinstance(manifest, Manifest) else json.dumps(manifest, indent=2)).encode()
         if self.lake.is_local:
             # fsync data entries, then the manifest, then rename: after a power cut the manifest
             # never points at files that did not make it to disk.
@@ -308,13 +339,20 @@ class Table:
 
     def _cleanup(self, pdir: str, wid: str, keep: set[str], previous: set[str]) -> None:
         # Remove the replaced version and leftovers of crashed writes that started before this
-        # one; newer write ids may belong to a write still in progress, so they stay.
+        # one (files, validation markers, a candidate left pending); newer write ids may belong to
+        # a write still in progress, so they stay.
         self.fs.invalidate_cache(pdir)
         for path in self.fs.ls(pdir, detail=False):
             name = path.rstrip("/").rsplit("/", 1)[-1]
             if name == MANIFEST or name in keep:
                 continue
-            m = _PART.match(name) or _TMP.match(name)
+            m = _PART.match(name) or _TMP.match(name) or _MARK.match(name)
+            if name == CANDIDATE:
+                try:
+                    cand = self._read_candidate(pdir)
+                    m = None if cand is None else {"wid": write_id(cand)}
+                except LakeError:  # installed by a rename, so never half-written: nothing to keep
+                    m = {"wid": ""}
             if name in previous or (m and m["wid"] < wid):
                 try:
                     self.fs.rm_file(path)
@@ -369,7 +407,100 @@ class Table:
             )
         wids = sorted({m["wid"] for m in map(_PART.match, names) if m})
         wid = wids[-1] if wids else uuid.uuid4().hex
-        return self._quarantine_files(ds, wid, names, None, reason, "published", attachments)
+        return self._quarantine_files(ds, wid, names, MANIFEST, reason, "published", attachments)
+
+    # ---- candidates and validation markers ---------------------------------------------------
+    def validated(self, ds: str | dt.date) -> bool:
+        """Whether the published version of `ds` is validated (so a re-write of `ds` is staged)."""
+        try:
+            current = self.manifest(ds)
+        except LakeError:
+            return False
+        return self._is_validated(self._pdir(check_ds(ds)), current)
+
+    def mark_validated(self, ds: str | dt.date, manifest: Manifest) -> None:
+        """Record that the published version `manifest` of `ds` passed validation; LakeError if `ds`
+        has been re-published since (the verdict would be about other content)."""
+        ds = check_ds(ds)
+        current = self.manifest(ds)
+        if current != manifest:
+            raise LakeError(f"table {self.name!r} ds={ds}: the published version changed while it was validated")
+        wid = write_id(current)
+        self._mark(self._pdir(ds), wid, current)
+
+    def pending(self, ds: str | dt.date) -> StagedPartition | None:
+        """The candidate of `ds` staged over its validated version and not yet promoted or rejected."""
+        ds = check_ds(ds)
+        cand = self._read_candidate(self._pdir(ds))
+        if cand is None:
+            return None
+        try:
+            current = self.manifest(ds)
+        except LakeError:
+            current = None
+        return StagedPartition(self, ds, write_id(cand), cand, current)
+
+    def promote(self, ds: str | dt.date, write: str) -> Manifest:
+        """Publish the pending candidate of `ds` written by write `write`, validated: one rename swaps
+        it in, then the replaced version's files are removed. LakeError if it is no longer pending."""
+        ds = check_ds(ds)
+        pdir = self._pdir(ds)
+        cand = self._pending_write(ds, write)
+        try:
+            previous = {f["name"] for f in self.manifest(ds).files}
+        except LakeError:
+            previous = set()
+        self._mark(pdir, write, cand)
+        if self.lake.is_local:
+            os.replace(f"{pdir}/{CANDIDATE}", f"{pdir}/{MANIFEST}")
+            _fsync_dir(pdir)
+        else:
+            self.fs.mv(f"{pdir}/{CANDIDATE}", f"{pdir}/{MANIFEST}")
+            self.fs.invalidate_cache(pdir)
+        self._cleanup(pdir, write, {f["name"] for f in cand.files} | {_marker(write)}, previous)
+        return cand
+
+    def reject(self, ds: str | dt.date, write: str, reason: str, attachments: dict[str, Any] | None = None) -> str:
+        """Quarantine the pending candidate of `ds` written by `write`; the published version is not
+        touched. Returns the quarantine URL; LakeError if it is no longer pending."""
+        ds = check_ds(ds)
+        cand = self._pending_write(ds, write)
+        names = [f["name"] for f in cand.files]
+        return self._quarantine_files(ds, write, names, CANDIDATE, reason, "candidate", attachments)
+
+    def _pending_write(self, ds: str, write: str) -> Manifest:
+        cand = self._read_candidate(self._pdir(ds))
+        if cand is None or write_id(cand) != write:
+            now = "none" if cand is None else f"write {write_id(cand)}"
+            raise LakeError(f"table {self.name!r} ds={ds}: write {write} is not the pending candidate ({now} is)")
+        return cand
+
+    def _read_candidate(self, pdir: str) -> Manifest | None:
+        path = f"{pdir}/{CANDIDATE}"
+        try:
+            raw = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        try:
+            return Manifest.from_json(raw)
+        except LakeError as exc:
+            ds = pdir.rsplit("ds=", 1)[-1]
+            raise CorruptPartitionError(self.name, ds, self.lake._url(path), str(exc)) from None
+
+    def _mark(self, pdir: str, wid: str, manifest: Manifest) -> None:
+        stamp = {
+            "write_id": wid,
+            "content_fingerprint": manifest.content_fingerprint,
+            "validated_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+        }
+        self._install(pdir, wid, _marker(wid), stamp)
+
+    def _is_validated(self, pdir: str, manifest: Manifest) -> bool:
+        try:
+            stamp = json.loads(self.fs.cat_file(f"{pdir}/{_marker(write_id(manifest))}"))
+        except (FileNotFoundError, ValueError):
+            return False
+        return isinstance(stamp, dict) and stamp.get("content_fingerprint") == manifest.content_fingerprint
 
     def quarantined(self, ds: str | dt.date) -> list[str]:
         """URLs of the quarantined versions of partition `ds`, oldest write first."""
@@ -388,7 +519,7 @@ class Table:
         ds: str,
         wid: str,
         names: list[str],
-        manifest: bytes | None,
+        manifest: bytes | str,
         reason: str,
         source: str,
         attachments: dict[str, Any] | None,
@@ -400,8 +531,10 @@ class Table:
         if self.fs.exists(qdir):  # the same write quarantined again (re-published, failed again)
             qdir = f"{qdir}-{uuid.uuid4().hex[:8]}"
         self.fs.makedirs(qdir, exist_ok=True)
-        if manifest is None:  # a published partition: unpublish first (a rename on a local lake)
-            self.fs.mv(f"{pdir}/{MANIFEST}", f"{qdir}/{MANIFEST}")
+        if isinstance(manifest, str):  # published or a candidate: unlist it first (a rename on a local lake)
+            self.fs.mv(f"{pdir}/{manifest}", f"{qdir}/{MANIFEST}")
+            with contextlib.suppress(FileNotFoundError):  # its verdict goes with it
+                self.fs.mv(f"{pdir}/{_marker(wid)}", f"{qdir}/{_marker(wid)}")
         else:
             self.fs.pipe_file(f"{qdir}/{MANIFEST}", manifest)
         moved, missing = [], []
@@ -514,7 +647,7 @@ class Table:
 
 
 class StagedPartition:
-    """A written but unpublished partition, as a write's gate sees it."""
+    """A written but unpublished partition: what a write's gate sees, or a pending candidate."""
 
     def __init__(self, table: Table, ds: str, write_id: str, manifest: Manifest, current: Manifest | None):
         self.table, self.ds, self.write_id = table, ds, write_id
@@ -530,9 +663,14 @@ class StagedPartition:
         pdir = self.table._pdir(self.ds)
         return [self.table.lake._url(f"{pdir}/{f['name']}") for f in self.manifest.files]
 
+    def verify(self) -> list[str]:
+        """The staged files checked against the staged manifest (sizes, checksums, footers), as
+        ``Table.read`` checks a published partition: CorruptPartitionError naming the bad file."""
+        return [self.table.lake._url(p) for p in self.table._verify(self.manifest)]
+
     @property
     def quarantine_path(self) -> str:
-        """Where the staged files go if the gate rejects them."""
+        """Where the staged files go if the gate rejects them (or a pending candidate is rejected)."""
         return self.table.quarantine_path(self.ds, self.write_id)
 
     def dataset(self) -> pads.Dataset:
@@ -653,6 +791,19 @@ def _frames(dataset: pads.Dataset, columns, batch_size: int) -> Iterator[pd.Data
             yield batch.to_pandas()
     if empty:
         yield dataset.to_table(columns=columns).to_pandas()
+
+
+def write_id(manifest: Manifest) -> str:
+    """The id of the write that produced `manifest` (every file of one write carries it)."""
+    for f in manifest.files:
+        m = _PART.match(f["name"])
+        if m:
+            return m["wid"]
+    raise LakeError(f"table {manifest.table!r} ds={manifest.ds}: manifest lists no part file")
+
+
+def _marker(wid: str) -> str:
+    return f"_validated-{wid}.json"
 
 
 def check_ds(ds: str | dt.date) -> str:

@@ -70,3 +70,15 @@ def feature_set_name(cfg, args) -> str:
     if not repo.feature_sets:
         raise KeyError("the repo declares no feature set")
     return sorted(repo.feature_sets)[0]
+
+
+def staged_note(lake, manifests) -> str | None:
+    """A line naming the written days that were staged over a validated version (not yet what readers
+    get: ``lockstep validate`` swaps each in when it passes), or None when every one was published."""
+    staged = [m.ds for m in manifests if lake.table(m.table).manifest(m.ds) != m]
+    if not staged:
+        return None
+    return (
+        f"{len(staged)} day(s) staged over their validated version, readers keep it until `lockstep validate` "
+        f"passes: {', '.join(staged[:10])}{' ...' if len(staged) > 10 else ''}"
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from jobs.cli.common import days
+from jobs.cli.common import days, staged_note
 from jobs.config import Config
 from jobs.snapshots import build_snapshots, feature_set_of, snapshot_table
 
@@ -37,6 +37,8 @@ def cmd_snapshot(args) -> int:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     where = snapshot_table(cfg.lake(), feature_set_of(cfg, args.feature_set)).partition_path(manifests[-1].ds)
     print(f"{len(manifests)} snapshot(s) on {cfg.engine} in {time.perf_counter() - t0:.1f}s; latest: {where}")
+    if note := staged_note(cfg.lake(), manifests):
+        print(note)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from jobs.cli import errors
+from jobs.cli.common import staged_note
 from jobs.config import Config
 from jobs.ingest.cdnow import ingest_cdnow
 from jobs.ingest.cdnow_synthetic import generate_events
@@ -57,6 +58,8 @@ def cmd_land(args) -> int:
     rows = sum(m.rows for m in manifests)
     table = repo.source(name).table
     print(f"{table}: {len(manifests)} partition(s), {rows} rows ({manifests[0].ds}..{manifests[-1].ds})")
+    if note := staged_note(cfg.lake(), manifests):
+        print(note)
     return 0
 
 
@@ -68,6 +71,8 @@ def cmd_ingest_cdnow(args) -> int:
     print(
         f"{table}: {len(manifests)} partitions, {rows} rows ({manifests[0].ds}..{manifests[-1].ds}) in {lake.path(table)}"
     )
+    if note := staged_note(lake, manifests):
+        print(note)
     return 0
 
 

@@ -34,7 +34,11 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     )
     s.add_argument("--table", help="validate this table instead of the dataset's default one")
     s.add_argument("--batch-rows", type=int, help=f"rows per batch (default {DEFAULT_BATCH_ROWS})")
-    s.add_argument("--no-quarantine", action="store_true", help="report only: leave a failed partition published")
+    s.add_argument(
+        "--no-quarantine",
+        action="store_true",
+        help="report only: leave a failed partition published (a failed candidate pending)",
+    )
     s.add_argument("--no-alert", action="store_true", help="do not send alerts")
     s.add_argument("--show-suite", action="store_true", help="print the bound suite as JSON and exit")
     s.set_defaults(func=cmd_validate)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.cli.common import add_model_arg, days, model_name
+from jobs.cli.common import add_model_arg, days, model_name, staged_note
 from jobs.config import Config
 from jobs.models.registry import Registry
 from jobs.scoring.batch import score_snapshot
@@ -41,6 +41,8 @@ def _cmd_score(args) -> int:
         m = score_snapshot(cfg, d, args.model, shadow=args.shadow, registry=registry, validate=not args.no_validate)
         used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
         print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
+        if note := staged_note(cfg.lake(), [m]):  # --no-validate over a validated day
+            print(f"  {note}")
         if args.publish:
             r = publish_predictions(cfg, d, m.producer["model"], args.sql_url)
             print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")

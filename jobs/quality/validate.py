@@ -10,16 +10,22 @@ from the declarations (``jobs.quality.suites``, ``jobs.quality.derive``): raw_ev
 feature_snapshots from a feature set, training_sets / predictions / serving_logs from a model.
 
 Every validation stores its result next to the partition (``<partition>/_validation.json``) and
-renders GE Data Docs under ``<lake>/_data_docs/``. A failure:
+renders GE Data Docs under ``<lake>/_data_docs/``. What is validated is the day's newest version: the
+candidate the lake staged over a validated version (``Table.pending``), else the published one. A pass
+promotes the candidate (``Table.promote``: the swap) or marks the published version validated
+(``Table.mark_validated``), so the next re-write of the day is staged. A failure:
 
-1. moves the partition to ``<lake>/_quarantine/<table>/ds=<ds>/<writeid>/`` (with its manifest
-   and ``_validation.json``), so no downstream reader sees it;
+1. moves the failed version to ``<lake>/_quarantine/<table>/ds=<ds>/<writeid>/`` (with its manifest
+   and ``_validation.json``), so no downstream reader sees it: a candidate leaves the validated
+   version published and readable (``Table.reject``), a published version leaves the day empty;
 2. sends an alert (``jobs.alerts``: always a line in ``<lake>/_alerts/alerts.jsonl``);
 3. raises ``DataQualityError`` naming the dataset, the partition, each failed expectation with its
    unexpected count and sample values, the report and the quarantine.
 
 Jobs that produce a dataset validate before publishing: ``write_partition(..., gate=gate_for(cfg,
-dataset))`` quarantines the staged files instead of publishing them.
+dataset))`` quarantines the staged files instead of publishing them. Without a gate (the DAGs: a write
+task, then a validate task), the lake stages a re-write of a validated day and ``validate_partition``
+swaps it in or quarantines it: readers never see an unvalidated replacement.
 """
 
 from __future__ import annotations
@@ -103,6 +109,8 @@ class ValidationResult:
     result_path: str | None = None
     quarantine_path: str | None = None
     alert: dict | None = None
+    #: The version that stays published after this one failed: {content_fingerprint, validated}.
+    kept: dict | None = None
 
     @property
     def failed(self) -> list[Outcome]:
@@ -133,6 +141,9 @@ class ValidationResult:
         lines.append(f"report: {self.report_path or '(not rendered)'}")
         if self.quarantine_path:
             lines.append(f"quarantined: {self.quarantine_path} (not visible to readers of {self.table})")
+        if not self.success and self.kept:
+            which = "validated" if self.kept.get("validated") else "previous"
+            lines.append(f"kept: {self.partition} stays at its {which} version {self.kept['content_fingerprint'][:16]}")
         return "\n".join(lines)
 
     def to_json_dict(self) -> dict:
@@ -373,13 +384,16 @@ def validate_partition(
     raise_on_failure: bool = True,
     max_keys_in_memory: int | None = None,
 ) -> ValidationResult:
-    """Validate published partition ``ds`` of ``dataset``'s table without loading it into memory.
+    """Validate the newest version of partition ``ds`` of ``dataset``'s table without loading it into memory.
 
-    On success the result is stored as ``<partition>/_validation.json``. On failure the partition is
-    quarantined (unless ``quarantine=False``), an alert is sent (unless ``alert=False``) and
-    ``DataQualityError`` is raised (unless ``raise_on_failure=False``). A partition that does not
-    exist raises ``MissingPartitionError``; one whose files do not match its manifest fails
-    validation (it is corrupt). ``docs_index=False`` skips rebuilding the Data Docs index page.
+    The newest version is the candidate staged over a validated version (``Table.pending``), else the
+    published one. On success the result is stored as ``<partition>/_validation.json`` and the version
+    becomes the validated published one (a candidate is promoted). On failure the version is
+    quarantined (unless ``quarantine=False``: a candidate then stays pending, a published version
+    published) — a candidate's quarantine leaves the validated version readable —, an alert is sent
+    (unless ``alert=False``) and ``DataQualityError`` is raised (unless ``raise_on_failure=False``). A
+    partition that does not exist raises ``MissingPartitionError``; one whose files do not match its
+    manifest fails validation (it is corrupt). ``docs_index=False`` skips rebuilding the Data Docs index page.
 
     The suite is derived from the declaration named by ``source`` (raw_events), ``feature_set``
     (feature_snapshots) or ``model`` (training_sets, predictions, serving_logs) in ``cfg.repo()``;
@@ -389,6 +403,12 @@ def validate_partition(
     lake = cfg.lake()
     tbl = lake.table(table or suite.table)  # no schema: read the files as written, drift included
     ds = _ds(ds)
+    conclude = {"docs": docs, "docs_index": docs_index, "alert": alert, "notifier": notifier}
+    conclude.update(raise_on_failure=raise_on_failure, quarantine=quarantine)
+    candidate = tbl.pending(ds)
+    if candidate is not None:
+        result = _validate_staged(suite, candidate, cfg.repo(), batch_rows, max_keys_in_memory, verify=True)
+        return _conclude(suite, tbl, result, stage=candidate, **conclude)
     try:
         manifest = tbl.manifest(ds)
     except CorruptPartitionError as exc:
@@ -411,17 +431,7 @@ def validate_partition(
             )
         except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
             result = _unreadable(suite, tbl, ds, manifest, exc, params)
-    return _conclude(
-        suite,
-        tbl,
-        result,
-        docs=docs,
-        docs_index=docs_index,
-        alert=alert,
-        notifier=notifier,
-        raise_on_failure=raise_on_failure,
-        quarantine="published" if quarantine else None,
-    )
+    return _conclude(suite, tbl, result, stage="published", **conclude)
 
 
 def validate_range(
@@ -490,36 +500,21 @@ def gate_for(
     repo = cfg.repo()
 
     def gate(staged: StagedPartition) -> None:
-        tbl, ds = staged.table, staged.ds
-        params = partition_parameters(tbl, ds, manifest=staged.manifest, repo=repo)
-        size = _batch_rows(batch_rows)
-        try:
-            dataset_ = staged.dataset()
-            result = validate_frame_batches(
-                suite,
-                _iter(dataset_, size),
-                schema=dataset_.schema,
-                params=params,
-                manifest=staged.manifest,
-                table=tbl.name,
-                ds=ds,
-                reread=lambda: _iter(staged.dataset(), size),
-                max_keys_in_memory=max_keys_in_memory,
-            )
-        except (pa.ArrowException, OSError) as exc:
-            result = _unreadable(suite, tbl, ds, staged.manifest, exc, params)
+        result = _validate_staged(suite, staged, repo, batch_rows, max_keys_in_memory, verify=False)
         if not result.success:
             result.quarantine_path = staged.quarantine_path  # where the lake moves it next
         _conclude(
             suite,
-            tbl,
+            staged.table,
             result,
             docs=docs,
             docs_index=True,
             alert=alert,
             notifier=notifier,
             raise_on_failure=True,
-            quarantine="gate",
+            quarantine=True,
+            stage="gate",
+            gated=staged,
         )
 
     gate.__qualname__ = f"gate_for({dataset!r})"
@@ -527,6 +522,32 @@ def gate_for(
 
 
 # ---- internals ------------------------------------------------------------------------------
+def _validate_staged(
+    suite: Suite, staged: StagedPartition, repo, batch_rows, max_keys_in_memory, *, verify: bool
+) -> ValidationResult:
+    """The verdict on a staged version (a gated write, or a pending candidate: ``verify`` its files first)."""
+    tbl, ds = staged.table, staged.ds
+    params = partition_parameters(tbl, ds, manifest=staged.manifest, repo=repo)
+    size = _batch_rows(batch_rows)
+    try:
+        if verify:
+            staged.verify()
+        dataset_ = staged.dataset()
+        return validate_frame_batches(
+            suite,
+            _iter(dataset_, size),
+            schema=dataset_.schema,
+            params=params,
+            manifest=staged.manifest,
+            table=tbl.name,
+            ds=ds,
+            reread=lambda: _iter(staged.dataset(), size),
+            max_keys_in_memory=max_keys_in_memory,
+        )
+    except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
+        return _unreadable(suite, tbl, ds, staged.manifest, exc, params)
+
+
 def _conclude(
     suite: Suite,
     tbl: Table,
@@ -537,11 +558,20 @@ def _conclude(
     alert: bool,
     notifier,
     raise_on_failure: bool,
-    quarantine: str | None,
+    quarantine: bool,
+    stage: str | StagedPartition,
+    gated: StagedPartition | None = None,
 ) -> ValidationResult:
-    """Render, store, quarantine, alert, raise. `quarantine`: "published" (move the partition away),
-    "gate" (the lake moves the staged files when the gate raises) or None (report only)."""
+    """Accept or quarantine, render, store, alert, raise. ``stage``: "published" (the published version
+    was validated: marked validated, or quarantined), a pending candidate (promoted, or rejected: the
+    published version stays), or "gate" (``gated``: the lake publishes or quarantines the staged files
+    when the gate returns or raises). ``quarantine=False``: report only, a failed version stays where it is."""
     lake = tbl.lake
+    candidate = stage if isinstance(stage, StagedPartition) else None
+    if not result.success:
+        kept = candidate.current if candidate is not None else gated.current if gated is not None else None
+        if kept is not None:
+            result.kept = {"content_fingerprint": kept.content_fingerprint, "validated": tbl.validated(result.ds)}
     if docs:
         try:
             from jobs.quality import gx
@@ -557,15 +587,25 @@ def _conclude(
             )
         except Exception as exc:  # noqa: BLE001 - a broken report must not hide the verdict
             log.warning("rendering Data Docs for %s failed: %r", result.partition, exc)
-    if not result.success and quarantine == "published":
+    if result.success and candidate is not None:
+        tbl.promote(result.ds, candidate.write_id)  # the swap; LakeError if a newer write replaced it
+    elif result.success and stage == "published":
+        tbl.mark_validated(result.ds, Manifest(**result.manifest))
+    elif quarantine and stage != "gate":
+        headline, attachments = result.describe().splitlines()[0], {RESULT_FILE: result.to_json_dict()}
         try:
-            result.quarantine_path = tbl.quarantine(
-                result.ds, result.describe().splitlines()[0], attachments={RESULT_FILE: result.to_json_dict()}
-            )
+            if candidate is not None:
+                result.quarantine_path = tbl.reject(result.ds, candidate.write_id, headline, attachments)
+            else:
+                result.quarantine_path = tbl.quarantine(result.ds, headline, attachments=attachments)
         except LakeError as exc:
             log.error("could not quarantine %s: %r", result.partition, exc)
     if result.quarantine_path:  # written there by tbl.quarantine, or by the lake after the gate
         result.result_path = f"{result.quarantine_path}/{RESULT_FILE}"
+    elif candidate is not None and not result.success:
+        # Report only: the candidate stays pending and its verdict is in the report; the partition's
+        # result file stays that of the validated version readers get.
+        result.result_path = None
     else:
         # Next to the manifest (a gated write: just before it is published). The result carries
         # the content fingerprint, so a stale one is recognisable after the partition is rewritten.
@@ -647,13 +687,18 @@ def _previous_manifest(table: Table, ds: str) -> Manifest | None:
 
 
 def _published_or_corrupt(tbl: Table, ds: str) -> bool:
+    """Whether ``validate_partition`` has a version of ``ds`` to judge (published, corrupt or pending)."""
     try:
         tbl.manifest(ds)
         return True
     except CorruptPartitionError:
         return True
     except LakeError:
-        return False
+        pass
+    try:
+        return tbl.pending(ds) is not None
+    except CorruptPartitionError:
+        return True
 
 
 def _schema_of(df: pd.DataFrame) -> pa.Schema:

@@ -26,6 +26,37 @@ def test_features_daily_lands_and_snapshots_the_day(airflow_local, lake):
     assert lake.table(SNAPSHOTS).partitions() == ["1997-01-01", "1997-01-02"]
 
 
+def test_a_bad_reland_of_a_validated_day_fails_and_readers_keep_the_good_day(airflow_local, lake, tmp_path):
+    """land_raw stages the re-export over the validated day, validate_raw quarantines it: the day's raw
+    partition and its snapshot stay the validated ones; a good re-run is swapped in by validate_raw."""
+    import gzip
+
+    from jobs.ingest.cdnow import CDNOW_PATH
+
+    ds = "1997-01-01"
+    airflow_local.dags_test(FEATURES, ds)
+    raw, snaps = lake.table(RAW), lake.table(SNAPSHOTS)
+    good_raw, good_snap = raw.manifest(ds), snaps.manifest(ds)
+    assert raw.validated(ds) and snaps.validated(ds)
+    lines = gzip.decompress(CDNOW_PATH.read_bytes()).decode().splitlines()
+    n = next(i for i, line in enumerate(lines) if line.split()[1:2] == [ds.replace("-", "")])
+    fields = lines[n].split()
+    lines[n] = " ".join([fields[0], fields[1], "5000", fields[3]])  # 5000 CDs: the parser takes it, the suite not
+    bad = tmp_path / "CDNOW_reexport.txt"
+    bad.write_text("\n".join(lines) + "\n")
+    proc = airflow_local.dags_test(FEATURES, ds, conf={"path": str(bad)}, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and f"data quality raw_events {RAW}/ds={ds}: FAILED" in out, out[-3000:]
+    assert raw.manifest(ds) == good_raw and snaps.manifest(ds) == good_snap
+    assert raw.pending(ds) is None and len(raw.quarantined(ds)) == 1
+    assert raw.read(ds)["n_items"].max() < 5000
+    airflow_local.dags_test(FEATURES, ds)  # the declared input again: staged, validated, swapped in
+    now = raw.manifest(ds)
+    assert now.content_fingerprint == good_raw.content_fingerprint and now.files != good_raw.files
+    assert raw.pending(ds) is None and raw.validated(ds) and snaps.validated(ds)
+    assert snaps.manifest(ds).content_fingerprint == good_snap.content_fingerprint
+
+
 def test_a_bad_engine_fails_the_run_before_any_task(airflow_local, lake):
     proc = airflow_local.dags_test(FEATURES, "1997-01-03", conf={"engine": "flink"}, check=False)
     assert proc.returncode != 0

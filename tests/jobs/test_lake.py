@@ -1,5 +1,7 @@
-"""The lake: round trips, schema casts, streaming writes, fingerprints, verification, crashes."""
+"""The lake: round trips, schema casts, streaming writes, fingerprints, verification, crashes, and
+re-writes of a validated day staged as candidates (promoted or rejected, the good version readable)."""
 
+import json
 import os
 import pickle
 import signal
@@ -16,12 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.lake import (
+    CANDIDATE,
     MANIFEST,
     CorruptPartitionError,
     Lake,
     LakeError,
     Manifest,
     MissingPartitionError,
+    write_id,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -455,3 +459,192 @@ def test_killed_overwrite_keeps_published_version(lake):
     new = t.write_partition("1997-01-01", v1.iloc[:7], producer=PRODUCER, rows_per_file=5)
     assert disk_names(t, "1997-01-01") == sorted([MANIFEST] + [f["name"] for f in new.files])
     assert t.read("1997-01-01")["k"].tolist() == list(range(7))
+
+
+# ---- re-writing a validated day: stage, then promote or reject ---------------------------------------
+def validated_day(lake, ds="1997-01-01", name="raw_events"):
+    t = lake.table(name, SCHEMA)
+    good = t.write_partition(ds, events(5), producer=PRODUCER, rows_per_file=3)
+    t.mark_validated(ds, good)
+    return t, good
+
+
+def assert_readers_see(t, ds, manifest, frame):
+    """Every reader of the table gets exactly `manifest`'s version."""
+    pdir = t.partition_path(ds)
+    assert t.manifest(ds) == manifest and t.exists(ds) and ds in t.partitions() and t.last_ds() == ds
+    assert t.files(ds) == [os.path.join(pdir, f["name"]) for f in manifest.files]
+    assert t.dataset(ds).to_table().num_rows == manifest.rows
+    stored = pa.Table.from_pandas(frame, schema=SCHEMA, preserve_index=False).replace_schema_metadata().to_pandas()
+    pd.testing.assert_frame_equal(t.read(ds), stored)
+    pd.testing.assert_frame_equal(pd.concat(t.iter_batches(ds, batch_size=2), ignore_index=True), stored)
+
+
+def test_first_write_and_a_rewrite_of_an_unvalidated_day_are_published_at_once(lake):
+    t = lake.table("raw_events", SCHEMA)
+    first = t.write_partition("1997-01-01", events(3), producer=PRODUCER)
+    assert t.pending("1997-01-01") is None and not t.validated("1997-01-01")
+    assert_readers_see(t, "1997-01-01", first, events(3))
+    second = t.write_partition("1997-01-01", events(2, start=9), producer=PRODUCER)
+    assert t.pending("1997-01-01") is None
+    assert_readers_see(t, "1997-01-01", second, events(2, start=9))
+    assert disk_names(t, "1997-01-01") == sorted([MANIFEST, second.files[0]["name"]])
+
+
+def test_rewrite_of_a_validated_day_is_staged_and_readers_keep_the_good_version(lake):
+    t, good = validated_day(lake)
+    assert t.validated("1997-01-01")
+    cand = t.write_partition("1997-01-01", events(4, start=100), producer={"job": "rerun"})
+    assert cand.rows == 4 and cand.content_fingerprint != good.content_fingerprint
+    assert_readers_see(t, "1997-01-01", good, events(5))
+    staged = t.pending("1997-01-01")
+    assert (staged.ds, staged.write_id, staged.manifest, staged.current) == ("1997-01-01", write_id(cand), cand, good)
+    assert staged.verify() == staged.files
+    assert pd.concat(staged.iter_batches(), ignore_index=True)["event_id"].tolist() == [100, 101, 102, 103]
+    marker = f"_validated-{write_id(good)}.json"
+    assert disk_names(t, "1997-01-01") == sorted(
+        [MANIFEST, CANDIDATE, marker, *(f["name"] for f in good.files), *(f["name"] for f in cand.files)]
+    )
+    # a raw `lake.table(name)` without the schema reads the same published version
+    assert lake.table("raw_events").manifest("1997-01-01") == good
+
+
+def test_promote_swaps_the_candidate_in_and_removes_the_replaced_version(lake):
+    t, good = validated_day(lake)
+    cand = t.write_partition("1997-01-01", events(4, start=100), producer=PRODUCER)
+    assert t.promote("1997-01-01", write_id(cand)) == cand
+    assert_readers_see(t, "1997-01-01", cand, events(4, start=100))
+    assert t.pending("1997-01-01") is None and t.validated("1997-01-01")
+    assert disk_names(t, "1997-01-01") == sorted([MANIFEST, f"_validated-{write_id(cand)}.json", cand.files[0]["name"]])
+    # promoted means validated: the next re-write is staged again
+    t.write_partition("1997-01-01", events(1, start=7), producer=PRODUCER)
+    assert t.manifest("1997-01-01") == cand and t.pending("1997-01-01") is not None
+
+
+def test_reject_quarantines_the_candidate_and_never_touches_the_good_version(lake):
+    t, good = validated_day(lake)
+    before = {n: Path(t.partition_path("1997-01-01"), n).read_bytes() for n in disk_names(t, "1997-01-01")}
+    cand = t.write_partition("1997-01-01", events(4, start=100), producer={"job": "bad"})
+    q = t.reject("1997-01-01", write_id(cand), "amounts are negative", attachments={"_validation.json": {"ok": 0}})
+    assert q == t.quarantine_path("1997-01-01", write_id(cand)) and t.quarantined("1997-01-01") == [q]
+    assert sorted(os.listdir(q)) == sorted(
+        [MANIFEST, "_reason.json", "_validation.json", *(f["name"] for f in cand.files)]
+    )
+    assert Manifest.from_json(Path(q, MANIFEST).read_text()) == cand
+    reason = json.loads(Path(q, "_reason.json").read_text())
+    assert (reason["source"], reason["reason"], reason["write_id"]) == (
+        "candidate",
+        "amounts are negative",
+        write_id(cand),
+    )
+    assert pd.read_parquet(os.path.join(q, cand.files[0]["name"]))["event_id"].tolist() == [100, 101, 102, 103]
+    # byte for byte what was there before the candidate, still validated, still what readers get
+    after = {n: Path(t.partition_path("1997-01-01"), n).read_bytes() for n in disk_names(t, "1997-01-01")}
+    assert after == before and t.validated("1997-01-01") and t.pending("1997-01-01") is None
+    assert_readers_see(t, "1997-01-01", good, events(5))
+
+
+def test_a_newer_write_replaces_a_pending_candidate_and_the_old_one_cannot_be_promoted(lake):
+    t, good = validated_day(lake)
+    first = t.write_partition("1997-01-01", events(2, start=100), producer=PRODUCER)
+    second = t.write_partition("1997-01-01", events(3, start=200), producer=PRODUCER)
+    assert t.pending("1997-01-01").manifest == second
+    assert not {f["name"] for f in first.files} & set(disk_names(t, "1997-01-01"))
+    for act in (lambda: t.promote("1997-01-01", write_id(first)), lambda: t.reject("1997-01-01", write_id(first), "x")):
+        with pytest.raises(LakeError, match=f"write {write_id(first)} is not the pending candidate"):
+            act()
+    assert t.manifest("1997-01-01") == good and t.quarantined("1997-01-01") == []
+    t.promote("1997-01-01", write_id(second))
+    with pytest.raises(LakeError, match=r"\(none is\)"):
+        t.promote("1997-01-01", write_id(second))
+    assert t.read("1997-01-01")["event_id"].tolist() == [200, 201, 202]
+
+
+def test_mark_validated_refuses_a_version_that_was_replaced(lake):
+    t = lake.table("raw_events", SCHEMA)
+    old = t.write_partition("1997-01-01", events(2), producer=PRODUCER)
+    t.write_partition("1997-01-01", events(3), producer=PRODUCER)
+    with pytest.raises(LakeError, match="changed while it was validated"):
+        t.mark_validated("1997-01-01", old)
+    assert not t.validated("1997-01-01")
+    with pytest.raises(MissingPartitionError):
+        t.mark_validated("1997-01-02", old)
+
+
+def test_a_marker_for_other_content_does_not_count(lake):
+    t, good = validated_day(lake)
+    marker = Path(t.partition_path("1997-01-01"), f"_validated-{write_id(good)}.json")
+    marker.write_text(json.dumps({"content_fingerprint": "0" * 64}))
+    assert not t.validated("1997-01-01")
+    marker.write_text("{not json")
+    assert not t.validated("1997-01-01")
+    new = t.write_partition("1997-01-01", events(1), producer=PRODUCER)  # not protected: published at once
+    assert t.manifest("1997-01-01") == new and t.pending("1997-01-01") is None
+
+
+def test_a_passing_gate_publishes_a_validated_version(lake):
+    t = lake.table("raw_events", SCHEMA)
+    m = t.write_partition("1997-01-01", events(3), producer=PRODUCER, gate=lambda staged: None)
+    assert t.validated("1997-01-01")
+    cand = t.write_partition("1997-01-01", events(2, start=50), producer=PRODUCER)
+    assert t.manifest("1997-01-01") == m and t.pending("1997-01-01").manifest == cand
+    # a gated write publishes directly and drops the pending candidate
+    gated = t.write_partition("1997-01-01", events(4, start=70), producer=PRODUCER, gate=lambda staged: None)
+    assert t.manifest("1997-01-01") == gated and t.pending("1997-01-01") is None
+    assert disk_names(t, "1997-01-01") == sorted(
+        [MANIFEST, f"_validated-{write_id(gated)}.json", gated.files[0]["name"]]
+    )
+
+
+def test_quarantining_the_published_version_takes_its_marker_and_leaves_the_candidate(lake):
+    t, good = validated_day(lake)
+    cand = t.write_partition("1997-01-01", events(2, start=100), producer=PRODUCER)
+    q = t.quarantine("1997-01-01", "found bad later")
+    assert f"_validated-{write_id(good)}.json" in os.listdir(q)
+    assert not t.exists("1997-01-01") and t.pending("1997-01-01").current is None
+    # with no validated version left, the next plain write publishes and drops the candidate
+    new = t.write_partition("1997-01-01", events(1, start=300), producer=PRODUCER)
+    assert t.manifest("1997-01-01") == new and t.pending("1997-01-01") is None
+    assert disk_names(t, "1997-01-01") == sorted([MANIFEST, new.files[0]["name"]])
+    assert not {f["name"] for f in cand.files} & set(disk_names(t, "1997-01-01"))
+
+
+def test_a_corrupt_candidate_is_named_and_the_published_version_stays_readable(lake):
+    t, good = validated_day(lake)
+    cand = t.write_partition("1997-01-01", events(4, start=100), producer=PRODUCER)
+    path = os.path.join(t.partition_path("1997-01-01"), cand.files[0]["name"])
+    with open(path, "r+b") as fh:
+        fh.truncate(os.path.getsize(path) - 5)
+    with pytest.raises(CorruptPartitionError, match="size"):
+        t.pending("1997-01-01").verify()
+    Path(t.partition_path("1997-01-01"), CANDIDATE).write_text("{not json")
+    with pytest.raises(CorruptPartitionError, match=CANDIDATE):
+        t.pending("1997-01-01")
+    assert_readers_see(t, "1997-01-01", good, events(5))
+
+
+def test_failed_staged_write_leaves_the_pending_candidate_and_the_good_version(lake):
+    t, good = validated_day(lake)
+    cand = t.write_partition("1997-01-01", events(2, start=100), producer=PRODUCER)
+
+    def chunks():
+        yield events(2, start=500)
+        raise RuntimeError("source went away")
+
+    with pytest.raises(RuntimeError, match="source went away"):
+        t.write_partition("1997-01-01", chunks(), producer=PRODUCER)
+    assert t.manifest("1997-01-01") == good and t.pending("1997-01-01").manifest == cand
+
+
+def test_staging_and_promotion_on_a_non_local_filesystem():
+    lake = Lake(f"memory://lake-{uuid.uuid4().hex}")
+    t, good = validated_day(lake)
+    cand = t.write_partition("1997-01-01", events(3, start=100), producer=PRODUCER)
+    assert t.manifest("1997-01-01") == good and t.read("1997-01-01")["event_id"].tolist() == list(range(5))
+    t.promote("1997-01-01", write_id(cand))
+    assert t.manifest("1997-01-01") == cand and t.read("1997-01-01")["event_id"].tolist() == [100, 101, 102]
+    names = sorted(p.rsplit("/", 1)[-1] for p in lake.fs.ls(t.partition_path("1997-01-01"), detail=False))
+    assert names == sorted([MANIFEST, f"_validated-{write_id(cand)}.json", cand.files[0]["name"]])
+    bad = t.write_partition("1997-01-01", events(1, start=900), producer=PRODUCER)
+    q = t.reject("1997-01-01", write_id(bad), "no")
+    assert t.manifest("1997-01-01") == cand and t.quarantined("1997-01-01") == [q]

@@ -31,6 +31,28 @@ def test_ingest_snapshot_show_round_trip(tmp_path, capsys):
     assert "feature_snapshots/customer_activity_v1: 2 partitions 1997-01-09..1997-01-10" in out
 
 
+def test_relanding_a_validated_day_says_it_is_staged_until_validated(tmp_path, capsys):
+    from jobs.lake import Lake
+
+    lake = str(tmp_path / "lake")
+    args = ["--lake", lake, "land", "--source", "cdnow_purchases", "--ds", "1997-01-01", "--to", "1997-01-02"]
+    assert main(args) == 0
+    assert "staged" not in capsys.readouterr().out  # first versions are published at once
+    validate = ["--lake", lake, "validate", "raw_events", "--source", "cdnow_purchases", "--ds", "1997-01-02"]
+    assert main(validate) == 0
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (
+        "1 day(s) staged over their validated version, readers keep it until `lockstep validate` passes: 1997-01-02"
+    )
+    table = Lake(lake).table("raw_events/cdnow_purchases")
+    staged = table.pending("1997-01-02")
+    assert staged is not None and table.pending("1997-01-01") is None
+    assert main(validate) == 0
+    assert table.pending("1997-01-02") is None and table.manifest("1997-01-02") == staged.manifest
+
+
 def test_job_errors_exit_1_with_a_message(tmp_path, capsys):
     assert main(["--lake", str(tmp_path), "snapshot", "--ds", "1997-01-05"]) == 1
     assert "no raw_events partitions" in capsys.readouterr().err

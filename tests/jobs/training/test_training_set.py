@@ -11,7 +11,7 @@ from features.kernel import compute
 from jobs.config import Config
 from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
 from jobs.ingest.landing import land
-from jobs.lake import LakeError, MissingPartitionError
+from jobs.lake import LakeError, MissingPartitionError, write_id
 from jobs.schemas import raw_schema, to_raw
 from jobs.training.labels import build_labels, labels_table
 from jobs.training.training_set import build_training_set, partitions_in, training_set_table
@@ -127,7 +127,10 @@ def test_training_ranges_refuse_missing_or_stale_partitions(cfg, tmp_path):
     shutil.copytree(cfg.lake_root, other.lake_root)
     table = training_set_table(other.lake(), MODEL)
     data = table.read(CUTOFF)
-    table.write_partition(CUTOFF, data, producer={"feature_set_fingerprint": "customer_activity_v1:0000"})
+    stale = table.write_partition(CUTOFF, data, producer={"feature_set_fingerprint": "customer_activity_v1:0000"})
+    # the day was validated, so the re-write is only staged: published as if a validate run had promoted it
+    assert table.manifest(CUTOFF) != stale
+    table.promote(CUTOFF, write_id(stale))
     with pytest.raises(LakeError, match="other versions of the feature sets of repurchase_90d"):
         partitions_in(other.lake(), MODEL, "1997-01-01", "1997-02-28")
     (tmp_path / "copy" / "training_sets" / MODEL.name / f"ds={CUTOFF}" / "_manifest.json").unlink()
