@@ -401,3 +401,34 @@ def test_a_champion_that_does_not_load_keeps_the_old_one_serving_and_is_retried(
     assert retried.status_code == 200 and retried.json()["status"] == "swapped" and retried.json()["serving"] == v2
     assert value(got, "lockstep_serving_model_reload_errors_total", model=MODEL.name) == 1
     assert value(got, "lockstep_serving_model_swaps_refused_total", reason="fingerprint") == 0
+
+
+def test_every_worker_follows_the_champion_on_its_own(lake, trained, tmp_path):
+    v1 = register(lake, trained, 5, 0.70, alias="champion")
+    v2 = register(lake, trained, 15, 0.80)
+    port = free_port()
+    argv = [sys.executable, "-m", "jobs.cli", "--lake", lake.lake_root, "serve", "--workers", "2", "--port", str(port)]
+    argv += ["--wal-dir", str(tmp_path / "wal"), "--model-poll-s", str(POLL_S), "--metrics-dir", str(tmp_path / "prom")]
+    svc = registry_service(lake, tmp_path)
+    svc.port, svc.argv = port, argv
+    svc.start()
+
+    def versions(n: int = 20) -> set:  # a new connection per request: the kernel hands it to either worker
+        body = {"entity_id": 5, "request_time": f"{DAY}T12:00:00Z"}
+        return {httpx.post(f"{svc.url}/predict", json=body).json()["model_version"] for _ in range(n)}
+
+    try:
+        assert versions() == {v1}
+        assert promote(lake) == v2
+        deadline = time.monotonic() + 20
+        while versions() != {v2} and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert versions(40) == {v2}
+        got = samples(httpx.get(f"{svc.url}/metrics").text)
+    finally:
+        svc.stop()
+    assert value(got, "lockstep_serving_model_swaps_total", model=MODEL.name) == 2  # one swap in each worker
+    assert value(got, "lockstep_serving_model_info", model_version=v2) == 1
+    assert value(got, "lockstep_serving_model_info", model_version=v1) == 0
+    logged = read_wal(model_wal_dir(tmp_path / "wal", MODEL), MODEL)
+    assert set(logged.model_version) == {v1, v2}
