@@ -1141,7 +1141,9 @@ def _follower_health(follower: ChampionFollower | None, poll_s: float) -> dict:
         "model_checked_at": _iso(follower.checked_at),
         "model_swap_seconds": follower.swap_seconds,
         "model_swaps": follower.swaps,
-        "model_refused": None if follower.refused is None else {"version": follower.refused[0]},
+        "model_refused": None
+        if follower.refused is None
+        else {"version": follower.refused[0], "reason": follower.refused[1]},
     }
 
 

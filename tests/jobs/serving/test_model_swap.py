@@ -268,7 +268,8 @@ def test_a_champion_for_another_feature_set_version_is_refused_alerted_and_count
         answer = predict(c, 17)
         reload = c.post("/admin/reload")
         got = samples(c.get("/metrics").text)
-    assert health["model_refused"] == {"version": bad} and health["model_version"] == v1
+    assert health["model_refused"]["version"] == bad and health["model_version"] == v1
+    assert f"trained on features {other.fingerprint}" in health["model_refused"]["reason"]
     assert health["model_swaps"] == 0
     assert answer["model_version"] == v1 and answer["feature_set_fingerprint"] == FS.fingerprint
     assert reload.status_code == 409
