@@ -40,6 +40,13 @@ def add_serve_parser(subparsers) -> None:
     p.add_argument("--fsync", choices=("interval", "always", "never"))
     p.add_argument("--model-path", help="a pickled Model instead of the registry's champion")
     p.add_argument(
+        "--model-poll-s",
+        type=float,
+        help="read the registry's champion alias this often and swap to a new version without a restart "
+        "(default $LOCKSTEP_SERVING_MODEL_POLL_S, else 30; 0: only POST /admin/reload and SIGHUP); every "
+        "worker polls on its own",
+    )
+    p.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -74,6 +81,7 @@ def _cmd_serve(args) -> int:
         wal_dir=args.wal_dir,
         fsync=args.fsync,
         model_path=args.model_path,
+        model_poll_s=args.model_poll_s,
         api_keys_file=args.api_keys_file,
     )
     open_ = not settings.api_keys_file and not (settings.api_key_hashes or "").strip()

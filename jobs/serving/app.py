@@ -10,6 +10,13 @@ the record names the model's sets and every set's fingerprint (``+``-joined, ``m
 when the code is right). A champion whose lineage fingerprint is not ``model.fingerprint`` is refused
 at start-up (it was trained on other feature-set versions).
 
+Swaps (``jobs.serving.swap``): the service follows the champion alias — a poll every
+``model_poll_s`` (30 s; 0: off), ``POST /admin/reload`` (API key when keys are configured) and SIGHUP
+(the uvicorn process itself; with ``--workers`` a worker's pid) — loads a new champion on a thread,
+refuses (alert, ``lockstep_serving_model_swaps_refused_total``; the old one keeps serving) one
+trained for other feature-set versions, and swaps by replacing the ONE reference to the immutable
+:class:`ModelPredictor` that a request reads once: every record names the version that scored it.
+
 Feature modes (both produce the kernel's values; see DESIGN §7):
 
 * ``fresh``: the entity's events from the online store (behind the L1 cache), then
@@ -89,6 +96,7 @@ from jobs.serving.store import (
     history_of,
     key_of,
 )
+from jobs.serving.swap import ChampionFollower, FingerprintMismatchError, check_model
 
 MODES = ("fresh", "materialized")
 
@@ -97,10 +105,6 @@ MODES = ("fresh", "materialized")
 #: attribute to stamp instead of the fingerprint of the set it names (a service built from another
 #: version of that set).
 FeatureHook = Callable[[pd.DataFrame, object, pd.Timestamp, FeatureSet], dict]
-
-
-class FingerprintMismatchError(ValueError):
-    """The champion was trained on other feature-set versions than the model declares."""
 
 
 def kernel_hook(events: pd.DataFrame, entity_id, request_time: pd.Timestamp, fs: FeatureSet) -> dict:
@@ -128,6 +132,9 @@ class Settings:
     api_keys_reload_s: float = 2.0  # the key file is re-read, when changed, at most this often
     max_batch: int = 1000  # queries per POST /predict/batch (422 above)
     max_body_bytes: int = 1 << 20  # request bodies larger than this are refused (413)
+    #: read the champion alias this often and swap to a new version off the request path (0: never;
+    #: POST /admin/reload and SIGHUP still do): jobs.serving.swap. Every worker polls on its own.
+    model_poll_s: float = 30.0
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -181,7 +188,9 @@ class SetMetrics:
     #: the set's Prometheus series (``jobs.serving.metrics.SetSink``), attached by the service
     sink: object | None = None
 
-    def observe(self, ms: float, reason: str | None, offloaded: bool = False, mode: str = "fresh") -> None:
+    def observe(
+        self, ms: float, reason: str | None, offloaded: bool = False, mode: str = "fresh", version: str | None = None
+    ) -> None:
         self.requests += 1
         self.latencies.append(ms)
         self.offloaded += offloaded
@@ -192,10 +201,12 @@ class SetMetrics:
             elif reason == "store_error":
                 self.errors += 1
         if self.sink is not None:
-            self.sink.evaluated(mode, ms / 1000)
-            self.sink.outcome(mode, reason)
+            self.sink.evaluated(mode, ms / 1000, version)
+            self.sink.outcome(mode, reason, version=version)
 
-    def observe_batch(self, ms: float, reasons: list, offloaded: bool = False, mode: str = "fresh") -> None:
+    def observe_batch(
+        self, ms: float, reasons: list, offloaded: bool = False, mode: str = "fresh", version: str | None = None
+    ) -> None:
         """One evaluation of the set for a batch of ``len(reasons)`` queries (a reason per query)."""
         self.requests += len(reasons)
         self.latencies.append(ms)
@@ -209,9 +220,9 @@ class SetMetrics:
                 self.timeouts += n if reason == "store_timeout" else 0
                 self.errors += n if reason == "store_error" else 0
         if self.sink is not None:
-            self.sink.evaluated(mode, ms / 1000)
+            self.sink.evaluated(mode, ms / 1000, version)
             for reason, n in counts.items():
-                self.sink.outcome(mode, reason, n)
+                self.sink.outcome(mode, reason, n, version)
 
     def summary(self) -> dict:
         a = np.fromiter(self.latencies, dtype=np.float64) if self.latencies else None
@@ -357,10 +368,19 @@ class ModelPredictor:
 
     :meth:`features` evaluates the sets one after the other on the calling thread (in-process
     use, and every model whose sets are all in memory); :meth:`afeatures` is the service's
-    fan-out (see the module docstring)."""
+    fan-out (see the module docstring).
 
-    def __init__(self, decl, parts: list[tuple[object, Predictor]], model: Model, executor=None):
+    The service treats it as immutable: a model swap builds another one around the new model
+    (:meth:`with_model`, the same sets, caches and executor) and replaces the service's one
+    reference to it; a request reads that reference once, so one version scores and logs it."""
+
+    def __init__(
+        self, decl, parts: list[tuple[object, Predictor]], model: Model, executor=None, loaded_at: float | None = None
+    ):
         self.decl, self.parts, self.model = decl, parts, model
+        #: when this model started serving (unix time)
+        self.loaded_at = time.time() if loaded_at is None else loaded_at
+        self._version = str(model.version)
         #: what the record carries: every set's fingerprint as served, in join order
         self.fingerprint = "+".join(p.fingerprint for _, p in parts)
         self._names = list(model.feature_names)
@@ -369,6 +389,12 @@ class ModelPredictor:
         #: any set fetched off the event loop: only then does a request take the async fan-out
         self.fans_out = any(p.blocking for _, p in parts)
         self.executor = executor
+
+    def with_model(self, model: Model) -> ModelPredictor:
+        """The same sets scored by ``model`` (its feature names must be this one's: checked before a swap)."""
+        if tuple(model.feature_names) != tuple(self._names):
+            raise ValueError(f"model {model.name} v{model.version} scores other features than the served one")
+        return ModelPredictor(self.decl, self.parts, model, self.executor)
 
     def _key(self, keys: dict, i: int):
         col, cast = self._cast[i]
@@ -384,7 +410,7 @@ class ModelPredictor:
             t0 = time.perf_counter()
             m = pred.mode or mode
             got, why, ds = pred.features(self._key(keys, i), request_time, m)
-            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why, mode=m)
+            pred.set_metrics.observe((time.perf_counter() - t0) * 1000, why, mode=m, version=self._version)
             values.update(got)
             if why is not None:
                 reasons.append((pred.fs.name, why))
@@ -415,7 +441,9 @@ class ModelPredictor:
                 key, m, cached = results[i]
                 t0 = time.perf_counter()
                 results[i] = pred.features(key, request_time, m, cached)
-                pred.set_metrics.observe((time.perf_counter() - t0) * 1000, results[i][1], mode=m)
+                pred.set_metrics.observe(
+                    (time.perf_counter() - t0) * 1000, results[i][1], mode=m, version=self._version
+                )
         for i, pred, fut, done, m in pending:
             timeout = pred.timeout_s
             try:
@@ -432,7 +460,7 @@ class ModelPredictor:
             if results[i][1] in ("store_timeout", "store_error"):
                 pred.count_failure(results[i][1])
             end = done[0] if done else time.perf_counter()
-            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True, mode=m)
+            pred.set_metrics.observe((end - start) * 1000, results[i][1], offloaded=True, mode=m, version=self._version)
         values: dict = {}
         reasons: list = []
         snap = None
@@ -469,7 +497,8 @@ class ModelPredictor:
             m = pred.mode or mode
             t0 = time.perf_counter()
             got = pred.batch_features([self._key(k, i) for k in keys], request_times, m)
-            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in got], mode=m)
+            ms = (time.perf_counter() - t0) * 1000
+            pred.set_metrics.observe_batch(ms, [r[1] for r in got], mode=m, version=self._version)
             per_set.append(got)
         return self._merge(per_set, len(keys))
 
@@ -489,7 +518,8 @@ class ModelPredictor:
                 continue
             t0 = time.perf_counter()
             per_set[i] = pred.batch_features(ents, request_times, m)
-            pred.set_metrics.observe_batch((time.perf_counter() - t0) * 1000, [r[1] for r in per_set[i]], mode=m)
+            ms = (time.perf_counter() - t0) * 1000
+            pred.set_metrics.observe_batch(ms, [r[1] for r in per_set[i]], mode=m, version=self._version)
         for i, pred, fut, m, ents in pending:
             try:
                 if pred.timeout_s is None:
@@ -506,7 +536,7 @@ class ModelPredictor:
                     pred.count_failure(why)
             per_set[i] = got
             ms = (time.perf_counter() - start) * 1000
-            pred.set_metrics.observe_batch(ms, [r[1] for r in got], offloaded=True, mode=m)
+            pred.set_metrics.observe_batch(ms, [r[1] for r in got], offloaded=True, mode=m, version=self._version)
         return self._merge(per_set, len(keys))
 
 
@@ -621,6 +651,7 @@ def create_app(
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, HTTPException, Response
+    from fastapi.responses import JSONResponse
 
     from jobs.config import Config
 
@@ -650,18 +681,9 @@ def create_app(
                 "LOCKSTEP_SERVING_API_KEY_HASHES."
             )
         metrics = Metrics()
-        model = (model_source or _model_source(settings, cfg, decl)).champion()
-        fp = getattr(model, "feature_set_fingerprint", None)
-        if fp != decl.fingerprint:
-            raise FingerprintMismatchError(
-                f"model {model.name} v{model.version} was trained on features {fp}, but model {decl.name!r} "
-                f"declares {decl.fingerprint}: serve a version trained on the current feature sets"
-            )
-        if tuple(model.feature_names) != tuple(decl.feature_names):
-            raise FingerprintMismatchError(
-                f"model {model.name} v{model.version} expects features {list(model.feature_names)}, "
-                f"model {decl.name!r} joins {list(decl.feature_names)}"
-            )
+        source = model_source or _model_source(settings, cfg, decl)
+        model = source.champion()
+        check_model(model, decl)  # at start-up a wrong champion stops the service (no old one to keep)
         parts, caches, bases, refreshers = [], [], [], []
         for join in decl.joins:
             fs = join.feature_set
@@ -719,8 +741,29 @@ def create_app(
             executor = predictor.executor = cf.ThreadPoolExecutor(
                 max(settings.fanout_threads, 1), thread_name_prefix="lockstep-fanout"
             )
+
+        def install(new: Model) -> None:
+            # ONE reference assignment (atomic under the GIL); requests read state["predictor"] once
+            state["predictor"] = state["predictor"].with_model(new)
+
+        def refused(version: str, exc: FingerprintMismatchError) -> None:
+            prom.swap_refused(exc.kind)
+            _alert(cfg, f"model swap refused: {decl.name} v{version}", "model swap refused", decl.name, str(exc))
+
+        follower = ChampionFollower(
+            source,
+            model.name,
+            str(model.version),
+            lambda m: check_model(m, decl),
+            install,
+            poll_s=settings.model_poll_s,
+            on_swap=prom.model_swapped,
+            on_refused=refused,
+            on_error=lambda _v, _exc: prom.reload_errors.inc(),
+        )
         state.update(
             predictor=predictor,
+            follower=follower,
             log=slog,
             metrics=metrics,
             prom=prom,
@@ -733,9 +776,13 @@ def create_app(
             refreshers=refreshers,
             started=time.time(),
         )
+        follower.start()  # after state["predictor"] exists: ``install`` replaces it
+        hup = _on_sighup(follower.wake)
         try:
             yield
         finally:
+            hup()
+            follower.stop()
             for refresher in refreshers:
                 refresher.stop()
             if executor is not None:
@@ -789,7 +836,7 @@ def create_app(
         )
         return out
 
-    def served(endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
+    def served(pred: ModelPredictor, endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
         metrics: Metrics = state["metrics"]
         degraded = sum(r is not None for r in reasons)
         metrics.ok += len(reasons)
@@ -797,8 +844,9 @@ def create_app(
         metrics.degraded += degraded
         metrics.latencies.extend([latency_ms] * len(reasons))
         prom: ServiceMetrics = state["prom"]
-        prom.request(endpoint, mode, 200, time.perf_counter() - t0)
-        prom.predicted(mode, degraded, len(reasons))
+        version = str(pred.model.version)
+        prom.request(endpoint, mode, 200, time.perf_counter() - t0, version)
+        prom.predicted(mode, degraded, len(reasons), version)
         prom.sync_caches(state["set_caches"])
 
     @app.post("/predict")
@@ -819,8 +867,8 @@ def create_app(
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
         rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
-        await _log_or_503(state, [rec], "/predict", mode)
-        served("/predict", mode, t0, latency_ms, [reason])
+        await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
+        served(pred, "/predict", mode, t0, latency_ms, [reason])
         return answer(pred, request_id, query, t, mode, score, reason, values)
 
     @app.post("/predict/batch")
@@ -855,8 +903,8 @@ def create_app(
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
         rows = list(zip(ids, queries, times, scores, reasons, snaps, values))
         records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
-        await _log_or_503(state, records, "/predict/batch", mode)
-        served("/predict/batch", mode, t0, latency_ms, reasons)
+        await _log_or_503(state, records, "/predict/batch", mode, str(pred.model.version))
+        served(pred, "/predict/batch", mode, t0, latency_ms, reasons)
         return {
             "count": n,
             "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
@@ -872,9 +920,29 @@ def create_app(
             "feature_set": log_feature_sets(decl),
             "fingerprint": decl.fingerprint,
             "model": None if pred is None else f"{pred.model.name}:{pred.model.version}",
+            "model_version": None if pred is None else str(pred.model.version),
+            "model_loaded_at": None if pred is None else _iso(pred.loaded_at),
+            **_follower_health(state.get("follower"), settings.model_poll_s),
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }
+
+    @app.post("/admin/reload")
+    async def admin_reload():
+        """Check the champion alias now and swap if it moved (loaded on a thread, not the event loop):
+        200 swapped / unchanged, 409 refused (the old version keeps serving), 503 the registry failed."""
+        follower: ChampionFollower = state["follower"]
+        out = await asyncio.to_thread(follower.reload)
+        body = {
+            "status": out.status,
+            "serving": out.serving,
+            "champion": out.version,
+            "previous": out.previous,
+            "rollback": out.rollback,
+            "reason": out.reason,
+        }
+        code = {"refused": 409, "error": 503}.get(out.status, 200)
+        return JSONResponse(body, status_code=code)
 
     @app.get("/metrics")
     async def prometheus_endpoint():
@@ -923,7 +991,7 @@ def create_app(
 
 
 #: The paths that need an API key (when keys are configured) and whose bodies are size-checked.
-PROTECTED = frozenset({"/predict", "/predict/batch"})
+PROTECTED = frozenset({"/predict", "/predict/batch", "/admin/reload"})
 
 
 class Guard:
@@ -1007,7 +1075,7 @@ async def _send_json(send, status: int, body: dict, headers=()) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str) -> None:
+async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str, version: str) -> None:
     """Log ``records`` (all or none queued) and wait until they are in the WAL; 503 when the log
     refuses them or a write fails (not logged, so not served)."""
     from fastapi import HTTPException
@@ -1020,14 +1088,14 @@ async def _log_or_503(state: dict, records: list[dict], endpoint: str, mode: str
     except LogQueueFull:
         metrics.log_refused += len(records)
         prom.refused("queue_full", len(records))
-        prom.request(endpoint, mode, 503)
+        prom.request(endpoint, mode, 503, version=version)
         raise HTTPException(503, "serving log is full; request not served") from None
     try:
         await asyncio.wrap_future(fut)  # acknowledged only once the records are in the WAL
     except Exception as exc:  # noqa: BLE001 - any write failure means: not logged, so not served
         metrics.log_errors += len(records)
         prom.refused("write_error", len(records))
-        prom.request(endpoint, mode, 503)
+        prom.request(endpoint, mode, 503, version=version)
         raise HTTPException(503, f"serving log write failed: {exc}") from None
     finally:
         prom.queue_depth.set(slog.queue_depth)
@@ -1059,6 +1127,54 @@ def _model_source(settings: Settings, cfg, decl) -> ModelSource:
     from jobs.serving.model import RegistrySource
 
     return RegistrySource(cfg, decl.name)
+
+
+def _iso(unix: float | None) -> str | None:
+    return None if unix is None else pd.Timestamp(unix, unit="s", tz="UTC").isoformat()
+
+
+def _follower_health(follower: ChampionFollower | None, poll_s: float) -> dict:
+    if follower is None:
+        return {}
+    return {
+        "model_poll_s": poll_s,
+        "model_checked_at": _iso(follower.checked_at),
+        "model_swap_seconds": follower.swap_seconds,
+        "model_swaps": follower.swaps,
+        "model_refused": None
+        if follower.refused is None
+        else {"version": follower.refused[0], "reason": follower.refused[1]},
+    }
+
+
+def _on_sighup(wake: Callable[[], None]) -> Callable[[], None]:
+    """SIGHUP -> ``wake`` (a champion check), when this process's event loop runs in the main thread
+    (uvicorn's single process, or one of its workers); elsewhere (a test client's thread) nothing.
+    Returns the undo. Under ``uvicorn --workers N`` a SIGHUP to the SUPERVISOR is uvicorn's own: it
+    replaces the workers one by one (each new one loads the champion at start-up)."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, wake)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
+def _alert(cfg, title: str, what: str, dataset: str, message: str) -> None:
+    """An alert through the platform's notifier (``jobs.alerts``: alerts log, e-mail, webhook); a
+    notifier that fails is logged, never raised (the service keeps serving)."""
+    try:
+        from jobs.alerts import Alert, Notifier
+
+        Notifier.for_lake(cfg.lake()).send(
+            Alert(title=title, where="lockstep serve", reason=message, what=what, dataset=dataset)
+        )
+    except Exception as exc:  # noqa: BLE001 - an alert channel must not take the service down
+        logging.getLogger(__name__).error("alert %r not sent: %r", title, exc)
 
 
 def _default_notifier(cfg):

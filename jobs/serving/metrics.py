@@ -9,7 +9,8 @@ The variable must be set before ``prometheus_client`` is first imported in the w
 class is chosen at import.
 
 Every series carries ``model`` (the declaration served); request and feature-set series carry the
-champion's ``model_version`` and ``arm`` (``champion``: the only arm until canary / shadow serving).
+``model_version`` that scored the request (after a swap, the new one) and ``arm`` (``champion``:
+the only arm until canary / shadow serving).
 
 ==============================================  ====================================================
 ``lockstep_serving_requests_total``             HTTP requests that reached the handler, by
@@ -31,9 +32,15 @@ champion's ``model_version`` and ``arm`` (``champion``: the only arm until canar
 ``lockstep_serving_log_refused_total``          records not logged (so not served), by ``reason``
                                                 (queue_full, write_error)
 ``lockstep_serving_unauthorized_total``         requests refused 401 (no, or no valid, API key)
-``lockstep_serving_model_swaps_total``,         model changes while serving (defined, 0: a model is
-``lockstep_serving_model_rollbacks_total``      loaded once at start-up today)
-``lockstep_serving_model_info``                 1 per served (model_version, arm)
+``lockstep_serving_model_swaps_total``          champion swaps while serving (rollbacks included;
+                                                ``jobs.serving.swap``)
+``lockstep_serving_model_rollbacks_total``      swaps to an OLDER version (the alias moved back)
+``lockstep_serving_model_swaps_refused_total``  champions refused, by ``reason`` (fingerprint,
+                                                feature_names): the old version kept serving
+``lockstep_serving_model_reload_errors_total``  champion checks that failed (registry unreachable,
+                                                artifact unreadable): retried at the next poll
+``lockstep_serving_model_info``                 1 for the served (model_version, arm), 0 for one
+                                                swapped out
 ==============================================  ====================================================
 """
 
@@ -76,20 +83,20 @@ class SetSink:
         self.cache_hits = owner.cache_hits.labels(**base)
         self.cache_misses = owner.cache_misses.labels(**base)
 
-    def evaluated(self, mode: str, seconds: float) -> None:
-        child = self._latency.get(mode)
+    def evaluated(self, mode: str, seconds: float, version: str | None = None) -> None:
+        child = self._latency.get((version, mode))
         if child is None:
-            child = self._latency[mode] = self._owner.set_latency.labels(
-                **self._owner.served, feature_set=self.feature_set, mode=mode
+            child = self._latency[(version, mode)] = self._owner.set_latency.labels(
+                **self._owner.served_by(version), feature_set=self.feature_set, mode=mode
             )
         child.observe(seconds)
 
-    def outcome(self, mode: str, reason: str | None, n: int = 1) -> None:
-        key = (mode, reason)
+    def outcome(self, mode: str, reason: str | None, n: int = 1, version: str | None = None) -> None:
+        key = (version, mode, reason)
         child = self._outcome.get(key)
         if child is None:
             child = self._outcome[key] = self._owner.set_requests.labels(
-                **self._owner.served, feature_set=self.feature_set, mode=mode, outcome=reason or "ok"
+                **self._owner.served_by(version), feature_set=self.feature_set, mode=mode, outcome=reason or "ok"
             )
         child.inc(n)
         if reason == "store_timeout":
@@ -175,11 +182,24 @@ class ServiceMetrics:
         )
         self.swaps = Counter("lockstep_serving_model_swaps", "model swaps while serving", ["model"], **reg)
         self.rollbacks = Counter("lockstep_serving_model_rollbacks", "model rollbacks while serving", ["model"], **reg)
-        info = Gauge("lockstep_serving_model_info", "the served model version", served, multiprocess_mode="max", **reg)
-        info.labels(**self.served).set(1)
+        self.swaps_refused = Counter(
+            "lockstep_serving_model_swaps_refused",
+            "champions refused (trained for other feature sets); the old version kept serving",
+            ["model", "reason"],
+            **reg,
+        )
+        self.reload_errors = Counter(
+            "lockstep_serving_model_reload_errors", "champion checks that failed (retried)", ["model"], **reg
+        ).labels(model=model)
+        self.info = Gauge(
+            "lockstep_serving_model_info", "the served model version", served, multiprocess_mode="max", **reg
+        )
+        self.info.labels(**self.served).set(1)
         # children that exist from the start, so a scrape shows them at 0
         self.swaps.labels(model=model)
         self.rollbacks.labels(model=model)
+        for reason in ("fingerprint", "feature_names"):
+            self.swaps_refused.labels(model=model, reason=reason)
         for reason in ("queue_full", "write_error"):
             self.log_refused.labels(model=model, reason=reason)
         self.sets = {name: SetSink(self, name) for name in feature_sets}
@@ -188,32 +208,52 @@ class ServiceMetrics:
         self._predictions: dict = {}
         self._synced: dict = {}
 
-    def request(self, endpoint: str, mode: str, status: int, seconds: float | None = None) -> None:
-        """Count one HTTP request; ``seconds``: its work, observed for a 200."""
-        key = (endpoint, mode, status)
+    def served_by(self, version: str | None) -> dict:
+        """The served labels of ``version`` (None: the version served at start-up)."""
+        if version is None:
+            return self.served
+        return {"model": self.model, "model_version": str(version), "arm": self.arm}
+
+    def request(
+        self, endpoint: str, mode: str, status: int, seconds: float | None = None, version: str | None = None
+    ) -> None:
+        """Count one HTTP request; ``seconds``: its work, observed for a 200; ``version``: the model
+        version that scored it (None: the start-up one)."""
+        key = (version, endpoint, mode, status)
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.requests.labels(
-                **self.served, endpoint=endpoint, mode=mode, status=str(status)
+                **self.served_by(version), endpoint=endpoint, mode=mode, status=str(status)
             )
         child.inc()
         if seconds is not None:
-            hist = self._latency.get((endpoint, mode))
+            hist = self._latency.get((version, endpoint, mode))
             if hist is None:
-                hist = self._latency[(endpoint, mode)] = self.latency.labels(
-                    **self.served, endpoint=endpoint, mode=mode
+                hist = self._latency[(version, endpoint, mode)] = self.latency.labels(
+                    **self.served_by(version), endpoint=endpoint, mode=mode
                 )
             hist.observe(seconds)
 
-    def predicted(self, mode: str, degraded: int, total: int) -> None:
-        """``total`` predictions answered 200, ``degraded`` of them on some set's defaults."""
+    def predicted(self, mode: str, degraded: int, total: int, version: str | None = None) -> None:
+        """``total`` predictions answered 200 by ``version``, ``degraded`` of them on some set's defaults."""
         for flag, n in (("true", degraded), ("false", total - degraded)):
-            child = self._predictions.get((mode, flag))
+            child = self._predictions.get((version, mode, flag))
             if child is None:
-                child = self._predictions[(mode, flag)] = self.predictions.labels(
-                    **self.served, mode=mode, degraded=flag
+                child = self._predictions[(version, mode, flag)] = self.predictions.labels(
+                    **self.served_by(version), mode=mode, degraded=flag
                 )
             child.inc(n)
+
+    def model_swapped(self, previous: str, version: str, rollback: bool) -> None:
+        """A swap from ``previous`` to ``version`` (``rollback``: to an older one)."""
+        self.swaps.labels(model=self.model).inc()
+        if rollback:
+            self.rollbacks.labels(model=self.model).inc()
+        self.info.labels(**self.served_by(previous)).set(0)
+        self.info.labels(**self.served_by(version)).set(1)
+
+    def swap_refused(self, reason: str) -> None:
+        self.swaps_refused.labels(model=self.model, reason=reason).inc()
 
     def refused(self, reason: str, n: int = 1) -> None:
         self.log_refused.labels(model=self.model, reason=reason).inc(n)

@@ -28,6 +28,11 @@ class Model(Protocol):
 class ModelSource(Protocol):
     def champion(self) -> Model: ...
 
+    def champion_version(self) -> str | None:
+        """The version the champion alias names now (None: no champion), without loading it: what
+        the service polls to follow promotions and rollbacks (``jobs.serving.swap``)."""
+        ...
+
     def load(self, name: str, version: str) -> Model: ...
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
@@ -52,6 +57,9 @@ class StaticSource:
         if self._champion is None:
             raise LookupError("no champion model")
         return self._models[self._champion]
+
+    def champion_version(self) -> str | None:
+        return None if self._champion is None else self._champion[1]
 
     def load(self, name: str, version: str) -> Model:
         try:
@@ -140,6 +148,12 @@ class RegistrySource:
         m = BoosterModel(self.registry.load(self.model_name, CHAMPION))
         self._cache[(m.name, m.version)] = m
         return m
+
+    def champion_version(self) -> str | None:
+        from jobs.models.registry import CHAMPION
+
+        info = self.registry.alias(self.model_name, CHAMPION)  # the alias only: no artifact is read
+        return None if info is None else str(info.version)
 
     def load(self, name: str, version: str) -> Model:
         key = (name, str(version))
