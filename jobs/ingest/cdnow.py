@@ -6,16 +6,31 @@ The ``cdnow`` parser of ``jobs.ingest.landing`` (``ParserLander("cdnow")``, see
 
 Source: ``jobs/ingest/data/CDNOW_master.txt.gz`` (attribution in ``jobs/ingest/data/README.md``),
 69,659 whitespace-separated lines after one header line:
-``customer_id date(YYYYMMDD) number_of_cds dollar_value``.
+``customer_id date(YYYYMMDD) number_of_cds dollar_value``. A first line whose first field is not
+a number is the header (so an export without one reads the same); "data line n" in errors counts
+the lines after it.
 
 Mapping to the source's raw columns:
 
-- ``event_id``: the 1-based data line number (header excluded), so an event's id
-  is stable for as long as the source file is, and re-ingesting gives the same ids.
+- ``event_id``: derived from what identifies the event, not from where it sits in the file
+  (:func:`event_ids`): ``(hash(customer, date) << 8) | occurrence`` as a non-negative int64, where
+  the hash is the top 55 bits of a keyed siphash of the customer-day and occurrence is the row's
+  number (0, 1, ...) among the rows of that customer-day, in file order. So an export with or
+  without the header line, with a line of another customer-day deleted or added, or holding one
+  day only gives every event the id it has in the shipped file; two identical orders of one
+  customer-day keep two ids. Why not a hash of each row's content too (the generic lander's
+  derived ids): the kernel sums a customer's purchases in ``(event_ts, event_id)`` order, and the
+  orders of one customer-day tie on ``event_ts``, so their file order must stay their id order —
+  any other order changes the last bit of some float sums (measured: ``spend_sum_30d`` and the
+  spend means of the 1997-03-31 snapshot), and the features must stay those models were trained
+  on. The price of it: deleting or reordering lines WITHIN one customer-day renumbers that
+  customer-day's later orders (ids cannot move to another customer-day or another day). Until issue
+  15 the id was the line number: any such export renumbered every later event, the new ids collided
+  with other customers' earlier events and the kernel's dedup silently dropped them.
 - ``customer_id``: the zero-padded id as int64.
 - ``event_ts``: the purchase date at 00:00:00 UTC (the source has dates only).
   A customer's purchases on one day therefore tie on ``event_ts``; downstream
-  ties are broken by ``event_id``, i.e. by source line order.
+  ties are broken by ``event_id`` (a hash: an arbitrary but fixed order of the day's orders).
 - ``ingested_at``: the end of the purchase day, 23:59:59.999999 UTC, as a daily
   export would deliver it. Each event lands in the ingest partition of its own
   day, and a ``known_at`` snapshot at D+1 00:00 sees every purchase of day D.
@@ -47,8 +62,9 @@ Oddities found in the file, and how each is handled (no row is dropped):
 - 255 lines repeat an earlier line exactly (same customer, day, CDs and
   dollars; e.g. customer 499 bought several $11.49 orders on 1997-10-01). The
   file has no order id, and repeated same-price orders on one day are plausible,
-  so they are kept as separate purchases with their own ``event_id``s — they are
-  not re-deliveries, which in Lockstep are rows sharing an ``event_id``.
+  so they are kept as separate purchases with their own ``event_id``s (occurrence 0, 1, ...
+  of that content) — they are not re-deliveries, which in Lockstep are rows sharing an
+  ``event_id``.
 - 2,068 rows share (customer, day) with another row: several orders on a day,
   kept; they tie on ``event_ts`` (see above).
 - Every calendar day from 1997-01-01 to 1998-06-30 (546 days) has purchases, so
@@ -79,6 +95,9 @@ TOP_BAND = "premium"
 FREE_BAND = "free"
 
 _DAY_US = 86_400_000_000
+#: Low bits of an event id: the order's number within its customer-day (CDNOW has at most 16).
+OCCURRENCE_BITS = 8
+_ID_HASH_KEY = "lockstep-cdnow-1"
 #: The raw columns CDNOW lands (the declaration's order).
 RAW_COLUMNS: tuple[str, ...] = tuple(CDNOW_PURCHASES.raw_column_names)
 
@@ -127,15 +146,17 @@ def read_cdnow(path=None) -> pd.DataFrame:
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     lines = text.splitlines()
-    # Data line n (the event id) is file line n + 1, after the header.
-    bad = [n for n, line in enumerate(lines[1:], 1) if len(line.split()) != len(CDNOW_COLUMNS)]
+    first_field = lines[0].split()[:1] if lines else []
+    header = 1 if first_field and not first_field[0].isdigit() else 0
+    # Data line n is file line n + header.
+    bad = [n for n, line in enumerate(lines[header:], 1) if len(line.split()) != len(CDNOW_COLUMNS)]
     if bad:
-        first = len(lines[bad[0]].split())
+        first = len(lines[bad[0] - 1 + header].split())
         raise ValueError(
-            f"{path}: malformed data line(s) {bad[:10]} (file line(s) {[n + 1 for n in bad[:10]]}; expected "
-            f"{len(CDNOW_COLUMNS)} fields, file line {bad[0] + 1} has {first})"
+            f"{path}: malformed data line(s) {bad[:10]} (file line(s) {[n + header for n in bad[:10]]}; expected "
+            f"{len(CDNOW_COLUMNS)} fields, file line {bad[0] + header} has {first})"
         )
-    raw = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, skiprows=1, names=list(CDNOW_COLUMNS), dtype=str)
+    raw = pd.read_csv(io.StringIO(text), sep=r"\s+", header=None, skiprows=header, names=list(CDNOW_COLUMNS), dtype=str)
     line_no = np.arange(1, len(raw) + 1, dtype=np.int64)
 
     def numeric(col: str, kind: str) -> np.ndarray:
@@ -159,7 +180,6 @@ def read_cdnow(path=None) -> pd.DataFrame:
     ingested_at = event_ts + pd.Timedelta(microseconds=_DAY_US - 1)
     df = pd.DataFrame(
         {
-            "event_id": line_no,
             "customer_id": customer_id,
             "event_ts": event_ts,
             "ingested_at": ingested_at,
@@ -168,7 +188,29 @@ def read_cdnow(path=None) -> pd.DataFrame:
             "category": pd.array(price_band(amount, n_items), dtype="str"),
         }
     )
+    try:
+        df.insert(0, CDNOW_PURCHASES.event_id, event_ids(customer_id, event_ts))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
     return df[list(RAW_COLUMNS)]
+
+
+def event_ids(customer_id, event_ts) -> np.ndarray:
+    """Stable int64 event ids: ``(hash(customer, day) << OCCURRENCE_BITS) | occurrence`` (see the
+    module doc), ``occurrence`` counting the rows of one customer-day in the given order. A
+    customer-day with more than ``2 ** OCCURRENCE_BITS`` rows is a ``ValueError``."""
+    day_us = pd.Series(event_ts).dt.tz_convert("UTC").astype("datetime64[us, UTC]").array.asi8
+    key = pd.DataFrame({"customer_id": np.asarray(customer_id, dtype=np.int64), "day": day_us})
+    base = pd.util.hash_pandas_object(key, index=False, hash_key=_ID_HASH_KEY).to_numpy()
+    occurrence = pd.Series(base).groupby(base, sort=False).cumcount().to_numpy().astype(np.uint64)
+    if len(occurrence) and int(occurrence.max()) >= 1 << OCCURRENCE_BITS:
+        worst = int(np.argmax(occurrence))
+        raise ValueError(
+            f"customer {int(key['customer_id'].iloc[worst])} has more than {1 << OCCURRENCE_BITS} orders on "
+            f"{pd.Timestamp(day_us[worst], unit='us', tz='UTC').date()}: their event ids cannot be derived"
+        )
+    top = base >> np.uint64(64 - 55)  # 55 bits, then 8 of occurrence: < 2**63
+    return ((top << np.uint64(OCCURRENCE_BITS)) | occurrence).astype(np.int64)
 
 
 def iter_ingest_days(events: pd.DataFrame, ds_from, ds_to):

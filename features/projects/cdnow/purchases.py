@@ -1,7 +1,8 @@
 """CDNOW purchases: 69,659 purchases of 23,570 customers, 1997-01-01 .. 1998-06-30.
 
 The shipped fixed-width text lands through the ``cdnow`` parser (``jobs/ingest/cdnow.py``:
-``event_id`` = line number, ``event_ts`` = the purchase date 00:00 UTC, ``ingested_at`` = the end
+``event_id`` = a hash of the customer-day and the order's number within it, so a re-export
+with another header or lines keeps the ids; ``event_ts`` = the purchase date 00:00 UTC, ``ingested_at`` = the end
 of that day, ``category`` = a price band of dollars per CD). Attribution: ``jobs/data/README.md``.
 """
 

@@ -16,6 +16,7 @@ import pytest
 from features.projects.cdnow.purchases import CDNOW_PURCHASES
 from jobs.ingest.cdnow import (
     CDNOW_PATH,
+    event_ids,
     ingest_cdnow,
     iter_ingest_days,
     price_band,
@@ -49,10 +50,45 @@ def utc(day: str) -> pd.Timestamp:
     return pd.Timestamp(day, tz="UTC")
 
 
-def test_row_count_and_event_ids_are_line_numbers(cdnow, raw_lines):
+def test_row_count_and_event_ids_are_derived_from_the_customer_day(cdnow, raw_lines):
     assert len(cdnow) == 69_659
     assert len(raw_lines) == 69_660  # header + data lines
-    assert cdnow["event_id"].tolist() == list(range(1, 69_660))
+    assert cdnow["event_id"].is_unique and (cdnow["event_id"] >= 0).all()
+    assert cdnow["event_id"].tolist() == event_ids(cdnow["customer_id"], cdnow["event_ts"]).tolist()
+    # The low 8 bits count the orders of one customer-day in file order, the rest is the customer-day.
+    occurrence = cdnow["event_id"] & 0xFF
+    assert occurrence.tolist() == cdnow.groupby(["customer_id", "event_ts"]).cumcount().tolist()
+    customer_day = pd.Series(cdnow["event_id"].to_numpy() >> 8)
+    assert customer_day.groupby([cdnow["customer_id"], cdnow["event_ts"]]).nunique().max() == 1
+    assert customer_day.nunique() == cdnow.groupby(["customer_id", "event_ts"]).ngroups
+
+
+def _variant(tmp_path, name: str, lines: list[str]):
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    return read_cdnow(path)
+
+
+def _ids_by_occurrence(frame: pd.DataFrame) -> pd.Series:
+    key = [frame["customer_id"], frame["event_ts"], frame.groupby(["customer_id", "event_ts"]).cumcount()]
+    return frame.set_index(key)["event_id"]
+
+
+def test_an_export_without_the_header_with_a_deleted_line_or_of_one_day_keeps_every_id(tmp_path, cdnow, raw_lines):
+    """Issue 15 item 1: with line numbers as ids, each of these exports renumbered every later event."""
+    shipped = _ids_by_occurrence(cdnow)
+    no_header = _variant(tmp_path, "no_header.txt.gz", raw_lines[1:])
+    assert no_header["event_id"].tolist() == cdnow["event_id"].tolist()
+    # Data line 10 is customer 4's only order of 1997-01-01: every other event keeps its id.
+    assert raw_lines[10] == " 00004 19970101  2   29.33"
+    deleted = _variant(tmp_path, "deleted.txt.gz", raw_lines[:10] + raw_lines[11:])
+    assert len(deleted) == len(cdnow) - 1
+    assert _ids_by_occurrence(deleted).to_dict() == shipped.drop((4, utc("1997-01-01"), 0)).to_dict()
+    one_day = [line for line in raw_lines[1:] if line.split()[1] == "19970326"]
+    day = _variant(tmp_path, "one_day.txt.gz", raw_lines[:1] + one_day)
+    assert len(day) == len(one_day) > 100
+    assert set(day["event_id"]) == set(cdnow.loc[cdnow["event_ts"] == utc("1997-03-26"), "event_id"])
+    assert _ids_by_occurrence(day).to_dict() == {k: v for k, v in shipped.items() if k[1] == utc("1997-03-26")}
 
 
 def test_first_and_last_rows_match_the_raw_file(cdnow, raw_lines):
@@ -63,22 +99,22 @@ def test_first_and_last_rows_match_the_raw_file(cdnow, raw_lines):
         " 00003 19970102  2   20.76",
         " 00003 19970330  2   20.76",
     ]
-    expected = [
-        (1, 1, "1997-01-01", 1, 11.77, "budget"),
-        (2, 2, "1997-01-12", 1, 12.00, "standard"),
-        (3, 2, "1997-01-12", 5, 77.00, "standard"),  # 15.40 per CD
-        (4, 3, "1997-01-02", 2, 20.76, "budget"),  # 10.38 per CD
-        (5, 3, "1997-03-30", 2, 20.76, "budget"),
+    expected = [  # occurrence: the order's number within its customer-day (the id's low 8 bits)
+        (0, 1, "1997-01-01", 1, 11.77, "budget"),
+        (0, 2, "1997-01-12", 1, 12.00, "standard"),
+        (1, 2, "1997-01-12", 5, 77.00, "standard"),  # 15.40 per CD
+        (0, 3, "1997-01-02", 2, 20.76, "budget"),  # 10.38 per CD
+        (0, 3, "1997-03-30", 2, 20.76, "budget"),
     ]
-    for row, (eid, cid, day, n, amount, band) in zip(cdnow.head(5).itertuples(index=False), expected):
-        assert row.event_id == eid and row.customer_id == cid
+    for row, (occurrence, cid, day, n, amount, band) in zip(cdnow.head(5).itertuples(index=False), expected):
+        assert row.event_id & 0xFF == occurrence and row.customer_id == cid
         assert row.event_ts == utc(day)
         assert row.ingested_at == utc(day) + pd.Timedelta(days=1) - US
         assert row.n_items == n and row.amount == amount and row.category == band
     assert raw_lines[-1] == " 23570 19970326  2   42.96"
     last = cdnow.iloc[-1]
-    assert (last.event_id, last.customer_id, last.event_ts, last.n_items, last.amount) == (
-        69_659,
+    assert (last.event_id & 0xFF, last.customer_id, last.event_ts, last.n_items, last.amount) == (
+        0,
         23_570,
         utc("1997-03-26"),
         2,
@@ -258,7 +294,7 @@ def test_default_ingest_covers_the_full_span_one_partition_per_day(full_ingest, 
     assert table.partitions() == expected_days
     assert sum(m.rows for m in manifests) == 69_659
     back = table.read("1997-01-01", "1998-06-30").sort_values("event_id", ignore_index=True)
-    pd.testing.assert_frame_equal(back, cdnow, check_dtype=True)
+    pd.testing.assert_frame_equal(back, cdnow.sort_values("event_id", ignore_index=True), check_dtype=True)
 
 
 def test_manifest_names_the_job_and_the_source_checksum(full_ingest):
@@ -276,7 +312,7 @@ def test_partition_holds_exactly_the_events_ingested_that_day(full_ingest, cdnow
     lake, _ = full_ingest
     part = lake.table(RAW_EVENTS_TABLE).read("1998-05-18")
     expected = cdnow[cdnow["event_ts"].dt.date == dt.date(1998, 5, 18)]
-    assert sorted(part["event_id"]) == expected["event_id"].tolist()
+    assert sorted(part["event_id"]) == sorted(expected["event_id"])
     assert (part["ingested_at"] == utc("1998-05-18") + pd.Timedelta(days=1) - US).all()
 
 
@@ -335,5 +371,5 @@ def test_default_range_of_a_source_with_gaps_has_empty_days(tmp_path):
     assert manifests[0].inputs == {"small.txt.gz": hashlib.sha256(src.read_bytes()).hexdigest()}
     first = lake.table(RAW_EVENTS_TABLE).read("1997-01-01")
     assert first[["event_id", "customer_id", "n_items", "amount", "category"]].values.tolist() == [
-        [2, 7, 2, 40.0, "premium"]
+        [int(event_ids([7], pd.Series([utc("1997-01-01")]))[0]), 7, 2, 40.0, "premium"]
     ]
