@@ -13,8 +13,11 @@ the lines after it.
 Mapping to the source's raw columns:
 
 - ``event_id``: derived from what identifies the event, not from where it sits in the file
-  (:func:`event_ids`): ``(hash(customer, date) << 8) | occurrence`` as a non-negative int64, where
-  the hash is the top 55 bits of a keyed siphash of the customer-day and occurrence is the row's
+  (:func:`event_ids`): ``(hash(customer, date) << 8) | occurrence`` as a non-negative int64 below
+  2**53 (so a float64 holds it exactly: pandas makes an int64 column with a null float64, and JSON
+  readers take numbers as doubles), where the hash is the top 45 bits of a keyed siphash of the
+  customer-day (the shipped file's 67,591 customer-days do not collide; a collision in another export
+  would be two events with one id, which the raw suite refuses) and occurrence is the row's
   number (0, 1, ...) among the rows of that customer-day, in file order. So an export with or
   without the header line, with a line of another customer-day deleted or added, or holding one
   day only gives every event the id it has in the shipped file; two identical orders of one
@@ -97,6 +100,8 @@ FREE_BAND = "free"
 _DAY_US = 86_400_000_000
 #: Low bits of an event id: the order's number within its customer-day (CDNOW has at most 16).
 OCCURRENCE_BITS = 8
+#: Event ids are below 2**ID_BITS: exact in a float64.
+ID_BITS = 53
 _ID_HASH_KEY = "lockstep-cdnow-1"
 #: The raw columns CDNOW lands (the declaration's order).
 RAW_COLUMNS: tuple[str, ...] = tuple(CDNOW_PURCHASES.raw_column_names)
@@ -209,7 +214,7 @@ def event_ids(customer_id, event_ts) -> np.ndarray:
             f"customer {int(key['customer_id'].iloc[worst])} has more than {1 << OCCURRENCE_BITS} orders on "
             f"{pd.Timestamp(day_us[worst], unit='us', tz='UTC').date()}: their event ids cannot be derived"
         )
-    top = base >> np.uint64(64 - 55)  # 55 bits, then 8 of occurrence: < 2**63
+    top = base >> np.uint64(64 - ID_BITS + OCCURRENCE_BITS)  # then the occurrence: < 2**ID_BITS
     return ((top << np.uint64(OCCURRENCE_BITS)) | occurrence).astype(np.int64)
 
 

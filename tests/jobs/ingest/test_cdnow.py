@@ -54,6 +54,7 @@ def test_row_count_and_event_ids_are_derived_from_the_customer_day(cdnow, raw_li
     assert len(cdnow) == 69_659
     assert len(raw_lines) == 69_660  # header + data lines
     assert cdnow["event_id"].is_unique and (cdnow["event_id"] >= 0).all()
+    assert (cdnow["event_id"] < 2**53).all()  # exact as float64 (a batch with a null, JSON)
     assert cdnow["event_id"].tolist() == event_ids(cdnow["customer_id"], cdnow["event_ts"]).tolist()
     # The low 8 bits count the orders of one customer-day in file order, the rest is the customer-day.
     occurrence = cdnow["event_id"] & 0xFF
