@@ -139,6 +139,8 @@ class Outcome:
                 parts.append(f"{k} columns {_short(self.details[k], 200)}")
         if self.sample:
             parts.append("e.g. " + ", ".join(_short(v, 60) for v in self.sample[:5]))
+        if self.details.get("conflicts"):  # what a check against earlier partitions found
+            parts.append(" | ".join(str(c) for c in self.details["conflicts"][:3]))
         return "; ".join(parts) or "failed"
 
     def to_json_dict(self) -> dict:

@@ -3,7 +3,8 @@ checked without anyone writing its checks.
 
 ``source_expectations(source)`` (raw_events)
     the raw table's columns in order and their Arrow types (``Source.raw_columns``); not null for
-    every non-nullable column; a unique event id (exact re-deliveries counted once); keys >=
+    every non-nullable column; a unique event id (exact re-deliveries counted once); no event id
+    that an earlier partition holds for another event (``jobs.quality.history``); keys >=
     ``Key.min``; ``Column.min/max`` (between), ``allowed`` (in set), ``mean`` (column mean
     between), ``not_null_share`` (not null, mostly), ``unique``; row count >= ``min_rows`` and >=
     ``min_share_of_previous`` x the previous partition's rows.
@@ -125,6 +126,21 @@ def source_expectations(src) -> list[dict]:
             src,
             src.event_id,
             ignore_identical_rows_on=[c for c, _, _ in cols if c != src.ingested_at],
+        )
+    )
+    content = [c for c, _, _ in cols if c not in (src.event_id, src.ingested_at)]
+    out.append(
+        _sexp(
+            "expect_column_values_to_not_be_in_set",
+            {"column": src.event_id, "value_set": {"$PARAMETER": "event_ids_reused"}},
+            f"Unstable event ids: an {src.event_id} that an EARLIER partition holds for another event (another "
+            "entity, time or value) is a renumbered export (row or line numbers as ids); the kernel would keep the "
+            "older event and silently drop this one. The same id with the same content is a re-delivery, allowed.",
+            "unstable event ids",
+            src,
+            src.event_id,
+            earlier_partitions="event_ids_reused",
+            content=content,
         )
     )
     for k in src.keys:

@@ -114,9 +114,9 @@ class KeyTracker:
         if self.exact:
             keys = col.to_numpy(dtype=np.int64).view(np.uint64)
         else:
-            keys = _hash(df, self.columns)
+            keys = row_hashes(df, self.columns)
         if self.identical_on:
-            contents = _hash(df, self.identical_on)
+            contents = row_hashes(df, self.identical_on)
         else:
             contents = np.arange(offset, offset + n, dtype=np.uint64)
         return np.ascontiguousarray(keys, dtype=np.uint64), np.ascontiguousarray(contents, dtype=np.uint64)
@@ -147,7 +147,7 @@ class KeyTracker:
         return pairs[:, 0].copy(), pairs[:, 1].copy()
 
 
-def _hash(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
+def row_hashes(df: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Row hashes that do not depend on how a batch happened to type its columns (pandas makes an
     integer column with a null float64 in that batch only): numbers hash as float64, timestamps
     as UTC microseconds, everything else as Python objects."""

@@ -53,6 +53,7 @@ from jobs.lake import (
     day_range,
     normalise_schema,
 )
+from jobs.quality import history
 from jobs.quality.combine import Outcome, evaluate
 from jobs.quality.suites import (
     DATASETS,
@@ -418,6 +419,8 @@ def validate_partition(
         size = _batch_rows(batch_rows)
         try:
             dataset_ = tbl.dataset(ds)  # verifies sizes, checksums, footers
+            extra, details = history.parameters(suite.expectations, tbl, ds, dataset_)
+            params.update(extra)
             result = validate_frame_batches(
                 suite,
                 _iter(dataset_, size),
@@ -429,6 +432,7 @@ def validate_partition(
                 reread=lambda: _iter(tbl.dataset(ds), size),
                 max_keys_in_memory=max_keys_in_memory,
             )
+            _explain(result, details)
         except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
             result = _unreadable(suite, tbl, ds, manifest, exc, params)
     return _conclude(suite, tbl, result, stage="published", **conclude)
@@ -533,7 +537,9 @@ def _validate_staged(
         if verify:
             staged.verify()
         dataset_ = staged.dataset()
-        return validate_frame_batches(
+        extra, details = history.parameters(suite.expectations, tbl, ds, dataset_)
+        params.update(extra)
+        result = validate_frame_batches(
             suite,
             _iter(dataset_, size),
             schema=dataset_.schema,
@@ -544,6 +550,7 @@ def _validate_staged(
             reread=lambda: _iter(staged.dataset(), size),
             max_keys_in_memory=max_keys_in_memory,
         )
+        return _explain(result, details)
     except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
         return _unreadable(suite, tbl, ds, staged.manifest, exc, params)
 
@@ -623,6 +630,15 @@ def _conclude(
             log.error("alerting on %s failed: %r", result.partition, exc)
     if raise_on_failure:
         raise error
+    return result
+
+
+def _explain(result: ValidationResult, details: dict[str, list[str]]) -> ValidationResult:
+    """Attach what a failed check against earlier partitions found (``jobs.quality.history``)."""
+    for o in result.failed:
+        lines = details.get(o.meta.get(history.EARLIER))
+        if lines:
+            o.details["conflicts"] = lines
     return result
 
 

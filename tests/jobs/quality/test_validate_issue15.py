@@ -1,0 +1,130 @@
+"""Silent corruption that passed every gate before issue 15 (items 1-3), provoked on CDNOW's real rows:
+each bad version of a validated day is a clear error naming the table, the column and the rule, is
+quarantined and alerted, nothing downstream is built from it, and the good version stays readable."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_validate_support import FS, RAW_EVENTS, RAW_TABLE, alerts
+
+from jobs.ingest.cdnow import CDNOW_PATH, iter_ingest_days
+from jobs.ingest.landing import land
+from jobs.quality.validate import DataQualityError, validate_partition
+from jobs.schemas import to_raw
+
+pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
+pytestmark = pytest.mark.usefixtures("clean_alert_env")
+
+HISTORY = ("1997-01-01", "1997-01-02", "1997-01-03", "1997-01-04")
+DAY = "1997-01-05"
+
+
+def day_of(events: pd.DataFrame, ds: str) -> pd.DataFrame:
+    ((_, part),) = iter_ingest_days(events, ds, ds)
+    return to_raw(FS.source, part).to_pandas()
+
+
+def publish_validated(cfg, events: pd.DataFrame, days) -> None:
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
+    for ds in days:
+        table.write_partition(ds, day_of(events, ds), producer={"job": "ingest_cdnow"})
+        assert validate_partition(cfg, "raw_events", ds, alert=False, docs=False).success
+
+
+def stopped_rewrite(cfg, ds: str, frame: pd.DataFrame, *phrases: str) -> DataQualityError:
+    """Write ``frame`` over the validated day ``ds``: the candidate fails, is quarantined and alerted,
+    no snapshot of the day exists, and readers keep the validated version."""
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
+    good = table.manifest(ds)
+    good_rows = table.read(ds)
+    table.write_partition(ds, frame, producer={"job": "re-export"})
+    assert table.pending(ds) is not None and table.manifest(ds) == good  # staged, not visible
+    with pytest.raises(DataQualityError) as info:
+        validate_partition(cfg, "raw_events", ds)
+    err, msg = info.value, str(info.value)
+    assert msg.startswith(f"data quality raw_events {RAW_TABLE}/ds={ds}: FAILED"), msg
+    for phrase in phrases:
+        assert phrase in msg, f"{phrase!r} not in:\n{msg}"
+    assert f"quarantined: {err.quarantine_path}" in msg and os.path.isdir(err.quarantine_path)
+    assert table.quarantined(ds) == [err.quarantine_path] and table.pending(ds) is None
+    assert f"kept: {RAW_TABLE}/ds={ds} stays at its validated version {good.content_fingerprint[:16]}" in msg
+    assert table.manifest(ds) == good
+    pd.testing.assert_frame_equal(table.read(ds), good_rows)
+    (line,) = [a for a in alerts(cfg) if a["partition"] == f"{RAW_TABLE}/ds={ds}"]
+    assert line["quarantine"] == err.quarantine_path and line["dataset"] == "raw_events"
+    assert any(phrases[0] in f for f in line["failed"]), line["failed"]
+    assert not cfg.lake().table(f"feature_snapshots/{FS.name}").exists(ds)  # nothing downstream
+    return err
+
+
+# ---- item 1: event ids that are not stable ------------------------------------------------------------
+def test_an_id_an_earlier_day_holds_for_another_event_is_an_error_naming_both_days(cfg, cdnow):
+    """The CDNOW parser before issue 15 numbered events by line: a re-export with one line deleted moves
+    every later id onto the line above it, often another customer's purchase of an earlier day."""
+    numbered = cdnow.assign(event_id=np.arange(1, len(cdnow) + 1))
+    publish_validated(cfg, numbered, [*HISTORY, DAY])
+    shifted = numbered.drop(index=9).assign(event_id=np.arange(1, len(cdnow)))
+    bad = day_of(shifted, DAY)
+    earlier = pd.concat([day_of(numbered, d) for d in HISTORY])
+    content = ["customer_id", "event_ts", "n_items", "amount", "category"]
+    both = bad.merge(earlier, on="event_id", suffixes=("", "_before"))
+    clash = both[(both[content].to_numpy() != both[[f"{c}_before" for c in content]].to_numpy()).any(axis=1)]
+    assert len(clash) >= 10  # of the day's 256 purchases; the kernel's dedup would have dropped them all
+    err = stopped_rewrite(
+        cfg,
+        DAY,
+        bad,
+        "expect_column_values_to_not_be_in_set(column=event_id",
+        "[unstable event ids]",
+        f"{len(clash)} of {len(bad)} rows unexpected",
+    )
+    (failed,) = err.failed
+    first = clash.sort_values("event_id").iloc[0]
+    day_before = pd.Timestamp(first["event_ts_before"]).date().isoformat()
+    assert (
+        f"event_id {first['event_id']} is on ds={day_before} as {{customer_id={first['customer_id_before']}, "
+        in str(err)
+    )
+    assert f"and on ds={DAY} as {{customer_id={first['customer_id']}, " in str(err)
+    assert failed.kwargs["value_set"] == sorted(clash["event_id"].tolist())
+
+
+def test_a_re_delivery_of_an_earlier_event_is_a_harmless_duplicate(cfg, cdnow):
+    publish_validated(cfg, cdnow, HISTORY)
+    again = day_of(cdnow, "1997-01-02").head(3).assign(ingested_at=pd.Timestamp(DAY, tz="UTC"))
+    frame = pd.concat([day_of(cdnow, DAY), again], ignore_index=True)
+    cfg.lake().table(RAW_TABLE, RAW_EVENTS).write_partition(DAY, frame, producer={"job": "re-delivery"})
+    result = validate_partition(cfg, "raw_events", DAY, docs=False)
+    assert result.success, result.describe()
+    assert result.parameters["event_ids_reused"] == []
+
+
+def test_re_landing_a_re_export_without_header_and_with_a_deleted_line_keeps_every_id(cfg, tmp_path):
+    """The real parser: the ids of the re-export are those already landed, so it validates and the days
+    it did not change are byte-for-byte the same content."""
+    land(cfg, "cdnow_purchases", HISTORY[0], DAY)
+    for ds in (*HISTORY, DAY):
+        assert validate_partition(cfg, "raw_events", ds, alert=False, docs=False).success
+    table = cfg.lake().table(RAW_TABLE)
+    before = {ds: table.manifest(ds).content_fingerprint for ds in (*HISTORY, DAY)}
+    lines = gzip.decompress(CDNOW_PATH.read_bytes()).decode().splitlines()
+    assert lines[10].split()[:2] == ["00004", "19970101"]  # customer 4's only purchase that day
+    path = tmp_path / "reexport.txt"
+    path.write_text("\n".join(lines[1:10] + lines[11:]) + "\n")
+    land(cfg, "cdnow_purchases", HISTORY[0], DAY, path=str(path))
+    for ds in (*HISTORY, DAY):
+        assert validate_partition(cfg, "raw_events", ds, alert=False, docs=False).success
+        now = table.manifest(ds)
+        assert (now.content_fingerprint == before[ds]) == (ds != HISTORY[0]), ds
+    assert len(table.read(HISTORY[0])) == len(day_of_shipped(HISTORY[0])) - 1
+
+
+def day_of_shipped(ds: str) -> pd.DataFrame:
+    from jobs.ingest.cdnow import read_cdnow
+
+    return day_of(read_cdnow(), ds)
