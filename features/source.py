@@ -129,6 +129,14 @@ class Source:
     #: Partition-level checks: least rows per day, and the least share of the previous day's rows.
     min_rows: int = 1
     min_share_of_previous: float | None = 0.2
+    #: Row-count ceiling: at most this many times the median rows of the last ``recent_days``
+    #: non-empty published days (a day delivered twice, a export of the wrong range); None: none.
+    max_rows_vs_recent: float | None = 3.0
+    recent_days: int = 7
+    #: The largest share of a day's rows whose content (keys, event time, values) equals another row
+    #: of the day: identical events on one day are legitimate (their ids differ by an occurrence
+    #: number), a day delivered twice under new ids has every row twice (share 1.0); None: unchecked.
+    max_duplicate_share: float | None = 0.5
     description: str = ""
     owner: str = ""
 
@@ -148,6 +156,12 @@ class Source:
                 raise bad("columns", f"column {c.name!r} has type {c.type!r}; expected one of {VALUE_TYPES}")
             if c.allowed is not None and c.type != "string":
                 raise bad("columns", f"column {c.name!r}: allowed values need a string column")
+        if self.max_rows_vs_recent is not None and not self.max_rows_vs_recent > 0:
+            raise bad("max_rows_vs_recent", f"{self.max_rows_vs_recent!r}; expected a positive factor or None")
+        if self.recent_days < 1:
+            raise bad("recent_days", f"{self.recent_days!r}; expected at least 1")
+        if self.max_duplicate_share is not None and not 0 <= self.max_duplicate_share < 1:
+            raise bad("max_duplicate_share", f"{self.max_duplicate_share!r}; expected a share in [0, 1) or None")
         names = self.raw_column_names
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

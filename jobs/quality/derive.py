@@ -7,7 +7,9 @@ checked without anyone writing its checks.
     that an earlier partition holds for another event (``jobs.quality.history``); keys >=
     ``Key.min``; ``Column.min/max`` (between), ``allowed`` (in set), ``mean`` (column mean
     between), ``not_null_share`` (not null, mostly), ``unique``; row count >= ``min_rows`` and >=
-    ``min_share_of_previous`` x the previous partition's rows.
+    ``min_share_of_previous`` x the previous partition's rows, and <= ``max_rows_vs_recent`` x the
+    median rows of the last ``recent_days`` non-empty published days; at most ``max_duplicate_share``
+    of the rows share their content with another row of the day (a day delivered twice).
 ``model_expectations(dataset, model, rules)`` (training_sets, predictions, serving_logs)
     the model's id column types, and every joined set's feature checks under ``rules``.
 
@@ -100,6 +102,33 @@ def source_expectations(src) -> list[dict]:
                 f"Row-count collapse: fewer than {src.min_share_of_previous:g} x the previous day's rows "
                 f"(min_share_of_previous of {where}) means a partial export.",
                 "row-count collapse",
+                src,
+            )
+        )
+    if src.max_rows_vs_recent is not None:
+        out.append(
+            _sexp(
+                "expect_table_row_count_to_be_between",
+                {"max_value": {"$PARAMETER": f"recent_median_rows * {src.max_rows_vs_recent:g}"}},
+                f"Row-count surge: more than {src.max_rows_vs_recent:g} x the median rows of the last "
+                f"{src.recent_days} non-empty published days (max_rows_vs_recent, recent_days of {where}) is a day "
+                "delivered twice or an export of the wrong range; every count and sum downstream would grow.",
+                "row-count surge",
+                src,
+                earlier_partitions="recent_median_rows",
+                recent_days=src.recent_days,
+            )
+        )
+    if src.max_duplicate_share is not None:
+        content = [c for c, _, _ in cols if c not in (src.event_id, src.ingested_at)]
+        out.append(
+            _sexp(
+                "expect_compound_columns_to_be_unique",
+                {"column_list": content, "mostly": round(1 - src.max_duplicate_share, 12)},
+                f"A day delivered twice under new ids: at most {src.max_duplicate_share:g} of the day's rows may share "
+                f"their content (keys, event time, values) with another row (max_duplicate_share of {where}); "
+                "identical events are legitimate, but a re-sent file gives every row a twin with a new id.",
+                "duplicate delivery",
                 src,
             )
         )

@@ -1,5 +1,8 @@
 """Suite parameters of a raw partition that need the table's EARLIER partitions (issue 15).
 
+``recent_median_rows``: the median rows of the last ``recent_days`` non-empty published partitions
+(from their manifests), the base of the row-count ceiling.
+
 ``event_ids_reused``: the event ids of the partition that an earlier published partition already
 holds for a DIFFERENT event (another entity, time or value). A renumbered export (ids that are row
 or line numbers) gives ids that belonged to other events; the kernel's dedup would keep the older
@@ -40,11 +43,37 @@ def parameters(expectations, table, ds: str, dataset) -> tuple[dict, dict[str, l
     explain the first few offending values."""
     params, details = {}, {}
     for e in expectations:
-        name = (e.get("meta") or {}).get(EARLIER)
-        if name:
-            ids, lines = reused_event_ids(table, ds, dataset, e["kwargs"]["column"], list(e["meta"]["content"]))
+        meta = e.get("meta") or {}
+        name = meta.get(EARLIER)
+        if name == "event_ids_reused":
+            ids, lines = reused_event_ids(table, ds, dataset, e["kwargs"]["column"], list(meta["content"]))
             params[name], details[name] = ids, list(lines.values())
+        elif name == "recent_median_rows":
+            params[name], days = recent_median_rows(table, ds, int(meta.get("recent_days", 7)))
+            if days:
+                details[name] = [f"median of the rows of {', '.join(days)}: {params[name]:g}"]
+        elif name:
+            raise ValueError(f"unknown earlier-partition parameter {name!r}")
     return params, details
+
+
+def recent_median_rows(table, ds: str, n: int) -> tuple[float | None, list[str]]:
+    """(the median rows of the last ``n`` non-empty published partitions before ``ds`` — from their
+    manifests —, those days); (None, []) without any (the ceiling is not evaluated)."""
+    days, rows = [], []
+    for day in reversed([d for d in table.partitions() if d < ds]):
+        try:
+            m = table.manifest(day)
+        except LakeError:
+            continue
+        if m.rows:
+            days.append(day)
+            rows.append(m.rows)
+        if len(days) == n:
+            break
+    if not rows:
+        return None, []
+    return float(np.median(rows)), sorted(days)
 
 
 def reused_event_ids(table, ds: str, dataset, event_id: str, content: list[str]) -> tuple[list | None, dict]:

@@ -638,7 +638,7 @@ def _explain(result: ValidationResult, details: dict[str, list[str]]) -> Validat
     for o in result.failed:
         lines = details.get(o.meta.get(history.EARLIER))
         if lines:
-            o.details["conflicts"] = lines
+            o.details["history"] = lines
     return result
 
 

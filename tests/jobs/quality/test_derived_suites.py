@@ -118,8 +118,17 @@ def test_a_new_source_gets_its_whole_suite_from_the_declaration():
     assert by[("expect_column_mean_to_be_between", "ms")] == {"column": "ms", "min_value": 10, "max_value": 5000}
     assert by[("expect_column_values_to_not_be_null", "ms")] == {"column": "ms", "mostly": 0.5}
     assert ("expect_column_values_to_be_unique", "token") in by
-    rows = [e["kwargs"]["min_value"] for e in exps if e["type"] == "expect_table_row_count_to_be_between"]
-    assert rows == [3, {"$PARAMETER": "previous_rows * 0.5"}]
+    rows = [e["kwargs"] for e in exps if e["type"] == "expect_table_row_count_to_be_between"]
+    assert rows == [
+        {"min_value": 3},
+        {"min_value": {"$PARAMETER": "previous_rows * 0.5"}},
+        {"max_value": {"$PARAMETER": "recent_median_rows * 3"}},  # the default ceiling (issue 15 item 2)
+    ]
+    (twice,) = [e for e in exps if e["type"] == "expect_compound_columns_to_be_unique"]
+    assert twice["kwargs"] == {"column_list": ["user", "event_ts", "page", "ms", "token"], "mostly": 0.5}
+    (reused,) = [e for e in exps if e["type"] == "expect_column_values_to_not_be_in_set"]
+    assert reused["kwargs"] == {"column": "event_id", "value_set": {"$PARAMETER": "event_ids_reused"}}
+    assert reused["meta"]["content"] == ["user", "event_ts", "page", "ms", "token"]
     unique_id = next(
         e for e in exps if e["type"] == "expect_column_values_to_be_unique" and e["kwargs"]["column"] == "event_id"
     )

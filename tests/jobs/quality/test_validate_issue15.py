@@ -57,7 +57,7 @@ def stopped_rewrite(cfg, ds: str, frame: pd.DataFrame, *phrases: str) -> DataQua
     pd.testing.assert_frame_equal(table.read(ds), good_rows)
     (line,) = [a for a in alerts(cfg) if a["partition"] == f"{RAW_TABLE}/ds={ds}"]
     assert line["quarantine"] == err.quarantine_path and line["dataset"] == "raw_events"
-    assert any(phrases[0] in f for f in line["failed"]), line["failed"]
+    assert [o.headline() for o in err.failed] == line["failed"] and line["failed"]
     assert not cfg.lake().table(f"feature_snapshots/{FS.name}").exists(ds)  # nothing downstream
     return err
 
@@ -128,3 +128,73 @@ def day_of_shipped(ds: str) -> pd.DataFrame:
     from jobs.ingest.cdnow import read_cdnow
 
     return day_of(read_cdnow(), ds)
+
+
+# ---- item 2: a day delivered twice ----------------------------------------------------------------------
+def _reexport(tmp_path, edit) -> str:
+    lines = gzip.decompress(CDNOW_PATH.read_bytes()).decode().splitlines()
+    path = tmp_path / "reexport.txt"
+    path.write_text("\n".join(edit(lines)) + "\n")
+    return str(path)
+
+
+def test_a_day_delivered_twice_under_new_ids_is_refused(cfg, tmp_path):
+    """The day's lines twice in the export: the parser numbers the copies on (occurrence 1, 2, ...), so
+    every id is new and unique and every count of the day doubles."""
+    land(cfg, "cdnow_purchases", HISTORY[0], DAY)
+    for ds in (*HISTORY, DAY):
+        assert validate_partition(cfg, "raw_events", ds, alert=False, docs=False).success
+    day = DAY.replace("-", "")
+    path = _reexport(tmp_path, lambda lines: lines + [line for line in lines[1:] if line.split()[1] == day])
+    land(cfg, "cdnow_purchases", DAY, path=path)
+    table = cfg.lake().table(RAW_TABLE)
+    staged = table.pending(DAY)
+    rows = table.manifest(DAY).rows
+    assert staged.manifest.rows == 2 * rows
+    err = stopped_rewrite_landed(
+        cfg,
+        DAY,
+        "expect_compound_columns_to_be_unique(column_list=",
+        "[duplicate delivery]",
+        f"{2 * rows} of {2 * rows} rows unexpected",
+    )
+    assert [o.type for o in err.failed] == ["expect_compound_columns_to_be_unique"]  # ids are all unique
+
+
+def test_a_day_with_many_times_the_recent_rows_is_refused(cfg, cdnow):
+    """An export of the wrong range stamped as one day: a week of purchases as 1997-01-05's."""
+    publish_validated(cfg, cdnow, [*HISTORY, DAY])
+    week = [day_of(cdnow, d) for d in ("1997-01-05", "1997-01-06", "1997-01-07", "1997-01-08")]
+    end = pd.Timestamp(DAY, tz="UTC") + pd.Timedelta(days=1) - pd.Timedelta(microseconds=1)
+    bad = pd.concat(week, ignore_index=True).assign(event_ts=pd.Timestamp(DAY, tz="UTC"), ingested_at=end)
+    rows = [len(day_of(cdnow, d)) for d in HISTORY]
+    median = float(np.median(rows))
+    err = stopped_rewrite(
+        cfg,
+        DAY,
+        bad,
+        f"expect_table_row_count_to_be_between(max_value={median * 3}) [row-count surge]: observed {len(bad)}",
+        f"median of the rows of {', '.join(HISTORY)}: {median:g}",
+    )
+    assert [o.type for o in err.failed] == ["expect_table_row_count_to_be_between"]
+
+
+def stopped_rewrite_landed(cfg, ds: str, *phrases: str) -> DataQualityError:
+    """A candidate the real lander staged over validated ``ds`` fails, is quarantined and alerted; the
+    validated version stays readable and no snapshot of the day is built."""
+    table = cfg.lake().table(RAW_TABLE)
+    good, good_rows = table.manifest(ds), table.read(ds)
+    with pytest.raises(DataQualityError) as info:
+        validate_partition(cfg, "raw_events", ds)
+    err, msg = info.value, str(info.value)
+    assert msg.startswith(f"data quality raw_events {RAW_TABLE}/ds={ds}: FAILED"), msg
+    for phrase in phrases:
+        assert phrase in msg, f"{phrase!r} not in:\n{msg}"
+    assert f"kept: {RAW_TABLE}/ds={ds} stays at its validated version {good.content_fingerprint[:16]}" in msg
+    assert table.quarantined(ds) == [err.quarantine_path] and table.pending(ds) is None
+    assert table.manifest(ds) == good
+    pd.testing.assert_frame_equal(table.read(ds), good_rows)
+    (line,) = [a for a in alerts(cfg) if a["partition"] == f"{RAW_TABLE}/ds={ds}"]
+    assert line["quarantine"] == err.quarantine_path and any(phrases[0] in f for f in line["failed"])
+    assert not cfg.lake().table(f"feature_snapshots/{FS.name}").exists(ds)
+    return err
