@@ -33,11 +33,14 @@ class DeclarationError(ValueError):
 
 @dataclass(frozen=True)
 class Key:
-    """An entity key column. ``min`` bounds integer keys (e.g. ids are >= 1)."""
+    """An entity key column and its domain: ``min`` bounds integer keys (e.g. ids are >= 1, so 0 or
+    a negative id is a placeholder from another system), ``allowed`` lists every legal value of a
+    string key (e.g. the three airports a source covers)."""
 
     name: str
     type: str = "int64"
     min: int | None = None
+    allowed: tuple[str, ...] | None = None
     #: A nullable key (e.g. a flight without a plane): its events belong to no entity of a set
     #: keyed by it, and a query without it gets that set's defaults.
     nullable: bool = False
@@ -48,7 +51,10 @@ class Key:
 class Column:
     """A typed value column with the checks its values must pass.
 
-    ``min``/``max`` bound numbers; ``allowed`` lists every legal value of a string column;
+    ``min``/``max`` bound numbers; ``allowed`` lists the known values of a string column, and
+    ``max_unknown_share`` the share of a partition's rows that may hold another one (0: none — a
+    new category is an upstream change; > 0: a few new values, e.g. a new route, are drift to
+    tolerate, many are not);
     ``not_null_share`` is the least share of non-null values (1.0 = never null when
     ``nullable`` is False); ``mean`` bounds the column mean of a partition.
     """
@@ -59,6 +65,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple[str, ...] | None = None
+    max_unknown_share: float = 0.0
     unique: bool = False
     not_null_share: float | None = None
     mean: tuple[float, float] | None = None
@@ -149,6 +156,10 @@ class Source:
         for k in self.keys:
             if k.type not in KEY_TYPES:
                 raise bad("keys", f"key {k.name!r} has type {k.type!r}; expected one of {KEY_TYPES}")
+            if k.min is not None and k.type != "int64":
+                raise bad("keys", f"key {k.name!r}: min needs an int64 key")
+            if k.allowed is not None and k.type != "string":
+                raise bad("keys", f"key {k.name!r}: allowed values need a string key")
         if self.event_id_type not in KEY_TYPES:
             raise bad("event_id_type", f"{self.event_id_type!r}; expected one of {KEY_TYPES}")
         for c in self.columns:
@@ -156,6 +167,12 @@ class Source:
                 raise bad("columns", f"column {c.name!r} has type {c.type!r}; expected one of {VALUE_TYPES}")
             if c.allowed is not None and c.type != "string":
                 raise bad("columns", f"column {c.name!r}: allowed values need a string column")
+            if not 0 <= c.max_unknown_share < 1 or (c.max_unknown_share and c.allowed is None):
+                raise bad(
+                    "columns",
+                    f"column {c.name!r}: max_unknown_share {c.max_unknown_share!r} needs allowed "
+                    "values and a share in [0, 1)",
+                )
         if self.max_rows_vs_recent is not None and not self.max_rows_vs_recent > 0:
             raise bad("max_rows_vs_recent", f"{self.max_rows_vs_recent!r}; expected a positive factor or None")
         if self.recent_days < 1:

@@ -5,7 +5,8 @@ checked without anyone writing its checks.
     the raw table's columns in order and their Arrow types (``Source.raw_columns``); not null for
     every non-nullable column; a unique event id (exact re-deliveries counted once); no event id
     that an earlier partition holds for another event (``jobs.quality.history``); keys >=
-    ``Key.min``; ``Column.min/max`` (between), ``allowed`` (in set), ``mean`` (column mean
+    ``Key.min``, keys in ``Key.allowed``; ``Column.min/max`` (between), ``allowed`` (in set, ``mostly``
+    1 - ``max_unknown_share``), ``mean`` (column mean
     between), ``not_null_share`` (not null, mostly), ``unique``; row count >= ``min_rows`` and >=
     ``min_share_of_previous`` x the previous partition's rows, and <= ``max_rows_vs_recent`` x the
     median rows of the last ``recent_days`` non-empty published days; at most ``max_duplicate_share``
@@ -178,9 +179,21 @@ def source_expectations(src) -> list[dict]:
                 _sexp(
                     "expect_column_values_to_be_between",
                     {"column": k.name, "min_value": k.min},
-                    f"Sentinel keys: {k.name} below {k.min} (Key.min) is a placeholder from another system, "
-                    "not an entity.",
-                    "key nulls",
+                    f"Sentinel keys: {k.name} below {k.min} (Key.min) is a placeholder from another system "
+                    "(0, -1), not an entity; its events would become one fake entity's features.",
+                    "key outside its domain",
+                    src,
+                    k.name,
+                )
+            )
+        if k.allowed is not None:
+            out.append(
+                _sexp(
+                    "expect_column_values_to_be_in_set",
+                    {"column": k.name, "value_set": list(k.allowed)},
+                    f"Unknown key: {k.name} is one of {list(k.allowed)} (Key.allowed); another value is an entity "
+                    "the source does not cover (a code system changed upstream, or another feed mixed in).",
+                    "key outside its domain",
                     src,
                     k.name,
                 )
@@ -204,12 +217,17 @@ def source_expectations(src) -> list[dict]:
                 )
             )
         if c.allowed is not None:
+            kw = {"column": c.name, "value_set": list(c.allowed)}
+            tolerated = ""
+            if c.max_unknown_share:
+                kw["mostly"] = round(1 - c.max_unknown_share, 12)
+                tolerated = f" At most {c.max_unknown_share:g} of the rows may hold a new one (max_unknown_share)."
             out.append(
                 _sexp(
                     "expect_column_values_to_be_in_set",
-                    {"column": c.name, "value_set": list(c.allowed)},
-                    f"Unknown category: {c.name} is one of {list(c.allowed)} (Column.allowed); a new value "
-                    "is an upstream change no feature expects.",
+                    kw,
+                    f"Unknown category: {c.name} is one of the {len(c.allowed)} known values (Column.allowed); "
+                    f"a new value is an upstream change no feature expects.{tolerated}",
                     "unknown category",
                     src,
                     c.name,

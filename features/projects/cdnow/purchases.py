@@ -12,7 +12,7 @@ PRICE_BANDS = ("free", "budget", "standard", "premium")
 
 CDNOW_PURCHASES = Source(
     name="cdnow_purchases",
-    keys=(Key("customer_id", "int64", min=0, description="CDNOW customer number"),),
+    keys=(Key("customer_id", "int64", min=1, description="CDNOW customer number (1 .. 23,570 in the file)"),),
     columns=(
         Column("n_items", "int64", min=0, max=1000, not_null_share=0.95, description="CDs bought"),
         Column("amount", "double", min=0, max=50000, mean=(1, 1000), not_null_share=0.9, description="dollars paid"),

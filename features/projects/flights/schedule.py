@@ -6,18 +6,19 @@ days ahead of each departure (``event_ts = ingested_at = sched_dep_ts - 7 days``
 ``nycflights13`` parser lands it, without the outcome columns.
 """
 
+from features.projects.flights.flights import CARRIERS, DESTINATIONS, ORIGINS
 from features.source import Column, Key, ParserLander, Source
 
 SCHEDULE = Source(
     name="flight_schedule",
     keys=(
         Key("tailnum", "string", nullable=True, description="the plane, when assigned"),
-        Key("origin", "string", description="departure airport"),
+        Key("origin", "string", allowed=ORIGINS, description="departure airport"),
     ),
     columns=(
         Column("sched_dep_ts", "timestamp[us, tz=UTC]", nullable=False, description="scheduled departure"),
-        Column("carrier", "string", nullable=False),
-        Column("dest", "string", nullable=False),
+        Column("carrier", "string", nullable=False, allowed=CARRIERS),
+        Column("dest", "string", nullable=False, allowed=DESTINATIONS, max_unknown_share=0.01),
         Column("distance", "double", nullable=False, min=0, max=6000, description="miles"),
         Column("sched_hour", "int64", nullable=False, min=0, max=23, description="scheduled local hour"),
         Column("month", "int64", nullable=False, min=1, max=12),

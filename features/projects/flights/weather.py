@@ -4,11 +4,12 @@ One event per (origin, hour) at ``time_hour`` (UTC), reported 15 minutes later; 
 generic CSV lander: no code of its own.
 """
 
+from features.projects.flights.flights import ORIGINS
 from features.source import Column, FileLander, Key, Source
 
 WEATHER = Source(
     name="weather",
-    keys=(Key("origin", "string"),),
+    keys=(Key("origin", "string", allowed=ORIGINS),),
     columns=(
         Column("temp", "double", min=-40, max=130, description="degrees F"),
         Column("humid", "double", min=0, max=100),

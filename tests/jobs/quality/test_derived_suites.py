@@ -159,7 +159,7 @@ def test_a_clean_partition_passes():
 def test_a_key_below_key_min_is_caught():
     r = run(clicks(user=np.array([1, 2, 0, 4, -7, 6], dtype=np.int64)))
     assert failed(r) == [("expect_column_values_to_be_between", "user")]
-    assert r.failed[0].unexpected_count == 2 and r.failed[0].risk == "key nulls"
+    assert r.failed[0].unexpected_count == 2 and r.failed[0].risk == "key outside its domain"
 
 
 def test_a_category_outside_allowed_is_caught():

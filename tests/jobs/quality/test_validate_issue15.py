@@ -15,7 +15,7 @@ from test_validate_support import FS, RAW_EVENTS, RAW_TABLE, alerts
 from jobs.ingest.cdnow import CDNOW_PATH, iter_ingest_days
 from jobs.ingest.landing import land
 from jobs.quality.validate import DataQualityError, validate_partition
-from jobs.schemas import to_raw
+from jobs.schemas import raw_schema, to_raw
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
@@ -198,3 +198,82 @@ def stopped_rewrite_landed(cfg, ds: str, *phrases: str) -> DataQualityError:
     assert line["quarantine"] == err.quarantine_path and any(phrases[0] in f for f in line["failed"])
     assert not cfg.lake().table(f"feature_snapshots/{FS.name}").exists(ds)
     return err
+
+
+# ---- item 3: values the suites had no rule for ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("edit", "phrases"),
+    [
+        pytest.param(
+            lambda df: df.assign(customer_id=df["customer_id"].where(df.index % 50 != 0, 0)),
+            ("expect_column_values_to_be_between(column=customer_id, min_value=1) [key outside its domain]",),
+            id="customer-id-0",
+        ),
+        pytest.param(
+            lambda df: df.assign(category=df["category"].where(df.index % 40 != 0, "bundle")),
+            ("expect_column_values_to_be_in_set(column=category", "[unknown category]", "e.g. bundle"),
+            id="new-category",
+        ),
+    ],
+)
+def test_a_key_outside_its_domain_or_a_new_category_is_refused(cfg, cdnow, edit, phrases):
+    """Customer 0 (a placeholder of the shop system) and a category no price band produces: both passed
+    before (CDNOW declared customer_id >= 0, and nothing stopped a new value but a declared set)."""
+    publish_validated(cfg, cdnow, [*HISTORY, DAY])
+    bad = edit(day_of(cdnow, DAY))
+    n = int((bad.index % (50 if "customer_id" in phrases[0] else 40) == 0).sum())
+    err = stopped_rewrite(cfg, DAY, bad, *phrases, f"{n} of {len(bad)} rows unexpected")
+    assert len(err.failed) == 1
+
+
+FLIGHT_DAYS = ("2013-01-01", "2013-01-02")  # from the data's first day (data_start)
+
+
+@pytest.fixture
+def flights_cfg(cfg):
+    land(cfg, "flights", *FLIGHT_DAYS)
+    for ds in FLIGHT_DAYS:
+        assert validate_partition(cfg, "raw_events", ds, source="flights", alert=False, docs=False).success
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "share", "rule"),
+    [
+        ("origin", "SWF", 0.01, "expect_column_values_to_be_in_set(column=origin"),  # a fourth airport fed in
+        ("carrier", "XE", 0.01, "expect_column_values_to_be_in_set(column=carrier"),
+        ("dest", "YYZ", 0.05, "expect_column_values_to_be_in_set(column=dest"),  # more than the 1% of drift
+    ],
+)
+def test_flights_values_never_seen_are_refused(flights_cfg, column, value, share, rule):
+    cfg, ds = flights_cfg, FLIGHT_DAYS[-1]
+    table = cfg.lake().table("raw_events/flights", raw_schema(cfg.repo().source("flights")))
+    good, good_rows = table.manifest(ds), table.read(ds)
+    bad = good_rows.copy()
+    hit = np.arange(len(bad)) < max(1, int(len(bad) * share))
+    bad.loc[hit, column] = value
+    table.write_partition(ds, bad, producer={"job": "re-export"})
+    with pytest.raises(DataQualityError) as info:
+        validate_partition(cfg, "raw_events", ds, source="flights")
+    msg = str(info.value)
+    assert msg.startswith(f"data quality raw_events raw_events/flights/ds={ds}: FAILED"), msg
+    assert rule in msg and f"e.g. {value}" in msg and f"{int(hit.sum())} of {len(bad)} rows unexpected" in msg, msg
+    assert len(info.value.failed) == 1, msg
+    assert table.manifest(ds) == good and table.pending(ds) is None
+    assert table.quarantined(ds) == [info.value.quarantine_path]
+    pd.testing.assert_frame_equal(table.read(ds), good_rows)
+    (line,) = [a for a in alerts(cfg) if a["partition"] == f"raw_events/flights/ds={ds}"]
+    assert line["quarantine"] == info.value.quarantine_path and any(rule in f for f in line["failed"])
+    assert not cfg.lake().table("feature_snapshots/origin_congestion_v1").exists(ds)
+
+
+def test_a_new_destination_on_a_few_flights_is_tolerated_drift(flights_cfg):
+    cfg, ds = flights_cfg, FLIGHT_DAYS[-1]
+    table = cfg.lake().table("raw_events/flights", raw_schema(cfg.repo().source("flights")))
+    rows = table.read(ds)
+    rows.loc[:2, "dest"] = "YYZ"  # 3 of ~900 flights: a new route
+    table.write_partition(ds, rows, producer={"job": "re-export"})
+    result = validate_partition(cfg, "raw_events", ds, source="flights", docs=False)
+    assert result.success, result.describe()
+    (dest,) = [o for o in result.outcomes if o.kwargs.get("column") == "dest" and "value_set" in o.kwargs]
+    assert (dest.unexpected_count, dest.sample, dest.kwargs["mostly"]) == (3, ["YYZ"], 0.99)
