@@ -177,7 +177,8 @@ def test_customer_activity_ranges():
     assert b["spend_mean_90d"] == (0, 50000) and b["spend_max_90d"] == (0, 50000)
     assert b["recency_days"] == (0, float("inf")) and b["activity_trend_30_90"] == (0, 1)
     assert b["price_per_item_365d"] == (0, float("inf"))
-    assert source_bounds() == {"amount": (0, 50000), "n_items": (0, 1000), "customer_id": (0, None)}
+    # customer_id: Key.min (issue 15)
+    assert source_bounds() == {"amount": (0, 50000), "n_items": (0, 1000), "customer_id": (1, None)}
 
 
 # ---- suites on hand-built frames -------------------------------------------------------------
