@@ -1,7 +1,7 @@
 """``lockstep demo``: the real DAGs, generated from the declarations, on a real (embedded) Airflow over a
 stretch of each model's data — every model of the repo, the default one first (the shipped repo
-``features.projects`` declares two: ``repurchase_90d`` on CDNOW, one source and one set, and
-``dep_delay_15`` on NYC 2013 flights, three sources and three sets), or one with ``--model``. The demo's
+``features.projects`` declares two: a repurchase model on one source and one set, and a departure-delay
+model on three sources and three sets), or one with ``--model``. The demo's
 days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
