@@ -1,7 +1,7 @@
 """``lockstep demo``: the real DAGs, generated from the declarations, on a real (embedded) Airflow over a
 stretch of each model's data — every model of the repo, the default one first (the shipped repo
-``features.projects`` declares two: a repurchase model on one source and one set, and a departure-delay
-model on three sources and three sets), or one with ``--model``. The demo's
+``features.projects`` declares two models: one on one source and one set, and one on
+three sources and three sets), or one with ``--model``. The demo's
 days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
