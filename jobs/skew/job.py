@@ -507,9 +507,11 @@ def run_skew(
     notifier=None,
     html: bool = True,
     fail: bool = True,
+    alert_breaches: bool = True,
 ) -> SkewReport:
     """Compare ``serving_logs/<model>/ds=D`` of declared model ``model`` (default: the repo's default model)
-    with offline recomputation of every joined set; write the report; raise on a breach."""
+    with offline recomputation of every joined set; write the report; alert major drift and warnings;
+    alert (unless ``alert_breaches`` is False: a caller whose failure handler alerts) and raise on a breach."""
     ds = str(pd.Timestamp(ds).date())
     repo = cfg.repo()
     decl = repo.model(model) if model else repo.default_model()
@@ -648,7 +650,8 @@ def run_skew(
             + "; ".join(report.breaches)
             + (f" — report: {report.html_path}" if report.html_path else "")
         )
-        _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path, dataset=logs_table)
+        if alert_breaches:
+            _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path, dataset=logs_table)
         if fail:
             raise SkewThresholdError(msg, report)
     return report

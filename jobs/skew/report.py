@@ -367,7 +367,7 @@ that arrived after a logged request of their entity.</p>
 <h2>Drift</h2>
 <p>Reference: the champion's training features. PSI (natural log) over 10 training-quantile bins plus a null bin; Jensen-Shannon divergence over the same bins in
 <b>bits</b> (log base 2, range 0..1). This model: moderate at PSI ≥ {levels["moderate"]:g} (a warning), major at
-PSI ≥ {levels["major"]:g} (a breach).</p>
+PSI ≥ {levels["major"]:g} (an error-level alert; the job goes on).</p>
 {champ_html}
 {img("drift")}
 {table_html(drift_t)}
