@@ -423,7 +423,7 @@ def run_demo(
         problems.append(f"serving answered {served['statuses']} (not all 200)")
     af.extra_env[o.SERVING_WAL_ENV] = str(wal_dir(project))
     proc = af.dags_test(skew_dag, serve_day, check=False, timeout=timeout)
-    from jobs.skew.causes import CAUSES
+    from jobs.skew.causes import CAUSES, SCORE_ROW
 
     skew_reports = cfg.lake().table(decl.skew_report_table)
     if proc.returncode != 0 or not skew_reports.exists(serve_day):
@@ -433,8 +433,13 @@ def run_demo(
         skew_text = "FAILED"
     else:
         rep = skew_reports.read(serve_day)
-        counts = {c: int(rep[c].fillna(0).sum()) for c in CAUSES}
-        skew_text = f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; mismatches by cause {counts}"
+        feats = rep[rep["feature"] != SCORE_ROW]
+        counts = {c: int(feats[c].fillna(0).sum()) for c in CAUSES}
+        skew_text = (
+            f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; skew mismatches (vs training) "
+            f"{int(feats['mismatches'].fillna(0).sum())}; differences by cause {counts} (late_data under known_at "
+            "training is freshness, not skew)"
+        )
     _step(7, STEPS, f"{skew_dag} {serve_day}: serving log published -> validated -> skew report: {skew_text}", t0)
     out = outputs(project, cfg, decl, sorted(want), USER, PASSWORD, skew_day=serve_day)
     out["problems"] = problems

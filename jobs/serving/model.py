@@ -39,6 +39,10 @@ class ModelSource(Protocol):
         """The features the model was trained on (drift reference), or None if unknown."""
         ...
 
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        """``(first, last)`` day of the data the model was trained on (its train range), or None if unknown."""
+        ...
+
 
 class StaticSource:
     """Models held in memory; the first one given is the champion unless named."""
@@ -48,10 +52,12 @@ class StaticSource:
         *models: Model,
         champion: tuple[str, str] | None = None,
         training: dict[tuple[str, str], pd.DataFrame] | None = None,
+        windows: dict[tuple[str, str], tuple[str, str]] | None = None,
     ):
         self._models = {(m.name, str(m.version)): m for m in models}
         self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
         self._training = dict(training or {})
+        self._windows = dict(windows or {})
 
     def champion(self) -> Model:
         if self._champion is None:
@@ -69,6 +75,9 @@ class StaticSource:
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
         return self._training.get((model.name, str(model.version)))
+
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        return self._windows.get((model.name, str(model.version)))
 
 
 class LinearModel:
@@ -160,6 +169,12 @@ class RegistrySource:
         if key not in self._cache:
             self._cache[key] = BoosterModel(self.registry.load(name, int(version)))
         return self._cache[key]
+
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        """The lineage's ``train`` range of cut-offs."""
+        lineage = getattr(model, "loaded", None) and model.loaded.lineage
+        train = (lineage or {}).get("ranges", {}).get("train")
+        return (str(train[0]), str(train[1])) if train else None
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
         lineage = getattr(model, "loaded", None) and model.loaded.lineage
