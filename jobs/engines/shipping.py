@@ -93,6 +93,8 @@ def features_zip() -> str:
     """A zip of the ``features`` package this process imports (``features/...`` inside), in the temp
     directory, named by a hash of its content; rebuilt only when that content changes."""
     root = Path(importlib.import_module(PACKAGE).__file__).parent
+    if not root.is_dir():
+        raise RuntimeError(f"cannot ship the {PACKAGE!r} package: this process imports it from {root}, not a directory")
     files = sorted(
         p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
     )
@@ -125,12 +127,18 @@ def features_zip() -> str:
 # --------------------------------------------------------------------------- Dask
 
 
-def ship_to_dask(client) -> str:
+def ship_to_dask(client) -> str | None:
     """Register the zip as ``UploadFile`` plugins of the workers and of the scheduler (once per content:
     idempotent by name), so every worker, also one that joins later, and the scheduler, which unpickles
-    the task graph, put it first on ``sys.path``. Returns the plugins' name."""
+    the task graph, put it first on ``sys.path``. Returns the plugins' name, or None when the
+    scheduler runs in this process (nothing to ship, see below)."""
     from distributed.diagnostics.plugin import SchedulerUploadFile, UploadFile
 
+    if _scheduler_runs_here(client):
+        # A LocalCluster started by this process: its workers are this process's threads or
+        # processes spawned with its sys.path, so they import this very package. Shipping would
+        # make the plugins reload ``features`` from the zip in this process (the scheduler's).
+        return None
     path = features_zip()
     name = Path(path).stem
     for plugin in (SchedulerUploadFile(path, load=True), UploadFile(path, load=True)):
@@ -139,6 +147,12 @@ def ship_to_dask(client) -> str:
         plugin.idempotent = True
         client.register_plugin(plugin, name=name)
     return name
+
+
+def _scheduler_runs_here(client) -> bool:
+    # Builtins, pickled by reference: a scheduler without this package can run them.
+    here = (socket.gethostname(), os.getpid())
+    return (client.run_on_scheduler(socket.gethostname), client.run_on_scheduler(os.getpid)) == here
 
 
 def verify_dask(client, expected: str | None = None) -> dict[str, dict]:

@@ -1,4 +1,4 @@
-"""The engines on real clusters, started as separate processes on loopback (``clusters.py``):
+"""The engines on real clusters, started as separate processes on loopback (``tests/clusters.py``):
 a Spark standalone master + worker and a ``dask scheduler`` + two ``dask worker`` processes.
 
 Snapshots and a training set are built on the local engine, then rebuilt on each cluster into the
@@ -236,7 +236,6 @@ def test_spark_standalone_cluster_is_bit_identical_to_local_with_the_shipped_pac
         ["training-set", "--from", CUTOFF, "--no-validate"],
     )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    print(res.stdout)
     reports = [line.split() for line in res.stdout.splitlines() if line.startswith("REPORT")]
     zip_name = Path(features_zip()).name
     assert reports, res.stdout

@@ -16,7 +16,7 @@ from clusters import REPO, jobs_only_path
 from features.registry import get
 from features.spec import kernel_fingerprint, kernel_source
 from jobs.engines import KernelMismatchError
-from jobs.engines.shipping import check_reports, features_zip
+from jobs.engines.shipping import check_reports, features_zip, ship_to_dask, verify_dask
 
 FP = kernel_fingerprint()
 
@@ -73,3 +73,18 @@ def test_check_reports_names_every_refused_worker_and_both_fingerprints():
     # raised in a task, it travels to the driver pickled: same type, fields and text
     back = pickle.loads(pickle.dumps(err.value))
     assert type(back) is KernelMismatchError and str(back) == str(err.value) and back.workers == err.value.workers
+
+
+@pytest.mark.dask
+def test_a_local_cluster_of_this_process_is_checked_but_not_shipped_to(dask_client):
+    """Its scheduler runs here: an UploadFile plugin would reload this process's ``features`` from a
+    zip in the scheduler's temp directory (deleted when the cluster closes). Its workers were spawned
+    with this process's sys.path, and say so."""
+    import features
+
+    before = features.__file__
+    assert ship_to_dask(dask_client) is None
+    reports = verify_dask(dask_client)
+    assert len(reports) == 2 and {r["origin"] for r in reports.values()} == {str(REPO / "features" / "kernel.py")}
+    assert features.__file__ == before == str(REPO / "features" / "__init__.py")
+    assert not any("lockstep_features-" in p for p in sys.path)

@@ -1,4 +1,4 @@
-"""Real clusters as separate processes, on loopback, for the engine tests (``conftest.py`` makes them fixtures).
+"""Real clusters as separate processes on loopback, for the tests (``tests/conftest.py`` has the fixtures).
 
 * :func:`spark_standalone`: ``spark-class org.apache.spark.deploy.master.Master`` and one
   ``...deploy.worker.Worker`` from the installed pyspark (``SPARK_HOME`` = the pyspark package
@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
 
