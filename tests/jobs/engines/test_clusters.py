@@ -11,6 +11,7 @@ another kernel is refused before it computes a row, and nothing is published.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -119,15 +120,31 @@ def test_dask_cli_cluster_is_bit_identical_to_local_with_the_shipped_package(lak
         assert f"{zip_name}/features/kernel.py" in origin["origin"], origin
 
 
+def stale_features(tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of ``features`` under ``tmp_path/stale`` with one line added to ``kernel.py``."""
+    stale = tmp_path / "stale"
+    shutil.copytree(REPO / "features", stale / "features", ignore=shutil.ignore_patterns("__pycache__"))
+    kernel = stale / "features" / "kernel.py"
+    kernel.write_text(kernel.read_text() + "\nSTALE_EDIT = 1  # one edited line\n")
+    return stale, kernel
+
+
+def fingerprint_of(kernel: Path) -> str:
+    return hashlib.sha256(kernel.read_bytes()).hexdigest()[:16]
+
+
+def fresh_lake(base: Config, root: Path, **fields) -> Config:
+    """A copy of the module's lake with the raw events only: no snapshot or training set published."""
+    shutil.copytree(base.lake_root, root, ignore=shutil.ignore_patterns("feature_snapshots", "training_sets"))
+    return dataclasses.replace(base, lake_root=str(root), **fields)
+
+
 @pytest.fixture
 def stale_dask_cluster(tmp_path):
     """Two CLI workers whose PYTHONPATH puts a copy of ``features`` with one edited kernel line first:
     w0 imports that kernel at start (``--preload features.kernel``), as a long-running worker that
     already computed with it would; w1 has the same path but has imported nothing yet."""
-    stale = tmp_path / "stale"
-    shutil.copytree(REPO / "features", stale / "features", ignore=shutil.ignore_patterns("__pycache__"))
-    kernel = stale / "features" / "kernel.py"
-    kernel.write_text(kernel.read_text() + "\nSTALE_EDIT = 1  # one edited line\n")
+    stale, kernel = stale_features(tmp_path)
     path = f"{stale}{os.pathsep}{jobs_only_path(tmp_path / 'code')}"
     with dask_cli_cluster(tmp_path / "cluster", [path, path], preload=[["features.kernel"], []]) as cluster:
         yield cluster, str(kernel)
@@ -135,8 +152,6 @@ def stale_dask_cluster(tmp_path):
 
 @pytest.mark.dask
 def test_a_worker_with_another_kernel_is_refused_before_it_computes(lake, stale_dask_cluster):
-    import hashlib
-
     from distributed import Client
 
     from jobs.snapshots import build_snapshot, snapshot_table
@@ -144,11 +159,9 @@ def test_a_worker_with_another_kernel_is_refused_before_it_computes(lake, stale_
 
     (cluster, stale_kernel) = stale_dask_cluster
     base, _ = lake
-    # a lake of its own: the raw events only, no snapshot or training set published yet
     root = Path(base.lake_root).parent / "stale-lake"
-    shutil.copytree(base.lake_root, root, ignore=shutil.ignore_patterns("feature_snapshots", "training_sets"))
-    cfg = dataclasses.replace(base, lake_root=str(root), engine="dask", dask_address=cluster["address"], buckets=4)
-    stale_fp = hashlib.sha256(Path(stale_kernel).read_bytes()).hexdigest()[:16]
+    cfg = fresh_lake(base, root, engine="dask", dask_address=cluster["address"], buckets=4)
+    stale_fp = fingerprint_of(Path(stale_kernel))
     assert stale_fp != kernel_fingerprint()
     w0, w1 = cluster["workers"]["w0"], cluster["workers"]["w1"]
 
@@ -194,7 +207,7 @@ from jobs.engines.shipping import verify_spark
 from jobs.cli import main
 
 t0 = time.monotonic()
-spark = spark_engine.get_spark(sys.argv[1])
+spark = spark_engine.get_spark(sys.argv[1], json.loads(sys.argv[3]) if len(sys.argv) > 3 else None)
 for name, report in sorted(verify_spark(spark).items()):
     print("REPORT", name, report["kernel"], report["origin"])
 print("STARTED", round(time.monotonic() - t0, 1))
@@ -208,7 +221,7 @@ spark.stop()
 """
 
 
-def spark_cli(master: str, lake_root: str, *commands: list[str]) -> subprocess.CompletedProcess:
+def spark_cli(master: str, lake_root: str, *commands: list[str], conf=None) -> subprocess.CompletedProcess:
     """``lockstep --engine spark --spark-master MASTER <command>`` for each command, in one driver
     process of its own (this process may hold a local[2] SparkContext; there is one per process)."""
     env = {
@@ -220,7 +233,7 @@ def spark_cli(master: str, lake_root: str, *commands: list[str]) -> subprocess.C
     }
     flags = ["--engine", "spark", "--spark-master", master, "--buckets", "4"]
     argvs = json.dumps([flags + list(c) for c in commands])
-    cmd = [sys.executable, "-c", SPARK_DRIVER, master, argvs]
+    cmd = [sys.executable, "-c", SPARK_DRIVER, master, argvs] + ([json.dumps(conf)] if conf else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600, check=False)
 
 
@@ -243,3 +256,38 @@ def test_spark_standalone_cluster_is_bit_identical_to_local_with_the_shipped_pac
         assert line[1:3] == ["executor", "0"] and line[4].startswith("127.0.0.1:"), line
         assert line[-2] == kernel_fingerprint() and f"{zip_name}/features/kernel.py" in line[-1], line
     assert_bit_identical(dataclasses.replace(cfg, engine="spark"), local, "spark")
+
+
+STALE_DAEMON = """
+import features.kernel  # a Python worker that imported another kernel before the shipped package came
+from pyspark import daemon
+
+if __name__ == "__main__":
+    daemon.manager()
+"""
+
+
+@pytest.mark.spark
+def test_an_executor_with_another_kernel_is_refused_before_it_computes(lake, spark_standalone_cluster, tmp_path):
+    """Spark's Python workers fork from a daemon; this one imported an edited kernel first."""
+    from jobs.snapshots import snapshot_table
+
+    stale, kernel = stale_features(tmp_path)
+    (stale / "lockstep_stale_daemon.py").write_text(STALE_DAEMON)
+    cfg = fresh_lake(lake[0], tmp_path / "lake", engine="spark")
+    # executorEnv replaces the executor's PYTHONPATH (the worker's): jobs must stay on it
+    path = f"{stale}{os.pathsep}{jobs_only_path(tmp_path / 'code')}"
+    conf = {"spark.python.daemon.module": "lockstep_stale_daemon", "spark.executorEnv.PYTHONPATH": path}
+    res = spark_cli(
+        spark_standalone_cluster["master"], cfg.lake_root, ["snapshot", "--ds", SNAPSHOT_DAYS[0]], conf=conf
+    )
+    assert res.returncode != 0
+    assert "REPORT" not in res.stdout and "RAN" not in res.stdout
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        f"jobs.engines.shipping.KernelMismatchError: kernel version mismatch: this driver runs features/kernel.py "
+        f"{kernel_fingerprint()}, but 1 of 1 worker(s) import another: worker executor 0 on 127.0.0.1:"
+    ), res.stderr[-3000:]
+    assert f"has kernel {fingerprint_of(kernel)} (imports {kernel}). Nothing was computed" in last
+    assert snapshot_table(cfg.lake(), FS).partitions() == []
+    assert not (tmp_path / "lake" / "_scratch").exists() or not any((tmp_path / "lake" / "_scratch").iterdir())
