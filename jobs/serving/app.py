@@ -83,9 +83,11 @@ from jobs.serving.log import (
     log_keys,
     make_record,
     model_wal_dir,
+    shadow_wal_dir,
 )
 from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
+from jobs.serving.shadow import ShadowScorer
 from jobs.serving.store import (
     EmbeddedStore,
     L1Cache,
@@ -135,6 +137,13 @@ class Settings:
     #: read the champion alias this often and swap to a new version off the request path (0: never;
     #: POST /admin/reload and SIGHUP still do): jobs.serving.swap. Every worker polls on its own.
     model_poll_s: float = 30.0
+    #: shadow scoring (``jobs.serving.shadow``): follow the registry's challenger alias (same poll, same
+    #: fingerprint check) and score every request with it off the request path; ``challenger_version``
+    #: names a version to shadow instead of the alias'. ``shadow_queue_size``: offers waiting for the
+    #: shadow worker (a full queue drops, counts and alerts).
+    shadow: bool = True
+    challenger_version: str | None = None
+    shadow_queue_size: int = 1000
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -761,9 +770,43 @@ def create_app(
             on_refused=refused,
             on_error=lambda _v, _exc: prom.reload_errors.inc(),
         )
+        shadow = ShadowScorer(
+            decl.feature_names,
+            ServingLog(shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync),
+            scores_of,
+            queue_size=settings.shadow_queue_size,
+            on_drop=_shadow_dropped(cfg, decl.name, prom),
+            on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
+        )
+        challenger = None
+        if settings.shadow or settings.challenger_version:
+            shadow.writer.start()
+            shadow.start()
+
+            def challenger_refused(version: str, exc: FingerprintMismatchError) -> None:
+                prom.challenger_refused.labels(model=decl.name, reason=exc.kind).inc()
+                _alert(cfg, f"challenger refused: {decl.name} v{version}", "challenger refused", decl.name, str(exc))
+
+            named = settings.challenger_version
+            challenger = ChampionFollower(
+                source,
+                model.name,
+                None,
+                lambda m: check_model(m, decl),
+                shadow.install,
+                poll_s=settings.model_poll_s,
+                on_refused=challenger_refused,
+                on_error=lambda _v, _exc: prom.challenger_errors.inc(),
+                alias="challenger",
+                read=(lambda: named) if named else getattr(source, "challenger_version", lambda: None),
+                uninstall=shadow.uninstall,
+            )
+            challenger.reload()  # at start-up: shadowed from the first request
         state.update(
             predictor=predictor,
             follower=follower,
+            shadow=shadow,
+            challenger=challenger,
             log=slog,
             metrics=metrics,
             prom=prom,
@@ -777,12 +820,23 @@ def create_app(
             started=time.time(),
         )
         follower.start()  # after state["predictor"] exists: ``install`` replaces it
-        hup = _on_sighup(follower.wake)
+        if challenger is not None:
+            challenger.start()
+
+        def wake() -> None:
+            follower.wake()
+            if challenger is not None:
+                challenger.wake()
+
+        hup = _on_sighup(wake)
         try:
             yield
         finally:
             hup()
             follower.stop()
+            if challenger is not None:
+                challenger.stop()
+                shadow.close()
             for refresher in refreshers:
                 refresher.stop()
             if executor is not None:
@@ -812,6 +866,7 @@ def create_app(
             degraded=reason is not None,
             degraded_reason=reason,
             snapshot_ds=snap_ds,
+            arm="champion",
             **values,
         )
 
@@ -869,6 +924,7 @@ def create_app(
         rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
         served(pred, "/predict", mode, t0, latency_ms, [reason])
+        state["shadow"].offer([request_id], [t], [values])  # never waits: the shadow worker scores it
         return answer(pred, request_id, query, t, mode, score, reason, values)
 
     @app.post("/predict/batch")
@@ -905,6 +961,7 @@ def create_app(
         records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
         await _log_or_503(state, records, "/predict/batch", mode, str(pred.model.version))
         served(pred, "/predict/batch", mode, t0, latency_ms, reasons)
+        state["shadow"].offer(ids, times, values)
         return {
             "count": n,
             "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
@@ -923,6 +980,7 @@ def create_app(
             "model_version": None if pred is None else str(pred.model.version),
             "model_loaded_at": None if pred is None else _iso(pred.loaded_at),
             **_follower_health(state.get("follower"), settings.model_poll_s),
+            **_challenger_health(state.get("challenger"), state.get("shadow")),
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }
@@ -949,6 +1007,7 @@ def create_app(
         prom: ServiceMetrics = state["prom"]
         prom.sync_caches(state["set_caches"])
         prom.queue_depth.set(state["log"].queue_depth)
+        prom.shadow_queue_depth.set(state["shadow"].queue_depth)
         body, content_type = prom.render()
         return Response(body, media_type=content_type)
 
@@ -1147,6 +1206,19 @@ def _follower_health(follower: ChampionFollower | None, poll_s: float) -> dict:
     }
 
 
+def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer | None) -> dict:
+    if follower is None or shadow is None:
+        return {"challenger_version": None, "challenger_refused": None, "shadow_dropped": None}
+    return {
+        "challenger_version": shadow.version,
+        "challenger_refused": None
+        if follower.refused is None
+        else {"version": follower.refused[0], "reason": follower.refused[1]},
+        "shadow_scored": shadow.scored,
+        "shadow_dropped": dict(shadow.dropped),
+    }
+
+
 def _on_sighup(wake: Callable[[], None]) -> Callable[[], None]:
     """SIGHUP -> ``wake`` (a champion check), when this process's event loop runs in the main thread
     (uvicorn's single process, or one of its workers); elsewhere (a test client's thread) nothing.
@@ -1175,6 +1247,31 @@ def _alert(cfg, title: str, what: str, dataset: str, message: str) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - an alert channel must not take the service down
         logging.getLogger(__name__).error("alert %r not sent: %r", title, exc)
+
+
+def _shadow_dropped(cfg, model: str, prom: ServiceMetrics, every_s: float = 10.0) -> Callable[[int, str], None]:
+    """What a shadow drop does: count it (``lockstep_serving_shadow_dropped_total``) and alert, at most
+    once per ``every_s`` seconds (every drop is counted), on a thread of its own: an alert channel
+    (e-mail, webhook) never holds the request that overflowed the shadow backlog."""
+    last = [float("-inf")]
+    total: dict = {}
+
+    def dropped(n: int, reason: str) -> None:
+        prom.shadow_dropped.labels(model=model, reason=reason).inc(n)
+        total[reason] = total.get(reason, 0) + n
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        msg = (
+            f"shadow scoring dropped {n} request(s) ({reason}); {total} so far in this process: those rows "
+            "have no shadow_score (the challenger is slower than the traffic, or failing)"
+        )
+        threading.Thread(
+            target=_alert, args=(cfg, f"shadow dropped: {model}", "shadow dropped", model, msg), daemon=True
+        ).start()
+
+    return dropped
 
 
 def _default_notifier(cfg):

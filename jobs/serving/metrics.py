@@ -41,6 +41,14 @@ the only arm until canary / shadow serving).
                                                 artifact unreadable): retried at the next poll
 ``lockstep_serving_model_info``                 1 for the served (model_version, arm), 0 for one
                                                 swapped out
+``lockstep_serving_shadow_scored_total``        requests the challenger scored in the shadow, by
+                                                ``shadow_version`` (``jobs.serving.shadow``)
+``lockstep_serving_shadow_dropped_total``       requests NOT shadowed, by ``reason`` (queue_full: the
+                                                shadow backlog was full; log_full; error): alerted
+``lockstep_serving_shadow_queue_depth``         offers waiting for the shadow worker
+``lockstep_serving_challenger_refused_total``   challengers refused (trained for other feature sets):
+                                                not shadowed, by ``reason``
+``lockstep_serving_challenger_reload_errors_total`` challenger checks that failed (retried)
 ==============================================  ====================================================
 """
 
@@ -195,6 +203,41 @@ class ServiceMetrics:
             "lockstep_serving_model_info", "the served model version", served, multiprocess_mode="max", **reg
         )
         self.info.labels(**self.served).set(1)
+        self.shadow_scored = Counter(
+            "lockstep_serving_shadow_scored",
+            "requests the challenger scored in the shadow",
+            ["model", "shadow_version"],
+            **reg,
+        )
+        self.shadow_dropped = Counter(
+            "lockstep_serving_shadow_dropped",
+            "requests not shadowed (backlog full, shadow log full, challenger error)",
+            ["model", "reason"],
+            **reg,
+        )
+        self.shadow_queue_depth = Gauge(
+            "lockstep_serving_shadow_queue_depth",
+            "offers waiting for the shadow worker",
+            ["model"],
+            multiprocess_mode="livesum",
+            **reg,
+        ).labels(model=model)
+        self.challenger_refused = Counter(
+            "lockstep_serving_challenger_refused",
+            "challengers refused (trained for other feature sets): not shadowed",
+            ["model", "reason"],
+            **reg,
+        )
+        self.challenger_errors = Counter(
+            "lockstep_serving_challenger_reload_errors",
+            "challenger checks that failed (registry unreachable, artifact unreadable): retried",
+            ["model"],
+            **reg,
+        ).labels(model=model)
+        for reason in ("queue_full", "log_full", "error"):
+            self.shadow_dropped.labels(model=model, reason=reason)
+        for reason in ("fingerprint", "feature_names"):
+            self.challenger_refused.labels(model=model, reason=reason)
         # children that exist from the start, so a scrape shows them at 0
         self.swaps.labels(model=model)
         self.rollbacks.labels(model=model)

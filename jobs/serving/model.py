@@ -33,6 +33,11 @@ class ModelSource(Protocol):
         the service polls to follow promotions and rollbacks (``jobs.serving.swap``)."""
         ...
 
+    def challenger_version(self) -> str | None:
+        """The version the challenger alias names now (None: none): followed for shadow and canary
+        serving (``jobs.serving.shadow``)."""
+        ...
+
     def load(self, name: str, version: str) -> Model: ...
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
@@ -41,16 +46,19 @@ class ModelSource(Protocol):
 
 
 class StaticSource:
-    """Models held in memory; the first one given is the champion unless named."""
+    """Models held in memory; the first one given is the champion unless named; a challenger only
+    when named (``challenger=(name, version)``)."""
 
     def __init__(
         self,
         *models: Model,
         champion: tuple[str, str] | None = None,
         training: dict[tuple[str, str], pd.DataFrame] | None = None,
+        challenger: tuple[str, str] | None = None,
     ):
         self._models = {(m.name, str(m.version)): m for m in models}
         self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
+        self._challenger = challenger
         self._training = dict(training or {})
 
     def champion(self) -> Model:
@@ -60,6 +68,9 @@ class StaticSource:
 
     def champion_version(self) -> str | None:
         return None if self._champion is None else self._champion[1]
+
+    def challenger_version(self) -> str | None:
+        return None if self._challenger is None else str(self._challenger[1])
 
     def load(self, name: str, version: str) -> Model:
         try:
@@ -153,6 +164,12 @@ class RegistrySource:
         from jobs.models.registry import CHAMPION
 
         info = self.registry.alias(self.model_name, CHAMPION)  # the alias only: no artifact is read
+        return None if info is None else str(info.version)
+
+    def challenger_version(self) -> str | None:
+        from jobs.models.registry import CHALLENGER
+
+        info = self.registry.alias(self.model_name, CHALLENGER)
         return None if info is None else str(info.version)
 
     def load(self, name: str, version: str) -> Model:
