@@ -20,6 +20,7 @@ def add_parsers(subparsers) -> None:
     add_serve_keys_parser(subparsers)
     add_publish_log_parser(subparsers)
     add_replay_parser(subparsers)
+    add_shadow_parser(subparsers)
 
 
 def add_serve_parser(subparsers) -> None:
@@ -194,6 +195,28 @@ def _cmd_publish(args) -> int:
     model = _model(cfg, args)
     m = publish(cfg, model_wal_dir(args.wal_dir, model), model, args.ds)
     print(f"{model.serving_log_table}/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
+    return 0
+
+
+def add_shadow_parser(subparsers) -> None:
+    """``lockstep shadow --ds D [--model M] [--threshold T]``: champion vs shadowed challenger on the
+    published serving log of day D (``jobs.serving.shadow_report``)."""
+    p = subparsers.add_parser(
+        "shadow", help="compare the champion and the challenger it shadowed on serving_logs/<model>/ds=D"
+    )
+    p.add_argument("--ds", required=True)
+    add_model_arg(p)
+    p.add_argument("--threshold", type=float, help="decision threshold: a score >= it is positive (default 0.5)")
+    p.set_defaults(func=_cmd_shadow)
+
+
+def _cmd_shadow(args) -> int:
+    from jobs.serving.shadow_report import run_shadow_report
+
+    cfg = Config.from_args(args)
+    rep = run_shadow_report(cfg, model_name(cfg, args), args.ds, args.threshold)
+    print(rep.table())
+    print(f"report: {rep.html_path}")
     return 0
 
 
