@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
+from jobs.serving.canary import canary_point, in_canary
 from jobs.serving.log import (
     LogQueueFull,
     ServingLog,
@@ -144,6 +145,11 @@ class Settings:
     shadow: bool = True
     challenger_version: str | None = None
     shadow_queue_size: int = 1000
+    #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
+    #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
+    #: salt of the entity hash (another salt: another population)
+    canary_share: float | None = None
+    canary_salt: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -672,6 +678,7 @@ def create_app(
     repo = cfg.repo()
     decl = repo.model(settings.model) if settings.model else repo.default_model()
     keys = log_keys(decl)
+    names = list(decl.feature_names)
     nullable = frozenset(c for c, _, null in decl.id_fields if null)
     state: dict = {}
 
@@ -788,6 +795,22 @@ def create_app(
                 _alert(cfg, f"challenger refused: {decl.name} v{version}", "challenger refused", decl.name, str(exc))
 
             named = settings.challenger_version
+            stage = getattr(source, "challenger_stage", None)
+            plain = getattr(source, "challenger_version", lambda: None)
+
+            def read_challenger() -> str | None:
+                # the alias and its canary stage in one read: a share never belongs to another version
+                if named:
+                    version, share = named, 0.0
+                elif stage is not None:
+                    version, share = stage()
+                else:
+                    version, share = plain(), 0.0
+                if settings.canary_share is not None:
+                    share = float(settings.canary_share)
+                state["canary"] = (version, share)
+                return version
+
             challenger = ChampionFollower(
                 source,
                 model.name,
@@ -798,7 +821,7 @@ def create_app(
                 on_refused=challenger_refused,
                 on_error=lambda _v, _exc: prom.challenger_errors.inc(),
                 alias="challenger",
-                read=(lambda: named) if named else getattr(source, "challenger_version", lambda: None),
+                read=read_challenger,
                 uninstall=shadow.uninstall,
             )
             challenger.reload()  # at start-up: shadowed from the first request
@@ -849,7 +872,35 @@ def create_app(
     state["keys"] = key_ring
     app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
-    def record(pred: ModelPredictor, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values) -> dict:
+    def canary_model(pred: ModelPredictor):
+        """The challenger serving the canary share now, and that share; (None, 0) when there is none."""
+        shadow: ShadowScorer = state["shadow"]
+        model, (version, share) = shadow.model, state.get("canary", (None, 0.0))
+        if model is None or share <= 0 or str(model.version) != version:
+            return None, 0.0
+        if tuple(model.feature_names) != tuple(decl.feature_names):  # checked at install; never mixed
+            return None, 0.0
+        return model, share
+
+    def arm_of(query: dict, share: float) -> str:
+        point = canary_point(tuple(query[col] for _, col, _ in keys), decl.name, settings.canary_salt)
+        return "canary" if in_canary(point, share) else "champion"
+
+    def record(
+        pred: ModelPredictor,
+        request_id,
+        query,
+        t,
+        mode,
+        score,
+        latency_ms,
+        reason,
+        snap_ds,
+        values,
+        served_by: Model | None = None,
+        arm: str = "champion",
+    ) -> dict:
+        by = served_by or pred.model
         return make_record(
             decl,
             request_id=request_id,
@@ -859,18 +910,21 @@ def create_app(
             mode=mode,
             feature_set=log_feature_sets(decl),
             feature_set_fingerprint=pred.fingerprint,
-            model_name=pred.model.name,
-            model_version=str(pred.model.version),
+            model_name=by.name,
+            model_version=str(by.version),
             score=score,
             latency_ms=latency_ms,
             degraded=reason is not None,
             degraded_reason=reason,
             snapshot_ds=snap_ds,
-            arm="champion",
+            arm=arm,
             **values,
         )
 
-    def answer(pred: ModelPredictor, request_id, query, t, mode, score, reason, values) -> dict:
+    def answer(
+        pred: ModelPredictor, request_id, query, t, mode, score, reason, values, served_by=None, arm="champion"
+    ) -> dict:
+        by = served_by or pred.model
         out = {"request_id": request_id}
         if len(keys) == 1 and keys[0][0] == "entity_id":
             out["entity_id"] = query[keys[0][1]]
@@ -881,8 +935,9 @@ def create_app(
                 "mode": mode,
                 "score": score,
                 "model": decl.name,
-                "model_name": pred.model.name,
-                "model_version": str(pred.model.version),
+                "model_name": by.name,
+                "model_version": str(by.version),
+                "arm": arm,
                 "feature_set_fingerprint": pred.fingerprint,
                 "degraded": reason is not None,
                 "degraded_reason": reason,
@@ -891,7 +946,16 @@ def create_app(
         )
         return out
 
-    def served(pred: ModelPredictor, endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
+    def served(
+        pred: ModelPredictor,
+        endpoint: str,
+        mode: str,
+        t0: float,
+        latency_ms: float,
+        reasons: list,
+        served_by: Model | None = None,
+        arm: str = "champion",
+    ) -> None:
         metrics: Metrics = state["metrics"]
         degraded = sum(r is not None for r in reasons)
         metrics.ok += len(reasons)
@@ -899,9 +963,13 @@ def create_app(
         metrics.degraded += degraded
         metrics.latencies.extend([latency_ms] * len(reasons))
         prom: ServiceMetrics = state["prom"]
-        version = str(pred.model.version)
-        prom.request(endpoint, mode, 200, time.perf_counter() - t0, version)
-        prom.predicted(mode, degraded, len(reasons), version)
+        version = str((served_by or pred.model).version)
+        if arm == "champion":
+            prom.request(endpoint, mode, 200, time.perf_counter() - t0, version)
+            prom.predicted(mode, degraded, len(reasons), version)
+        else:
+            prom.request(endpoint, mode, 200, time.perf_counter() - t0, version, arm)
+            prom.predicted(mode, degraded, len(reasons), version, arm)
         prom.sync_caches(state["set_caches"])
 
     @app.post("/predict")
@@ -918,14 +986,18 @@ def create_app(
             values, reason, snap_ds = await pred.afeatures(query, t, mode)
         else:
             values, reason, snap_ds = pred.features(query, t, mode)
-        score = pred.score(values)
+        challenger, share = canary_model(pred)
+        arm = "champion" if challenger is None else arm_of(query, share)
+        by = challenger if arm == "canary" else pred.model
+        score = pred.score(values) if arm == "champion" else scores_of(challenger, names, [values])[0]
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
-        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
+        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values, by, arm)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
-        served(pred, "/predict", mode, t0, latency_ms, [reason])
-        state["shadow"].offer([request_id], [t], [values])  # never waits: the shadow worker scores it
-        return answer(pred, request_id, query, t, mode, score, reason, values)
+        served(pred, "/predict", mode, t0, latency_ms, [reason], by, arm)
+        if arm == "champion":
+            state["shadow"].offer([request_id], [t], [values])  # never waits: the shadow worker scores it
+        return answer(pred, request_id, query, t, mode, score, reason, values, by, arm)
 
     @app.post("/predict/batch")
     async def predict_batch(req: BatchRequest):
@@ -955,16 +1027,34 @@ def create_app(
             values, reasons, snaps = await pred.abatch_features(queries, times, mode)
         else:
             values, reasons, snaps = pred.batch_features(queries, times, mode)
-        scores = pred.scores(values)
+        challenger, share = canary_model(pred)
+        arms = ["champion" if challenger is None else arm_of(q, share) for q in queries]
+        scores: list = [None] * n
+        for arm, model in (("champion", pred.model), ("canary", challenger)):
+            at = [i for i, a in enumerate(arms) if a == arm]
+            if at:  # ONE model call per arm
+                got = (
+                    pred.scores([values[i] for i in at])
+                    if arm == "champion"
+                    else scores_of(model, pred._names, [values[i] for i in at])
+                )
+                for i, sc in zip(at, got):
+                    scores[i] = sc
+        by = [challenger if a == "canary" else pred.model for a in arms]
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
-        rows = list(zip(ids, queries, times, scores, reasons, snaps, values))
-        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
+        rows = list(zip(ids, queries, times, scores, reasons, snaps, values, by, arms))
+        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v, b, a) for i, q, t, sc, r, ds, v, b, a in rows]
         await _log_or_503(state, records, "/predict/batch", mode, str(pred.model.version))
-        served(pred, "/predict/batch", mode, t0, latency_ms, reasons)
-        state["shadow"].offer(ids, times, values)
+        for arm, model in (("champion", pred.model), ("canary", challenger)):
+            mine = [r for r, a in zip(reasons, arms) if a == arm]
+            if mine:
+                served(pred, "/predict/batch", mode, t0, latency_ms, mine, model, arm)
+        home = [i for i, a in enumerate(arms) if a == "champion"]
+        if home:
+            state["shadow"].offer([ids[i] for i in home], [times[i] for i in home], [values[i] for i in home])
         return {
             "count": n,
-            "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
+            "predictions": [answer(pred, i, q, t, mode, sc, r, v, b, a) for i, q, t, sc, r, _, v, b, a in rows],
         }
 
     @app.get("/health")

@@ -9,8 +9,8 @@ The variable must be set before ``prometheus_client`` is first imported in the w
 class is chosen at import.
 
 Every series carries ``model`` (the declaration served); request and feature-set series carry the
-``model_version`` that scored the request (after a swap, the new one) and ``arm`` (``champion``:
-the only arm until canary / shadow serving).
+``model_version`` that scored the request (after a swap, the new one) and ``arm`` (``champion``; ``canary``
+for the requests the challenger served as its canary share, ``jobs.serving.canary``).
 
 ==============================================  ====================================================
 ``lockstep_serving_requests_total``             HTTP requests that reached the handler, by
@@ -251,39 +251,50 @@ class ServiceMetrics:
         self._predictions: dict = {}
         self._synced: dict = {}
 
-    def served_by(self, version: str | None) -> dict:
-        """The served labels of ``version`` (None: the version served at start-up)."""
-        if version is None:
+    def served_by(self, version: str | None, arm: str | None = None) -> dict:
+        """The served labels of ``version`` (None: the version served at start-up) on ``arm`` (None:
+        the champion's; ``canary``: the challenger serving its share, ``jobs.serving.canary``)."""
+        if version is None and arm is None:
             return self.served
-        return {"model": self.model, "model_version": str(version), "arm": self.arm}
+        version = self.model_version if version is None else version
+        return {"model": self.model, "model_version": str(version), "arm": arm or self.arm}
 
     def request(
-        self, endpoint: str, mode: str, status: int, seconds: float | None = None, version: str | None = None
+        self,
+        endpoint: str,
+        mode: str,
+        status: int,
+        seconds: float | None = None,
+        version: str | None = None,
+        arm: str | None = None,
     ) -> None:
         """Count one HTTP request; ``seconds``: its work, observed for a 200; ``version``: the model
         version that scored it (None: the start-up one)."""
-        key = (version, endpoint, mode, status)
+        key = (version, arm, endpoint, mode, status)
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.requests.labels(
-                **self.served_by(version), endpoint=endpoint, mode=mode, status=str(status)
+                **self.served_by(version, arm), endpoint=endpoint, mode=mode, status=str(status)
             )
         child.inc()
         if seconds is not None:
-            hist = self._latency.get((version, endpoint, mode))
+            hist = self._latency.get((version, arm, endpoint, mode))
             if hist is None:
-                hist = self._latency[(version, endpoint, mode)] = self.latency.labels(
-                    **self.served_by(version), endpoint=endpoint, mode=mode
+                hist = self._latency[(version, arm, endpoint, mode)] = self.latency.labels(
+                    **self.served_by(version, arm), endpoint=endpoint, mode=mode
                 )
             hist.observe(seconds)
 
-    def predicted(self, mode: str, degraded: int, total: int, version: str | None = None) -> None:
-        """``total`` predictions answered 200 by ``version``, ``degraded`` of them on some set's defaults."""
+    def predicted(
+        self, mode: str, degraded: int, total: int, version: str | None = None, arm: str | None = None
+    ) -> None:
+        """``total`` predictions answered 200 by ``version`` on ``arm``, ``degraded`` of them on some
+        set's defaults."""
         for flag, n in (("true", degraded), ("false", total - degraded)):
-            child = self._predictions.get((version, mode, flag))
+            child = self._predictions.get((version, arm, mode, flag))
             if child is None:
-                child = self._predictions[(version, mode, flag)] = self.predictions.labels(
-                    **self.served_by(version), mode=mode, degraded=flag
+                child = self._predictions[(version, arm, mode, flag)] = self.predictions.labels(
+                    **self.served_by(version, arm), mode=mode, degraded=flag
                 )
             child.inc(n)
 

@@ -59,6 +59,7 @@ class StaticSource:
         self._models = {(m.name, str(m.version)): m for m in models}
         self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
         self._challenger = challenger
+        self.canary_share = 0.0  # the challenger's canary stage (tests set it)
         self._training = dict(training or {})
 
     def champion(self) -> Model:
@@ -70,7 +71,11 @@ class StaticSource:
         return None if self._champion is None else self._champion[1]
 
     def challenger_version(self) -> str | None:
-        return None if self._challenger is None else str(self._challenger[1])
+        return self.challenger_stage()[0]
+
+    def challenger_stage(self) -> tuple[str | None, float]:
+        """(challenger version, canary share): ``canary_share`` set on the source (0 by default)."""
+        return (None, 0.0) if self._challenger is None else (str(self._challenger[1]), self.canary_share)
 
     def load(self, name: str, version: str) -> Model:
         try:
@@ -167,10 +172,17 @@ class RegistrySource:
         return None if info is None else str(info.version)
 
     def challenger_version(self) -> str | None:
-        from jobs.models.registry import CHALLENGER
+        return self.challenger_stage()[0]
+
+    def challenger_stage(self) -> tuple[str | None, float]:
+        """(the version the challenger alias names, its canary share: the version's ``CANARY_TAG``,
+        0 when unset) in ONE read of the alias, so a share never belongs to another version."""
+        from jobs.models.registry import CANARY_TAG, CHALLENGER
 
         info = self.registry.alias(self.model_name, CHALLENGER)
-        return None if info is None else str(info.version)
+        if info is None:
+            return None, 0.0
+        return str(info.version), float(info.tags.get(CANARY_TAG) or 0.0)
 
     def load(self, name: str, version: str) -> Model:
         key = (name, str(version))
