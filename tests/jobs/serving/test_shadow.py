@@ -98,6 +98,9 @@ def test_a_slow_challenger_adds_nothing_to_the_response_and_both_scores_are_logg
         health = c.get("/health").json()
         shadow = c.app.state.lockstep["shadow"]
         assert shadow.flush(timeout=20)
+    print(
+        f"response median: alone {statistics.median(alone) * 1000:.2f} ms, shadowed {statistics.median(shadowed) * 1000:.2f} ms"
+    )
     # 12 requests x 200 ms of challenger: on the path, the median would be >= 200 ms
     assert statistics.median(shadowed) < statistics.median(alone) + 0.05, (alone, shadowed)
     assert max(shadowed) < 0.2
