@@ -26,6 +26,9 @@ service answered on `ds` against what the same feature code computes offline.
 A crossed per-feature threshold (default: any logic or version skew, any re-scoring difference) fails
 `skew` at once, without retries — re-computing the same day gives the same breach — and the failure
 alert names every breach and the report page. The report partition and page are written before it fails.
+Major drift (PSI >= the model's `drift_psi`, default 0.25) is alerted at level error without failing the
+task; moderate drift (>= `drift_psi_moderate`, 0.1) and a champion trained more than `champion_max_age_days`
+(30) before `ds` are warnings (report lines, one warning-level alert).
 
 **Params**: `wal_dir`; `thresholds` (JSON, e.g. `{{"*": {{"logic_skew_rate": 0}},
 "<feature>": {{"psi": 0.25}}}}`, merged over the model's declared thresholds and the defaults); `lookback_days`, `late_days`; `engine`
@@ -86,7 +89,8 @@ def skew_nightly_dag(model):
 
             cfg, day = o.config(params["engine"]), o.partition(ds)
             with o.skew_gate():
-                # The failure callback sends the alert (with the breaches and the page): no second one here.
+                # The failure callback sends a breach's alert (with the breaches and the page): no second one
+                # here. Major drift and warnings fail nothing: run_skew alerts them itself.
                 rep = run_skew(
                     cfg,
                     day,
@@ -95,7 +99,7 @@ def skew_nightly_dag(model):
                     thresholds=params["thresholds"],
                     lookback_days=params["lookback_days"],
                     late_days=params["late_days"],
-                    notifier=lambda message: None,
+                    alert_breaches=False,
                 )
             # The Asset event carries the partition and the page, for whatever consumes the reports.
             outlet_events[reports].extra = {"ds": day, "table": model.skew_report_table, "report": rep.html_path}
@@ -104,7 +108,10 @@ def skew_nightly_dag(model):
                 "ds": day,
                 "rows": len(rep.rows),
                 "report": rep.html_path,
-                "mismatches_by_cause": {k: int(v) for k, v in causes.items()},
+                "skew_mismatches": rep.headline()["mismatches"],
+                "differences_by_cause": {k: int(v) for k, v in causes.items()},
+                "drift_alerts": rep.drift_alerts,
+                "warnings": rep.warnings,
                 "notes": rep.notes[:10],
             }
 

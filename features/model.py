@@ -179,10 +179,16 @@ class Model:
     #: ``predictions_<name>``).
     predictions: str | None = None
     sql_table: str | None = None
-    #: Skew thresholds (``jobs.skew``'s keys: logic_skew, mismatch_rate ...) and the drift
-    #: (PSI) above which a served feature alerts.
+    #: Skew thresholds (``jobs.skew``'s keys: logic_skew, mismatch_rate ...).
     skew_thresholds: tuple[tuple[str, float], ...] = ()
+    #: Drift of a served feature against the champion's training features (PSI): from
+    #: ``drift_psi_moderate`` a warning (report line + warning-level alert), from ``drift_psi`` (major)
+    #: a breach (the skew job fails and alerts). ``math.inf`` turns a level off.
     drift_psi: float = 0.25
+    drift_psi_moderate: float = 0.1
+    #: The skew report notes a champion whose training window ended more than this many days
+    #: before the served day.
+    champion_max_age_days: float = 30.0
     schedule: Schedule = field(default_factory=Schedule)
     description: str = ""
     owner: str = ""
@@ -197,6 +203,17 @@ class Model:
         object.__setattr__(self, "joins", tuple(j if isinstance(j, Join) else Join(j) for j in self.joins))
         if not self.joins:
             raise DeclarationError("model", self.name, "joins", "a model joins at least one feature set")
+        if not 0 < self.drift_psi_moderate <= self.drift_psi:
+            raise DeclarationError(
+                "model",
+                self.name,
+                "drift_psi_moderate",
+                f"needs 0 < drift_psi_moderate <= drift_psi, got {self.drift_psi_moderate!r} and {self.drift_psi!r}",
+            )
+        if not self.champion_max_age_days > 0:
+            raise DeclarationError(
+                "model", self.name, "champion_max_age_days", f"must be > 0, got {self.champion_max_age_days!r}"
+            )
         if isinstance(self.queries, EntitySnapshots) and not isinstance(self.label, EventLabel):
             raise DeclarationError(
                 "model", self.name, "label", "entity-snapshot queries need an EventLabel (an outcome needs query rows)"

@@ -153,8 +153,12 @@ def _assigned_names(module: ModuleType) -> set[str]:
     file = getattr(module, "__file__", None)
     if not file or not file.endswith(".py"):
         return set()
+    # Through the module's loader, not the file system: the engines ship this package as a zip.
+    source = module.__loader__.get_source(module.__name__)
+    if source is None:
+        return set()
     out: set[str] = set()
-    for node in ast.parse(Path(file).read_text()).body:
+    for node in ast.parse(source).body:
         if isinstance(node, ast.Assign):
             targets = node.targets
         else:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from features.source import DeclarationError, Source
 
@@ -235,10 +236,30 @@ class FeatureSet:
         new fingerprint, which every table, model and serving-log row carries.
         """
         if not self._fingerprint:
-            kernel_src = (Path(__file__).with_name("kernel.py")).read_bytes()
+            kernel_src = kernel_source()
             h = hashlib.sha256()
             h.update(json.dumps(self.spec_dict(), sort_keys=True, default=str).encode())
             h.update(b"\0")
             h.update(kernel_src)
             object.__setattr__(self, "_fingerprint", f"{self.name}:{h.hexdigest()[:16]}")
         return self._fingerprint
+
+
+def kernel_source() -> bytes:
+    """The bytes of ``features/kernel.py`` as this process runs it.
+
+    The file of the imported ``features.kernel`` module when it is loaded, else the one beside
+    this module; read through the module's loader, so a package imported from a zip (the one
+    the engines ship to their workers) reads the same. A worker that imported the kernel
+    from somewhere else before a shipped package arrived reports the file it really runs.
+    The module is looked up, not imported: the kernel imports this module.
+    """
+    kernel = sys.modules.get(f"{__package__}.kernel")
+    if kernel is not None and getattr(kernel, "__file__", None):
+        return kernel.__loader__.get_data(kernel.__file__)
+    return __loader__.get_data(os.path.join(os.path.dirname(__file__), "kernel.py"))
+
+
+def kernel_fingerprint() -> str:
+    """sha256 of :func:`kernel_source` (first 16 hex digits): which kernel a process computes with."""
+    return hashlib.sha256(kernel_source()).hexdigest()[:16]

@@ -2,7 +2,8 @@
 
 Every alert appends one JSON line to ``<lake>/_alerts/alerts.jsonl`` (or ``$LOCKSTEP_ALERTS_LOG``):
 what failed, where, the first lines of the reason, the report and quarantine paths, and how each
-channel fared (``delivery``). When configured, it is also sent by e-mail over SMTP and POSTed to a
+channel fared (``delivery``), and its ``level``: ``error`` (something failed) or ``warning``
+(nothing failed, worth a look). When configured, it is also sent by e-mail over SMTP and POSTed to a
 Slack-compatible webhook (``{"text": ...}``):
 
 ====================================  ==============================================
@@ -114,6 +115,8 @@ class Alert:
     source: str = "job"
     details: dict = field(default_factory=dict)
     dedup_key: str = ""
+    #: ``error`` (something failed) or ``warning`` (worth a look, nothing failed: e.g. moderate drift).
+    level: str = "error"
 
     def __post_init__(self) -> None:
         if not self.dedup_key:
@@ -158,7 +161,7 @@ class Alert:
 
     def text(self) -> str:
         """The message people read (mail body, chat text)."""
-        lines = [self.title, f"where: {self.where}"]
+        lines = [("WARNING: " if self.level == "warning" else "") + self.title, f"where: {self.where}"]
         lines += [f"  {ln}" for ln in _head(self.reason)]
         if self.report:
             lines.append(f"report: {self.report}")
@@ -225,6 +228,7 @@ class Notifier:
                 "dedup_key": alert.dedup_key,
                 "duplicate_of": previous.get("at"),
                 "title": alert.title,
+                "level": alert.level,
                 "what": alert.what,
                 "where": alert.where,
                 "dataset": alert.dataset,

@@ -5,6 +5,11 @@
 * ``dask_client``: a ``distributed`` LocalCluster of 2 worker processes x 1 thread;
   pass it to the Dask engine as ``run(..., client=dask_client)``.
 * ``make_config``: a ``jobs.config.Config`` whose lake (and scratch) is under the test's tmp dir.
+* ``spark_standalone_cluster`` / ``dask_cli_scheduler``: real clusters as separate processes on
+  loopback (``clusters.py``): a Spark standalone master + 1 worker (1 core, 1g) and a ``dask
+  scheduler`` + 2 ``dask worker`` (1 thread, 2GiB each), started once per session. Their workers'
+  ``PYTHONPATH`` holds this checkout's ``jobs`` only: ``features`` reaches them by the engines'
+  shipping. Tests using them also carry the ``cluster`` marker.
 
 Tests that use the first two should carry the ``spark`` / ``dask`` markers
 (registered in setup.cfg) so ``-m "not spark"`` deselects them.
@@ -15,6 +20,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from clusters import dask_cli_cluster, jobs_only_path, spark_standalone
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +59,24 @@ def make_config(tmp_path):
         return Config(engine=engine, **fields)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def spark_standalone_cluster(tmp_path_factory):
+    """``{"master": "spark://127.0.0.1:PORT", ...}``: 1 worker, 1 core, 1g."""
+    pytest.importorskip("pyspark")
+    if shutil.which("java") is None:
+        pytest.skip("Spark needs a Java runtime (java not on PATH)")
+    root = tmp_path_factory.mktemp("spark-standalone")
+    with spark_standalone(root, jobs_only_path(root / "code"), cores=1, memory="1g") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def dask_cli_scheduler(tmp_path_factory):
+    """``{"address": "tcp://127.0.0.1:PORT", "workers": {...}}``: 2 workers x 1 thread, 2GiB each."""
+    pytest.importorskip("distributed")
+    root = tmp_path_factory.mktemp("dask-cli")
+    code = jobs_only_path(root / "code")
+    with dask_cli_cluster(root, [code, code], memory_limit="2GiB") as cluster:
+        yield cluster

@@ -20,6 +20,8 @@ def add_parsers(subparsers) -> None:
     add_serve_keys_parser(subparsers)
     add_publish_log_parser(subparsers)
     add_replay_parser(subparsers)
+    add_shadow_parser(subparsers)
+    add_canary_parser(subparsers)
 
 
 def add_serve_parser(subparsers) -> None:
@@ -194,6 +196,59 @@ def _cmd_publish(args) -> int:
     model = _model(cfg, args)
     m = publish(cfg, model_wal_dir(args.wal_dir, model), model, args.ds)
     print(f"{model.serving_log_table}/ds={m.ds}: {m.rows} records, content {m.content_fingerprint[:12]}")
+    return 0
+
+
+def add_shadow_parser(subparsers) -> None:
+    """``lockstep shadow --ds D [--model M] [--threshold T]``: champion vs shadowed challenger on the
+    published serving log of day D (``jobs.serving.shadow_report``)."""
+    p = subparsers.add_parser(
+        "shadow", help="compare the champion and the challenger it shadowed on serving_logs/<model>/ds=D"
+    )
+    p.add_argument("--ds", required=True)
+    add_model_arg(p)
+    p.add_argument("--threshold", type=float, help="decision threshold: a score >= it is positive (default 0.5)")
+    p.set_defaults(func=_cmd_shadow)
+
+
+def _cmd_shadow(args) -> int:
+    from jobs.serving.shadow_report import run_shadow_report
+
+    cfg = Config.from_args(args)
+    rep = run_shadow_report(cfg, model_name(cfg, args), args.ds, args.threshold)
+    print(rep.table())
+    print(f"report: {rep.html_path}")
+    return 0
+
+
+def add_canary_parser(subparsers) -> None:
+    """``lockstep canary --model M (--share S | --next)``: the challenger's canary stage, stored on its
+    registry version (tag ``lockstep.canary_share``); every service picks it up at its next poll."""
+    from jobs.models.registry import CANARY_RAMP
+
+    p = subparsers.add_parser(
+        "canary", help="set the share of entities the registry's challenger serves (the running services' next poll)"
+    )
+    add_model_arg(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--share", type=float, help="0..1 (0: shadow only); the declared ramp is " + str(CANARY_RAMP))
+    g.add_argument("--next", action="store_true", help="the next step of the ramp after the current share")
+    p.set_defaults(func=_cmd_canary)
+
+
+def _cmd_canary(args) -> int:
+    from jobs.models.registry import CANARY_RAMP, CANARY_TAG, CHALLENGER, Registry
+
+    cfg = Config.from_args(args)
+    name = model_name(cfg, args)
+    reg = Registry.from_config(cfg)
+    share = args.share
+    if args.next:
+        info = reg.alias(name, CHALLENGER)
+        current = float(info.tags.get(CANARY_TAG) or 0.0) if info is not None else 0.0
+        share = next((s for s in CANARY_RAMP if s > current), CANARY_RAMP[-1])
+    info = reg.set_canary_share(name, share)
+    print(f"{name} v{info.version} (challenger): canary share {share:g}")
     return 0
 
 

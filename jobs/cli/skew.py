@@ -49,7 +49,16 @@ def _cmd_skew(args) -> int:
     except SkewThresholdError as exc:
         print(f"lockstep skew: FAILED: {exc}")
         return 1
-    cc = rep.table.set_index("feature")[list(CAUSES)].sum()
-    print(f"skew ds={rep.ds}: {len(rep.rows)} logged rows; mismatches by cause: {cc.to_dict()}")
+    cc = rep.table.set_index("feature")[list(CAUSES)].fillna(0).astype(int).sum()
+    h = rep.headline()
+    print(
+        f"skew ds={rep.ds}: {h['rows']} logged rows; skew (vs the training-mode recomputation): "
+        f"{h['rows_mismatching']} rows, {h['mismatches']} of {h['values']} values; freshness (late data, not skew): "
+        f"{h['rows_late']} rows, {h['late']} values; differences by cause: {cc.to_dict()}"
+    )
+    for line in rep.drift_alerts:
+        print(f"ALERT: {line}")
+    for line in rep.warnings:
+        print(f"WARNING: {line}")
     print(f"report: {rep.html_path}")
     return 0

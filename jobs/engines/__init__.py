@@ -3,6 +3,8 @@
 ``run`` dispatches on ``cfg.engine``; every engine yields frames whose union (in
 any order) equals ``compute(all events, all queries)`` exactly. Engine modules are
 imported lazily, so importing this package pulls in neither pyspark nor distributed.
+Dask and Spark ship the driver's ``features`` package to their workers and refuse a worker
+whose kernel differs with :class:`KernelMismatchError` before it computes (``shipping``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from dataclasses import dataclass
 import pandas as pd
 
 from features.spec import MODES, FeatureSet
+from jobs.engines.shipping import KernelMismatchError
+
+__all__ = ["AS_OF", "KernelMismatchError", "Queries", "Snapshot", "collect", "run"]
 
 AS_OF = "as_of"
 _MODULES = {"local": "jobs.engines.local", "dask": "jobs.engines.dask_engine", "spark": "jobs.engines.spark_engine"}

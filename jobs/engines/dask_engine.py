@@ -22,12 +22,12 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from distributed import Client, LocalCluster, as_completed, default_client
+from distributed import Client, LocalCluster, as_completed, default_client, get_worker
 from tqdm.auto import tqdm
 
 from features import kernel
-from features.spec import FeatureSet
-from jobs.engines import Snapshot
+from features.spec import FeatureSet, kernel_fingerprint
+from jobs.engines import Snapshot, shipping
 from jobs.engines.bucketing import (
     bucket_frame,
     bucket_parquet_file,
@@ -52,10 +52,13 @@ def run(
     set, the current default client, else a LocalCluster created for this run (and
     closed after it). Scratch is ``cfg.scratch("dask")``, removed afterwards; on a
     remote cluster it must be storage the workers can reach (a shared volume, S3...).
+    Before anything is submitted the driver's ``features`` package is shipped and every worker's
+    kernel checked (``shipping``): a mismatch raises ``KernelMismatchError`` and nothing runs.
     """
     opts = getattr(cfg, "storage_options", None) or {}
-    scratch = str(cfg.scratch("dask")).rstrip("/")
     with _connect(cfg, client) as c:
+        prepare_client(c)
+        scratch = str(cfg.scratch("dask")).rstrip("/")
         try:
             yield from _run(c, cfg.buckets, fs, events_files, queries, mode, scratch, opts)
         finally:
@@ -89,8 +92,19 @@ def _connect(cfg, client: Client | None):
         yield c
 
 
+def prepare_client(c: Client) -> None:
+    """Ship the ``features`` package to ``c``'s workers and check the kernel each imports."""
+    t0 = time.monotonic()
+    shipping.ship_to_dask(c)
+    reports = shipping.verify_dask(c)
+    log.info(
+        "dask: %d worker(s) run kernel %s (checked in %.2fs)", len(reports), kernel_fingerprint(), time.monotonic() - t0
+    )
+
+
 def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode, scratch, opts):
     t0 = time.monotonic()
+    expected = kernel_fingerprint()
     ev_root, q_root, out_root = f"{scratch}/events", f"{scratch}/queries", f"{scratch}/out"
     # Phase 1: bucket every input file (queries held by the driver are bucketed there).
     jobs = [
@@ -158,6 +172,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     futs = [
         c.submit(
             compute_bucket,
+            expected,
             fs,
             mode,
             events_by_bucket.get(b, []),
@@ -189,6 +204,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
 
 
 def compute_bucket(
+    expected_kernel: str,
     fs: FeatureSet,
     mode: str,
     event_paths: list[str],
@@ -198,7 +214,8 @@ def compute_bucket(
     decode_queries: bool,
     opts: dict,
 ) -> tuple[str, int]:
-    """One bucket on a worker: read, ``compute``, write ``out_path``; returns (path, rows)."""
+    """One bucket on a worker: check the kernel, read, ``compute``, write ``out_path``; returns (path, rows)."""
+    shipping.check_here(expected_kernel, get_worker().address)
     events = read_frame(event_paths, fs.entity, fs.event_columns, opts, empty=events_schema)
     if isinstance(queries, Snapshot):
         q = kernel.snapshot_queries(events, fs, queries.as_of, mode)

@@ -12,7 +12,9 @@ is one ``features.kernel.compute`` call. Two pitfalls are handled here:
   as a string.
 
 The result is written to a scratch Parquet directory and yielded file by file,
-so the driver holds one output file at a time.
+so the driver holds one output file at a time. The session ships the driver's ``features``
+package to the executors (``addPyFile``), and every run first checks the kernel the executors
+import (``shipping``): a mismatch raises ``KernelMismatchError`` before any row is read.
 """
 
 from __future__ import annotations
@@ -32,8 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import kernel
-from features.spec import FeatureSet
-from jobs.engines import Snapshot
+from features.spec import FeatureSet, kernel_fingerprint
+from jobs.engines import Snapshot, shipping
 from jobs.engines.bucketing import default_events_schema, default_queries_schema
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,8 @@ _session_lock = threading.Lock()
 
 
 def get_spark(master: str = "local[2]", conf: dict[str, str] | None = None):
-    """This process's SparkSession, built on first use (``SPARK_CONF`` + ``conf``) and reused after.
+    """This process's SparkSession, built on first use (``SPARK_CONF`` + ``conf``) and reused after,
+    with the driver's ``features`` package shipped to its executors.
 
     A later call with another master returns the running session (one SparkContext
     per process) and logs a warning.
@@ -92,6 +95,7 @@ def get_spark(master: str = "local[2]", conf: dict[str, str] | None = None):
             warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
             _session = builder.getOrCreate()
         _session.sparkContext.setLogLevel("ERROR")
+        shipping.ship_to_spark(_session)
         return _session
 
 
@@ -117,12 +121,28 @@ def _stopped(session) -> bool:
 def run(cfg, fs: FeatureSet, events_files: list[str], queries, mode: str, spark=None) -> Iterator[pd.DataFrame]:
     """Yields one frame per non-empty output file (or one empty frame when there is no output)."""
     spark = spark or get_spark(getattr(cfg, "spark_master", "local[2]"))
+    prepare_session(spark)
     opts = getattr(cfg, "storage_options", None) or {}
     scratch = str(cfg.scratch("spark")).rstrip("/")
     try:
         yield from _run(spark, cfg.buckets, fs, events_files, queries, mode, scratch, opts)
     finally:
         _remove(scratch, opts)
+
+
+def prepare_session(spark) -> None:
+    """Ship the ``features`` package to ``spark``'s executors (once) and check the kernel they import."""
+    t0 = time.monotonic()
+    shipping.ship_to_spark(spark)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+        reports = shipping.verify_spark(spark)
+    log.info(
+        "spark: %d python worker(s) run kernel %s (checked in %.2fs)",
+        len(reports),
+        kernel_fingerprint(),
+        time.monotonic() - t0,
+    )
 
 
 def _run(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode, scratch, opts):
@@ -160,7 +180,7 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
 
     if isinstance(queries, Snapshot):
         out_schema, out_names = _output_schema(fs, [fs.entity, AS_OF], {})
-        fn = _snapshot_fn(fs, mode, queries.as_of, ev_fields, out_names)
+        fn = _snapshot_fn(kernel_fingerprint(), fs, mode, queries.as_of, ev_fields, out_names)
         result = events.groupBy(BUCKET).applyInPandas(fn, out_schema)
     else:
         if isinstance(queries, pd.DataFrame):
@@ -179,7 +199,7 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
             if name not in (fs.entity, AS_OF, BUCKET)
         }
         out_schema, out_names = _output_schema(fs, [n for n, _ in q_fields], extra)
-        fn = _cogroup_fn(fs, mode, ev_fields, q_fields, out_names)
+        fn = _cogroup_fn(kernel_fingerprint(), fs, mode, ev_fields, q_fields, out_names)
         result = events.groupBy(BUCKET).cogroup(qdf.groupBy(BUCKET)).applyInPandas(fn, out_schema)
 
     out_dir = f"{scratch}/out"
@@ -191,8 +211,9 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
 # --------------------------------------------------------------------------- inside the UDF
 
 
-def _cogroup_fn(fs: FeatureSet, mode: str, ev_fields, q_fields, out_names):
+def _cogroup_fn(expected_kernel: str, fs: FeatureSet, mode: str, ev_fields, q_fields, out_names):
     def fn(events: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
+        shipping.check_here(expected_kernel, shipping.spark_executor_name())
         ev = _from_spark(events, ev_fields)
         q = _from_spark(queries, q_fields)
         return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])
@@ -200,8 +221,9 @@ def _cogroup_fn(fs: FeatureSet, mode: str, ev_fields, q_fields, out_names):
     return fn
 
 
-def _snapshot_fn(fs: FeatureSet, mode: str, as_of: pd.Timestamp, ev_fields, out_names):
+def _snapshot_fn(expected_kernel: str, fs: FeatureSet, mode: str, as_of: pd.Timestamp, ev_fields, out_names):
     def fn(events: pd.DataFrame) -> pd.DataFrame:
+        shipping.check_here(expected_kernel, shipping.spark_executor_name())
         ev = _from_spark(events, ev_fields)
         q = kernel.snapshot_queries(ev, fs, as_of, mode)
         return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])

@@ -1,7 +1,7 @@
 """``lockstep demo``: the real DAGs, generated from the declarations, on a real (embedded) Airflow over a
 stretch of each model's data — every model of the repo, the default one first (the shipped repo
-``features.projects`` declares two: ``repurchase_90d`` on CDNOW, one source and one set, and
-``dep_delay_15`` on NYC 2013 flights, three sources and three sets), or one with ``--model``. The demo's
+``features.projects`` declares two models: one on one source and one set, and one on
+three sources and three sets), or one with ``--model``. The demo's
 days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
@@ -423,7 +423,7 @@ def run_demo(
         problems.append(f"serving answered {served['statuses']} (not all 200)")
     af.extra_env[o.SERVING_WAL_ENV] = str(wal_dir(project))
     proc = af.dags_test(skew_dag, serve_day, check=False, timeout=timeout)
-    from jobs.skew.causes import CAUSES
+    from jobs.skew.causes import CAUSES, SCORE_ROW
 
     skew_reports = cfg.lake().table(decl.skew_report_table)
     if proc.returncode != 0 or not skew_reports.exists(serve_day):
@@ -433,8 +433,13 @@ def run_demo(
         skew_text = "FAILED"
     else:
         rep = skew_reports.read(serve_day)
-        counts = {c: int(rep[c].fillna(0).sum()) for c in CAUSES}
-        skew_text = f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; mismatches by cause {counts}"
+        feats = rep[rep["feature"] != SCORE_ROW]
+        counts = {c: int(feats[c].fillna(0).sum()) for c in CAUSES}
+        skew_text = (
+            f"{int(rep['rows'].max())} logged rows, {len(rep) - 1} features; skew mismatches (vs training) "
+            f"{int(feats['mismatches'].fillna(0).sum())}; differences by cause {counts} (late_data under known_at "
+            "training is freshness, not skew)"
+        )
     _step(7, STEPS, f"{skew_dag} {serve_day}: serving log published -> validated -> skew report: {skew_text}", t0)
     out = outputs(project, cfg, decl, sorted(want), USER, PASSWORD, skew_day=serve_day)
     out["problems"] = problems

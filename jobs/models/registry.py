@@ -54,6 +54,11 @@ REQUIRED = (
     "metrics",
 )
 HISTORY_TAG = "lockstep.champion_history"
+#: The canary stage of a challenger version: the share (0..1) of entities it serves
+#: (``jobs.serving.canary``); set by ``lockstep canary``, read by the serving poll.
+CANARY_TAG = "lockstep.canary_share"
+#: The declared ramp of a canary: ``lockstep canary --next`` moves to the next step.
+CANARY_RAMP = (0.01, 0.05, 0.25, 1.0)
 #: metric recorded by ``lockstep train`` when a baseline was scored on the same validation range
 BASELINE_LIFT = "valid_auc_lift_over_baseline"
 _EVAL_TAG = "lockstep.holdback_eval."
@@ -386,6 +391,18 @@ class Registry:
             return self.get(name, alias)
         except RegistryError:
             return None
+
+    def set_canary_share(self, name: str, share: float) -> ModelInfo:
+        """Set the canary stage (``CANARY_TAG``) of the challenger: the share of entities it serves
+        (0: shadow only). ``RegistryError`` without a challenger or outside 0..1."""
+        share = float(share)
+        if not 0.0 <= share <= 1.0:
+            raise RegistryError(f"canary share must be within 0..1, got {share}")
+        challenger = self.alias(name, CHALLENGER)
+        if challenger is None:
+            raise RegistryError(f"model {name!r} has no challenger: register one before a canary")
+        self.client.set_model_version_tag(name, str(challenger.version), CANARY_TAG, repr(share))
+        return self.get(name, challenger.version)
 
     def load(self, name: str, ref: int | str = CHAMPION) -> LoadedModel:
         """The model (LightGBM booster, or the baseline for flavor ``sgd_baseline``) and lineage of a

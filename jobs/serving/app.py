@@ -75,6 +75,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
+from jobs.serving.canary import canary_point, in_canary
 from jobs.serving.log import (
     LogQueueFull,
     ServingLog,
@@ -83,9 +84,11 @@ from jobs.serving.log import (
     log_keys,
     make_record,
     model_wal_dir,
+    shadow_wal_dir,
 )
 from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
+from jobs.serving.shadow import ShadowScorer
 from jobs.serving.store import (
     EmbeddedStore,
     L1Cache,
@@ -135,6 +138,18 @@ class Settings:
     #: read the champion alias this often and swap to a new version off the request path (0: never;
     #: POST /admin/reload and SIGHUP still do): jobs.serving.swap. Every worker polls on its own.
     model_poll_s: float = 30.0
+    #: shadow scoring (``jobs.serving.shadow``): follow the registry's challenger alias (same poll, same
+    #: fingerprint check) and score every request with it off the request path; ``challenger_version``
+    #: names a version to shadow instead of the alias'. ``shadow_queue_size``: offers waiting for the
+    #: shadow worker (a full queue drops, counts and alerts).
+    shadow: bool = True
+    challenger_version: str | None = None
+    shadow_queue_size: int = 1000
+    #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
+    #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
+    #: salt of the entity hash (another salt: another population)
+    canary_share: float | None = None
+    canary_salt: str = ""
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -663,6 +678,7 @@ def create_app(
     repo = cfg.repo()
     decl = repo.model(settings.model) if settings.model else repo.default_model()
     keys = log_keys(decl)
+    names = list(decl.feature_names)
     nullable = frozenset(c for c, _, null in decl.id_fields if null)
     state: dict = {}
 
@@ -761,9 +777,59 @@ def create_app(
             on_refused=refused,
             on_error=lambda _v, _exc: prom.reload_errors.inc(),
         )
+        shadow = ShadowScorer(
+            decl.feature_names,
+            ServingLog(shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync),
+            scores_of,
+            queue_size=settings.shadow_queue_size,
+            on_drop=_shadow_dropped(cfg, decl.name, prom),
+            on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
+        )
+        challenger = None
+        if settings.shadow or settings.challenger_version:
+            shadow.writer.start()
+            shadow.start()
+
+            def challenger_refused(version: str, exc: FingerprintMismatchError) -> None:
+                prom.challenger_refused.labels(model=decl.name, reason=exc.kind).inc()
+                _alert(cfg, f"challenger refused: {decl.name} v{version}", "challenger refused", decl.name, str(exc))
+
+            named = settings.challenger_version
+            stage = getattr(source, "challenger_stage", None)
+            plain = getattr(source, "challenger_version", lambda: None)
+
+            def read_challenger() -> str | None:
+                # the alias and its canary stage in one read: a share never belongs to another version
+                if named:
+                    version, share = named, 0.0
+                elif stage is not None:
+                    version, share = stage()
+                else:
+                    version, share = plain(), 0.0
+                if settings.canary_share is not None:
+                    share = float(settings.canary_share)
+                state["canary"] = (version, share)
+                return version
+
+            challenger = ChampionFollower(
+                source,
+                model.name,
+                None,
+                lambda m: check_model(m, decl),
+                shadow.install,
+                poll_s=settings.model_poll_s,
+                on_refused=challenger_refused,
+                on_error=lambda _v, _exc: prom.challenger_errors.inc(),
+                alias="challenger",
+                read=read_challenger,
+                uninstall=shadow.uninstall,
+            )
+            challenger.reload()  # at start-up: shadowed from the first request
         state.update(
             predictor=predictor,
             follower=follower,
+            shadow=shadow,
+            challenger=challenger,
             log=slog,
             metrics=metrics,
             prom=prom,
@@ -777,12 +843,23 @@ def create_app(
             started=time.time(),
         )
         follower.start()  # after state["predictor"] exists: ``install`` replaces it
-        hup = _on_sighup(follower.wake)
+        if challenger is not None:
+            challenger.start()
+
+        def wake() -> None:
+            follower.wake()
+            if challenger is not None:
+                challenger.wake()
+
+        hup = _on_sighup(wake)
         try:
             yield
         finally:
             hup()
             follower.stop()
+            if challenger is not None:
+                challenger.stop()
+                shadow.close()
             for refresher in refreshers:
                 refresher.stop()
             if executor is not None:
@@ -795,7 +872,35 @@ def create_app(
     state["keys"] = key_ring
     app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
-    def record(pred: ModelPredictor, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values) -> dict:
+    def canary_model(pred: ModelPredictor):
+        """The challenger serving the canary share now, and that share; (None, 0) when there is none."""
+        shadow: ShadowScorer = state["shadow"]
+        model, (version, share) = shadow.model, state.get("canary", (None, 0.0))
+        if model is None or share <= 0 or str(model.version) != version:
+            return None, 0.0
+        if tuple(model.feature_names) != tuple(decl.feature_names):  # checked at install; never mixed
+            return None, 0.0
+        return model, share
+
+    def arm_of(query: dict, share: float) -> str:
+        point = canary_point(tuple(query[col] for _, col, _ in keys), decl.name, settings.canary_salt)
+        return "canary" if in_canary(point, share) else "champion"
+
+    def record(
+        pred: ModelPredictor,
+        request_id,
+        query,
+        t,
+        mode,
+        score,
+        latency_ms,
+        reason,
+        snap_ds,
+        values,
+        served_by: Model | None = None,
+        arm: str = "champion",
+    ) -> dict:
+        by = served_by or pred.model
         return make_record(
             decl,
             request_id=request_id,
@@ -805,17 +910,21 @@ def create_app(
             mode=mode,
             feature_set=log_feature_sets(decl),
             feature_set_fingerprint=pred.fingerprint,
-            model_name=pred.model.name,
-            model_version=str(pred.model.version),
+            model_name=by.name,
+            model_version=str(by.version),
             score=score,
             latency_ms=latency_ms,
             degraded=reason is not None,
             degraded_reason=reason,
             snapshot_ds=snap_ds,
+            arm=arm,
             **values,
         )
 
-    def answer(pred: ModelPredictor, request_id, query, t, mode, score, reason, values) -> dict:
+    def answer(
+        pred: ModelPredictor, request_id, query, t, mode, score, reason, values, served_by=None, arm="champion"
+    ) -> dict:
+        by = served_by or pred.model
         out = {"request_id": request_id}
         if len(keys) == 1 and keys[0][0] == "entity_id":
             out["entity_id"] = query[keys[0][1]]
@@ -826,8 +935,9 @@ def create_app(
                 "mode": mode,
                 "score": score,
                 "model": decl.name,
-                "model_name": pred.model.name,
-                "model_version": str(pred.model.version),
+                "model_name": by.name,
+                "model_version": str(by.version),
+                "arm": arm,
                 "feature_set_fingerprint": pred.fingerprint,
                 "degraded": reason is not None,
                 "degraded_reason": reason,
@@ -836,7 +946,16 @@ def create_app(
         )
         return out
 
-    def served(pred: ModelPredictor, endpoint: str, mode: str, t0: float, latency_ms: float, reasons: list) -> None:
+    def served(
+        pred: ModelPredictor,
+        endpoint: str,
+        mode: str,
+        t0: float,
+        latency_ms: float,
+        reasons: list,
+        served_by: Model | None = None,
+        arm: str = "champion",
+    ) -> None:
         metrics: Metrics = state["metrics"]
         degraded = sum(r is not None for r in reasons)
         metrics.ok += len(reasons)
@@ -844,9 +963,13 @@ def create_app(
         metrics.degraded += degraded
         metrics.latencies.extend([latency_ms] * len(reasons))
         prom: ServiceMetrics = state["prom"]
-        version = str(pred.model.version)
-        prom.request(endpoint, mode, 200, time.perf_counter() - t0, version)
-        prom.predicted(mode, degraded, len(reasons), version)
+        version = str((served_by or pred.model).version)
+        if arm == "champion":
+            prom.request(endpoint, mode, 200, time.perf_counter() - t0, version)
+            prom.predicted(mode, degraded, len(reasons), version)
+        else:
+            prom.request(endpoint, mode, 200, time.perf_counter() - t0, version, arm)
+            prom.predicted(mode, degraded, len(reasons), version, arm)
         prom.sync_caches(state["set_caches"])
 
     @app.post("/predict")
@@ -863,13 +986,18 @@ def create_app(
             values, reason, snap_ds = await pred.afeatures(query, t, mode)
         else:
             values, reason, snap_ds = pred.features(query, t, mode)
-        score = pred.score(values)
+        challenger, share = canary_model(pred)
+        arm = "champion" if challenger is None else arm_of(query, share)
+        by = challenger if arm == "canary" else pred.model
+        score = pred.score(values) if arm == "champion" else scores_of(challenger, names, [values])[0]
         latency_ms = (time.perf_counter() - t0) * 1000
         request_id = req.request_id or uuid.uuid4().hex
-        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values)
+        rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values, by, arm)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
-        served(pred, "/predict", mode, t0, latency_ms, [reason])
-        return answer(pred, request_id, query, t, mode, score, reason, values)
+        served(pred, "/predict", mode, t0, latency_ms, [reason], by, arm)
+        if arm == "champion":
+            state["shadow"].offer([request_id], [t], [values])  # never waits: the shadow worker scores it
+        return answer(pred, request_id, query, t, mode, score, reason, values, by, arm)
 
     @app.post("/predict/batch")
     async def predict_batch(req: BatchRequest):
@@ -899,15 +1027,34 @@ def create_app(
             values, reasons, snaps = await pred.abatch_features(queries, times, mode)
         else:
             values, reasons, snaps = pred.batch_features(queries, times, mode)
-        scores = pred.scores(values)
+        challenger, share = canary_model(pred)
+        arms = ["champion" if challenger is None else arm_of(q, share) for q in queries]
+        scores: list = [None] * n
+        for arm, model in (("champion", pred.model), ("canary", challenger)):
+            at = [i for i, a in enumerate(arms) if a == arm]
+            if at:  # ONE model call per arm
+                got = (
+                    pred.scores([values[i] for i in at])
+                    if arm == "champion"
+                    else scores_of(model, pred._names, [values[i] for i in at])
+                )
+                for i, sc in zip(at, got):
+                    scores[i] = sc
+        by = [challenger if a == "canary" else pred.model for a in arms]
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
-        rows = list(zip(ids, queries, times, scores, reasons, snaps, values))
-        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v) for i, q, t, sc, r, ds, v in rows]
+        rows = list(zip(ids, queries, times, scores, reasons, snaps, values, by, arms))
+        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v, b, a) for i, q, t, sc, r, ds, v, b, a in rows]
         await _log_or_503(state, records, "/predict/batch", mode, str(pred.model.version))
-        served(pred, "/predict/batch", mode, t0, latency_ms, reasons)
+        for arm, model in (("champion", pred.model), ("canary", challenger)):
+            mine = [r for r, a in zip(reasons, arms) if a == arm]
+            if mine:
+                served(pred, "/predict/batch", mode, t0, latency_ms, mine, model, arm)
+        home = [i for i, a in enumerate(arms) if a == "champion"]
+        if home:
+            state["shadow"].offer([ids[i] for i in home], [times[i] for i in home], [values[i] for i in home])
         return {
             "count": n,
-            "predictions": [answer(pred, i, q, t, mode, sc, r, v) for i, q, t, sc, r, _, v in rows],
+            "predictions": [answer(pred, i, q, t, mode, sc, r, v, b, a) for i, q, t, sc, r, _, v, b, a in rows],
         }
 
     @app.get("/health")
@@ -923,6 +1070,7 @@ def create_app(
             "model_version": None if pred is None else str(pred.model.version),
             "model_loaded_at": None if pred is None else _iso(pred.loaded_at),
             **_follower_health(state.get("follower"), settings.model_poll_s),
+            **_challenger_health(state.get("challenger"), state.get("shadow")),
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }
@@ -949,6 +1097,7 @@ def create_app(
         prom: ServiceMetrics = state["prom"]
         prom.sync_caches(state["set_caches"])
         prom.queue_depth.set(state["log"].queue_depth)
+        prom.shadow_queue_depth.set(state["shadow"].queue_depth)
         body, content_type = prom.render()
         return Response(body, media_type=content_type)
 
@@ -1147,6 +1296,19 @@ def _follower_health(follower: ChampionFollower | None, poll_s: float) -> dict:
     }
 
 
+def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer | None) -> dict:
+    if follower is None or shadow is None:
+        return {"challenger_version": None, "challenger_refused": None, "shadow_dropped": None}
+    return {
+        "challenger_version": shadow.version,
+        "challenger_refused": None
+        if follower.refused is None
+        else {"version": follower.refused[0], "reason": follower.refused[1]},
+        "shadow_scored": shadow.scored,
+        "shadow_dropped": dict(shadow.dropped),
+    }
+
+
 def _on_sighup(wake: Callable[[], None]) -> Callable[[], None]:
     """SIGHUP -> ``wake`` (a champion check), when this process's event loop runs in the main thread
     (uvicorn's single process, or one of its workers); elsewhere (a test client's thread) nothing.
@@ -1175,6 +1337,31 @@ def _alert(cfg, title: str, what: str, dataset: str, message: str) -> None:
         )
     except Exception as exc:  # noqa: BLE001 - an alert channel must not take the service down
         logging.getLogger(__name__).error("alert %r not sent: %r", title, exc)
+
+
+def _shadow_dropped(cfg, model: str, prom: ServiceMetrics, every_s: float = 10.0) -> Callable[[int, str], None]:
+    """What a shadow drop does: count it (``lockstep_serving_shadow_dropped_total``) and alert, at most
+    once per ``every_s`` seconds (every drop is counted), on a thread of its own: an alert channel
+    (e-mail, webhook) never holds the request that overflowed the shadow backlog."""
+    last = [float("-inf")]
+    total: dict = {}
+
+    def dropped(n: int, reason: str) -> None:
+        prom.shadow_dropped.labels(model=model, reason=reason).inc(n)
+        total[reason] = total.get(reason, 0) + n
+        now = time.monotonic()
+        if now - last[0] < every_s:
+            return
+        last[0] = now
+        msg = (
+            f"shadow scoring dropped {n} request(s) ({reason}); {total} so far in this process: those rows "
+            "have no shadow_score (the challenger is slower than the traffic, or failing)"
+        )
+        threading.Thread(
+            target=_alert, args=(cfg, f"shadow dropped: {model}", "shadow dropped", model, msg), daemon=True
+        ).start()
+
+    return dropped
 
 
 def _default_notifier(cfg):

@@ -71,7 +71,15 @@ BASE_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("degraded", pa.bool_()),
     ("degraded_reason", pa.string()),
     ("snapshot_ds", pa.string()),
+    # which arm served the row (``champion``, or ``canary``: the challenger); null in logs from before arms
+    ("arm", pa.string()),
+    # the shadow's score of the same feature vector (``jobs.serving.shadow``), null when none scored it
+    ("shadow_version", pa.string()),
+    ("shadow_score", pa.float64()),
 )
+#: The fields a shadow record carries: written after the response to ``<model WAL>/shadow``
+#: (:func:`shadow_wal_dir`), merged onto the served row of the same ``request_id`` by :func:`read_wal`.
+SHADOW_FIELDS = ("request_id", "request_time", "shadow_version", "shadow_score")
 _TIME_FIELDS = ("request_time", "served_at")
 #: The log column of the query key of a model with one query key (the historical name).
 ENTITY_ID = "entity_id"
@@ -86,6 +94,11 @@ def log_table(model) -> str:
 def model_wal_dir(wal_root, model) -> Path:
     """The WAL directory of ``model`` under the service's WAL root: ``<wal_root>/<model name>``."""
     return Path(wal_root) / model.name
+
+
+def shadow_wal_dir(model_wal: str | os.PathLike) -> Path:
+    """Where the shadow's follow-up records of a model's WAL directory go: ``<model WAL>/shadow``."""
+    return Path(model_wal) / "shadow"
 
 
 def degraded_reason(reasons: list[tuple[str, str]], single: bool) -> str | None:
@@ -416,7 +429,23 @@ class ServingLog:
 
 def read_wal(wal_dir, model) -> pd.DataFrame:
     """Every complete record in the WAL segments, as a frame in ``log_schema(model)``; a complete line
-    that is not a JSON record is a ``ValueError`` naming the segment file and the line."""
+    that is not a JSON record is a ``ValueError`` naming the segment file and the line. The shadow's
+    records (:func:`shadow_wal_dir`) fill ``shadow_version`` / ``shadow_score`` of the served row with
+    their ``request_id`` (the first one of a request id counts)."""
+    rows = _wal_lines(wal_dir)
+    shadow = shadow_wal_dir(wal_dir)
+    if shadow.is_dir():
+        scored: dict = {}
+        for r in _wal_lines(shadow):
+            scored.setdefault(r.get("request_id"), r)
+        for r in rows:
+            got = scored.get(r.get("request_id"))
+            if got is not None and r.get("shadow_score") is None:
+                r["shadow_version"], r["shadow_score"] = got.get("shadow_version"), got.get("shadow_score")
+    return records_frame(rows, model)
+
+
+def _wal_lines(wal_dir) -> list[dict]:
     rows = []
     for seg in sorted(Path(wal_dir).glob("segment-*.jsonl")):
         data = seg.read_bytes()
@@ -427,7 +456,7 @@ def read_wal(wal_dir, model) -> pd.DataFrame:
                     rows.append(json.loads(line))
                 except ValueError as exc:  # a garbled record: say where, the WAL is a text file to look at
                     raise ValueError(f"serving WAL segment {seg}, line {number}: not a JSON record: {exc}") from exc
-    return records_frame(rows, model)
+    return rows
 
 
 def records_frame(rows: list[dict], model) -> pd.DataFrame:

@@ -9,8 +9,8 @@ The variable must be set before ``prometheus_client`` is first imported in the w
 class is chosen at import.
 
 Every series carries ``model`` (the declaration served); request and feature-set series carry the
-``model_version`` that scored the request (after a swap, the new one) and ``arm`` (``champion``:
-the only arm until canary / shadow serving).
+``model_version`` that scored the request (after a swap, the new one) and ``arm`` (``champion``; ``canary``
+for the requests the challenger served as its canary share, ``jobs.serving.canary``).
 
 ==============================================  ====================================================
 ``lockstep_serving_requests_total``             HTTP requests that reached the handler, by
@@ -41,6 +41,14 @@ the only arm until canary / shadow serving).
                                                 artifact unreadable): retried at the next poll
 ``lockstep_serving_model_info``                 1 for the served (model_version, arm), 0 for one
                                                 swapped out
+``lockstep_serving_shadow_scored_total``        requests the challenger scored in the shadow, by
+                                                ``shadow_version`` (``jobs.serving.shadow``)
+``lockstep_serving_shadow_dropped_total``       requests NOT shadowed, by ``reason`` (queue_full: the
+                                                shadow backlog was full; log_full; error): alerted
+``lockstep_serving_shadow_queue_depth``         offers waiting for the shadow worker
+``lockstep_serving_challenger_refused_total``   challengers refused (trained for other feature sets):
+                                                not shadowed, by ``reason``
+``lockstep_serving_challenger_reload_errors_total`` challenger checks that failed (retried)
 ==============================================  ====================================================
 """
 
@@ -195,6 +203,41 @@ class ServiceMetrics:
             "lockstep_serving_model_info", "the served model version", served, multiprocess_mode="max", **reg
         )
         self.info.labels(**self.served).set(1)
+        self.shadow_scored = Counter(
+            "lockstep_serving_shadow_scored",
+            "requests the challenger scored in the shadow",
+            ["model", "shadow_version"],
+            **reg,
+        )
+        self.shadow_dropped = Counter(
+            "lockstep_serving_shadow_dropped",
+            "requests not shadowed (backlog full, shadow log full, challenger error)",
+            ["model", "reason"],
+            **reg,
+        )
+        self.shadow_queue_depth = Gauge(
+            "lockstep_serving_shadow_queue_depth",
+            "offers waiting for the shadow worker",
+            ["model"],
+            multiprocess_mode="livesum",
+            **reg,
+        ).labels(model=model)
+        self.challenger_refused = Counter(
+            "lockstep_serving_challenger_refused",
+            "challengers refused (trained for other feature sets): not shadowed",
+            ["model", "reason"],
+            **reg,
+        )
+        self.challenger_errors = Counter(
+            "lockstep_serving_challenger_reload_errors",
+            "challenger checks that failed (registry unreachable, artifact unreadable): retried",
+            ["model"],
+            **reg,
+        ).labels(model=model)
+        for reason in ("queue_full", "log_full", "error"):
+            self.shadow_dropped.labels(model=model, reason=reason)
+        for reason in ("fingerprint", "feature_names"):
+            self.challenger_refused.labels(model=model, reason=reason)
         # children that exist from the start, so a scrape shows them at 0
         self.swaps.labels(model=model)
         self.rollbacks.labels(model=model)
@@ -208,39 +251,50 @@ class ServiceMetrics:
         self._predictions: dict = {}
         self._synced: dict = {}
 
-    def served_by(self, version: str | None) -> dict:
-        """The served labels of ``version`` (None: the version served at start-up)."""
-        if version is None:
+    def served_by(self, version: str | None, arm: str | None = None) -> dict:
+        """The served labels of ``version`` (None: the version served at start-up) on ``arm`` (None:
+        the champion's; ``canary``: the challenger serving its share, ``jobs.serving.canary``)."""
+        if version is None and arm is None:
             return self.served
-        return {"model": self.model, "model_version": str(version), "arm": self.arm}
+        version = self.model_version if version is None else version
+        return {"model": self.model, "model_version": str(version), "arm": arm or self.arm}
 
     def request(
-        self, endpoint: str, mode: str, status: int, seconds: float | None = None, version: str | None = None
+        self,
+        endpoint: str,
+        mode: str,
+        status: int,
+        seconds: float | None = None,
+        version: str | None = None,
+        arm: str | None = None,
     ) -> None:
         """Count one HTTP request; ``seconds``: its work, observed for a 200; ``version``: the model
         version that scored it (None: the start-up one)."""
-        key = (version, endpoint, mode, status)
+        key = (version, arm, endpoint, mode, status)
         child = self._requests.get(key)
         if child is None:
             child = self._requests[key] = self.requests.labels(
-                **self.served_by(version), endpoint=endpoint, mode=mode, status=str(status)
+                **self.served_by(version, arm), endpoint=endpoint, mode=mode, status=str(status)
             )
         child.inc()
         if seconds is not None:
-            hist = self._latency.get((version, endpoint, mode))
+            hist = self._latency.get((version, arm, endpoint, mode))
             if hist is None:
-                hist = self._latency[(version, endpoint, mode)] = self.latency.labels(
-                    **self.served_by(version), endpoint=endpoint, mode=mode
+                hist = self._latency[(version, arm, endpoint, mode)] = self.latency.labels(
+                    **self.served_by(version, arm), endpoint=endpoint, mode=mode
                 )
             hist.observe(seconds)
 
-    def predicted(self, mode: str, degraded: int, total: int, version: str | None = None) -> None:
-        """``total`` predictions answered 200 by ``version``, ``degraded`` of them on some set's defaults."""
+    def predicted(
+        self, mode: str, degraded: int, total: int, version: str | None = None, arm: str | None = None
+    ) -> None:
+        """``total`` predictions answered 200 by ``version`` on ``arm``, ``degraded`` of them on some
+        set's defaults."""
         for flag, n in (("true", degraded), ("false", total - degraded)):
-            child = self._predictions.get((version, mode, flag))
+            child = self._predictions.get((version, arm, mode, flag))
             if child is None:
-                child = self._predictions[(version, mode, flag)] = self.predictions.labels(
-                    **self.served_by(version), mode=mode, degraded=flag
+                child = self._predictions[(version, arm, mode, flag)] = self.predictions.labels(
+                    **self.served_by(version, arm), mode=mode, degraded=flag
                 )
             child.inc(n)
 

@@ -33,25 +33,40 @@ class ModelSource(Protocol):
         the service polls to follow promotions and rollbacks (``jobs.serving.swap``)."""
         ...
 
+    def challenger_version(self) -> str | None:
+        """The version the challenger alias names now (None: none): followed for shadow and canary
+        serving (``jobs.serving.shadow``)."""
+        ...
+
     def load(self, name: str, version: str) -> Model: ...
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
         """The features the model was trained on (drift reference), or None if unknown."""
         ...
 
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        """``(first, last)`` day of the data the model was trained on (its train range), or None if unknown."""
+        ...
+
 
 class StaticSource:
-    """Models held in memory; the first one given is the champion unless named."""
+    """Models held in memory; the first one given is the champion unless named; a challenger only
+    when named (``challenger=(name, version)``)."""
 
     def __init__(
         self,
         *models: Model,
         champion: tuple[str, str] | None = None,
         training: dict[tuple[str, str], pd.DataFrame] | None = None,
+        windows: dict[tuple[str, str], tuple[str, str]] | None = None,
+        challenger: tuple[str, str] | None = None,
     ):
         self._models = {(m.name, str(m.version)): m for m in models}
         self._champion = champion or ((models[0].name, str(models[0].version)) if models else None)
+        self._challenger = challenger
+        self.canary_share = 0.0  # the challenger's canary stage (tests set it)
         self._training = dict(training or {})
+        self._windows = dict(windows or {})
 
     def champion(self) -> Model:
         if self._champion is None:
@@ -61,6 +76,13 @@ class StaticSource:
     def champion_version(self) -> str | None:
         return None if self._champion is None else self._champion[1]
 
+    def challenger_version(self) -> str | None:
+        return self.challenger_stage()[0]
+
+    def challenger_stage(self) -> tuple[str | None, float]:
+        """(challenger version, canary share): ``canary_share`` set on the source (0 by default)."""
+        return (None, 0.0) if self._challenger is None else (str(self._challenger[1]), self.canary_share)
+
     def load(self, name: str, version: str) -> Model:
         try:
             return self._models[(name, str(version))]
@@ -69,6 +91,9 @@ class StaticSource:
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
         return self._training.get((model.name, str(model.version)))
+
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        return self._windows.get((model.name, str(model.version)))
 
 
 class LinearModel:
@@ -155,11 +180,30 @@ class RegistrySource:
         info = self.registry.alias(self.model_name, CHAMPION)  # the alias only: no artifact is read
         return None if info is None else str(info.version)
 
+    def challenger_version(self) -> str | None:
+        return self.challenger_stage()[0]
+
+    def challenger_stage(self) -> tuple[str | None, float]:
+        """(the version the challenger alias names, its canary share: the version's ``CANARY_TAG``,
+        0 when unset) in ONE read of the alias, so a share never belongs to another version."""
+        from jobs.models.registry import CANARY_TAG, CHALLENGER
+
+        info = self.registry.alias(self.model_name, CHALLENGER)
+        if info is None:
+            return None, 0.0
+        return str(info.version), float(info.tags.get(CANARY_TAG) or 0.0)
+
     def load(self, name: str, version: str) -> Model:
         key = (name, str(version))
         if key not in self._cache:
             self._cache[key] = BoosterModel(self.registry.load(name, int(version)))
         return self._cache[key]
+
+    def training_window(self, model: Model) -> tuple[str, str] | None:
+        """The lineage's ``train`` range of cut-offs."""
+        lineage = getattr(model, "loaded", None) and model.loaded.lineage
+        train = (lineage or {}).get("ranges", {}).get("train")
+        return (str(train[0]), str(train[1])) if train else None
 
     def training_features(self, model: Model) -> pd.DataFrame | None:
         lineage = getattr(model, "loaded", None) and model.loaded.lineage

@@ -79,13 +79,16 @@ def is_older(version: str, than: str) -> bool:
 
 class ChampionFollower:
     """See the module docstring. ``source``: a ``jobs.serving.model.ModelSource``; ``serving``: the
-    version serving at start-up; ``check(model)`` raises :class:`FingerprintMismatchError` to refuse."""
+    version serving at start-up (None: none yet); ``check(model)`` raises
+    :class:`FingerprintMismatchError` to refuse. ``alias`` names what is followed (logs, thread);
+    ``read()`` says which version it names now (default ``source.champion_version``); ``uninstall``:
+    called when it names none while one is installed (without it, no alias keeps the served one)."""
 
     def __init__(
         self,
         source,
         name: str,
-        serving: str,
+        serving: str | None,
         check: Callable[[object], None],
         install: Callable[[object], None],
         *,
@@ -93,8 +96,13 @@ class ChampionFollower:
         on_swap: Callable[[str, str, bool], None] | None = None,
         on_refused: Callable[[str, FingerprintMismatchError], None] | None = None,
         on_error: Callable[[str | None, BaseException], None] | None = None,
+        alias: str = "champion",
+        read: Callable[[], str | None] | None = None,
+        uninstall: Callable[[], None] | None = None,
     ):
-        self.source, self.name, self.serving = source, name, str(serving)
+        self.source, self.name = source, name
+        self.serving = None if serving is None else str(serving)
+        self.alias, self.read, self.uninstall = alias, read or source.champion_version, uninstall
         self.check, self.install, self.poll_s = check, install, float(poll_s)
         self.on_swap, self.on_refused, self.on_error = on_swap, on_refused, on_error
         self.refused: tuple[str, str] | None = None  # (version, reason) the alias names and was refused
@@ -115,9 +123,17 @@ class ChampionFollower:
         self.checked_at = time.time()
         self.checks += 1
         try:
-            version = self.source.champion_version()
+            version = self.read()
         except Exception as exc:  # noqa: BLE001 - an unreachable registry must not stop serving
             return self._error(None, exc)
+        if version is None and self.uninstall is not None:
+            self.refused = None
+            if self.serving is None:
+                return Outcome("unchanged", None, None, reason=f"no {self.alias} alias")
+            previous, self.serving = self.serving, None
+            self.uninstall()
+            log.warning("model %s: %s v%s no longer named: dropped", self.name, self.alias, previous)
+            return Outcome("swapped", None, None, previous=previous, reason=f"no {self.alias} alias")
         if version is None:
             return Outcome("unchanged", self.serving, None, reason="no champion alias: the served version stays")
         version = str(version)
@@ -134,7 +150,12 @@ class ChampionFollower:
             self.check(model)
         except FingerprintMismatchError as exc:
             self.refused = (version, str(exc))
-            log.error("model swap refused, v%s keeps serving: %s", self.serving, exc)
+            log.error("model %s: %s v%s refused, v%s stays: %s", self.name, self.alias, version, self.serving, exc)
+            if self.uninstall is not None and self.serving is not None:
+                # a followed alias (the challenger) that names a refused version follows nothing: the
+                # version it named before is not what is under test any more
+                self.serving = None
+                self.uninstall()
             if self.on_refused is not None:
                 self.on_refused(version, exc)
             return Outcome("refused", self.serving, version, reason=str(exc))
@@ -143,21 +164,23 @@ class ChampionFollower:
         self.swap_seconds = time.perf_counter() - t0
         self.serving, self.refused = version, None
         self.swaps += 1
-        log.warning("model %s: v%s -> v%s%s", self.name, previous, version, " (rollback)" if rollback else "")
+        log.warning(
+            "model %s %s: v%s -> v%s%s", self.name, self.alias, previous, version, " (rollback)" if rollback else ""
+        )
         if self.on_swap is not None:
             self.on_swap(previous, version, rollback)
         return Outcome("swapped", version, version, previous=previous, rollback=rollback)
 
     def _error(self, version: str | None, exc: BaseException) -> Outcome:
         self.errors += 1
-        log.warning("model %s: champion check failed, v%s keeps serving: %r", self.name, self.serving, exc)
+        log.warning("model %s: %s check failed, v%s stays: %r", self.name, self.alias, self.serving, exc)
         if self.on_error is not None:
             self.on_error(version, exc)
         return Outcome("error", self.serving, version, reason=f"{type(exc).__name__}: {exc}")
 
     # ---- the thread -----------------------------------------------------------------------------
     def start(self) -> ChampionFollower:
-        self._thread = threading.Thread(target=self._run, name="lockstep-model-follower", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"lockstep-{self.alias}-follower", daemon=True)
         self._thread.start()
         return self
 
@@ -186,4 +209,4 @@ class ChampionFollower:
             try:
                 self.reload()
             except Exception:  # noqa: BLE001 - the follower must outlive any one failed check
-                log.exception("model %s: champion check crashed", self.name)
+                log.exception("model %s: %s check crashed", self.name, self.alias)

@@ -6,28 +6,41 @@ source table ``fs.source.table``), in ``known_at`` mode (what the same code comp
 with what the service could have seen) and in ``as_of`` mode (every event that happened before the
 request, however late it arrived), and joined on ``request_id``.
 
-A (row, feature) MISMATCHES when the served value differs from either recomputation beyond the
+A (row, feature) DIFFERS when the served value differs from either recomputation beyond the
 feature's tolerance (``Feature.tolerance = (abs, rel)``: ``|a-b| <= abs + rel*|b|``; default exact;
-null equals only null). Each mismatch gets one cause, first match wins:
+null equals only null). Each difference gets one cause, first match wins:
 
-1. ``degraded``     the service flagged the row (store down/slow): it served declared defaults;
-2. ``late_data``    served == known_at but != as_of: events that arrived after the request (the
-                    served value is what the current code gives, whatever the row's fingerprint);
+1. ``late_data``    served == known_at but != as_of: events that arrived after the request (the
+                    served value is what the current code gives with what could be known, whatever
+                    the row's fingerprint or degradation);
+2. ``degraded``     the service flagged the row (store down/slow): it served declared defaults;
 3. ``version_skew`` the row's fingerprint of the feature's set is not the current one (a row carries
                     every joined set's fingerprint, ``+``-joined in join order);
 4. ``staleness``    the whole served vector equals the entity's vector in one of the
                     ``lookback_days`` previous daily snapshots (a cache or materialized view);
 5. ``logic_skew``   anything else: same fingerprint, and the same code offline disagrees.
 
+A difference is a MISMATCH (training-serving skew: ``mismatches``, ``mismatch_rate``, the diff
+statistics, the samples) when it is a difference from what the model was trained on: the
+recomputation in the set's ``training_mode`` (``causes.skew_causes``). Under ``known_at`` (the default)
+late data is not skew — training saw the same — and is reported apart, as freshness: the late rows per
+feature, and the lag (``ingested_at - event_ts``) of the events that arrived after a request.
+
 Also: distribution drift of served features against the champion's training features (PSI over
-10 quantile bins of the training data with a separate null bin, natural log, thresholds
-0.1/0.25; Jensen-Shannon divergence over the same bins, log base 2, so in BITS, 0..1), and
-prediction skew (logged rows re-scored with the logged model version; and the served score vs the
-score of the offline known_at features).
+10 quantile bins of the training data with a separate null bin, natural log; Jensen-Shannon
+divergence over the same bins, log base 2, so in BITS, 0..1), and prediction skew (logged rows
+re-scored with the logged model version; and the served score vs the score of the offline known_at
+features).
 
 Thresholds: the defaults below, under the model's ``skew_thresholds`` (``model_thresholds``), under
-the caller's (``{feature or "*": {metric: max}}``). A feature whose PSI reaches the model's
-``drift_psi`` is reported as ``major`` drift (and named in the report's notes).
+the caller's (``{feature or "*": {metric: max}}``); crossing one fails the job and alerts. Drift: a PSI
+at or above the model's ``drift_psi`` (default 0.25) is ``major``: an alert at level ``error`` naming
+the feature and its PSI (``SkewReport.drift_alerts``), which does not fail the job — drift is a change
+of the data, not a wrong serving path, and a served population is often not the training one;
+declare ``skew_thresholds={"psi": 0.25}`` to fail on it too. At or above ``drift_psi_moderate``
+(default 0.1) it is ``moderate``: a warning. So is a champion whose training window ended more than
+the model's ``champion_max_age_days`` (default 30) before the served day. Warnings are lines in the
+report and one alert at level ``warning``.
 
 Output: ``model.skew_report_table`` (``skew_reports/<model>/ds=D``) (one row per feature — with the set it came from — plus
 ``__score__``), an HTML page with plots
@@ -67,6 +80,7 @@ from jobs.skew.causes import (
     SCORE_ROW,
     STALENESS,
     VERSION_SKEW,
+    skew_causes,
 )
 
 log = logging.getLogger(__name__)
@@ -85,6 +99,7 @@ REPORT_SCHEMA = pa.schema(
         ("ds", pa.string()),
         ("feature", pa.string()),
         ("feature_set", pa.string()),
+        ("training_mode", pa.string()),
         ("rows", pa.int64()),
         ("compared", pa.int64()),
         ("both_null", pa.int64()),
@@ -94,9 +109,12 @@ REPORT_SCHEMA = pa.schema(
         ("mismatch_rate", pa.float64()),
         *[(f"{c}", pa.int64()) for c in CAUSES],
         ("mismatches_vs_as_of", pa.int64()),
+        ("diff_count", pa.int64()),
         ("diff_mean", pa.float64()),
         ("abs_diff_p50", pa.float64()),
         ("abs_diff_p99", pa.float64()),
+        ("abs_diff_max", pa.float64()),
+        ("late_abs_diff_max", pa.float64()),
         ("psi", pa.float64()),
         ("js_bits", pa.float64()),
         ("drift", pa.string()),
@@ -104,6 +122,7 @@ REPORT_SCHEMA = pa.schema(
         ("rescore_mismatches", pa.int64()),
         ("breaches", pa.string()),
         ("samples", pa.string()),
+        ("late_samples", pa.string()),
     ]
 )
 
@@ -126,9 +145,45 @@ class SkewReport:
     notes: list[str] = field(default_factory=list)
     html_path: str | None = None
     fingerprints: dict = field(default_factory=dict)
+    #: Lines worth a look that fail nothing (moderate drift, an old champion); alerted at level warning.
+    warnings: list[str] = field(default_factory=list)
+    #: Major drift, ``"feature: psi=... >= major (major drift)"``: alerted at level error, the job goes on.
+    drift_alerts: list[str] = field(default_factory=list)
+    #: Per feature set: the data latency behind its late data (:func:`freshness`).
+    freshness: list[dict] = field(default_factory=list)
+    #: The model's drift levels: ``{"moderate": PSI, "major": PSI}``.
+    drift_levels: dict = field(default_factory=lambda: {"moderate": PSI_MODERATE, "major": PSI_MAJOR})
+    #: The champion: name, version, train_end, age_days (None when unknown).
+    champion: dict | None = None
 
     def feature(self, name: str) -> dict:
         return self.table.set_index("feature").loc[name].to_dict()
+
+    def headline(self) -> dict:
+        """The day in numbers: ``rows`` logged; ``values`` (row, feature) pairs; skew ``mismatches`` among
+        them and the ``rows_mismatching`` (a skew mismatch on any feature); the ``late`` values and
+        ``rows_late`` that differ only by data latency (late data that is not skew)."""
+        t = self.table[self.table.feature != SCORE_ROW].set_index("feature")
+        n = len(self.rows)
+        skew = np.zeros(n, dtype=bool)
+        late = np.zeros(n, dtype=bool)
+        mismatches = late_values = 0
+        for feat in self.causes.columns:
+            c = np.asarray(self.causes[feat].to_numpy(), dtype=object)
+            is_skew = np.isin(c, skew_causes(t.at[feat, "training_mode"]))
+            is_late = (c == LATE_DATA) & ~is_skew
+            skew |= is_skew
+            late |= is_late
+            mismatches += int(is_skew.sum())
+            late_values += int(is_late.sum())
+        return {
+            "rows": n,
+            "values": n * len(self.causes.columns),
+            "mismatches": mismatches,
+            "rows_mismatching": int(skew.sum()),
+            "late": late_values,
+            "rows_late": int(late.sum()),
+        }
 
     def cause_counts(self) -> pd.DataFrame:
         """feature x cause mismatch counts."""
@@ -173,68 +228,89 @@ def attribute(
         eq_k = equal_within(s, known[f.name].to_numpy(), f.tolerance)
         eq_a = equal_within(s, as_of[f.name].to_numpy(), f.tolerance)
         mism = ~(eq_k & eq_a)
-        code = np.select([~mism, degraded, eq_k, ~current_fp, stale_row], range(5), default=5).astype(np.intp)
+        code = np.select([~mism, eq_k, degraded, ~current_fp, stale_row], range(5), default=5).astype(np.intp)
         # integer select, then a categorical over the labels: no per-row strings are built
         out[f.name] = pd.Categorical.from_codes(code, categories=_CAUSE_LABELS)
     return pd.DataFrame(out, index=served.index)
 
 
 #: Category of each code ``attribute`` selects: a match, then the causes in attribution order (first match wins).
-_CAUSE_LABELS = ["", DEGRADED, LATE_DATA, VERSION_SKEW, STALENESS, LOGIC_SKEW]
+_CAUSE_LABELS = ["", LATE_DATA, DEGRADED, VERSION_SKEW, STALENESS, LOGIC_SKEW]
 
 
 def feature_stats(
     fs: FeatureSet, served, known, as_of, causes: pd.DataFrame, rows: pd.DataFrame, key: str = "entity_id"
 ) -> list[dict]:
-    """One record per feature of ``fs``; ``key`` is the log column of the set's bound key (samples)."""
+    """One record per feature of ``fs``; ``key`` is the log column of the set's bound key (samples).
+
+    Null counts and differences are against the recomputation in the set's ``training_mode`` (what
+    the model was trained on), over the MISMATCHING rows (``diff_count`` of them have both values;
+    p50/p99/max of ``|served - training|``); ``late_abs_diff_max`` is ``|served - as_of|`` over the
+    late rows that are not skew."""
     out = []
     keys = rows[key].to_numpy() if key in rows else np.full(len(rows), None)
+    mode = fs.training_mode
+    ref_frame = known if mode == "known_at" else as_of
+    skew = skew_causes(mode)
     for f in fs.features:
         s = served[f.name].to_numpy(dtype=np.float64)
-        k = known[f.name].to_numpy(dtype=np.float64)
-        sn, kn = np.isnan(s), np.isnan(k)
-        both = ~sn & ~kn
-        d = s[both] - k[both]
+        r = ref_frame[f.name].to_numpy(dtype=np.float64)
+        a = as_of[f.name].to_numpy(dtype=np.float64)
+        sn, rn = np.isnan(s), np.isnan(r)
+        both = ~sn & ~rn
         c = np.asarray(causes[f.name].to_numpy(), dtype=object)
-        mism = c != ""
+        mism = np.isin(c, skew)
+        late = (c == LATE_DATA) & ~mism
+        d = s[mism & both] - r[mism & both]
+        late_d = np.abs(s[late] - a[late])
+        late_d = late_d[~np.isnan(late_d)]
         rec = {
             "feature": f.name,
             "feature_set": fs.name,
+            "training_mode": mode,
             "rows": len(s),
             "compared": int(both.sum()),
-            "both_null": int((sn & kn).sum()),
-            "online_only_null": int((sn & ~kn).sum()),
-            "offline_only_null": int((~sn & kn).sum()),
+            "both_null": int((sn & rn).sum()),
+            "online_only_null": int((sn & ~rn).sum()),
+            "offline_only_null": int((~sn & rn).sum()),
             "mismatches": int(mism.sum()),
             "mismatch_rate": float(mism.mean()) if len(s) else 0.0,
-            "mismatches_vs_as_of": int((~equal_within(s, as_of[f.name].to_numpy(), f.tolerance)).sum()),
+            "mismatches_vs_as_of": int((~equal_within(s, a, f.tolerance)).sum()),
+            "diff_count": len(d),
             "diff_mean": float(d.mean()) if len(d) else None,
             "abs_diff_p50": float(np.percentile(np.abs(d), 50)) if len(d) else None,
             "abs_diff_p99": float(np.percentile(np.abs(d), 99)) if len(d) else None,
+            "abs_diff_max": float(np.abs(d).max()) if len(d) else None,
+            "late_abs_diff_max": float(late_d.max()) if len(late_d) else None,
         }
         counts = pd.Series(c).value_counts()  # one hash pass instead of a comparison per cause
         for cause in CAUSES:
             rec[cause] = int(counts.get(cause, 0))
-        # Samples of the most actionable causes first (late data is expected, logic skew is a bug).
+
+        def sample(idx, ref: np.ndarray, ref_name: str) -> str:
+            return json.dumps(
+                [
+                    {
+                        "request_id": rows["request_id"].iat[i],
+                        key: _native(keys[i]),
+                        "request_time": rows["request_time"].iat[i].isoformat(),
+                        "served": _js(s[i]),
+                        "known_at": _js(float(known[f.name].iat[i])),
+                        "as_of": _js(a[i]),
+                        f"served - {ref_name}": _js(s[i] - ref[i]),
+                        "cause": c[i],
+                    }
+                    for i in idx
+                ]
+            )
+
+        # Samples of the most actionable causes first (logic skew is a bug).
         where = np.flatnonzero(mism)
         rank = np.select(
             [c[where] == k for k in (LOGIC_SKEW, VERSION_SKEW, STALENESS, DEGRADED)], [0, 1, 2, 3], default=4
         )
-        idx = where[np.argsort(rank, kind="stable")[:SAMPLES]]
-        rec["samples"] = json.dumps(
-            [
-                {
-                    "request_id": rows["request_id"].iat[i],
-                    key: _native(keys[i]),
-                    "request_time": rows["request_time"].iat[i].isoformat(),
-                    "served": _js(s[i]),
-                    "known_at": _js(k[i]),
-                    "as_of": _js(float(as_of[f.name].iat[i])),
-                    "cause": c[i],
-                }
-                for i in idx
-            ]
-        )
+        rec["samples"] = sample(where[np.argsort(rank, kind="stable")[:SAMPLES]], r, mode)
+        rec["late_samples"] = sample(np.flatnonzero(late)[:SAMPLES], a, "as_of")
         out.append(rec)
     return out
 
@@ -281,11 +357,44 @@ def psi_js(train: np.ndarray, served: np.ndarray, bins: int = 10, eps: float = 1
     return psi, float(max(0.0, (kl_p + kl_q) / 2))
 
 
-def drift_level(psi: float | None, major: float = PSI_MAJOR) -> str:
-    """``major`` at or above ``major`` (a model's ``drift_psi``), ``moderate`` from 0.1, else ``stable``."""
+def drift_level(psi: float | None, major: float = PSI_MAJOR, moderate: float = PSI_MODERATE) -> str:
+    """``major`` at or above ``major`` (a model's ``drift_psi``), ``moderate`` at or above ``moderate``
+    (its ``drift_psi_moderate``), else ``stable``; ``n/a`` without a PSI."""
     if psi is None or np.isnan(psi):
         return "n/a"
-    return "major" if psi >= major else ("moderate" if psi >= PSI_MODERATE else "stable")
+    return "major" if psi >= major else ("moderate" if psi >= moderate else "stable")
+
+
+def drift_findings(stats: list[dict], major: float, moderate: float) -> tuple[list[str], list[str]]:
+    """``(alerts, warnings)`` of the per-feature records' ``psi``: a major PSI is an alert line
+    ``"feature: psi=... >= major (major drift)"``, a moderate one a warning line."""
+    breaches, warnings = [], []
+    for rec in stats:
+        psi, level = rec.get("psi"), drift_level(rec.get("psi"), major, moderate)
+        if level == "major":
+            breaches.append(f"{rec['feature']}: psi={psi:.4f} >= {major:g} (major drift)")
+        elif level == "moderate":
+            warnings.append(f"{rec['feature']}: moderate drift, psi={psi:.4f} >= {moderate:g} (major at {major:g})")
+    return breaches, warnings
+
+
+def champion_age(champion: dict | None, ds: str, max_days: float) -> str | None:
+    """The warning when ``champion['train_end']`` is more than ``max_days`` days before ``ds``."""
+    if not champion or champion.get("age_days") is None or champion["age_days"] <= max_days:
+        return None
+    return (
+        f"champion {champion['name']} v{champion['version']} was trained on data up to {champion['train_end']}: "
+        f"{champion['age_days']} days before the served day {ds} (more than {max_days:g})"
+    )
+
+
+def lag_quantiles(lag_s: np.ndarray) -> dict:
+    """``{"events", "min", "p50", "p90", "p99", "max"}`` of lags in seconds (None without events)."""
+    lag_s = np.asarray(lag_s, dtype=np.float64)
+    if not len(lag_s):
+        return {"events": 0, "min": None, "p50": None, "p90": None, "p99": None, "max": None}
+    q = np.percentile(lag_s, [0, 50, 90, 99, 100])
+    return {"events": len(lag_s), **{k: float(v) for k, v in zip(("min", "p50", "p90", "p99", "max"), q)}}
 
 
 # ----------------------------------------------------------------------------- the job
@@ -323,30 +432,34 @@ def recompute(
 
 def in_flight_rows(
     cfg, fs: FeatureSet, logs: pd.DataFrame, ds: str, late_days: int, key: str = "entity_id"
-) -> np.ndarray:
-    """Rows (entity e, time t) with an event of e such that ``event_ts < t <= ingested_at``.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (entity e, time t) with an event of e such that ``event_ts < t <= ingested_at``, and the lag
+    ``ingested_at - event_ts`` in seconds of each such event (once per event).
 
     Such an event arrived at or after the earliest request, so it sits in an ingest partition from
     that day on: only those few partitions are read.
     """
+    none = np.zeros(0, dtype=np.float64)
     if not len(logs):
-        return np.zeros(0, dtype=bool)
+        return np.zeros(0, dtype=bool), none
     raw = cfg.lake().table(fs.source.table)
     t = logs["request_time"]
     first = t.min().strftime("%Y-%m-%d")
     last = min(raw.last_ds(), (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
     if first > last:
-        return np.zeros(len(logs), dtype=bool)
-    ev = raw.read(first, last, columns=[fs.entity, fs.timestamp, fs.ingested_at])
+        return np.zeros(len(logs), dtype=bool), none
+    ev = raw.read(first, last, columns=[fs.event_id, fs.entity, fs.timestamp, fs.ingested_at])
     ev = ev[(ev[fs.ingested_at] >= t.min()) & (ev[fs.timestamp] < t.max())]
     if not len(ev):
-        return np.zeros(len(logs), dtype=bool)
+        return np.zeros(len(logs), dtype=bool), none
     rows = pd.DataFrame({fs.entity: logged_keys(logs, key, fs), "_t": t.array, "_row": np.arange(len(logs))})
     pairs = rows.merge(ev, on=fs.entity, how="inner")
     hit = (pairs[fs.timestamp] < pairs["_t"]) & (pairs[fs.ingested_at] >= pairs["_t"])
     mask = np.zeros(len(logs), dtype=bool)
     mask[pairs.loc[hit, "_row"].to_numpy()] = True
-    return mask
+    late = pairs.loc[hit].drop_duplicates(fs.event_id)
+    lag = (late[fs.ingested_at] - late[fs.timestamp]).dt.total_seconds().to_numpy(dtype=np.float64)
+    return mask, lag
 
 
 def stale_vectors(
@@ -394,9 +507,11 @@ def run_skew(
     notifier=None,
     html: bool = True,
     fail: bool = True,
+    alert_breaches: bool = True,
 ) -> SkewReport:
     """Compare ``serving_logs/<model>/ds=D`` of declared model ``model`` (default: the repo's default model)
-    with offline recomputation of every joined set; write the report; raise on a breach."""
+    with offline recomputation of every joined set; write the report; alert major drift and warnings;
+    alert (unless ``alert_breaches`` is False: a caller whose failure handler alerts) and raise on a breach."""
     ds = str(pd.Timestamp(ds).date())
     repo = cfg.repo()
     decl = repo.model(model) if model else repo.default_model()
@@ -410,14 +525,14 @@ def run_skew(
     # every set's logged fingerprint: the row's "+"-joined fingerprints, by join position
     parts = logs["feature_set_fingerprint"].fillna("").str.split("+", regex=False)
     n_sets = len(decl.joins)
-    known_parts, as_of_parts, causes_parts, stats = [], [], [], []
+    known_parts, as_of_parts, causes_parts, stats, fresh = [], [], [], [], []
     for i, join in enumerate(decl.joins):
         fs, key = join.feature_set, column_of[join.key_name]
         names = list(fs.feature_names)
         known = recompute(cfg, fs, logs, ds, late_days, "known_at", key)
         # as_of differs from known_at only where an event had happened but not yet arrived at the
         # request time; only those rows are recomputed in as_of mode (the rest are equal by definition).
-        in_flight = in_flight_rows(cfg, fs, logs, ds, late_days, key)
+        in_flight, lag_s = in_flight_rows(cfg, fs, logs, ds, late_days, key)
         as_of = known.copy()
         if in_flight.any():
             sub = recompute(cfg, fs, logs[in_flight].reset_index(drop=True), ds, late_days, "as_of", key)
@@ -428,7 +543,19 @@ def run_skew(
         current = np.array([len(p) == n_sets and p[i] == fs.fingerprint for p in parts], dtype=bool)
         # a row degraded on another set is compared as usual on this one
         causes = attribute(fs, served[names], known, as_of, stale, current, degraded_rows(logs, decl, fs))
-        stats += feature_stats(fs, served[names], known, as_of, causes, logs, key)
+        set_stats = feature_stats(fs, served[names], known, as_of, causes, logs, key)
+        stats += set_stats
+        fresh.append(
+            {
+                "feature_set": fs.name,
+                "source": fs.source.name if fs.source is not None else fs.name,
+                "training_mode": fs.training_mode,
+                "rows": len(logs),
+                "rows_in_flight": int(in_flight.sum()),
+                "lag_s": lag_quantiles(lag_s),
+                "late_data": {r["feature"]: r[LATE_DATA] for r in set_stats},
+            }
+        )
         known_parts.append(known)
         as_of_parts.append(as_of)
         causes_parts.append(causes)
@@ -444,10 +571,12 @@ def run_skew(
                 f"{fps[fp]} row(s) served with fingerprint {fp}"
                 f"{' (unknown to the registry)' if unknown else ''}; current is {decl.fingerprint}"
             )
-    _add_drift(stats, decl, served, logs, model_source, notes)
-    major = [r["feature"] for r in stats if r.get("drift") == "major"]
-    if major:
-        notes.append(f"major drift (PSI >= {decl.drift_psi:g}) on {', '.join(major)}")
+    champ, champion = _champion(model_source, notes, ds)
+    _add_drift(stats, decl, served, champ, model_source, notes)
+    drift_alerts, warnings = drift_findings(stats, decl.drift_psi, decl.drift_psi_moderate)
+    old = champion_age(champion, ds, decl.champion_max_age_days)
+    if old:
+        warnings.append(old)
     stats.append(_prediction_skew(decl, logs, served, known, model_source, notes))
     table = pd.DataFrame(stats)
     table.insert(0, "ds", ds)
@@ -467,6 +596,11 @@ def run_skew(
         [f"{f}: {b}" for f, b in breaches],
         notes,
         fingerprints={str(k): int(v) for k, v in fps.items()},
+        warnings=warnings,
+        drift_alerts=drift_alerts,
+        freshness=fresh,
+        drift_levels={"moderate": decl.drift_psi_moderate, "major": decl.drift_psi},
+        champion=champion,
     )
     lake.table(decl.skew_report_table, REPORT_SCHEMA).write_partition(
         ds,
@@ -487,13 +621,37 @@ def run_skew(
         from jobs.skew.report import write_html
 
         report.html_path = write_html(cfg, report, timeseries(cfg, ds, decl.name), decl.name)
+    if report.warnings:
+        msg = (
+            f"skew ds={ds}: {len(report.warnings)} warning(s): "
+            + "; ".join(report.warnings)
+            + (f" — report: {report.html_path}" if report.html_path else "")
+        )
+        _alert(cfg, msg, notifier, ds=ds, report=report.html_path, dataset=logs_table, level="warning")
+    if report.drift_alerts:
+        msg = (
+            f"skew ds={ds}: major drift on {len(report.drift_alerts)} feature(s): "
+            + "; ".join(report.drift_alerts)
+            + (f" — report: {report.html_path}" if report.html_path else "")
+        )
+        _alert(
+            cfg,
+            msg,
+            notifier,
+            ds=ds,
+            failed=report.drift_alerts,
+            report=report.html_path,
+            dataset=logs_table,
+            what="major drift",
+        )
     if report.breaches:
         msg = (
             f"skew ds={ds}: {len(report.breaches)} threshold breach(es): "
             + "; ".join(report.breaches)
             + (f" — report: {report.html_path}" if report.html_path else "")
         )
-        _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path, dataset=logs_table)
+        if alert_breaches:
+            _alert(cfg, msg, notifier, ds=ds, failed=report.breaches, report=report.html_path, dataset=logs_table)
         if fail:
             raise SkewThresholdError(msg, report)
     return report
@@ -511,15 +669,35 @@ def timeseries(cfg, to_ds: str, model: str | None = None) -> pd.DataFrame:
     return pd.concat([table.read(d) for d in days], ignore_index=True)
 
 
-def _add_drift(stats, model, served, logs, model_source, notes) -> None:
+def _champion(model_source, notes, ds: str):
+    """``(champion model or None, {name, version, train_end, age_days} or None)``; ``age_days`` is the
+    days from the end of its training window (the source's ``training_window``) to ``ds``."""
+    if model_source is None:
+        notes.append("drift skipped: no model source (registry not configured)")
+        return None, None
+    try:
+        champ = model_source.champion()
+    except Exception as exc:  # noqa: BLE001 - drift is informative; a missing champion must not hide skew
+        notes.append(f"drift skipped: no training reference ({exc})")
+        return None, None
+    info = {"name": champ.name, "version": str(champ.version), "train_end": None, "age_days": None}
+    window_of = getattr(model_source, "training_window", None)  # an optional part of the protocol
+    window = window_of(champ) if window_of is not None else None
+    if window:
+        info["train_end"] = str(window[1])[:10]
+        info["age_days"] = (pd.Timestamp(ds) - pd.Timestamp(info["train_end"])).days
+    else:
+        notes.append(f"champion {champ.name} v{champ.version}: training window unknown, its age not checked")
+    return champ, info
+
+
+def _add_drift(stats, model, served, champ, model_source, notes) -> None:
     train = None
-    if model_source is not None:
+    if champ is not None:
         try:
-            train = model_source.training_features(model_source.champion())
+            train = model_source.training_features(champ)
         except Exception as exc:  # noqa: BLE001 - drift is informative; a missing reference must not hide skew
             notes.append(f"drift skipped: no training reference ({exc})")
-    else:
-        notes.append("drift skipped: no model source (registry not configured)")
     for rec in stats:
         psi = js = None
         if train is not None and rec["feature"] in train.columns:
@@ -527,7 +705,8 @@ def _add_drift(stats, model, served, logs, model_source, notes) -> None:
                 train[rec["feature"]].to_numpy(dtype=np.float64, na_value=np.nan),
                 served[rec["feature"]].to_numpy(dtype=np.float64),
             )
-        rec["psi"], rec["js_bits"], rec["drift"] = psi, js, drift_level(psi, model.drift_psi)
+        rec["psi"], rec["js_bits"] = psi, js
+        rec["drift"] = drift_level(psi, model.drift_psi, model.drift_psi_moderate)
 
 
 def _prediction_skew(model, logs, served, known, model_source, notes) -> dict:
@@ -616,9 +795,11 @@ def _alert(
     failed=(),
     report: str | None = None,
     dataset: str = SERVING_LOGS_TABLE,
+    level: str = "error",
+    what: str = "skew threshold",
 ) -> None:
     """The platform notifier (``jobs.alerts``: alerts log, e-mail, webhook), or ``notifier(message)``."""
-    log.error(message)
+    (log.warning if level == "warning" else log.error)(message)
     if notifier is not None:
         notifier(message)
         return
@@ -629,10 +810,14 @@ def _alert(
     try:
         Notifier.for_lake(cfg.lake()).send(
             Alert(
-                title=f"training-serving skew over threshold, ds={ds}",
+                title={
+                    "skew threshold": f"training-serving skew over threshold, ds={ds}",
+                    "major drift": f"major drift of served features, ds={ds}",
+                }.get(what, f"training-serving skew report warnings, ds={ds}"),
                 where="lockstep skew",
                 reason=message,
-                what="skew threshold",
+                what="skew warning" if level == "warning" else what,
+                level=level,
                 dataset=dataset,
                 partition=ds,
                 failed=list(failed),

@@ -130,6 +130,27 @@ def test_builds_commands_and_paths_exist_in_the_repo(compose):
                 assert (REPO / arg.removeprefix("/opt/lockstep/")).is_file(), f"{name}: {arg}"
 
 
+def test_cluster_services_run_what_the_cluster_tests_start(compose):
+    """tests/jobs/engines/clusters.py starts these same programs on loopback; the tests prove them."""
+    svc = compose["services"]
+    assert svc["spark-master"]["command"][:2] == ["spark-class", "org.apache.spark.deploy.master.Master"]
+    assert svc["spark-worker"]["command"][:3] == [
+        "spark-class",
+        "org.apache.spark.deploy.worker.Worker",
+        "spark://spark-master:7077",
+    ]
+    assert svc["spark-worker"]["command"][3:7] == ["--cores", "2", "--memory", "4g"]
+    assert "-Dspark.master.rest.enabled=false" in svc["spark-master"]["environment"]["SPARK_MASTER_OPTS"]
+    assert svc["dask-scheduler"]["command"][:2] == ["dask", "scheduler"]
+    worker = svc["dask-worker"]["command"]
+    assert worker[:3] == ["dask", "worker", "tcp://dask-scheduler:8786"]
+    assert worker[worker.index("--nthreads") + 1] == "2" and worker[worker.index("--memory-limit") + 1] == "4GiB"
+    for name in ("spark-master", "spark-worker", "dask-scheduler", "dask-worker"):
+        env = svc[name]["environment"]
+        assert env["LOCKSTEP_SPARK_MASTER"] == "spark://spark-master:7077"
+        assert env["LOCKSTEP_DASK_ADDRESS"] == "tcp://dask-scheduler:8786"
+
+
 def test_the_lake_is_shared_by_every_job_runner(compose):
     for name in ("airflow-scheduler", "spark-worker", "dask-worker", "serving"):
         assert any(v.startswith("lake:") for v in compose["services"][name]["volumes"]), name

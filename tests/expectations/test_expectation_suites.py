@@ -329,6 +329,9 @@ def serving_rows(n=4):
             "degraded": False,
             "degraded_reason": None,
             "snapshot_ds": None,
+            "arm": "champion",
+            "shadow_version": None,
+            "shadow_score": None,
         }
     )
     feats = snapshot_rows(n).drop(columns=["customer_id", "as_of"])
@@ -351,6 +354,9 @@ def serving_schema():
         ("degraded", pa.bool_()),
         ("degraded_reason", pa.string()),
         ("snapshot_ds", pa.string()),
+        ("arm", pa.string()),
+        ("shadow_version", pa.string()),
+        ("shadow_score", pa.float64()),
     ]
     return pa.schema(base + [(f.name, pa.int64() if f.is_integer else pa.float64()) for f in FS.features])
 

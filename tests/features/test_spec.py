@@ -1,6 +1,7 @@
 """Feature sets as data: validation, fingerprints, the concrete CDNOW set."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -41,14 +42,25 @@ def test_fingerprint_is_stable_and_changes_with_the_spec():
 
 
 def test_fingerprint_covers_the_kernel_source(monkeypatch, tmp_path):
-    from features import spec
+    """The kernel hashed is the one this process runs: the loaded ``features.kernel`` module's file."""
+    import hashlib
+    import sys
+
+    from features import kernel, spec
 
     fs = FeatureSet("k_v1", "u", (count("c", 1),))
     before = fs.fingerprint
-    fake = tmp_path / "spec.py"
-    (tmp_path / "kernel.py").write_text("# a different kernel\n")
-    monkeypatch.setattr(spec, "__file__", str(fake))
+    assert spec.kernel_source() == Path(kernel.__file__).read_bytes()
+    fake = tmp_path / "kernel.py"
+    fake.write_text("# a different kernel\n")
+    monkeypatch.setattr(kernel, "__file__", str(fake))
     assert FeatureSet("k_v1", "u", (count("c", 1),)).fingerprint != before
+    assert spec.kernel_fingerprint() == hashlib.sha256(b"# a different kernel\n").hexdigest()[:16]
+    # not imported yet: the kernel.py beside this spec module
+    monkeypatch.delitem(sys.modules, "features.kernel")
+    monkeypatch.setattr(spec, "__file__", str(tmp_path / "spec.py"))
+    fake.write_text("# another one\n")
+    assert spec.kernel_fingerprint() == hashlib.sha256(b"# another one\n").hexdigest()[:16]
 
 
 @pytest.mark.parametrize(

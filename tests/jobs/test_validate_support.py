@@ -125,6 +125,9 @@ SERVING_BASE = [
     ("degraded", pa.bool_()),
     ("degraded_reason", pa.string()),
     ("snapshot_ds", pa.string()),
+    ("arm", pa.string()),
+    ("shadow_version", pa.string()),
+    ("shadow_score", pa.float64()),
 ]
 
 
@@ -160,6 +163,9 @@ def serving_frame(cdnow: pd.DataFrame, ds: str, n: int = 60, seed: int = 0) -> p
             "degraded": False,
             "degraded_reason": None,
             "snapshot_ds": None,
+            "arm": "champion",
+            "shadow_version": None,
+            "shadow_score": None,
         }
     )
     for f in FS.features:

@@ -66,6 +66,9 @@ def test_registry_champion_serves_and_is_rescored_exactly(lake_cfg, lake_events,
     score = rep.feature("__score__")
     assert score["compared"] == 80 and score["rescore_max_abs_diff"] == 0.0
     assert rep.feature("recency_days")["psi"] is not None and rep.feature("recency_days")["psi"] > 0
+    # The champion's age comes from its lineage's train range: 3 days, under the default 30 (no warning).
+    assert rep.champion == {"name": "repurchase_test", "version": "1", "train_end": "1997-04-07", "age_days": 3}
+    assert not any("champion" in w for w in rep.warnings)
     logged = cfg.lake().table(MODEL.serving_log_table).read(DAY)
     assert set(logged.model_name) == {"repurchase_test"} and set(logged.model_version) == {"1"}
     want = booster.predict(logged[list(FS.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan))

@@ -96,6 +96,17 @@ def test_fresh_mode_is_bit_identical(serve_and_skew):
     assert score["rescore_max_abs_diff"] == 0.0 and score["rescore_mismatches"] == 0
     assert rep.html_path and "Training-serving skew" in Path(rep.html_path).read_text()
     assert len(rep.rows) == N
+    # Trained known_at: late data is what training saw too, so a correct service shows no skew at all;
+    # the late rows are freshness, counted exactly.
+    head = rep.headline()
+    assert head["mismatches"] == 0 and head["rows_mismatching"] == 0
+    assert (rep.table["mismatches"] == 0).all()
+    assert head["rows_late"] == rep.freshness[0]["rows_in_flight"] > 0
+    assert head["late"] == int(counts["late_data"].sum())
+    # The served population is not the training snapshot's: major drift alerts (the job goes on), moderate warns.
+    assert "recency_days: psi=0.5078 >= 0.25 (major drift)" in rep.drift_alerts
+    assert any("recency_days: psi=0.5078" in a for a in serve_and_skew.alerts)
+    assert "txn_count_30d: moderate drift, psi=0.1725 >= 0.1 (major at 0.25)" in rep.warnings
 
 
 def test_materialized_mode_is_staleness(serve_and_skew):
@@ -180,3 +191,15 @@ def test_late_arriving_events_are_late_data(serve_and_skew, lake_events):
     # The late purchase changes nothing about the first purchase: tenure is clean.
     assert (c["tenure_days"] == "").all()
     assert (c.to_numpy() != "logic_skew").all()
+    # Freshness, not skew: every request saw its entity's late purchase in flight, 3 d 12 h late.
+    assert rep.headline()["mismatches"] == 0 and rep.headline()["rows_late"] == n
+    fresh = rep.freshness[0]
+    assert fresh["rows_in_flight"] == n and fresh["late_data"]["txn_count_7d"] == n
+    assert fresh["lag_s"] == {
+        "events": n,
+        "min": 302400.0,
+        "p50": 302400.0,
+        "p90": 302400.0,
+        "p99": 302400.0,
+        "max": 302400.0,
+    }

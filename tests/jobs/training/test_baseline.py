@@ -209,6 +209,23 @@ def test_same_seed_same_coefficients(cfg, files, dask_client):
 
 
 @pytest.mark.dask
+@pytest.mark.cluster
+def test_the_baseline_on_a_dask_cli_cluster_is_the_one_fitted_on_a_local_cluster(
+    cfg, spec, baseline, dask_cli_scheduler
+):
+    """``dask worker`` processes whose PYTHONPATH has no ``features`` (shipped by the training client):
+    the same coefficients and training-time predictions, bit for bit, as the LocalCluster's."""
+    remote = dataclasses.replace(cfg, dask_address=dask_cli_scheduler["address"])
+    got = bl.train_baseline(remote, spec, register=False, epochs=5, seed=0)
+    assert got.model.to_json() == baseline.model.to_json()
+    assert got.fit.partitions == baseline.fit.partitions
+    for role in ("valid", "holdback"):
+        (y, s), (want_y, want_s) = got.predictions[role], baseline.predictions[role]
+        assert np.array_equal(y, want_y) and np.array_equal(s, want_s), role
+    assert got.candidate.metrics == baseline.candidate.metrics
+
+
+@pytest.mark.dask
 def test_registration_without_lineage_is_refused_for_the_baseline(registry, baseline):
     before = [v.version for v in registry.versions(baseline.candidate.name)]
     for change in ({"code_commit": None}, {"training_set_fingerprints": {}}, {"metrics": {"valid_auc": 0.7}}):
