@@ -488,7 +488,7 @@ def flights_model(cfg, plan: pd.DataFrame, trees: int = 200):
     names = list(decl.feature_names)
     from types import SimpleNamespace
 
-    pred = flights_predictor(cfg, model=SimpleNamespace(feature_names=tuple(names)))  # features only
+    pred = flights_predictor(cfg, model=SimpleNamespace(feature_names=tuple(names), version="0"))  # features only
     rows = [pred.features(_keys(r), r.request_time, "fresh")[0] for r in plan.itertuples()]
     x = np.array([[np.nan if v[n] is None else v[n] for n in names] for v in rows], dtype=np.float64)
     rng = np.random.default_rng(0)
