@@ -68,7 +68,7 @@ def airflow_for(project: Path, lake: str, port: int | None = None):
 
 def training_conf_for(model, latest_mature: str | None = None, before: str | None = None) -> dict:
     """The demo's training Params of ``model``: a short window of its own cut-offs (3/1/1 weeks of weekly
-    cut-offs, 2/1/1 weeks of daily ones). A model declaring fixed ranges (``dep_delay_15``: the whole
+    cut-offs, 2/1/1 weeks of daily ones). A model declaring fixed ranges (e.g. the whole
     year) gets explicit dates instead — the window of those weeks ending at ``latest_mature`` (what the
     lake holds), and before ``before`` (the first features day: the demo trains on the past of the days
     it scores) — since explicit ranges win over weeks in the training DAG."""
@@ -251,7 +251,7 @@ def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_R
     fs = next((f for f in model.feature_sets if f.source.name == query_source.name), None)
     if fs is not None:
         events = read_lake_events(cfg, fs)
-    else:  # the queries come from a source no set reads (dep_delay_15: the timetable): its raw rows
+    else:  # the queries come from a source no set reads (e.g. a timetable): its raw rows
         raw = cfg.lake().table(query_source.table)
         events = raw.read(raw.first_ds(), raw.last_ds())
     env = {

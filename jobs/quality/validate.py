@@ -415,26 +415,7 @@ def validate_partition(
     except CorruptPartitionError as exc:
         result = _unreadable(suite, tbl, ds, None, exc)
     else:
-        params = partition_parameters(tbl, ds, manifest=manifest, repo=cfg.repo())
-        size = _batch_rows(batch_rows)
-        try:
-            dataset_ = tbl.dataset(ds)  # verifies sizes, checksums, footers
-            extra, details = history.parameters(suite.expectations, tbl, ds, dataset_)
-            params.update(extra)
-            result = validate_frame_batches(
-                suite,
-                _iter(dataset_, size),
-                schema=dataset_.schema,
-                params=params,
-                manifest=manifest,
-                table=tbl.name,
-                ds=ds,
-                reread=lambda: _iter(tbl.dataset(ds), size),
-                max_keys_in_memory=max_keys_in_memory,
-            )
-            _explain(result, details)
-        except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
-            result = _unreadable(suite, tbl, ds, manifest, exc, params)
+        result = _judge(suite, tbl, ds, manifest, lambda: tbl.dataset(ds), cfg.repo(), batch_rows, max_keys_in_memory)
     return _conclude(suite, tbl, result, stage="published", **conclude)
 
 
@@ -530,13 +511,30 @@ def _validate_staged(
     suite: Suite, staged: StagedPartition, repo, batch_rows, max_keys_in_memory, *, verify: bool
 ) -> ValidationResult:
     """The verdict on a staged version (a gated write, or a pending candidate: ``verify`` its files first)."""
-    tbl, ds = staged.table, staged.ds
-    params = partition_parameters(tbl, ds, manifest=staged.manifest, repo=repo)
+    return _judge(
+        suite,
+        staged.table,
+        staged.ds,
+        staged.manifest,
+        staged.dataset,
+        repo,
+        batch_rows,
+        max_keys_in_memory,
+        prepare=staged.verify if verify else None,
+    )
+
+
+def _judge(
+    suite: Suite, tbl: Table, ds: str, manifest, open_dataset, repo, batch_rows, max_keys_in_memory, prepare=None
+) -> ValidationResult:
+    """Validate the version ``open_dataset()`` opens (``manifest``'s files; ``prepare`` first, e.g. a
+    checksum pass) in bounded batches; files that cannot be read are an unreadable verdict."""
+    params = partition_parameters(tbl, ds, manifest=manifest, repo=repo)
     size = _batch_rows(batch_rows)
     try:
-        if verify:
-            staged.verify()
-        dataset_ = staged.dataset()
+        if prepare is not None:
+            prepare()
+        dataset_ = open_dataset()  # verifies sizes, checksums, footers
         extra, details = history.parameters(suite.expectations, tbl, ds, dataset_)
         params.update(extra)
         result = validate_frame_batches(
@@ -544,15 +542,15 @@ def _validate_staged(
             _iter(dataset_, size),
             schema=dataset_.schema,
             params=params,
-            manifest=staged.manifest,
+            manifest=manifest,
             table=tbl.name,
             ds=ds,
-            reread=lambda: _iter(staged.dataset(), size),
+            reread=lambda: _iter(open_dataset(), size),
             max_keys_in_memory=max_keys_in_memory,
         )
         return _explain(result, details)
     except (CorruptPartitionError, pa.ArrowException, OSError) as exc:
-        return _unreadable(suite, tbl, ds, staged.manifest, exc, params)
+        return _unreadable(suite, tbl, ds, manifest, exc, params)
 
 
 def _conclude(

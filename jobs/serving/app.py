@@ -37,7 +37,7 @@ are served as usual, and the record says ``degraded=true`` with the reason: ``st
 ``store_error``, ``no_snapshot`` for a one-set model, ``<set>:<reason>`` entries joined by ``;``
 for several (``jobs.serving.log.degraded_sets``). Degraded rows show up in the skew report as
 mismatches of their own (on the degraded set's features only), not as silent zeros. A null key of
-a nullable key column (a flight without a tailnum) is no entity: that set's declared defaults.
+a nullable key column (a query with no value for it) is no entity: that set's declared defaults.
 
 Fan-out (a model joining several sets): every set has its own L1 cache, mode (``Join.mode``, else
 the request's) and timeout. A set whose store can block (anything but the in-process

@@ -109,7 +109,7 @@ def request_body(row) -> dict:
     body = {"request_time": pd.Timestamp(fields["request_time"]).isoformat(), "request_id": fields["request_id"]}
     if "entity_id" in fields:
         body["entity_id"] = _native(fields["entity_id"])
-    # a null key (a nullable key column: a flight without a tailnum) is sent as null
+    # a null key (a nullable key column with no value) is sent as null
     keys = {k: (None if _null(v) else _native(v)) for k, v in fields.items() if k not in _NOT_KEYS}
     if keys:
         body["keys"] = keys
