@@ -56,7 +56,12 @@ class Column:
     new category is an upstream change; > 0: a few new values, e.g. a new route, are drift to
     tolerate, many are not);
     ``not_null_share`` is the least share of non-null values (1.0 = never null when
-    ``nullable`` is False); ``mean`` bounds the column mean of a partition.
+    ``nullable`` is False); ``null_when`` is a condition on the row's columns (``pandas.DataFrame.query``
+    syntax, e.g. ``"cancelled == 1"``) under which the value is null, and only then: a null where it
+    does not hold or a value where it does is an error (a feed that drops values, or one that fills
+    values nobody measured), whatever the day's share of such rows — a share floor cannot tell a
+    storm's cancellations from a feed that lost its delays; ``mean`` bounds the column mean of a
+    partition.
     """
 
     name: str
@@ -68,6 +73,7 @@ class Column:
     max_unknown_share: float = 0.0
     unique: bool = False
     not_null_share: float | None = None
+    null_when: str | None = None
     mean: tuple[float, float] | None = None
     description: str = ""
 
@@ -183,6 +189,13 @@ class Source:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise bad("columns", f"column names used twice: {dupes}")
+        for c in self.columns:
+            if c.null_when is not None:
+                if not c.nullable:
+                    raise bad("columns", f"column {c.name!r}: null_when needs a nullable column")
+                problem = _query_problem(c.null_when, names)
+                if problem:
+                    raise bad("columns", f"column {c.name!r}: null_when {c.null_when!r}: {problem}")
         if not isinstance(self.lander, (FileLander, ParserLander)):
             raise bad("lander", f"expected a FileLander or ParserLander, got {type(self.lander).__name__}")
         if isinstance(self.lander, FileLander):
@@ -256,3 +269,14 @@ class Source:
 def hours(n: float) -> float:
     """A window of ``n`` hours, in the days a :class:`features.spec.Feature` takes."""
     return n / 24.0
+
+
+def _query_problem(condition: str, names: list[str]) -> str | None:
+    """Why ``condition`` is not a row condition over columns ``names`` (None: it is one)."""
+    import pandas as pd
+
+    try:
+        pd.DataFrame({n: pd.Series([], dtype="float64") for n in names}).query(condition)
+    except Exception as exc:  # noqa: BLE001 - any failure to evaluate is the problem to report
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -7,7 +7,8 @@ checked without anyone writing its checks.
     that an earlier partition holds for another event (``jobs.quality.history``); keys >=
     ``Key.min``, keys in ``Key.allowed``; ``Column.min/max`` (between), ``allowed`` (in set, ``mostly``
     1 - ``max_unknown_share``), ``mean`` (column mean
-    between), ``not_null_share`` (not null, mostly), ``unique``; row count >= ``min_rows`` and >=
+    between), ``not_null_share`` (not null, mostly), ``null_when`` (null where the condition holds,
+    not null where it does not), ``unique``; row count >= ``min_rows`` and >=
     ``min_share_of_previous`` x the previous partition's rows, and <= ``max_rows_vs_recent`` x the
     median rows of the last ``recent_days`` non-empty published days; at most ``max_duplicate_share``
     of the rows share their content with another row of the day (a day delivered twice).
@@ -245,6 +246,27 @@ def source_expectations(src) -> list[dict]:
                     c.name,
                 )
             )
+        if c.null_when is not None:
+            cond = {"condition_parser": "pandas"}
+            out += [
+                _sexp(
+                    "expect_column_values_to_be_null",
+                    {"column": c.name, "row_condition": c.null_when, **cond},
+                    f"Values nobody measured: {c.name} is null where {c.null_when} (Column.null_when).",
+                    "values where none can exist",
+                    src,
+                    c.name,
+                ),
+                _sexp(
+                    "expect_column_values_to_not_be_null",
+                    {"column": c.name, "row_condition": f"not ({c.null_when})", **cond},
+                    f"Dropped values: {c.name} is not null unless {c.null_when} (Column.null_when); a null "
+                    "elsewhere is a feed that lost the value.",
+                    "null-rate spike",
+                    src,
+                    c.name,
+                ),
+            ]
         share = c.not_null_share if c.not_null_share is not None else (None if c.nullable else 1.0)
         if share is not None and c.nullable:
             out.append(

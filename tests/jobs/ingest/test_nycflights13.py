@@ -208,3 +208,26 @@ def test_a_departure_is_known_only_after_its_reporting_latency(raw):
     got = kernel.compute(raw, q, fs, "known_at")
     assert got["origin_departures_1h"].tolist() == [0, 1] and got["origin_departures_24h"].tolist() == [0, 1]
     assert np.isnan(got["origin_delay_mean_1h"].iloc[0]) and got["origin_delay_mean_1h"].iloc[1] == 2.0
+
+
+def test_a_storm_day_validates_and_a_lost_delay_does_not(tmp_path):
+    """2013-02-08/09 (the February blizzard): about half the flights were cancelled. The flights
+    source ties dep_delay's nulls to ``cancelled`` (``Column.null_when``) instead of a share floor, so
+    the real storm passes, and one departed flight whose delay is lost fails naming the column."""
+    from jobs.quality.validate import DataQualityError, validate_partition
+
+    cfg = Config(lake_root=str(tmp_path / "lake"))
+    land(cfg, "flights", "2013-02-08", "2013-02-09")
+    table = cfg.lake().table(cfg.repo().source("flights").table)
+    day = table.read("2013-02-09")
+    assert day["cancelled"].mean() > 0.4  # the storm: more than 40% of the day's rows are cancelled
+    validate_partition(cfg, "raw_events", "2013-02-09", source="flights")
+
+    departed = day.index[day["cancelled"] == 0][0]
+    day.loc[departed, "dep_delay"] = np.nan
+    table.write_partition("2013-02-09", day, producer={"job": "test: a delay lost upstream"})
+    with pytest.raises(DataQualityError) as info:
+        validate_partition(cfg, "raw_events", "2013-02-09", source="flights")
+    text = str(info.value)
+    assert "dep_delay" in text and "cancelled == 1" in text and "expect_column_values_to_not_be_null" in text
+    assert table.read("2013-02-09")["dep_delay"].isna().sum() == (day["cancelled"] == 1).sum()  # the good day stays

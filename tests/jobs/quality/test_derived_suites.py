@@ -268,3 +268,75 @@ def test_serving_log_keys_follow_the_serving_log_schema():
             if e["type"] == "expect_table_columns_to_match_ordered_list"
         )
         assert cols["kwargs"]["column_list"] == log.log_schema(m).names
+
+
+TRIPS = Source(
+    name="trips_t",
+    keys=(Key("car", "int64", min=1),),
+    columns=(
+        Column("cancelled", "int64", nullable=False, min=0, max=1),
+        Column("delay", "double", null_when="cancelled == 1"),
+    ),
+    lander=FileLander("csv", "t/{ds}.csv"),
+    max_duplicate_share=None,
+)
+
+
+def trips(cancelled, delay) -> pd.DataFrame:
+    n = len(cancelled)
+    df = pd.DataFrame(
+        {
+            "event_id": np.arange(1, n + 1, dtype=np.int64),
+            "car": np.arange(1, n + 1, dtype=np.int64),
+            "event_ts": pd.Series([DAY + pd.Timedelta(hours=h) for h in range(n)]).astype("datetime64[us, UTC]"),
+            "cancelled": np.asarray(cancelled, dtype=np.int64),
+            "delay": np.asarray(delay, dtype=float),
+        }
+    )
+    df["ingested_at"] = df["event_ts"] + pd.Timedelta(minutes=5)
+    return to_raw(TRIPS, df).to_pandas()
+
+
+def run_trips(df):
+    suite = load_suite("raw_events", source=TRIPS)
+    return validate_frame_batches(suite, [df], schema=raw_schema(TRIPS), params=params())
+
+
+def test_null_when_ties_a_column_s_nulls_to_a_condition_whatever_their_share():
+    # a storm: 4 of 6 cancelled, each without a delay — no share floor, so this is clean
+    r = run_trips(trips([1, 1, 1, 1, 0, 0], [np.nan, np.nan, np.nan, np.nan, 3.0, -2.0]))
+    assert r.success, r.describe()
+    # a flight that departed but lost its delay (a feed dropping values)
+    r = run_trips(trips([1, 0, 0, 0, 0, 0], [np.nan, 1.0, np.nan, 2.0, 3.0, 4.0]))
+    assert failed(r) == [("expect_column_values_to_not_be_null", "delay")]
+    assert r.failed[0].unexpected_count == 1 and r.failed[0].element_count == 5
+    assert "cancelled == 1" in r.failed[0].notes
+    # a cancelled flight with a delay nobody measured
+    r = run_trips(trips([1, 1, 0, 0, 0, 0], [7.0, np.nan, 1.0, 2.0, 3.0, 4.0]))
+    assert failed(r) == [("expect_column_values_to_be_null", "delay")]
+    assert r.failed[0].unexpected_count == 1 and r.failed[0].element_count == 2
+
+
+def test_a_null_when_over_an_unknown_column_is_refused_at_declaration():
+    from features.source import DeclarationError
+
+    with pytest.raises(DeclarationError, match=r"null_when 'canceled == 1'.*canceled"):
+        Source(
+            name="trips_bad",
+            keys=(Key("car", "int64"),),
+            columns=(
+                Column("cancelled", "int64", nullable=False),
+                Column("delay", "double", null_when="canceled == 1"),
+            ),
+            lander=FileLander("csv", "t/{ds}.csv"),
+        )
+    with pytest.raises(DeclarationError, match="null_when needs a nullable column"):
+        Source(
+            name="trips_bad2",
+            keys=(Key("car", "int64"),),
+            columns=(
+                Column("cancelled", "int64", nullable=False),
+                Column("delay", "double", nullable=False, null_when="cancelled == 1"),
+            ),
+            lander=FileLander("csv", "t/{ds}.csv"),
+        )
