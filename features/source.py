@@ -272,11 +272,18 @@ def hours(n: float) -> float:
 
 
 def _query_problem(condition: str, names: list[str]) -> str | None:
-    """Why ``condition`` is not a row condition over columns ``names`` (None: it is one)."""
-    import pandas as pd
+    """Why ``condition`` is not a row condition over columns ``names`` (None: it is one).
+
+    Checked with ``ast`` (the DataFrame.query grammar is Python's expression grammar), not by
+    evaluating it with pandas: declarations are imported when a DAG file is parsed, and pandas
+    pulls in pyarrow."""
+    import ast
 
     try:
-        pd.DataFrame({n: pd.Series([], dtype="float64") for n in names}).query(condition)
-    except Exception as exc:  # noqa: BLE001 - any failure to evaluate is the problem to report
-        return f"{type(exc).__name__}: {exc}"
+        tree = ast.parse(condition, mode="eval")
+    except SyntaxError as exc:
+        return f"not an expression ({exc.msg})"
+    unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(names))
+    if unknown:
+        return f"names unknown column(s) {unknown}; the source has {names}"
     return None
