@@ -17,6 +17,14 @@ refuses (alert, ``lockstep_serving_model_swaps_refused_total``; the old one keep
 trained for other feature-set versions, and swaps by replacing the ONE reference to the immutable
 :class:`ModelPredictor` that a request reads once: every record names the version that scored it.
 
+Canary guards (``jobs.serving.guards``): while a canary serves, every answered query feeds its arm's
+sliding window (latency of its arm's answer, failed, degraded, score); a thread judges the model's
+declared ``guards`` every ``guard_eval_s`` off the request path. A breach sets the share to 0 in this
+process at once, records the evidence on the challenger version (every poll reads it: no canary for
+that version until ``lockstep canary --reset-breach``), counts and alerts. A canary query whose
+challenger raises is answered by the champion and counted as a canary error. The champion's training
+age is checked at start-up, after a swap and every ``staleness_check_s``: one alert per stale version.
+
 Feature modes (both produce the kernel's values; see DESIGN §7):
 
 * ``fresh``: the entity's events from the online store (behind the L1 cache), then
