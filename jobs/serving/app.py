@@ -1218,6 +1218,7 @@ def create_app(
             "model_loaded_at": None if pred is None else _iso(pred.loaded_at),
             **_follower_health(state.get("follower"), settings.model_poll_s),
             **_challenger_health(state.get("challenger"), state.get("shadow")),
+            **_guard_health(state.get("guards"), state.get("canary")),
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }
@@ -1453,6 +1454,28 @@ def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer |
         else {"version": follower.refused[0], "reason": follower.refused[1]},
         "shadow_scored": shadow.scored,
         "shadow_dropped": dict(shadow.dropped),
+    }
+
+
+def _guard_health(monitor: GuardMonitor | None, canary: tuple | None) -> dict:
+    """The canary's stage in this process and its guards' last verdict (``jobs.serving.guards``)."""
+    if monitor is None:
+        return {}
+    last = monitor.last
+    return {
+        "canary_version": None if canary is None else canary[0],
+        "canary_share": None if canary is None else canary[1],
+        "canary_guards": None
+        if last is None
+        else {
+            "judged": last.judged,
+            "n_champion": last.n_champion,
+            "n_canary": last.n_canary,
+            "breaches": [b.describe() for b in last.breaches],
+            **last.observed,
+        },
+        "canary_stopped": {v: [b.describe() for b in verdict.breaches] for v, verdict in monitor.stopped.items()},
+        "champion_training_age_days": monitor.age_days,
     }
 
 

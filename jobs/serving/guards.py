@@ -98,7 +98,7 @@ def judge(guards: CanaryGuards, champion: ArmStats, canary: ArmStats) -> Verdict
         "champion_error_rate": err[1],
         "canary_degraded_rate": deg[0],
         "champion_degraded_rate": deg[1],
-        "score_psi": psi,
+        "score_psi": None if math.isnan(psi) else psi,  # None: no scores in one arm (JSON has no NaN)
     }
     out = []
     limit = max(p99[1] * guards.max_p99_ratio, p99[1] + guards.max_p99_excess_ms)

@@ -172,15 +172,21 @@ def test_a_breaking_canary_is_stopped_recorded_and_alerted_a_healthy_one_is_not(
             time.sleep(0.5)  # several more evaluations: still not stopped
         after = [p for b in batches("b") for p in c.post("/predict/batch", json=b).json()["predictions"]]
         got = samples(c.get("/metrics").text)
+        health = c.get("/health").json()
     served_canary = {p["entity_id"] for p in first if p["arm"] == "canary"}
     if guard is None:
         assert monitor.last.judged and not monitor.last.breached, monitor.last
+        assert health["canary_share"] == 0.5 and health["canary_guards"]["judged"] is True
+        assert health["canary_guards"]["breaches"] == [] and health["canary_stopped"] == {}
         assert v2 not in monitor.stopped
         assert {p["entity_id"] for p in after if p["arm"] == "canary"} == canary
         assert not [a for a in alerts(tmp_path) if a["what"] == "canary stopped"]
         assert Registry.from_config(lake).get(MODEL.name, int(v2)).tags.get(CANARY_BREACH_TAG) is None
         return
     verdict = monitor.stopped[v2]
+    assert health["canary_share"] == 0.0 and health["canary_version"] == v2
+    assert health["canary_stopped"] == {v2: [b.describe() for b in verdict.breaches]}
+    assert health["champion_training_age_days"] > MODEL.champion_max_age_days  # trained on 1997 data
     assert guard in [b.guard for b in verdict.breaches]
     assert verdict.n_canary <= MODEL.guards.window  # stopped within the window
     if kind == "error":  # an erroring canary's queries are answered by the champion
@@ -197,6 +203,8 @@ def test_a_breaking_canary_is_stopped_recorded_and_alerted_a_healthy_one_is_not(
     assert guard in record["guards"] and record["window"] == MODEL.guards.window
     assert record["n_canary"] == verdict.n_canary and float(info.tags[CANARY_TAG]) == 0.0
     b = next(b for b in record["breaches"] if b["guard"] == guard)
+    if kind == "error":  # no canary scores at all: no PSI, recorded as null (strict JSON)
+        assert record["observed"]["score_psi"] is None and record["observed"]["canary_error_rate"] == 1.0
     assert b["observed"] > b["threshold"]
     # a restart (a healthy source now) reads the record: the canary stays stopped
     with TestClient(create_app(settings, cfg=lake)) as c:
