@@ -165,6 +165,50 @@ class Schedule:
 
 
 @dataclass(frozen=True)
+class CanaryGuards:
+    """What a canary must hold, judged over a sliding window of the canary arm vs the champion arm of
+    one service process (``jobs.serving.guards``); a breach stops the canary (every request back to
+    the champion), is recorded on the challenger's registry version and alerts.
+
+    * ``window``: the last this-many requests of EACH arm are judged; ``min_requests``: neither arm
+      is judged before it has this many in its window.
+    * latency: a breach when the canary's p99 is above ``max_p99_ratio`` times the champion's AND more
+      than ``max_p99_excess_ms`` above it (both: a ratio alone trips on sub-millisecond noise).
+    * ``max_error_excess`` / ``max_degraded_excess``: the canary's error (its model failed; the request
+      was answered by the champion) and degraded rates may exceed the champion's by at most this.
+    * ``max_score_psi``: PSI of the canary's scores against the champion arm's recent scores.
+
+    ``math.inf`` turns a guard off. The champion's staleness uses the model's
+    ``champion_max_age_days`` and ``drift_psi`` (one owner for each threshold).
+    """
+
+    window: int = 1000
+    min_requests: int = 100
+    max_p99_ratio: float = 2.0
+    max_p99_excess_ms: float = 25.0
+    max_error_excess: float = 0.01
+    max_degraded_excess: float = 0.05
+    max_score_psi: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.window, int) and self.window >= 10):
+            raise DeclarationError("guards", "canary", "window", f"must be an integer >= 10, got {self.window!r}")
+        if not (isinstance(self.min_requests, int) and 1 <= self.min_requests <= self.window):
+            raise DeclarationError(
+                "guards",
+                "canary",
+                "min_requests",
+                f"needs 1 <= min_requests <= window ({self.window}), got {self.min_requests!r}",
+            )
+        if not self.max_p99_ratio >= 1:
+            raise DeclarationError("guards", "canary", "max_p99_ratio", f"must be >= 1, got {self.max_p99_ratio!r}")
+        for name in ("max_p99_excess_ms", "max_error_excess", "max_degraded_excess", "max_score_psi"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise DeclarationError("guards", "canary", name, f"must be a number >= 0, got {value!r}")
+
+
+@dataclass(frozen=True)
 class Model:
     """What training, scoring, serving and skew work on."""
 
@@ -189,6 +233,8 @@ class Model:
     #: The skew report notes a champion whose training window ended more than this many days
     #: before the served day.
     champion_max_age_days: float = 30.0
+    #: The canary's guards (``CanaryGuards``): a breach rolls the canary back automatically.
+    guards: CanaryGuards = field(default_factory=CanaryGuards)
     schedule: Schedule = field(default_factory=Schedule)
     description: str = ""
     owner: str = ""
@@ -214,6 +260,8 @@ class Model:
             raise DeclarationError(
                 "model", self.name, "champion_max_age_days", f"must be > 0, got {self.champion_max_age_days!r}"
             )
+        if not isinstance(self.guards, CanaryGuards):
+            raise DeclarationError("model", self.name, "guards", f"must be a CanaryGuards, got {self.guards!r}")
         if isinstance(self.queries, EntitySnapshots) and not isinstance(self.label, EventLabel):
             raise DeclarationError(
                 "model", self.name, "label", "entity-snapshot queries need an EventLabel (an outcome needs query rows)"

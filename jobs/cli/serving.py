@@ -233,6 +233,11 @@ def add_canary_parser(subparsers) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--share", type=float, help="0..1 (0: shadow only); the declared ramp is " + str(CANARY_RAMP))
     g.add_argument("--next", action="store_true", help="the next step of the ramp after the current share")
+    g.add_argument(
+        "--reset-breach",
+        action="store_true",
+        help="clear the record of a canary its guards stopped (the share stays 0 until set again)",
+    )
     p.set_defaults(func=_cmd_canary)
 
 
@@ -243,6 +248,10 @@ def _cmd_canary(args) -> int:
     name = model_name(cfg, args)
     reg = Registry.from_config(cfg)
     share = args.share
+    if args.reset_breach:
+        info = reg.reset_canary_breach(name)
+        print(f"{name} v{info.version} (challenger): canary breach record cleared; canary share 0")
+        return 0
     if args.next:
         info = reg.alias(name, CHALLENGER)
         current = float(info.tags.get(CANARY_TAG) or 0.0) if info is not None else 0.0

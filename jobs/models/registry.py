@@ -57,6 +57,10 @@ HISTORY_TAG = "lockstep.champion_history"
 #: The canary stage of a challenger version: the share (0..1) of entities it serves
 #: (``jobs.serving.canary``); set by ``lockstep canary``, read by the serving poll.
 CANARY_TAG = "lockstep.canary_share"
+#: A canary stopped by its guards (``jobs.serving.guards``): JSON of the guard(s), observed values,
+#: thresholds, window and time, on the challenger version. While it is set the version serves no
+#: canary (every service's challenger poll reads it); ``lockstep canary --reset-breach`` clears it.
+CANARY_BREACH_TAG = "lockstep.canary_breach"
 #: The declared ramp of a canary: ``lockstep canary --next`` moves to the next step.
 CANARY_RAMP = (0.01, 0.05, 0.25, 1.0)
 #: metric recorded by ``lockstep train`` when a baseline was scored on the same validation range
@@ -401,7 +405,27 @@ class Registry:
         challenger = self.alias(name, CHALLENGER)
         if challenger is None:
             raise RegistryError(f"model {name!r} has no challenger: register one before a canary")
+        breach = challenger.tags.get(CANARY_BREACH_TAG)
+        if breach and share > 0:
+            raise RegistryError(
+                f"challenger v{challenger.version} of {name!r} was stopped by its canary guards ({breach}); "
+                "clear the record first (lockstep canary --reset-breach)"
+            )
         self.client.set_model_version_tag(name, str(challenger.version), CANARY_TAG, repr(share))
+        return self.get(name, challenger.version)
+
+    def record_canary_breach(self, name: str, version: str | int, evidence: dict) -> None:
+        """Stop ``version``'s canary for every service: the evidence (``CANARY_BREACH_TAG``) and share 0."""
+        self.client.set_model_version_tag(name, str(version), CANARY_BREACH_TAG, json.dumps(evidence, sort_keys=True))
+        self.client.set_model_version_tag(name, str(version), CANARY_TAG, repr(0.0))
+
+    def reset_canary_breach(self, name: str) -> ModelInfo:
+        """Clear the challenger's breach record (its share stays 0 until set again)."""
+        challenger = self.alias(name, CHALLENGER)
+        if challenger is None:
+            raise RegistryError(f"model {name!r} has no challenger")
+        if CANARY_BREACH_TAG in challenger.tags:
+            self.client.delete_model_version_tag(name, str(challenger.version), CANARY_BREACH_TAG)
         return self.get(name, challenger.version)
 
     def load(self, name: str, ref: int | str = CHAMPION) -> LoadedModel:

@@ -17,6 +17,14 @@ refuses (alert, ``lockstep_serving_model_swaps_refused_total``; the old one keep
 trained for other feature-set versions, and swaps by replacing the ONE reference to the immutable
 :class:`ModelPredictor` that a request reads once: every record names the version that scored it.
 
+Canary guards (``jobs.serving.guards``): while a canary serves, every answered query feeds its arm's
+sliding window (latency of its arm's answer, failed, degraded, score); a thread judges the model's
+declared ``guards`` every ``guard_eval_s`` off the request path. A breach sets the share to 0 in this
+process at once, records the evidence on the challenger version (every poll reads it: no canary for
+that version until ``lockstep canary --reset-breach``), counts and alerts. A canary query whose
+challenger raises is answered by the champion and counted as a canary error. The champion's training
+age is checked at start-up, after a swap and every ``staleness_check_s``: one alert per stale version.
+
 Feature modes (both produce the kernel's values; see DESIGN §7):
 
 * ``fresh``: the entity's events from the online store (behind the L1 cache), then
@@ -76,6 +84,7 @@ from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
 from jobs.serving.canary import canary_point, in_canary
+from jobs.serving.guards import ArmWindows, GuardMonitor, Verdict
 from jobs.serving.log import (
     LogQueueFull,
     ServingLog,
@@ -150,6 +159,10 @@ class Settings:
     #: salt of the entity hash (another salt: another population)
     canary_share: float | None = None
     canary_salt: str = ""
+    #: judge the canary's guards (the model's ``guards``, ``jobs.serving.guards``) this often, off the
+    #: request path; check the champion's training age this often
+    guard_eval_s: float = 1.0
+    staleness_check_s: float = 3600.0
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -785,6 +798,91 @@ def create_app(
             on_drop=_shadow_dropped(cfg, decl.name, prom),
             on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
         )
+        windows = ArmWindows(decl.guards.window)
+
+        def active() -> str | None:
+            model, share = canary_model()
+            return None if model is None else str(model.version)
+
+        def breach(version: str, verdict: Verdict) -> None:
+            # first, in this process: every request from now on is the champion's
+            state["canary"] = (version, 0.0)
+            evidence = {
+                "guards": [b.guard for b in verdict.breaches],
+                "breaches": [
+                    {"guard": b.guard, "observed": b.observed, "champion": b.champion, "threshold": b.threshold}
+                    for b in verdict.breaches
+                ],
+                "observed": verdict.observed,
+                "window": decl.guards.window,
+                "n_champion": verdict.n_champion,
+                "n_canary": verdict.n_canary,
+                "at": pd.Timestamp.now(tz="UTC").isoformat(),
+                "pid": os.getpid(),
+            }
+            for b in verdict.breaches:
+                prom.canary_rollbacks.labels(model=decl.name, reason=b.guard).inc()
+            record = getattr(source, "record_canary_breach", None)
+            try:
+                if record is not None:
+                    record(version, evidence)
+            except Exception as exc:  # noqa: BLE001 - stopped here anyway; the alert says it is not recorded
+                evidence["not_recorded"] = repr(exc)
+            reasons = "; ".join(b.describe() for b in verdict.breaches)
+            _alert(
+                cfg,
+                f"canary stopped: {decl.name} v{version}",
+                "canary stopped",
+                decl.name,
+                f"challenger v{version} broke its canary guards over {verdict.n_canary} canary and "
+                f"{verdict.n_champion} champion requests: {reasons}; every request is the champion's"
+                + (
+                    f" (NOT recorded on the registry: {evidence['not_recorded']})" if "not_recorded" in evidence else ""
+                ),
+            )
+
+        def champion_window():
+            pred = state["predictor"]
+            window = getattr(source, "training_window", None)
+            return str(pred.model.version), None if window is None else window(pred.model)
+
+        def stale(version: str, age: float, limit: float) -> None:
+            _alert(
+                cfg,
+                f"stale champion: {decl.name} v{version}",
+                "stale champion",
+                decl.name,
+                f"champion v{version} was trained on data ending {age:.2f} days ago "
+                f"(champion_max_age_days {limit:g}): retrain or promote a fresher version",
+            )
+
+        monitor = GuardMonitor(
+            decl.guards,
+            windows,
+            active,
+            breach,
+            every_s=settings.guard_eval_s,
+            champion=champion_window,
+            max_age_days=decl.champion_max_age_days,
+            on_stale=stale,
+            staleness_s=settings.staleness_check_s,
+        )
+
+        def swapped(previous: str, version: str, rollback: bool) -> None:
+            prom.model_swapped(previous, version, rollback)
+            threading.Thread(target=check_staleness, daemon=True).start()
+
+        def check_staleness() -> None:
+            try:
+                age = monitor.staleness()
+            except Exception as exc:  # noqa: BLE001 - a lineage that cannot be read must not stop serving
+                logging.getLogger(__name__).warning("champion staleness not checked: %r", exc)
+                return
+            if age is not None:
+                prom.champion_age_days.set(age)
+                prom.champion_stale.set(float(monitor.champion()[0] in monitor.stale))
+
+        follower.on_swap = swapped
         challenger = None
         if settings.shadow or settings.challenger_version:
             shadow.writer.start()
@@ -808,7 +906,11 @@ def create_app(
                     version, share = plain(), 0.0
                 if settings.canary_share is not None:
                     share = float(settings.canary_share)
+                if version is not None and str(version) in monitor.stopped:
+                    share = 0.0  # stopped by its guards in this process (the registry says so too)
                 state["canary"] = (version, share)
+                if version != windows.version:  # another challenger: its guards judge its own traffic only
+                    windows.reset(version)
                 return version
 
             challenger = ChampionFollower(
@@ -826,6 +928,8 @@ def create_app(
             )
             challenger.reload()  # at start-up: shadowed from the first request
         state.update(
+            windows=windows,
+            guards=monitor,
             predictor=predictor,
             follower=follower,
             shadow=shadow,
@@ -845,6 +949,8 @@ def create_app(
         follower.start()  # after state["predictor"] exists: ``install`` replaces it
         if challenger is not None:
             challenger.start()
+        check_staleness()  # on load: the champion's age, one alert when it is stale
+        monitor.start()
 
         def wake() -> None:
             follower.wake()
@@ -856,6 +962,7 @@ def create_app(
             yield
         finally:
             hup()
+            monitor.stop()
             follower.stop()
             if challenger is not None:
                 challenger.stop()
@@ -872,7 +979,7 @@ def create_app(
     state["keys"] = key_ring
     app.add_middleware(Guard, state=state, max_body_bytes=settings.max_body_bytes)
 
-    def canary_model(pred: ModelPredictor):
+    def canary_model(pred: ModelPredictor | None = None):
         """The challenger serving the canary share now, and that share; (None, 0) when there is none."""
         shadow: ShadowScorer = state["shadow"]
         model, (version, share) = shadow.model, state.get("canary", (None, 0.0))
@@ -881,6 +988,16 @@ def create_app(
         if tuple(model.feature_names) != tuple(decl.feature_names):  # checked at install; never mixed
             return None, 0.0
         return model, share
+
+    def canary_failed(challenger: Model, exc: BaseException, reasons: list, latency_ms: float) -> None:
+        """The challenger failed on canary queries: the champion answers them; the error-rate guard counts them."""
+        state["windows"].observe_many(
+            "canary", latency_ms, [r is not None for r in reasons], [None] * len(reasons), True
+        )
+        state["prom"].canary_errors.inc(len(reasons))
+        logging.getLogger(__name__).warning(
+            "canary v%s failed on %d query(ies), answered by the champion: %r", challenger.version, len(reasons), exc
+        )
 
     def arm_of(query: dict, share: float) -> str:
         point = canary_point(tuple(query[col] for _, col, _ in keys), decl.name, settings.canary_salt)
@@ -988,9 +1105,19 @@ def create_app(
             values, reason, snap_ds = pred.features(query, t, mode)
         challenger, share = canary_model(pred)
         arm = "champion" if challenger is None else arm_of(query, share)
+        score = None
+        if arm == "canary":
+            try:
+                score = scores_of(challenger, names, [values])[0]
+            except Exception as exc:  # noqa: BLE001 - a failing challenger: the champion answers, the guard counts it
+                canary_failed(challenger, exc, [reason], (time.perf_counter() - t0) * 1000)
+                arm = "champion"
         by = challenger if arm == "canary" else pred.model
-        score = pred.score(values) if arm == "champion" else scores_of(challenger, names, [values])[0]
+        if score is None:
+            score = pred.score(values)
         latency_ms = (time.perf_counter() - t0) * 1000
+        if challenger is not None:
+            state["windows"].observe(arm, latency_ms, False, reason is not None, score)
         request_id = req.request_id or uuid.uuid4().hex
         rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values, by, arm)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
@@ -1030,16 +1157,36 @@ def create_app(
         challenger, share = canary_model(pred)
         arms = ["champion" if challenger is None else arm_of(q, share) for q in queries]
         scores: list = [None] * n
-        for arm, model in (("champion", pred.model), ("canary", challenger)):
-            at = [i for i, a in enumerate(arms) if a == arm]
-            if at:  # ONE model call per arm
-                got = (
-                    pred.scores([values[i] for i in at])
-                    if arm == "champion"
-                    else scores_of(model, pred._names, [values[i] for i in at])
+        feat_ms = (time.perf_counter() - t0) * 1000  # the arms share the features; each has its own model call
+        canary_at = [i for i, a in enumerate(arms) if a == "canary"]
+        if canary_at:  # ONE model call per arm
+            t1 = time.perf_counter()
+            try:
+                got = scores_of(challenger, pred._names, [values[i] for i in canary_at])
+            except Exception as exc:  # noqa: BLE001 - a failing challenger: the champion answers, the guard counts it
+                canary_failed(
+                    challenger, exc, [reasons[i] for i in canary_at], feat_ms + (time.perf_counter() - t1) * 1000
                 )
-                for i, sc in zip(at, got):
+                for i in canary_at:
+                    arms[i] = "champion"
+            else:
+                for i, sc in zip(canary_at, got):
                     scores[i] = sc
+                arm_ms = feat_ms + (time.perf_counter() - t1) * 1000
+                state["windows"].observe_many("canary", arm_ms, [reasons[i] is not None for i in canary_at], got)
+        home = [i for i, a in enumerate(arms) if a == "champion"]
+        if home:
+            t1 = time.perf_counter()
+            got = pred.scores([values[i] for i in home])
+            for i, sc in zip(home, got):
+                scores[i] = sc
+            if challenger is not None:
+                arm_ms = feat_ms + (time.perf_counter() - t1) * 1000
+                tried = set(canary_at)
+                mine = [i for i in home if i not in tried]
+                state["windows"].observe_many(
+                    "champion", arm_ms, [reasons[i] is not None for i in mine], [scores[i] for i in mine]
+                )
         by = [challenger if a == "canary" else pred.model for a in arms]
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
         rows = list(zip(ids, queries, times, scores, reasons, snaps, values, by, arms))
@@ -1071,6 +1218,7 @@ def create_app(
             "model_loaded_at": None if pred is None else _iso(pred.loaded_at),
             **_follower_health(state.get("follower"), settings.model_poll_s),
             **_challenger_health(state.get("challenger"), state.get("shadow")),
+            **_guard_health(state.get("guards"), state.get("canary")),
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }
@@ -1306,6 +1454,28 @@ def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer |
         else {"version": follower.refused[0], "reason": follower.refused[1]},
         "shadow_scored": shadow.scored,
         "shadow_dropped": dict(shadow.dropped),
+    }
+
+
+def _guard_health(monitor: GuardMonitor | None, canary: tuple | None) -> dict:
+    """The canary's stage in this process and its guards' last verdict (``jobs.serving.guards``)."""
+    if monitor is None:
+        return {}
+    last = monitor.last
+    return {
+        "canary_version": None if canary is None else canary[0],
+        "canary_share": None if canary is None else canary[1],
+        "canary_guards": None
+        if last is None
+        else {
+            "judged": last.judged,
+            "n_champion": last.n_champion,
+            "n_canary": last.n_canary,
+            "breaches": [b.describe() for b in last.breaches],
+            **last.observed,
+        },
+        "canary_stopped": {v: [b.describe() for b in verdict.breaches] for v, verdict in monitor.stopped.items()},
+        "champion_training_age_days": monitor.age_days,
     }
 
 

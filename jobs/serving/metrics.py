@@ -238,6 +238,34 @@ class ServiceMetrics:
             self.shadow_dropped.labels(model=model, reason=reason)
         for reason in ("fingerprint", "feature_names"):
             self.challenger_refused.labels(model=model, reason=reason)
+        self.canary_rollbacks = Counter(
+            "lockstep_serving_canary_rollbacks",
+            "canaries stopped by their guards (jobs.serving.guards), by the guard that broke",
+            ["model", "reason"],
+            **reg,
+        )
+        self.canary_errors = Counter(
+            "lockstep_serving_canary_errors",
+            "canary queries whose challenger failed (answered by the champion)",
+            ["model"],
+            **reg,
+        ).labels(model=model)
+        self.champion_age_days = Gauge(
+            "lockstep_serving_champion_training_age_days",
+            "days since the end of the champion's train range",
+            ["model"],
+            multiprocess_mode="max",
+            **reg,
+        ).labels(model=model)
+        self.champion_stale = Gauge(
+            "lockstep_serving_champion_stale",
+            "1 when the champion's training data is older than the model's champion_max_age_days",
+            ["model"],
+            multiprocess_mode="max",
+            **reg,
+        ).labels(model=model)
+        for reason in ("p99_latency", "error_rate", "degraded_rate", "score_psi"):
+            self.canary_rollbacks.labels(model=model, reason=reason)
         # children that exist from the start, so a scrape shows them at 0
         self.swaps.labels(model=model)
         self.rollbacks.labels(model=model)

@@ -83,6 +83,10 @@ class StaticSource:
         """(challenger version, canary share): ``canary_share`` set on the source (0 by default)."""
         return (None, 0.0) if self._challenger is None else (str(self._challenger[1]), self.canary_share)
 
+    def record_canary_breach(self, version: str, evidence: dict) -> None:
+        """In memory only (no registry): the share drops to 0 and the evidence is kept."""
+        self.canary_share, self.breach = 0.0, (str(version), evidence)
+
     def load(self, name: str, version: str) -> Model:
         try:
             return self._models[(name, str(version))]
@@ -186,12 +190,18 @@ class RegistrySource:
     def challenger_stage(self) -> tuple[str | None, float]:
         """(the version the challenger alias names, its canary share: the version's ``CANARY_TAG``,
         0 when unset) in ONE read of the alias, so a share never belongs to another version."""
-        from jobs.models.registry import CANARY_TAG, CHALLENGER
+        from jobs.models.registry import CANARY_BREACH_TAG, CANARY_TAG, CHALLENGER
 
         info = self.registry.alias(self.model_name, CHALLENGER)
         if info is None:
             return None, 0.0
+        if info.tags.get(CANARY_BREACH_TAG):  # stopped by its guards: no canary until reset
+            return str(info.version), 0.0
         return str(info.version), float(info.tags.get(CANARY_TAG) or 0.0)
+
+    def record_canary_breach(self, version: str, evidence: dict) -> None:
+        """Persist a guard breach on the challenger version (``Registry.record_canary_breach``)."""
+        self.registry.record_canary_breach(self.model_name, version, evidence)
 
     def load(self, name: str, version: str) -> Model:
         key = (name, str(version))

@@ -12,6 +12,8 @@ Snapshots are built for the three days before ``DAY`` (materialized mode and sta
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,3 +100,11 @@ def training_features(lake_cfg):
 @pytest.fixture(scope="session")
 def model_source(model, training_features):
     return StaticSource(model, training={(model.name, model.version): training_features})
+
+
+def fresh_alerts(path) -> list[dict]:
+    """The alerts log's lines, less the stale-champion alert (the test models were trained on 1997 data)."""
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    return [a for a in lines if a["what"] != "stale champion"]

@@ -5,7 +5,6 @@ in a temporary lake: a promotion mid-load, a champion for another feature-set ve
 from __future__ import annotations
 
 import dataclasses
-import json
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from jobs.serving.auth import add_key
 from jobs.serving.log import model_wal_dir, read_wal
 from jobs.serving.replay import plan_day
 
-from .conftest import DAY, FS, MODEL
+from .conftest import DAY, FS, MODEL, fresh_alerts
 from .test_metrics import samples, value
 from .test_service import free_port
 from .test_service_process import Service, service_env
@@ -279,7 +278,7 @@ def test_a_champion_for_another_feature_set_version_is_refused_alerted_and_count
     assert value(got, "lockstep_serving_model_swaps_refused_total", model=MODEL.name, reason="fingerprint") == 1
     assert value(got, "lockstep_serving_model_swaps_refused_total", model=MODEL.name, reason="feature_names") == 0
     assert value(got, "lockstep_serving_model_swaps_total", model=MODEL.name) == 0
-    alerts = [json.loads(line) for line in (tmp_path / "lake" / "_alerts" / "alerts.jsonl").read_text().splitlines()]
+    alerts = fresh_alerts(tmp_path / "lake" / "_alerts" / "alerts.jsonl")
     # registered as the challenger first: refused for the shadow at start-up, then as the champion
     assert [(a["title"], a["what"], a["dataset"]) for a in alerts] == [
         (f"challenger refused: {MODEL.name} v{bad}", "challenger refused", MODEL.name),

@@ -4,7 +4,6 @@ alerted, never waited for. The registry cases run against the real MLflow regist
 
 from __future__ import annotations
 
-import json
 import statistics
 import threading
 import time
@@ -17,7 +16,7 @@ from jobs.serving.app import Settings, create_app
 from jobs.serving.log import model_wal_dir, read_wal
 from jobs.serving.model import LinearModel, StaticSource
 
-from .conftest import DAY, MODEL
+from .conftest import DAY, MODEL, fresh_alerts
 from .test_metrics import samples, value
 from .test_model_swap import lake, other_version_of_the_set, register, trained  # noqa: F401 - fixtures
 
@@ -141,9 +140,9 @@ def test_a_full_shadow_backlog_is_counted_and_alerted_and_never_blocks(lake, tmp
     }  # fmt: skip
     deadline = time.monotonic() + 10
     path = tmp_path / "lake" / "_alerts" / "alerts.jsonl"
-    while not path.exists() and time.monotonic() < deadline:
+    while not fresh_alerts(path) and time.monotonic() < deadline:
         time.sleep(0.05)
-    alerts = [json.loads(line) for line in path.read_text().splitlines()]
+    alerts = fresh_alerts(path)
     assert [(a["title"], a["what"]) for a in alerts] == [(f"shadow dropped: {MODEL.name}", "shadow dropped")]
     assert "dropped 1 request(s) (queue_full)" in alerts[0]["reason"]
 
@@ -175,5 +174,5 @@ def test_the_registry_challenger_is_shadowed_and_a_refused_one_is_not(lake, trai
     assert health["challenger_version"] is None and health["challenger_refused"]["version"] == bad
     assert value(got, "lockstep_serving_challenger_refused_total", model=MODEL.name, reason="fingerprint") == 1
     assert value(got, "lockstep_serving_shadow_scored_total", model=MODEL.name, shadow_version=v2) == 5
-    alerts = [json.loads(line) for line in (tmp_path / "lake" / "_alerts" / "alerts.jsonl").read_text().splitlines()]
+    alerts = fresh_alerts(tmp_path / "lake" / "_alerts" / "alerts.jsonl")
     assert [a["title"] for a in alerts] == [f"challenger refused: {MODEL.name} v{bad}"]
