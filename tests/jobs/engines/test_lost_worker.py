@@ -143,3 +143,47 @@ def _copy_raw(base: Config, cfg: Config) -> None:
     shutil.copytree(
         base.lake_root, cfg.lake_root, ignore=shutil.ignore_patterns("feature_snapshots", "training_sets", "_scratch")
     )
+
+
+def test_with_allowed_failures_0_the_same_kill_fails_the_build_and_publishes_nothing(lake, tmp_path, monkeypatch):
+    """What ``test_out_of_core`` relies on: a scheduler with ``allowed-failures=0`` gives up on the
+    first task that was running on a dead worker (``KilledWorker``); the build raises, nothing is published."""
+    from distributed import Client, KilledWorker
+
+    from jobs.snapshots import build_snapshot, snapshot_table
+
+    base, _, _ = lake
+    monkeypatch.setenv("DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES", "0")  # the CLI processes inherit it
+    code = jobs_only_path(tmp_path / "code")
+    with dask_cli_cluster(tmp_path / "cluster", [code, code], memory_limit="2GiB", nanny=False) as cluster:
+        with Client(cluster["address"]) as c:
+            cloudpickle.register_pickle_by_value(sys.modules[__name__])
+            c.register_plugin(SlowComputeStart())
+            pids = c.run(os.getpid)
+        victim = cluster["workers"]["w1"]
+        cfg = dataclasses.replace(base, lake_root=str(tmp_path / "killed"), engine="dask")
+        _copy_raw(base, cfg)
+        cfg = dataclasses.replace(cfg, dask_address=cluster["address"], buckets=BUCKETS)
+        errors = []
+
+        def build():
+            try:
+                build_snapshot(cfg, DS)
+            except BaseException as exc:  # noqa: BLE001 - asserted below
+                errors.append(exc)
+
+        with Client(cluster["address"]) as watch:
+            thread = threading.Thread(target=build, daemon=True)
+            thread.start()
+            held, deadline = [], time.monotonic() + 60
+            while not held and time.monotonic() < deadline and thread.is_alive():
+                held = [k for k in watch.processing().get(victim, ()) if str(k).startswith("lockstep-compute-")]
+                time.sleep(0.02)
+            assert held, "the victim never held a compute task"
+            os.kill(pids[victim], signal.SIGKILL)
+            thread.join(90)
+        assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], KilledWorker), errors
+    assert str(errors[0]).startswith("Attempted to run task 'lockstep-compute-"), str(errors[0])
+    assert "' on 1 different workers, but all those workers died while running it." in str(errors[0])
+    assert snapshot_table(cfg.lake(), FS).partitions() == []
