@@ -178,9 +178,12 @@ def dask_cli_cluster(
     memory_limit: str = "2GiB",
     preload: list[list[str]] | None = None,
     timeout: float = 120,
+    nanny: bool = True,
 ):
     """One ``dask scheduler`` and one ``dask worker`` per entry of ``python_paths`` (its
-    ``PYTHONPATH``; ``preload[i]``: modules worker i imports at start). Yields
+    ``PYTHONPATH``; ``preload[i]``: modules worker i imports at start). ``nanny=False`` starts
+    each worker as one process (``--no-nanny``): a SIGKILL of it is a lost machine, nothing
+    restarts it. Yields
     ``{"address": "tcp://127.0.0.1:PORT", "workers": {name: address}, "logs": dir}``."""
     root.mkdir(parents=True, exist_ok=True)
     logs = root / "logs"
@@ -212,6 +215,8 @@ def dask_cli_cluster(
             args = dask_cli() + ["worker", address, "--name", name, "--host", LOOPBACK]
             args += ["--nthreads", "1", "--memory-limit", memory_limit, "--no-dashboard"]
             args += ["--local-directory", str(root / name)]
+            if not nanny:
+                args.append("--no-nanny")
             for module in (preload or [[]] * len(python_paths))[i]:
                 args += ["--preload", module]
             workers.append(_start(started, args, wlog, {**env, "PYTHONPATH": path}, root))
