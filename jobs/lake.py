@@ -1009,6 +1009,10 @@ def _chunks(data: Any) -> Iterator[Any]:
 
 
 def _to_arrow(chunk: Any, table: str, ds: str) -> pa.Table:
+    names = list(chunk.columns) if isinstance(chunk, pd.DataFrame) else getattr(chunk, "column_names", [])
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        raise LakeError(f"table {table!r} ds={ds}: column(s) {twice} appear more than once in the data")
     if isinstance(chunk, pd.DataFrame):
         return pa.Table.from_pandas(chunk, preserve_index=False)
     if isinstance(chunk, pa.RecordBatch):
