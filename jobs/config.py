@@ -57,6 +57,9 @@ class Config:
     spark_master: str = "local[2]"
     buckets: int = 16
     verify_checksums: bool = True
+    #: Readers recompute each partition's content fingerprint from its rows (``jobs.lake``): catches
+    #: a file rewritten along with its manifest's size and sha256. Off, readers trust the checksums.
+    verify_content: bool = True
     #: The declarations: a package name or a directory of modules (``features.repo.load``);
     #: None = ``features.projects``.
     repo_package: str | None = None
@@ -110,8 +113,14 @@ class Config:
         return load_repo(self.repo_package)
 
     def lake(self) -> Lake:
-        """The lake at `lake_root`."""
-        return Lake(self.lake_root, self.storage_options, verify_checksums=self.verify_checksums)
+        """The lake at `lake_root` (signed with the lake key of ``LOCKSTEP_LAKE_KEY`` or
+        ``LOCKSTEP_LAKE_KEY_FILE`` when one is set, see ``jobs.lake.lake_key_from_env``)."""
+        return Lake(
+            self.lake_root,
+            self.storage_options,
+            verify_checksums=self.verify_checksums,
+            verify_content=self.verify_content,
+        )
 
     def scratch(self, name: str) -> str:
         """Create and return a fresh, unique scratch directory `<lake_root>/_scratch/<name>-<uuid>`.

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -70,6 +71,9 @@ _HASH_TYPES = {
     pa.bool_(): pd.BooleanDtype(),
 }
 _BLOCK = 8 << 20
+#: The lake key that signs manifests: the key itself, or a file holding it (``Lake(key=...)`` wins).
+KEY_ENV, KEY_FILE_ENV = "LOCKSTEP_LAKE_KEY", "LOCKSTEP_LAKE_KEY_FILE"
+_SIG_PREFIX = "hmac-sha256:"
 
 
 class LakeError(Exception):
@@ -111,28 +115,77 @@ class Manifest:
     producer: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)  # "table/ds=..." -> content fingerprint
     created_at: str = ""
+    #: ``hmac-sha256:<hex>`` of ``canonical()`` under the lake key; "" in a lake without a key.
+    signature: str = ""
 
     def to_json(self) -> str:
         """The manifest as JSON text."""
         return json.dumps(asdict(self), indent=2)
 
+    def canonical(self) -> bytes:
+        """What the signature covers: every field but the signature, as sorted, compact JSON."""
+        data = asdict(self)
+        del data["signature"]
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
-        """Parse a manifest; unknown keys are ignored, missing ones raise LakeError."""
+        """Parse a manifest; unknown keys are ignored, missing ones raise LakeError (a manifest
+        written before signing existed has no ``signature``: it reads as unsigned)."""
         try:
             data = json.loads(text)
-            return cls(**{f.name: data[f.name] for f in fields(cls)})
+            return cls(**{f.name: data[f.name] for f in fields(cls) if f.name != "signature" or f.name in data})
         except (ValueError, KeyError, TypeError) as exc:
             raise LakeError(f"invalid manifest: {exc!r}") from exc
+
+
+def sign(manifest: Manifest, key: bytes) -> str:
+    """The signature of ``manifest`` under the lake ``key``."""
+    return _SIG_PREFIX + hmac.new(key, manifest.canonical(), hashlib.sha256).hexdigest()
+
+
+def lake_key_from_env() -> bytes | None:
+    """The lake key from ``LOCKSTEP_LAKE_KEY`` (the key) or ``LOCKSTEP_LAKE_KEY_FILE`` (a file holding
+    it, surrounding whitespace stripped); None if neither is set. LakeError for an unreadable or empty
+    key file: a configured key that cannot be loaded must not silently turn signing off."""
+    key = os.environ.get(KEY_ENV, "").strip()
+    if key:
+        return key.encode()
+    path = os.environ.get(KEY_FILE_ENV, "").strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read().strip()
+    except OSError as exc:
+        raise LakeError(f"{KEY_FILE_ENV}={path}: cannot read the lake key: {exc}") from None
+    if not data:
+        raise LakeError(f"{KEY_FILE_ENV}={path}: the lake key file is empty")
+    return data
 
 
 class Lake:
     """A lake rooted at a local path or any fsspec URL."""
 
-    def __init__(self, root: str, storage_options: dict | None = None, verify_checksums: bool = True):
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict | None = None,
+        verify_checksums: bool = True,
+        verify_content: bool = True,
+        key: bytes | str | None = None,
+    ):
+        """`verify_checksums`: readers check every file's sha256 against the manifest. `verify_content`:
+        readers also recompute the rows' content fingerprint (see ``Table.read``). `key`: the lake key
+        that signs every manifest written and is required of every manifest read; None takes it from
+        ``LOCKSTEP_LAKE_KEY`` / ``LOCKSTEP_LAKE_KEY_FILE`` (unset: an unsigned lake)."""
         self.root = str(root)
         self.storage_options = dict(storage_options or {})
         self.verify_checksums = verify_checksums
+        self.verify_content = verify_content
+        if key is None:
+            key = lake_key_from_env()
+        self.key = key.encode() if isinstance(key, str) else (key or None)
         self.fs, self._root = fsspec.core.url_to_fs(self.root, **self.storage_options)
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
@@ -210,7 +263,27 @@ class Table:
             raise CorruptPartitionError(self.name, ds, self.lake._url(path), str(exc)) from None
         if (m.table, m.ds) != (self.name, ds):
             raise CorruptPartitionError(self.name, ds, self.lake._url(path), f"manifest is for {m.table!r} ds={m.ds}")
+        self._check_signature(m, ds, path)
         return m
+
+    def _check_signature(self, m: Manifest, ds: str, path: str) -> None:
+        key = self.lake.key
+        if key is None:
+            return
+        if not m.signature:
+            raise CorruptPartitionError(
+                self.name,
+                ds,
+                self.lake._url(path),
+                "manifest is not signed, and this lake requires the lake key's signature",
+            )
+        if not hmac.compare_digest(m.signature, sign(m, key)):
+            raise CorruptPartitionError(
+                self.name,
+                ds,
+                self.lake._url(path),
+                "manifest signature does not match the lake key (the manifest was edited, or signed with another key)",
+            )
 
     def first_ds(self) -> str | None:
         """The earliest published ds, or None if there is none."""
@@ -283,7 +356,7 @@ class Table:
         except BaseException:
             writer.abort()
             raise
-        fingerprint = hashlib.sha256(f"{_schema_string(schema)}|{rows}|{sum1:016x}|{sum2:016x}".encode()).hexdigest()
+        fingerprint = _fingerprint(_schema_string(schema), rows, sum1, sum2)
         manifest = Manifest(
             table=self.name,
             ds=ds,
@@ -295,6 +368,8 @@ class Table:
             inputs=inputs,
             created_at=dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
         )
+        if self.lake.key is not None:
+            manifest.signature = sign(manifest, self.lake.key)
         try:
             current = self.manifest(ds)
         except LakeError:
@@ -481,11 +556,13 @@ class Table:
             raw = self.fs.cat_file(path)
         except FileNotFoundError:
             return None
+        ds = pdir.rsplit("ds=", 1)[-1]
         try:
-            return Manifest.from_json(raw)
+            m = Manifest.from_json(raw)
         except LakeError as exc:
-            ds = pdir.rsplit("ds=", 1)[-1]
             raise CorruptPartitionError(self.name, ds, self.lake._url(path), str(exc)) from None
+        self._check_signature(m, ds, path)
+        return m
 
     def _mark(self, pdir: str, wid: str, manifest: Manifest) -> None:
         stamp = {
@@ -566,6 +643,13 @@ class Table:
         return f"{self.lake._root.rstrip('/')}/{QUARANTINE}/{self.name}/ds={ds}"
 
     # ---- reading ----------------------------------------------------------------------------
+    # Every reader verifies each file against the manifest (present, size, sha256, footer rows) at
+    # the call. With ``Lake.verify_content`` it also recomputes the content fingerprint of the rows
+    # (the order-free row-hash sums the writer recorded), so a file rewritten together with its
+    # manifest's size and sha256 is still caught: ``files`` and ``dataset`` hand their files to code
+    # that reads them itself (the engines, validation), so they re-read and hash every file at the
+    # call; ``read`` and ``iter_batches`` hash the rows as they read them, and ``iter_batches``
+    # raises after the last batch of a bad partition, before the consumer's loop can finish.
     def files(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
         """Verified data file URLs of every partition in the inclusive daily range."""
         return [self.lake._url(p) for p in self._verified_paths(ds_from, ds_to)]
@@ -578,8 +662,22 @@ class Table:
     def read(
         self, ds_from: str | dt.date, ds_to: str | dt.date | None = None, columns: list[str] | None = None
     ) -> pd.DataFrame:
-        """The rows of the range as one DataFrame (empty, with the schema, if there are none)."""
-        return self.dataset(ds_from, ds_to).to_table(columns=columns).to_pandas()
+        """The rows of the range as one DataFrame (empty, with the schema, if there are none).
+
+        With ``verify_content`` every column is read (the fingerprint covers whole rows) and hashed;
+        CorruptPartitionError ("content fingerprint") if a partition's rows are not the manifest's."""
+        if not self.lake.verify_content:
+            return self.dataset(ds_from, ds_to).to_table(columns=columns).to_pandas()
+        schema, parts = self._partition_datasets(ds_from, ds_to)
+        tables = []
+        for m, sub in parts:
+            tbl = sub.to_table()
+            check = _ContentCheck(self, m, schema)
+            check.add(tbl)
+            check.done()
+            tables.append(tbl)
+        whole = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        return pads.dataset(whole).to_table(columns=columns).to_pandas()
 
     def iter_batches(
         self,
@@ -590,12 +688,42 @@ class Table:
     ) -> Iterator[pd.DataFrame]:
         """The rows of the range as DataFrames of at most `batch_size` rows.
 
-        Verification happens at the call, not at the first iteration.
+        Verification of the files happens at the call, not at the first iteration. With
+        ``verify_content`` the rows are hashed as they stream: after the last batch of a partition
+        whose rows are not its manifest's, the iterator raises CorruptPartitionError instead of
+        going on, so a consumer that publishes only once the iteration is over publishes nothing.
         """
-        # the range is verified now, at the call; the batches are read lazily
-        return _frames(self.dataset(ds_from, ds_to), columns, batch_size)
+        if not self.lake.verify_content:
+            return _frames(self.dataset(ds_from, ds_to), columns, batch_size)
+        schema, parts = self._partition_datasets(ds_from, ds_to)
+        return self._checked_frames(schema, parts, columns, batch_size)
+
+    def _checked_frames(self, schema, parts, columns, batch_size) -> Iterator[pd.DataFrame]:
+        empty = True
+        for m, sub in parts:
+            check = _ContentCheck(self, m, schema)
+            for batch in sub.to_batches(batch_size=batch_size):
+                check.add(batch)
+                if batch.num_rows:
+                    empty = False
+                    yield (batch if columns is None else batch.select(columns)).to_pandas()
+            check.done()
+        if empty:
+            yield parts[-1][1].to_table(columns=columns).to_pandas()
+
+    def _partition_datasets(self, ds_from, ds_to) -> tuple[pa.Schema, list[tuple[Manifest, pads.Dataset]]]:
+        """The range's partitions, files verified (not their content), each as a dataset in the schema
+        ``dataset`` would read the whole range in."""
+        verified = self._verified(ds_from, ds_to, content=False)
+        afs = self.lake._arrow_fs()
+        paths = [p for _, ps in verified for p in ps]
+        schema = pads.dataset(paths, format="parquet", filesystem=afs, schema=self.schema).schema
+        return schema, [(m, pads.dataset(ps, format="parquet", filesystem=afs, schema=schema)) for m, ps in verified]
 
     def _verified_paths(self, ds_from, ds_to) -> list[str]:
+        return [p for _, ps in self._verified(ds_from, ds_to) for p in ps]
+
+    def _verified(self, ds_from, ds_to, content: bool | None = None) -> list[tuple[Manifest, list[str]]]:
         manifests, missing = [], []
         for ds in day_range(ds_from, ds_to):
             try:
@@ -604,9 +732,11 @@ class Table:
                 missing.append(ds)
         if missing:
             raise MissingPartitionError(self.name, missing)
-        return [p for m in manifests for p in self._verify(m)]
+        return [(m, self._verify(m, content)) for m in manifests]
 
-    def _verify(self, m: Manifest) -> list[str]:
+    def _verify(self, m: Manifest, content: bool | None = None) -> list[str]:
+        """Check `m`'s files (present, size, sha256, footer rows) and, if `content` (default: the lake's
+        ``verify_content``), re-read them and recompute the content fingerprint. Returns their paths."""
         pdir = self._pdir(m.ds)
         self.fs.invalidate_cache(pdir)
         sizes = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["size"] for e in self.fs.ls(pdir, detail=True)}
@@ -640,7 +770,22 @@ class Table:
             if n != f["rows"]:
                 raise bad(f"Parquet footer has {n} rows, manifest says {f['rows']}")
             paths.append(path)
+        if self.lake.verify_content if content is None else content:
+            self._verify_content(m, paths)
         return paths
+
+    def _verify_content(self, m: Manifest, paths: list[str]) -> None:
+        """Re-read `paths` (the files of `m`, each in its own schema) and check the content fingerprint."""
+        check = None
+        for path in paths:
+            with self.fs.open(path, "rb") as fh:
+                pf = pq.ParquetFile(fh)
+                if check is None:
+                    check = _ContentCheck(self, m, pf.schema_arrow, own=True)
+                for batch in pf.iter_batches(batch_size=262_144):
+                    check.add(batch)
+        if check is not None:
+            check.done()
 
     def _pdir(self, ds: str) -> str:
         return f"{self._dir}/ds={ds}"
@@ -864,6 +1009,10 @@ def _chunks(data: Any) -> Iterator[Any]:
 
 
 def _to_arrow(chunk: Any, table: str, ds: str) -> pa.Table:
+    names = list(chunk.columns) if isinstance(chunk, pd.DataFrame) else getattr(chunk, "column_names", [])
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        raise LakeError(f"table {table!r} ds={ds}: column(s) {twice} appear more than once in the data")
     if isinstance(chunk, pd.DataFrame):
         return pa.Table.from_pandas(chunk, preserve_index=False)
     if isinstance(chunk, pa.RecordBatch):
@@ -919,6 +1068,51 @@ def row_hash_sums(tbl: pa.Table) -> tuple[int, int]:
     df.insert(0, "__lockstep_salt__", np.full(len(df), _HASH_SALT), allow_duplicates=True)
     h2 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[1]).to_numpy()
     return int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64))
+
+
+def _fingerprint(schema: str, rows: int, sum1: int, sum2: int) -> str:
+    """A partition's content fingerprint: its schema, row count and the two row-hash sums."""
+    return hashlib.sha256(f"{schema}|{rows}|{sum1:016x}|{sum2:016x}".encode()).hexdigest()
+
+
+class _ContentCheck:
+    """The row-hash sums of what a reader reads of one partition, checked against its manifest.
+
+    `schema` is the schema the rows are read in. When it is not the one the partition was written in
+    (a reader's schema, or a range whose first partition drifted), the rows hashed would be a cast
+    view, not the stored rows, so ``done`` re-reads the files in their own schema instead.
+    """
+
+    def __init__(self, table: Table, m: Manifest, schema: pa.Schema, own: bool = False):
+        self.table, self.m = table, m
+        self.schema = _schema_string(normalise_schema(schema))
+        # `own`: the rows come in the files' own schema, so a different one is part of the mismatch
+        self.inline = own or json.loads(self.schema) == m.schema
+        self.rows, self.sum1, self.sum2 = 0, 0, 0
+
+    def add(self, rows: pa.Table | pa.RecordBatch) -> None:
+        if not self.inline or not rows.num_rows:
+            return
+        tbl = pa.Table.from_batches([rows]) if isinstance(rows, pa.RecordBatch) else rows
+        h1, h2 = row_hash_sums(tbl)
+        self.sum1, self.sum2 = (self.sum1 + h1) % 2**64, (self.sum2 + h2) % 2**64
+        self.rows += rows.num_rows
+
+    def done(self) -> None:
+        t, m = self.table, self.m
+        if not self.inline:
+            t._verify_content(m, [f"{t._pdir(m.ds)}/{f['name']}" for f in m.files])
+            return
+        got = _fingerprint(self.schema, self.rows, self.sum1, self.sum2)
+        if got != m.content_fingerprint:
+            names = ", ".join(f["name"] for f in m.files)
+            raise CorruptPartitionError(
+                t.name,
+                m.ds,
+                t.lake._url(f"{t._pdir(m.ds)}/{MANIFEST}"),
+                f"content fingerprint of the rows read is {got}, manifest says {m.content_fingerprint}: "
+                f"the {self.rows} rows of {names} are not the rows the manifest was written for",
+            )
 
 
 def _render_schema(schema: pa.Schema) -> list[dict[str, Any]]:

@@ -292,7 +292,8 @@ def decoded(data: bytes, encoding: str = "utf-8", hint: str = "") -> str:
 
 def check_field_counts(text: str, options: dict) -> None:
     """Every record of CSV ``text`` has as many fields as its header (pandas would pad a short row with
-    nulls); else a ``ValueError`` naming the line. ``options``: the lander's ``sep``, ``quotechar``,
+    nulls), and the header names each column once (pandas would rename a second ``x`` to ``x.1``); else a
+    ``ValueError`` naming the line. ``options``: the lander's ``sep``, ``quotechar``,
     ``comment`` (the rest of a line from it is ignored, as pandas does) and ``skiprows``; a ``sep`` longer
     than one character is a regular expression, left to pandas."""
     sep = options.get("sep", ",")
@@ -310,6 +311,10 @@ def check_field_counts(text: str, options: dict) -> None:
             continue  # a blank or comment line (skipped by pandas too)
         if expected is None:
             expected = len(record)
+            names = [f.strip() for f in record]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"line {skip + reader.line_num}: the header names column(s) {twice} more than once")
         elif len(record) != expected:
             raise ValueError(f"line {skip + reader.line_num} has {len(record)} fields, the header has {expected}")
 
@@ -404,12 +409,22 @@ def _convert(src, name, column, values: pd.Series, type_: str, nullable: bool, z
     wrong = ~null & num.isna().to_numpy()
     if wrong.any():
         raise _bad(src, name, column, values, wrong, f"a number ({type_})")
+    finite = np.isfinite(num.to_numpy(dtype="float64", na_value=0.0))
+    if (~null & ~finite).any():  # "inf" parses as a number; "nan" is refused above
+        raise _bad(src, name, column, values, ~null & ~finite, f"a finite number ({type_})")
     num = num.astype("float64") if type_ == "double" or scale is not None else num
     if scale is not None:
         inv = 1.0 / scale
         num = num / round(inv) if scale < 1 and math.isclose(inv, round(inv), rel_tol=0, abs_tol=1e-9) else num * scale
     if type_ == "int64":
         f = num.astype("float64").to_numpy()
+        # beyond int64, a cast would wrap around (or overflow); compare exactly where the values are integers
+        if pd.api.types.is_integer_dtype(num.dtype):
+            big = ~null & ((num > 2**63 - 1) | (num < -(2**63))).to_numpy()
+        else:
+            big = ~null & ((f >= 2.0**63) | (f < -(2.0**63)))
+        if big.any():
+            raise _bad(src, name, column, values, big, f"an integer (int64): between {-(2**63)} and {2**63 - 1}")
         frac = ~null & (np.mod(f, 1) != 0)
         if frac.any():
             raise _bad(src, name, column, values, frac, "an integer (int64)" + (" after lander.scale" if scale else ""))
@@ -423,6 +438,9 @@ def _plain_str(v) -> str:
     if isinstance(v, float) and v.is_integer():
         return str(int(v))
     return str(v)
+
+
+_OFFSET = r"\d:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 
 
 def _timestamps(src, name, column, values: pd.Series, null, zone, lander) -> pd.Series:
@@ -450,6 +468,17 @@ def _timestamps(src, name, column, values: pd.Series, null, zone, lander) -> pd.
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=True)
             wrong = ~null & parsed.isna().to_numpy()
             raise _bad(src, name, column, values, wrong, "an ISO 8601 timestamp") from None
+        # utc=True would take a value without an offset as UTC, not as lander.time_zone's wall clock
+        naive = ~null & ~text.astype(str).str.strip().str.contains(_OFFSET).to_numpy()
+        if naive.any():
+            raise _bad(
+                src,
+                name,
+                column,
+                values,
+                naive,
+                "an ISO 8601 timestamp: with a UTC offset on every value or on none (this file mixes both)",
+            )
     if isinstance(parsed.dtype, pd.DatetimeTZDtype):
         return parsed.dt.tz_convert("UTC").astype("datetime64[us, UTC]")
     return _localize(src, name, column, parsed, zone)

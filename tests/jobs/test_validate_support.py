@@ -3,19 +3,21 @@ dataset, a sloppy producer that lands whatever it is given, and the "stopped the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from features import registry
 from features.kernel import compute, snapshot_queries
 from jobs.config import Config
 from jobs.ingest.cdnow import iter_ingest_days, read_cdnow
-from jobs.lake import MissingPartitionError
+from jobs.lake import MANIFEST, Manifest, MissingPartitionError, row_hash_sums, sign
 from jobs.schemas import feature_schema, raw_schema, to_raw
 
 FS = registry.get("customer_activity_v1")
@@ -173,6 +175,37 @@ def serving_frame(cdnow: pd.DataFrame, ds: str, n: int = 60, seed: int = 0) -> p
     return pa.Table.from_pandas(df, schema=serving_schema(), preserve_index=False)
 
 
+def tamper(lake, table: str, ds: str, edit, *, fingerprint=False, resign=None, manifest_name=MANIFEST):
+    """Rewrite the first part file of ``table``/``ds`` with ``edit(rows)`` and make the manifest (or, with
+    ``manifest_name=CANDIDATE``, the pending candidate's) agree: the file's bytes, sha256 and row count
+    always; the content fingerprint too if ``fingerprint`` (a careful tamperer who knows how it is
+    computed); a signature under the key ``resign`` if given. Returns the edited manifest and the file."""
+    pdir = lake.table(table).partition_path(ds)
+    mpath = os.path.join(pdir, manifest_name)
+    with open(mpath, "rb") as fh:
+        m = Manifest.from_json(fh.read())
+    path = os.path.join(pdir, m.files[0]["name"])
+    old = pq.read_table(path)
+    new = pa.Table.from_pandas(edit(old.to_pandas()), schema=old.schema, preserve_index=False)
+    pq.write_table(new, path, compression="zstd")
+    with open(path, "rb") as fh:
+        data = fh.read()
+    m.files[0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), rows=new.num_rows)
+    m.rows = sum(f["rows"] for f in m.files)
+    if fingerprint:
+        s1 = s2 = 0
+        for f in m.files:
+            h1, h2 = row_hash_sums(pq.read_table(os.path.join(pdir, f["name"])))
+            s1, s2 = (s1 + h1) % 2**64, (s2 + h2) % 2**64
+        schema = json.dumps(m.schema, sort_keys=True)
+        m.content_fingerprint = hashlib.sha256(f"{schema}|{m.rows}|{s1:016x}|{s2:016x}".encode()).hexdigest()
+    if resign is not None:
+        m.signature = sign(m, resign)
+    with open(mpath, "w") as fh:
+        fh.write(m.to_json())
+    return m, path
+
+
 def alerts(cfg: Config) -> list[dict]:
     path = os.path.join(cfg.lake_root, "_alerts", "alerts.jsonl")
     if not os.path.exists(path):
@@ -223,6 +256,8 @@ ALERT_ENV = (
     "LOCKSTEP_ALERT_TIMEOUT_SECONDS",
     "LOCKSTEP_VALIDATE_BATCH_ROWS",
     "LOCKSTEP_EXPECTATIONS_DIR",
+    "LOCKSTEP_LAKE_KEY",
+    "LOCKSTEP_LAKE_KEY_FILE",
 )
 
 

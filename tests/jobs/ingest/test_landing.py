@@ -435,3 +435,86 @@ def test_to_raw_names_the_source_and_the_column():
         to_raw(src, good.assign(shop=[None]))
     with pytest.raises(ValueError, match=r"source 'shop_orders', column 'amount': not convertible to double"):
         to_raw(src, good.assign(amount=["x"]))
+
+
+# ---- the bad-file corpus of a CSV lander: each refused, naming the file, the column and the rule ----------
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        pytest.param(
+            "",
+            " (rule: lander.format): cannot be read as csv: No columns to parse from file",
+            marks=pytest.mark.bad_input("landing: an empty (0-byte) file"),
+            id="empty-file",
+        ),
+        pytest.param(
+            DAY1.replace(",", ";"),
+            ", column 'shop' (rule: lander.columns['shop']): file column 'Shop' is missing "
+            "(the file has ['Shop;Placed;AmountCents;items;channel'])",
+            marks=pytest.mark.bad_input("landing: the wrong delimiter"),
+            id="wrong-delimiter",
+        ),
+        pytest.param(  # pandas renamed the second "items" to "items.1", blaming a missing "channel"
+            DAY1.replace("items,channel", "items,items"),
+            " (rule: lander.format): line 1: the header names column(s) ['items'] more than once",
+            marks=pytest.mark.bad_input("landing: a column named twice in the header"),
+            id="duplicate-header",
+        ),
+        pytest.param(  # landed as an infinite amount before: "nan" was refused, "inf" was not
+            DAY1.replace("1234,2,web", "inf,2,web", 1),
+            ", column 'amount' (rule: a finite number (double)): 1 bad value(s), first at data row(s) [1]: ['inf']",
+            marks=pytest.mark.bad_input("landing: an infinite number"),
+            id="inf",
+        ),
+        pytest.param(  # wrapped around to a negative count (or an OverflowError naming nothing) before
+            DAY1.replace(",2,web", ",99999999999999999999,web", 1),
+            ", column 'items' (rule: an integer (int64): between -9223372036854775808 and 9223372036854775807): "
+            "1 bad value(s), first at data row(s) [1]: ['99999999999999999999']",
+            marks=pytest.mark.bad_input("landing: an integer beyond int64"),
+            id="beyond-int64",
+        ),
+        pytest.param(
+            DAY1.replace(",2,web", ",9223372036854775808,web", 1).replace(",,app", ",1,app"),
+            ", column 'items' (rule: an integer (int64): between -9223372036854775808 and 9223372036854775807): "
+            "1 bad value(s), first at data row(s) [1]: ['9223372036854775808']",
+            marks=pytest.mark.bad_input("landing: an integer beyond int64"),
+            id="int64-max-plus-one",
+        ),
+        pytest.param(  # the values without an offset were taken as UTC, not New York time, before
+            DAY1.replace("2024-03-09 23:30:00", "2024-03-10 04:30:00+00:00", 1),
+            ", column 'event_ts' (rule: an ISO 8601 timestamp: with a UTC offset on every value or on none "
+            "(this file mixes both)): 2 bad value(s), first at data row(s) [2, 3]: "
+            "['2024-03-10 01:59:59', '2024-03-09 23:30:00']",
+            marks=pytest.mark.bad_input("landing: timestamps with and without a UTC offset in one file"),
+            id="mixed-offsets",
+        ),
+    ],
+)
+def test_a_bad_csv_is_refused_naming_the_file_the_column_and_the_rule(cfg, tmp_path, text, message):
+    src = orders_source(tmp_path)
+    path = tmp_path / "orders" / "2024-03-10.csv"
+    write(path, text)
+    with pytest.raises(LandingError) as info:
+        land(cfg, src, "2024-03-10")
+    assert str(info.value) == f"source 'shop_orders', file {path}{message}"
+    assert cfg.lake().table(src.table).partitions() == []
+
+
+def test_a_byte_order_mark_and_offsets_on_every_value_are_not_bad_input(cfg, tmp_path):
+    """The tolerated neighbours of the corpus: a UTF-8 BOM before the header, and every timestamp
+    carrying its own offset (the lander's time zone is then not needed)."""
+    src = orders_source(tmp_path)
+    write(tmp_path / "orders" / "2024-03-10.csv", "\ufeff" + DAY1)
+    (m,) = land(cfg, src, "2024-03-10")
+    plain = cfg.lake().table(src.table).read("2024-03-10")
+    offsets = DAY1.replace("2024-03-09 23:30:00", "2024-03-09 23:30:00-05:00").replace(
+        "2024-03-10 01:59:59", "2024-03-10 01:59:59-05:00"
+    )
+    write(tmp_path / "orders" / "2024-03-10.csv", offsets)
+    (again,) = land(cfg, src, "2024-03-10")
+    assert m.rows == 3 and again.content_fingerprint == m.content_fingerprint
+    assert plain["event_ts"].tolist() == [
+        utc("2024-03-10 04:30:00"),
+        utc("2024-03-10 06:59:59"),
+        utc("2024-03-10 04:30:00"),
+    ]

@@ -10,12 +10,14 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
-from test_validate_support import FS, RAW_EVENTS, RAW_TABLE, alerts
+from test_validate_support import FS, RAW_EVENTS, RAW_TABLE, alerts, assert_stopped, tamper
 
 from jobs.ingest.cdnow import CDNOW_PATH, iter_ingest_days
 from jobs.ingest.landing import land
+from jobs.lake import CANDIDATE, KEY_ENV, CorruptPartitionError
 from jobs.quality.validate import DataQualityError, validate_partition
 from jobs.schemas import raw_schema, to_raw
+from jobs.snapshots import build_snapshot
 
 pytest_plugins = ["test_validate_support"]  # fixtures: cdnow, cfg, history, clean_alert_env
 pytestmark = pytest.mark.usefixtures("clean_alert_env")
@@ -36,13 +38,15 @@ def publish_validated(cfg, events: pd.DataFrame, days) -> None:
         assert validate_partition(cfg, "raw_events", ds, alert=False, docs=False).success
 
 
-def stopped_rewrite(cfg, ds: str, frame: pd.DataFrame, *phrases: str) -> DataQualityError:
-    """Write ``frame`` over the validated day ``ds``: the candidate fails, is quarantined and alerted,
-    no snapshot of the day exists, and readers keep the validated version."""
+def stopped_rewrite(cfg, ds: str, frame: pd.DataFrame | None, *phrases: str, staged=False) -> DataQualityError:
+    """Write ``frame`` over the validated day ``ds`` (``staged``: a candidate is already pending): the
+    candidate fails, is quarantined and alerted, no snapshot of the day exists, and readers keep the
+    validated version."""
     table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
     good = table.manifest(ds)
     good_rows = table.read(ds)
-    table.write_partition(ds, frame, producer={"job": "re-export"})
+    if not staged:
+        table.write_partition(ds, frame, producer={"job": "re-export"})
     assert table.pending(ds) is not None and table.manifest(ds) == good  # staged, not visible
     with pytest.raises(DataQualityError) as info:
         validate_partition(cfg, "raw_events", ds)
@@ -277,3 +281,75 @@ def test_a_new_destination_on_a_few_flights_is_tolerated_drift(flights_cfg):
     assert result.success, result.describe()
     (dest,) = [o for o in result.outcomes if o.kwargs.get("column") == "dest" and "value_set" in o.kwargs]
     assert (dest.unexpected_count, dest.sample, dest.kwargs["mostly"]) == (3, ["YYZ"], 0.99)
+
+
+# ---- item 4: tampering the manifest agrees with ---------------------------------------------------------
+def ten_times_one_amount(df: pd.DataFrame) -> pd.DataFrame:
+    df.loc[3, "amount"] = df.loc[3, "amount"] * 10 + 1  # one purchase inflated: count, schema, ids unchanged
+    return df
+
+
+def test_a_validated_day_rewritten_with_its_size_and_sha256_updated_is_refused_and_quarantined(cfg, cdnow):
+    """Before item 4 the readers only compared the files with the manifest's checksums, which the tamperer
+    had updated: the snapshot of the day was built from the edited rows. Now the content fingerprint is
+    recomputed: the snapshot job fails loudly, validation quarantines the day and alerts."""
+    publish_validated(cfg, cdnow, [*HISTORY, DAY])
+    lake = cfg.lake()
+    _, path = tamper(lake, RAW_TABLE, DAY, ten_times_one_amount)
+    with pytest.raises(CorruptPartitionError) as info:
+        build_snapshot(cfg, DAY)
+    assert f"table {RAW_TABLE!r} ds={DAY}: file " in str(info.value) and "content fingerprint" in str(info.value)
+    assert not lake.table(f"feature_snapshots/{FS.name}").exists(DAY)
+    with pytest.raises(DataQualityError) as failed:
+        validate_partition(cfg, "raw_events", DAY)
+    assert_stopped(
+        cfg,
+        failed.value,
+        "raw_events",
+        RAW_TABLE,
+        DAY,
+        "[corrupt or truncated partition]",
+        f"CorruptPartitionError: table {RAW_TABLE!r} ds={DAY}: file ",
+        "content fingerprint of the rows read is ",
+        os.path.basename(path),
+        downstream=lambda: build_snapshot(cfg, DAY),
+    )
+    assert os.path.basename(path) in os.listdir(failed.value.quarantine_path)
+    assert len(lake.table(RAW_TABLE).read(HISTORY[-1])) == len(day_of(cdnow, HISTORY[-1]))  # other days intact
+
+
+def test_a_tampered_candidate_is_quarantined_and_the_validated_version_stays(cfg, cdnow):
+    publish_validated(cfg, cdnow, [*HISTORY, DAY])
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
+    good, good_rows = table.manifest(DAY), table.read(DAY)
+    table.write_partition(DAY, day_of(cdnow, DAY), producer={"job": "re-export"})  # staged: the day is validated
+    tamper(cfg.lake(), RAW_TABLE, DAY, ten_times_one_amount, manifest_name=CANDIDATE)
+    err = stopped_rewrite(cfg, DAY, None, "[corrupt or truncated partition]", "content fingerprint", staged=True)
+    assert table.manifest(DAY) == good and good.content_fingerprint[:16] in str(err)
+    pd.testing.assert_frame_equal(table.read(DAY), good_rows)
+
+
+def test_with_a_lake_key_a_careful_tamperer_who_recomputes_the_fingerprint_is_refused(cfg, cdnow, monkeypatch):
+    """The tamperer rewrites the file and recomputes sizes, sha256 and the content fingerprint: nothing in
+    the manifest disagrees with the files any more, only the signature under the lake key."""
+    monkeypatch.setenv(KEY_ENV, "lockstep-test-lake-key")
+    publish_validated(cfg, cdnow, [*HISTORY, DAY])
+    before = cfg.lake().table(RAW_TABLE).read(DAY)["amount"].iloc[3]
+    tamper(cfg.lake(), RAW_TABLE, DAY, ten_times_one_amount, fingerprint=True)
+    monkeypatch.delenv(KEY_ENV)
+    assert cfg.lake().table(RAW_TABLE).read(DAY)["amount"].iloc[3] == before * 10 + 1  # unsigned, it passes
+    monkeypatch.setenv(KEY_ENV, "lockstep-test-lake-key")
+    with pytest.raises(CorruptPartitionError, match="manifest signature does not match the lake key"):
+        build_snapshot(cfg, DAY)
+    with pytest.raises(DataQualityError) as failed:
+        validate_partition(cfg, "raw_events", DAY)
+    assert_stopped(
+        cfg,
+        failed.value,
+        "raw_events",
+        RAW_TABLE,
+        DAY,
+        "[corrupt or truncated partition]",
+        "manifest signature does not match the lake key (the manifest was edited, or signed with another key)",
+        downstream=lambda: build_snapshot(cfg, DAY),
+    )
