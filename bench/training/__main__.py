@@ -18,7 +18,7 @@ Peak RSS is the kernel's ``ru_maxrss`` of the variant's process and its reaped c
 (the construct subprocess), cross-checked by polling the process tree. Wall time covers
 dataset construction and training (not the holdback scoring, which is reported apart).
 Targets: streamed peak RSS <= 40% of in-memory, time <= 1.1x, AUC within 0.001; scoring
->= 0.8x. The machine may be shared: the mean load average is printed with each variant.
+>= 0.85x (issue #14). The machine may be shared: the mean load average is printed with each variant.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import time
 
 from bench.data import parse_size
 
-TARGETS = {"rss": 0.40, "time": 1.10, "auc": 0.001, "scoring": 0.80}
+TARGETS = {"rss": 0.40, "time": 1.10, "auc": 0.001, "scoring": 0.85}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -218,7 +218,7 @@ def report(results: dict, args, rows: int) -> str:
             lines.append(f"{name}: " + "; ".join(f"{t} {'PASS' if ok else 'FAIL'}" for t, ok in checks))
     if s and s.get("ok"):
         ok = s["stream_rows_per_s"] >= TARGETS["scoring"] * s["memory_rows_per_s"]
-        lines.append(f"scoring: Parquet throughput >= 0.8x in-memory {'PASS' if ok else 'FAIL'}")
+        lines.append(f"scoring: Parquet throughput >= {TARGETS['scoring']}x in-memory {'PASS' if ok else 'FAIL'}")
     return "\n".join(lines)
 
 

@@ -147,12 +147,13 @@ def split_by_bucket(table: pa.Table, key: str, n_buckets: int) -> dict[int, pa.T
     if table.num_rows == 0:
         return {}
     b = bucket_of(table.column(key), n_buckets)
+    if n_buckets <= 1 << 16:  # numpy's stable sort of 8/16-bit ints is a radix sort: ~10% of bucketing (profiled)
+        b = b.astype(np.uint8 if n_buckets <= 256 else np.uint16)
     order = np.argsort(b, kind="stable")
-    sorted_b = b[order]
-    present, starts = np.unique(sorted_b, return_index=True)
-    ends = np.r_[starts[1:], len(order)]
+    counts = np.bincount(b, minlength=n_buckets)
+    ends = np.cumsum(counts)
     taken = table.take(pa.array(order))
-    return {int(p): taken.slice(int(s), int(e - s)) for p, s, e in zip(present, starts, ends)}
+    return {int(p): taken.slice(int(ends[p] - counts[p]), int(counts[p])) for p in np.flatnonzero(counts)}
 
 
 def scratch_parquet_options(schema: pa.Schema) -> dict:

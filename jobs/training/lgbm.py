@@ -31,7 +31,7 @@ import numpy as np
 
 from jobs.training import BACKENDS, CONSTRUCT, metrics
 from jobs.training.sequence import (
-    iter_matrices,
+    iter_tables,
     load_matrix,
     parquet_sequences,
     read_column,
@@ -339,8 +339,14 @@ def predict_batches(
     batch_rows: int = 100_000,
     storage_options: dict | None = None,
 ) -> Iterator[tuple[np.ndarray, object]]:
-    """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``."""
-    for x, tbl in iter_matrices(files, features, batch_rows=batch_rows, extra=extra, storage_options=storage_options):
+    """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``.
+
+    Each batch goes to LightGBM as the Arrow table it was read as (``predictable_table``), not as
+    a float64 matrix: the scores are the same bits (LightGBM converts to double either way; checked
+    in tests/jobs/training/test_predict_arrow.py), and the copy into a matrix is a measured share of
+    the streamed time (README, Benchmarks).
+    """
+    for x, tbl in iter_tables(files, features, batch_rows=batch_rows, extra=extra, storage_options=storage_options):
         yield booster.predict(x, num_iteration=num_iteration), tbl
 
 

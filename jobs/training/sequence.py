@@ -41,13 +41,16 @@ def to_matrix(
     return out
 
 
-def _float_column(col, name: str) -> np.ndarray:
-    t = col.type
+def _check_numeric(t: pa.DataType, name: str) -> None:
     if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_null(t)):
         raise TypeError(
             f"feature column {name!r} is {t}, not numeric: the dtype contract is float64 "
             "features (encode categories as numeric aggregates in the feature set)"
         )
+
+
+def _float_column(col, name: str) -> np.ndarray:
+    _check_numeric(col.type, name)
     col = pc.cast(col, pa.float64())
     if isinstance(col, pa.ChunkedArray):
         col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
@@ -215,6 +218,47 @@ def iter_matrices(
             for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
                 tbl = pa.Table.from_batches([batch])
                 yield to_matrix(tbl, columns, order=order), tbl.select(list(extra))
+
+
+def predictable_table(table: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> pa.Table:
+    """``columns`` of an Arrow table, in that order, as LightGBM's Arrow predict path takes them.
+
+    Integer and float columns go as they are (LightGBM converts each value to double itself, nulls
+    to NaN: the same values ``to_matrix`` gives, without building the float matrix); boolean and
+    all-null columns are cast to float64; anything else raises the ``to_matrix`` TypeError.
+    """
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
+    cols = []
+    for name in columns:
+        col = table.column(name)
+        _check_numeric(col.type, name)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) or pa.types.is_float16(col.type):
+            col = pc.cast(col, pa.float64())
+        cols.append(col)
+    return pa.Table.from_arrays(cols, names=list(columns))
+
+
+def iter_tables(
+    files: Sequence[str],
+    columns: Sequence[str],
+    *,
+    batch_rows: int = 100_000,
+    extra: Sequence[str] = (),
+    storage_options: dict | None = None,
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """``(predictable_table of columns, Arrow table of extra columns)`` per bounded batch, in file order."""
+    wanted = list(dict.fromkeys([*columns, *extra]))
+    for f in files:
+        fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
+        with fs.open(p, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            missing = [c for c in wanted if c not in pf.schema_arrow.names]
+            if missing:
+                raise KeyError(f"{f}: missing column(s) {missing}")
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
+                tbl = pa.Table.from_batches([batch])
+                yield predictable_table(tbl, columns), tbl.select(list(extra))
 
 
 def load_matrix(files: Sequence[str], columns: Sequence[str], storage_options: dict | None = None) -> np.ndarray:

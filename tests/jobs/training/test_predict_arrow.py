@@ -1,0 +1,91 @@
+"""Scoring from Arrow tables (``lgbm.predict_batches``) gives the bits of scoring the float64 matrix."""
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.training import lgbm
+from jobs.training.sequence import predictable_table, to_matrix
+
+FEATS = ["f_float", "f_int", "f_int32", "f_bool", "f_f32", "f_allnull"]
+
+
+def _table(n: int, seed: int) -> pa.Table:
+    rng = np.random.default_rng(seed)
+    fl = rng.normal(size=n)
+    fl[rng.random(n) < 0.1] = np.nan
+    ints = rng.integers(0, 50, n)
+    null_int = rng.random(n) < 0.1
+    return pa.table(
+        {
+            "entity_id": pa.array(np.arange(n, dtype=np.int64)),
+            "f_float": pa.array(fl, from_pandas=True),  # NaN -> null
+            "f_int": pa.array(ints, mask=null_int),
+            "f_int32": pa.array(rng.integers(-5, 5, n).astype(np.int32)),
+            "f_bool": pa.array(rng.random(n) < 0.5),
+            "f_f32": pa.array(rng.normal(size=n).astype(np.float32)),
+            "f_allnull": pa.nulls(n, pa.float64()),
+            "label": pa.array((fl > 0) ^ (ints > 25)),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def model_and_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arrow_predict")
+    train = _table(20_000, 0)
+    x = to_matrix(train, FEATS)
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 15, "num_threads": 1, "verbose": -1, "min_data_in_leaf": 5},
+        lgb.Dataset(x, label=train.column("label").to_numpy(zero_copy_only=False).astype(float)),
+        num_boost_round=20,
+    )
+    files = []
+    for i in range(2):
+        path = root / f"part-{i}.parquet"
+        pq.write_table(_table(7_000, i + 1), path, row_group_size=3_000)
+        files.append(str(path))
+    return booster, files
+
+
+def test_scores_are_bit_identical_to_the_matrix_path(model_and_files):
+    booster, files = model_and_files
+    got_p, got_ids = [], []
+    for p, extra in lgbm.predict_batches(booster, files, FEATS, extra=["entity_id"], batch_rows=2_500):
+        assert len(p) <= 2_500
+        got_p.append(p)
+        got_ids.append(extra.column("entity_id").to_numpy())
+    whole = pa.concat_tables([pq.read_table(f) for f in files])
+    want = booster.predict(to_matrix(whole, FEATS))
+    got = np.concatenate(got_p)
+    assert len(got) == 14_000
+    assert np.array_equal(got, want)  # bit for bit, not approximately
+    assert np.array_equal(np.concatenate(got_ids), whole.column("entity_id").to_numpy())
+    assert np.unique(got).size > 50  # the model is not constant: equality means something
+
+
+def test_predictable_table_keeps_order_and_casts_only_what_lightgbm_cannot_take():
+    t = predictable_table(_table(10, 3), list(reversed(FEATS)))
+    assert t.column_names == list(reversed(FEATS))
+    assert t.schema.field("f_int").type == pa.int64()
+    assert t.schema.field("f_int32").type == pa.int32()
+    assert t.schema.field("f_bool").type == pa.float64()
+
+
+def test_a_string_feature_is_refused_naming_the_column(tmp_path, model_and_files):
+    booster, _ = model_and_files
+    t = _table(100, 4).set_column(2, "f_int", pa.array([str(i) for i in range(100)]))
+    path = tmp_path / "bad.parquet"
+    pq.write_table(t, path)
+    with pytest.raises(TypeError, match="feature column 'f_int' is string, not numeric"):
+        list(lgbm.predict_batches(booster, [str(path)], FEATS))
+
+
+def test_a_missing_feature_column_names_the_file(tmp_path, model_and_files):
+    booster, _ = model_and_files
+    path = tmp_path / "short.parquet"
+    pq.write_table(_table(100, 5).drop_columns(["f_bool"]), path)
+    with pytest.raises(KeyError, match=r"short\.parquet: missing column\(s\) \['f_bool'\]"):
+        list(lgbm.predict_batches(booster, [str(path)], FEATS))
