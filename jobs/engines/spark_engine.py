@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from features import kernel
 from features.spec import FeatureSet, kernel_fingerprint
-from jobs.engines import Snapshot, shipping
+from jobs.engines import Snapshot, Snapshots, shipping, snapshot_queries
 from jobs.engines.bucketing import default_events_schema, default_queries_schema
 
 log = logging.getLogger(__name__)
@@ -178,9 +178,9 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     events = events.withColumn(fs.entity, key).withColumn(BUCKET, F.pmod(F.xxhash64(fs.entity), F.lit(n_buckets)))
     ev_fields = _fields(events.schema, exclude=BUCKET)
 
-    if isinstance(queries, Snapshot):
+    if isinstance(queries, (Snapshot, Snapshots)):
         out_schema, out_names = _output_schema(fs, [fs.entity, AS_OF], {})
-        fn = _snapshot_fn(kernel_fingerprint(), fs, mode, queries.as_of, ev_fields, out_names)
+        fn = _snapshot_fn(kernel_fingerprint(), fs, mode, queries, ev_fields, out_names)
         result = events.groupBy(BUCKET).applyInPandas(fn, out_schema)
     else:
         if isinstance(queries, pd.DataFrame):
@@ -221,11 +221,11 @@ def _cogroup_fn(expected_kernel: str, fs: FeatureSet, mode: str, ev_fields, q_fi
     return fn
 
 
-def _snapshot_fn(expected_kernel: str, fs: FeatureSet, mode: str, as_of: pd.Timestamp, ev_fields, out_names):
+def _snapshot_fn(expected_kernel: str, fs: FeatureSet, mode: str, snapshots, ev_fields, out_names):
     def fn(events: pd.DataFrame) -> pd.DataFrame:
         shipping.check_here(expected_kernel, shipping.spark_executor_name())
         ev = _from_spark(events, ev_fields)
-        q = kernel.snapshot_queries(ev, fs, as_of, mode)
+        q = snapshot_queries(ev, fs, snapshots, mode)
         return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])
 
     return fn
