@@ -89,3 +89,31 @@ def test_a_bad_day_stops_the_range_there_and_names_it(lake_root, tmp_path):
 def test_range_before_any_raw_day_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="no raw_events partitions at or before ds=2024-01-01"):
         build_snapshot_range(Config(lake_root=str(tmp_path)), "2024-01-01", "2024-01-03", FS)
+
+
+def test_a_backfill_build_covers_the_validated_raw_days_after_it_then_skips_them(lake_root, tmp_path):
+    from jobs.quality.validate import validate_partition
+    from jobs.snapshots import build_snapshot_backfill, missing_range, up_to_date
+
+    cfg = _copy(lake_root, tmp_path, "backfill", "local")
+    raw = cfg.lake().table("raw_events/cdnow_purchases")
+    for ds in day_range("2024-01-09", "2024-01-12"):  # 01-13 landed but not validated: not in the range
+        validate_partition(cfg, "raw_events", ds, source="cdnow_purchases", alert=False)
+    assert not raw.validated("2024-01-13")
+    assert missing_range(cfg, "2024-01-09", FS) == list(day_range("2024-01-09", "2024-01-12"))
+    assert missing_range(cfg, "2024-01-09", FS, max_days=2) == ["2024-01-09", "2024-01-10"]
+    first = build_snapshot_backfill(cfg, "2024-01-09", FS)
+    table = snapshot_table(cfg.lake(), cfg.repo().feature_set(FS))
+    assert first.ds == "2024-01-09" and table.partitions() == list(day_range("2024-01-09", "2024-01-12"))
+    assert all(up_to_date(cfg, ds, FS) for ds in day_range("2024-01-09", "2024-01-12"))
+    # the next run finds its day up to date: the same manifest comes back, nothing is rewritten
+    again = build_snapshot_backfill(cfg, "2024-01-10", FS)
+    assert again == table.manifest("2024-01-10")
+    # a re-landed raw day makes its snapshot (and every later one) stale again
+    raw.write_partition("2024-01-10", raw.read("2024-01-10").iloc[1:], producer={"job": "test"})
+    assert up_to_date(cfg, "2024-01-10", FS)  # a re-land of a validated day is staged: readers keep the old one
+    raw.promote("2024-01-10", raw.pending("2024-01-10").write_id)
+    assert not up_to_date(cfg, "2024-01-10", FS) and not up_to_date(cfg, "2024-01-11", FS)
+    assert up_to_date(cfg, "2024-01-09", FS)
+    # the build of 01-10 is its own day plus the validated raw days after it whose snapshot went stale
+    assert missing_range(cfg, "2024-01-10", FS) == ["2024-01-10", "2024-01-11", "2024-01-12"]
