@@ -162,7 +162,7 @@ def build_snapshot_range(
 
     The pass reads the raw partitions ``first..ds_to`` once and queries, per bucket, every entity
     known at each day's cut-off (``engines.Snapshots``: the union of the single-day queries). Its
-    output is spilled to scratch Parquet split by day, then each day is published in day order as
+    output is spilled to scratch (Arrow IPC files) split by day, then each day is published in day order as
     its own partition — the rows, content fingerprint, producer and inputs fingerprint
     (``raw/ds=<first>..<ds>``) a single-day ``build_snapshot`` writes. Bit-identical because the raw
     partition of day P only holds rows ingested on P (the raw suite's partition-time rule), so a
@@ -176,7 +176,6 @@ def build_snapshot_range(
     """
     import fsspec
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from tqdm.auto import tqdm
 
     fs = feature_set_of(cfg, feature_set)
@@ -206,17 +205,18 @@ def build_snapshot_range(
                 d = by_cutoff.get(pd.Timestamp(t))
                 if d is None:  # the engine returned a cut-off nobody asked for: never publish it
                     raise RuntimeError(f"snapshot range {days[0]}..{days[-1]}: engine output as_of {t} is no cut-off")
-                path = f"{sroot}/ds={d}/part-{i:05d}.parquet"
+                path = f"{sroot}/ds={d}/part-{i:05d}.arrow"
                 sfs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                with sfs.open(path, "wb") as f:
-                    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), f)
+                tbl = pa.Table.from_pandas(rows, preserve_index=False)
+                with sfs.open(path, "wb") as f, pa.ipc.new_file(f, tbl.schema) as w:  # uncompressed: cheap
+                    w.write_table(tbl)
                 parts[d].append(path)
             del frame
 
         def day_frames(d: str):
             for path in parts[d]:
                 with sfs.open(path, "rb") as f:
-                    yield pq.read_table(f).to_pandas()
+                    yield pa.ipc.open_file(f).read_all().to_pandas()
 
         manifests: list[Manifest] = []
         with tqdm(days, desc=f"publishing snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
