@@ -11,8 +11,8 @@ is one ``features.kernel.compute`` call. Two pitfalls are handled here:
   is cast to long before hashing; a string key (``fs.entity_type == "string"``) is hashed
   as a string.
 
-The result is written to a scratch Parquet directory and yielded file by file,
-so the driver holds one output file at a time. The session ships the driver's ``features``
+The result is written to a scratch Parquet directory and yielded in batches of at most
+``READ_ROWS`` rows, so the driver holds one batch at a time, whatever the file sizes. The session ships the driver's ``features``
 package to the executors (``addPyFile``), and every run first checks the kernel the executors
 import (``shipping``): a mismatch raises ``KernelMismatchError`` before any row is read.
 """
@@ -41,6 +41,8 @@ from jobs.engines.bucketing import default_events_schema, default_queries_schema
 log = logging.getLogger(__name__)
 
 BUCKET = "__lockstep_bucket"
+#: Rows per frame the driver reads back from the output files (its memory bound, not a file's size).
+READ_ROWS = 262_144
 AS_OF = kernel.AS_OF
 
 #: Settings of the session this module builds. The JVM options only take effect when the
@@ -153,10 +155,13 @@ def _run(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode, scr
     yielded = 0
     for path in sorted(fsys.glob(f"{root}/part-*.parquet")):
         with fsys.open(path, "rb") as f:
-            frame = pq.read_table(f).to_pandas()
-        if len(frame):
-            yielded += 1
-            yield _restore(frame[out_names], queries, fs.entity)
+            # In batches: Spark may coalesce the buckets into few files (adaptive execution), and one
+            # file of a range build's output holds every day of its buckets.
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+                frame = pa.Table.from_batches([batch]).to_pandas()
+                if len(frame):
+                    yielded += 1
+                    yield _restore(frame[out_names], queries, fs.entity)
     if not yielded:
         yield _restore(_empty_output(out_schema), queries, fs.entity)
 
