@@ -39,8 +39,16 @@ snapshot reads every raw day before it, so days are built in order and a bad day
 Backfill the raw history from the data's first day ({start.date()}), or land it first with
 `lockstep land --source {source.name} --ds {start.date()} --to <day before>`.
 
+**Range builds.** `build_snapshot__*` of day D skips when D's snapshot is validated and was built from
+today's inputs (raw fingerprint, feature set, kernel). Otherwise it builds D *and* the following days whose
+raw partition is already landed and validated and whose snapshot is missing or stale (at most `range_days`)
+in ONE engine pass over the raw history, each day published as its own gated partition — the same rows and
+fingerprints as day-by-day builds. So a Backfill over raw history that was landed first costs one pass: the
+first run builds the range, the later runs' build tasks find their day up to date. A daily run finds only
+its own day.
+
 **Params**: `engine` (local, dask, spark; empty = `LOCKSTEP_ENGINE`); `path` (the input to land from instead
-of the declared one; empty = the declaration's). Lake root: `LOCKSTEP_LAKE`.
+of the declared one; empty = the declaration's); `range_days` (days per range build, default 90). Lake root: `LOCKSTEP_LAKE`.
 Catch-up is off: backfills are explicit (UI "Backfill" dialog, `airflow backfill create`, REST). Because
 of `depends_on_past`, a backfill must reprocess "Missing and Errored Runs" or "All Runs" (Airflow refuses
 "Missing Runs" only).
@@ -63,6 +71,14 @@ def features_daily_dag(source, feature_sets):
                 type=["null", "string"],
                 title="Input to land from",
                 description=f"Path (or fsspec URL) to land {name} from; empty = the declared one.",
+            ),
+            "range_days": Param(
+                90,
+                type="integer",
+                minimum=1,
+                title="Days per range build",
+                description="A build also covers up to this many following days whose raw partition is "
+                "landed and validated and whose snapshot is missing or stale, in one engine pass; 1 = this day only.",
             ),
         },
         doc_md=doc(source, feature_sets),
@@ -96,9 +112,10 @@ def snapshot_tasks(fs_name: str):
 
     @task(task_id=f"build_snapshot__{fs_name}", depends_on_past=True)
     def build_snapshot(ds=None, params=None):
-        from jobs.snapshots import build_snapshot
+        from jobs.snapshots import build_snapshot_backfill
 
-        return o.summary(build_snapshot(o.config(params["engine"]), o.partition(ds), fs_name))
+        cfg = o.config(params["engine"])
+        return o.summary(build_snapshot_backfill(cfg, o.partition(ds), fs_name, max_days=params["range_days"]))
 
     @task(task_id=f"validate_snapshot__{fs_name}", outlets=[asset])
     def validate_snapshot(ds=None):

@@ -979,10 +979,23 @@ def day_range(ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> lis
 def inputs_fingerprint(table: Table, ds_from: str, ds_to: str) -> str:
     """One fingerprint for a range of partitions of ``table``: their content fingerprints, in order
     (what a job records as the input it read)."""
-    h = hashlib.sha256()
-    for ds in day_range(ds_from, ds_to):
+    return inputs_fingerprints(table, ds_from, [ds_to])[check_ds(ds_to)]
+
+
+def inputs_fingerprints(table: Table, ds_from: str, ends: Iterable[str]) -> dict[str, str]:
+    """``{end: inputs_fingerprint(table, ds_from, end)}`` for several ends, reading each manifest once."""
+    wanted = {check_ds(e) for e in ends}
+    if not wanted:
+        return {}
+    h, out = hashlib.sha256(), {}
+    for ds in day_range(ds_from, max(wanted)):
         h.update(f"{ds}={table.manifest(ds).content_fingerprint};".encode())
-    return h.hexdigest()
+        if ds in wanted:
+            out[ds] = h.copy().hexdigest()
+    missing = sorted(wanted - set(out))
+    if missing:
+        raise LakeError(f"{table.name}: range end(s) {missing} before the range start {ds_from}")
+    return out
 
 
 def _runs(days: list[str]) -> str:

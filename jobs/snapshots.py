@@ -7,10 +7,10 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from features.spec import FeatureSet
+from features.spec import FeatureSet, kernel_fingerprint
 from jobs import engines
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, Table, inputs_fingerprint
+from jobs.lake import Lake, Manifest, Table, day_range, inputs_fingerprint, inputs_fingerprints
 from jobs.schemas import feature_schema
 
 SNAPSHOT_MODE = "known_at"  # what a service running at the cut-off could have seen
@@ -40,7 +40,9 @@ def feature_set_of(cfg: Config, feature_set: str | FeatureSet | None = None) -> 
     return repo.feature_sets[sorted(repo.feature_sets)[0]]
 
 
-def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = None, **engine_options) -> Manifest:
+def build_snapshot(
+    cfg: Config, ds: str | dt.date, feature_set: str | FeatureSet | None = None, **engine_options
+) -> Manifest:
     """Compute and publish the snapshot partition ``ds`` of ``feature_set`` on ``cfg.engine``.
 
     Reads every ingest partition of the set's source table (``fs.source.table``) from the first
@@ -48,32 +50,201 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = Non
     whole, so re-running a day — a backfill — is safe and gives the same content fingerprint.
     """
     fs = feature_set_of(cfg, feature_set)
+    lake = cfg.lake()
+    ds = str(pd.Timestamp(str(ds)).date())
+    raw, first = _history(lake, fs, ds)
+    files = raw.files(first, ds)
+    frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)
+    return snapshot_table(lake, fs).write_partition(
+        ds,
+        frames,
+        producer=_producer(cfg, fs, ds),
+        inputs={f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
+    )
+
+
+def _history(lake: Lake, fs: FeatureSet, ds: str) -> tuple[Table, str]:
+    """The set's source table and its first partition; a clear error when nothing was landed by ``ds``."""
     if fs.source is None:
         raise ValueError(f"feature set {fs.name!r} declares no source: nothing to build a snapshot from")
-    lake = cfg.lake()
     raw = lake.table(fs.source.table)
-    ds = str(pd.Timestamp(str(ds)).date())
     first = raw.first_ds()
     if first is None or first > ds:
         raise ValueError(
             f"no raw_events partitions at or before ds={ds} in {raw.name} of {lake.root}; run the landing first"
         )
-    files = raw.files(first, ds)
-    frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)
-    producer = {
+    return raw, first
+
+
+def _producer(cfg: Config, fs: FeatureSet, ds: str) -> dict:
+    return {
         "job": "build_snapshot",
         "engine": cfg.engine,
         "feature_set": fs.name,
         "feature_set_fingerprint": fs.fingerprint,
         "mode": SNAPSHOT_MODE,
         "as_of": cutoff(ds).isoformat(),
+        "kernel_fingerprint": kernel_fingerprint(),
     }
-    return snapshot_table(lake, fs).write_partition(
-        ds,
-        frames,
-        producer=producer,
-        inputs={f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
+
+
+def up_to_date(cfg: Config, ds: str, feature_set: str | FeatureSet | None = None) -> bool:
+    """Whether the published snapshot of ``ds`` is validated and was built from exactly today's inputs:
+    the same raw partitions (inputs fingerprint), feature set and kernel. Rebuilding it would give the
+    same content fingerprint, so a backfill may skip it."""
+    fs = feature_set_of(cfg, feature_set)
+    lake = cfg.lake()
+    table = snapshot_table(lake, fs)
+    if not table.exists(ds) or not table.validated(ds):
+        return False
+    m = table.manifest(ds)
+    raw = lake.table(fs.source.table)
+    first = raw.first_ds()
+    if first is None or first > ds:
+        return False
+    try:
+        want = {f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)}
+    except Exception:  # noqa: BLE001 - a missing or unreadable raw day: not up to date, the build says why
+        return False
+    return (
+        m.inputs == want
+        and m.producer.get("feature_set_fingerprint") == fs.fingerprint
+        and m.producer.get("kernel_fingerprint") == kernel_fingerprint()
     )
+
+
+def missing_range(cfg: Config, ds: str, feature_set: str | FeatureSet | None = None, max_days: int = 90) -> list[str]:
+    """The days a build of ``ds`` should cover: ``ds`` (unless ``up_to_date``) and the days right after it
+    whose raw partition is published and validated and whose snapshot is not up to date, at most
+    ``max_days`` in all. A daily run finds only its own day; the first run of a backfill over landed
+    history finds the whole range."""
+    fs = feature_set_of(cfg, feature_set)
+    ds = str(pd.Timestamp(str(ds)).date())
+    if up_to_date(cfg, ds, fs):
+        return []
+    raw = cfg.lake().table(fs.source.table)
+    days = [ds]
+    while len(days) < max_days:
+        nxt = (dt.date.fromisoformat(days[-1]) + dt.timedelta(days=1)).isoformat()
+        if not (raw.exists(nxt) and raw.validated(nxt)) or up_to_date(cfg, nxt, fs):
+            break
+        days.append(nxt)
+    return days
+
+
+def build_snapshot_backfill(
+    cfg: Config, ds: str | dt.date, feature_set: str | None = None, max_days: int = 90, **engine_options
+) -> Manifest:
+    """A daily build task's job: nothing if ``ds`` is up to date, one day as ``build_snapshot`` (the DAG
+    validates it in its own task), else ``missing_range`` in one pass (``build_snapshot_range``, each day
+    gated). Returns the manifest of ``ds``."""
+    fs = feature_set_of(cfg, feature_set)
+    ds = str(pd.Timestamp(str(ds)).date())
+    days = missing_range(cfg, ds, fs, max_days)
+    if not days:
+        return snapshot_table(cfg.lake(), fs).manifest(ds)
+    if len(days) == 1:
+        return build_snapshot(cfg, ds, fs, **engine_options)
+    return build_snapshot_range(cfg, days[0], days[-1], fs, **engine_options)[0]
+
+
+def build_snapshot_range(
+    cfg: Config,
+    ds_from: str | dt.date,
+    ds_to: str | dt.date,
+    feature_set: str | FeatureSet | None = None,
+    *,
+    validate: bool = True,
+    progress: bool = False,
+    **engine_options,
+) -> list[Manifest]:
+    """The snapshots of every day ``ds_from..ds_to`` from ONE engine pass over the raw history.
+
+    The pass reads the raw partitions ``first..ds_to`` once and queries, per bucket, every entity
+    known at each day's cut-off (``engines.Snapshots``: the union of the single-day queries). Its
+    output is spilled to scratch (Arrow IPC files) split by day, then each day is published in day order as
+    its own partition — the rows, content fingerprint, producer and inputs fingerprint
+    (``raw/ds=<first>..<ds>``) a single-day ``build_snapshot`` writes. Bit-identical because the raw
+    partition of day P only holds rows ingested on P (the raw suite's partition-time rule), so a
+    later partition adds nothing visible at an earlier cut-off in ``known_at`` mode.
+
+    ``validate``: each day's staged partition must pass the ``feature_snapshots`` suite before it is
+    published (``gate_for``); a failing day is quarantined. The first day that fails (validation or
+    write) stops the range: its error propagates with a note naming the day, the days before
+    stay published and the days after it are not written. The driver holds one engine output frame (one bucket, all days) at a
+    time, never the whole range.
+    """
+    import fsspec
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    fs = feature_set_of(cfg, feature_set)
+    lake = cfg.lake()
+    days = day_range(ds_from, ds_to)
+    raw, first = _history(lake, fs, days[0])
+    inputs = inputs_fingerprints(raw, first, days)  # verifies every raw manifest before any work
+    files = raw.files(first, days[-1])
+    gate = None
+    if validate:
+        from jobs.quality.validate import gate_for
+
+        gate = gate_for(cfg, "feature_snapshots", feature_set=fs.name)
+    table = snapshot_table(lake, fs)
+    by_cutoff = {cutoff(d): d for d in days}
+    queries = engines.Snapshots(tuple(by_cutoff))
+    opts = getattr(cfg, "storage_options", None) or {}
+    scratch = str(cfg.scratch("snapshot_range")).rstrip("/")
+    sfs, sroot = fsspec.core.url_to_fs(scratch, **opts)
+    parts: dict[str, list[str]] = {d: [] for d in days}
+    try:
+        frames = engines.run(cfg, fs, files, queries, SNAPSHOT_MODE, **engine_options)
+        for i, frame in enumerate(frames):
+            if not len(frame):
+                continue
+            for t, rows in frame.groupby(engines.AS_OF, sort=True):
+                d = by_cutoff.get(pd.Timestamp(t))
+                if d is None:  # the engine returned a cut-off nobody asked for: never publish it
+                    raise RuntimeError(f"snapshot range {days[0]}..{days[-1]}: engine output as_of {t} is no cut-off")
+                path = f"{sroot}/ds={d}/part-{i:05d}.arrow"
+                sfs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                tbl = pa.Table.from_pandas(rows, preserve_index=False)
+                with sfs.open(path, "wb") as f, pa.ipc.new_file(f, tbl.schema) as w:  # uncompressed: cheap
+                    w.write_table(tbl)
+                parts[d].append(path)
+            del frame
+
+        def day_frames(d: str):
+            for path in parts[d]:
+                with sfs.open(path, "rb") as f:
+                    yield pa.ipc.open_file(f).read_all().to_pandas()
+
+        manifests: list[Manifest] = []
+        with tqdm(days, desc=f"publishing snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
+            for k, d in enumerate(bar):
+                try:
+                    # No rows for a day: an empty partition, as a single-day build writes (the gate judges it).
+                    data = day_frames(d) if parts[d] else table.schema.empty_table()
+                    manifests.append(
+                        table.write_partition(
+                            d,
+                            data,
+                            producer=_producer(cfg, fs, d),
+                            inputs={f"{raw.name}/ds={first}..{d}": inputs[d]},
+                            gate=gate,
+                        )
+                    )
+                except Exception as exc:  # the error keeps its type (a DataQualityError stays one)
+                    exc.add_note(_stopped_note(days, k))
+                    raise
+                for path in parts[d]:  # this day is done: its spill goes now, not at the end
+                    sfs.rm_file(path)
+        return manifests
+    finally:
+        try:
+            if sfs.exists(sroot):
+                sfs.rm(sroot, recursive=True)
+        except OSError:  # cleanup must not hide the run's own error
+            pass
 
 
 def build_snapshots(
@@ -86,3 +257,9 @@ def build_snapshots(
     # closed on an error too, so the bar's line ends before the error is printed
     with tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
         return [build_snapshot(cfg, d, feature_set, **engine_options) for d in bar]
+
+
+def _stopped_note(days: list[str], k: int) -> str:
+    done = f"{days[0]}..{days[k - 1]} published" if k else "no day published"
+    rest = f"{days[k + 1]}..{days[-1]} not published" if k + 1 < len(days) else "it was the last day"
+    return f"snapshot range {days[0]}..{days[-1]} stopped at ds={days[k]}: {done}; {rest}"

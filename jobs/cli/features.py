@@ -6,7 +6,7 @@ import time
 
 from jobs.cli.common import days, staged_note
 from jobs.config import Config
-from jobs.snapshots import build_snapshots, feature_set_of, snapshot_table
+from jobs.snapshots import build_snapshot_range, build_snapshots, feature_set_of, snapshot_table
 
 
 def add_parsers(subparsers) -> None:
@@ -15,7 +15,14 @@ def add_parsers(subparsers) -> None:
         "snapshot", help="build feature_snapshots/<set>/ds=D: every entity as known at D+1 00:00 UTC"
     )
     s.add_argument("--ds", required=True, help="snapshot day YYYY-MM-DD (first day with --to)")
-    s.add_argument("--to", help="last day of a range (inclusive); each day is its own partition")
+    s.add_argument(
+        "--to",
+        help="last day of a range (inclusive): one engine pass over the raw history, each day its own "
+        "partition, validated before it is published; the first failing day stops the range",
+    )
+    s.add_argument(
+        "--per-day", action="store_true", help="with --to: one build per day instead (unvalidated, as --ds alone)"
+    )
     s.add_argument("--feature-set", help="the declared feature set (default: the default model's first set)")
     s.set_defaults(func=cmd_snapshot)
 
@@ -32,7 +39,11 @@ def add_parsers(subparsers) -> None:
 def cmd_snapshot(args) -> int:
     cfg = Config.from_args(args)
     t0 = time.perf_counter()
-    manifests = build_snapshots(cfg, days(args.ds, args.to), args.feature_set)
+    span = days(args.ds, args.to)
+    if len(span) > 1 and not args.per_day:
+        manifests = build_snapshot_range(cfg, span[0], span[-1], args.feature_set, progress=True)
+    else:
+        manifests = build_snapshots(cfg, span, args.feature_set)
     for m in manifests:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     where = snapshot_table(cfg.lake(), feature_set_of(cfg, args.feature_set)).partition_path(manifests[-1].ds)

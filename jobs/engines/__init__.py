@@ -18,7 +18,7 @@ import pandas as pd
 from features.spec import MODES, FeatureSet
 from jobs.engines.shipping import KernelMismatchError
 
-__all__ = ["AS_OF", "KernelMismatchError", "Queries", "Snapshot", "collect", "run"]
+__all__ = ["AS_OF", "KernelMismatchError", "Queries", "Snapshot", "Snapshots", "collect", "run", "snapshot_queries"]
 
 AS_OF = "as_of"
 _MODULES = {"local": "jobs.engines.local", "dask": "jobs.engines.dask_engine", "spark": "jobs.engines.spark_engine"}
@@ -37,8 +37,44 @@ class Snapshot:
         # Naive = UTC, as everywhere in Lockstep.
         object.__setattr__(self, "as_of", t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC"))
 
+    @property
+    def cutoffs(self) -> tuple[pd.Timestamp, ...]:
+        return (self.as_of,)
 
-Queries = pd.DataFrame | Sequence[str] | Snapshot
+
+@dataclass(frozen=True)
+class Snapshots:
+    """Several snapshots in one pass: every entity as known at each of ``as_ofs`` (a range backfill).
+
+    The query table of a bucket is the concatenation of its ``Snapshot(t)`` queries for each ``t``,
+    so each cut-off's rows are exactly that single snapshot's rows (the kernel evaluates every query
+    from its own window rows; the other queries never change its bits).
+    """
+
+    as_ofs: tuple[pd.Timestamp, ...]
+
+    def __post_init__(self) -> None:
+        times = tuple(Snapshot(t).as_of for t in self.as_ofs)
+        if not times:
+            raise ValueError("Snapshots needs at least one as_of")
+        if len(set(times)) != len(times):
+            raise ValueError("Snapshots.as_ofs must be distinct")
+        object.__setattr__(self, "as_ofs", times)
+
+    @property
+    def cutoffs(self) -> tuple[pd.Timestamp, ...]:
+        return self.as_ofs
+
+
+Queries = pd.DataFrame | Sequence[str] | Snapshot | Snapshots
+
+
+def snapshot_queries(events: pd.DataFrame, fs: FeatureSet, queries: Snapshot | Snapshots, mode: str) -> pd.DataFrame:
+    """The query table of a Snapshot or Snapshots over ``events`` (one bucket's, or all of them)."""
+    from features import kernel
+
+    frames = [kernel.snapshot_queries(events, fs, t, mode) for t in queries.cutoffs]
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def run(
@@ -47,7 +83,7 @@ def run(
     """Features of ``fs`` for ``queries`` over the events in ``events_files``, on ``cfg.engine``.
 
     ``queries`` is a DataFrame (``fs.entity``, ``as_of``, any extra columns, passed
-    through), a list of Parquet file paths of such rows, or a ``Snapshot``.
+    through), a list of Parquet file paths of such rows, a ``Snapshot`` or ``Snapshots``.
     Yields frames (one per bucket or output file; at least one, possibly empty)
     whose union equals ``features.kernel.compute(events, queries, fs, mode)``.
     ``engine_options`` go to the engine (e.g. ``client=`` for Dask).
@@ -71,7 +107,7 @@ def collect(frames: Iterator[pd.DataFrame], fs: FeatureSet) -> pd.DataFrame:
 
 
 def _check_queries(queries, fs: FeatureSet):
-    if isinstance(queries, Snapshot):
+    if isinstance(queries, (Snapshot, Snapshots)):
         return queries
     if isinstance(queries, pd.DataFrame):
         missing = [c for c in (fs.entity, AS_OF) if c not in queries.columns]

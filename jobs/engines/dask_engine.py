@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from features import kernel
 from features.spec import FeatureSet, kernel_fingerprint
-from jobs.engines import Snapshot, shipping
+from jobs.engines import Snapshot, Snapshots, shipping, snapshot_queries
 from jobs.engines.bucketing import (
     bucket_frame,
     bucket_parquet_file,
@@ -125,7 +125,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     frame_query_buckets: dict[int, str] = {}
     if isinstance(queries, pd.DataFrame):
         frame_query_buckets = bucket_frame(queries, q_root, 0, n_buckets, fs.entity, opts)
-    elif not isinstance(queries, Snapshot):
+    elif not isinstance(queries, (Snapshot, Snapshots)):
         jobs += [
             c.submit(
                 bucket_parquet_file,
@@ -161,7 +161,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     events_schema = (
         file_schema(events_files[0], fs.entity, fs.event_columns, opts) if events_files else default_events_schema(fs)
     )
-    if isinstance(queries, Snapshot):
+    if isinstance(queries, (Snapshot, Snapshots)):
         work = {b: queries for b in events_by_bucket}
         decode = True
     else:
@@ -217,8 +217,8 @@ def compute_bucket(
     """One bucket on a worker: check the kernel, read, ``compute``, write ``out_path``; returns (path, rows)."""
     shipping.check_here(expected_kernel, get_worker().address)
     events = read_frame(event_paths, fs.entity, fs.event_columns, opts, empty=events_schema)
-    if isinstance(queries, Snapshot):
-        q = kernel.snapshot_queries(events, fs, queries.as_of, mode)
+    if isinstance(queries, (Snapshot, Snapshots)):
+        q = snapshot_queries(events, fs, queries, mode)
     else:
         q = read_frame(queries, fs.entity, None, opts, decode_dictionaries=decode_queries)
     out = kernel.compute(events, q, fs, mode)
@@ -240,8 +240,8 @@ def _read(path: str, opts: dict) -> pd.DataFrame:
 
 def _empty_result(fs, queries, events_schema, mode, opts) -> pd.DataFrame:
     events = events_schema.empty_table().to_pandas()
-    if isinstance(queries, Snapshot):
-        q = kernel.snapshot_queries(events, fs, queries.as_of, mode)
+    if isinstance(queries, (Snapshot, Snapshots)):
+        q = snapshot_queries(events, fs, queries, mode)
     elif isinstance(queries, pd.DataFrame):
         q = queries.iloc[:0].copy()
         q[fs.entity] = normalize_keys(q[fs.entity])

@@ -8,7 +8,7 @@ import pandas as pd
 
 from features import kernel
 from features.spec import FeatureSet
-from jobs.engines import Snapshot
+from jobs.engines import Snapshot, Snapshots, snapshot_queries
 from jobs.engines.bucketing import (
     default_events_schema,
     default_queries_schema,
@@ -26,8 +26,8 @@ def run(cfg, fs: FeatureSet, events_files: list[str], queries, mode: str) -> Ite
 
 def load_queries(fs: FeatureSet, events: pd.DataFrame, queries, mode: str, storage_options=None) -> pd.DataFrame:
     """The query table: a Snapshot's from ``events``, a frame (key as int64 or string) or files read whole."""
-    if isinstance(queries, Snapshot):
-        return kernel.snapshot_queries(events, fs, queries.as_of, mode)
+    if isinstance(queries, (Snapshot, Snapshots)):
+        return snapshot_queries(events, fs, queries, mode)
     if isinstance(queries, pd.DataFrame):
         q = queries.copy()
         q[fs.entity] = normalize_keys(q[fs.entity])  # int64 or string keys on every engine

@@ -11,8 +11,8 @@ is one ``features.kernel.compute`` call. Two pitfalls are handled here:
   is cast to long before hashing; a string key (``fs.entity_type == "string"``) is hashed
   as a string.
 
-The result is written to a scratch Parquet directory and yielded file by file,
-so the driver holds one output file at a time. The session ships the driver's ``features``
+The result is written to a scratch Parquet directory and yielded in batches of at most
+``READ_ROWS`` rows, so the driver holds one batch at a time, whatever the file sizes. The session ships the driver's ``features``
 package to the executors (``addPyFile``), and every run first checks the kernel the executors
 import (``shipping``): a mismatch raises ``KernelMismatchError`` before any row is read.
 """
@@ -35,12 +35,14 @@ import pyarrow.parquet as pq
 
 from features import kernel
 from features.spec import FeatureSet, kernel_fingerprint
-from jobs.engines import Snapshot, shipping
+from jobs.engines import Snapshot, Snapshots, shipping, snapshot_queries
 from jobs.engines.bucketing import default_events_schema, default_queries_schema
 
 log = logging.getLogger(__name__)
 
 BUCKET = "__lockstep_bucket"
+#: Rows per frame the driver reads back from the output files (its memory bound, not a file's size).
+READ_ROWS = 262_144
 AS_OF = kernel.AS_OF
 
 #: Settings of the session this module builds. The JVM options only take effect when the
@@ -153,10 +155,13 @@ def _run(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode, scr
     yielded = 0
     for path in sorted(fsys.glob(f"{root}/part-*.parquet")):
         with fsys.open(path, "rb") as f:
-            frame = pq.read_table(f).to_pandas()
-        if len(frame):
-            yielded += 1
-            yield _restore(frame[out_names], queries, fs.entity)
+            # In batches: Spark may coalesce the buckets into few files (adaptive execution), and one
+            # file of a range build's output holds every day of its buckets.
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=READ_ROWS):
+                frame = pa.Table.from_batches([batch]).to_pandas()
+                if len(frame):
+                    yielded += 1
+                    yield _restore(frame[out_names], queries, fs.entity)
     if not yielded:
         yield _restore(_empty_output(out_schema), queries, fs.entity)
 
@@ -178,9 +183,9 @@ def _compute(spark, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     events = events.withColumn(fs.entity, key).withColumn(BUCKET, F.pmod(F.xxhash64(fs.entity), F.lit(n_buckets)))
     ev_fields = _fields(events.schema, exclude=BUCKET)
 
-    if isinstance(queries, Snapshot):
+    if isinstance(queries, (Snapshot, Snapshots)):
         out_schema, out_names = _output_schema(fs, [fs.entity, AS_OF], {})
-        fn = _snapshot_fn(kernel_fingerprint(), fs, mode, queries.as_of, ev_fields, out_names)
+        fn = _snapshot_fn(kernel_fingerprint(), fs, mode, queries, ev_fields, out_names)
         result = events.groupBy(BUCKET).applyInPandas(fn, out_schema)
     else:
         if isinstance(queries, pd.DataFrame):
@@ -221,11 +226,11 @@ def _cogroup_fn(expected_kernel: str, fs: FeatureSet, mode: str, ev_fields, q_fi
     return fn
 
 
-def _snapshot_fn(expected_kernel: str, fs: FeatureSet, mode: str, as_of: pd.Timestamp, ev_fields, out_names):
+def _snapshot_fn(expected_kernel: str, fs: FeatureSet, mode: str, snapshots, ev_fields, out_names):
     def fn(events: pd.DataFrame) -> pd.DataFrame:
         shipping.check_here(expected_kernel, shipping.spark_executor_name())
         ev = _from_spark(events, ev_fields)
-        q = kernel.snapshot_queries(ev, fs, as_of, mode)
+        q = snapshot_queries(ev, fs, snapshots, mode)
         return _to_spark(kernel.compute(ev, q, fs, mode)[out_names])
 
     return fn

@@ -26,6 +26,30 @@ def test_features_daily_lands_and_snapshots_the_day(airflow_local, lake):
     assert lake.table(SNAPSHOTS).partitions() == ["1997-01-01", "1997-01-02"]
 
 
+def test_a_backfill_run_builds_the_landed_range_in_one_pass_and_later_runs_skip(airflow_local, lake):
+    """Raw history landed and validated first (``lockstep land`` + ``validate``): the backfill's first run
+    builds every missing snapshot after it in one pass; the next run finds its day up to date."""
+    from jobs import orchestration as o
+    from jobs.config import Config
+    from jobs.quality.validate import validate_partition
+
+    cfg = Config(lake_root=airflow_local.lake)
+    snaps = lake.table(SNAPSHOTS)
+    for ds in ("1997-01-01", "1997-01-02"):  # the run of 01-03 needs its past (depends_on_past)
+        if not snaps.exists(ds):  # (before 01-03.. is landed, or this run would build the range itself)
+            airflow_local.dags_test(FEATURES, ds)
+    for ds in ("1997-01-03", "1997-01-04", "1997-01-05", "1997-01-06"):  # `lockstep land` + `validate`
+        o.land_day(cfg, "cdnow_purchases", ds)
+        validate_partition(cfg, "raw_events", ds, source="cdnow_purchases", alert=False)
+    assert not any(snaps.exists(d) for d in ("1997-01-03", "1997-01-04", "1997-01-05", "1997-01-06"))
+    airflow_local.dags_test(FEATURES, "1997-01-03")
+    built = {d: snaps.manifest(d) for d in ("1997-01-03", "1997-01-04", "1997-01-05", "1997-01-06")}
+    assert all(snaps.validated(d) for d in built)
+    assert not snaps.exists("1997-01-07")  # its raw day is not landed: the range stops before it
+    airflow_local.dags_test(FEATURES, "1997-01-04")
+    assert snaps.manifest("1997-01-04") == built["1997-01-04"]  # skipped: nothing rewritten
+
+
 def test_a_bad_reland_of_a_validated_day_fails_and_readers_keep_the_good_day(airflow_local, lake, tmp_path):
     """land_raw stages the re-export over the validated day, validate_raw quarantines it: the day's raw
     partition and its snapshot stay the validated ones; a good re-run is swapped in by validate_raw."""

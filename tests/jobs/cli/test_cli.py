@@ -29,6 +29,11 @@ def test_ingest_snapshot_show_round_trip(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "raw_events/cdnow_purchases: 10 partitions" in out
     assert "feature_snapshots/customer_activity_v1: 2 partitions 1997-01-09..1997-01-10" in out
+    # --to is the one-pass range build: every day validated before it was published
+    from jobs.config import Config
+
+    snaps = Config(lake_root=lake).lake().table("feature_snapshots/customer_activity_v1")
+    assert snaps.validated("1997-01-09") and snaps.validated("1997-01-10")
 
 
 def test_relanding_a_validated_day_says_it_is_staged_until_validated(tmp_path, capsys):
