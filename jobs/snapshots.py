@@ -10,7 +10,7 @@ import pandas as pd
 from features.spec import FeatureSet
 from jobs import engines
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, Table, inputs_fingerprint
+from jobs.lake import UNVALIDATED_INPUTS, Lake, Manifest, Table, inputs_fingerprint
 from jobs.schemas import feature_schema
 
 SNAPSHOT_MODE = "known_at"  # what a service running at the cut-off could have seen
@@ -40,12 +40,23 @@ def feature_set_of(cfg: Config, feature_set: str | FeatureSet | None = None) -> 
     return repo.feature_sets[sorted(repo.feature_sets)[0]]
 
 
-def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = None, **engine_options) -> Manifest:
+def build_snapshot(
+    cfg: Config,
+    ds: str | dt.date,
+    feature_set: str | None = None,
+    *,
+    allow_unvalidated: bool = True,
+    **engine_options,
+) -> Manifest:
     """Compute and publish the snapshot partition ``ds`` of ``feature_set`` on ``cfg.engine``.
 
     Reads every ingest partition of the set's source table (``fs.source.table``) from the first
     one through ``ds`` (the lake fails loudly on a missing or corrupt day) and replaces the partition
     whole, so re-running a day — a backfill — is safe and gives the same content fingerprint.
+
+    ``allow_unvalidated=False`` (the ``lockstep snapshot`` default) refuses raw days that are not
+    validated (``UnvalidatedPartitionError`` naming them). Built from unvalidated days, the snapshot's
+    ``producer.unvalidated_inputs`` names them, and the lake never marks it validated.
     """
     fs = feature_set_of(cfg, feature_set)
     if fs.source is None:
@@ -58,6 +69,9 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = Non
         raise ValueError(
             f"no raw_events partitions at or before ds={ds} in {raw.name} of {lake.root}; run the landing first"
         )
+    unvalidated = raw.unvalidated(first, ds)
+    if unvalidated and not allow_unvalidated:
+        raw.require_validated(first, ds, dataset="raw_events")
     files = raw.files(first, ds)
     frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)
     producer = {
@@ -68,6 +82,8 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = Non
         "mode": SNAPSHOT_MODE,
         "as_of": cutoff(ds).isoformat(),
     }
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = [f"{raw.name}/ds={d}" for d in unvalidated]
     return snapshot_table(lake, fs).write_partition(
         ds,
         frames,
@@ -77,7 +93,13 @@ def build_snapshot(cfg: Config, ds: str | dt.date, feature_set: str | None = Non
 
 
 def build_snapshots(
-    cfg: Config, days: Iterable[str], feature_set: str | None = None, progress: bool = True, **engine_options
+    cfg: Config,
+    days: Iterable[str],
+    feature_set: str | None = None,
+    progress: bool = True,
+    *,
+    allow_unvalidated: bool = True,
+    **engine_options,
 ) -> list[Manifest]:
     """``build_snapshot`` for each day, in order."""
     from tqdm.auto import tqdm
@@ -85,4 +107,4 @@ def build_snapshots(
     days = list(days)
     # closed on an error too, so the bar's line ends before the error is printed
     with tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
-        return [build_snapshot(cfg, d, feature_set, **engine_options) for d in bar]
+        return [build_snapshot(cfg, d, feature_set, allow_unvalidated=allow_unvalidated, **engine_options) for d in bar]

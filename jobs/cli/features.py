@@ -17,6 +17,12 @@ def add_parsers(subparsers) -> None:
     s.add_argument("--ds", required=True, help="snapshot day YYYY-MM-DD (first day with --to)")
     s.add_argument("--to", help="last day of a range (inclusive); each day is its own partition")
     s.add_argument("--feature-set", help="the declared feature set (default: the default model's first set)")
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="build from raw days that did not pass `lockstep validate` (exploration: the snapshot is marked "
+        "as built from unvalidated input and never counts as validated)",
+    )
     s.set_defaults(func=cmd_snapshot)
 
     s = subparsers.add_parser("show", help="list a table's partitions, or print one partition's manifest")
@@ -32,7 +38,7 @@ def add_parsers(subparsers) -> None:
 def cmd_snapshot(args) -> int:
     cfg = Config.from_args(args)
     t0 = time.perf_counter()
-    manifests = build_snapshots(cfg, days(args.ds, args.to), args.feature_set)
+    manifests = build_snapshots(cfg, days(args.ds, args.to), args.feature_set, allow_unvalidated=args.allow_unvalidated)
     for m in manifests:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     where = snapshot_table(cfg.lake(), feature_set_of(cfg, args.feature_set)).partition_path(manifests[-1].ds)
