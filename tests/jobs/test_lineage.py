@@ -79,6 +79,7 @@ def _predictions(cfg, ds, seed):
 
 def test_quarantining_a_raw_day_withdraws_what_was_built_from_it(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv(sql.SQL_ENV, raising=False)
+    monkeypatch.delenv("LOCKSTEP_ALERTS_LOG", raising=False)
     cfg = _lake(tmp_path)
     lake = cfg.lake()
     validate_range(cfg, "raw_events", DAYS[0], DAYS[-1], source="cdnow_purchases", docs=False)
@@ -123,3 +124,34 @@ def test_quarantining_a_raw_day_withdraws_what_was_built_from_it(tmp_path, capsy
     deleted = alert["details"]["sql_rows_deleted"]
     assert deleted == {f"{MODEL.sql_table_name} ds={d}": preds_rows[d] for d in ("1997-01-03", "1997-01-05")}
     assert f"deleted {preds_rows['1997-01-05']} SQL row(s) of {MODEL.sql_table_name} ds=1997-01-05" in out
+
+
+def test_a_failed_validation_of_a_published_day_withdraws_what_was_built_from_it(tmp_path, monkeypatch):
+    """The day a snapshot was built from (with the override) fails validation later: the quarantine
+    withdraws that snapshot too, the error says so, and the one alert names it."""
+    from jobs.quality.validate import DataQualityError, validate_partition
+
+    monkeypatch.delenv("LOCKSTEP_ALERTS_LOG", raising=False)
+    cfg = _lake(tmp_path)
+    lake = cfg.lake()
+    raw, snaps = lake.table(RAW), snapshot_table(lake, FS)
+    validate_range(cfg, "raw_events", DAYS[0], DAYS[3], source="cdnow_purchases", docs=False)
+    bad = raw.read(DAYS[4]).assign(amount=-5.0)  # the declaration says amount >= 0
+    raw.write_partition(DAYS[4], bad, producer={"job": "re-export"})  # never validated: published at once
+    kept = build_snapshot(cfg, DAYS[3], allow_unvalidated=False)
+    built = build_snapshot(cfg, DAYS[4], allow_unvalidated=True)
+    assert built.producer[UNVALIDATED_INPUTS] == [f"{RAW}/ds={DAYS[4]}"]
+    with pytest.raises(DataQualityError) as info:
+        validate_partition(cfg, "raw_events", DAYS[4], source="cdnow_purchases", docs=False)
+    msg = str(info.value) + "\n".join(getattr(info.value, "__notes__", []))
+    assert "amount" in msg
+    assert f"withdrew 1 partition(s) built from it:\n  {snaps.name}/ds={DAYS[4]} -> " in msg
+    assert not raw.exists(DAYS[4]) and not snaps.exists(DAYS[4])
+    assert snaps.manifest(DAYS[3]) == kept  # built from validated days before it: untouched
+    (q,) = snaps.quarantined(DAYS[4])
+    reason = json.loads(lake.fs.cat_file(f"{q}/_reason.json"))["reason"]
+    assert reason.startswith(
+        f"input {RAW}/ds={DAYS[4]} quarantined: data quality raw_events {RAW}/ds={DAYS[4]}: FAILED"
+    )
+    (alert,) = [a for a in Notifier.for_lake(lake).read() if a["partition"] == f"{RAW}/ds={DAYS[4]}"]
+    assert alert["details"]["withdrawn"] == [f"{snaps.name}/ds={DAYS[4]}"]
