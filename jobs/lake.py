@@ -892,6 +892,32 @@ def inputs_fingerprint(table: Table, ds_from: str, ds_to: str) -> str:
     return h.hexdigest()
 
 
+def parse_input_key(key: str) -> tuple[str, str, str] | None:
+    """``(table, first ds, last ds)`` of a manifest input key ``table/ds=A`` or ``table/ds=A..B``;
+    None for a key of another form."""
+    table, sep, days = key.rpartition("/ds=")
+    if not sep or not table:
+        return None
+    lo, _, hi = days.partition("..")
+    try:
+        return table, check_ds(lo), check_ds(hi or lo)
+    except LakeError:
+        return None
+
+
+def unvalidated_inputs(lake: Lake, keys: Iterable[str], *, skip: Iterable[str] = ()) -> list[str]:
+    """``table/ds=D`` of every day named by the input ``keys`` whose published version is not validated
+    (tables in ``skip`` — tables no suite validates — are left out)."""
+    out, skip = [], set(skip)
+    for key in keys:
+        parsed = parse_input_key(key)
+        if parsed is None or parsed[0] in skip or parsed[2] < parsed[1]:
+            continue
+        name, lo, hi = parsed
+        out += [f"{name}/ds={d}" for d in lake.table(name).unvalidated(lo, hi)]
+    return out
+
+
 def _runs(days: list[str]) -> str:
     """'a, c..e' for sorted days a, c, d, e."""
     runs: list[list[dt.date]] = []

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from jobs.lake import MANIFEST, QUARANTINE, Lake, LakeError, check_ds
+from jobs.lake import MANIFEST, QUARANTINE, Lake, LakeError, check_ds, parse_input_key
 
 
 @dataclass
@@ -68,19 +68,6 @@ def tables(lake: Lake) -> list[str]:
     return sorted(names)
 
 
-def parse_input(key: str) -> tuple[str, str, str] | None:
-    """``(table, first ds, last ds)`` of a manifest input key ``table/ds=A`` or ``table/ds=A..B``;
-    None for a key of another form."""
-    table, sep, days = key.rpartition("/ds=")
-    if not sep or not table:
-        return None
-    lo, _, hi = days.partition("..")
-    try:
-        return table, check_ds(lo), check_ds(hi or lo)
-    except LakeError:
-        return None
-
-
 def dependents(lake: Lake, table: str, ds: str) -> list[tuple[str, str]]:
     """Every published partition built, directly or transitively, from ``table/ds=ds``: ``(table, ds)``
     pairs, each after the partitions it was built from."""
@@ -89,7 +76,7 @@ def dependents(lake: Lake, table: str, ds: str) -> list[tuple[str, str]]:
     for name in tables(lake):
         t = lake.table(name)
         for d in t.partitions():
-            inputs = [p for p in map(parse_input, t.manifest(d).inputs) if p is not None]
+            inputs = [p for p in map(parse_input_key, t.manifest(d).inputs) if p is not None]
             if inputs:
                 published.append((name, d, inputs))
     found: list[tuple[str, str]] = []

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from features.model import EntitySnapshots
 from jobs.config import Config
-from jobs.lake import UNVALIDATED_INPUTS, LakeError, Manifest, Table, UnvalidatedPartitionError
+from jobs.lake import UNVALIDATED_INPUTS, LakeError, Manifest, Table, UnvalidatedPartitionError, unvalidated_inputs
 from jobs.models.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
 from jobs.schemas import UTC_US, predictions_schema
 from jobs.snapshots import cutoff, snapshot_table
@@ -116,7 +116,7 @@ def score_snapshot(
         built_with, inputs, batches, expected = _snapshot_batches(lake, decl, ds, batch_rows)
     else:
         built_with, inputs, batches, expected = _query_batches(cfg, decl, ds, batch_rows, engine_options)
-    unvalidated = _unvalidated_inputs(lake, inputs)
+    unvalidated = unvalidated_inputs(lake, inputs)
     if unvalidated and not allow_unvalidated:
         table, _, day = unvalidated[0].rpartition("/ds=")
         kind = "feature_snapshots" if isinstance(decl.queries, EntitySnapshots) else "raw_events"
@@ -146,18 +146,6 @@ def score_snapshot(
 
         gate = gate_for(cfg, "predictions", model=decl.name)
     return predictions_table(lake, decl).write_partition(ds, rows, producer=producer, inputs=inputs, gate=gate)
-
-
-def _unvalidated_inputs(lake, inputs: dict) -> list[str]:
-    """``table/ds=D`` of every day of the input keys (``table/ds=D`` or ``table/ds=A..B``) that is not validated."""
-    out = []
-    for key in inputs:
-        name, _, days = key.rpartition("/ds=")
-        lo, _, hi = days.partition("..")
-        if (hi or lo) < lo:
-            continue
-        out += [f"{name}/ds={d}" for d in lake.table(name).unvalidated(lo, hi or lo)]
-    return out
 
 
 def declaration_of(repo, lineage: dict, name: str):
