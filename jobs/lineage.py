@@ -126,6 +126,12 @@ def withdraw(
     return result
 
 
+_NOTE = (
+    "withdrawn: every partition whose inputs cover this day, ranges included: a build that read a range "
+    "through a later day read this one too (details.withdrawn lists them all)"
+)
+
+
 def send_alert(lake: Lake, result: Withdrawal, notifier=None) -> dict:
     """The one alert of a withdrawal, naming everything withdrawn."""
     from jobs.alerts import Alert, Notifier
@@ -135,7 +141,7 @@ def send_alert(lake: Lake, result: Withdrawal, notifier=None) -> dict:
         Alert(
             title=f"{result.table}/ds={result.ds} quarantined; {n} partition(s) built from it withdrawn",
             where=f"{result.table}/ds={result.ds}",
-            reason=result.describe(),
+            reason=_NOTE + "\n" + result.describe(),  # the note first: a long reason is cut to its head
             what="lineage withdrawal",
             partition=f"{result.table}/ds={result.ds}",
             quarantine=result.quarantine,

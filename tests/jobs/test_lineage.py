@@ -121,6 +121,10 @@ def test_quarantining_a_raw_day_withdraws_what_was_built_from_it(tmp_path, capsy
     (alert,) = [a for a in Notifier.for_lake(lake).read() if a["what"] == "lineage withdrawal"]
     assert alert["partition"] == f"{RAW}/ds=1997-01-03"
     assert alert["details"]["withdrawn"] == withdrawn
+    assert alert["reason"].startswith(
+        "withdrawn: every partition whose inputs cover this day, ranges included: a build"
+    )
+    assert f"{preds.name}/ds=1997-01-05 -> " in alert["reason"]
     deleted = alert["details"]["sql_rows_deleted"]
     assert deleted == {f"{MODEL.sql_table_name} ds={d}": preds_rows[d] for d in ("1997-01-03", "1997-01-05")}
     assert f"deleted {preds_rows['1997-01-05']} SQL row(s) of {MODEL.sql_table_name} ds=1997-01-05" in out
