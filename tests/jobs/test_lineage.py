@@ -159,3 +159,10 @@ def test_a_failed_validation_of_a_published_day_withdraws_what_was_built_from_it
     )
     (alert,) = [a for a in Notifier.for_lake(lake).read() if a["partition"] == f"{RAW}/ds={DAYS[4]}"]
     assert alert["details"]["withdrawn"] == [f"{snaps.name}/ds={DAYS[4]}"]
+
+
+def test_quarantine_of_a_partition_that_never_existed_is_a_clear_error(tmp_path, capsys):
+    argv = ["--lake", str(tmp_path / "lake"), "quarantine", "--table", RAW, "--ds", "1997-01-01", "--reason", "x"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert f"table '{RAW}' ds=1997-01-01: no published or quarantined partition to withdraw" in err
