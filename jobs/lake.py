@@ -102,6 +102,29 @@ class CorruptPartitionError(LakeError):
         return (type(self), (self.table, self.ds, self.file, self.problem))
 
 
+class UnvalidatedPartitionError(LakeError):
+    """Days of a range a reader requires validated have no validated published version."""
+
+    def __init__(self, table: str, days: list[str], dataset: str | None = None):
+        self.table, self.days, self.dataset = table, list(days), dataset
+        rng = _runs(self.days)
+        cmd = f"lockstep validate {dataset or '<dataset>'} --table {table} --ds {self.days[0]}"
+        if len(self.days) > 1:
+            cmd += f" --to {self.days[-1]}"
+        super().__init__(
+            f"table {table!r} ds={rng}: not validated (run `{cmd}`); to build from it anyway for exploration "
+            "pass --allow-unvalidated (allow_unvalidated=True): the output is then marked as built from "
+            "unvalidated input"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.table, self.days, self.dataset))
+
+
+#: The producer key naming the inputs an output was built from without their validation (the override).
+UNVALIDATED_INPUTS = "unvalidated_inputs"
+
+
 @dataclass
 class Manifest:
     """What a published partition holds, who produced it and from which inputs."""
@@ -493,6 +516,28 @@ class Table:
             return False
         return self._is_validated(self._pdir(check_ds(ds)), current)
 
+    def unvalidated(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
+        """The days of the range whose published version is not validated (MissingPartitionError for
+        days without one)."""
+        out, missing = [], []
+        for ds in day_range(ds_from, ds_to):
+            if not self.exists(ds):
+                missing.append(ds)
+            elif not self.validated(ds):
+                out.append(ds)
+        if missing:
+            raise MissingPartitionError(self.name, missing)
+        return out
+
+    def require_validated(
+        self, ds_from: str | dt.date, ds_to: str | dt.date | None = None, *, dataset: str | None = None
+    ) -> None:
+        """UnvalidatedPartitionError naming the days of the range that are not validated (``dataset``:
+        the ``lockstep validate`` dataset the hint names)."""
+        bad = self.unvalidated(ds_from, ds_to)
+        if bad:
+            raise UnvalidatedPartitionError(self.name, bad, dataset)
+
     def mark_validated(self, ds: str | dt.date, manifest: Manifest) -> None:
         """Record that the published version `manifest` of `ds` passed validation; LakeError if `ds`
         has been re-published since (the verdict would be about other content)."""
@@ -521,6 +566,11 @@ class Table:
         ds = check_ds(ds)
         pdir = self._pdir(ds)
         cand = self._pending_write(ds, write)
+        if cand.producer.get(UNVALIDATED_INPUTS):
+            raise LakeError(
+                f"table {self.name!r} ds={ds}: candidate {write} was built from unvalidated input "
+                f"{cand.producer[UNVALIDATED_INPUTS]}; it does not replace the validated version"
+            )
         try:
             previous = {f["name"] for f in self.manifest(ds).files}
         except LakeError:
@@ -565,6 +615,8 @@ class Table:
         return m
 
     def _mark(self, pdir: str, wid: str, manifest: Manifest) -> None:
+        if manifest.producer.get(UNVALIDATED_INPUTS):
+            return  # built from unvalidated input (the override): never taken as good, whatever its checks say
         stamp = {
             "write_id": wid,
             "content_fingerprint": manifest.content_fingerprint,
@@ -995,6 +1047,32 @@ def inputs_fingerprints(table: Table, ds_from: str, ends: Iterable[str]) -> dict
     missing = sorted(wanted - set(out))
     if missing:
         raise LakeError(f"{table.name}: range end(s) {missing} before the range start {ds_from}")
+    return out
+
+
+def parse_input_key(key: str) -> tuple[str, str, str] | None:
+    """``(table, first ds, last ds)`` of a manifest input key ``table/ds=A`` or ``table/ds=A..B``;
+    None for a key of another form."""
+    table, sep, days = key.rpartition("/ds=")
+    if not sep or not table:
+        return None
+    lo, _, hi = days.partition("..")
+    try:
+        return table, check_ds(lo), check_ds(hi or lo)
+    except LakeError:
+        return None
+
+
+def unvalidated_inputs(lake: Lake, keys: Iterable[str], *, skip: Iterable[str] = ()) -> list[str]:
+    """``table/ds=D`` of every day named by the input ``keys`` whose published version is not validated
+    (tables in ``skip`` — tables no suite validates — are left out)."""
+    out, skip = [], set(skip)
+    for key in keys:
+        parsed = parse_input_key(key)
+        if parsed is None or parsed[0] in skip or parsed[2] < parsed[1]:
+            continue
+        name, lo, hi = parsed
+        out += [f"{name}/ds={d}" for d in lake.table(name).unvalidated(lo, hi)]
     return out
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from features.spec import FeatureSet, kernel_fingerprint
 from jobs import engines
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, Table, day_range, inputs_fingerprint, inputs_fingerprints
+from jobs.lake import UNVALIDATED_INPUTS, Lake, Manifest, Table, day_range, inputs_fingerprint, inputs_fingerprints
 from jobs.schemas import feature_schema
 
 SNAPSHOT_MODE = "known_at"  # what a service running at the cut-off could have seen
@@ -41,24 +41,39 @@ def feature_set_of(cfg: Config, feature_set: str | FeatureSet | None = None) -> 
 
 
 def build_snapshot(
-    cfg: Config, ds: str | dt.date, feature_set: str | FeatureSet | None = None, **engine_options
+    cfg: Config,
+    ds: str | dt.date,
+    feature_set: str | FeatureSet | None = None,
+    *,
+    allow_unvalidated: bool = True,
+    **engine_options,
 ) -> Manifest:
     """Compute and publish the snapshot partition ``ds`` of ``feature_set`` on ``cfg.engine``.
 
     Reads every ingest partition of the set's source table (``fs.source.table``) from the first
     one through ``ds`` (the lake fails loudly on a missing or corrupt day) and replaces the partition
     whole, so re-running a day — a backfill — is safe and gives the same content fingerprint.
+
+    ``allow_unvalidated=False`` (the ``lockstep snapshot`` default) refuses raw days that are not
+    validated (``UnvalidatedPartitionError`` naming them). Built from unvalidated days, the snapshot's
+    ``producer.unvalidated_inputs`` names them, and the lake never marks it validated.
     """
     fs = feature_set_of(cfg, feature_set)
     lake = cfg.lake()
     ds = str(pd.Timestamp(str(ds)).date())
     raw, first = _history(lake, fs, ds)
+    unvalidated = raw.unvalidated(first, ds)
+    if unvalidated and not allow_unvalidated:
+        raw.require_validated(first, ds, dataset="raw_events")
     files = raw.files(first, ds)
     frames = engines.run(cfg, fs, files, engines.Snapshot(cutoff(ds)), SNAPSHOT_MODE, **engine_options)
+    producer = _producer(cfg, fs, ds)
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = [f"{raw.name}/ds={d}" for d in unvalidated]
     return snapshot_table(lake, fs).write_partition(
         ds,
         frames,
-        producer=_producer(cfg, fs, ds),
+        producer=producer,
         inputs={f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)},
     )
 
@@ -86,6 +101,13 @@ def _producer(cfg: Config, fs: FeatureSet, ds: str) -> dict:
         "as_of": cutoff(ds).isoformat(),
         "kernel_fingerprint": kernel_fingerprint(),
     }
+
+
+def _range_producer(cfg: Config, fs: FeatureSet, ds: str, raw_name: str, unvalidated: list[str]) -> dict:
+    producer = _producer(cfg, fs, ds)
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = [f"{raw_name}/ds={d}" for d in unvalidated]
+    return producer
 
 
 def up_to_date(cfg: Config, ds: str, feature_set: str | FeatureSet | None = None) -> bool:
@@ -156,6 +178,7 @@ def build_snapshot_range(
     *,
     validate: bool = True,
     progress: bool = False,
+    allow_unvalidated: bool = True,
     **engine_options,
 ) -> list[Manifest]:
     """The snapshots of every day ``ds_from..ds_to`` from ONE engine pass over the raw history.
@@ -183,6 +206,9 @@ def build_snapshot_range(
     days = day_range(ds_from, ds_to)
     raw, first = _history(lake, fs, days[0])
     inputs = inputs_fingerprints(raw, first, days)  # verifies every raw manifest before any work
+    unvalidated = raw.unvalidated(first, days[-1])
+    if unvalidated and not allow_unvalidated:  # as ``build_snapshot``: refused before any work
+        raw.require_validated(first, days[-1], dataset="raw_events")
     files = raw.files(first, days[-1])
     gate = None
     if validate:
@@ -228,7 +254,7 @@ def build_snapshot_range(
                         table.write_partition(
                             d,
                             data,
-                            producer=_producer(cfg, fs, d),
+                            producer=_range_producer(cfg, fs, d, raw.name, [u for u in unvalidated if u <= d]),
                             inputs={f"{raw.name}/ds={first}..{d}": inputs[d]},
                             gate=gate,
                         )
@@ -248,7 +274,13 @@ def build_snapshot_range(
 
 
 def build_snapshots(
-    cfg: Config, days: Iterable[str], feature_set: str | None = None, progress: bool = True, **engine_options
+    cfg: Config,
+    days: Iterable[str],
+    feature_set: str | None = None,
+    progress: bool = True,
+    *,
+    allow_unvalidated: bool = True,
+    **engine_options,
 ) -> list[Manifest]:
     """``build_snapshot`` for each day, in order."""
     from tqdm.auto import tqdm
@@ -256,7 +288,7 @@ def build_snapshots(
     days = list(days)
     # closed on an error too, so the bar's line ends before the error is printed
     with tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
-        return [build_snapshot(cfg, d, feature_set, **engine_options) for d in bar]
+        return [build_snapshot(cfg, d, feature_set, allow_unvalidated=allow_unvalidated, **engine_options) for d in bar]
 
 
 def _stopped_note(days: list[str], k: int) -> str:

@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_parsers(sub)
     features.add_parsers(sub)
     quality.add_validate_parser(sub)
+    quality.add_quarantine_parser(sub)
     training.add_labels_parser(sub)
     training.add_training_set_parser(sub)
     training.add_train_parser(sub)

@@ -24,6 +24,12 @@ def add_parsers(subparsers) -> None:
         "--per-day", action="store_true", help="with --to: one build per day instead (unvalidated, as --ds alone)"
     )
     s.add_argument("--feature-set", help="the declared feature set (default: the default model's first set)")
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="build from raw days that did not pass `lockstep validate` (exploration: the snapshot is marked "
+        "as built from unvalidated input and never counts as validated)",
+    )
     s.set_defaults(func=cmd_snapshot)
 
     s = subparsers.add_parser("show", help="list a table's partitions, or print one partition's manifest")
@@ -41,9 +47,11 @@ def cmd_snapshot(args) -> int:
     t0 = time.perf_counter()
     span = days(args.ds, args.to)
     if len(span) > 1 and not args.per_day:
-        manifests = build_snapshot_range(cfg, span[0], span[-1], args.feature_set, progress=True)
+        manifests = build_snapshot_range(
+            cfg, span[0], span[-1], args.feature_set, progress=True, allow_unvalidated=args.allow_unvalidated
+        )
     else:
-        manifests = build_snapshots(cfg, span, args.feature_set)
+        manifests = build_snapshots(cfg, span, args.feature_set, allow_unvalidated=args.allow_unvalidated)
     for m in manifests:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     where = snapshot_table(cfg.lake(), feature_set_of(cfg, args.feature_set)).partition_path(manifests[-1].ds)

@@ -45,6 +45,31 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
     return s
 
 
+def add_quarantine_parser(subparsers) -> argparse.ArgumentParser:
+    """``lockstep quarantine --table T --ds D --reason R``: withdraw a partition and everything built from it."""
+    s = subparsers.add_parser(
+        "quarantine",
+        help="quarantine a partition and withdraw every partition built from it (and their SQL rows), one alert",
+    )
+    s.add_argument("--table", required=True, help="the lake table, e.g. raw_events/<source>")
+    s.add_argument("--ds", required=True, help="the partition day YYYY-MM-DD")
+    s.add_argument("--reason", required=True, help="why: recorded with each quarantined partition and in the alert")
+    s.add_argument("--sql-url", help="SQLAlchemy URL of the prediction tables (default: as `lockstep publish`)")
+    s.add_argument("--no-alert", action="store_true", help="do not send the alert")
+    s.set_defaults(func=cmd_quarantine)
+    return s
+
+
+def cmd_quarantine(args) -> int:
+    """Run ``lockstep quarantine``; prints what was withdrawn (``jobs.lineage.withdraw``)."""
+    from jobs.lineage import withdraw
+
+    cfg = Config.from_args(args)
+    result = withdraw(cfg, args.table, args.ds, args.reason, sql_url=args.sql_url, alert=not args.no_alert)
+    print(result.describe())
+    return 0
+
+
 def cmd_validate(args) -> int:
     """Run ``lockstep validate``; prints one verdict per day: passed, FAILED (why, the report, the
     quarantine) or MISSING. A bad day does not stop the others (``validate_range``)."""

@@ -29,6 +29,12 @@ def add_score_parser(subparsers) -> None:
     )
     s.add_argument("--shadow", action="store_true", help="also score with the challenger")
     s.add_argument("--no-validate", action="store_true", help="skip the predictions suite")
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="score input partitions that did not pass `lockstep validate` (exploration: the predictions are "
+        "marked as built from unvalidated input and never count as validated)",
+    )
     s.add_argument("--publish", action="store_true", help="then publish each day to the SQL table")
     s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
     s.set_defaults(func=_cmd_score)
@@ -38,7 +44,15 @@ def _cmd_score(args) -> int:
     cfg = Config.from_args(args)
     registry = Registry.from_config(cfg)
     for d in days(args.ds, args.to):
-        m = score_snapshot(cfg, d, args.model, shadow=args.shadow, registry=registry, validate=not args.no_validate)
+        m = score_snapshot(
+            cfg,
+            d,
+            args.model,
+            shadow=args.shadow,
+            registry=registry,
+            validate=not args.no_validate,
+            allow_unvalidated=args.allow_unvalidated,
+        )
         used = ", ".join(f"{x['role']} v{x['version']}" for x in m.producer["models"])
         print(f"{m.table}/ds={m.ds}: {m.rows} rows ({used})")
         if note := staged_note(cfg.lake(), [m]):  # --no-validate over a validated day

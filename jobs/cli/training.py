@@ -73,6 +73,12 @@ def add_training_set_parser(subparsers) -> None:
     s.add_argument("--to", dest="ds_to", help="last cut-off (default: --from)")
     add_model_arg(s)
     s.add_argument("--no-validate", action="store_true", help="skip the training_sets suite")
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="read raw days that did not pass `lockstep validate` (exploration: the training set is marked as "
+        "built from unvalidated input and never counts as validated)",
+    )
     s.set_defaults(func=_cmd_training_set)
 
 
@@ -83,7 +89,9 @@ def _cmd_training_set(args) -> int:
     days = [d for d in labels_table(cfg.lake(), model).partitions() if args.ds_from <= d <= to]
     if not days:
         raise ValueError(f"no {model.labels_table} partitions in {args.ds_from}..{to}; run `lockstep labels` first")
-    for m in build_training_sets(cfg, model, days, validate=not args.no_validate):
+    for m in build_training_sets(
+        cfg, model, days, validate=not args.no_validate, allow_unvalidated=args.allow_unvalidated
+    ):
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     return 0
 

@@ -112,6 +112,8 @@ class ValidationResult:
     alert: dict | None = None
     #: The version that stays published after this one failed: {content_fingerprint, validated}.
     kept: dict | None = None
+    #: ``"table/ds=D"`` -> quarantine URL of each partition withdrawn because it was built from this one.
+    withdrawn: dict = field(default_factory=dict)
 
     @property
     def failed(self) -> list[Outcome]:
@@ -405,7 +407,7 @@ def validate_partition(
     tbl = lake.table(table or suite.table)  # no schema: read the files as written, drift included
     ds = _ds(ds)
     conclude = {"docs": docs, "docs_index": docs_index, "alert": alert, "notifier": notifier}
-    conclude.update(raise_on_failure=raise_on_failure, quarantine=quarantine)
+    conclude.update(raise_on_failure=raise_on_failure, quarantine=quarantine, cfg=cfg)
     candidate = tbl.pending(ds)
     if candidate is not None:
         result = _validate_staged(suite, candidate, cfg.repo(), batch_rows, max_keys_in_memory, verify=True)
@@ -566,6 +568,7 @@ def _conclude(
     quarantine: bool,
     stage: str | StagedPartition,
     gated: StagedPartition | None = None,
+    cfg=None,
 ) -> ValidationResult:
     """Accept or quarantine, render, store, alert, raise. ``stage``: "published" (the published version
     was validated: marked validated, or quarantined), a pending candidate (promoted, or rejected: the
@@ -605,6 +608,16 @@ def _conclude(
                 result.quarantine_path = tbl.quarantine(result.ds, headline, attachments=attachments)
         except LakeError as exc:
             log.error("could not quarantine %s: %r", result.partition, exc)
+    withdrawal = None
+    if cfg is not None and candidate is None and stage == "published" and result.quarantine_path:
+        # quarantine follows lineage: what was published from this version is withdrawn too
+        from jobs.lineage import withdraw
+
+        try:
+            withdrawal = withdraw(cfg, tbl.name, result.ds, headline, alert=False)
+            result.withdrawn = dict(withdrawal.withdrawn)
+        except Exception as exc:  # noqa: BLE001 - the verdict must still be reported
+            log.error("withdrawing what was built from %s failed: %r", result.partition, exc)
     if result.quarantine_path:  # written there by tbl.quarantine, or by the lake after the gate
         result.result_path = f"{result.quarantine_path}/{RESULT_FILE}"
     elif candidate is not None and not result.success:
@@ -619,11 +632,15 @@ def _conclude(
     if result.success:
         return result
     error = DataQualityError(result)
+    details = {}
+    if withdrawal is not None:
+        error.add_note("\n".join(withdrawal.describe().splitlines()[1:]))
+        details = {"withdrawn": list(withdrawal.withdrawn), "sql_rows_deleted": withdrawal.sql_rows}
     if alert:
         try:
             from jobs.alerts import Notifier
 
-            result.alert = (notifier or Notifier.for_lake(lake)).send_error(error, source="job")
+            result.alert = (notifier or Notifier.for_lake(lake)).send_error(error, source="job", **details)
         except Exception as exc:  # noqa: BLE001 - alerting must never hide the data error
             log.error("alerting on %s failed: %r", result.partition, exc)
     if raise_on_failure:

@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from features.model import EntitySnapshots
 from jobs.config import Config
-from jobs.lake import LakeError, Manifest, Table
+from jobs.lake import UNVALIDATED_INPUTS, LakeError, Manifest, Table, UnvalidatedPartitionError, unvalidated_inputs
 from jobs.models.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
 from jobs.schemas import UTC_US, predictions_schema
 from jobs.snapshots import cutoff, snapshot_table
@@ -76,6 +76,7 @@ def score_snapshot(
     scored_at: pd.Timestamp | None = None,
     validate: bool = True,
     registered: str | None = None,
+    allow_unvalidated: bool = True,
     **engine_options,
 ) -> Manifest:
     """Score the queries of day ``ds`` of declared model ``model`` (default: the repo's default model)
@@ -86,6 +87,10 @@ def score_snapshot(
     The registered model is the one named like the declaration unless ``registered`` names another;
     ``model`` may also be a registered name that no model declares (a model's baseline, say): its
     champion's lineage (``model``, else ``feature_set``) then says which declaration it scores for.
+
+    ``allow_unvalidated=False`` (the ``lockstep score`` default) refuses input partitions (the snapshots
+    of ``ds``, or the query-row model's raw days) that are not validated: ``UnvalidatedPartitionError``.
+    Scored from unvalidated input, the partition's ``producer.unvalidated_inputs`` names it.
     """
     ds = str(pd.Timestamp(str(ds)).date())
     repo = cfg.repo()
@@ -111,6 +116,12 @@ def score_snapshot(
         built_with, inputs, batches, expected = _snapshot_batches(lake, decl, ds, batch_rows)
     else:
         built_with, inputs, batches, expected = _query_batches(cfg, decl, ds, batch_rows, engine_options)
+    unvalidated = unvalidated_inputs(lake, inputs)
+    if unvalidated and not allow_unvalidated:
+        table, _, day = unvalidated[0].rpartition("/ds=")
+        kind = "feature_snapshots" if isinstance(decl.queries, EntitySnapshots) else "raw_events"
+        days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
+        raise UnvalidatedPartitionError(table, days, kind)
     for _, m in models:
         check_compatible(m, built_with, decl, ", ".join(inputs) or f"the queries of ds={ds}")
     rows = _rows(decl, batches, models, built_with, when, expected)
@@ -127,6 +138,8 @@ def score_snapshot(
         "scored_at": when.isoformat(),
         "shadow": shadow,
     }
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = unvalidated
     gate = None
     if validate:
         from jobs.quality.validate import gate_for

@@ -28,7 +28,16 @@ import pyarrow as pa
 from features.model import EntitySnapshots, Model
 from jobs.config import Config
 from jobs.engines.join import events_range, join_features, latest_as_of
-from jobs.lake import Lake, LakeError, Manifest, Table, inputs_fingerprint
+from jobs.lake import (
+    UNVALIDATED_INPUTS,
+    Lake,
+    LakeError,
+    Manifest,
+    Table,
+    UnvalidatedPartitionError,
+    inputs_fingerprint,
+    unvalidated_inputs,
+)
 from jobs.schemas import feature_schema
 from jobs.training.labels import horizon_end_ds, labels_schema, labels_table, resolve_model
 
@@ -61,12 +70,16 @@ def build_training_set(
     ds: str | dt.date,
     *,
     validate: bool = True,
+    allow_unvalidated: bool = True,
     **engine_options,
 ) -> Manifest:
     """Publish ``training_sets/<model>/ds=ds`` from ``labels/<model>/ds=ds`` (one row per label row).
 
     With ``validate`` the staged partition must pass the ``training_sets`` suite of the model
     before it is published (otherwise it is quarantined and ``DataQualityError`` raised).
+    ``allow_unvalidated=False`` (the ``lockstep training-set`` default) refuses raw days read that are
+    not validated (``UnvalidatedPartitionError``; labels, which no suite validates, are not checked);
+    built from such days, ``producer.unvalidated_inputs`` names them.
     """
     m = resolve_model(cfg, model)
     lake = cfg.lake()
@@ -88,6 +101,11 @@ def build_training_set(
         if rng is not None:
             table = lake.table(fs.source.table)
             inputs[f"{table.name}/ds={rng[0]}..{rng[1]}"] = inputs_fingerprint(table, *rng)
+    unvalidated = unvalidated_inputs(lake, inputs, skip=[labels.name])
+    if unvalidated and not allow_unvalidated:
+        table, _, _ = unvalidated[0].rpartition("/ds=")
+        days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
+        raise UnvalidatedPartitionError(table, days, "raw_events")
     frames = join_features(cfg, m, query_files, modes=modes, events_through=through, **engine_options)
     producer = {
         "job": "build_training_set",
@@ -101,6 +119,8 @@ def build_training_set(
         "label_definition": label_manifest.producer.get("definition", ""),
         "horizon_days": label_manifest.producer.get("horizon_days"),
     }
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = unvalidated
     table = training_set_table(lake, m)
     gate = None
     if validate:
@@ -128,10 +148,14 @@ def build_training_sets(
     days: Iterable[str],
     *,
     validate: bool = True,
+    allow_unvalidated: bool = True,
     **engine_options,
 ) -> list[Manifest]:
     """``build_training_set`` for each labels partition, in order."""
-    return [build_training_set(cfg, model, d, validate=validate, **engine_options) for d in sorted(days)]
+    return [
+        build_training_set(cfg, model, d, validate=validate, allow_unvalidated=allow_unvalidated, **engine_options)
+        for d in sorted(days)
+    ]
 
 
 def partitions_in(lake: Lake, model: Model, ds_from: str, ds_to: str) -> list[Manifest]:

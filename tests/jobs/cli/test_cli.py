@@ -24,10 +24,17 @@ def test_features_prints_fingerprints(capsys):
 def test_ingest_snapshot_show_round_trip(tmp_path, capsys):
     lake = str(tmp_path / "lake")
     assert main(["--lake", lake, "ingest-cdnow", "--from", "1997-01-01", "--to", "1997-01-10"]) == 0
+    assert "raw_events/cdnow_purchases: 10 partitions" in capsys.readouterr().out
+    # the raw days are not validated yet: the snapshot refuses them, naming the days and the command
+    assert main(["--lake", lake, "snapshot", "--ds", "1997-01-09"]) == 1
+    err = capsys.readouterr().err
+    assert "table 'raw_events/cdnow_purchases' ds=1997-01-01..1997-01-09: not validated (run `lockstep validate" in err
+    assert "--allow-unvalidated" in err
+    validate = ["validate", "raw_events", "--source", "cdnow_purchases", "--ds", "1997-01-01", "--to", "1997-01-10"]
+    assert main(["--lake", lake, *validate]) == 0
     assert main(["--lake", lake, "snapshot", "--ds", "1997-01-09", "--to", "1997-01-10"]) == 0
     assert main(["--lake", lake, "show", "feature_snapshots/customer_activity_v1"]) == 0
     out = capsys.readouterr().out
-    assert "raw_events/cdnow_purchases: 10 partitions" in out
     assert "feature_snapshots/customer_activity_v1: 2 partitions 1997-01-09..1997-01-10" in out
     # --to is the one-pass range build: every day validated before it was published
     from jobs.config import Config

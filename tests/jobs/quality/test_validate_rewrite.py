@@ -139,6 +139,9 @@ def writer(request, cfg, cdnow, tmp_path):
     }
     if dataset == "feature_snapshots":
         land(cfg, "cdnow_purchases", "1997-01-03")
+        # a snapshot is built from validated raw days (land -> validate -> build, as the DAG runs)
+        for d in ("1997-01-01", "1997-01-02", "1997-01-03"):
+            assert validate_partition(cfg, "raw_events", d, source="cdnow_purchases", docs=False).success
     return dataset, writers[dataset]
 
 

@@ -155,3 +155,21 @@ def test_a_registered_name_no_model_declares_scores_for_the_model_its_lineage_na
     np.testing.assert_array_equal(
         got["score"].to_numpy(), challenger.predict(snap[list(FS.feature_names)].to_numpy(dtype=np.float64))
     )
+
+
+def test_an_unvalidated_snapshot_is_refused_unless_the_override_is_given(setup):
+    from jobs.lake import UNVALIDATED_INPUTS, UnvalidatedPartitionError
+
+    cfg, reg, *_ = setup
+    snap, preds = snapshot_table(cfg.lake(), FS), predictions_table(cfg.lake(), MODEL)
+    assert not snap.validated(DS)  # the fixture's snapshot was never validated
+    before = preds.manifest(DS) if preds.exists(DS) else None
+    with pytest.raises(UnvalidatedPartitionError) as err:
+        score_snapshot(cfg, DS, NAME, registry=reg, validate=False, allow_unvalidated=False)
+    assert str(err.value).startswith(
+        f"table '{snap.name}' ds={DS}: not validated (run `lockstep validate feature_snapshots --table {snap.name} "
+        f"--ds {DS}`)"
+    )
+    assert (preds.manifest(DS) if preds.exists(DS) else None) == before  # nothing published
+    m = score_snapshot(cfg, DS, NAME, registry=reg, validate=False, allow_unvalidated=True)
+    assert m.producer[UNVALIDATED_INPUTS] == [f"{snap.name}/ds={DS}"]

@@ -103,6 +103,7 @@ def test_label_rows_dedupes_and_sorts():
 def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
     """The CLI on a model declared in a repo directory (a 28-day variant of the shipped one)."""
     from jobs import cli
+    from jobs.lake import UnvalidatedPartitionError
     from jobs.training import labels, training_set
 
     (tmp_path / "repurchase_28d.py").write_text(
@@ -121,12 +122,22 @@ def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "labels/repurchase_28d/ds=1997-01-20" in out and "ds=1997-02-03" in out  # up to the last mature Monday
-    args = parser.parse_args(
-        ["--lake", cfg.lake_root, "training-set", "--from", "1997-01-20", "--model", "repurchase_28d", "--no-validate"]
-    )
+    args_list = ["--lake", cfg.lake_root, "training-set", "--from", "1997-01-20", "--model", "repurchase_28d"]
+    args_list.append("--no-validate")
+    args = parser.parse_args(args_list)
+    # the fixture's raw days were never validated: refused, naming them
+    with pytest.raises(
+        UnvalidatedPartitionError, match=r"ds=1997-01-01\.\.1997-01-19: not validated \(run `lockstep validate"
+    ):
+        args.func(args)
+    args = parser.parse_args([*args_list, "--allow-unvalidated"])
     assert args.func(args) == 0
     assert "training_sets/repurchase_28d/ds=1997-01-20" in capsys.readouterr().out
     m = Config(lake_root=cfg.lake_root, repo_package=str(tmp_path)).repo().model("repurchase_28d")
+    built = training_set.training_set_table(cfg.lake(), m).manifest("1997-01-20")
+    assert (
+        built.producer["unvalidated_inputs"][0] == "raw_events/cdnow_purchases/ds=1997-01-01"
+    )  # the override, recorded
     assert (
         training_set.training_set_table(cfg.lake(), m).manifest("1997-01-20").rows
         == labels.labels_table(cfg.lake(), m).manifest("1997-01-20").rows

@@ -43,8 +43,14 @@ def events():
 def cfg(tmp_path_factory):
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
     land(cfg, SOURCE.name, "1997-01-01", LAST_DAY)
+    # land -> validate -> build, as the DAGs run: a training set built from unvalidated raw days is
+    # never marked validated, and the stale-partition test below needs a validated one
+    from jobs.quality.validate import validate_range
+
+    validate_range(cfg, "raw_events", "1997-01-01", LAST_DAY, source=SOURCE.name, docs=False, alert=False)
     build_labels(cfg, M28, [CUTOFF])
-    build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True)  # through the training_sets suite once
+    m = build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True, allow_unvalidated=False)
+    assert "unvalidated_inputs" not in m.producer  # through the training_sets suite once
     return cfg
 
 
