@@ -518,12 +518,15 @@ class Table:
 
     def unvalidated(self, ds_from: str | dt.date, ds_to: str | dt.date | None = None) -> list[str]:
         """The days of the range whose published version is not validated (MissingPartitionError for
-        days without one)."""
+        days without one, CorruptPartitionError for a day whose manifest is unreadable or mis-signed)."""
         out, missing = [], []
         for ds in day_range(ds_from, ds_to):
-            if not self.exists(ds):
+            try:
+                current = self.manifest(ds)
+            except MissingPartitionError:  # a corrupt or mis-signed manifest is raised, not called missing
                 missing.append(ds)
-            elif not self.validated(ds):
+                continue
+            if not self._is_validated(self._pdir(ds), current):
                 out.append(ds)
         if missing:
             raise MissingPartitionError(self.name, missing)
