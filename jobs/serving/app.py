@@ -98,6 +98,7 @@ from jobs.serving.log import (
 from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
 from jobs.serving.shadow import ShadowScorer
+from jobs.serving.shadow import recover as recover_shadow
 from jobs.serving.store import (
     EmbeddedStore,
     L1Cache,
@@ -927,6 +928,13 @@ def create_app(
                 uninstall=shadow.uninstall,
             )
             challenger.reload()  # at start-up: shadowed from the first request
+            # what a crashed process had not shadowed yet: re-offered, or counted as dropped
+            threading.Thread(
+                target=recover_shadow,
+                args=(shadow, slog.wal_dir, slog.segment),
+                name="lockstep-shadow-recovery",
+                daemon=True,
+            ).start()
         state.update(
             windows=windows,
             guards=monitor,
@@ -1120,10 +1128,13 @@ def create_app(
             state["windows"].observe(arm, latency_ms, False, reason is not None, score)
         request_id = req.request_id or uuid.uuid4().hex
         rec = record(pred, request_id, query, t, mode, score, latency_ms, reason, snap_ds, values, by, arm)
+        shadow_by = state["shadow"].model if arm == "champion" else None
+        if shadow_by is not None:  # the WAL row names the challenger it is offered to (crash recovery)
+            rec["shadow_version"] = str(shadow_by.version)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
         served(pred, "/predict", mode, t0, latency_ms, [reason], by, arm)
-        if arm == "champion":
-            state["shadow"].offer([request_id], [t], [values])  # never waits: the shadow worker scores it
+        if shadow_by is not None:
+            state["shadow"].offer([request_id], [t], [values], shadow_by)  # never waits: the shadow worker scores it
         return answer(pred, request_id, query, t, mode, score, reason, values, by, arm)
 
     @app.post("/predict/batch")
@@ -1191,14 +1202,21 @@ def create_app(
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
         rows = list(zip(ids, queries, times, scores, reasons, snaps, values, by, arms))
         records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v, b, a) for i, q, t, sc, r, ds, v, b, a in rows]
+        shadow_by = state["shadow"].model
+        if shadow_by is not None:  # each champion row names the challenger it is offered to
+            for rec, a in zip(records, arms):
+                if a == "champion":
+                    rec["shadow_version"] = str(shadow_by.version)
         await _log_or_503(state, records, "/predict/batch", mode, str(pred.model.version))
         for arm, model in (("champion", pred.model), ("canary", challenger)):
             mine = [r for r, a in zip(reasons, arms) if a == arm]
             if mine:
                 served(pred, "/predict/batch", mode, t0, latency_ms, mine, model, arm)
         home = [i for i, a in enumerate(arms) if a == "champion"]
-        if home:
-            state["shadow"].offer([ids[i] for i in home], [times[i] for i in home], [values[i] for i in home])
+        if home and shadow_by is not None:
+            state["shadow"].offer(
+                [ids[i] for i in home], [times[i] for i in home], [values[i] for i in home], shadow_by
+            )
         return {
             "count": n,
             "predictions": [answer(pred, i, q, t, mode, sc, r, v, b, a) for i, q, t, sc, r, _, v, b, a in rows],
@@ -1454,6 +1472,7 @@ def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer |
         else {"version": follower.refused[0], "reason": follower.refused[1]},
         "shadow_scored": shadow.scored,
         "shadow_dropped": dict(shadow.dropped),
+        "shadow_recovered": None if shadow.recovered is None else dict(shadow.recovered),
     }
 
 

@@ -251,6 +251,7 @@ class ServingLog:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._fd: int | None = None
+        self.segment: Path | None = None  # the segment being written
         self._seg_size = 0
         self._last_fsync = 0.0
         self._last_alert = 0.0
@@ -401,7 +402,7 @@ class ServingLog:
             os.fsync(self._fd)
             os.close(self._fd)
         # Unique per process and time: several service workers may share one WAL directory.
-        path = self.wal_dir / f"segment-{time.time_ns():020d}-{os.getpid()}.jsonl"
+        path = self.segment = self.wal_dir / f"segment-{time.time_ns():020d}-{os.getpid()}.jsonl"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         self._seg_size = 0
         dfd = os.open(self.wal_dir, os.O_RDONLY)
@@ -436,8 +437,10 @@ def read_wal(wal_dir, model) -> pd.DataFrame:
     shadow = shadow_wal_dir(wal_dir)
     if shadow.is_dir():
         scored: dict = {}
-        for r in _wal_lines(shadow):
-            scored.setdefault(r.get("request_id"), r)
+        for r in _wal_lines(shadow):  # a score wins over a drop marker (a drop re-offered after a crash)
+            got = scored.get(r.get("request_id"))
+            if got is None or (got.get("shadow_score") is None and r.get("shadow_score") is not None):
+                scored[r.get("request_id")] = r
         for r in rows:
             got = scored.get(r.get("request_id"))
             if got is not None and r.get("shadow_score") is None:
@@ -446,8 +449,22 @@ def read_wal(wal_dir, model) -> pd.DataFrame:
 
 
 def _wal_lines(wal_dir) -> list[dict]:
+    return wal_records(sorted(Path(wal_dir).glob("segment-*.jsonl")))
+
+
+def segment_pid(path) -> int | None:
+    """The pid of the process that wrote WAL segment ``path`` (``segment-<time_ns>-<pid>.jsonl``)."""
+    try:
+        return int(Path(path).stem.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def wal_records(segments) -> list[dict]:
+    """The complete records of the WAL segment files ``segments``, in order, as dicts (a torn last
+    line is skipped; a garbled complete line is a ``ValueError`` naming the file and the line)."""
     rows = []
-    for seg in sorted(Path(wal_dir).glob("segment-*.jsonl")):
+    for seg in segments:
         data = seg.read_bytes()
         end = data.rfind(b"\n") + 1  # a line being written right now is not complete yet
         for number, line in enumerate(data[:end].splitlines(), 1):

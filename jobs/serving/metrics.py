@@ -44,7 +44,9 @@ for the requests the challenger served as its canary share, ``jobs.serving.canar
 ``lockstep_serving_shadow_scored_total``        requests the challenger scored in the shadow, by
                                                 ``shadow_version`` (``jobs.serving.shadow``)
 ``lockstep_serving_shadow_dropped_total``       requests NOT shadowed, by ``reason`` (queue_full: the
-                                                shadow backlog was full; log_full; error): alerted
+                                                shadow backlog was full; log_full; error; crash: a
+                                                crashed process's backlog whose challenger is gone
+                                                at restart): alerted
 ``lockstep_serving_shadow_queue_depth``         offers waiting for the shadow worker
 ``lockstep_serving_challenger_refused_total``   challengers refused (trained for other feature sets):
                                                 not shadowed, by ``reason``
@@ -211,7 +213,7 @@ class ServiceMetrics:
         )
         self.shadow_dropped = Counter(
             "lockstep_serving_shadow_dropped",
-            "requests not shadowed (backlog full, shadow log full, challenger error)",
+            "requests not shadowed (backlog full, shadow log full, challenger error, lost in a crash)",
             ["model", "reason"],
             **reg,
         )
@@ -234,7 +236,7 @@ class ServiceMetrics:
             ["model"],
             **reg,
         ).labels(model=model)
-        for reason in ("queue_full", "log_full", "error"):
+        for reason in ("queue_full", "log_full", "error", "crash"):
             self.shadow_dropped.labels(model=model, reason=reason)
         for reason in ("fingerprint", "feature_names"):
             self.challenger_refused.labels(model=model, reason=reason)

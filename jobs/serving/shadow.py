@@ -14,20 +14,29 @@ Nothing is lost silently: a full queue (the challenger is slower than the traffi
 counts it (``dropped``, by reason ``queue_full``; ``log_full`` when the shadow WAL's own queue
 refuses the records; ``error`` when the challenger raised) and calls ``on_drop(n, reason)`` — the
 service counts ``lockstep_serving_shadow_dropped_total`` and sends a (rate-limited) alert. Those rows
-keep a null ``shadow_score``.
+keep a null ``shadow_score``; a drop also writes a marker per request to the shadow WAL
+(``shadow_dropped``: the reason; not for ``log_full``, whose queue has no room for it).
+
+A crash (``kill -9``) loses the queue, not the offers: the served row, in the WAL before the 200,
+names the challenger it was offered to (``shadow_version``) and carries its feature vector. At
+start-up :func:`recover` reads the segments of processes that are gone and re-offers every row
+offered to a challenger with neither a shadow record nor a drop marker: scored by the same version
+when it is still the installed challenger, else dropped and counted (reason ``crash``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-DROP_REASONS = ("queue_full", "log_full", "error")
+DROP_REASONS = ("queue_full", "log_full", "error", "crash")
 
 
 class ShadowScorer:
@@ -49,6 +58,8 @@ class ShadowScorer:
         self.on_drop, self.on_scored = on_drop, on_scored
         #: the challenger scoring new offers (None: nothing is shadowed); one reference, replaced whole
         self.model = None
+        #: what :func:`recover` did at start-up (None: not run)
+        self.recovered: dict | None = None
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.scored = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
@@ -71,10 +82,11 @@ class ShadowScorer:
         return None if model is None else str(model.version)
 
     # ---- request side -----------------------------------------------------------------------------
-    def offer(self, request_ids: list, request_times: list, rows: list[dict]) -> bool:
-        """Queue the requests for the challenger installed now (none: False, nothing queued). Never
-        blocks: a full queue drops them (counted, ``on_drop``) and answers False."""
-        model = self.model
+    def offer(self, request_ids: list, request_times: list, rows: list[dict], model=None) -> bool:
+        """Queue the requests for ``model`` (default: the challenger installed now; none: False,
+        nothing queued). Never blocks: a full queue drops them (counted, ``on_drop``, a marker per
+        request in the shadow WAL) and answers False."""
+        model = self.model if model is None else model
         if model is None or not rows:
             return False
         with self._idle:
@@ -86,7 +98,7 @@ class ShadowScorer:
                 full = False
                 self._pending += 1
         if full:
-            self._drop(len(rows), "queue_full")
+            self._drop(len(rows), "queue_full", model, request_ids, request_times)
             return False
         return True
 
@@ -94,13 +106,42 @@ class ShadowScorer:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def _drop(self, n: int, reason: str) -> None:
+    def _drop(self, n: int, reason: str, model=None, request_ids=(), request_times=()) -> None:
+        """Count ``n`` dropped requests (``model``: the model, or version, they were offered to: a
+        drop marker per request goes to the shadow WAL)."""
         self.dropped[reason] += n
+        if model is not None and reason != "log_full":
+            self._mark(model, request_ids, request_times, reason)
         if self.on_drop is not None:
             try:
                 self.on_drop(n, reason)
             except Exception:  # noqa: BLE001 - counting or alerting must not fail a request
                 log.exception("shadow drop callback failed")
+
+    def _mark(self, model, request_ids, request_times, reason: str) -> None:
+        """One ``shadow_dropped`` marker per request in the shadow WAL: a restart does not re-offer it."""
+        from jobs.serving.log import LogQueueFull
+
+        version = str(getattr(model, "version", model))
+        markers = [
+            {"request_id": i, "request_time": _us(t), "shadow_version": version, "shadow_score": None}
+            | {"shadow_dropped": reason}
+            for i, t in zip(request_ids, request_times)
+        ]
+        try:
+            self.writer.submit_many(markers)
+        except (LogQueueFull, RuntimeError):  # counted anyway; a restart re-offers or counts these rows
+            log.warning("shadow: no room for %d drop marker(s)", len(markers))
+
+    def backlog(self, request_ids: list, request_times: list, rows: list[dict], model) -> None:
+        """Queue a recovered backlog for ``model``, waiting (on the caller's thread, never a request's)
+        while the queue is over half full, so live offers keep their room."""
+        half = max(1, self._queue.maxsize // 2)
+        while self._queue.qsize() >= half and not self._stop.is_set():
+            time.sleep(0.01)
+        with self._idle:
+            self._queue.put((model, request_ids, request_times, rows))
+            self._pending += 1
 
     # ---- the worker -------------------------------------------------------------------------------
     def start(self) -> ShadowScorer:
@@ -132,7 +173,7 @@ class ShadowScorer:
             scores = self.score(model, self.names, rows)
         except Exception:  # noqa: BLE001 - a failing challenger never touches the served path
             log.exception("shadow model v%s failed on %d row(s)", version, len(rows))
-            self._drop(len(rows), "error")
+            self._drop(len(rows), "error", model, request_ids, request_times)
             return
         records = [
             {"request_id": i, "request_time": _us(t), "shadow_version": version, "shadow_score": float(s)}
@@ -171,17 +212,14 @@ class ShadowScorer:
         if self._thread is None:
             return
         self.flush(timeout)
-        left = 0
         while True:
             try:
-                _, _, _, rows = self._queue.get_nowait()
+                model, ids, times, rows = self._queue.get_nowait()
             except queue.Empty:
                 break
-            left += len(rows)
             with self._idle:
                 self._pending -= 1
-        if left:
-            self._drop(left, "queue_full")
+            self._drop(len(rows), "queue_full", model, ids, times)
         self._stop.set()
         self._thread.join(timeout)
         self._thread = None
@@ -191,4 +229,107 @@ class ShadowScorer:
 def _us(t) -> int:
     import pandas as pd
 
+    if isinstance(t, int):  # already microseconds (a recovered WAL row)
+        return t
     return int(pd.Timestamp(t).value // 1000)
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` exists (None: unknown, taken as alive: its segment is left alone)."""
+    if pid is None:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(
+    scorer: ShadowScorer,
+    wal_dir,
+    current=None,
+    *,
+    chunk: int = 256,
+    alive: Callable[[int | None], bool] = pid_alive,
+) -> dict:
+    """Re-offer what a crashed process had not shadowed (see the module docstring); runs on its own
+    thread at start-up, after the challenger is installed. Reads the served segments of processes
+    that are gone and not yet recovered (``current``: this process's own segment; another segment
+    with this process's pid is an earlier process's, as in a restarted container); a row offered to a challenger (``shadow_version``) with no
+    shadow record and no drop marker is queued for the installed challenger if it is that version
+    (:meth:`ShadowScorer.backlog`), else dropped (``crash``: counted, alerted, marked). A segment is
+    marked recovered (``<shadow WAL>/recovered/<segment>``) once its rows are scored and written;
+    a process that dies mid-recovery leaves only a claim, which the next start takes over (rows
+    already re-scored have their shadow record and are not offered twice)."""
+    from jobs.serving.log import segment_pid, shadow_wal_dir, wal_records
+
+    wal = Path(wal_dir)
+    shadow_dir = shadow_wal_dir(wal)
+    done_dir = shadow_dir / "recovered"
+    done_dir.mkdir(parents=True, exist_ok=True)
+    out = {"segments": 0, "rescored": 0, "lost": 0, "done": False}
+    scorer.recovered = out
+    todo = []
+    for seg in sorted(wal.glob("segment-*.jsonl")):
+        pid = segment_pid(seg)
+        if seg == current or (done_dir / seg.name).exists() or (pid != os.getpid() and alive(pid)):
+            continue
+        if _claim(done_dir / f"{seg.name}.claim", alive):
+            todo.append(seg)
+    if todo:
+        settled = {r.get("request_id") for r in wal_records(sorted(shadow_dir.glob("segment-*.jsonl")))}
+        for seg in todo:
+            rows = [
+                r
+                for r in wal_records([seg])
+                if r.get("shadow_version") is not None
+                and r.get("shadow_score") is None
+                and r.get("request_id") not in settled
+            ]
+            model = scorer.model
+            mine = [r for r in rows if model is not None and r["shadow_version"] == str(model.version)]
+            lost = [r for r in rows if model is None or r["shadow_version"] != str(model.version)]
+            for start in range(0, len(mine), chunk):
+                part = mine[start : start + chunk]
+                ids, times = [r["request_id"] for r in part], [r["request_time"] for r in part]
+                scorer.backlog(ids, times, [{n: r.get(n) for n in scorer.names} for r in part], model)
+            for version in sorted({r["shadow_version"] for r in lost}):
+                part = [r for r in lost if r["shadow_version"] == version]
+                scorer._drop(
+                    len(part), "crash", version, [r["request_id"] for r in part], [r["request_time"] for r in part]
+                )
+            while not scorer.flush(timeout=5.0):  # re-scored and written before the segment is marked
+                if scorer._stop.is_set():
+                    return out
+            (done_dir / seg.name).touch()
+            (done_dir / f"{seg.name}.claim").unlink(missing_ok=True)
+            out["segments"] += 1
+            out["rescored"] += len(mine)
+            out["lost"] += len(lost)
+            if rows:
+                log.warning("shadow: %s: %d row(s) re-offered, %d lost (crash)", seg.name, len(mine), len(lost))
+    out["done"] = True
+    return out
+
+
+def _claim(path: Path, alive: Callable[[int | None], bool]) -> bool:
+    """Take the recovery of one segment: first come, or over a claimer that is gone."""
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            try:
+                holder = int(path.read_text() or "0")
+            except (OSError, ValueError):
+                holder = 0
+            if holder and holder != os.getpid() and alive(holder):
+                return False
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return True
+    return False

@@ -132,7 +132,7 @@ def test_a_full_shadow_backlog_is_counted_and_alerted_and_never_blocks(lake, tmp
     finally:
         gated.release.set()
     assert max(took) < 1.0, took
-    assert health["shadow_dropped"] == {"queue_full": 5, "log_full": 0, "error": 0}
+    assert health["shadow_dropped"] == {"queue_full": 5, "log_full": 0, "error": 0, "crash": 0}
     assert value(got, "lockstep_serving_shadow_dropped_total", model=MODEL.name, reason="queue_full") == 5
     rows = logged(tmp_path)
     assert rows.shadow_score.notna().to_dict() == {
