@@ -10,6 +10,9 @@
    generator runs on the same 2 cores as the service.
 3. Batches of 100 (``POST /predict/batch``): predictions/s and batch p99 in process and over HTTP
    (wrk, 4 connections; target >= 10,000 predictions/s at p99 < 50 ms on 2 cores).
+4. The model lifecycle (``--only-lifecycle`` alone): p50/p99 with the registry's challenger
+   shadowing every request vs the shadow off (target p99 within 10% of off), and the requests failed
+   while the champion alias moves 10 times under load (target 0).
 Results are printed as a Markdown table and appended to bench/results/serving.md.
 """
 
@@ -430,6 +433,199 @@ def bench_http(
     return rows
 
 
+# ----------------------------------------------------------------------------- model lifecycle (issue 13)
+
+
+def register_versions(cfg, day: str, trees: int = 200) -> tuple[str, str]:
+    """Two 200-tree LightGBM versions of the default model in the lake's MLflow registry, trained on
+    the snapshot before ``day`` with different synthetic labels: v1 the champion, v2 the challenger."""
+    import lightgbm as lgb
+
+    from jobs.models.registry import Candidate, Registry
+    from jobs.snapshots import snapshot_table
+
+    decl = cfg.repo().default_model()
+    fs = decl.feature_sets[0]
+    table = snapshot_table(cfg.lake(), fs)
+    snap_ds = (pd.Timestamp(day) - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+    snap = table.read(snap_ds)
+    x = snap[list(decl.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
+    reg = Registry.from_config(cfg)
+    versions = []
+    for seed, alias in ((0, "champion"), (1, "challenger")):
+        rng = np.random.default_rng(seed)
+        y = ((snap["recency_days"].fillna(999).to_numpy() < 30) ^ (rng.random(len(x)) < 0.2)).astype(int)
+        params = {"objective": "binary", "num_leaves": 31, "verbosity": -1, "seed": seed, "num_threads": 1}
+        booster = lgb.train(params, lgb.Dataset(x, y), trees)
+        info = reg.register(
+            Candidate(
+                name=decl.name,
+                model_text=booster.model_to_string(),
+                feature_set=fs.name,
+                feature_names=list(decl.feature_names),
+                code_commit="0" * 40,
+                feature_set_fingerprint=decl.fingerprint,
+                training_set_fingerprints={f"{table.name}/ds={snap_ds}": table.manifest(snap_ds).content_fingerprint},
+                environment_digest="0" * 64,
+                params={"num_leaves": 31},
+                metrics={"holdback_auc": 0.7 + 0.01 * seed},
+                holdback={"key": "b" * 64},
+                ranges={"train": [snap_ds, snap_ds]},
+            ),
+            alias=alias,
+        )
+        versions.append(str(info.version))
+    return versions[0], versions[1]
+
+
+def _serve_registry(cfg, wal: Path, env_extra: dict):
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LOCKSTEP_MLFLOW_TRACKING_URI", "LOCKSTEP_SERVING_MODEL_PATH")
+        },
+        "LOCKSTEP_LAKE": cfg.lake_root,
+        "LOCKSTEP_SERVING_WAL_DIR": str(wal),
+        "LOCKSTEP_SERVING_MODE": "fresh",
+        "LOCKSTEP_SERVING_REFRESH_S": "0",
+        **env_extra,
+    }
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "jobs.serving.app:app_from_env", "--host", "127.0.0.1"]
+    proc = subprocess.Popen(argv + ["--port", str(port), "--log-level", "warning", "--no-access-log"], env=env)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    return proc, url
+
+
+def bench_lifecycle(cfg, root: Path, day: str, seconds: float = 15.0, swaps: int = 10, runs: int = 3) -> list[tuple]:
+    """The served model's lifecycle under load, over HTTP (uvicorn, 1 worker, the MLflow registry,
+    wrk 1 thread x 16 connections on the same 2 cores): (1) p50/p99 with the challenger shadowing
+    every request vs the shadow off (target: p99 within 10% of off); (2) requests failed while the
+    champion alias moves ``swaps`` times (v1 <-> v2, as ``lockstep model promote`` / ``rollback``
+    do; the service polls every 0.5 s) (target: 0), every 200 in the published log."""
+    import shutil
+    import threading
+
+    import httpx
+
+    from jobs.config import Config
+    from jobs.models.registry import Registry
+    from jobs.serving.log import model_wal_dir, publish
+    from jobs.serving.replay import plan_day
+    from jobs.serving.store import read_lake_events
+
+    if shutil.which("wrk") is None:
+        return [("lifecycle", "wrk not installed", "skipped", "", "skipped")]
+    decl = cfg.repo().default_model()
+    v1, v2 = register_versions(cfg, day)
+    plan = plan_day(read_lake_events(cfg, FS), day, 20_000, seed=4)
+    bodies = [{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()]
+    script = wrk_script(bodies, root / "lifecycle.lua")
+    wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
+    setup = "uvicorn 1 worker, MLflow registry, 200-tree LightGBM v1 champion + v2 challenger, wrk 1 thread x 16 conn"
+    rows, got = [], {}
+    for shadow in ("0", "1") * runs:  # interleaved: the shared machine's load drifts
+        wal = root / f"wal-lifecycle-shadow{shadow}-{len(got.get(shadow, []))}"
+        proc, url = _serve_registry(
+            cfg, wal, {"LOCKSTEP_SERVING_SHADOW": shadow, "LOCKSTEP_SERVING_MODEL_POLL_S": "30"}
+        )
+        try:
+            load0 = os.getloadavg()[0]
+            out = subprocess.run(wrk + [f"-d{seconds:.0f}s", url], capture_output=True, text=True, check=True).stdout
+            health = httpx.get(f"{url}/health").json()
+            server = httpx.get(f"{url}/metrics.json").json()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(60)
+        w = parse_wrk(out) | {"scored": health.get("shadow_scored"), "dropped": health.get("shadow_dropped")}
+        w |= {"server_p50": server["p50_ms"], "server_p99": server["p99_ms"], "load": (load0 + os.getloadavg()[0]) / 2}
+        got.setdefault(shadow, []).append(w)
+    off, on = got["0"], got["1"]
+
+    def med(ws, key) -> float:
+        return float(np.median([w[key] for w in ws]))
+
+    def runs_of(ws) -> str:
+        return "; ".join(
+            f"{w['rps']:.0f} req/s, client p50/p99 {w['p50_ms']:.1f}/{w['p99_ms']:.1f} ms, "
+            f"server p50/p99 {w['server_p50']:.2f}/{w['server_p99']:.2f} ms (load {w['load']:.1f})"
+            for w in ws
+        )
+
+    dropped = sum(sum((w["dropped"] or {}).values()) for w in on)
+    client_ratio = med(on, "p99_ms") / med(off, "p99_ms")
+    server_ratio = med(on, "server_p99") / med(off, "server_p99")
+    rows.append(
+        (
+            "HTTP p50/p99, shadow on vs off",
+            f"{setup}; fresh mode, {seconds:.0f} s per run, {runs} runs each, interleaved; medians compared",
+            (
+                f"off: {runs_of(off)} || on: {runs_of(on)} || shadow scored {sum(w['scored'] or 0 for w in on)}, "
+                f"dropped {dropped}; median p99 on/off: client {client_ratio:.2f}, server {server_ratio:.2f}"
+            ),
+            "p99 within 10% of off",
+            "ok" if client_ratio <= 1.10 and server_ratio <= 1.10 else "MISSED",
+        )
+    )
+
+    wal = root / "wal-lifecycle-swaps"
+    proc, url = _serve_registry(cfg, wal, {"LOCKSTEP_SERVING_SHADOW": "0", "LOCKSTEP_SERVING_MODEL_POLL_S": "0.5"})
+    reg = Registry.from_config(cfg)
+    moved = []
+
+    def move() -> None:
+        time.sleep(2.0)
+        for i in range(swaps):
+            target = v2 if i % 2 == 0 else v1
+            reg.client.set_registered_model_alias(decl.name, "champion", target)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and httpx.get(f"{url}/health").json()["model_version"] != target:
+                time.sleep(0.05)
+            moved.append(target)
+            time.sleep(1.0)
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    duration = 2.0 + swaps * 2.5 + 3.0
+    try:
+        out = subprocess.run(wrk + [f"-d{duration:.0f}s", url], capture_output=True, text=True, check=True).stdout
+        mover.join()
+        health = httpx.get(f"{url}/health").json()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    w = parse_wrk(out)
+    logs_cfg = Config(lake_root=str(root / "logs-lifecycle-swaps"))
+    logged = publish(logs_cfg, model_wal_dir(wal, decl), decl, day).rows
+    ok = w["requests"] - w["non_2xx"]
+    failed = w["non_2xx"] + w["socket_errors"]
+    rows.append(
+        (
+            f"requests failed during {swaps} swaps under load",
+            f"{setup}; champion alias moved v{v1} <-> v{v2} every ~1.5 s, 0.5 s poll, {duration:.0f} s",
+            (
+                f"{w['rps']:.0f} req/s, p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms; swaps seen "
+                f"{health['model_swaps']}; 200s {ok}, non-2xx {w['non_2xx']}, socket errors {w['socket_errors']}, "
+                f"logged {logged}"
+            ),
+            "0 failed, every 200 logged",
+            ("ok" if failed == 0 and health["model_swaps"] == swaps and logged >= ok else "MISSED"),
+        )
+    )
+    return rows
+
+
 # ----------------------------------------------------------------------------- flights: a three-set vector
 
 FLIGHTS = "dep_delay_15"
@@ -543,18 +739,23 @@ def main(argv=None) -> int:
     p.add_argument("--skip-http", action="store_true")
     p.add_argument("--skip-cdnow", action="store_true", help="only the flights three-set vector")
     p.add_argument("--skip-flights", action="store_true")
+    p.add_argument("--only-lifecycle", action="store_true", help="only the shadow on/off and swap-under-load rows")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to measure")
     args = p.parse_args(argv)
     rows = []
     day = "1997-04-10"
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
+        if args.only_lifecycle:
+            rows += bench_lifecycle(cdnow_lake(root, day), root, day, args.http_seconds)
+            args.skip_cdnow = args.skip_flights = args.skip_skew = True
         if not args.skip_cdnow:
             cfg = cdnow_lake(root, day)
             model = lgbm_model(cfg, day)
             rows += bench_inprocess(cfg, day, model)
             rows += bench_batch_inprocess(cfg, day, model)
             if not args.skip_http:
+                rows += bench_lifecycle(cfg, root, day, args.http_seconds)
                 for workers in args.workers:
                     rows += bench_http(cfg, root, day, model, args.http_seconds, workers=workers)
                     rows += bench_http(
