@@ -84,6 +84,7 @@ from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
 from jobs.serving.canary import canary_point, in_canary
+from jobs.serving.drift import ServedDrift
 from jobs.serving.guards import ArmWindows, GuardMonitor, Verdict
 from jobs.serving.log import (
     LogQueueFull,
@@ -164,6 +165,12 @@ class Settings:
     #: request path; check the champion's training age this often
     guard_eval_s: float = 1.0
     staleness_check_s: float = 3600.0
+    #: served-feature drift (``jobs.serving.drift``): PSI of the last ``drift_window`` champion-served
+    #: vectors against the champion's training features, judged this often (0: never) from
+    #: ``drift_min_rows`` vectors on; alerted past the model's ``drift_psi``
+    drift_eval_s: float = 60.0
+    drift_window: int = 5000
+    drift_min_rows: int = 500
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -869,7 +876,34 @@ def create_app(
             staleness_s=settings.staleness_check_s,
         )
 
+        def drifted(version: str, psi: dict) -> None:
+            for feature in psi:
+                prom.served_drift.labels(model=decl.name, feature=feature).inc()
+            listed = ", ".join(f"{n}: psi={v:.4f}" for n, v in sorted(psi.items()))
+            _alert(
+                cfg,
+                f"served drift: {decl.name} v{version}",
+                "served drift",
+                decl.name,
+                f"features served with champion v{version} drifted from its training features over the last "
+                f"{drift.last['rows']} requests of this process (PSI >= drift_psi {decl.drift_psi:g}): {listed}",
+            )
+
+        for feature in names:  # every series from the start: 0 until a feature drifts
+            prom.served_drift.labels(model=decl.name, feature=feature)
+        drift = ServedDrift(
+            names,
+            decl.drift_psi,
+            lambda: state["predictor"].model,
+            lambda m: getattr(source, "training_features", lambda _m: None)(m),
+            drifted,
+            window=settings.drift_window,
+            min_rows=settings.drift_min_rows,
+            every_s=settings.drift_eval_s,
+        )
+
         def swapped(previous: str, version: str, rollback: bool) -> None:
+            drift.reset()  # a new champion: judged on its own traffic, against its own training features
             prom.model_swapped(previous, version, rollback)
             threading.Thread(target=check_staleness, daemon=True).start()
 
@@ -938,6 +972,7 @@ def create_app(
         state.update(
             windows=windows,
             guards=monitor,
+            drift=drift,
             predictor=predictor,
             follower=follower,
             shadow=shadow,
@@ -959,6 +994,7 @@ def create_app(
             challenger.start()
         check_staleness()  # on load: the champion's age, one alert when it is stale
         monitor.start()
+        drift.start()
 
         def wake() -> None:
             follower.wake()
@@ -971,6 +1007,7 @@ def create_app(
         finally:
             hup()
             monitor.stop()
+            drift.stop()
             follower.stop()
             if challenger is not None:
                 challenger.stop()
@@ -1133,6 +1170,8 @@ def create_app(
             rec["shadow_version"] = str(shadow_by.version)
         await _log_or_503(state, [rec], "/predict", mode, rec["model_version"])
         served(pred, "/predict", mode, t0, latency_ms, [reason], by, arm)
+        if arm == "champion":
+            state["drift"].observe([values])
         if shadow_by is not None:
             state["shadow"].offer([request_id], [t], [values], shadow_by)  # never waits: the shadow worker scores it
         return answer(pred, request_id, query, t, mode, score, reason, values, by, arm)
@@ -1213,6 +1252,7 @@ def create_app(
             if mine:
                 served(pred, "/predict/batch", mode, t0, latency_ms, mine, model, arm)
         home = [i for i, a in enumerate(arms) if a == "champion"]
+        state["drift"].observe([values[i] for i in home])
         if home and shadow_by is not None:
             state["shadow"].offer(
                 [ids[i] for i in home], [times[i] for i in home], [values[i] for i in home], shadow_by
@@ -1237,6 +1277,7 @@ def create_app(
             **_follower_health(state.get("follower"), settings.model_poll_s),
             **_challenger_health(state.get("challenger"), state.get("shadow")),
             **_guard_health(state.get("guards"), state.get("canary")),
+            "served_drift": None if state.get("drift") is None else state["drift"].last,
             "store": type(state.get("store")).__name__,
             "auth": "api_key" if key_ring.configured else "open",
         }

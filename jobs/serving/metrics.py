@@ -51,6 +51,9 @@ for the requests the challenger served as its canary share, ``jobs.serving.canar
 ``lockstep_serving_challenger_refused_total``   challengers refused (trained for other feature sets):
                                                 not shadowed, by ``reason``
 ``lockstep_serving_challenger_reload_errors_total`` challenger checks that failed (retried)
+``lockstep_serving_served_drift_total``         served features whose PSI against the champion's
+                                                training features crossed ``drift_psi``
+                                                (``jobs.serving.drift``), by ``feature``: alerted
 ==============================================  ====================================================
 """
 
@@ -244,6 +247,12 @@ class ServiceMetrics:
             "lockstep_serving_canary_rollbacks",
             "canaries stopped by their guards (jobs.serving.guards), by the guard that broke",
             ["model", "reason"],
+            **reg,
+        )
+        self.served_drift = Counter(
+            "lockstep_serving_served_drift",
+            "served features whose PSI against the champion's training features crossed drift_psi",
+            ["model", "feature"],
             **reg,
         )
         self.canary_errors = Counter(

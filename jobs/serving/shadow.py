@@ -5,7 +5,9 @@ follower, or a version named in the settings), the handler, after the champion's
 WAL and the response is built, hands the request's ids, times and the SAME feature vectors the
 champion scored to :meth:`ShadowScorer.offer`: one ``put_nowait`` on a bounded queue, never a wait.
 One worker thread per service process scores them with the challenger that was installed when they
-were offered (a swap mid-queue never mixes versions within one offer) and writes one follow-up record
+were offered (a swap mid-queue never mixes versions within one offer); the offers queued when it
+takes one (at most ``batch_offers``) go in the same model call, so a backlog costs one call per
+batch, not per request and writes one follow-up record
 per request (``jobs.serving.log.SHADOW_FIELDS``: ``request_id``, ``request_time``, ``shadow_version``,
 ``shadow_score``) to the model's shadow WAL (``<model WAL>/shadow``); ``read_wal`` and so the
 published ``serving_logs`` partition merge it onto the served row of that ``request_id``.
@@ -53,9 +55,12 @@ class ShadowScorer:
         queue_size: int = 1000,
         on_drop: Callable[[int, str], None] | None = None,
         on_scored: Callable[[str, int], None] | None = None,
+        batch_offers: int = 256,
     ):
         self.names, self.writer, self.score = list(names), writer, score
         self.on_drop, self.on_scored = on_drop, on_scored
+        #: offers the worker takes at once (queued meanwhile): scored in ONE model call per challenger
+        self.batch_offers = max(1, int(batch_offers))
         #: the challenger scoring new offers (None: nothing is shadowed); one reference, replaced whole
         self.model = None
         #: what :func:`recover` did at start-up (None: not run)
@@ -158,11 +163,21 @@ class ShadowScorer:
                 if self._stop.is_set():
                     return
                 continue
+            batch = [item]  # what else is queued now: one model call per run of offers to one model
+            while len(batch) < self.batch_offers:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
             try:
-                self._score(*item)
+                for model, group in _runs(batch):
+                    ids = [i for _, g, _, _ in group for i in g]
+                    times = [t for _, _, g, _ in group for t in g]
+                    rows = [r for _, _, _, g in group for r in g]
+                    self._score(model, ids, times, rows)
             finally:
                 with self._idle:
-                    self._pending -= 1
+                    self._pending -= len(batch)
                     self._idle.notify_all()
 
     def _score(self, model, request_ids, request_times, rows) -> None:
@@ -224,6 +239,17 @@ class ShadowScorer:
         self._thread.join(timeout)
         self._thread = None
         self.writer.close()
+
+
+def _runs(batch: list) -> list:
+    """Consecutive offers to the same model object, in order: ``[(model, [offer, ...]), ...]``."""
+    out: list = []
+    for item in batch:
+        if out and out[-1][0] is item[0]:
+            out[-1][1].append(item)
+        else:
+            out.append((item[0], [item]))
+    return out
 
 
 def _us(t) -> int:

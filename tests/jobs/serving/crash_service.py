@@ -5,8 +5,8 @@ settings from the environment as ``app_from_env`` does. Delays (nothing else cha
 * ``LOCKSTEP_TEST_HOLD_VERSION`` / ``LOCKSTEP_TEST_HOLD_S``: loading that registry version (a swap's
   load, on the follower's thread) first touches ``LOCKSTEP_TEST_HOLD_MARK`` then sleeps: the swap is
   in progress for that long, which is when the test kills the process;
-* ``LOCKSTEP_TEST_SLOW_VERSION`` / ``LOCKSTEP_TEST_SLOW_S``: that version sleeps per model call (a
-  slow challenger: the shadow backlog grows).
+* ``LOCKSTEP_TEST_SLOW_VERSION`` / ``LOCKSTEP_TEST_SLOW_S``: that version sleeps that long per row it
+  scores (a slow challenger: the shadow backlog grows).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _load = RegistrySource.load
 
 def _slowed(predict, delay_s: float):
     def predict_matrix(x):
-        time.sleep(delay_s)
+        time.sleep(delay_s * len(x))  # per row: a batch of the backlog costs as much as its rows
         return predict(x)
 
     return predict_matrix

@@ -152,8 +152,8 @@ def backlog_then_kill(svc, lake_events, tmp_path, depth: int = 40) -> set:
 def test_kill9_during_a_shadow_backlog_rescores_it_at_restart_or_counts_it(lake, trained, lake_events, tmp_path):  # noqa: F811
     boosters, _ = trained
     v1 = register(lake, trained, 5, 0.70, alias="champion")
-    v2 = register(lake, trained, 15, 0.80)  # the challenger: 50 ms per call in the shadow
-    svc = crash_service(lake, tmp_path, LOCKSTEP_TEST_SLOW_VERSION=v2, LOCKSTEP_TEST_SLOW_S="0.05")
+    v2 = register(lake, trained, 15, 0.80)  # the challenger: 20 ms per row in the shadow
+    svc = crash_service(lake, tmp_path, LOCKSTEP_TEST_SLOW_VERSION=v2, LOCKSTEP_TEST_SLOW_S="0.02")
     svc.start()
     try:
         ack1 = backlog_then_kill(svc, lake_events, tmp_path)
