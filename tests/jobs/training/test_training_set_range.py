@@ -8,6 +8,7 @@ outcome per query row, three feature sets joined on two keys) on six landed days
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -80,6 +81,44 @@ def test_cdnow_range_on_spark_equals_the_local_per_cutoff_builds(training_lake_t
     cfg = _fresh(training_lake_template, tmp_path_factory, engine="spark", buckets=4)
     build_training_set_range(cfg, MODEL, CUTOFFS, validate=False, allow_unvalidated=True, spark=spark)
     assert _lineage(_manifests(cfg, MODEL, CUTOFFS), producer=False) == _lineage(single, producer=False)
+
+
+def test_a_set_trained_in_as_of_mode_gets_a_pass_per_cutoff_and_the_same_rows(training_lake_template, tmp_path_factory):
+    # as_of mode reads the source through each label's own last input day (late arrivals count), so one
+    # pass through the last cut-off's bound would not be bit-identical: each cut-off gets its own pass
+    from jobs.engines.join import join_features
+
+    fs = dataclasses.replace(MODEL.feature_sets[0], training_mode="as_of")
+    model = dataclasses.replace(MODEL, joins=(fs,))
+    days = CUTOFFS[:3]  # 02-03, 02-10, 02-17: their 28-day labels read through 03-02, 03-09, 03-16
+    who = labels_table(Config(lake_root=training_lake_template).lake(), MODEL).read(days[0])["customer_id"].iloc[0]
+    lakes = []
+    for _ in range(2):
+        cfg = _fresh(training_lake_template, tmp_path_factory)
+        raw = cfg.lake().table(MODEL.label_source.table)
+        late = raw.read("1997-03-05")
+        extra = late.iloc[:1].copy()  # a purchase of 02-01 that arrives on 03-05: after 02-03's horizon
+        extra["event_id"] = late["event_id"].max() + 10_000_000
+        extra["customer_id"] = who  # a customer known at 02-03
+        extra["event_ts"] = pd.Timestamp("1997-02-01 12:00", tz="UTC")
+        extra["amount"] = 4321.0
+        raw.write_partition("1997-03-05", pd.concat([late, extra], ignore_index=True), producer={"job": "test"})
+        lakes.append(cfg)
+    single, cfg = lakes
+    for d in days:
+        build_training_set(single, model, d, validate=False, allow_unvalidated=True)
+    build_training_set_range(cfg, model, days, validate=False, allow_unvalidated=True)
+    want, got = _manifests(single, model, days), _manifests(cfg, model, days)
+    assert _lineage(got) == _lineage(want)
+    assert got[days[0]].producer["mode"] == "as_of"
+    raw_inputs = [k for k in got[days[0]].inputs if k.startswith("raw_events/")]
+    assert raw_inputs == ["raw_events/cdnow_purchases/ds=1997-01-01..1997-03-02"]  # its own horizon
+    # one pass through the last cut-off's bound would have counted the late purchase at 02-03
+    labels = labels_table(cfg.lake(), model).files(days[0])
+    naive = pd.concat(list(join_features(cfg, model, labels, events_through="1997-03-16")))
+    published = training_set_table(cfg.lake(), model).read(days[0])
+    spent = [f.loc[f["customer_id"] == who, "spend_lifetime"].iloc[0] for f in (naive, published)]
+    assert spent[0] == pytest.approx(spent[1] + 4321.0)
 
 
 def test_a_bad_cutoff_stops_the_range_there_and_names_it(training_lake_template, tmp_path_factory):
@@ -185,3 +224,19 @@ def test_flights_a_bad_cutoff_stops_the_range(flights_lake, tmp_path):
     assert "stopped at ds=2013-01-04: 2 cut-off(s) 2013-01-02..2013-01-03 published; 3 cut-off(s)" in notes
     table = training_set_table(cfg.lake(), model)
     assert table.partitions() == ["2013-01-02", "2013-01-03"] and table.quarantined("2013-01-04")
+
+
+def test_the_cli_builds_a_range_in_one_pass_or_per_cutoff(training_lake_template, tmp_path_factory, capsys):
+    from jobs import cli
+
+    single = _manifests(Config(lake_root=training_lake_template), MODEL, CUTOFFS)
+    for extra in ([], ["--per-cutoff"]):
+        cfg = _fresh(training_lake_template, tmp_path_factory)
+        argv = ["--lake", cfg.lake_root, "training-set", "--from", CUTOFFS[0], "--to", CUTOFFS[-1]]
+        args = cli.build_parser().parse_args([*argv, "--model", MODEL.name, "--allow-unvalidated", *extra])
+        assert args.func(args) == 0
+        out = capsys.readouterr().out
+        assert [ln.split(":")[0] for ln in out.splitlines()] == [f"training_sets/{MODEL.name}/ds={d}" for d in CUTOFFS]
+        got = _manifests(cfg, MODEL, CUTOFFS)
+        assert _lineage(got, producer=False) == _lineage(single, producer=False)
+        assert all(training_set_table(cfg.lake(), MODEL).exists(d) for d in CUTOFFS)
