@@ -15,6 +15,9 @@ its set's own source:
 The kernel's rule ``event_ts < as_of`` keeps every event at or after ``as_of`` out of the
 features. Row order inside a partition follows the engine's output order; the content
 fingerprint does not depend on it.
+
+Many cut-offs at once: :func:`build_training_set_range` runs ONE ``join_features`` for the label
+rows of all of them and publishes each cut-off as its own partition, equal to its single build.
 """
 
 from __future__ import annotations
@@ -222,7 +225,8 @@ def build_training_sets(
     allow_unvalidated: bool = True,
     **engine_options,
 ) -> list[Manifest]:
-    """``build_training_set`` for each labels partition, in order."""
+    """``build_training_set`` for each labels partition, in order (one run of the engine passes per cut-off;
+    ``build_training_set_range`` does them all in one)."""
     return [
         build_training_set(cfg, model, d, validate=validate, allow_unvalidated=allow_unvalidated, **engine_options)
         for d in sorted(days)
