@@ -96,10 +96,11 @@ def training_dag(model):
 
         @task
         def build_training_sets(window: dict, params=None):
-            from jobs.training.training_set import build_training_set
+            from jobs.training.training_set import build_training_set_range
 
+            # one engine pass per joined set for every cut-off of the window; validate_training_sets gates them
             cfg = o.config(params["engine"])
-            return o.summary([build_training_set(cfg, name, c, validate=False) for c in window["cutoffs"]])
+            return o.summary(build_training_set_range(cfg, name, window["cutoffs"], validate=False))
 
         @task
         def validate_training_sets(window: dict):

@@ -197,9 +197,9 @@ def build_snapshot_range(
     stay published and the days after it are not written. The driver holds one engine output frame (one bucket, all days) at a
     time, never the whole range.
     """
-    import fsspec
-    import pyarrow as pa
     from tqdm.auto import tqdm
+
+    from jobs.spill import Spill
 
     fs = feature_set_of(cfg, feature_set)
     lake = cfg.lake()
@@ -218,38 +218,24 @@ def build_snapshot_range(
     table = snapshot_table(lake, fs)
     by_cutoff = {cutoff(d): d for d in days}
     queries = engines.Snapshots(tuple(by_cutoff))
-    opts = getattr(cfg, "storage_options", None) or {}
-    scratch = str(cfg.scratch("snapshot_range")).rstrip("/")
-    sfs, sroot = fsspec.core.url_to_fs(scratch, **opts)
-    parts: dict[str, list[str]] = {d: [] for d in days}
-    try:
+    with Spill(cfg, "snapshot_range") as spill:
         frames = engines.run(cfg, fs, files, queries, SNAPSHOT_MODE, **engine_options)
-        for i, frame in enumerate(frames):
+        for frame in frames:
             if not len(frame):
                 continue
             for t, rows in frame.groupby(engines.AS_OF, sort=True):
                 d = by_cutoff.get(pd.Timestamp(t))
                 if d is None:  # the engine returned a cut-off nobody asked for: never publish it
                     raise RuntimeError(f"snapshot range {days[0]}..{days[-1]}: engine output as_of {t} is no cut-off")
-                path = f"{sroot}/ds={d}/part-{i:05d}.arrow"
-                sfs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-                tbl = pa.Table.from_pandas(rows, preserve_index=False)
-                with sfs.open(path, "wb") as f, pa.ipc.new_file(f, tbl.schema) as w:  # uncompressed: cheap
-                    w.write_table(tbl)
-                parts[d].append(path)
+                spill.add(d, rows)
             del frame
-
-        def day_frames(d: str):
-            for path in parts[d]:
-                with sfs.open(path, "rb") as f:
-                    yield pa.ipc.open_file(f).read_all().to_pandas()
 
         manifests: list[Manifest] = []
         with tqdm(days, desc=f"publishing snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
             for k, d in enumerate(bar):
                 try:
                     # No rows for a day: an empty partition, as a single-day build writes (the gate judges it).
-                    data = day_frames(d) if parts[d] else table.schema.empty_table()
+                    data = spill.frames(d) if spill.has(d) else table.schema.empty_table()
                     manifests.append(
                         table.write_partition(
                             d,
@@ -262,15 +248,8 @@ def build_snapshot_range(
                 except Exception as exc:  # the error keeps its type (a DataQualityError stays one)
                     exc.add_note(_stopped_note(days, k))
                     raise
-                for path in parts[d]:  # this day is done: its spill goes now, not at the end
-                    sfs.rm_file(path)
+                spill.drop(d)  # this day is done: its spill goes now, not at the end
         return manifests
-    finally:
-        try:
-            if sfs.exists(sroot):
-                sfs.rm(sroot, recursive=True)
-        except OSError:  # cleanup must not hide the run's own error
-            pass
 
 
 def build_snapshots(

@@ -21,7 +21,7 @@ from jobs.training import BACKENDS, CONSTRUCT, baseline
 from jobs.training.labels import build_labels, cutoffs_in, labels_table, latest_mature_cutoff
 from jobs.training.spec import TrainSpec
 from jobs.training.trainer import train_model
-from jobs.training.training_set import build_training_sets
+from jobs.training.training_set import build_training_set_range, build_training_sets
 
 
 def model_of(cfg: Config, args):
@@ -65,7 +65,8 @@ def _cmd_labels(args) -> int:
 
 
 def add_training_set_parser(subparsers) -> None:
-    """``lockstep training-set --from A [--to B] [--model M]``: every labels cut-off in the range."""
+    """``lockstep training-set --from A [--to B] [--model M] [--per-cutoff]``: every labels cut-off in the range,
+    in one engine pass per joined set (``build_training_set_range``), each cut-off its own validated partition."""
     s = subparsers.add_parser(
         "training-set", help="join a model's labels with its feature sets point in time -> training_sets/<model>/ds=C"
     )
@@ -73,6 +74,11 @@ def add_training_set_parser(subparsers) -> None:
     s.add_argument("--to", dest="ds_to", help="last cut-off (default: --from)")
     add_model_arg(s)
     s.add_argument("--no-validate", action="store_true", help="skip the training_sets suite")
+    s.add_argument(
+        "--per-cutoff",
+        action="store_true",
+        help="one build (one engine pass per joined set) per cut-off instead of one pass for the whole range",
+    )
     s.add_argument(
         "--allow-unvalidated",
         action="store_true",
@@ -89,9 +95,8 @@ def _cmd_training_set(args) -> int:
     days = [d for d in labels_table(cfg.lake(), model).partitions() if args.ds_from <= d <= to]
     if not days:
         raise ValueError(f"no {model.labels_table} partitions in {args.ds_from}..{to}; run `lockstep labels` first")
-    for m in build_training_sets(
-        cfg, model, days, validate=not args.no_validate, allow_unvalidated=args.allow_unvalidated
-    ):
+    build = build_training_sets if args.per_cutoff else build_training_set_range
+    for m in build(cfg, model, days, validate=not args.no_validate, allow_unvalidated=args.allow_unvalidated):
         print(f"{m.table}/ds={m.ds}: {m.rows} rows, content {m.content_fingerprint[:12]}")
     return 0
 

@@ -182,13 +182,16 @@ def latest_as_of(cfg, queries) -> pd.Timestamp | None:
     return best
 
 
-def events_range(cfg, fs, mode: str, as_of_max, events_through: str | None = None) -> tuple[str, str] | None:
+def events_range(
+    cfg, fs, mode: str, as_of_max, events_through: str | None = None, *, first: str | None = None
+) -> tuple[str, str] | None:
     """``(first, last)`` ingest partitions of ``fs.source.table`` a pass reads (module docstring);
-    None when there are none (no source, no queries, an empty table)."""
+    None when there are none (no source, no queries, an empty table). ``first``: the table's first
+    partition when the caller already knows it (a range plans many cut-offs; listing is not free)."""
     if fs.source is None or as_of_max is None:
         return None
     table = cfg.lake().table(fs.source.table)
-    first = table.first_ds()
+    first = first or table.first_ds()
     if first is None:
         return None
     if mode == "known_at":
