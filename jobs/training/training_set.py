@@ -70,16 +70,17 @@ def build_training_set(
     ds: str | dt.date,
     *,
     validate: bool = True,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> Manifest:
     """Publish ``training_sets/<model>/ds=ds`` from ``labels/<model>/ds=ds`` (one row per label row).
 
     With ``validate`` the staged partition must pass the ``training_sets`` suite of the model
     before it is published (otherwise it is quarantined and ``DataQualityError`` raised).
-    ``allow_unvalidated=False`` (the ``lockstep training-set`` default) refuses raw days read that are
-    not validated (``UnvalidatedPartitionError``; labels, which no suite validates, are not checked);
-    built from such days, ``producer.unvalidated_inputs`` names them.
+    Raw days read that are not validated — by the joins, or by the labels (no suite validates the labels
+    table: the raw days ``labels/<model>/ds=D`` was built from are checked instead) — are refused
+    (``UnvalidatedPartitionError``) unless ``allow_unvalidated=True``; built from such days,
+    ``producer.unvalidated_inputs`` names them.
     """
     m = resolve_model(cfg, model)
     lake = cfg.lake()
@@ -102,6 +103,7 @@ def build_training_set(
             table = lake.table(fs.source.table)
             inputs[f"{table.name}/ds={rng[0]}..{rng[1]}"] = inputs_fingerprint(table, *rng)
     unvalidated = unvalidated_inputs(lake, inputs, skip=[labels.name])
+    unvalidated += [u for u in unvalidated_inputs(lake, label_manifest.inputs) if u not in unvalidated]
     if unvalidated and not allow_unvalidated:
         table, _, _ = unvalidated[0].rpartition("/ds=")
         days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
@@ -148,7 +150,7 @@ def build_training_sets(
     days: Iterable[str],
     *,
     validate: bool = True,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> list[Manifest]:
     """``build_training_set`` for each labels partition, in order."""
