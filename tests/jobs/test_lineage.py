@@ -205,6 +205,7 @@ def test_withdrawing_a_raw_day_rejects_the_pending_candidates_built_from_it(tmp_
     assert raw.pending(DAYS[2]) is not None and raw.pending(DAYS[2]).write_id == own.write_id
     (alert,) = [a for a in Notifier.for_lake(lake).read() if a["what"] == "lineage withdrawal"]
     assert alert["details"]["rejected_candidates"] == [f"{snaps.name}/ds={DAYS[3]}"]
-    assert f"rejected 1 pending candidate(s) built from withdrawn input:\n  {snaps.name}/ds={DAYS[3]} -> " in (
-        alert["reason"]
+    assert (
+        f"rejected 1 pending candidate(s) built from withdrawn input:\n  {snaps.name}/ds={DAYS[3]} -> "
+        in (alert["reason"])
     )

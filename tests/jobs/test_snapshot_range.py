@@ -89,7 +89,7 @@ def test_a_bad_day_stops_the_range_there_and_names_it(lake_root, tmp_path):
     bad.loc[0, "amount"] = -500.0  # a refund exported as a purchase: spend sums go negative
     raw.write_partition("2024-01-11", bad, producer={"job": "test"})
     with pytest.raises(DataQualityError, match="ds=2024-01-11") as err:
-        build_snapshot_range(cfg, *DAYS, FS)
+        build_snapshot_range(cfg, *DAYS, FS, allow_unvalidated=True)  # the snapshot suite's gate stops it
     notes = "\n".join(getattr(err.value, "__notes__", []))
     assert "stopped at ds=2024-01-11: 2024-01-09..2024-01-10 published; 2024-01-12..2024-01-13 not published" in notes
     table = snapshot_table(cfg.lake(), cfg.repo().feature_set(FS))

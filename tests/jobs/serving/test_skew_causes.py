@@ -54,7 +54,15 @@ def serve_and_skew(lake_cfg, lake_events, store, model_source, tmp_path):
         assert (res.status == 200).all(), res.status.value_counts()
         assert publish(cfg, model_wal_dir(wal, MODEL), MODEL, DAY).rows == len(plan)
         try:
-            return run_skew(cfg, DAY, model_source=model_source, fail=fail, html=html, notifier=alerts.append)
+            return run_skew(
+                cfg,
+                DAY,
+                model_source=model_source,
+                fail=fail,
+                html=html,
+                notifier=alerts.append,
+                allow_unvalidated=True,
+            )
         except SkewThresholdError as exc:
             exc.report.error = str(exc)
             return exc.report
