@@ -203,7 +203,7 @@ def _gated(lake: Lake, inputs: dict, producer: dict, allow_unvalidated: bool) ->
     unvalidated = unvalidated_inputs(lake, inputs)
     if unvalidated and not allow_unvalidated:
         table = unvalidated[0].rpartition("/ds=")[0]
-        days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
+        days = sorted({u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table})
         raise UnvalidatedPartitionError(table, days, "raw_events")
     if unvalidated:
         producer[UNVALIDATED_INPUTS] = unvalidated

@@ -106,7 +106,7 @@ def build_training_set(
     unvalidated += [u for u in unvalidated_inputs(lake, label_manifest.inputs) if u not in unvalidated]
     if unvalidated and not allow_unvalidated:
         table, _, _ = unvalidated[0].rpartition("/ds=")
-        days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
+        days = sorted({u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table})
         raise UnvalidatedPartitionError(table, days, "raw_events")
     frames = join_features(cfg, m, query_files, modes=modes, events_through=through, **engine_options)
     producer = {

@@ -48,8 +48,8 @@ def cfg(tmp_path_factory):
     from jobs.quality.validate import validate_range
 
     validate_range(cfg, "raw_events", "1997-01-01", LAST_DAY, source=SOURCE.name, docs=False, alert=False)
-    build_labels(cfg, M28, [CUTOFF], allow_unvalidated=True)
-    m = build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True, allow_unvalidated=False)
+    build_labels(cfg, M28, [CUTOFF])
+    m = build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True)
     assert "unvalidated_inputs" not in m.producer  # through the training_sets suite once
     return cfg
 
@@ -119,7 +119,7 @@ def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_p
 
 def test_a_missing_labels_partition_is_named(cfg):
     with pytest.raises(MissingPartitionError, match="1997-02-10"):
-        build_training_set(cfg, MODEL, "1997-02-10", validate=False, allow_unvalidated=True)
+        build_training_set(cfg, MODEL, "1997-02-10", validate=False)
 
 
 def test_training_ranges_refuse_missing_or_stale_partitions(cfg, tmp_path):
