@@ -92,14 +92,16 @@ def training_dag(model):
         def build_labels(window: dict, params=None):
             from jobs.training.labels import build_labels
 
-            return o.summary(build_labels(o.config(params["engine"]), name, window["cutoffs"]))
+            with o.data_quality_gate():  # unvalidated raw days fail at once, not retried
+                return o.summary(build_labels(o.config(params["engine"]), name, window["cutoffs"]))
 
         @task
         def build_training_sets(window: dict, params=None):
             from jobs.training.training_set import build_training_set
 
             cfg = o.config(params["engine"])
-            return o.summary([build_training_set(cfg, name, c, validate=False) for c in window["cutoffs"]])
+            with o.data_quality_gate():
+                return o.summary([build_training_set(cfg, name, c, validate=False) for c in window["cutoffs"]])
 
         @task
         def validate_training_sets(window: dict):
