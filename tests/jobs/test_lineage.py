@@ -160,6 +160,7 @@ def test_a_failed_validation_of_a_published_day_withdraws_what_was_built_from_it
     )
     (alert,) = [a for a in Notifier.for_lake(lake).read() if a["partition"] == f"{RAW}/ds={DAYS[4]}"]
     assert alert["details"]["withdrawn"] == [f"{snaps.name}/ds={DAYS[4]}"]
+    assert alert["details"]["rejected_candidates"] == []  # nothing was staged over a validated version
 
 
 def test_quarantine_of_a_partition_that_never_existed_is_a_clear_error(tmp_path, capsys):
