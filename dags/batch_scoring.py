@@ -73,7 +73,9 @@ def batch_scoring_dag(model):
             registry = Registry.from_config(cfg)
             if registry.alias(name, CHAMPION) is None:
                 raise AirflowSkipException(f"no champion of {name} yet: run {o.training_dag_id(name)}")
-            return o.summary(score_snapshot(cfg, day, name, shadow=params["shadow"], registry=registry, validate=False))
+            with o.data_quality_gate():  # an unvalidated snapshot fails at once, not retried
+                manifest = score_snapshot(cfg, day, name, shadow=params["shadow"], registry=registry, validate=False)
+            return o.summary(manifest)
 
         @task
         def validate_predictions(day: str):
@@ -86,7 +88,8 @@ def batch_scoring_dag(model):
         def publish_sql(day: str):
             from jobs.scoring.sql import publish_predictions
 
-            return o.summary(publish_predictions(o.config(), day, name))
+            with o.data_quality_gate():
+                return o.summary(publish_predictions(o.config(), day, name))
 
         days = partitions()
         scored = score.expand(day=days)

@@ -115,7 +115,8 @@ def snapshot_tasks(fs_name: str):
         from jobs.snapshots import build_snapshot_backfill
 
         cfg = o.config(params["engine"])
-        return o.summary(build_snapshot_backfill(cfg, o.partition(ds), fs_name, max_days=params["range_days"]))
+        with o.data_quality_gate():  # unvalidated raw days fail at once, not retried
+            return o.summary(build_snapshot_backfill(cfg, o.partition(ds), fs_name, max_days=params["range_days"]))
 
     @task(task_id=f"validate_snapshot__{fs_name}", outlets=[asset])
     def validate_snapshot(ds=None):

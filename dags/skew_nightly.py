@@ -88,7 +88,7 @@ def skew_nightly_dag(model):
             from jobs.skew.job import CAUSES, run_skew
 
             cfg, day = o.config(params["engine"]), o.partition(ds)
-            with o.skew_gate():
+            with o.skew_gate(), o.data_quality_gate():  # unvalidated input: fail at once, not retried
                 # The failure callback sends a breach's alert (with the breaches and the page): no second one
                 # here. Major drift and warnings fail nothing: run_skew alerts them itself.
                 rep = run_skew(

@@ -92,7 +92,8 @@ def training_dag(model):
         def build_labels(window: dict, params=None):
             from jobs.training.labels import build_labels
 
-            return o.summary(build_labels(o.config(params["engine"]), name, window["cutoffs"]))
+            with o.data_quality_gate():  # unvalidated raw days fail at once, not retried
+                return o.summary(build_labels(o.config(params["engine"]), name, window["cutoffs"]))
 
         @task
         def build_training_sets(window: dict, params=None):
@@ -100,7 +101,8 @@ def training_dag(model):
 
             # one engine pass per joined set for every cut-off of the window; validate_training_sets gates them
             cfg = o.config(params["engine"])
-            return o.summary(build_training_set_range(cfg, name, window["cutoffs"], validate=False))
+            with o.data_quality_gate():
+                return o.summary(build_training_set_range(cfg, name, window["cutoffs"], validate=False))
 
         @task
         def validate_training_sets(window: dict):

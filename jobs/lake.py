@@ -105,20 +105,20 @@ class CorruptPartitionError(LakeError):
 class UnvalidatedPartitionError(LakeError):
     """Days of a range a reader requires validated have no validated published version."""
 
-    def __init__(self, table: str, days: list[str], dataset: str | None = None):
-        self.table, self.days, self.dataset = table, list(days), dataset
+    def __init__(self, table: str, days: list[str], dataset: str | None = None, override: str | None = None):
+        self.table, self.days, self.dataset, self.override = table, list(days), dataset, override
         rng = _runs(self.days)
         cmd = f"lockstep validate {dataset or '<dataset>'} --table {table} --ds {self.days[0]}"
         if len(self.days) > 1:
             cmd += f" --to {self.days[-1]}"
-        super().__init__(
-            f"table {table!r} ds={rng}: not validated (run `{cmd}`); to build from it anyway for exploration "
-            "pass --allow-unvalidated (allow_unvalidated=True): the output is then marked as built from "
-            "unvalidated input"
+        override = override or (
+            "to build from it anyway for exploration pass --allow-unvalidated (allow_unvalidated=True): the "
+            "output is then marked as built from unvalidated input"
         )
+        super().__init__(f"table {table!r} ds={rng}: not validated (run `{cmd}`); {override}")
 
     def __reduce__(self):
-        return (type(self), (self.table, self.days, self.dataset))
+        return (type(self), (self.table, self.days, self.dataset, self.override))
 
 
 #: The producer key naming the inputs an output was built from without their validation (the override).
@@ -533,13 +533,19 @@ class Table:
         return out
 
     def require_validated(
-        self, ds_from: str | dt.date, ds_to: str | dt.date | None = None, *, dataset: str | None = None
+        self,
+        ds_from: str | dt.date,
+        ds_to: str | dt.date | None = None,
+        *,
+        dataset: str | None = None,
+        override: str | None = None,
     ) -> None:
         """UnvalidatedPartitionError naming the days of the range that are not validated (``dataset``:
-        the ``lockstep validate`` dataset the hint names)."""
+        the ``lockstep validate`` dataset the hint names; ``override``: how to proceed anyway, if not
+        the default ``--allow-unvalidated`` text)."""
         bad = self.unvalidated(ds_from, ds_to)
         if bad:
-            raise UnvalidatedPartitionError(self.name, bad, dataset)
+            raise UnvalidatedPartitionError(self.name, bad, dataset, override)
 
     def mark_validated(self, ds: str | dt.date, manifest: Manifest) -> None:
         """Record that the published version `manifest` of `ds` passed validation; LakeError if `ds`

@@ -13,8 +13,13 @@ reason ``input <table>/ds=<ds> quarantined: <reason>``; it deletes the SQL rows 
 predictions day (``jobs.scoring.sql``: those days of the model's SQL table and their
 ``lockstep_published`` rows, in ONE transaction) and sends ONE alert naming everything withdrawn.
 
-Order: the SQL rows go first, then the dependents, then the partition itself, so a failure midway
-leaves the partition published and running the same withdrawal again finishes it.
+A candidate staged over a validated version (``Table.pending``) whose inputs cover the withdrawn
+partition or one of its withdrawn dependents is **rejected** too (moved to the quarantine with the same
+reason), so a later validation cannot promote a version built from withdrawn input. The withdrawn
+partition's own candidate (a re-delivery of that day) is left pending: it is judged by its own validation.
+
+Order: the SQL rows go first, then the dependents' candidates, then the dependents, then the partition
+itself, so a failure midway leaves the partition published and running the same withdrawal again finishes it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from jobs.lake import MANIFEST, QUARANTINE, Lake, LakeError, check_ds, parse_input_key
+from jobs.lake import CANDIDATE, MANIFEST, QUARANTINE, Lake, LakeError, check_ds, parse_input_key
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Withdrawal:
     quarantine: str | None = None
     #: ``"table/ds=D"`` -> quarantine URL of each dependent withdrawn, in withdrawal order.
     withdrawn: dict[str, str] = field(default_factory=dict)
+    #: ``"table/ds=D"`` -> quarantine URL of each pending candidate rejected because it was built from
+    #: a withdrawn partition.
+    rejected: dict[str, str] = field(default_factory=dict)
     #: ``"sql_table ds=D"`` -> SQL rows deleted.
     sql_rows: dict[str, int] = field(default_factory=dict)
     alert: dict | None = None
@@ -50,6 +58,9 @@ class Withdrawal:
             lines += [f"  {key} -> {url}" for key, url in self.withdrawn.items()]
         else:
             lines.append("no published partition was built from it")
+        if self.rejected:
+            lines.append(f"rejected {len(self.rejected)} pending candidate(s) built from withdrawn input:")
+            lines += [f"  {key} -> {url}" for key, url in self.rejected.items()]
         for key, n in self.sql_rows.items():
             lines.append(f"deleted {n} SQL row(s) of {key}")
         return "\n".join(lines)
@@ -58,14 +69,20 @@ class Withdrawal:
 def tables(lake: Lake) -> list[str]:
     """Names of the lake's tables that have at least one published partition (``_``-prefixed
     directories — the quarantine, alerts, SQL, reports — are not tables)."""
+    return sorted({name for name, _ in _partitions_with(lake, MANIFEST)})
+
+
+def _partitions_with(lake: Lake, marker: str) -> list[tuple[str, str]]:
+    """``(table, ds)`` of every partition directory of the lake holding the file ``marker``."""
     root = lake._root.rstrip("/")
-    names = set()
-    for path in lake.fs.glob(f"{root}/**/ds=*/{MANIFEST}"):
+    out = []
+    for path in lake.fs.glob(f"{root}/**/ds=*/{marker}"):
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else path
-        parts = rel.split("/")[:-2]  # drop ds=.../_manifest.json
-        if parts and not any(p.startswith("_") for p in parts) and parts[0] != QUARANTINE:
-            names.add("/".join(parts))
-    return sorted(names)
+        parts = rel.split("/")
+        names, ds = parts[:-2], parts[-2].removeprefix("ds=")  # drop ds=.../<marker>
+        if names and not any(p.startswith("_") for p in names) and names[0] != QUARANTINE:
+            out.append(("/".join(names), ds))
+    return out
 
 
 def dependents(lake: Lake, table: str, ds: str) -> list[tuple[str, str]]:
@@ -94,6 +111,23 @@ def dependents(lake: Lake, table: str, ds: str) -> list[tuple[str, str]]:
     return found
 
 
+def pending_dependents(lake: Lake, withdrawn: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """``(table, ds, write id)`` of every pending candidate whose inputs cover one of the ``withdrawn``
+    ``(table, ds)`` pairs. The first pair is the withdrawn partition itself: its own candidate (a
+    re-delivery of the day) is not one of them, its own validation judges it."""
+    out = []
+    for name, d in sorted(_partitions_with(lake, CANDIDATE)):
+        if withdrawn and (name, d) == withdrawn[0]:
+            continue
+        staged = lake.table(name).pending(d)
+        if staged is None:
+            continue
+        inputs = [p for p in map(parse_input_key, staged.manifest.inputs) if p is not None]
+        if any(it == wt and lo <= wd <= hi for it, lo, hi in inputs for wt, wd in withdrawn):
+            out.append((name, d, staged.write_id))
+    return out
+
+
 def withdraw(
     cfg,
     table: str,
@@ -117,6 +151,8 @@ def withdraw(
     deps = dependents(lake, table, ds)
     result.sql_rows = _delete_sql_rows(cfg, deps, sql_url)
     because = f"input {table}/ds={ds} quarantined: {reason}"
+    for name, d, write in pending_dependents(lake, [(table, ds), *deps]):
+        result.rejected[f"{name}/ds={d}"] = lake.table(name).reject(d, write, because)
     for name, d in deps:
         result.withdrawn[f"{name}/ds={d}"] = lake.table(name).quarantine(d, because)
     if published:
@@ -145,7 +181,11 @@ def send_alert(lake: Lake, result: Withdrawal, notifier=None) -> dict:
             what="lineage withdrawal",
             partition=f"{result.table}/ds={result.ds}",
             quarantine=result.quarantine,
-            details={"withdrawn": list(result.withdrawn), "sql_rows_deleted": result.sql_rows},
+            details={
+                "withdrawn": list(result.withdrawn),
+                "rejected_candidates": list(result.rejected),
+                "sql_rows_deleted": result.sql_rows,
+            },
         )
     )
 

@@ -392,19 +392,24 @@ def summary(result: Any) -> Any:
 
 @contextlib.contextmanager
 def data_quality_gate() -> Iterator[None]:
-    """Fail the task at once, without retries, when a data-quality check fails.
+    """Fail the task at once, without retries, when a data-quality check fails or an input partition
+    is not validated.
 
-    Re-running a failed suite on the same partition cannot pass, so retrying would only delay the
-    alert; ``AirflowFailException`` tells Airflow to skip the retries and the alert fires at once.
+    Re-running a failed suite on the same partition cannot pass, and an input that was not validated
+    upstream stays so, so retrying would only delay the alert; ``AirflowFailException`` tells Airflow
+    to skip the retries and the alert fires at once.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
+    from jobs.lake import UnvalidatedPartitionError
     from jobs.quality.validate import DataQualityError
 
     try:
         yield
     except DataQualityError as exc:
         raise AirflowFailException(f"data quality failed: {exc}") from exc
+    except UnvalidatedPartitionError as exc:
+        raise AirflowFailException(f"unvalidated input: {exc}") from exc
 
 
 # ---- features_daily ----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ def build_snapshot(
     ds: str | dt.date,
     feature_set: str | FeatureSet | None = None,
     *,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> Manifest:
     """Compute and publish the snapshot partition ``ds`` of ``feature_set`` on ``cfg.engine``.
@@ -54,9 +54,10 @@ def build_snapshot(
     one through ``ds`` (the lake fails loudly on a missing or corrupt day) and replaces the partition
     whole, so re-running a day — a backfill — is safe and gives the same content fingerprint.
 
-    ``allow_unvalidated=False`` (the ``lockstep snapshot`` default) refuses raw days that are not
-    validated (``UnvalidatedPartitionError`` naming them). Built from unvalidated days, the snapshot's
-    ``producer.unvalidated_inputs`` names them, and the lake never marks it validated.
+    Raw days that are not validated are refused (``UnvalidatedPartitionError`` naming the table, the
+    days and the override) unless ``allow_unvalidated=True`` (``lockstep snapshot --allow-unvalidated``,
+    for exploration): then the snapshot's ``producer.unvalidated_inputs`` names them, and the lake never
+    marks it validated.
     """
     fs = feature_set_of(cfg, feature_set)
     lake = cfg.lake()
@@ -155,19 +156,26 @@ def missing_range(cfg: Config, ds: str, feature_set: str | FeatureSet | None = N
 
 
 def build_snapshot_backfill(
-    cfg: Config, ds: str | dt.date, feature_set: str | None = None, max_days: int = 90, **engine_options
+    cfg: Config,
+    ds: str | dt.date,
+    feature_set: str | None = None,
+    max_days: int = 90,
+    *,
+    allow_unvalidated: bool = False,
+    **engine_options,
 ) -> Manifest:
     """A daily build task's job: nothing if ``ds`` is up to date, one day as ``build_snapshot`` (the DAG
     validates it in its own task), else ``missing_range`` in one pass (``build_snapshot_range``, each day
-    gated). Returns the manifest of ``ds``."""
+    gated). Returns the manifest of ``ds``. Unvalidated raw days are refused as in ``build_snapshot``
+    unless ``allow_unvalidated``."""
     fs = feature_set_of(cfg, feature_set)
     ds = str(pd.Timestamp(str(ds)).date())
     days = missing_range(cfg, ds, fs, max_days)
     if not days:
         return snapshot_table(cfg.lake(), fs).manifest(ds)
     if len(days) == 1:
-        return build_snapshot(cfg, ds, fs, **engine_options)
-    return build_snapshot_range(cfg, days[0], days[-1], fs, **engine_options)[0]
+        return build_snapshot(cfg, ds, fs, allow_unvalidated=allow_unvalidated, **engine_options)
+    return build_snapshot_range(cfg, days[0], days[-1], fs, allow_unvalidated=allow_unvalidated, **engine_options)[0]
 
 
 def build_snapshot_range(
@@ -178,7 +186,7 @@ def build_snapshot_range(
     *,
     validate: bool = True,
     progress: bool = False,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> list[Manifest]:
     """The snapshots of every day ``ds_from..ds_to`` from ONE engine pass over the raw history.
@@ -258,7 +266,7 @@ def build_snapshots(
     feature_set: str | None = None,
     progress: bool = True,
     *,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> list[Manifest]:
     """``build_snapshot`` for each day, in order."""

@@ -203,6 +203,7 @@ def test_a_declared_model_flows_from_landing_to_skew(platform, tmp_path):
         served = replay(client, plan)
     assert (served["status"] == 200).all()
     assert publish(cfg, model_wal_dir(wal, model), model, serve_day).rows == len(plan)
+    assert validate_partition(cfg, "serving_logs", serve_day, model=MODEL).success  # the skew job requires it
     report = run_skew(cfg, serve_day, model=MODEL, model_source=RegistrySource(cfg, MODEL), html=False)
     counts = report.cause_counts()
     assert set(counts.index) == set(model.feature_names)

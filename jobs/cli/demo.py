@@ -73,10 +73,11 @@ def cmd_demo(args) -> int:
     ds_from, ds_to = snapshot_window(model.queries.source, args.ds_from, args.ds_to)
     lake = cfg.lake()
     t0 = time.perf_counter()
-    raw = demo.land_history(cfg, model)
+    raw = demo.land_history(cfg, model, validate_through=ds_to)  # a snapshot of D reads the days through D
     tables = sorted({m.table for m in raw})
     print(
-        f"[1/2] {', '.join(tables)}: {len(raw)} daily partitions, {sum(m.rows for m in raw)} events "
+        f"[1/2] {', '.join(tables)}: {len(raw)} daily partitions, {sum(m.rows for m in raw)} events, "
+        f"validated through {ds_to} "
         f"({time.perf_counter() - t0:.1f}s)"
     )
     t1 = time.perf_counter()

@@ -58,7 +58,7 @@ def _cmd_score(args) -> int:
         if note := staged_note(cfg.lake(), [m]):  # --no-validate over a validated day
             print(f"  {note}")
         if args.publish:
-            r = publish_predictions(cfg, d, m.producer["model"], args.sql_url)
+            r = publish_predictions(cfg, d, m.producer["model"], args.sql_url, allow_unvalidated=args.allow_unvalidated)
             print(f"  published {r['rows']} rows to {r['table']} at {r['url']}")
     return 0
 
@@ -71,12 +71,19 @@ def add_publish_parser(subparsers) -> None:
     add_model_arg(s)
     s.add_argument("--sql-url", help="SQLAlchemy URL (default: env LOCKSTEP_SQL_URL, else embedded SQLite)")
     s.add_argument("--table", help="SQL table name (default: the model's declared sql_table_name)")
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="publish predictions days that did not pass `lockstep validate` (exploration)",
+    )
     s.set_defaults(func=_cmd_publish)
 
 
 def _cmd_publish(args) -> int:
     cfg = Config.from_args(args)
     for d in days(args.ds, args.to):
-        r = publish_predictions(cfg, d, model_name(cfg, args), args.sql_url, table_name=args.table)
+        r = publish_predictions(
+            cfg, d, model_name(cfg, args), args.sql_url, table_name=args.table, allow_unvalidated=args.allow_unvalidated
+        )
         print(f"{r['table']} ds={r['ds']}: {r['rows']} rows at {r['url']}")
     return 0

@@ -19,6 +19,12 @@ def add_parsers(subparsers) -> None:
     p.add_argument("--lookback-days", type=int, default=3)
     p.add_argument("--late-days", type=int, default=3)
     p.add_argument("--no-fail", action="store_true", help="report breaches but exit 0")
+    p.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="compare a serving-log day or raw days that did not pass `lockstep validate` (exploration: the "
+        "report names them)",
+    )
     p.set_defaults(func=_cmd_skew)
 
 
@@ -45,6 +51,7 @@ def _cmd_skew(args) -> int:
             lookback_days=args.lookback_days,
             late_days=args.late_days,
             fail=not args.no_fail,
+            allow_unvalidated=args.allow_unvalidated,
         )
     except SkewThresholdError as exc:
         print(f"lockstep skew: FAILED: {exc}")

@@ -44,6 +44,12 @@ def add_labels_parser(subparsers) -> None:
     s.add_argument("--from", dest="ds_from", required=True, help="first day of the cut-off range")
     s.add_argument("--to", dest="ds_to", help="last day of the range (default: the last mature cut-off)")
     add_model_arg(s)
+    s.add_argument(
+        "--allow-unvalidated",
+        action="store_true",
+        help="read raw days that did not pass `lockstep validate` (exploration: the labels are marked as built "
+        "from unvalidated input, and a training set built from them is refused without --allow-unvalidated)",
+    )
     s.set_defaults(func=_cmd_labels)
 
 
@@ -53,7 +59,7 @@ def _cmd_labels(args) -> int:
     to = args.ds_to or latest_mature_cutoff(cfg, model)
     if to is None:
         raise ValueError(f"no mature cut-off of {model.name}: land its sources first")
-    manifests = build_labels(cfg, model, cutoffs_in(model, args.ds_from, to))
+    manifests = build_labels(cfg, model, cutoffs_in(model, args.ds_from, to), allow_unvalidated=args.allow_unvalidated)
     for m in manifests:
         print(f"{m.table}/ds={m.ds}: {m.rows} rows")
     print(

@@ -6,8 +6,9 @@ days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
    ``lockstep`` pool, login admin/admin);
-2. the history of every source the model reads landed in bulk (its declared span) — what months of
-   ``features_daily__<source>`` runs would have landed, so the labels of the training DAG are mature;
+2. the history of every source the model reads landed in bulk (its declared span) and validated — what
+   months of ``features_daily__<source>`` runs would have landed and validated, so the labels of the
+   training DAG are mature and its inputs validated;
 3. the ``training__<model>`` DAG (``airflow dags test``, with a small window): labels, point-in-time
    training sets, validation, the dask-ml linear baseline, LightGBM, lineage-gated registration,
    promotion to champion (only if it beats the baseline on validation);
@@ -132,15 +133,21 @@ def features_window(source, ds_from: str | None = None, days: int = DEMO_DAYS) -
     return ds_from, last
 
 
-def land_history(cfg, model) -> list:
-    """Every source the model reads, landed over its declared span (what the daily DAGs would have landed)."""
+def land_history(cfg, model, validate_through: str | None = None) -> list:
+    """Every source the model reads, landed over its declared span and validated (through
+    ``validate_through``, default: the whole span) — what the daily DAGs would have landed and validated:
+    labels, training sets and snapshots refuse raw days that are not validated."""
     from jobs.ingest.landing import land
+    from jobs.quality.validate import validate_range
 
     out = []
     for source in model.sources:
         if not source.span:
             raise ValueError(f"source {source.name!r} declares no span: the demo cannot tell which days to land")
         out += land(cfg, source.name, *source.span)
+        last = min(source.span[1], validate_through or source.span[1])
+        if last >= source.span[0]:
+            validate_range(cfg, "raw_events", source.span[0], last, source=source.name, alert=False, docs=False)
     return out
 
 
@@ -315,7 +322,7 @@ def run_demo(
 
     raw = land_history(cfg, decl)
     tables = sorted({m.table for m in raw})
-    _step(2, STEPS, f"{', '.join(tables)}: {len(raw)} days landed ({raw[0].ds}..{raw[-1].ds})", t0)
+    _step(2, STEPS, f"{', '.join(tables)}: {len(raw)} days landed and validated ({raw[0].ds}..{raw[-1].ds})", t0)
 
     from jobs.training.labels import latest_mature_cutoff
 

@@ -635,7 +635,11 @@ def _conclude(
     details = {}
     if withdrawal is not None:
         error.add_note("\n".join(withdrawal.describe().splitlines()[1:]))
-        details = {"withdrawn": list(withdrawal.withdrawn), "sql_rows_deleted": withdrawal.sql_rows}
+        details = {
+            "withdrawn": list(withdrawal.withdrawn),
+            "rejected_candidates": list(withdrawal.rejected),
+            "sql_rows_deleted": withdrawal.sql_rows,
+        }
     if alert:
         try:
             from jobs.alerts import Notifier

@@ -76,7 +76,7 @@ def score_snapshot(
     scored_at: pd.Timestamp | None = None,
     validate: bool = True,
     registered: str | None = None,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> Manifest:
     """Score the queries of day ``ds`` of declared model ``model`` (default: the repo's default model)
@@ -88,9 +88,9 @@ def score_snapshot(
     ``model`` may also be a registered name that no model declares (a model's baseline, say): its
     champion's lineage (``model``, else ``feature_set``) then says which declaration it scores for.
 
-    ``allow_unvalidated=False`` (the ``lockstep score`` default) refuses input partitions (the snapshots
-    of ``ds``, or the query-row model's raw days) that are not validated: ``UnvalidatedPartitionError``.
-    Scored from unvalidated input, the partition's ``producer.unvalidated_inputs`` names it.
+    Input partitions (the snapshots of ``ds``, or the query-row model's raw days) that are not validated
+    are refused (``UnvalidatedPartitionError``) unless ``allow_unvalidated=True`` (exploration). Scored
+    from unvalidated input, the partition's ``producer.unvalidated_inputs`` names it.
     """
     ds = str(pd.Timestamp(str(ds)).date())
     repo = cfg.repo()

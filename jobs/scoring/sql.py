@@ -130,11 +130,15 @@ def publish_predictions(
     *,
     table_name: str | None = None,
     batch_rows: int = 50_000,
+    allow_unvalidated: bool = False,
 ) -> dict:
     """Replace day ``ds`` of the SQL table of ``model`` (a declared model's name; default: the repo's
     default model) with ``<model.predictions_table>/ds=D``, in one transaction.
 
-    ``table_name`` overrides the declared ``model.sql_table_name``.
+    ``table_name`` overrides the declared ``model.sql_table_name``. A predictions day that is not
+    validated (``lockstep validate predictions``; never, when it was scored from unvalidated input) is
+    refused with ``UnvalidatedPartitionError`` before the SQL table is touched, unless
+    ``allow_unvalidated=True`` (exploration).
     """
     decl = _model(cfg, model)
     if table_name:
@@ -143,6 +147,12 @@ def publish_predictions(
     day = dt.date.fromisoformat(ds)
     lake_table = cfg.lake().table(decl.predictions_table, predictions_schema(decl))
     manifest = lake_table.manifest(ds)
+    if not allow_unvalidated:
+        lake_table.require_validated(
+            ds,
+            dataset="predictions",
+            override="to publish it anyway for exploration pass --allow-unvalidated (allow_unvalidated=True)",
+        )
     cols = columns(decl)
     batches = lake_table.iter_batches(ds, columns=[c for c in cols if c != "ds"], batch_size=batch_rows)
     url = sql_url(cfg, url)

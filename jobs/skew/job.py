@@ -60,7 +60,7 @@ import pyarrow as pa
 
 from features.spec import FeatureSet
 from jobs import engines
-from jobs.lake import MissingPartitionError
+from jobs.lake import UNVALIDATED_INPUTS, MissingPartitionError, UnvalidatedPartitionError
 from jobs.serving.log import (
     SERVING_LOGS_TABLE,
     degraded_rows,
@@ -495,6 +495,25 @@ def stale_vectors(
     return out, notes
 
 
+def _unvalidated_inputs(lake, decl, logs_table: str, ds: str, late_days: int, allow: bool) -> list[str]:
+    """The serving-log day and each joined set's raw days ``first..min(last, ds + late_days)`` (what
+    ``recompute`` reads) without a validated version; UnvalidatedPartitionError unless ``allow``."""
+    checks = [(lake.table(logs_table), ds, ds, "serving_logs")]
+    end = (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d")
+    for name in dict.fromkeys(fs.source.table for fs in decl.feature_sets if fs.source is not None):
+        raw = lake.table(name)
+        first, last = raw.first_ds(), raw.last_ds()
+        if first is not None:  # no raw day at all: recompute says so
+            checks.append((raw, first, min(last, end), "raw_events"))
+    out = []
+    for table, lo, hi, dataset in checks:
+        days = table.unvalidated(lo, hi)
+        if days and not allow:
+            raise UnvalidatedPartitionError(table.name, days, dataset)
+        out += [f"{table.name}/ds={d}" for d in days if f"{table.name}/ds={d}" not in out]
+    return out
+
+
 def run_skew(
     cfg,
     ds: str,
@@ -508,15 +527,21 @@ def run_skew(
     html: bool = True,
     fail: bool = True,
     alert_breaches: bool = True,
+    allow_unvalidated: bool = False,
 ) -> SkewReport:
     """Compare ``serving_logs/<model>/ds=D`` of declared model ``model`` (default: the repo's default model)
     with offline recomputation of every joined set; write the report; alert major drift and warnings;
-    alert (unless ``alert_breaches`` is False: a caller whose failure handler alerts) and raise on a breach."""
+    alert (unless ``alert_breaches`` is False: a caller whose failure handler alerts) and raise on a breach.
+
+    The serving-log day and the raw days the recomputation reads must be validated
+    (``UnvalidatedPartitionError`` naming the table, the days and the override, before any work), unless
+    ``allow_unvalidated=True``: the report's ``producer.unvalidated_inputs`` then names them."""
     ds = str(pd.Timestamp(ds).date())
     repo = cfg.repo()
     decl = repo.model(model) if model else repo.default_model()
     lake = cfg.lake()
     logs_table = log_table(decl)
+    unvalidated = _unvalidated_inputs(lake, decl, logs_table, ds, late_days, allow_unvalidated)
     logs = lake.table(logs_table, log_schema(decl)).read(ds)
     logs = logs[logs["feature_set"] == log_feature_sets(decl)].reset_index(drop=True)
     notes = []
@@ -614,6 +639,7 @@ def run_skew(
             "lookback_days": lookback_days,
             "late_days": late_days,
             "thresholds": thresholds,
+            **({UNVALIDATED_INPUTS: unvalidated} if unvalidated else {}),
         },
         inputs={f"{logs_table}/ds={ds}": lake.table(logs_table).manifest(ds).content_fingerprint},
     )

@@ -43,7 +43,17 @@ import pyarrow as pa
 
 from features.model import Condition, EntitySnapshots, EventLabel, Model, OutcomeLabel, QueryRows
 from jobs.config import Config
-from jobs.lake import Lake, Manifest, MissingPartitionError, Table, day_range, inputs_fingerprint
+from jobs.lake import (
+    UNVALIDATED_INPUTS,
+    Lake,
+    Manifest,
+    MissingPartitionError,
+    Table,
+    UnvalidatedPartitionError,
+    day_range,
+    inputs_fingerprint,
+    unvalidated_inputs,
+)
 from jobs.schemas import UTC_US
 
 LABEL = "label"
@@ -170,21 +180,40 @@ def latest_mature_cutoff(cfg: Config, model: str | Model) -> str | None:
     return c.strftime("%Y-%m-%d") if c.strftime("%Y-%m-%d") >= first else None
 
 
-def build_labels(cfg: Config, model: str | Model, cutoffs: Iterable[str]) -> list[Manifest]:
-    """Compute and publish ``labels/<model>/ds=C`` for each cut-off ``C`` (replacing any previous version)."""
+def build_labels(
+    cfg: Config, model: str | Model, cutoffs: Iterable[str], *, allow_unvalidated: bool = False
+) -> list[Manifest]:
+    """Compute and publish ``labels/<model>/ds=C`` for each cut-off ``C`` (replacing any previous version).
+
+    The raw days a cut-off reads must be validated: otherwise ``UnvalidatedPartitionError`` (naming the
+    table, the days and the override) before that cut-off is published, unless ``allow_unvalidated=True``
+    (exploration; ``producer.unvalidated_inputs`` then names them, and a training set built from the
+    labels is refused the same way). No suite validates the labels table itself."""
     m = resolve_model(cfg, model)
     cutoffs = sorted({str(pd.Timestamp(str(c)).date()) for c in cutoffs})
     if not cutoffs:
         return []
     if isinstance(m.queries, EntitySnapshots):
-        return _snapshot_labels(cfg, m, cutoffs)
-    return _outcome_labels(cfg, m, cutoffs)
+        return _snapshot_labels(cfg, m, cutoffs, allow_unvalidated)
+    return _outcome_labels(cfg, m, cutoffs, allow_unvalidated)
+
+
+def _gated(lake: Lake, inputs: dict, producer: dict, allow_unvalidated: bool) -> dict:
+    """``producer``, naming the unvalidated input days; UnvalidatedPartitionError for them unless allowed."""
+    unvalidated = unvalidated_inputs(lake, inputs)
+    if unvalidated and not allow_unvalidated:
+        table = unvalidated[0].rpartition("/ds=")[0]
+        days = sorted({u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table})
+        raise UnvalidatedPartitionError(table, days, "raw_events")
+    if unvalidated:
+        producer[UNVALIDATED_INPUTS] = unvalidated
+    return producer
 
 
 # ---------------------------------------------------------------------------- entity snapshots
 
 
-def _snapshot_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]:
+def _snapshot_labels(cfg: Config, m: Model, cutoffs: list[str], allow_unvalidated: bool) -> list[Manifest]:
     """Memory is per entity, not per event: one streamed pass collects each entity's first
     ingestion time, then each cut-off streams only its label-window partitions."""
     label: EventLabel = m.label
@@ -230,6 +259,7 @@ def _snapshot_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest
             f"{hist.name}/ds={first}..{_shift(c, -1)}": inputs_fingerprint(hist, first, _shift(c, -1)),
             f"{events.name}/ds={lo}..{hi}": inputs_fingerprint(events, lo, hi),
         }
+        producer = _gated(lake, inputs, producer, allow_unvalidated)
         manifests.append(table.write_partition(c, frame, producer=producer, inputs=inputs))
     return manifests
 
@@ -279,7 +309,7 @@ def _matching_keys(
 # ---------------------------------------------------------------------------- query rows
 
 
-def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]:
+def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str], allow_unvalidated: bool) -> list[Manifest]:
     q: QueryRows = m.queries
     label: OutcomeLabel = m.label
     src = q.source
@@ -320,6 +350,7 @@ def _outcome_labels(cfg: Config, m: Model, cutoffs: list[str]) -> list[Manifest]
             "cutoff": cutoff_time(d).isoformat(),
             **({"queries_without_outcome": without} if label.source is not None else {}),
         }
+        producer = _gated(lake, inputs, producer, allow_unvalidated)
         manifests.append(table.write_partition(d, frame, producer=producer, inputs=inputs))
     return manifests
 

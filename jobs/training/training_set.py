@@ -41,6 +41,7 @@ from jobs.lake import (
     Table,
     UnvalidatedPartitionError,
     inputs_fingerprints,
+    unvalidated_inputs,
 )
 from jobs.schemas import feature_schema
 from jobs.training.labels import horizon_end_ds, labels_schema, labels_table, resolve_model
@@ -74,16 +75,17 @@ def build_training_set(
     ds: str | dt.date,
     *,
     validate: bool = True,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> Manifest:
     """Publish ``training_sets/<model>/ds=ds`` from ``labels/<model>/ds=ds`` (one row per label row).
 
     With ``validate`` the staged partition must pass the ``training_sets`` suite of the model
     before it is published (otherwise it is quarantined and ``DataQualityError`` raised).
-    ``allow_unvalidated=False`` (the ``lockstep training-set`` default) refuses raw days read that are
-    not validated (``UnvalidatedPartitionError``; labels, which no suite validates, are not checked);
-    built from such days, ``producer.unvalidated_inputs`` names them.
+    Raw days read that are not validated — by the joins, or by the labels (no suite validates the labels
+    table: the raw days ``labels/<model>/ds=D`` was built from are checked instead) — are refused
+    (``UnvalidatedPartitionError``) unless ``allow_unvalidated=True``; built from such days,
+    ``producer.unvalidated_inputs`` names them.
     """
     m = resolve_model(cfg, model)
     lake = cfg.lake()
@@ -177,6 +179,8 @@ def _lineage(lake: Lake, m: Model, plans: list[_Cutoff]) -> list[tuple[dict, lis
         for key, (name, lo, hi) in p.reads.items():
             inputs[key] = fingerprints[(name, lo)][hi]
             unvalidated += [f"{name}/ds={d}" for d in not_validated[(name, lo)] if d <= hi]
+        # no suite validates the labels table: the raw days its partition was built from are checked instead
+        unvalidated += [u for u in unvalidated_inputs(lake, p.labels.inputs) if u not in unvalidated]
         out.append((inputs, unvalidated))
     return out
 
@@ -184,7 +188,7 @@ def _lineage(lake: Lake, m: Model, plans: list[_Cutoff]) -> list[tuple[dict, lis
 def _refuse_unvalidated(unvalidated: list[str], allow_unvalidated: bool) -> None:
     if unvalidated and not allow_unvalidated:
         table, _, _ = unvalidated[0].rpartition("/ds=")
-        days = [u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table]
+        days = sorted({u.rpartition("/ds=")[2] for u in unvalidated if u.rpartition("/ds=")[0] == table})
         raise UnvalidatedPartitionError(table, days, "raw_events")
 
 
@@ -222,7 +226,7 @@ def build_training_sets(
     days: Iterable[str],
     *,
     validate: bool = True,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     **engine_options,
 ) -> list[Manifest]:
     """``build_training_set`` for each labels partition, in order (one run of the engine passes per cut-off;
@@ -243,7 +247,7 @@ def build_training_set_range(
     cutoffs: Iterable[str | dt.date],
     *,
     validate: bool = True,
-    allow_unvalidated: bool = True,
+    allow_unvalidated: bool = False,
     progress: bool = False,
     **engine_options,
 ) -> list[Manifest]:

@@ -98,12 +98,17 @@ def history(tmp_path_factory):
     from jobs.config import Config
     from jobs.ingest.landing import land
     from jobs.local.airflow_local import AirflowLocal, free_port
+    from jobs.quality.validate import validate_range
 
     root = tmp_path_factory.mktemp("history")
     af = AirflowLocal(root / "home", root / "lake", port=free_port())
     af.init()
     cfg = Config(lake_root=str(root / "lake"))
-    land(cfg, "cdnow_purchases", *cfg.repo().source("cdnow_purchases").span)
+    span = cfg.repo().source("cdnow_purchases").span
+    land(cfg, "cdnow_purchases", *span)
+    # validated, as the features DAG leaves them: labels, training sets and snapshots refuse unvalidated
+    # raw days (546 days: about 4 minutes here)
+    validate_range(cfg, "raw_events", *span, source="cdnow_purchases", alert=False, docs=False)
     return af, cfg
 
 
@@ -131,11 +136,18 @@ def test_training_dag_trains_registers_and_promotes_a_champion(history):
 
 
 def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
+    from jobs.quality.validate import validate_partition
     from jobs.scoring.sql import read_day, sql_url
     from jobs.snapshots import build_snapshot
 
     af, cfg = history
     snap = build_snapshot(cfg, SCORE_DAY, "customer_activity_v1")  # the features DAG's job, run directly
+    # ... but not its validate_snapshot task: scoring refuses the unvalidated snapshot, at once (no retries)
+    proc = af.dags_test(SCORING, conf={"ds": SCORE_DAY}, check=False)
+    out = proc.stdout + proc.stderr
+    assert "unvalidated input: table 'feature_snapshots/customer_activity_v1' ds=1998-03-31: not validated" in out
+    assert "--allow-unvalidated" in out and not cfg.lake().table("predictions").exists(SCORE_DAY)
+    validate_partition(cfg, "feature_snapshots", SCORE_DAY, feature_set="customer_activity_v1", alert=False)
     af.dags_test(SCORING, conf={"ds": SCORE_DAY})
     preds = cfg.lake().table("predictions").manifest(SCORE_DAY)
     assert preds.rows == snap.rows  # the champion only: no challenger exists yet

@@ -133,6 +133,13 @@ def test_data_quality_failures_fail_fast_other_errors_do_not():
         raise FakeDQ()
     with pytest.raises(OSError), o.data_quality_gate():
         raise OSError("disk hiccup: retried by Airflow")
+    from jobs.lake import UnvalidatedPartitionError  # an input nobody validated: retrying cannot help
+
+    with pytest.raises(
+        AirflowFailException, match=r"unvalidated input: table 'raw_events/x' ds=2024-01-01\.\.2024-01-02"
+    ):
+        with o.data_quality_gate():
+            raise UnvalidatedPartitionError("raw_events/x", ["2024-01-01", "2024-01-02"], "raw_events")
 
 
 def test_orchestration_imports_nothing_heavy():

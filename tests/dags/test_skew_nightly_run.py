@@ -55,6 +55,7 @@ def served_day(tmp_path_factory):
     from jobs.config import Config
     from jobs.ingest.landing import land
     from jobs.local.airflow_local import AirflowLocal, free_port
+    from jobs.quality.validate import validate_range
     from jobs.serving.app import Settings, create_app
     from jobs.serving.model import RegistrySource
     from jobs.serving.replay import plan_day, replay
@@ -67,6 +68,8 @@ def served_day(tmp_path_factory):
     cfg = Config(lake_root=str(root / "lake"))
     fs = cfg.repo().feature_set("customer_activity_v1")
     land(cfg, "cdnow_purchases", "1997-01-01", LAST_RAW)
+    # validated, as the features DAG leaves them: snapshots and the skew job refuse unvalidated raw days
+    validate_range(cfg, "raw_events", "1997-01-01", LAST_RAW, source="cdnow_purchases", alert=False, docs=False)
     for ds in ("1997-02-07", "1997-02-08", "1997-02-09"):
         build_snapshot(cfg, ds, fs.name)
     _register_champion(cfg, fs, "1997-02-09")

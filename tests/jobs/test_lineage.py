@@ -87,6 +87,7 @@ def test_quarantining_a_raw_day_withdraws_what_was_built_from_it(tmp_path, capsy
     for ds, seed in (("1997-01-02", 1), ("1997-01-03", 2), ("1997-01-05", 3)):
         build_snapshot(cfg, ds, allow_unvalidated=False)
         _predictions(cfg, ds, seed)
+        validate_range(cfg, "predictions", ds, model=MODEL.name, docs=False)  # publish requires it
         sql.publish_predictions(cfg, ds, MODEL.name)
     url = sql.sql_url(cfg)
     preds_rows = {d: preds.manifest(d).rows for d in ("1997-01-03", "1997-01-05")}
@@ -159,6 +160,7 @@ def test_a_failed_validation_of_a_published_day_withdraws_what_was_built_from_it
     )
     (alert,) = [a for a in Notifier.for_lake(lake).read() if a["partition"] == f"{RAW}/ds={DAYS[4]}"]
     assert alert["details"]["withdrawn"] == [f"{snaps.name}/ds={DAYS[4]}"]
+    assert alert["details"]["rejected_candidates"] == []  # nothing was staged over a validated version
 
 
 def test_quarantine_of_a_partition_that_never_existed_is_a_clear_error(tmp_path, capsys):
@@ -166,3 +168,45 @@ def test_quarantine_of_a_partition_that_never_existed_is_a_clear_error(tmp_path,
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert f"table '{RAW}' ds=1997-01-01: no published or quarantined partition to withdraw" in err
+
+
+def test_withdrawing_a_raw_day_rejects_the_pending_candidates_built_from_it(tmp_path, monkeypatch):
+    """A snapshot re-build staged over its validated version (pending, not yet validated) that read the
+    quarantined raw day is rejected with the published version, so no later validation can promote it;
+    a candidate built before that day and the quarantined day's own re-delivery stay pending."""
+    from jobs.quality.validate import validate_partition
+
+    monkeypatch.delenv("LOCKSTEP_ALERTS_LOG", raising=False)
+    cfg = _lake(tmp_path)
+    lake = cfg.lake()
+    raw, snaps = lake.table(RAW), snapshot_table(lake, FS)
+    validate_range(cfg, "raw_events", DAYS[0], DAYS[-1], source="cdnow_purchases", docs=False)
+    for ds in (DAYS[1], DAYS[3]):
+        build_snapshot(cfg, ds)
+        assert validate_partition(cfg, "feature_snapshots", ds, feature_set=FS.name, docs=False).success
+        build_snapshot(cfg, ds)  # a re-build over the validated day: staged
+        assert snaps.pending(ds) is not None
+    raw.write_partition(DAYS[2], raw.read(DAYS[2]), producer={"job": "re-delivery"})
+    own = raw.pending(DAYS[2])
+    assert own is not None
+
+    argv = ["--lake", cfg.lake_root, "quarantine", "--table", RAW, "--ds", DAYS[2], "--reason", "prices doubled"]
+    assert main(argv) == 0
+
+    # the candidate of DAYS[3] (it read raw DAYS[0..3]) is in the quarantine, not pending
+    assert snaps.pending(DAYS[3]) is None and not snaps.exists(DAYS[3])
+    urls = snaps.quarantined(DAYS[3])
+    assert len(urls) == 2  # the published version and the candidate
+    reasons = {json.loads(lake.fs.cat_file(f"{q}/_reason.json"))["reason"] for q in urls}
+    assert reasons == {f"input {RAW}/ds={DAYS[2]} quarantined: prices doubled"}
+    with pytest.raises(MissingPartitionError):  # nothing left for a validation to promote
+        validate_partition(cfg, "feature_snapshots", DAYS[3], feature_set=FS.name, docs=False)
+    # the snapshot built before the day and its candidate, and the day's own re-delivery, are untouched
+    assert snaps.validated(DAYS[1]) and snaps.pending(DAYS[1]) is not None
+    assert raw.pending(DAYS[2]) is not None and raw.pending(DAYS[2]).write_id == own.write_id
+    (alert,) = [a for a in Notifier.for_lake(lake).read() if a["what"] == "lineage withdrawal"]
+    assert alert["details"]["rejected_candidates"] == [f"{snaps.name}/ds={DAYS[3]}"]
+    assert (
+        f"rejected 1 pending candidate(s) built from withdrawn input:\n  {snaps.name}/ds={DAYS[3]} -> "
+        in (alert["reason"])
+    )

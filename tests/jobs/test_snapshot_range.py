@@ -89,7 +89,7 @@ def test_a_bad_day_stops_the_range_there_and_names_it(lake_root, tmp_path):
     bad.loc[0, "amount"] = -500.0  # a refund exported as a purchase: spend sums go negative
     raw.write_partition("2024-01-11", bad, producer={"job": "test"})
     with pytest.raises(DataQualityError, match="ds=2024-01-11") as err:
-        build_snapshot_range(cfg, *DAYS, FS)
+        build_snapshot_range(cfg, *DAYS, FS, allow_unvalidated=True)  # the snapshot suite's gate stops it
     notes = "\n".join(getattr(err.value, "__notes__", []))
     assert "stopped at ds=2024-01-11: 2024-01-09..2024-01-10 published; 2024-01-12..2024-01-13 not published" in notes
     table = snapshot_table(cfg.lake(), cfg.repo().feature_set(FS))
@@ -130,3 +130,21 @@ def test_a_backfill_build_covers_the_validated_raw_days_after_it_then_skips_them
     assert up_to_date(cfg, "2024-01-09", FS)
     # the build of 01-10 is its own day plus the validated raw days after it whose snapshot went stale
     assert missing_range(cfg, "2024-01-10", FS) == ["2024-01-10", "2024-01-11", "2024-01-12"]
+
+
+def test_a_backfill_refuses_unvalidated_raw_days_unless_told(lake_root, tmp_path):
+    from jobs.lake import UNVALIDATED_INPUTS, UnvalidatedPartitionError
+    from jobs.snapshots import build_snapshot_backfill
+
+    cfg = _copy(lake_root, tmp_path, "unvalidated", "local")
+    raw = cfg.lake().table("raw_events/cdnow_purchases")
+    with pytest.raises(UnvalidatedPartitionError) as err:
+        build_snapshot_backfill(cfg, "2024-01-09", FS)
+    assert str(err.value).startswith(
+        f"table '{raw.name}' ds={raw.first_ds()}..2024-01-09: not validated (run `lockstep validate raw_events "
+    )
+    assert "--allow-unvalidated (allow_unvalidated=True)" in str(err.value)
+    table = snapshot_table(cfg.lake(), cfg.repo().feature_set(FS))
+    assert table.partitions() == []
+    m = build_snapshot_backfill(cfg, "2024-01-09", FS, allow_unvalidated=True)  # threaded to the build
+    assert table.partitions() == ["2024-01-09"] and m.producer[UNVALIDATED_INPUTS][-1] == f"{raw.name}/ds=2024-01-09"

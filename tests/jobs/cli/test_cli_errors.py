@@ -85,6 +85,15 @@ def lake(tmp_path_factory) -> str:
             ("publish", "--ds", "1997-01-06"),
             "publish",
             [
+                f"table '{MODEL.predictions_table}' ds=1997-01-06: not validated (run `lockstep validate predictions "
+                f"--table {MODEL.predictions_table} --ds 1997-01-06`); to publish it anyway for exploration pass "
+                "--allow-unvalidated",
+            ],
+        ),
+        (
+            ("publish", "--ds", "1997-01-06", "--allow-unvalidated"),
+            "publish",
+            [
                 f"IntegrityError: UNIQUE constraint failed: {SQL_TABLE}.ds, {SQL_TABLE}.customer_id, {SQL_TABLE}.role",
                 f"publishing {MODEL.predictions_table}/ds=1997-01-06 to SQL table {SQL_TABLE} at sqlite:///",
             ],
@@ -109,6 +118,7 @@ def lake(tmp_path_factory) -> str:
     ids=[
         "show-missing",
         "snapshot-corrupt",
+        "publish-unvalidated",
         "publish-integrity",
         "publish-missing",
         "score-no-model",

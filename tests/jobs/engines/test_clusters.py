@@ -50,10 +50,10 @@ def lake(tmp_path_factory):
 
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("cluster-lake") / "lake"))
     land(cfg, FS.source.name, "1997-01-01", "1997-03-02")
-    build_labels(cfg, MODEL_28D, [CUTOFF])
+    build_labels(cfg, MODEL_28D, [CUTOFF], allow_unvalidated=True)
     for ds in SNAPSHOT_DAYS:
-        build_snapshot(cfg, ds)
-    build_training_set(cfg, MODEL, CUTOFF, validate=False)
+        build_snapshot(cfg, ds, allow_unvalidated=True)
+    build_training_set(cfg, MODEL, CUTOFF, validate=False, allow_unvalidated=True)
     lk = cfg.lake()
     local = {
         ("snapshot", ds): (snapshot_table(lk, FS).read(ds), snapshot_table(lk, FS).manifest(ds)) for ds in SNAPSHOT_DAYS
@@ -95,8 +95,8 @@ def rebuild(cfg: Config, **engine_options) -> None:
     from jobs.training.training_set import build_training_set
 
     for ds in SNAPSHOT_DAYS:
-        build_snapshot(cfg, ds, **engine_options)
-    build_training_set(cfg, MODEL, CUTOFF, validate=False, **engine_options)
+        build_snapshot(cfg, ds, **engine_options, allow_unvalidated=True)
+    build_training_set(cfg, MODEL, CUTOFF, validate=False, **engine_options, allow_unvalidated=True)
 
 
 # --------------------------------------------------------------------------- Dask
@@ -166,7 +166,7 @@ def test_a_worker_with_another_kernel_is_refused_before_it_computes(lake, stale_
     w0, w1 = cluster["workers"]["w0"], cluster["workers"]["w1"]
 
     with pytest.raises(KernelMismatchError) as err:
-        build_snapshot(cfg, SNAPSHOT_DAYS[0])
+        build_snapshot(cfg, SNAPSHOT_DAYS[0], allow_unvalidated=True)
     msg = str(err.value)
     assert msg == (
         f"kernel version mismatch: this driver runs features/kernel.py {kernel_fingerprint()}, but 1 of 2 "
@@ -175,7 +175,7 @@ def test_a_worker_with_another_kernel_is_refused_before_it_computes(lake, stale_
     )
     assert err.value.expected == kernel_fingerprint() and list(err.value.workers) == [w0]
     with pytest.raises(KernelMismatchError, match=f"worker {w0} has kernel {stale_fp}"):
-        build_training_set(cfg, MODEL, CUTOFF, validate=False)
+        build_training_set(cfg, MODEL, CUTOFF, validate=False, allow_unvalidated=True)
 
     # nothing published, nothing left in scratch, and no task ever ran on the cluster
     assert snapshot_table(cfg.lake(), FS).partitions() == []

@@ -55,7 +55,7 @@ def _candidate(booster, auc) -> Candidate:
 def setup(tmp_path_factory):
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
     ingest_cdnow(cfg.lake(), "1997-01-01", DS)
-    build_snapshot(cfg, DS)
+    build_snapshot(cfg, DS, allow_unvalidated=True)
     reg = Registry.from_config(cfg)
     champion, challenger = _booster(1), _booster(2)
     reg.register(_candidate(champion, 0.70))
@@ -66,7 +66,7 @@ def setup(tmp_path_factory):
 
 def test_champion_scores_every_snapshot_row_in_bounded_batches(setup):
     cfg, reg, champion, _ = setup
-    m = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=1_000, validate=False)
+    m = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=1_000, validate=False, allow_unvalidated=True)
     snap = snapshot_table(cfg.lake(), FS).read(DS).sort_values("customer_id", ignore_index=True)
     got = predictions_table(cfg.lake(), MODEL).read(DS).sort_values("customer_id", ignore_index=True)
     assert m.rows == len(snap) == len(got) > 5_000
@@ -93,14 +93,14 @@ def test_champion_scores_every_snapshot_row_in_bounded_batches(setup):
 
 def test_rescoring_is_idempotent(setup):
     cfg, reg, _, _ = setup
-    a = score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
-    b = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=777, validate=False)
+    a = score_snapshot(cfg, DS, NAME, registry=reg, validate=False, allow_unvalidated=True)
+    b = score_snapshot(cfg, DS, NAME, registry=reg, batch_rows=777, validate=False, allow_unvalidated=True)
     assert a.content_fingerprint == b.content_fingerprint and a.rows == b.rows
 
 
 def test_shadow_mode_records_champion_and_challenger(setup):
     cfg, reg, *_ = setup
-    m = score_snapshot(cfg, DS, NAME, registry=reg, shadow=True, validate=False)
+    m = score_snapshot(cfg, DS, NAME, registry=reg, shadow=True, validate=False, allow_unvalidated=True)
     got = predictions_table(cfg.lake(), MODEL).read(DS)
     n = snapshot_table(cfg.lake(), FS).manifest(DS).rows
     assert m.rows == 2 * n
@@ -123,7 +123,7 @@ def test_a_model_for_another_feature_set_version_is_refused(setup, tmp_path):
     )
     try:
         with pytest.raises(FingerprintMismatchError, match=f"built with {stale}") as info:
-            score_snapshot(cfg, DS, NAME, registry=reg, validate=False)
+            score_snapshot(cfg, DS, NAME, registry=reg, validate=False, allow_unvalidated=True)
         assert FS.fingerprint in str(info.value)
         assert predictions_table(cfg.lake(), MODEL).manifest(DS) == before  # nothing was replaced
     finally:
@@ -135,10 +135,10 @@ def test_no_champion_is_a_clear_error(setup, tmp_path):
     from jobs.models.registry import RegistryError
 
     with pytest.raises(RegistryError, match="no registered model|no version or alias"):
-        score_snapshot(cfg, DS, "nobody", registry=reg, validate=False)
+        score_snapshot(cfg, DS, "nobody", registry=reg, validate=False, allow_unvalidated=True)
     empty = Registry.from_config(Config(lake_root=str(tmp_path / "empty")))
     with pytest.raises(RegistryError, match="no registered model|no version or alias"):
-        score_snapshot(cfg, DS, NAME, registry=empty, validate=False)
+        score_snapshot(cfg, DS, NAME, registry=empty, validate=False, allow_unvalidated=True)
 
 
 def test_a_registered_name_no_model_declares_scores_for_the_model_its_lineage_names(setup):
@@ -148,7 +148,7 @@ def test_a_registered_name_no_model_declares_scores_for_the_model_its_lineage_na
     other = _candidate(challenger, 0.6)
     other.name = "scorer_other"
     reg.register(other, alias="champion")
-    m = score_snapshot(cfg, DS, "scorer_other", registry=reg, validate=False)
+    m = score_snapshot(cfg, DS, "scorer_other", registry=reg, validate=False, allow_unvalidated=True)
     got = predictions_table(cfg.lake(), MODEL).read(DS).sort_values("customer_id", ignore_index=True)
     snap = snapshot_table(cfg.lake(), FS).read(DS).sort_values("customer_id", ignore_index=True)
     assert m.table == MODEL.predictions_table and set(got["model_name"]) == {"scorer_other"}

@@ -20,6 +20,8 @@ import sqlalchemy as sa
 from features import registry as feature_registry
 from features import repo
 from jobs.config import Config
+from jobs.lake import UnvalidatedPartitionError
+from jobs.quality.validate import validate_range
 from jobs.scoring import sql
 from jobs.scoring.batch import predictions_table
 
@@ -124,8 +126,8 @@ def test_publish_replaces_one_day_idempotently(target):
     cfg, url = target
     d1 = _write_day(cfg, "1997-03-01", 3_000, seed=1)
     _write_day(cfg, "1997-03-02", 500, seed=2)
-    r = sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000)
-    sql.publish_predictions(cfg, "1997-03-02", MODEL.name, url)
+    r = sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000, allow_unvalidated=True)
+    sql.publish_predictions(cfg, "1997-03-02", MODEL.name, url, allow_unvalidated=True)
     url = url or sql.sql_url(cfg)
     assert r["rows"] == 6_000 and (url.startswith("sqlite:///") or "postgresql" in r["url"])
     got = sql.read_day(url, "1997-03-01")
@@ -133,11 +135,13 @@ def test_publish_replaces_one_day_idempotently(target):
     assert got["customer_id"].tolist() == d1["customer_id"].tolist() and got["role"].tolist() == d1["role"].tolist()
     first = pd.Timestamp(got["scored_at"][0])  # PostgreSQL: tz-aware; SQLite: naive UTC
     assert (first.tz_convert("UTC").tz_localize(None) if first.tz else first) == pd.Timestamp("1997-03-02")
-    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)  # again: the same rows, no duplicates
+    sql.publish_predictions(
+        cfg, "1997-03-01", MODEL.name, url, allow_unvalidated=True
+    )  # again: the same rows, no duplicates
     pd.testing.assert_frame_equal(sql.read_day(url, "1997-03-01"), got)
     # re-scored with fewer customers and a new model: day 1 replaced whole, day 2 untouched
     d1b = _write_day(cfg, "1997-03-01", 1_000, seed=3, version=5)
-    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)
+    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, allow_unvalidated=True)
     again = sql.read_day(url, "1997-03-01")
     assert len(again) == 2_000 and set(again["model_version"]) == {5, 6}
     np.testing.assert_array_equal(again["score"].to_numpy(), d1b["score"].to_numpy())
@@ -154,7 +158,7 @@ def test_publish_replaces_one_day_idempotently(target):
 def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
     cfg, url = target
     _write_day(cfg, "1997-03-01", 2_000, seed=1)
-    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url)
+    sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, allow_unvalidated=True)
     url = url or sql.sql_url(cfg)
     before = sql.read_day(url, "1997-03-01")
     _write_day(cfg, "1997-03-01", 2_500, seed=9, version=7)
@@ -168,7 +172,7 @@ def test_a_failed_publish_leaves_the_previous_rows(target, monkeypatch):
 
     monkeypatch.setattr(sql, "insert_rows", failing)
     with pytest.raises(RuntimeError, match="mid-publish"):
-        sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000)
+        sql.publish_predictions(cfg, "1997-03-01", MODEL.name, url, batch_rows=1_000, allow_unvalidated=True)
     pd.testing.assert_frame_equal(sql.read_day(url, "1997-03-01"), before)
     assert len(calls) == 2  # the first batch was inserted, then rolled back
 
@@ -190,6 +194,16 @@ def test_cli_publish(tmp_path, capsys, monkeypatch):
     _write_day(cfg, "1997-03-02", 20, seed=2)
     parser = cli.build_parser()
     args = parser.parse_args(["--lake", cfg.lake_root, "publish", "--ds", "1997-03-01", "--to", "1997-03-02"])
+    # predictions days that did not pass validation are refused, before the SQL table is touched
+    with pytest.raises(UnvalidatedPartitionError) as err:
+        args.func(args)
+    assert str(err.value).startswith(
+        f"table '{MODEL.predictions_table}' ds=1997-03-01: not validated (run `lockstep validate predictions "
+        f"--table {MODEL.predictions_table} --ds 1997-03-01`); to publish it anyway for exploration pass "
+        "--allow-unvalidated (allow_unvalidated=True)"
+    )
+    assert not os.path.exists(sql.sql_url(cfg).removeprefix("sqlite:///"))
+    validate_range(cfg, "predictions", "1997-03-01", "1997-03-02", model=MODEL.name, docs=False)
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "ds=1997-03-01: 20 rows" in out and "ds=1997-03-02: 40 rows" in out
@@ -219,7 +233,7 @@ def test_a_string_keyed_model_gets_string_key_columns(target):
         }
     )
     predictions_table(cfg.lake(), model).write_partition("2024-01-03", frame, producer={"job": "test", "models": []})
-    r = sql.publish_predictions(cfg, "2024-01-03", "late_order", url)
+    r = sql.publish_predictions(cfg, "2024-01-03", "late_order", url, allow_unvalidated=True)
     url = url or sql.sql_url(cfg)
     assert r["table"] == "predictions_late_order" and r["rows"] == n
     got = sql.read_day(url, "2024-01-03", model)
@@ -249,5 +263,7 @@ def test_a_string_keyed_model_gets_string_key_columns(target):
     assert all(isinstance(columns[c], sa.String) for c in ("order_id", "shop", "courier"))
     assert sorted(pk) == sorted(["ds", "order_id", "role"])  # the query id identifies a row; keys are attributes
     assert sql.referenced_models(url, model) == {("late_order", 3)}
-    sql.publish_predictions(cfg, "2024-01-03", "late_order", url)  # idempotent: no duplicate keys
+    sql.publish_predictions(
+        cfg, "2024-01-03", "late_order", url, allow_unvalidated=True
+    )  # idempotent: no duplicate keys
     assert len(sql.read_day(url, "2024-01-03", model)) == n

@@ -93,7 +93,7 @@ def test_query_rows_of_a_day_are_the_orders_due_the_next_day(lake):
 
 def test_string_keyed_model_scores_exactly(lake):
     cfg, orders, model, booster, reg = lake
-    m = score_snapshot(cfg, DS, "late_order", registry=reg, validate=False, batch_rows=7)
+    m = score_snapshot(cfg, DS, "late_order", registry=reg, validate=False, batch_rows=7, allow_unvalidated=True)
     got = predictions_table(cfg.lake(), model).read(DS).sort_values("order_id", ignore_index=True)
     want = _expected(orders, model, DS)
     assert m.table == "predictions/late_order" and m.rows == len(want)
@@ -110,7 +110,9 @@ def test_string_keyed_model_scores_exactly(lake):
     assert first["shop_orders_6h"] == len(placed)
     assert set(got["feature_set_fingerprint"]) == {model.fingerprint} and "+" in model.fingerprint
     assert m.producer["feature_sets"] == ["shop_load_v1", "courier_load_v1"]
-    again = score_snapshot(cfg, DS, "late_order", registry=reg)  # through the derived predictions suite
+    again = score_snapshot(
+        cfg, DS, "late_order", registry=reg, allow_unvalidated=True
+    )  # through the derived predictions suite
     assert again.content_fingerprint == m.content_fingerprint
 
 
@@ -120,7 +122,7 @@ def test_a_version_trained_on_other_feature_sets_is_refused(lake, tmp_path):
     stale = "shop_load_v1:00000000deadbeef+" + model.feature_sets[1].fingerprint
     _register(reg, _candidate(model, booster, fingerprint=stale), stale=True)
     with pytest.raises(FingerprintMismatchError, match=r"trained on features shop_load_v1:00000000deadbeef\+"):
-        score_snapshot(cfg, DS, "late_order", registry=reg, validate=False)
+        score_snapshot(cfg, DS, "late_order", registry=reg, validate=False, allow_unvalidated=True)
 
 
 def test_a_one_set_entity_snapshot_model_with_string_keys_scores_its_snapshot(lake):
@@ -130,8 +132,8 @@ def test_a_one_set_entity_snapshot_model_with_string_keys_scores_its_snapshot(la
     model = cfg.repo().model("shop_busy")
     booster = _booster(model.feature_names, seed=4)
     _register(reg, _candidate(model, booster))
-    build_snapshot(cfg, DS, "shop_load_v1")
-    m = score_snapshot(cfg, DS, "shop_busy", registry=reg, validate=False)
+    build_snapshot(cfg, DS, "shop_load_v1", allow_unvalidated=True)
+    m = score_snapshot(cfg, DS, "shop_busy", registry=reg, validate=False, allow_unvalidated=True)
     snap = snapshot_table(cfg.lake(), model.feature_sets[0]).read(DS).sort_values("shop", ignore_index=True)
     got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
     assert m.table == "predictions/shop_busy" and got["shop"].tolist() == ["s1", "s2", "s3"] == snap["shop"].tolist()
@@ -150,8 +152,8 @@ def test_an_entity_snapshot_model_of_two_sets_joins_their_snapshots(lake):
     booster = _booster(model.feature_names, seed=5)
     _register(reg, _candidate(model, booster))
     for fs in model.feature_sets:
-        build_snapshot(cfg, DS, fs.name)
-    m = score_snapshot(cfg, DS, "shop_risk", registry=reg, validate=False)
+        build_snapshot(cfg, DS, fs.name, allow_unvalidated=True)
+    m = score_snapshot(cfg, DS, "shop_risk", registry=reg, validate=False, allow_unvalidated=True)
     got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
     q = pd.DataFrame({"shop": ["s1", "s2", "s3"], "as_of": pd.Timestamp("2024-01-04", tz="UTC")})
     x = np.hstack(
@@ -177,9 +179,9 @@ def test_a_model_of_two_sources_gets_the_declared_defaults_for_an_entity_one_sou
     booster = _booster(model.feature_names, seed=6)
     _register(reg, _candidate(model, booster))
     for fs in model.feature_sets:
-        build_snapshot(cfg, DS, fs.name)
+        build_snapshot(cfg, DS, fs.name, allow_unvalidated=True)
     assert snapshot_table(cfg.lake(), model.feature_sets[1]).read(DS)["shop"].tolist() == ["s1", "s2"]
-    m = score_snapshot(cfg, DS, "shop_rated", registry=reg, validate=False)
+    m = score_snapshot(cfg, DS, "shop_rated", registry=reg, validate=False, allow_unvalidated=True)
     got = predictions_table(cfg.lake(), model).read(DS).sort_values("shop", ignore_index=True)
     q = pd.DataFrame({"shop": ["s1", "s2", "s3"], "as_of": pd.Timestamp("2024-01-04", tz="UTC")})
     loads = compute(orders, q, model.feature_sets[0], "known_at")

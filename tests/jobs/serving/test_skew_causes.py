@@ -33,12 +33,12 @@ def store(lake_cfg):
 def serve_and_skew(lake_cfg, lake_events, store, model_source, tmp_path):
     """Run a day of traffic through a service with ``hook``; publish the log; run the skew job."""
 
-    def run(hook=None, mode="fresh", plan=None, fail=True, html=False):
+    def run(hook=None, mode="fresh", plan=None, fail=True, html=False, allow_unvalidated=True):
         root = tmp_path / "lake"
         root.mkdir()
         for name in ("raw_events", "feature_snapshots"):  # share the inputs, own the outputs
             (root / name).symlink_to(f"{lake_cfg.lake_root}/{name}")
-        cfg = Config(lake_root=str(root))
+        cfg = run.cfg = Config(lake_root=str(root))
         wal = tmp_path / "wal"
         app = create_app(
             Settings(lake_root=str(root), wal_dir=str(wal), cache_ttl_s=60.0),
@@ -54,7 +54,15 @@ def serve_and_skew(lake_cfg, lake_events, store, model_source, tmp_path):
         assert (res.status == 200).all(), res.status.value_counts()
         assert publish(cfg, model_wal_dir(wal, MODEL), MODEL, DAY).rows == len(plan)
         try:
-            return run_skew(cfg, DAY, model_source=model_source, fail=fail, html=html, notifier=alerts.append)
+            return run_skew(
+                cfg,
+                DAY,
+                model_source=model_source,
+                fail=fail,
+                html=html,
+                notifier=alerts.append,
+                allow_unvalidated=allow_unvalidated,  # the shared raw days are not validated
+            )
         except SkewThresholdError as exc:
             exc.report.error = str(exc)
             return exc.report
@@ -76,6 +84,35 @@ def assert_only(report, cause, required: set, allowed: set | None = None):
     assert got <= (allowed or required), f"false {cause} on {got - (allowed or required)}"
     for other in set(CAUSES) - {cause, "late_data"}:
         assert not flagged(report, other), f"unexpected {other} on {flagged(report, other)}"
+
+
+def test_the_skew_job_refuses_an_unvalidated_serving_log_then_unvalidated_raw_days(serve_and_skew, model_source):
+    from jobs.lake import UnvalidatedPartitionError
+    from jobs.quality.validate import validate_partition
+
+    logs = f"serving_logs/{MODEL.name}"
+    with pytest.raises(UnvalidatedPartitionError) as err:
+        serve_and_skew(allow_unvalidated=False)
+    assert str(err.value).startswith(
+        f"table '{logs}' ds={DAY}: not validated (run `lockstep validate serving_logs --table {logs} --ds {DAY}`); "
+        "to build from it anyway for exploration pass --allow-unvalidated"
+    )
+    cfg = serve_and_skew.cfg
+    report = cfg.lake().table(MODEL.skew_report_table)
+    assert not report.exists(DAY)  # refused before any work
+    assert validate_partition(cfg, "serving_logs", DAY, model=MODEL.name, alert=False, docs=False).success
+    with pytest.raises(UnvalidatedPartitionError, match=f"table '{FS.source.table}' ds=.*: not validated"):
+        run_skew(cfg, DAY, model_source=model_source, fail=False, html=False)
+    assert not report.exists(DAY)
+    rep = run_skew(cfg, DAY, model_source=model_source, fail=False, html=False, allow_unvalidated=True)
+    assert (
+        cfg.lake()
+        .table(MODEL.skew_report_table)
+        .manifest(DAY)
+        .producer["unvalidated_inputs"][0]
+        .startswith(f"{FS.source.table}/ds=")
+    )
+    assert rep.ds == DAY
 
 
 def test_fresh_mode_is_bit_identical(serve_and_skew):
@@ -164,7 +201,7 @@ def test_changed_definition_with_old_fingerprint_is_version_skew(serve_and_skew,
     parser = argparse.ArgumentParser()
     parser.add_argument("--lake")
     add_parsers(parser.add_subparsers())
-    args = parser.parse_args(["--lake", str(tmp_path / "lake"), "skew", "--ds", DAY])
+    args = parser.parse_args(["--lake", str(tmp_path / "lake"), "skew", "--ds", DAY, "--allow-unvalidated"])
     assert args.func(args) == 1
     assert "spend_max_90d: version_skew_rate" in capsys.readouterr().out
     lines = [json.loads(x) for x in (tmp_path / "lake" / "_alerts" / "alerts.jsonl").read_text().splitlines()]

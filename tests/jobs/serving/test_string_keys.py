@@ -90,7 +90,7 @@ def _own_lake(cfg, tmp_path):
     own = dataclasses.replace(cfg, lake_root=str(root))
     for fs in own.repo().model("late_order").feature_sets:
         for ds in ("2024-01-02", "2024-01-03"):
-            build_snapshot(own, ds, fs.name)
+            build_snapshot(own, ds, fs.name, allow_unvalidated=True)
     return own
 
 
@@ -109,7 +109,7 @@ def test_skew_of_a_correct_log_has_no_logic_skew(lake, tmp_path):
     cfg, orders, model, source = lake
     own = _own_lake(cfg, tmp_path)
     plan = _serve_day(own, orders, model, source, tmp_path)
-    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False)
+    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False, allow_unvalidated=True)
     counts = rep.cause_counts()
     assert set(counts.index) == set(model.feature_names)
     assert counts[["logic_skew", "version_skew", "staleness", "degraded"]].to_numpy().sum() == 0
@@ -123,7 +123,7 @@ def test_materialized_mode_of_string_keys_is_staleness(lake, tmp_path):
     cfg, orders, model, source = lake
     own = _own_lake(cfg, tmp_path)
     _serve_day(own, orders, model, source, tmp_path, mode="materialized")
-    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False, fail=False)
+    rep = run_skew(own, DAY, model="late_order", model_source=source, html=False, fail=False, allow_unvalidated=True)
     counts = rep.cause_counts()
     assert counts["logic_skew"].sum() == 0 and counts["version_skew"].sum() == 0
     assert counts.loc["shop_orders_lifetime", "staleness"] > 0  # yesterday's vector, served today
@@ -146,7 +146,7 @@ def test_skew_of_a_wrong_courier_window_is_logic_skew_on_that_feature(lake, tmp_
 
     _serve_day(own, orders, model, source, tmp_path, hook=hook)
     with pytest.raises(SkewThresholdError, match="courier_orders_2h: logic_skew_rate") as info:
-        run_skew(own, DAY, model="late_order", model_source=source, html=False)
+        run_skew(own, DAY, model="late_order", model_source=source, html=False, allow_unvalidated=True)
     counts = info.value.report.cause_counts()
     assert counts.loc["courier_orders_2h", "logic_skew"] > 0
     assert counts.drop(index="courier_orders_2h")["logic_skew"].sum() == 0
@@ -206,7 +206,7 @@ def test_an_old_courier_set_is_version_skew_on_its_features_only(lake, tmp_path)
     hook.fingerprint = old.fingerprint
     _serve_day(own, orders, model, source, tmp_path, hook=hook)
     with pytest.raises(SkewThresholdError, match="courier_late_max_24h: version_skew_rate") as info:
-        run_skew(own, DAY, model="late_order", model_source=source, html=False)
+        run_skew(own, DAY, model="late_order", model_source=source, html=False, allow_unvalidated=True)
     rep = info.value.report
     counts = rep.cause_counts()
     assert counts.loc["courier_late_max_24h", "version_skew"] > 0

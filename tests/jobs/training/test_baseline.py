@@ -339,11 +339,13 @@ def test_cli_baseline_command(cfg, registry, baseline, dask_client, capsys, monk
 @pytest.mark.dask
 def test_batch_scoring_uses_the_registered_baseline(cfg, registry, baseline):
     """``lockstep score`` with a baseline champion: the persisted scaler, imputation and weights."""
+    from jobs.quality.validate import validate_partition
     from jobs.scoring.batch import predictions_table, score_snapshot
     from jobs.snapshots import build_snapshot, snapshot_table
 
     name, ds = baseline.candidate.name, "1997-03-31"
     build_snapshot(cfg, ds)
+    validate_partition(cfg, "feature_snapshots", ds, feature_set=FS.name, docs=False)  # score requires it
     registry.promote(name)  # no lift metric on a baseline: the floor does not apply to itself
     m = score_snapshot(cfg, ds, name, registry=registry, batch_rows=1_000, validate=False)
     snap = snapshot_table(cfg.lake(), FS).read(ds).sort_values("customer_id", ignore_index=True)

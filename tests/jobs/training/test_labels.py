@@ -9,7 +9,7 @@ from features import repo
 from jobs.config import Config
 from jobs.ingest.cdnow import read_cdnow
 from jobs.ingest.landing import land
-from jobs.lake import MissingPartitionError
+from jobs.lake import UNVALIDATED_INPUTS, MissingPartitionError, UnvalidatedPartitionError
 from jobs.schemas import raw_schema, to_raw
 from jobs.training.labels import (
     build_labels,
@@ -30,7 +30,7 @@ M28 = dataclasses.replace(MODEL, label=dataclasses.replace(MODEL.label, horizon_
 def cfg(tmp_path_factory):
     cfg = Config(lake_root=str(tmp_path_factory.mktemp("lake")))
     land(cfg, "cdnow_purchases", "1997-01-01", "1997-03-02")
-    build_labels(cfg, M28, CUTOFFS)
+    build_labels(cfg, M28, CUTOFFS, allow_unvalidated=True)
     return cfg
 
 
@@ -88,7 +88,7 @@ def test_manifest_records_definition_and_inputs(cfg):
 
 def test_a_label_without_its_whole_horizon_is_refused(cfg):
     with pytest.raises(MissingPartitionError, match="1997-03-03") as info:
-        build_labels(cfg, M28, ["1997-02-10"])
+        build_labels(cfg, M28, ["1997-02-10"], allow_unvalidated=True)
     assert any("not mature" in n for n in info.value.__notes__)
     assert not labels_table(cfg.lake(), MODEL).exists("1997-02-10")
     assert latest_mature_cutoff(cfg, M28) == "1997-02-03"
@@ -119,6 +119,14 @@ def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
     with pytest.raises(KeyError, match=r"2 models \['repurchase_28d', 'repurchase_90d'\] and no DEFAULT_MODEL"):
         args.func(args)
     args = parser.parse_args(["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--model", "repurchase_28d"])
+    # the fixture's raw days were never validated: refused, naming them and the override
+    with pytest.raises(
+        UnvalidatedPartitionError, match=r"ds=1997-01-01\.\.1997-02-16: not validated .*--allow-unvalidated"
+    ):
+        args.func(args)
+    args = parser.parse_args(
+        ["--lake", cfg.lake_root, "labels", "--from", "1997-01-20", "--model", "repurchase_28d", "--allow-unvalidated"]
+    )
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "labels/repurchase_28d/ds=1997-01-20" in out and "ds=1997-02-03" in out  # up to the last mature Monday
@@ -127,7 +135,7 @@ def test_cli_labels_and_training_set(cfg, capsys, tmp_path, monkeypatch):
     args = parser.parse_args(args_list)
     # the fixture's raw days were never validated: refused, naming them
     with pytest.raises(
-        UnvalidatedPartitionError, match=r"ds=1997-01-01\.\.1997-01-19: not validated \(run `lockstep validate"
+        UnvalidatedPartitionError, match=r"ds=1997-01-01\.\.1997-02-16: not validated \(run `lockstep validate"
     ):
         args.func(args)
     args = parser.parse_args([*args_list, "--allow-unvalidated"])
@@ -188,7 +196,7 @@ def test_event_labels_with_conditions_string_keys_daily_cutoffs_and_a_fractional
         table.write_partition(ds, to_raw(src, part), producer={"job": "test"})
     assert cutoffs_in(model, "2024-01-02", "2024-01-03") == ["2024-01-02", "2024-01-03"]
     assert latest_mature_cutoff(cfg, model) == "2024-01-03"  # a 12-hour horizon reads its own day only
-    (m,) = build_labels(cfg, model, ["2024-01-02"])
+    (m,) = build_labels(cfg, model, ["2024-01-02"], allow_unvalidated=True)
     got = labels_table(cfg.lake(), model).read("2024-01-02")
     assert got["user"].tolist() == ["u1", "u2", "u4"] and got["label"].tolist() == [1, 0, 0]
     assert (got["as_of"] == t("2024-01-02", tz="UTC")).all()
@@ -218,8 +226,39 @@ def test_an_outcome_label_is_mature_when_both_the_queries_and_the_outcomes_are_l
     land(cfg, "flight_schedule", "2012-12-25", schedule_to)
     land(cfg, "flights", "2013-01-01", flights_to)
     assert latest_mature_cutoff(cfg, "dep_delay_15") == mature
-    (m,) = build_labels(cfg, "dep_delay_15", [mature])
+    (m,) = build_labels(cfg, "dep_delay_15", [mature], allow_unvalidated=True)
     assert m.rows > 500  # a day of scheduled departures, each with its outcome
     after = (pd.Timestamp(mature) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     with pytest.raises(MissingPartitionError, match="not mature"):
-        build_labels(cfg, "dep_delay_15", [after])
+        build_labels(cfg, "dep_delay_15", [after], allow_unvalidated=True)
+
+
+def test_labels_refuse_unvalidated_raw_days_and_so_does_a_training_set_built_from_overridden_labels(tmp_path):
+    """The raw days a cut-off reads must be validated; with the override the labels name them, and the
+    training set built from such labels is refused too (no suite validates the labels table itself)."""
+    from jobs.quality.validate import validate_range
+    from jobs.training.training_set import build_training_set, training_set_table
+
+    raw = "raw_events/cdnow_purchases"
+    cfg = Config(lake_root=str(tmp_path / "lake"))
+    land(cfg, "cdnow_purchases", "1997-01-01", "1997-02-10")
+    validate_range(cfg, "raw_events", "1997-01-01", "1997-02-04", source="cdnow_purchases", docs=False)
+    with pytest.raises(UnvalidatedPartitionError) as err:
+        build_labels(cfg, M28, ["1997-01-13"])  # reads the label window 01-13 .. 02-09 (28 days, grace)
+    assert str(err.value).startswith(
+        f"table '{raw}' ds=1997-02-05..1997-02-09: not validated (run `lockstep validate raw_events --table {raw} "
+        "--ds 1997-02-05 --to 1997-02-09`); to build from it anyway for exploration pass --allow-unvalidated"
+    )
+    assert labels_table(cfg.lake(), M28).partitions() == []  # nothing published
+    (m,) = build_labels(cfg, M28, ["1997-01-13"], allow_unvalidated=True)
+    assert m.producer[UNVALIDATED_INPUTS] == [f"{raw}/ds=1997-02-{d:02d}" for d in range(5, 10)]
+    with pytest.raises(UnvalidatedPartitionError, match=f"table '{raw}' ds=1997-02-05..1997-02-09: not validated"):
+        build_training_set(cfg, M28, "1997-01-13", validate=False)
+    assert training_set_table(cfg.lake(), M28).partitions() == []
+    ts = build_training_set(cfg, M28, "1997-01-13", validate=False, allow_unvalidated=True)
+    assert ts.producer[UNVALIDATED_INPUTS] == m.producer[UNVALIDATED_INPUTS]
+    # once the days are validated, the default builds carry no such mark
+    validate_range(cfg, "raw_events", "1997-02-05", "1997-02-10", source="cdnow_purchases", docs=False)
+    (good,) = build_labels(cfg, M28, ["1997-01-13"])
+    assert UNVALIDATED_INPUTS not in good.producer and good.content_fingerprint == m.content_fingerprint
+    assert UNVALIDATED_INPUTS not in build_training_set(cfg, M28, "1997-01-13", validate=False).producer

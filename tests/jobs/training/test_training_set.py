@@ -49,7 +49,7 @@ def cfg(tmp_path_factory):
 
     validate_range(cfg, "raw_events", "1997-01-01", LAST_DAY, source=SOURCE.name, docs=False, alert=False)
     build_labels(cfg, M28, [CUTOFF])
-    m = build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True, allow_unvalidated=False)
+    m = build_training_set(cfg, "repurchase_90d", CUTOFF, validate=True)
     assert "unvalidated_inputs" not in m.producer  # through the training_sets suite once
     return cfg
 
@@ -103,8 +103,8 @@ def test_events_at_or_after_the_cutoff_do_not_change_features(cfg, events, tmp_p
     ev = pd.concat([ev, extra], ignore_index=True)
     ev = ev[ev["ingested_at"] < pd.Timestamp(LAST_DAY, tz="UTC") + pd.Timedelta(days=1)]
     shifted = _lake_from_events(tmp_path / "shifted", ev)
-    build_labels(shifted, M28, [CUTOFF])
-    build_training_set(shifted, MODEL, CUTOFF, validate=False)
+    build_labels(shifted, M28, [CUTOFF], allow_unvalidated=True)
+    build_training_set(shifted, MODEL, CUTOFF, validate=False, allow_unvalidated=True)
 
     before, after = _features(cfg), _features(shifted)
     cols = ["customer_id", "as_of", *FS.feature_names]

@@ -60,7 +60,7 @@ def test_outcome_labels_of_a_tiny_frame_are_exact(tmp_path):
     lo.write_raw(cfg.lake(), model.queries.source, tiny_orders(), days=days)
     assert cutoffs_in(model, "2024-01-01", "2024-01-03") == days[:3]
     assert latest_mature_cutoff(cfg, "late_order") == "2024-01-02"  # 01-02 reads 01-01 .. 01-04
-    (m,) = build_labels(cfg, "late_order", ["2024-01-02"])
+    (m,) = build_labels(cfg, "late_order", ["2024-01-02"], allow_unvalidated=True)
     got = labels_table(cfg.lake(), model).read("2024-01-02")
     assert m.table == "labels/late_order" and list(got.columns) == ["order_id", "shop", "courier", "as_of", "label"]
     assert got["order_id"].tolist() == ["o1", "o2", "o4", "o5", "o6"]
@@ -75,7 +75,7 @@ def test_outcome_labels_of_a_tiny_frame_are_exact(tmp_path):
     assert got["shop"].tolist() == ["s1", "s1", "s2", "s1", "s2"] and str(got["label"].dtype) == "int8"
     assert "minutes_late >= 15 or status == 'cancelled'" in m.producer["definition"]
     with pytest.raises(MissingPartitionError, match="2024-01-05") as info:
-        build_labels(cfg, "late_order", ["2024-01-03"])  # reads through 01-05, not landed
+        build_labels(cfg, "late_order", ["2024-01-03"], allow_unvalidated=True)  # reads through 01-05, not landed
     assert any("not mature" in n for n in info.value.__notes__)
 
 
@@ -105,8 +105,8 @@ def _lake(tmp_path, key_type: str):
 @pytest.mark.parametrize("key_type", ["int64", "string"])
 def test_training_set_equals_a_naive_per_row_computation(tmp_path, key_type):
     cfg, model, events = _lake(tmp_path, key_type)
-    build_labels(cfg, model.name, ["2024-01-03"])
-    m = build_training_set(cfg, model.name, "2024-01-03", validate=False)
+    build_labels(cfg, model.name, ["2024-01-03"], allow_unvalidated=True)
+    m = build_training_set(cfg, model.name, "2024-01-03", validate=False, allow_unvalidated=True)
     got = training_set_table(cfg.lake(), model).read("2024-01-03").sort_values("order_id", ignore_index=True)
     assert m.table == f"training_sets/{model.name}" and m.rows == len(got) > 20
     assert list(got.columns) == ["order_id", "shop", "courier", "as_of", "label", *model.feature_names]
@@ -136,9 +136,9 @@ def test_train_and_register_with_lineage(tmp_path, key_type, monkeypatch):
     monkeypatch.setenv("LOCKSTEP_CODE_COMMIT", COMMIT)
     cfg, model, _ = _lake(tmp_path, key_type)
     days = cutoffs_in(model, "2024-01-02", "2024-01-05")
-    build_labels(cfg, model.name, days)
+    build_labels(cfg, model.name, days, allow_unvalidated=True)
     for d in days:
-        build_training_set(cfg, model.name, d, validate=False)
+        build_training_set(cfg, model.name, d, validate=False, allow_unvalidated=True)
     spec = TrainSpec(
         *(model.ranges.train, model.ranges.valid, model.ranges.holdback),
         model_name=model.name,
