@@ -17,8 +17,8 @@ def doc(model, snapshots: list[Asset], predictions: Asset) -> str:
 
 Generated from the model declaration `{model.name}`. Runs on every validated snapshot a feature set the
 model joins publishes (any of the Assets {assets}) and scores every day due: named in the `extra.ds` of
-an event of those Assets, with every set's snapshot validated, and no validated predictions built from
-the current snapshots yet (nor a failed attempt on them). So a day is scored exactly once even when
+an event of those Assets, with every set's snapshot validated (or, built from unvalidated input, announced
+after it was published), and no predictions built from the current snapshots yet (nor a failed attempt). So a day is scored exactly once even when
 Airflow hands its event to no run (Airflow 3.3 drops events that land while a run is being created or
 is running; see the README); or manually with the `ds` Param (that day, unconditionally). One mapped
 task per day:
@@ -56,7 +56,7 @@ def batch_scoring_dag(model):
                 type=["null", "string"],
                 format="date",
                 title="Snapshot day",
-                description="Score this day; empty = the days of the triggering snapshot events.",
+                description="Score this day (even if scored); empty = every day the snapshot events name that is due.",
             ),
             "shadow": Param(True, type="boolean", description="Also score the challenger (role=challenger)."),
         },
@@ -69,11 +69,13 @@ def batch_scoring_dag(model):
             if params["ds"]:
                 return o.partitions_to_score(params["ds"], None)
             cfg = o.config()
-            announced = {a.uri: list(inlet_events[a]) for a in snapshots}
+            tables = [o.snapshot_table_name(fs.name) for fs in model.feature_sets]
+            announced = {t: list(inlet_events[a]) for t, a in zip(tables, snapshots, strict=True)}
 
             def states(days):
-                found = o.scoring_states(cfg, model, days)
-                print({s: [d for d, v in found.items() if v == s] for s in sorted(set(found.values()))})
+                found = o.scoring_states(cfg, model, days, announced)
+                for state in sorted(set(found.values())):  # in the task log: why a day is (not) scored
+                    print(f"{state}: {sorted(d for d, v in found.items() if v == state)}")
                 return found
 
             return o.partitions_to_score(None, triggering_asset_events, announced, states)

@@ -311,8 +311,12 @@ FAILED = "failed"
 WAITING = "waiting"
 
 
-def scoring_states(cfg, model: Model, days: Iterable[Any]) -> dict[str, str]:
-    """``{day: DUE | SCORED | FAILED | WAITING}`` of ``model``'s batch scoring, from the lake alone.
+def scoring_states(
+    cfg, model: Model, days: Iterable[Any], announced: Mapping[str, Iterable[Any]] | None = None
+) -> dict[str, str]:
+    """``{day: DUE | SCORED | FAILED | WAITING}`` of ``model``'s batch scoring, from the lake (and the
+    snapshot Asset events ``announced``: ``{snapshot table: events}``, each with ``extra.ds`` and
+    ``timestamp``).
 
     Why: Airflow 3.3 queues one ``asset_dag_run_queue`` row per (Asset, DAG), keeps the ``created_at`` of
     the first event queued, and the run it creates consumes only the events up to that instant but
@@ -321,19 +325,49 @@ def scoring_states(cfg, model: Model, days: Iterable[Any]) -> dict[str, str]:
     of a backfill never are (README, "Batch scoring catches up"). So a run scores every announced day
     that is due, not only the events handed to it.
 
-    A day is ``SCORED`` when its predictions partition is validated and every input its manifest
-    records (the snapshot partitions, or the query source's raw range) still has the fingerprint it
-    was built from; ``FAILED`` when a quarantined version of it was built from the current inputs.
+    A set's snapshot of the day is ready when it is validated — or, built from unvalidated input (the
+    ``unvalidated_inputs`` override: such a partition is never marked validated), when an event announced
+    it after it was published (its ``validate_snapshot`` passed). ``WAITING``: a set's snapshot is not
+    ready. ``SCORED``: its predictions partition was built from the current inputs (every input its
+    manifest records — the snapshot partitions, or the query source's raw range — still has the
+    fingerprint it was built from) and is validated (or, built from unvalidated input, published).
+    ``FAILED``: a quarantined version of it was built from the current inputs. Else ``DUE``.
     """
-    from jobs.lake import MANIFEST, LakeError, Manifest
+    from jobs.lake import MANIFEST, UNVALIDATED_INPUTS, LakeError, Manifest
 
     lake = cfg.lake()
     snapshots = [lake.table(snapshot_table_name(fs.name)) for fs in model.feature_sets]
     preds = lake.table(model.predictions_table)
+    seen = _announcements(announced)
+
+    def ready(table, day: str) -> bool:
+        if table.validated(day):
+            return True
+        try:
+            m = table.manifest(day)
+        except LakeError:
+            return False
+        if not m.producer.get(UNVALIDATED_INPUTS):
+            return False  # not validated yet (or failed): its own event comes once it is
+        try:
+            published = dt.datetime.fromisoformat(m.created_at)
+        except ValueError:  # a manifest without its publication time: only validation can tell
+            return False
+        return any(when >= published for when in seen.get((table.name, day), ()))
+
+    def good(day: str) -> Manifest | None:
+        if preds.validated(day):
+            return preds.manifest(day)
+        with contextlib.suppress(LakeError):
+            m = preds.manifest(day)
+            if m.producer.get(UNVALIDATED_INPUTS) and preds.pending(day) is None:
+                return m
+        return None
+
     out: dict[str, str] = {}
-    built: dict[str, tuple[Manifest | None, list[Manifest]]] = {}  # day -> (validated version, failed ones)
+    built: dict[str, tuple[Manifest | None, list[Manifest]]] = {}  # day -> (good version, failed ones)
     for day in map(parse_ds, days):
-        if not all(t.validated(day) for t in snapshots):
+        if not all(ready(t, day) for t in snapshots):
             out[day] = WAITING
             continue
         failed = []
@@ -342,16 +376,30 @@ def scoring_states(cfg, model: Model, days: Iterable[Any]) -> dict[str, str]:
                 failed.append(Manifest.from_json(preds.fs.cat_file(f"{url}/{MANIFEST}")))
             except (FileNotFoundError, LakeError):
                 continue
-        built[day] = (preds.manifest(day) if preds.validated(day) else None, failed)
+        built[day] = (good(day), failed)
     current = _InputFingerprints(lake)
-    current.prefetch(k for good, bad in built.values() for m in [good, *bad] if m is not None for k in m.inputs)
-    for day, (good, bad) in built.items():
-        if good is not None and current.unchanged(good.inputs):
+    current.prefetch(k for g, bad in built.values() for m in [g, *bad] if m is not None for k in m.inputs)
+    for day, (g, bad) in built.items():
+        if g is not None and current.unchanged(g.inputs):
             out[day] = SCORED
         elif any(current.unchanged(m.inputs) for m in bad):
             out[day] = FAILED
         else:
             out[day] = DUE
+    return out
+
+
+def _announcements(announced: Mapping[str, Iterable[Any]] | None) -> dict[tuple[str, str], list[dt.datetime]]:
+    """``{(table, ds): [event times]}`` of events with ``extra.ds`` and a ``timestamp`` (datetime or ISO)."""
+    out: dict[tuple[str, str], list[dt.datetime]] = {}
+    for table, events in (announced or {}).items():
+        for event in events:
+            get = event.get if isinstance(event, Mapping) else lambda k, e=event: getattr(e, k, None)
+            extra, when = get("extra") or {}, get("timestamp")
+            if not extra.get("ds") or when is None:
+                continue
+            when = dt.datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) else when
+            out.setdefault((table, parse_ds(extra["ds"])), []).append(when)
     return out
 
 

@@ -279,6 +279,18 @@ def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_R
     }
 
 
+def announced_events(af, model) -> dict[str, list[dict]]:
+    """``{snapshot table: its Asset events}`` (REST API) of every set ``model`` joins: what a scoring run reads."""
+    tables = {o.asset_uri(o.snapshot_table_name(fs.name)): o.snapshot_table_name(fs.name) for fs in model.feature_sets}
+    assets = af.api("GET", "assets", params={"uri_pattern": "feature_snapshots", "limit": 1000})["assets"]
+    out: dict[str, list[dict]] = {t: [] for t in tables.values()}
+    for asset in assets:
+        if asset["uri"] in tables:
+            params = {"asset_id": asset["id"], "limit": 1000}
+            out[tables[asset["uri"]]] = af.api("GET", "assets/events", params=params)["asset_events"]
+    return out
+
+
 def run_demo(
     project: Path | str = ".",
     lake: str | None = None,
@@ -368,7 +380,7 @@ def run_demo(
         while True:
             runs = af.dag_runs(scoring_dag)
             busy = any(r["state"] in ("queued", "running") for r in runs)
-            states = o.scoring_states(cfg, decl, sorted(want))
+            states = o.scoring_states(cfg, decl, sorted(want), announced_events(af, decl))
             scored = {d for d, s in states.items() if s == o.SCORED}
             due = sorted(d for d, s in states.items() if s == o.DUE)
             if not busy and not due:

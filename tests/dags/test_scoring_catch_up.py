@@ -128,3 +128,41 @@ def test_partitions_to_score_merges_triggering_and_announced_events_and_keeps_th
     assert o.partitions_to_score(None, consumed, announced, states) == []
     with pytest.raises(ValueError, match="no partition"):
         o.partitions_to_score(None, {"snap": [Event(extra={})]}, {}, states)
+
+
+def test_built_from_unvalidated_input_a_snapshot_is_ready_once_an_event_announced_it(cfg):
+    """The demo's case: raw history landed without validation, so no snapshot or prediction of it is ever
+    marked validated (``unvalidated_inputs``); the snapshot's event says its suite passed."""
+    import datetime as dt
+
+    from jobs.lake import UNVALIDATED_INPUTS
+
+    lake, day = cfg.lake(), DAYS[0]
+    frame = pd.DataFrame({"customer_id": [1, 2], "f": [1.0, 2.0]})
+    producer = {"job": "test", UNVALIDATED_INPUTS: ["raw_events/cdnow_purchases/ds=1997-01-01"]}
+    snap = lake.table(SNAP).write_partition(day, frame, producer=producer, gate=passed)
+    assert not lake.table(SNAP).validated(day)
+    published = dt.datetime.fromisoformat(snap.created_at)
+
+    def announced(*offsets_s):
+        return {SNAP: [{"extra": {"ds": day}, "timestamp": published + dt.timedelta(seconds=s)} for s in offsets_s]}
+
+    assert o.scoring_states(cfg, REPURCHASE, [day]) == {day: o.WAITING}  # no event: its suite may not have run
+    assert o.scoring_states(cfg, REPURCHASE, [day], announced(-5)) == {day: o.WAITING}  # announced an older version
+    assert o.scoring_states(cfg, REPURCHASE, [day], announced(-5, 2)) == {day: o.DUE}
+    iso = {SNAP: [{"extra": {"ds": day}, "timestamp": (published + dt.timedelta(seconds=2)).isoformat()}]}
+    assert o.scoring_states(cfg, REPURCHASE, [day], iso) == {day: o.DUE}  # the REST API's ISO times
+    inputs = {f"{SNAP}/ds={day}": snap.content_fingerprint}
+    preds = pd.DataFrame({"customer_id": [1, 2], "score": [0.1, 0.2]})
+    lake.table("predictions").write_partition(
+        day,
+        preds,
+        producer={"job": "score_snapshot", UNVALIDATED_INPUTS: [f"{SNAP}/ds={day}"]},
+        inputs=inputs,
+        gate=passed,
+    )
+    assert not lake.table("predictions").validated(day)
+    assert o.scoring_states(cfg, REPURCHASE, [day], announced(2)) == {day: o.SCORED}  # never markable: published
+    _predictions(lake, "predictions", DAYS[1], {f"{SNAP}/ds={DAYS[1]}": "x"}, gate=None)  # validated-input, unchecked
+    _snapshot(lake, SNAP, DAYS[1])
+    assert o.scoring_states(cfg, REPURCHASE, [DAYS[1]]) == {DAYS[1]: o.DUE}

@@ -143,3 +143,16 @@ def test_events_in_quick_succession_score_every_day_exactly_once(stack):
         rows = lake.table(SNAP).manifest(d).rows
         assert lake.table("predictions").manifest(d).rows == rows
         assert len(read_day(sql_url(cfg), d)) == rows  # published to SQL too
+
+    # A day announced again with nothing new (the snapshot unchanged): a run, nothing due, nothing rewritten.
+    before = {d: lake.table("predictions").manifest(d) for d in DAYS}
+    _post_event(af, assets[0]["id"], DAYS[0])
+    (new,) = [
+        r
+        for r in af.wait_for_runs(DAG, len(runs) + 1, timeout=300)
+        if r["dag_run_id"] not in {x["dag_run_id"] for x in runs}
+    ]
+    assert new["state"] == "success" and _xcom(af, new["dag_run_id"], "partitions") == []
+    skipped = {"score": "skipped", "validate_predictions": "skipped", "publish_sql": "skipped"}
+    assert af.task_states(DAG, new["dag_run_id"]) == {"partitions": "success", **skipped}  # mapped over no day
+    assert {d: lake.table("predictions").manifest(d) for d in DAYS} == before
