@@ -1,9 +1,9 @@
-"""batch_scoring__<model>: one DAG per declared model — once every feature set it joins has a new snapshot,
-predictions (champion + shadow challenger) -> validate -> SQL."""
+"""batch_scoring__<model>: one DAG per declared model — on every new snapshot of a feature set it joins,
+predictions (champion + shadow challenger) of every day that is due -> validate -> SQL."""
 
 from __future__ import annotations
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, AssetAny, Param, dag, task
 
 from jobs import orchestration as o
 from jobs.alerts import AirflowNotifier
@@ -15,13 +15,17 @@ def doc(model, snapshots: list[Asset], predictions: Asset) -> str:
     return f"""
 ### {o.scoring_dag_id(model.name)}
 
-Generated from the model declaration `{model.name}`. Runs once every feature set the model joins has
-published a validated snapshot (Assets {assets}), for every partition `ds` named in the triggering events'
-`extra`; or manually with the `ds` Param. One mapped task per day:
+Generated from the model declaration `{model.name}`. Runs on every validated snapshot a feature set the
+model joins publishes (any of the Assets {assets}) and scores every day due: named in the `extra.ds` of
+an event of those Assets, with every set's snapshot validated (or, built from unvalidated input, announced
+after it was published), and no predictions built from the current snapshots yet (nor a failed attempt). So a day is scored exactly once even when
+Airflow hands its event to no run (Airflow 3.3 drops events that land while a run is being created or
+is running; see the README); or manually with the `ds` Param (that day, unconditionally). One mapped
+task per day:
 
 | step | reads | writes |
 |---|---|---|
-| `partitions` | the triggering Asset events / the `ds` Param | the days to score (XCom) |
+| `partitions` | the `ds` Param, or every event of the snapshot Assets (`inlet_events`) and the lake's manifests | the days due (XCom; empty: nothing to do) |
 | `score` | {reads}, the registry's `champion` of `{model.name}` (+ `challenger` in shadow mode) | `{model.predictions_table}/ds=<ds>` (`role` = champion / challenger); skipped while no champion exists |
 | `validate_predictions` | `{model.predictions_table}/ds=<ds>` | Data Docs; fails fast (no retry) on bad data |
 | `publish_sql` | `{model.predictions_table}/ds=<ds>` | day `ds` of the SQL table `{model.sql_table_name}` (one transaction; `LOCKSTEP_SQL_URL`, default SQLite under the lake); Asset `{predictions.uri}` |
@@ -39,7 +43,9 @@ def batch_scoring_dag(model):
 
     @dag(
         dag_id=o.scoring_dag_id(name),
-        schedule=snapshots,  # all of them: a run starts once every set has a new snapshot
+        # any of them: a day is due once every set's snapshot of it is validated, which the run checks;
+        # waiting for all of them would leave a day unscored when its last event is consumed by no run
+        schedule=AssetAny(*snapshots),
         start_date=o.span_dates(o.model_source(model))[0],
         catchup=False,
         max_active_runs=1,
@@ -50,7 +56,7 @@ def batch_scoring_dag(model):
                 type=["null", "string"],
                 format="date",
                 title="Snapshot day",
-                description="Score this day; empty = the days of the triggering snapshot events.",
+                description="Score this day (even if scored); empty = every day the snapshot events name that is due.",
             ),
             "shadow": Param(True, type="boolean", description="Also score the challenger (role=challenger)."),
         },
@@ -58,9 +64,21 @@ def batch_scoring_dag(model):
         tags=["lockstep", "scoring", f"model:{name}"],
     )
     def batch_scoring():
-        @task
-        def partitions(params=None, triggering_asset_events=None):
-            return o.partitions_to_score(params["ds"], triggering_asset_events)
+        @task(inlets=snapshots)
+        def partitions(params=None, triggering_asset_events=None, inlet_events=None):
+            if params["ds"]:
+                return o.partitions_to_score(params["ds"], None)
+            cfg = o.config()
+            tables = [o.snapshot_table_name(fs.name) for fs in model.feature_sets]
+            announced = {t: list(inlet_events[a]) for t, a in zip(tables, snapshots, strict=True)}
+
+            def states(days):
+                found = o.scoring_states(cfg, model, days, announced)
+                for state in sorted(set(found.values())):  # in the task log: why a day is (not) scored
+                    print(f"{state}: {sorted(d for d, v in found.items() if v == state)}")
+                return found
+
+            return o.partitions_to_score(None, triggering_asset_events, announced, states)
 
         @task
         def score(day: str, params=None):

@@ -260,27 +260,183 @@ def day_range(ds_from: Any, ds_to: Any) -> list[str]:
     return lake_day_range(start, end)
 
 
-def partitions_to_score(param_ds: Any, triggering_asset_events: Mapping[Any, Iterable[Any]] | None) -> list[str]:
-    """The snapshot partitions a batch-scoring run scores.
-
-    An explicit ``ds`` Param wins (a manual run or a re-run of one day); otherwise every ``ds`` carried
-    in the extra of the snapshot Asset events that triggered the run (several are merged when the
-    features DAG published faster than scoring ran), sorted and de-duplicated.
-    """
-    if param_ds:
-        return [parse_ds(param_ds)]
+def event_days(events_by_asset: Mapping[Any, Iterable[Any]] | None) -> set[str]:
+    """Every ``ds`` carried in the ``extra`` of the Asset events (objects with ``.extra`` or mappings)."""
     days: set[str] = set()
-    for events in (triggering_asset_events or {}).values():
+    for events in (events_by_asset or {}).values():
         for event in events:
             extra = getattr(event, "extra", None) or (event.get("extra") if isinstance(event, Mapping) else None) or {}
             if extra.get("ds"):
                 days.add(parse_ds(extra["ds"]))
+    return days
+
+
+def partitions_to_score(
+    param_ds: Any,
+    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
+    announced: Mapping[Any, Iterable[Any]] | None = None,
+    states: Any = None,
+) -> list[str]:
+    """The snapshot partitions a batch-scoring run scores.
+
+    An explicit ``ds`` Param wins (a manual run or a re-run of one day). Otherwise the days named in the
+    ``extra`` of the Asset events — those that triggered the run and, when given, ``announced``: every
+    event of the model's snapshot Assets (``inlet_events``) — sorted and de-duplicated; with ``states``
+    (``days -> {day: state}``, :func:`scoring_states`) only the days ``due``: the catch-up that makes a
+    run score what an Asset event Airflow did not hand to any run announced (see :func:`scoring_states`).
+    """
+    if param_ds:
+        return [parse_ds(param_ds)]
+    days = event_days(triggering_asset_events) | event_days(announced)
     if not days:
         raise ValueError(
             "no partition to score: pass the 'ds' Param, or trigger the run from a "
             "feature-snapshot Asset event whose extra carries 'ds'"
         )
-    return sorted(days)
+    if states is None:
+        return sorted(days)
+    found = states(sorted(days))
+    return [d for d in sorted(days) if found[d] == DUE]
+
+
+#: :func:`scoring_states`: the day's snapshots are validated and it has no validated predictions built
+#: from them (nor a failed attempt on them): a run scores it.
+DUE = "due"
+#: ... a validated predictions partition built from the current inputs exists: nothing to do.
+SCORED = "scored"
+#: ... its predictions built from the current inputs failed validation (quarantined): not retried by
+#: itself (the same data fails again); a run with the ``ds`` Param scores it again.
+FAILED = "failed"
+#: ... a snapshot of one of the model's sets is missing or not validated yet: its own event will come.
+WAITING = "waiting"
+
+
+def scoring_states(
+    cfg, model: Model, days: Iterable[Any], announced: Mapping[str, Iterable[Any]] | None = None
+) -> dict[str, str]:
+    """``{day: DUE | SCORED | FAILED | WAITING}`` of ``model``'s batch scoring, from the lake (and the
+    snapshot Asset events ``announced``: ``{snapshot table: events}``, each with ``extra.ds`` and
+    ``timestamp``).
+
+    Why: Airflow 3.3 queues one ``asset_dag_run_queue`` row per (Asset, DAG), keeps the ``created_at`` of
+    the first event queued, and the run it creates consumes only the events up to that instant but
+    deletes the row: events that landed in between (several snapshot days while a scoring run was
+    running, ``max_active_runs=1``) are consumed by no run until another event comes, and the last ones
+    of a backfill never are (README, "Batch scoring catches up"). So a run scores every announced day
+    that is due, not only the events handed to it.
+
+    A set's snapshot of the day is ready when it is validated — or, built from unvalidated input (the
+    ``unvalidated_inputs`` override: such a partition is never marked validated), when an event announced
+    it after it was published (its ``validate_snapshot`` passed). ``WAITING``: a set's snapshot is not
+    ready. ``SCORED``: its predictions partition was built from the current inputs (every input its
+    manifest records — the snapshot partitions, or the query source's raw range — still has the
+    fingerprint it was built from) and is validated (or, built from unvalidated input, published).
+    ``FAILED``: a quarantined version of it was built from the current inputs. Else ``DUE``.
+    """
+    from jobs.lake import MANIFEST, UNVALIDATED_INPUTS, LakeError, Manifest
+
+    lake = cfg.lake()
+    snapshots = [lake.table(snapshot_table_name(fs.name)) for fs in model.feature_sets]
+    preds = lake.table(model.predictions_table)
+    seen = _announcements(announced)
+
+    def ready(table, day: str) -> bool:
+        if table.validated(day):
+            return True
+        try:
+            m = table.manifest(day)
+        except LakeError:
+            return False
+        if not m.producer.get(UNVALIDATED_INPUTS):
+            return False  # not validated yet (or failed): its own event comes once it is
+        try:
+            published = dt.datetime.fromisoformat(m.created_at)
+        except ValueError:  # a manifest without its publication time: only validation can tell
+            return False
+        return any(when >= published for when in seen.get((table.name, day), ()))
+
+    def good(day: str) -> Manifest | None:
+        if preds.validated(day):
+            return preds.manifest(day)
+        with contextlib.suppress(LakeError):
+            m = preds.manifest(day)
+            if m.producer.get(UNVALIDATED_INPUTS) and preds.pending(day) is None:
+                return m
+        return None
+
+    out: dict[str, str] = {}
+    built: dict[str, tuple[Manifest | None, list[Manifest]]] = {}  # day -> (good version, failed ones)
+    for day in map(parse_ds, days):
+        if not all(ready(t, day) for t in snapshots):
+            out[day] = WAITING
+            continue
+        failed = []
+        for url in preds.quarantined(day):
+            try:
+                failed.append(Manifest.from_json(preds.fs.cat_file(f"{url}/{MANIFEST}")))
+            except (FileNotFoundError, LakeError):
+                continue
+        built[day] = (good(day), failed)
+    current = _InputFingerprints(lake)
+    current.prefetch(k for g, bad in built.values() for m in [g, *bad] if m is not None for k in m.inputs)
+    for day, (g, bad) in built.items():
+        if g is not None and current.unchanged(g.inputs):
+            out[day] = SCORED
+        elif any(current.unchanged(m.inputs) for m in bad):
+            out[day] = FAILED
+        else:
+            out[day] = DUE
+    return out
+
+
+def _announcements(announced: Mapping[str, Iterable[Any]] | None) -> dict[tuple[str, str], list[dt.datetime]]:
+    """``{(table, ds): [event times]}`` of events with ``extra.ds`` and a ``timestamp`` (datetime or ISO)."""
+    out: dict[tuple[str, str], list[dt.datetime]] = {}
+    for table, events in (announced or {}).items():
+        for event in events:
+            get = event.get if isinstance(event, Mapping) else lambda k, e=event: getattr(e, k, None)
+            extra, when = get("extra") or {}, get("timestamp")
+            if not extra.get("ds") or when is None:
+                continue
+            when = dt.datetime.fromisoformat(when.replace("Z", "+00:00")) if isinstance(when, str) else when
+            out.setdefault((table, parse_ds(extra["ds"])), []).append(when)
+    return out
+
+
+class _InputFingerprints:
+    """The current fingerprint of manifest input keys (``table/ds=D`` or ``table/ds=A..B``), cached."""
+
+    def __init__(self, lake):
+        self.lake, self.cache = lake, {}
+
+    def unchanged(self, inputs: Mapping[str, str]) -> bool:
+        return all(self.get(key) == fingerprint for key, fingerprint in inputs.items())
+
+    def get(self, key: str) -> str | None:
+        if key not in self.cache:
+            self.prefetch([key])
+        return self.cache[key]
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Compute the keys not cached yet; the ranges of one table and first day in one pass."""
+        from jobs.lake import LakeError, inputs_fingerprints, parse_input_key
+
+        ranges: dict[tuple[str, str], dict[str, str]] = {}  # (table, first day) -> {last day: key}
+        for key in set(keys) - set(self.cache):
+            parsed = parse_input_key(key)
+            self.cache[key] = None  # an unreadable key, or (below) an input missing or corrupt now
+            if parsed is None:
+                continue
+            name, lo, hi = parsed
+            if ".." in key.rpartition("/ds=")[2]:
+                ranges.setdefault((name, lo), {})[hi] = key
+                continue
+            with contextlib.suppress(LakeError):
+                self.cache[key] = self.lake.table(name).manifest(lo).content_fingerprint
+        for (name, lo), ends in ranges.items():
+            with contextlib.suppress(LakeError):
+                for hi, fingerprint in inputs_fingerprints(self.lake.table(name), lo, ends).items():
+                    self.cache[ends[hi]] = fingerprint
 
 
 def cutoff_on_or_before(day: dt.date, every: str = "week", weekday: int = 0) -> dt.date:

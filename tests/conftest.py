@@ -80,3 +80,37 @@ def dask_cli_scheduler(tmp_path_factory):
     code = jobs_only_path(root / "code")
     with dask_cli_cluster(root, [code, code], memory_limit="2GiB") as cluster:
         yield cluster
+
+
+# ---- the bad-input corpus -----------------------------------------------------------------------------
+# Every test that feeds one kind of bad input and asserts the clear error carries
+# ``@pytest.mark.bad_input("<where>: <kind>")`` (a test provoking several kinds carries one mark each).
+# ``pytest --collect-only -q -m bad_input --bad-input-kinds=FILE`` writes {kind: [test ids]} to FILE
+# (``-``: prints the kinds); tests/test_bad_input_corpus.py counts them.
+def pytest_addoption(parser):
+    parser.addoption(
+        "--bad-input-kinds",
+        metavar="FILE",
+        help="write the bad_input kinds of the collected tests as JSON ('-': print)",
+    )
+
+
+def pytest_collection_finish(session):
+    import json
+
+    target = session.config.getoption("--bad-input-kinds")
+    if not target:
+        return
+    kinds: dict[str, list[str]] = {}
+    for item in session.items:
+        for mark in item.iter_markers("bad_input"):
+            if len(mark.args) != 1 or not isinstance(mark.args[0], str) or ": " not in mark.args[0]:
+                raise pytest.UsageError(f"{item.nodeid}: bad_input wants one '<where>: <kind>' string, got {mark.args}")
+            kinds.setdefault(mark.args[0], []).append(item.nodeid)
+    if target == "-":
+        for kind in sorted(kinds):
+            print(f"{kind}  ({len(kinds[kind])} test(s))")
+        print(f"{len(kinds)} kinds of bad input")
+    else:
+        with open(target, "w") as f:
+            json.dump(kinds, f, indent=2, sort_keys=True)

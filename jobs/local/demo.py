@@ -286,6 +286,18 @@ def serve_and_replay(project: Path, cfg, model, day: str, requests: int = DEMO_R
     }
 
 
+def announced_events(af, model) -> dict[str, list[dict]]:
+    """``{snapshot table: its Asset events}`` (REST API) of every set ``model`` joins: what a scoring run reads."""
+    tables = {o.asset_uri(o.snapshot_table_name(fs.name)): o.snapshot_table_name(fs.name) for fs in model.feature_sets}
+    assets = af.api("GET", "assets", params={"uri_pattern": "feature_snapshots", "limit": 1000})["assets"]
+    out: dict[str, list[dict]] = {t: [] for t in tables.values()}
+    for asset in assets:
+        if asset["uri"] in tables:
+            params = {"asset_id": asset["id"], "limit": 1000}
+            out[tables[asset["uri"]]] = af.api("GET", "assets/events", params=params)["asset_events"]
+    return out
+
+
 def run_demo(
     project: Path | str = ".",
     lake: str | None = None,
@@ -344,9 +356,6 @@ def run_demo(
         for dag_id in (*backfilled, scoring_dag):
             af.wait_for_dag(dag_id)
         want = set(o.day_range(ds_from, last))
-        predictions = cfg.lake().table(decl.predictions_table)
-        before = {d: predictions.manifest(d).created_at for d in want if predictions.exists(d)}  # a re-run
-        idle_since = time.monotonic()
         deadline = time.monotonic() + timeout
         # one backfill per source DAG, all at once (the scheduler interleaves their runs)
         backfills = {
@@ -370,34 +379,33 @@ def run_demo(
             "(land -> validate -> snapshot -> validate)",
             t0,
         )
+        # Each run scores every day due (announced by a snapshot Asset event, every set's snapshot
+        # validated, no validated predictions built from it yet), so the Asset events Airflow 3.3 hands
+        # to no run are scored too: wait until no run is queued or running and no day is due.
         scored: set[str] = set()
-        retried = False
-        while not failed:
-            # Asset events of several snapshot days may be merged into one scoring run; a day's
-            # predictions partition exists once it is scored and validated (a failure quarantines it).
+        stuck_since = None
+        while True:
             runs = af.dag_runs(scoring_dag)
             busy = any(r["state"] in ("queued", "running") for r in runs)
-            scored = {
-                d for d in want & set(predictions.partitions()) if predictions.manifest(d).created_at != before.get(d)
-            }
-            if not busy and (scored == want or any(r["state"] == "failed" for r in runs)):
+            states = o.scoring_states(cfg, decl, sorted(want), announced_events(af, decl))
+            scored = {d for d, s in states.items() if s == o.SCORED}
+            due = sorted(d for d, s in states.items() if s == o.DUE)
+            if not busy and not due:
                 break
-            if not busy and runs and not retried and time.monotonic() > idle_since + 60:
-                # Airflow 3.3 on SQLite can drop an Asset event that lands while the scoring run it
-                # would join is being created; score such days explicitly (a manual run with `ds`).
-                for day in sorted(want - scored):
-                    af.api("POST", f"dags/{scoring_dag}/dagRuns", {"logical_date": None, "conf": {"ds": day}})
-                    notes.append(f"{scoring_dag} for {day} triggered explicitly (its Asset event was not picked up)")
-                retried = True
-            if busy:
-                idle_since = time.monotonic()
+            if busy or stuck_since is None:
+                stuck_since = time.monotonic()
+            elif time.monotonic() > stuck_since + 120:  # the scheduler had two minutes to start a run
+                problems.append(f"{scoring_dag}: days {due} due, but no run was started for them")
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{scoring_dag} has not scored {sorted(want - scored)} after {timeout}s")
+            af.check_alive()
             time.sleep(5)
         if any(r["state"] == "failed" for r in af.dag_runs(scoring_dag)):
             problems.append(f"a {scoring_dag} run failed")
         if want - scored:
-            problems.append(f"{scoring_dag} did not score {sorted(want - scored)}")
+            left = {d: states[d] for d in sorted(want - scored)}
+            problems.append(f"{scoring_dag} did not score {sorted(left)} ({left})")
         _step(
             5,
             STEPS,

@@ -74,6 +74,7 @@ def content_error(info, lake, table="events", ds=DS) -> str:
         pytest.param(lambda t: t.dataset(DS), id="dataset"),  # what validation and scoring read
     ],
 )
+@pytest.mark.bad_input("lake: a data file edited, its manifest's size and sha256 updated")
 def test_a_rewritten_file_whose_size_and_sha256_were_updated_is_refused_by_every_reader(tmp_path, reader):
     lake = Lake(str(tmp_path / "lake"))
     t = lake.table("events", SCHEMA)
@@ -115,6 +116,7 @@ def test_streaming_readers_raise_after_the_bad_partitions_last_batch(tmp_path):
     assert out.partitions() == [] and not os.listdir(out.partition_path(DS))
 
 
+@pytest.mark.bad_input("lake: rows deleted or duplicated in a data file")
 def test_deleted_and_duplicated_rows_are_refused(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     t = lake.table("events", SCHEMA)
@@ -168,6 +170,7 @@ def test_a_careful_tamperer_who_recomputes_the_fingerprint_passes_unsigned_and_i
         signed.table("events").manifest(DS)
 
 
+@pytest.mark.bad_input("lake: an unsigned manifest in a signed lake")
 def test_with_a_key_configured_an_unsigned_manifest_is_refused_and_candidates_are_signed_too(tmp_path):
     root = str(tmp_path / "lake")
     t = Lake(root).table("events", SCHEMA)

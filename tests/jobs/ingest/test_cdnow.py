@@ -194,10 +194,26 @@ def _write_source(path, lines: list[str]) -> None:
 @pytest.mark.parametrize(
     ("bad_line", "message"),
     [
-        (" 00002 19970231  1   12.00", "bad date on data line(s) [2]"),
-        (" 00002 19970102  -1   12.00", "bad number_of_cds on data line(s) [2]"),
-        (" 00002 19970102  1   abc", "bad dollar_value on data line(s) [2]"),
-        (" 00002 19970102  1", "malformed data line(s) [2]"),
+        pytest.param(
+            " 00002 19970231  1   12.00",
+            "bad date on data line(s) [2]",
+            marks=pytest.mark.bad_input("cdnow: a date that does not exist (February 31)"),
+        ),
+        pytest.param(
+            " 00002 19970102  -1   12.00",
+            "bad number_of_cds on data line(s) [2]",
+            marks=pytest.mark.bad_input("cdnow: a negative item count"),
+        ),
+        pytest.param(
+            " 00002 19970102  1   abc",
+            "bad dollar_value on data line(s) [2]",
+            marks=pytest.mark.bad_input("landing: a value that is not a number"),
+        ),
+        pytest.param(
+            " 00002 19970102  1",
+            "malformed data line(s) [2]",
+            marks=pytest.mark.bad_input("file: a record with the wrong field count"),
+        ),
     ],
 )
 def test_malformed_lines_are_named(tmp_path, bad_line, message):
@@ -214,6 +230,7 @@ LINES = b"".join(
 )
 
 
+@pytest.mark.bad_input("file: a truncated gzip file")
 def test_a_truncated_gzip_names_the_file_and_the_last_whole_line(tmp_path):
     whole = gzip.compress(HEADER + LINES)
     cut = whole[: len(whole) // 2]
@@ -231,6 +248,7 @@ def test_a_truncated_gzip_names_the_file_and_the_last_whole_line(tmp_path):
     assert 100 < lines < 2000
 
 
+@pytest.mark.bad_input("file: a byte that is not UTF-8")
 def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(tmp_path):
     src = tmp_path / "latin1.txt.gz"
     src.write_bytes(gzip.compress(HEADER + LINES.replace(b" 00004 ", b" 0\xe904 ")))
@@ -240,6 +258,7 @@ def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(tmp_path):
 
 
 @pytest.mark.parametrize("extra,found", [(" 9", 5), ("", 3)])
+@pytest.mark.bad_input("file: a record with the wrong field count")
 def test_a_wrong_field_count_names_the_file_and_the_line(tmp_path, extra, found):
     line = b" 00007 19970108  3   49.07"
     damaged = line + extra.encode() if extra else b" 00007 19970108  3"

@@ -208,6 +208,7 @@ def test_parquet_with_naive_local_timestamps_and_a_mapped_ingested_at(cfg, tmp_p
 
 
 # ---- errors: the file, the column, the rule; nothing half written ---------------------------------
+@pytest.mark.bad_input("landing: a day's file missing")
 def test_a_missing_day_fails_before_any_day_is_written(cfg, tmp_path):
     src = orders_source(tmp_path)
     write(tmp_path / "orders" / "2024-03-10.csv", DAY1)
@@ -218,6 +219,7 @@ def test_a_missing_day_fails_before_any_day_is_written(cfg, tmp_path):
     assert cfg.lake().table(src.table).partitions() == []  # day 1 was readable, and not written
 
 
+@pytest.mark.bad_input("landing: a declared column missing from the file")
 def test_a_missing_column_names_the_file_the_column_and_the_mapping(cfg, tmp_path):
     src = orders_source(tmp_path)
     write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("AmountCents", "Amount"))
@@ -228,6 +230,10 @@ def test_a_missing_column_names_the_file_the_column_and_the_mapping(cfg, tmp_pat
     assert "file column 'AmountCents' is missing" in str(e)
 
 
+@pytest.mark.bad_input("landing: a value that is not a number")
+@pytest.mark.bad_input("landing: a timestamp that does not parse")
+@pytest.mark.bad_input("landing: a local time that does not exist (a DST gap)")
+@pytest.mark.bad_input("landing: a null key")
 def test_a_bad_value_names_the_file_the_column_the_rule_and_the_row(cfg, tmp_path):
     src = orders_source(tmp_path)
     write(tmp_path / "orders" / "2024-03-10.csv", DAY1.replace("99,,app", "9x9,,app"))
@@ -248,6 +254,7 @@ def test_a_bad_value_names_the_file_the_column_the_rule_and_the_row(cfg, tmp_pat
     assert cfg.lake().table(src.table).partitions() == []
 
 
+@pytest.mark.bad_input("landing: a file not in its declared format")
 def test_a_garbled_file_and_an_unknown_parser(cfg, tmp_path):
     src = Source(
         "p", keys=(Key("k", "int64"),), columns=(), lander=FileLander("parquet", str(tmp_path / "{ds}.parquet"))
@@ -265,6 +272,7 @@ def test_a_garbled_file_and_an_unknown_parser(cfg, tmp_path):
 MORE = "".join(f"{i:03d},2024-03-10 0{i % 10}:{i % 60:02d}:00,{i * 7919 % 10007},1,web\n" for i in range(400))
 
 
+@pytest.mark.bad_input("file: a truncated gzip file")
 def test_a_truncated_gzip_csv_names_the_file_and_the_last_whole_line(cfg, tmp_path):
     src = orders_source(tmp_path, path=str(tmp_path / "orders" / "{ds}.csv.gz"))
     whole = gzip.compress((DAY1 + MORE).encode())
@@ -284,6 +292,7 @@ def test_a_truncated_gzip_csv_names_the_file_and_the_last_whole_line(cfg, tmp_pa
     assert 10 < lines < 400 and cfg.lake().table(src.table).partitions() == []
 
 
+@pytest.mark.bad_input("file: a byte that is not UTF-8")
 def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(cfg, tmp_path):
     src = orders_source(tmp_path)
     path = tmp_path / "orders" / "2024-03-10.csv"
@@ -304,6 +313,7 @@ def test_a_byte_that_is_not_utf8_names_the_file_line_and_column(cfg, tmp_path):
     [("café,2024-03-10 01:59:59,99,,app,extra", 6), ("café,2024-03-10 01:59:59,99,app", 4)],
     ids=["one-too-many", "one-too-few"],  # pandas pads a short row with nulls: it would have landed
 )
+@pytest.mark.bad_input("file: a record with the wrong field count")
 def test_a_wrong_field_count_names_the_file_and_the_line(cfg, tmp_path, damaged, found):
     src = orders_source(tmp_path)
     path = tmp_path / "orders" / "2024-03-10.csv"

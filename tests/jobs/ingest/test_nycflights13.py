@@ -149,6 +149,7 @@ def _write(tmp_path, lines: list[str]) -> str:
     return str(path)
 
 
+@pytest.mark.bad_input("flights: a time_hour that disagrees with the schedule")
 def test_a_time_hour_that_disagrees_with_the_schedule_is_a_clear_error(tmp_path):
     header, *rows = _rows([2, 3, 4])
     assert rows[1].endswith("2013-01-01T10:00:00Z")  # line 3: UA1714 LGA sched 529
@@ -160,6 +161,7 @@ def test_a_time_hour_that_disagrees_with_the_schedule_is_a_clear_error(tmp_path)
     assert path in msg and "line(s) [3]" in msg and "time_hour + minute is not sched_dep_time" in msg
 
 
+@pytest.mark.bad_input("flights: one flight twice in the file")
 def test_a_duplicate_flight_is_a_clear_error(tmp_path):
     header, *rows = _rows([2, 3, 4])
     path = _write(tmp_path, [header, rows[0], rows[1], rows[2], rows[1]])
@@ -172,6 +174,7 @@ def test_a_duplicate_flight_is_a_clear_error(tmp_path):
         land(Config(lake_root=str(tmp_path / "lake")), "flights", "2013-01-01", path=path)
 
 
+@pytest.mark.bad_input("flights: a dep_time that disagrees with the delay")
 def test_a_dep_time_that_disagrees_with_the_delay_is_a_clear_error(tmp_path):
     header, *rows = _rows([2, 3])
     fields = rows[0].split(",")
@@ -210,6 +213,7 @@ def test_a_departure_is_known_only_after_its_reporting_latency(raw):
     assert np.isnan(got["origin_delay_mean_1h"].iloc[0]) and got["origin_delay_mean_1h"].iloc[1] == 2.0
 
 
+@pytest.mark.bad_input("validation: a null its condition forbids (a departed flight's delay lost)")
 def test_a_storm_day_validates_and_a_lost_delay_does_not(tmp_path):
     """2013-02-08/09 (the February blizzard): about half the flights were cancelled. The flights
     source ties dep_delay's nulls to ``cancelled`` (``Column.null_when``) instead of a share floor, so

@@ -156,12 +156,14 @@ def test_a_clean_partition_passes():
     assert r.success, r.describe()
 
 
+@pytest.mark.bad_input("validation: a key outside its domain")
 def test_a_key_below_key_min_is_caught():
     r = run(clicks(user=np.array([1, 2, 0, 4, -7, 6], dtype=np.int64)))
     assert failed(r) == [("expect_column_values_to_be_between", "user")]
     assert r.failed[0].unexpected_count == 2 and r.failed[0].risk == "key outside its domain"
 
 
+@pytest.mark.bad_input("validation: an unknown category")
 def test_a_category_outside_allowed_is_caught():
     r = run(clicks(page=["home", "cart", "pay", "home", "refund", "cart"]))
     assert failed(r) == [("expect_column_values_to_be_in_set", "page")]
@@ -170,6 +172,11 @@ def test_a_category_outside_allowed_is_caught():
     assert o.risk == "unknown category"
 
 
+@pytest.mark.bad_input("validation: a value outside its declared range")
+@pytest.mark.bad_input("validation: a duplicated unique value")
+@pytest.mark.bad_input("validation: nulls in a not-null column")
+@pytest.mark.bad_input("validation: a shifted mean")
+@pytest.mark.bad_input("validation: a row-count drop")
 def test_ranges_means_null_shares_uniqueness_and_row_counts_are_caught():
     r = run(clicks(ms=[100.0, -1.0, np.nan, np.nan, np.nan, np.nan], token=["a", "a", "b", "c", "d", "e"]))
     assert failed(r) == [
@@ -185,6 +192,7 @@ def test_ranges_means_null_shares_uniqueness_and_row_counts_are_caught():
     assert failed(r) == [("expect_table_row_count_to_be_between", None)]
 
 
+@pytest.mark.bad_input("validation: a row outside its ingest day, or ingested before it happened")
 def test_partition_time_rules_hold_for_any_source():
     late = clicks()
     late.loc[0, "ingested_at"] = DAY + pd.Timedelta(days=1, hours=1)  # outside its ingest day

@@ -67,6 +67,7 @@ def stopped_rewrite(cfg, ds: str, frame: pd.DataFrame | None, *phrases: str, sta
 
 
 # ---- item 1: event ids that are not stable ------------------------------------------------------------
+@pytest.mark.bad_input("validation: an event id an earlier day holds for another event")
 def test_an_id_an_earlier_day_holds_for_another_event_is_an_error_naming_both_days(cfg, cdnow):
     """The CDNOW parser before issue 15 numbered events by line: a re-export with one line deleted moves
     every later id onto the line above it, often another customer's purchase of an earlier day."""
@@ -142,6 +143,7 @@ def _reexport(tmp_path, edit) -> str:
     return str(path)
 
 
+@pytest.mark.bad_input("validation: a day delivered twice under new ids")
 def test_a_day_delivered_twice_under_new_ids_is_refused(cfg, tmp_path):
     """The day's lines twice in the export: the parser numbers the copies on (occurrence 1, 2, ...), so
     every id is new and unique and every count of the day doubles."""
@@ -165,6 +167,7 @@ def test_a_day_delivered_twice_under_new_ids_is_refused(cfg, tmp_path):
     assert [o.type for o in err.failed] == ["expect_compound_columns_to_be_unique"]  # ids are all unique
 
 
+@pytest.mark.bad_input("validation: a row-count surge (a week stamped as one day)")
 def test_a_day_with_many_times_the_recent_rows_is_refused(cfg, cdnow):
     """An export of the wrong range stamped as one day: a week of purchases as 1997-01-05's."""
     publish_validated(cfg, cdnow, [*HISTORY, DAY])
@@ -212,11 +215,13 @@ def stopped_rewrite_landed(cfg, ds: str, *phrases: str) -> DataQualityError:
             lambda df: df.assign(customer_id=df["customer_id"].where(df.index % 50 != 0, 0)),
             ("expect_column_values_to_be_between(column=customer_id, min_value=1) [key outside its domain]",),
             id="customer-id-0",
+            marks=pytest.mark.bad_input("validation: a key outside its domain"),
         ),
         pytest.param(
             lambda df: df.assign(category=df["category"].where(df.index % 40 != 0, "bundle")),
             ("expect_column_values_to_be_in_set(column=category", "[unknown category]", "e.g. bundle"),
             id="new-category",
+            marks=pytest.mark.bad_input("validation: an unknown category"),
         ),
     ],
 )
@@ -249,6 +254,7 @@ def flights_cfg(cfg):
         ("dest", "YYZ", 0.05, "expect_column_values_to_be_in_set(column=dest"),  # more than the 1% of drift
     ],
 )
+@pytest.mark.bad_input("validation: an unknown category")
 def test_flights_values_never_seen_are_refused(flights_cfg, column, value, share, rule):
     cfg, ds = flights_cfg, FLIGHT_DAYS[-1]
     table = cfg.lake().table("raw_events/flights", raw_schema(cfg.repo().source("flights")))
@@ -289,6 +295,7 @@ def ten_times_one_amount(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+@pytest.mark.bad_input("lake: a data file edited, its manifest's size and sha256 updated")
 def test_a_validated_day_rewritten_with_its_size_and_sha256_updated_is_refused_and_quarantined(cfg, cdnow):
     """Before item 4 the readers only compared the files with the manifest's checksums, which the tamperer
     had updated: the snapshot of the day was built from the edited rows. Now the content fingerprint is
@@ -329,6 +336,7 @@ def test_a_tampered_candidate_is_quarantined_and_the_validated_version_stays(cfg
     pd.testing.assert_frame_equal(table.read(DAY), good_rows)
 
 
+@pytest.mark.bad_input("lake: a manifest edited, its content fingerprint recomputed (signed lake)")
 def test_with_a_lake_key_a_careful_tamperer_who_recomputes_the_fingerprint_is_refused(cfg, cdnow, monkeypatch):
     """The tamperer rewrites the file and recomputes sizes, sha256 and the content fingerprint: nothing in
     the manifest disagrees with the files any more, only the signature under the lake key."""
