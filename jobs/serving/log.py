@@ -200,6 +200,30 @@ def make_record(model, **fields) -> dict:
     return rec
 
 
+def make_records(model, rows: list[dict], **common) -> list[dict]:
+    """``[make_record(model, **common, **row) for row in rows]`` (the same dicts, fields in the same
+    order), with the fields every record shares (``common``: served_at, mode, ...) converted once: a
+    batch's records. A field is either common or per row."""
+    names = allowed_fields(model)
+    base = {}
+    for name in names:
+        v = common.get(name)
+        if name in _TIME_FIELDS and v is not None and not isinstance(v, int):
+            v = int(pd.Timestamp(v).value // 1000)
+        base[name] = v
+    own = [(name, name in _TIME_FIELDS) for name in names if name not in common]
+    out = []
+    for row in rows:
+        rec = dict(base)
+        for name, is_time in own:
+            v = row.get(name)
+            if is_time and v is not None and not isinstance(v, int):
+                v = int((v if isinstance(v, pd.Timestamp) else pd.Timestamp(v)).value // 1000)
+            rec[name] = v
+        out.append(rec)
+    return out
+
+
 class LogQueueFull(Exception):
     """The serving log's queue is full; the record was not accepted."""
 

@@ -3,6 +3,8 @@ evaluation per set and ONE model call; one log record per query; degradation as 
 
 from __future__ import annotations
 
+import uuid
+
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -137,3 +139,79 @@ def test_a_batch_the_log_cannot_take_whole_is_503_and_none_is_logged(lake_cfg, m
     assert r.status_code == 503 and slog.queue_depth == 0  # all or none: none queued
     assert value(got, "lockstep_serving_log_refused_total", reason="queue_full") == 3
     assert value(got, "lockstep_serving_requests_total", endpoint="/predict/batch", status=503) == 1
+
+
+def _wal_records(wal_root) -> dict[str, dict]:
+    """Every WAL record as written (JSON lines, fields in order), by request id."""
+    import json
+
+    lines = [
+        json.loads(line)
+        for seg in sorted(model_wal_dir(wal_root, MODEL).glob("segment-*.jsonl"))
+        for line in seg.read_text().splitlines()
+    ]
+    return {rec["request_id"]: rec for rec in lines}
+
+
+@pytest.mark.parametrize("mode", ["fresh", "materialized"])
+def test_a_batch_answers_and_logs_exactly_what_n_single_calls_do(lake_cfg, lake_events, model, tmp_path, mode):
+    """Every field of every answer and of every record (but the batch's timings) equals the single
+    call's: the batch path's own encoding, record building and request ids change nothing."""
+    import json
+
+    plan = plan_day(lake_events[0], DAY, 60, seed=9)
+    bodies = [request_body(r) for r in plan.itertuples(index=False)]
+    bodies[4]["entity_id"] = bodies[2]["entity_id"]
+    bodies[9]["entity_id"] = 10**9  # no history
+    for b in bodies[50:]:
+        b.pop("request_id")  # the service names these
+    source = StaticSource(model)
+    with TestClient(_app(lake_cfg, source, tmp_path / "batch", mode=mode)) as c:
+        r = c.post("/predict/batch", json={"queries": bodies})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
+    batch = r.json()["predictions"]
+    ids = [p["request_id"] for p in batch]
+    assert ids[:50] == [b["request_id"] for b in bodies[:50]]
+    for i in ids[50:]:  # uuid4 hex, distinct
+        assert uuid.UUID(hex=i).version == 4 and uuid.UUID(hex=i).hex == i
+    assert len(set(ids)) == 60
+    with TestClient(_app(lake_cfg, source, tmp_path / "single", mode=mode)) as c:
+        singles = [c.post("/predict", json={**b, "request_id": i}).json() for b, i in zip(bodies, ids)]
+    assert batch == singles  # every field, in the same order
+    assert [list(p) for p in batch] == [list(p) for p in singles]
+    assert json.loads(r.content) == json.loads(json.dumps(r.json()))
+    timings = {"served_at", "latency_ms"}
+    logged, one_by_one = _wal_records(tmp_path / "batch" / "wal"), _wal_records(tmp_path / "single" / "wal")
+    assert sorted(logged) == sorted(ids)
+    for i in ids:
+        assert list(logged[i]) == list(one_by_one[i])
+        assert {k: v for k, v in logged[i].items() if k not in timings} == {
+            k: v for k, v in one_by_one[i].items() if k not in timings
+        }
+    assert len({rec["served_at"] for rec in logged.values()}) == 1  # one batch, one instant
+
+
+def test_make_records_makes_what_make_record_makes():
+    from jobs.serving.log import make_record, make_records
+
+    common = {"served_at": pd.Timestamp("2024-01-02T03:04:05.678901Z"), "mode": "fresh", "latency_ms": 1.5}
+    rows = [
+        {"request_id": "a", "entity_id": 5, "request_time": pd.Timestamp("2024-01-01T00:00:00.000001Z"), "score": 0.5},
+        {"request_id": "b", "entity_id": 6, "request_time": "2024-01-01T12:00:00+01:00", "txn_count_30d": 3},
+        {"request_id": "c", "request_time": 1_700_000_000_000_000, "degraded": True, "not_a_field": "x"},
+        {"request_id": "d", "request_time": None},
+    ]
+    got = make_records(MODEL, rows, **common)
+    want = [make_record(MODEL, **common, **row) for row in rows]
+    assert got == want and [list(r) for r in got] == [list(r) for r in want]
+    assert got[1]["request_time"] == 1704106800000000 and got[0]["served_at"] == 1704164645678901
+    assert make_records(MODEL, [], **common) == []
+
+
+def test_uuid4_hexes_are_uuid4_hex():
+    got = app_module.uuid4_hexes(500)
+    assert len(got) == 500 == len(set(got))
+    for h in got:
+        u = uuid.UUID(hex=h)
+        assert u.hex == h and u.version == 4 and u.variant == uuid.RFC_4122
+    assert app_module.uuid4_hexes(0) == []
