@@ -80,6 +80,121 @@ def _profile_rows(stats: pstats.Stats) -> tuple[int, float, list[tuple[str, floa
     return batches, total, rows
 
 
+def stage_times(cfg, model, bodies: list[dict], mode: str, wal: Path) -> list[tuple[str, float, float]]:
+    """Unprofiled (wall: perf_counter, CPU: process_time of every thread) ms per batch of the batch endpoint's steps, in process, in its order:
+    body JSON + pydantic validation, key/time parsing + ids, features (fetch + kernel), model, log
+    records, WAL submit + ack, answers, response encoding. No HTTP, no metrics."""
+    import asyncio as aio
+    import json
+    import uuid
+
+    import numpy as np
+    import pandas as pd
+
+    from jobs.serving import app as A
+    from jobs.serving.log import ServingLog, log_feature_sets, log_keys, make_record, make_records, model_wal_dir
+    from jobs.serving.store import EmbeddedStore, L1Cache, SnapshotVectors, read_lake_events
+
+    decl = cfg.repo().default_model()
+    keys = log_keys(decl)
+    fs = decl.joins[0].feature_set
+    pred = A.Predictor(
+        fs, L1Cache(EmbeddedStore(fs, read_lake_events(cfg, fs)), ttl_s=1.0), SnapshotVectors(cfg, fs), model
+    )
+    mp = A.ModelPredictor(decl, [(decl.joins[0], pred)], model)
+    slog = ServingLog(model_wal_dir(wal, decl), decl).start()
+    raw = [json.dumps(b).encode() for b in bodies]
+    names = list(decl.feature_names)
+    laps: dict[str, list[tuple[float, float]]] = {}
+
+    def lap(name: str, t: tuple[float, float]) -> tuple[float, float]:
+        now = (time.perf_counter(), time.process_time())
+        laps.setdefault(name, []).append((now[0] - t[0], now[1] - t[1]))
+        return now
+
+    async def one(body: bytes):
+        t = (time.perf_counter(), time.process_time())
+        req = A.BatchRequest.model_validate(json.loads(body))
+        t = lap("body: json.loads + pydantic validation", t)
+        parsed = [A.parse_query(q, keys) for q in req.queries]
+        ids = A.uuid4_hexes(len(parsed))
+        queries, times = [p[0] for p in parsed], [p[1] for p in parsed]
+        t = lap("parse_query x N + request ids", t)
+        values, reasons, snaps = mp.batch_features(queries, times, mode)
+        t = lap("features: batch_features (fetch + kernel)", t)
+        scores = A.scores_of(model, names, values)
+        t = lap("model: scores_of (matrix + LightGBM)", t)
+        by = (model.name, str(model.version))
+        rows = [
+            {
+                "request_id": i,
+                **{lc: q[c] for lc, c, _ in keys},
+                "request_time": tt,
+                "model_name": by[0],
+                "model_version": by[1],
+                "score": sc,
+                "degraded": r is not None,
+                "degraded_reason": r,
+                "snapshot_ds": ds,
+                "arm": "champion",
+                **v,
+            }
+            for i, q, tt, sc, r, ds, v in zip(ids, queries, times, scores, reasons, snaps, values)
+        ]
+        common = {
+            "mode": mode,
+            "feature_set": log_feature_sets(decl),
+            "feature_set_fingerprint": mp.fingerprint,
+            "latency_ms": 1.0,
+        }
+        records = make_records(decl, rows, served_at=pd.Timestamp.now(tz="UTC"), **common)
+        t = lap("log records: make_records", t)
+        fut = slog.submit_many(records)
+        t = lap("WAL: submit_many", t)
+        await aio.wrap_future(fut)
+        t = lap("WAL: wait for the writer's ack", t)
+        answers = [
+            {
+                "request_id": i,
+                "entity_id": q[keys[0][1]],
+                "keys": q,
+                "request_time": tt.isoformat(),
+                "mode": mode,
+                "score": sc,
+                "model": decl.name,
+                "model_name": by[0],
+                "model_version": by[1],
+                "arm": "champion",
+                "feature_set_fingerprint": mp.fingerprint,
+                "degraded": r is not None,
+                "degraded_reason": r,
+                "features": v,
+            }
+            for i, q, tt, sc, r, v in zip(ids, queries, times, scores, reasons, values)
+        ]
+        t = lap("answers (dicts)", t)
+        A.encode_json({"count": len(answers), "predictions": answers})
+        t = lap("response: encode_json", t)
+        # what the batch path did before (not in the total): FastAPI's encoding, a record and a uuid4 each
+        from fastapi.encoders import jsonable_encoder
+        from starlette.responses import JSONResponse
+
+        JSONResponse(jsonable_encoder({"count": len(answers), "predictions": answers}))
+        t = lap("replaced: jsonable_encoder + JSONResponse", t)
+        [make_record(decl, **row, **common, served_at=pd.Timestamp.now(tz="UTC")) for row in rows]
+        t = lap("replaced: make_record x N", t)
+        [uuid.uuid4().hex for _ in ids]
+        lap("replaced: uuid4 x N", t)
+
+    async def run():
+        for body in raw:
+            await one(body)
+
+    aio.run(run())
+    slog.close()
+    return [(name, *(np.mean(np.array(v[1:]), axis=0) * 1000)) for name, v in laps.items()]
+
+
 def _serve(app, port: int):
     import uvicorn
 
@@ -178,6 +293,7 @@ def main(argv=None) -> int:
         cfg = cdnow_lake(root, day)
         model = lgbm_model(cfg, day)
         script = wrk_script(batch_bodies(cfg, day, size=args.size), root / "batch.lua", "/predict/batch")
+        print(f"lake and model ready; load avg {os.getloadavg()[0]:.2f}", flush=True)
         runs = iter(range(10))
 
         def factory():
@@ -186,6 +302,17 @@ def main(argv=None) -> int:
             )
             return create_app(settings, model_source=StaticSource(model), cfg=cfg)
 
+        bodies = batch_bodies(cfg, day, size=args.size)
+        stages = stage_times(cfg, model, bodies, args.mode, root / "wal-stages")
+        load = os.getloadavg()
+        kept = [st for st in stages if not st[0].startswith("replaced")]
+        wall, cpu = sum(w for _, w, _ in kept), sum(c for _, _, c in kept)
+        print(f"\n## stages in process, unprofiled ({len(bodies)} batches of {args.size}, load avg {load[0]:.2f})\n")
+        print("| step | wall ms per batch | CPU ms per batch (all threads) | CPU share |")
+        print("|---|---|---|---|")
+        for name, w, c in stages:
+            print(f"| {name} | {w:.2f} | {c:.2f} | {c / cpu:.0%} |")
+        print(f"| total | {wall:.2f} | {cpu:.2f} | |")
         plain = run_once(factory, script, args.seconds, args.connections, profile=False)
         w = plain["wrk"]
         preds = w["requests"] * args.size

@@ -215,3 +215,46 @@ def test_uuid4_hexes_are_uuid4_hex():
         u = uuid.UUID(hex=h)
         assert u.hex == h and u.version == 4 and u.variant == uuid.RFC_4122
     assert app_module.uuid4_hexes(0) == []
+
+
+class NaNModel(LinearModel):
+    """The real linear model, scoring NaN for its third row."""
+
+    def predict_matrix(self, x):
+        out = super().predict_matrix(x).astype(float)
+        if len(out) > 2:
+            out[2] = float("nan")
+        return out
+
+
+def test_a_batch_with_a_record_json_cannot_hold_is_503_none_logged_and_the_log_keeps_serving(lake_cfg, model, tmp_path):
+    nan = NaNModel(model.name, model.version, model.feature_set_fingerprint, model.feature_names)
+    queries = [{"entity_id": e, "request_time": f"{DAY}T01:00:00Z", "request_id": f"q{e}"} for e in (5, 17, 23, 29)]
+    with TestClient(_app(lake_cfg, StaticSource(nan), tmp_path)) as c:
+        bad = c.post("/predict/batch", json={"queries": queries})
+        good = c.post("/predict/batch", json={"queries": queries[:2]})  # two rows: no NaN
+        single = c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T02:00:00Z", "request_id": "s"})
+        got = samples(c.get("/metrics").text)
+    assert bad.status_code == 503 and "score is nan" in bad.json()["detail"], bad.text
+    assert good.status_code == 200 and single.status_code == 200  # the writer survived it
+    logged = read_wal(model_wal_dir(tmp_path / "wal", MODEL), MODEL)
+    assert sorted(logged.request_id) == ["q17", "q5", "s"]  # none of the refused batch's four
+    assert value(got, "lockstep_serving_log_refused_total", reason="write_error") == 4
+
+
+def test_wal_lines_hold_the_values_json_dumps_writes():
+    import json
+
+    from jobs.serving.log import encode_record
+
+    rec = {"request_id": "a", "score": 1.049001171530397e18, "x": 5e-324, "y": -0.0, "z": 1 / 3, "n": None, "b": True}
+    rec |= {"s": 'é \u2028 " \\ \n', "i": 2**62, "t": 1_700_000_000_000_000}
+    line = encode_record(rec)
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert json.loads(line) == json.loads(json.dumps(rec, allow_nan=False)) == rec
+    assert list(json.loads(line)) == list(rec)
+    for v in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="'a': score is"):
+            encode_record({**rec, "score": v})
+    with pytest.raises(TypeError):
+        encode_record({**rec, "score": object()})
