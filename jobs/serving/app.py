@@ -340,17 +340,22 @@ class Predictor:
         if mode == "materialized":
             return [self.features(e, t, mode) for e, t in zip(entity_ids, request_times)]
         out: list = [None] * len(entity_ids)
-        histories: dict = {}
+        distinct = list(dict.fromkeys(e for e in entity_ids if e is not None))
+        bulk = getattr(self.events, "histories", None)  # the L1 cache: one lock for the batch
+        if bulk is not None:
+            histories = dict(zip(distinct, bulk(distinct)))
+        else:
+            histories = {}
+            for e in distinct:
+                try:
+                    histories[e] = history_of(self.events, e, self.fs)
+                except StoreUnavailable as exc:
+                    histories[e] = exc
         groups: dict = {}  # id(index) -> (index, [query positions])
         for i, e in enumerate(entity_ids):
             if e is None:
                 out[i] = (dict(self.defaults), None, None)
                 continue
-            if e not in histories:
-                try:
-                    histories[e] = history_of(self.events, e, self.fs)
-                except StoreUnavailable as exc:
-                    histories[e] = exc
             got = histories[e]
             if isinstance(got, StoreUnavailable):
                 if count:

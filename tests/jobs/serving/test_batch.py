@@ -258,3 +258,49 @@ def test_wal_lines_hold_the_values_json_dumps_writes():
             encode_record({**rec, "score": v})
     with pytest.raises(TypeError):
         encode_record({**rec, "score": object()})
+
+
+def test_compute_many_is_compute_one_query_by_query_types_included(lake_events):
+    from features.kernel import index_events
+    from features.online import compute_many, compute_one
+
+    events = lake_events[0]
+    index = index_events(events, FS)
+    plan = plan_day(events, DAY, 200, seed=11)
+    ids = [int(e) for e in plan.entity_id] + [10**9]  # and an entity with no events
+    times = list(plan.request_time) + [pd.Timestamp(f"{DAY}T05:00:00Z")]
+    got = compute_many(index, ids, times, FS)
+    want = [compute_one(index, e, t, FS) for e, t in zip(ids, times)]
+    assert got == want
+    assert [[type(v) for v in g.values()] for g in got] == [[type(v) for v in w.values()] for w in want]
+    assert [list(g) for g in got] == [list(w) for w in want]
+    assert compute_many(index, [], [], FS) == []
+
+
+def test_l1_histories_are_history_of_each_counted_the_same(lake_events):
+    from jobs.serving.store import EmbeddedStore, L1Cache, StoreUnavailable
+
+    store = EmbeddedStore(FS, lake_events[0])
+
+    class Flaky:  # the embedded store, failing for one entity
+        fs = FS
+
+        def history(self, e):
+            if e == 17:
+                raise StoreUnavailable("store_error", "simulated")
+            return store.history(e)
+
+    one, bulk = L1Cache(Flaky(), ttl_s=60.0), L1Cache(Flaky(), ttl_s=60.0)
+    one.history(5), bulk.history(5)
+    want = []
+    for e in (5, 17, 23, 10**9):
+        try:
+            want.append(one.history(e))
+        except StoreUnavailable as exc:
+            want.append(exc.reason)
+    got = bulk.histories([5, 17, 23, 10**9])
+    assert [g.reason if isinstance(g, StoreUnavailable) else g for g in got] == want
+    assert (bulk.hits, bulk.misses) == (one.hits, one.misses) == (1, 4)
+    assert bulk.peek(23) is want[2] and bulk.peek(17) is None  # a failure is not cached
+    off = L1Cache(Flaky(), ttl_s=0)
+    assert off.histories([5, 5]) == [store.history(5)] * 2 and (off.hits, off.misses) == (0, 2)
