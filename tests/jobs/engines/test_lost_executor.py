@@ -103,7 +103,18 @@ def test_a_killed_spark_executor_is_replaced_and_the_snapshot_published_once(tmp
             "PYSPARK_PYTHON": sys.executable,
             "LOCKSTEP_LAKE": str(lake_root),
         }
-        argv = ["--engine", "spark", "--spark-master", cluster["master"], "--buckets", "4", "snapshot", "--ds", DS, "--allow-unvalidated"]
+        argv = [
+            "--engine",
+            "spark",
+            "--spark-master",
+            cluster["master"],
+            "--buckets",
+            "4",
+            "snapshot",
+            "--ds",
+            DS,
+            "--allow-unvalidated",
+        ]
         # the baseline: the same build (same knob) undisturbed, into a copy of the lake, its own application
         clean_root = tmp_path / "clean"
         shutil.copytree(lake_root, clean_root)
