@@ -55,11 +55,12 @@ def compute_many(
     order, whatever else is in the call), as plain Python values in query order."""
     t_us = np.array([request_time_us(t) for t in request_times], dtype=np.int64)
     arrays = compute_indexed(index, np.array(list(entity_ids)), t_us, fs, mode)
-    columns = []
+    names, columns = [], []
     for f in fs.features:
         a = arrays[f.name]
+        names.append(f.name)
         if f.is_integer:
-            columns.append((f.name, [int(v) for v in a]))
+            columns.append(a.tolist() if a.dtype.kind in "iu" else [int(v) for v in a])  # Python ints
         else:
-            columns.append((f.name, [None if math.isnan(v) else v for v in a.astype(np.float64).tolist()]))
-    return [{name: col[i] for name, col in columns} for i in range(len(t_us))]
+            columns.append([None if math.isnan(v) else v for v in a.astype(np.float64).tolist()])
+    return [dict(zip(names, row)) for row in zip(*columns)] if columns else [{} for _ in range(len(t_us))]

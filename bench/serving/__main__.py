@@ -303,6 +303,22 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
+def _tree_cpu(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn's workers) so far."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def _ms(v) -> str:
     return "n/a" if v is None else f"{v:.2f} ms"
 
@@ -385,12 +401,14 @@ def bench_http(
                     break
             except httpx.HTTPError:
                 time.sleep(0.2)
+        cpu0 = _tree_cpu(proc.pid)
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
             capture_output=True,
             text=True,
             check=True,
         ).stdout
+        cpu = _tree_cpu(proc.pid) - cpu0  # the service's CPU seconds (every worker) during the run
         w = parse_wrk(out)
         server = httpx.get(f"{url}/metrics.json").json()  # one worker's view
         proc.send_signal(signal.SIGTERM)
@@ -412,7 +430,8 @@ def bench_http(
                     setup,
                     (
                         f"{rate:,.0f} predictions/s ({w['rps']:.0f} batches/s); client p50 {w['p50_ms']:.1f} ms, "
-                        f"p99 {w['p99_ms']:.1f} ms; predictions answered {ok}, other {w['non_2xx']}, logged {logged}"
+                        f"p99 {w['p99_ms']:.1f} ms; service CPU {cpu / max(w['requests'] * per_request, 1) * 1e6:.0f} "
+                        f"us/prediction; predictions answered {ok}, other {w['non_2xx']}, logged {logged}"
                     ),
                     ">= 10,000 predictions/s, p99 < 50 ms, no 200 unlogged",
                     ("ok" if rate >= 10_000 and w["p99_ms"] < 50 else "MISSED")
@@ -746,6 +765,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip-flights", action="store_true")
     p.add_argument("--only-lifecycle", action="store_true", help="only the shadow on/off and swap-under-load rows")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to measure")
+    p.add_argument(
+        "--batch-only", action="store_true", help="CDNOW /predict/batch rows only (in process and HTTP), no flights"
+    )
     args = p.parse_args(argv)
     rows = []
     day = "1997-04-10"
@@ -757,12 +779,14 @@ def main(argv=None) -> int:
         if not args.skip_cdnow:
             cfg = cdnow_lake(root, day)
             model = lgbm_model(cfg, day)
-            rows += bench_inprocess(cfg, day, model)
+            if not args.batch_only:
+                rows += bench_inprocess(cfg, day, model)
             rows += bench_batch_inprocess(cfg, day, model)
             if not args.skip_http:
                 rows += bench_lifecycle(cfg, root, day, args.http_seconds)
                 for workers in args.workers:
-                    rows += bench_http(cfg, root, day, model, args.http_seconds, workers=workers)
+                    if not args.batch_only:
+                        rows += bench_http(cfg, root, day, model, args.http_seconds, workers=workers)
                     rows += bench_http(
                         cfg,
                         root,
@@ -775,7 +799,7 @@ def main(argv=None) -> int:
                         endpoint="/predict/batch",
                         per_request=100,
                     )
-        if not args.skip_flights:
+        if not args.skip_flights and not args.batch_only:
             fcfg = flights_lake(root)
             plan = flights_plan(fcfg)
             fmodel = flights_model(fcfg, plan)
@@ -796,7 +820,7 @@ def main(argv=None) -> int:
                         bodies=bodies,
                         label=f", {FLIGHTS} three-set vector",
                     )
-        if not args.skip_skew:
+        if not args.skip_skew and not args.batch_only:
             rows += bench_skew(root, args.queries, args.entities, args.events, args.days)
     load = os.getloadavg()
     lines = [

@@ -76,6 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
+import msgspec
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -93,6 +94,7 @@ from jobs.serving.log import (
     log_feature_sets,
     log_keys,
     make_record,
+    make_records,
     model_wal_dir,
     shadow_wal_dir,
 )
@@ -113,6 +115,7 @@ from jobs.serving.store import (
 from jobs.serving.swap import ChampionFollower, FingerprintMismatchError, check_model
 
 MODES = ("fresh", "materialized")
+_JSON = msgspec.json.Encoder()
 
 #: The pluggable feature computation of fresh mode: (entity's events, entity, request time, set) -> values.
 #: Only tests replace it (deliberately wrong implementations); a hook may carry a ``fingerprint``
@@ -345,17 +348,22 @@ class Predictor:
         if mode == "materialized":
             return [self.features(e, t, mode) for e, t in zip(entity_ids, request_times)]
         out: list = [None] * len(entity_ids)
-        histories: dict = {}
+        distinct = list(dict.fromkeys(e for e in entity_ids if e is not None))
+        bulk = getattr(self.events, "histories", None)  # the L1 cache: one lock for the batch
+        if bulk is not None:
+            histories = dict(zip(distinct, bulk(distinct)))
+        else:
+            histories = {}
+            for e in distinct:
+                try:
+                    histories[e] = history_of(self.events, e, self.fs)
+                except StoreUnavailable as exc:
+                    histories[e] = exc
         groups: dict = {}  # id(index) -> (index, [query positions])
         for i, e in enumerate(entity_ids):
             if e is None:
                 out[i] = (dict(self.defaults), None, None)
                 continue
-            if e not in histories:
-                try:
-                    histories[e] = history_of(self.events, e, self.fs)
-                except StoreUnavailable as exc:
-                    histories[e] = exc
             got = histories[e]
             if isinstance(got, StoreUnavailable):
                 if count:
@@ -665,6 +673,23 @@ def parse_query(q: Query, keys, nullable=frozenset()) -> tuple[dict, pd.Timestam
     except (ValueError, TypeError) as exc:
         raise FieldError(("request_time",), f"not an ISO 8601 time: {exc}") from None
     return request_keys(q, keys, nullable), t
+
+
+def uuid4_hexes(n: int) -> list[str]:
+    """``n`` ``uuid.uuid4().hex`` values from ONE ``os.urandom`` call (the same format: version 4,
+    RFC 4122 variant)."""
+    raw = bytearray(os.urandom(16 * n))
+    raw[6::16] = bytes((b & 0x0F) | 0x40 for b in raw[6::16])
+    raw[8::16] = bytes((b & 0x3F) | 0x80 for b in raw[8::16])
+    return [raw[k : k + 16].hex() for k in range(0, 16 * n, 16)]
+
+
+def encode_json(body) -> bytes:
+    """``body`` (plain JSON values: dict, list, str, int, float, bool, None) as UTF-8 JSON. The same
+    values as FastAPI's encoding of it (floats in shortest round-trip form; an exponent is written
+    ``1e+18`` there, ``1e18`` here); a non-JSON type raises instead of being converted. (No NaN
+    gets here: its record is refused by the serving log first, so its query is not answered.)"""
+    return _JSON.encode(body)
 
 
 def _utc(ts) -> pd.Timestamp:
@@ -1188,12 +1213,13 @@ def create_app(
             msg = f"at most {settings.max_batch} queries per batch, got {n}"
             raise HTTPException(422, [{"type": "too_long", "loc": ["body", "queries"], "msg": msg}])
         queries, times, ids, seen = [], [], [], set()
+        fresh_ids = iter(uuid4_hexes(sum(q.request_id is None or q.request_id == "" for q in req.queries)))
         for i, q in enumerate(req.queries):
             try:
                 query, t = parse_query(q, keys, nullable)
             except FieldError as exc:
                 raise HTTPException(422, exc.detail(("body", "queries", i))) from None
-            request_id = q.request_id or uuid.uuid4().hex
+            request_id = q.request_id or next(fresh_ids)
             if request_id in seen:
                 loc = ["body", "queries", i, "request_id"]
                 raise HTTPException(422, [{"type": "value_error", "loc": loc, "msg": "used twice in this batch"}])
@@ -1240,7 +1266,32 @@ def create_app(
         by = [challenger if a == "canary" else pred.model for a in arms]
         latency_ms = (time.perf_counter() - t0) * 1000  # every record of the batch carries the batch's
         rows = list(zip(ids, queries, times, scores, reasons, snaps, values, by, arms))
-        records = [record(pred, i, q, t, mode, sc, latency_ms, r, ds, v, b, a) for i, q, t, sc, r, ds, v, b, a in rows]
+        # what record() makes for each query, the shared fields converted once (one served_at: the batch's)
+        versions = {id(b): (b.name, str(b.version)) for b in (pred.model, challenger) if b is not None}
+        records = make_records(
+            decl,
+            [
+                {
+                    "request_id": i,
+                    **{log_col: q[col] for log_col, col, _ in keys},
+                    "request_time": t,
+                    "model_name": versions[id(b)][0],
+                    "model_version": versions[id(b)][1],
+                    "score": sc,
+                    "degraded": r is not None,
+                    "degraded_reason": r,
+                    "snapshot_ds": ds,
+                    "arm": a,
+                    **v,
+                }
+                for i, q, t, sc, r, ds, v, b, a in rows
+            ],
+            served_at=pd.Timestamp.now(tz="UTC"),
+            mode=mode,
+            feature_set=log_feature_sets(decl),
+            feature_set_fingerprint=pred.fingerprint,
+            latency_ms=latency_ms,
+        )
         shadow_by = state["shadow"].model
         if shadow_by is not None:  # each champion row names the challenger it is offered to
             for rec, a in zip(records, arms):
@@ -1257,10 +1308,13 @@ def create_app(
             state["shadow"].offer(
                 [ids[i] for i in home], [times[i] for i in home], [values[i] for i in home], shadow_by
             )
-        return {
+        body = {
             "count": n,
             "predictions": [answer(pred, i, q, t, mode, sc, r, v, b, a) for i, q, t, sc, r, _, v, b, a in rows],
         }
+        # encoded here, not by FastAPI's jsonable_encoder (which walked every value of every answer:
+        # most of a batch's CPU): the answers are plain JSON values already
+        return Response(encode_json(body), media_type="application/json")
 
     @app.get("/health")
     async def health():

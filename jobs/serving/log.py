@@ -38,12 +38,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import logging
+import math
 import os
 import queue
 import threading
 import time
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -200,6 +202,44 @@ def make_record(model, **fields) -> dict:
     return rec
 
 
+_JSON = msgspec.json.Encoder()
+
+
+def encode_record(rec: dict) -> bytes:
+    """One WAL line: ``rec`` as compact JSON and a newline. The values ``json.dumps(rec,
+    allow_nan=False)`` writes (a float's exponent as ``1e18``, not ``1e+18``); a NaN or infinite
+    float is a ``ValueError`` naming the field (JSON has none), an object JSON cannot hold a
+    ``TypeError``."""
+    for name, v in rec.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError(f"serving log record {rec.get('request_id')!r}: {name} is {v}, not a JSON number")
+    return _JSON.encode(rec) + b"\n"
+
+
+def make_records(model, rows: list[dict], **common) -> list[dict]:
+    """``[make_record(model, **common, **row) for row in rows]`` (the same dicts, fields in the same
+    order), with the fields every record shares (``common``: served_at, mode, ...) converted once: a
+    batch's records. A field is either common or per row."""
+    names = allowed_fields(model)
+    base = {}
+    for name in names:
+        v = common.get(name)
+        if name in _TIME_FIELDS and v is not None and not isinstance(v, int):
+            v = int(pd.Timestamp(v).value // 1000)
+        base[name] = v
+    own = [(name, name in _TIME_FIELDS) for name in names if name not in common]
+    out = []
+    for row in rows:
+        rec = dict(base)
+        for name, is_time in own:
+            v = row.get(name)
+            if is_time and v is not None and not isinstance(v, int):
+                v = int((v if isinstance(v, pd.Timestamp) else pd.Timestamp(v)).value // 1000)
+            rec[name] = v
+        out.append(rec)
+    return out
+
+
 class LogQueueFull(Exception):
     """The serving log's queue is full; the record was not accepted."""
 
@@ -323,8 +363,11 @@ class ServingLog:
                 f"serving log queue full ({self._queue.maxsize} records; {len(records)} offered, room for {room})"
             )
         waiter = _GroupWaiter(fut, len(records))
-        for rec in records:
-            self._queue.put_nowait((rec, waiter))
+        q = self._queue
+        with q.not_full:  # the whole group in ONE acquisition of the queue's lock (Queue.put_nowait each)
+            q.queue.extend((rec, waiter) for rec in records)
+            q.unfinished_tasks += len(records)
+            q.not_empty.notify()
         return fut
 
     @property
@@ -358,15 +401,34 @@ class ServingLog:
                 self._maybe_fsync(force=False)
                 continue
             batch = [first]
-            while len(batch) < self.batch_size:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            q = self._queue
+            with q.mutex:  # what is queued, up to batch_size, in ONE acquisition (Queue.get_nowait each)
+                more = min(len(q.queue), self.batch_size - 1)
+                batch += [q.queue.popleft() for _ in range(more)]
+                if more:
+                    q.not_full.notify(more)
             self._write_batch(batch)
 
     def _write_batch(self, batch) -> None:
-        data = "".join(json.dumps(rec, separators=(",", ":"), allow_nan=False) + "\n" for rec, _ in batch).encode()
+        # A record that is not JSON (a NaN score, an object) fails its request, and only its request:
+        # every record submitted with it (one future: a batch's group) is dropped too, all or none.
+        lines, refused = [], {}
+        for rec, fut in batch:
+            try:
+                lines.append(encode_record(rec))
+            except (TypeError, ValueError) as exc:
+                refused.setdefault(id(fut), exc)
+                lines.append(b"")
+        if refused:
+            kept = [(item, line) for item, line in zip(batch, lines) if id(item[1]) not in refused]
+            self.write_errors += len(batch) - len(kept)
+            for _, fut in batch:
+                if id(fut) in refused:
+                    fut.set_exception(refused[id(fut)])
+            batch, lines = [item for item, _ in kept], [line for _, line in kept]
+            if not batch:
+                return
+        data = b"".join(lines)
         try:
             if self._seg_size + len(data) > self.segment_bytes and self._seg_size:
                 self._open_segment()
