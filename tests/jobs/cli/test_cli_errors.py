@@ -91,7 +91,7 @@ def lake(tmp_path_factory) -> str:
                 "--allow-unvalidated",
             ],
         ),
-        (
+        pytest.param(
             ("publish", "--ds", "1997-01-06", "--allow-unvalidated"),
             "publish",
             [
