@@ -39,6 +39,14 @@ def _lineage(manifests: dict, producer: bool = True) -> dict:
     }
 
 
+def _replace_unvalidated(table, ds: str, frame: pd.DataFrame) -> None:
+    """Publish ``frame`` as ``ds`` of ``table`` at once, unvalidated: the template's raw days are validated,
+    and a re-write of a validated day is only staged (readers keep the old one until it passes), so the
+    validated version is quarantined first and the new one published as exploration input."""
+    table.quarantine(ds, "test: replaced by hand")
+    table.write_partition(ds, frame, producer={"job": "test"})
+
+
 def _fresh(template: str, tmp_path_factory, **config) -> Config:
     """A copy of the template lake without its training sets (so "not written" can be seen)."""
     cfg = training_lake(template, tmp_path_factory, **config)
@@ -58,7 +66,7 @@ def test_cdnow_range_equals_the_per_cutoff_builds(training_lake_template, tmp_pa
     assert _lineage(ranged) == _lineage(single)  # rows, content, inputs, the whole producer
     rows = [m.rows for m in ranged.values()]
     assert rows == sorted(rows) and rows[0] > 1000 and rows[-1] > rows[0]  # the population grows week by week
-    assert ranged[CUTOFFS[-1]].producer["unvalidated_inputs"]  # built from unvalidated raw days, and says so
+    assert "unvalidated_inputs" not in ranged[CUTOFFS[-1]].producer  # the template's raw days are validated
     # the frames themselves, not only their fingerprints
     key = ["customer_id", "as_of"]
     a = training_set_table(Config(lake_root=training_lake_template).lake(), MODEL).read(CUTOFFS[4])
@@ -102,7 +110,7 @@ def test_a_set_trained_in_as_of_mode_gets_a_pass_per_cutoff_and_the_same_rows(tr
         extra["customer_id"] = who  # a customer known at 02-03
         extra["event_ts"] = pd.Timestamp("1997-02-01 12:00", tz="UTC")
         extra["amount"] = 4321.0
-        raw.write_partition("1997-03-05", pd.concat([late, extra], ignore_index=True), producer={"job": "test"})
+        _replace_unvalidated(raw, "1997-03-05", pd.concat([late, extra], ignore_index=True))
         lakes.append(cfg)
     single, cfg = lakes
     for d in days:
@@ -126,7 +134,7 @@ def test_a_bad_cutoff_stops_the_range_there_and_names_it(training_lake_template,
     raw = cfg.lake().table(MODEL.label_source.table)
     bad = raw.read("1997-02-20")
     bad.loc[bad.index[0], "amount"] = -50_000.0  # a refund exported as a purchase: spend sums go negative
-    raw.write_partition("1997-02-20", bad, producer={"job": "test"})
+    _replace_unvalidated(raw, "1997-02-20", bad)
     # the first cut-off that reads 1997-02-20 is 1997-02-24 (features see ingest days before the cut-off)
     with pytest.raises(DataQualityError, match="ds=1997-02-24") as err:
         build_training_set_range(cfg, MODEL, CUTOFFS, allow_unvalidated=True)
@@ -150,8 +158,10 @@ def test_inputs_are_checked_for_every_cutoff_before_any_work(training_lake_templ
     with pytest.raises(MissingPartitionError, match="1997-04-07"):
         build_training_set_range(cfg, MODEL, [*CUTOFFS, "1997-04-07"], validate=False, allow_unvalidated=True)
     assert table.partitions() == []
-    # unvalidated raw days refused (the CLI's default), before the first cut-off is built
-    with pytest.raises(UnvalidatedPartitionError, match="1997-01-01"):
+    # an unvalidated raw day refused (the default), before the first cut-off is built
+    raw = cfg.lake().table(MODEL.label_source.table)
+    _replace_unvalidated(raw, "1997-01-20", raw.read("1997-01-20"))
+    with pytest.raises(UnvalidatedPartitionError, match="1997-01-20"):
         build_training_set_range(cfg, MODEL, CUTOFFS, validate=False, allow_unvalidated=False)
     assert table.partitions() == []
 
@@ -178,7 +188,7 @@ def flights_lake(tmp_path_factory):
     land(cfg, "flights", "2013-01-01", "2013-01-09")
     land(cfg, "weather", "2013-01-01", "2013-01-09")
     model = cfg.repo().model(FLIGHTS)
-    build_labels(cfg, model, cutoffs_in(model, *FLIGHT_DAYS))
+    build_labels(cfg, model, cutoffs_in(model, *FLIGHT_DAYS), allow_unvalidated=True)  # not validated: not tested here
     return cfg.lake_root
 
 
