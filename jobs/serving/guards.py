@@ -199,6 +199,7 @@ class GuardMonitor:
                 return None
             if self.windows.version != version:  # the windows are another challenger's (reset at install)
                 return None
+            share = self.windows.share  # the stage these windows hold (read again below: not reset since)
             verdict = self.last = judge(self.guards, *self.windows.stats())
             if verdict.breached:
                 log.error("canary v%s stopped: %s", version, "; ".join(b.describe() for b in verdict.breaches))
@@ -206,23 +207,23 @@ class GuardMonitor:
                     self.on_breach(version, verdict)  # stops it in this process first, then records and alerts
                 finally:
                     self.stopped[version] = verdict
-            elif verdict.judged:
-                self._passed(version, verdict)
+            elif verdict.judged and (self.windows.version, self.windows.share) == (version, share):
+                self._passed(version, share, verdict)
             return verdict
 
-    def _passed(self, version: str, verdict: Verdict) -> None:
-        share = self.windows.share
+    def _passed(self, version: str, share: float | None, verdict: Verdict) -> None:
         if self.on_pass is None or not share or share <= 0:
             return
         stage, t = (version, float(share)), time.monotonic()
         last = self.passed.get(stage)
         if last is not None and t - last < self.pass_every_s:
             return
-        self.passed[stage] = t
         try:
             self.on_pass(version, float(share), verdict)
-        except Exception:  # noqa: BLE001 - no evidence recorded: the ramp holds ("not judged"); serving goes on
+        except Exception:  # noqa: BLE001 - no evidence recorded: the ramp holds ("not judged"); retried next time
             log.exception("canary v%s: the passing guard verdict was not recorded", version)
+        else:
+            self.passed[stage] = t
 
     def staleness(self) -> float | None:
         if self.champion is None:

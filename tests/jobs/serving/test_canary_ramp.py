@@ -229,17 +229,23 @@ def test_the_monitor_records_a_pass_only_when_it_judged_throttled_never_at_0_nor
     assert mon.evaluate() is None and len(passes) == 3
 
 
-def test_a_failing_record_of_a_pass_does_not_stop_the_monitor():
+def test_a_failing_record_of_a_pass_does_not_stop_the_monitor_and_is_retried():
     guards = CanaryGuards(window=20, min_requests=10)
     windows = ArmWindows(guards.window)
+    calls = []
 
-    def broken(*_):
-        raise ConnectionError("registry down")
+    def flaky(version, share, verdict):
+        calls.append((version, share))
+        if len(calls) == 1:
+            raise ConnectionError("registry down")
 
-    mon = GuardMonitor(guards, windows, lambda: "2", lambda *_: None, on_pass=broken, pass_every_s=0)
+    mon = GuardMonitor(guards, windows, lambda: "2", lambda *_: None, on_pass=flaky, pass_every_s=3600)
     windows.reset("2", 0.05)
     feed(windows, 10)
-    assert mon.evaluate().judged and mon.evaluate().judged  # logged; judged again next time
+    assert mon.evaluate().judged and mon.passed == {}  # logged, not throttled: nothing was recorded
+    assert mon.evaluate().judged and calls == [("2", 0.05), ("2", 0.05)] and set(mon.passed) == {("2", 0.05)}
+    mon.evaluate()
+    assert len(calls) == 2  # recorded once: throttled from now on
 
 
 def test_a_service_records_the_evidence_the_ramp_advances_on(lake, trained, tmp_path, capsys):  # noqa: F811
