@@ -208,6 +208,48 @@ class CanaryGuards:
                 raise DeclarationError("guards", "canary", name, f"must be a number >= 0, got {value!r}")
 
 
+#: The default canary ramp (``CanaryRamp.steps``): 1% -> 5% -> 25% -> 100% of the entities.
+DEFAULT_CANARY_STEPS = (0.01, 0.05, 0.25, 1.0)
+
+
+@dataclass(frozen=True)
+class CanaryRamp:
+    """How a challenger's canary grows (``jobs.serving.canary.advance_canary``): the shares of entities
+    it serves, step by step (strictly increasing, each in (0, 1]). A step advances — by
+    ``lockstep canary --next`` or by the DAG ``canary_ramp__<model>`` on ``schedule`` (a cron expression
+    or preset; ``None``: by command only) — only when no breach is recorded, the current stage has lasted
+    ``min_stage_minutes``, and the guards (``CanaryGuards``) judged the canary arm at this share since the
+    stage began and found no breach."""
+
+    steps: tuple[float, ...] = DEFAULT_CANARY_STEPS
+    min_stage_minutes: float = 60.0
+    schedule: str | None = "@hourly"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, list):
+            object.__setattr__(self, "steps", tuple(self.steps))
+        steps = self.steps
+        if not (
+            isinstance(steps, tuple)
+            and steps
+            and all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s <= 1 for s in steps)
+        ):
+            raise DeclarationError("ramp", "canary", "steps", f"must be shares in (0, 1], got {steps!r}")
+        if any(b <= a for a, b in zip(steps, steps[1:])):
+            raise DeclarationError("ramp", "canary", "steps", f"must be strictly increasing, got {steps!r}")
+        m = self.min_stage_minutes
+        if not (isinstance(m, (int, float)) and not isinstance(m, bool) and 0 <= m < float("inf")):
+            raise DeclarationError("ramp", "canary", "min_stage_minutes", f"must be a number >= 0, got {m!r}")
+        if self.schedule is not None and not (isinstance(self.schedule, str) and self.schedule.strip()):
+            raise DeclarationError(
+                "ramp", "canary", "schedule", f"must be a cron expression, a preset or None, got {self.schedule!r}"
+            )
+
+    def next_step(self, share: float) -> float | None:
+        """The first step above ``share`` (None: at or past the last step)."""
+        return next((s for s in self.steps if s > share), None)
+
+
 @dataclass(frozen=True)
 class Model:
     """What training, scoring, serving and skew work on."""
@@ -235,6 +277,8 @@ class Model:
     champion_max_age_days: float = 30.0
     #: The canary's guards (``CanaryGuards``): a breach rolls the canary back automatically.
     guards: CanaryGuards = field(default_factory=CanaryGuards)
+    #: The canary's ramp (``CanaryRamp``): its steps, how long a stage lasts at least, its schedule.
+    ramp: CanaryRamp = field(default_factory=CanaryRamp)
     schedule: Schedule = field(default_factory=Schedule)
     description: str = ""
     owner: str = ""
@@ -262,6 +306,8 @@ class Model:
             )
         if not isinstance(self.guards, CanaryGuards):
             raise DeclarationError("model", self.name, "guards", f"must be a CanaryGuards, got {self.guards!r}")
+        if not isinstance(self.ramp, CanaryRamp):
+            raise DeclarationError("model", self.name, "ramp", f"must be a CanaryRamp, got {self.ramp!r}")
         if isinstance(self.queries, EntitySnapshots) and not isinstance(self.label, EventLabel):
             raise DeclarationError(
                 "model", self.name, "label", "entity-snapshot queries need an EventLabel (an outcome needs query rows)"

@@ -78,13 +78,17 @@ def skew_dag_id(model: str) -> str:
     return f"skew_nightly__{model}"
 
 
+def canary_dag_id(model: str) -> str:
+    return f"canary_ramp__{model}"
+
+
 def dag_ids(r: Repo) -> dict[str, list[str]]:
     """Every DAG the declarations produce, by the declaration (``source:<name>`` / ``model:<name>``)."""
     out: dict[str, list[str]] = {}
     for name in sorted(r.sources):
         out[f"source:{name}"] = [features_dag_id(name)]
     for name in sorted(r.models):
-        out[f"model:{name}"] = [training_dag_id(name), scoring_dag_id(name), skew_dag_id(name)]
+        out[f"model:{name}"] = [training_dag_id(name), scoring_dag_id(name), skew_dag_id(name), canary_dag_id(name)]
     return out
 
 

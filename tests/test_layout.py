@@ -298,6 +298,7 @@ CDNOW_DAGS = {
     "training__repurchase_90d",
     "batch_scoring__repurchase_90d",
     "skew_nightly__repurchase_90d",
+    "canary_ramp__repurchase_90d",
 }
 
 
@@ -308,7 +309,7 @@ def test_dagbag_has_one_set_of_dags_per_declaration_and_parses_fast(tmp_path):
     assert out["errors"] == {}
     r = repo.load()
     expected = {f"features_daily__{s}" for s in r.sources} | {
-        f"{kind}__{m}" for m in r.models for kind in ("training", "batch_scoring", "skew_nightly")
+        f"{kind}__{m}" for m in r.models for kind in ("training", "batch_scoring", "skew_nightly", "canary_ramp")
     }
     assert set(out["dags"]) == expected and CDNOW_DAGS <= expected
     assert_parses_fast(out)
@@ -321,13 +322,14 @@ def test_a_repo_with_another_source_and_model_gets_their_dags_with_no_code_chang
     out = load_dagbag(tmp_path, repo=str(decl))
     assert out["errors"] == {}
     new = {"features_daily__shop_orders", "training__late_order", "batch_scoring__late_order"}
-    new |= {"skew_nightly__late_order"}
+    new |= {"skew_nightly__late_order", "canary_ramp__late_order"}
     assert set(out["dags"]) == CDNOW_DAGS | new
     f = out["dags"]["features_daily__shop_orders"]
     assert f["tasks"] == ["land_raw", "validate_raw", "build_snapshot__shop_load_v1", "validate_snapshot__shop_load_v1"]
     assert f["start"].startswith("2024-01-01") and f["end"].startswith("2024-03-31")
     assert out["dags"]["training__late_order"]["schedule"] == "0 3 * * *"
     assert out["dags"]["skew_nightly__late_order"]["schedule"] == "NullTimetable"  # Schedule(skew=None)
+    assert out["dags"]["canary_ramp__late_order"]["schedule"] == "0 * * * *"  # the default ramp: @hourly
     assert out["dags"]["batch_scoring__late_order"]["assets"] == ["lockstep://feature_snapshots/shop_load_v1"]
     # the CDNOW DAGs are unchanged by the new declarations
     assert out["dags"]["batch_scoring__repurchase_90d"]["assets"] == [

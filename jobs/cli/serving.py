@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -222,42 +223,56 @@ def _cmd_shadow(args) -> int:
 
 
 def add_canary_parser(subparsers) -> None:
-    """``lockstep canary --model M (--share S | --next)``: the challenger's canary stage, stored on its
-    registry version (tag ``lockstep.canary_share``); every service picks it up at its next poll."""
-    from jobs.models.registry import CANARY_RAMP
-
+    """``lockstep canary --model M (--share S | --next [--force] | --reset-breach)``: the challenger's
+    canary stage, stored on its registry version (tag ``lockstep.canary_share``, its start in
+    ``lockstep.canary_stage_at``); every service picks it up at its next poll. ``--next`` is the
+    guarded step of the declared ramp (``jobs.serving.canary.advance_canary``): it holds, exit 1 with the
+    reason, unless the stage lasted ``min_stage_minutes`` and the guards passed at this share."""
     p = subparsers.add_parser(
         "canary", help="set the share of entities the registry's challenger serves (the running services' next poll)"
     )
     add_model_arg(p)
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--share", type=float, help="0..1 (0: shadow only); the declared ramp is " + str(CANARY_RAMP))
-    g.add_argument("--next", action="store_true", help="the next step of the ramp after the current share")
+    g.add_argument("--share", type=float, help="0..1 (0: shadow only), unguarded; starts a new stage")
+    g.add_argument(
+        "--next",
+        action="store_true",
+        help="the next step of the model's declared ramp, only while its guards hold (else exit 1 with the reason)",
+    )
     g.add_argument(
         "--reset-breach",
         action="store_true",
         help="clear the record of a canary its guards stopped (the share stays 0 until set again)",
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="with --next: step without waiting for min_stage_minutes or a passing guard verdict "
+        "(never past a recorded breach)",
+    )
     p.set_defaults(func=_cmd_canary)
 
 
 def _cmd_canary(args) -> int:
-    from jobs.models.registry import CANARY_RAMP, CANARY_TAG, CHALLENGER, Registry
+    from jobs.models.registry import Registry
+    from jobs.serving.canary import advance_canary
 
     cfg = Config.from_args(args)
     name = model_name(cfg, args)
+    if args.force and not args.next:
+        print("--force goes with --next", file=sys.stderr)
+        return 2
     reg = Registry.from_config(cfg)
-    share = args.share
     if args.reset_breach:
         info = reg.reset_canary_breach(name)
         print(f"{name} v{info.version} (challenger): canary breach record cleared; canary share 0")
         return 0
     if args.next:
-        info = reg.alias(name, CHALLENGER)
-        current = float(info.tags.get(CANARY_TAG) or 0.0) if info is not None else 0.0
-        share = next((s for s in CANARY_RAMP if s > current), CANARY_RAMP[-1])
-    info = reg.set_canary_share(name, share)
-    print(f"{name} v{info.version} (challenger): canary share {share:g}")
+        decision = advance_canary(cfg, cfg.repo().model(name), start=True, force=args.force)
+        print(decision.describe(), file=sys.stdout if decision.advanced else sys.stderr)
+        return 0 if decision.advanced else 1
+    info = reg.set_canary_share(name, args.share)
+    print(f"{name} v{info.version} (challenger): canary share {args.share:g}")
     return 0
 
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from features.model import DEFAULT_CANARY_STEPS
 from jobs.models import flavors
 from jobs.models import metadata as md
 from jobs.models.flavors import FLAVORS
@@ -61,8 +62,14 @@ CANARY_TAG = "lockstep.canary_share"
 #: thresholds, window and time, on the challenger version. While it is set the version serves no
 #: canary (every service's challenger poll reads it); ``lockstep canary --reset-breach`` clears it.
 CANARY_BREACH_TAG = "lockstep.canary_breach"
-#: The declared ramp of a canary: ``lockstep canary --next`` moves to the next step.
-CANARY_RAMP = (0.01, 0.05, 0.25, 1.0)
+#: When the challenger's current canary stage began (ISO 8601 UTC), written with every share set.
+CANARY_STAGE_AT_TAG = "lockstep.canary_stage_at"
+#: The guards' last passing verdict on the canary arm (``jobs.serving.guards.GuardMonitor``): JSON
+#: ``{share, at, n_canary, n_champion, pid}``; the ramp advances only on one at the current share taken
+#: after the stage began (``jobs.serving.canary.advance_canary``).
+CANARY_JUDGED_TAG = "lockstep.canary_judged"
+#: The default ramp of a canary: the declaration's (``features.model.CanaryRamp``) is the one owner.
+CANARY_RAMP = DEFAULT_CANARY_STEPS
 #: metric recorded by ``lockstep train`` when a baseline was scored on the same validation range
 BASELINE_LIFT = "valid_auc_lift_over_baseline"
 _EVAL_TAG = "lockstep.holdback_eval."
@@ -215,6 +222,13 @@ def check_lineage(c: Candidate, repo=None) -> None:
         problems.setdefault("metrics", "holdback metrics without a holdback key (which range was scored)")
     if problems:
         raise LineageError(problems)
+
+
+def utc_now() -> str:
+    """Now, ISO 8601 UTC (the canary stage tags)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 def check_floor(info: ModelInfo) -> None:
@@ -412,12 +426,18 @@ class Registry:
                 "clear the record first (lockstep canary --reset-breach)"
             )
         self.client.set_model_version_tag(name, str(challenger.version), CANARY_TAG, repr(share))
+        self.client.set_model_version_tag(name, str(challenger.version), CANARY_STAGE_AT_TAG, utc_now())
         return self.get(name, challenger.version)
+
+    def record_canary_judged(self, name: str, version: str | int, evidence: dict) -> None:
+        """The guards judged ``version``'s canary arm and found no breach (``CANARY_JUDGED_TAG``)."""
+        self.client.set_model_version_tag(name, str(version), CANARY_JUDGED_TAG, json.dumps(evidence, sort_keys=True))
 
     def record_canary_breach(self, name: str, version: str | int, evidence: dict) -> None:
         """Stop ``version``'s canary for every service: the evidence (``CANARY_BREACH_TAG``) and share 0."""
         self.client.set_model_version_tag(name, str(version), CANARY_BREACH_TAG, json.dumps(evidence, sort_keys=True))
         self.client.set_model_version_tag(name, str(version), CANARY_TAG, repr(0.0))
+        self.client.set_model_version_tag(name, str(version), CANARY_STAGE_AT_TAG, utc_now())
 
     def reset_canary_breach(self, name: str) -> ModelInfo:
         """Clear the challenger's breach record (its share stays 0 until set again)."""

@@ -167,6 +167,8 @@ class Settings:
     #: judge the canary's guards (the model's ``guards``, ``jobs.serving.guards``) this often, off the
     #: request path; check the champion's training age this often
     guard_eval_s: float = 1.0
+    #: record a passing guard verdict on the challenger version (the ramp's evidence) at most this often
+    canary_judged_every_s: float = 60.0
     staleness_check_s: float = 3600.0
     #: served-feature drift (``jobs.serving.drift``): PSI of the last ``drift_window`` champion-served
     #: vectors against the champion's training features, judged this often (0: never) from
@@ -889,11 +891,28 @@ def create_app(
                 f"(champion_max_age_days {limit:g}): retrain or promote a fresher version",
             )
 
+        def passed(version: str, share: float, verdict: Verdict) -> None:
+            # the evidence the ramp advances on (jobs.serving.canary.advance_canary)
+            record = getattr(source, "record_canary_judged", None)
+            if record is not None:
+                record(
+                    version,
+                    {
+                        "share": share,
+                        "at": pd.Timestamp.now(tz="UTC").isoformat(),
+                        "n_canary": verdict.n_canary,
+                        "n_champion": verdict.n_champion,
+                        "pid": os.getpid(),
+                    },
+                )
+
         monitor = GuardMonitor(
             decl.guards,
             windows,
             active,
             breach,
+            on_pass=passed,
+            pass_every_s=settings.canary_judged_every_s,
             every_s=settings.guard_eval_s,
             champion=champion_window,
             max_age_days=decl.champion_max_age_days,
@@ -969,8 +988,9 @@ def create_app(
                 if version is not None and str(version) in monitor.stopped:
                     share = 0.0  # stopped by its guards in this process (the registry says so too)
                 state["canary"] = (version, share)
-                if version != windows.version:  # another challenger: its guards judge its own traffic only
-                    windows.reset(version)
+                # another challenger or another stage: its guards judge its own traffic at this share only
+                if (version, share) != (windows.version, windows.share):
+                    windows.reset(version, share)
                 return version
 
             challenger = ChampionFollower(

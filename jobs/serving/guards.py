@@ -120,6 +120,7 @@ class ArmWindows:
         self.window = window
         self._lock = threading.Lock()
         self.version: str | None = None
+        self.share: float | None = None  # the canary share every observation in the windows was served at
         self._arms = {"champion": deque(maxlen=window), "canary": deque(maxlen=window)}
 
     def observe(self, arm: str, latency_ms: float, error: bool, degraded: bool, score: float | None) -> None:
@@ -132,9 +133,9 @@ class ArmWindows:
         with self._lock:
             self._arms[arm].extend(rows)
 
-    def reset(self, version: str | None) -> None:
+    def reset(self, version: str | None, share: float | None = None) -> None:
         with self._lock:
-            self.version = version
+            self.version, self.share = version, share
             for d in self._arms.values():
                 d.clear()
 
@@ -157,7 +158,10 @@ class GuardMonitor:
     ``staleness_s`` (both also callable directly). ``active()`` says which challenger version serves
     a canary now (None: none; then nothing is judged); ``on_breach(version, verdict)`` is called once
     per version; ``champion()`` gives (version, train window); ``on_stale(version, age, limit)`` once
-    per champion version."""
+    per champion version. ``on_pass(version, share, verdict)``: the guards judged the canary arm at
+    ``share`` (the windows' share, all their observations served at it) and found no breach — the
+    evidence the ramp advances on; called for the first passing verdict of a (version, share) stage,
+    then at most once every ``pass_every_s``; never for a stopped version or a share of 0."""
 
     def __init__(
         self,
@@ -172,7 +176,11 @@ class GuardMonitor:
         on_stale: Callable[[str, float, float], None] | None = None,
         staleness_s: float = 3600.0,
         now: Callable[[], pd.Timestamp] = lambda: pd.Timestamp.now(tz="UTC"),
+        on_pass: Callable[[str, float, Verdict], None] | None = None,
+        pass_every_s: float = 60.0,
     ):
+        self.on_pass, self.pass_every_s = on_pass, pass_every_s
+        self.passed: dict[tuple[str, float], float] = {}  # (version, share) -> monotonic time of the last on_pass
         self.guards, self.windows, self.active, self.on_breach = guards, windows, active, on_breach
         self.every_s, self.staleness_s = every_s, staleness_s
         self.champion, self.max_age_days, self.on_stale, self.now = champion, max_age_days, on_stale, now
@@ -191,6 +199,7 @@ class GuardMonitor:
                 return None
             if self.windows.version != version:  # the windows are another challenger's (reset at install)
                 return None
+            share = self.windows.share  # the stage these windows hold (read again below: not reset since)
             verdict = self.last = judge(self.guards, *self.windows.stats())
             if verdict.breached:
                 log.error("canary v%s stopped: %s", version, "; ".join(b.describe() for b in verdict.breaches))
@@ -198,7 +207,23 @@ class GuardMonitor:
                     self.on_breach(version, verdict)  # stops it in this process first, then records and alerts
                 finally:
                     self.stopped[version] = verdict
+            elif verdict.judged and (self.windows.version, self.windows.share) == (version, share):
+                self._passed(version, share, verdict)
             return verdict
+
+    def _passed(self, version: str, share: float | None, verdict: Verdict) -> None:
+        if self.on_pass is None or not share or share <= 0:
+            return
+        stage, t = (version, float(share)), time.monotonic()
+        last = self.passed.get(stage)
+        if last is not None and t - last < self.pass_every_s:
+            return
+        try:
+            self.on_pass(version, float(share), verdict)
+        except Exception:  # noqa: BLE001 - no evidence recorded: the ramp holds ("not judged"); retried next time
+            log.exception("canary v%s: the passing guard verdict was not recorded", version)
+        else:
+            self.passed[stage] = t
 
     def staleness(self) -> float | None:
         if self.champion is None:

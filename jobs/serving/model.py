@@ -203,6 +203,10 @@ class RegistrySource:
         """Persist a guard breach on the challenger version (``Registry.record_canary_breach``)."""
         self.registry.record_canary_breach(self.model_name, version, evidence)
 
+    def record_canary_judged(self, version: str, evidence: dict) -> None:
+        """Persist a passing guard verdict on the challenger version (``Registry.record_canary_judged``)."""
+        self.registry.record_canary_judged(self.model_name, version, evidence)
+
     def load(self, name: str, version: str) -> Model:
         key = (name, str(version))
         if key not in self._cache:

@@ -10,12 +10,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DAGS = REPO / "dags"
-#: The DAGs the CDNOW example's declarations produce: one per source, three per model.
+#: The DAGs the CDNOW example's declarations produce: one per source, four per model.
 FEATURES = "features_daily__cdnow_purchases"
 TRAINING = "training__repurchase_90d"
 SCORING = "batch_scoring__repurchase_90d"
 SKEW = "skew_nightly__repurchase_90d"
-EXPECTED = {FEATURES, TRAINING, SCORING, SKEW}
+CANARY = "canary_ramp__repurchase_90d"
+EXPECTED = {FEATURES, TRAINING, SCORING, SKEW, CANARY}
 SNAPSHOT_URI = "lockstep://feature_snapshots/customer_activity_v1"
 
 
@@ -141,7 +142,13 @@ def test_training_flow_and_params(dagbag):
 
 def test_every_dag_file_is_covered(dagbag):
     # each file generates the DAGs of its name, one per declaration
-    assert {p.stem for p in DAGS.glob("*.py")} == {"features_daily", "training", "batch_scoring", "skew_nightly"}
+    assert {p.stem for p in DAGS.glob("*.py")} == {
+        "features_daily",
+        "training",
+        "batch_scoring",
+        "skew_nightly",
+        "canary_ramp",
+    }
     for dag_id in dagbag.dag_ids:
         assert Path(dagbag.dags[dag_id].fileloc).stem == dag_id.split("__")[0]
 
@@ -223,3 +230,13 @@ def test_training_tune_task_is_skipped_unless_asked_and_feeds_train_and_register
     # the registered model records the search that chose its parameters (and nothing when none ran)
     assert seen["extra"][0][0]["valid_configs_tried"] == 5 and seen["extra"][0][1]["tuning"] == tuned
     assert seen["extra"][1] == ({}, {})
+
+
+def test_canary_ramp_runs_on_the_declared_schedule(dagbag):
+    from jobs import orchestration as o
+
+    dag = dagbag.dags[CANARY]
+    model = o.repo().model("repurchase_90d")
+    assert model.ramp.schedule == "@hourly" and dag.timetable.expression == "0 * * * *"
+    assert [t.task_id for t in dag.tasks] == ["advance"] and dag.max_active_runs == 1
+    assert "min_stage_minutes" in dag.doc_md and "0.01 -> 0.05 -> 0.25 -> 1" in dag.doc_md

@@ -268,5 +268,6 @@ def test_dag_ids_per_declaration():
             "training__repurchase_90d",
             "batch_scoring__repurchase_90d",
             "skew_nightly__repurchase_90d",
+            "canary_ramp__repurchase_90d",
         ],
     }

@@ -47,7 +47,10 @@ def test_repo_lists_every_declaration_with_fingerprint_origin_tables_and_dags(ca
     assert "declared in  features.projects.cdnow.customer_activity_v1" in out
     assert "tables       raw_events/cdnow_purchases" in out
     assert "tables       labels/repurchase_90d, training_sets/repurchase_90d, predictions, SQL predictions" in out
-    assert "dags         training__repurchase_90d, batch_scoring__repurchase_90d, skew_nightly__repurchase_90d" in out
+    assert (
+        "dags         training__repurchase_90d, batch_scoring__repurchase_90d, skew_nightly__repurchase_90d, canary_ramp__repurchase_90d"
+        in out
+    )
     assert "dags         features_daily__cdnow_purchases" in out
 
 

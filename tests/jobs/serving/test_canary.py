@@ -62,7 +62,7 @@ def test_the_canary_serves_its_share_with_the_challenger_and_keeps_its_entities_
         first = c.post("/predict/batch", json={"queries": queries(entities, "a")}).json()["predictions"]
         one_canary, one_home = min(at5), min(set(entities) - at25)
         singles = [c.post("/predict", json=queries([e], "s")[0]).json() for e in (one_canary, one_home)]
-        assert main(["--lake", lake.lake_root, "canary", "--next"]) == 0  # 0.05 -> 0.25
+        assert main(["--lake", lake.lake_root, "canary", "--share", "0.25"]) == 0  # the next stage, by hand
         assert "canary share 0.25" in capsys.readouterr().out
         assert state["challenger"].reload().status == "unchanged"  # same version, its new stage
         second = c.post("/predict/batch", json={"queries": queries(entities, "b")}).json()["predictions"]
