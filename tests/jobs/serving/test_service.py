@@ -398,3 +398,18 @@ def test_the_model_comes_from_the_settings_and_int_keys_are_checked(lake_cfg, mo
     assert bad.status_code == 422 and "must be an integer" in bad.text
     assert none.status_code == 422 and "missing key 'customer_id'" in none.text
     assert health["model_declaration"] == "repurchase_90d" and health["fingerprint"] == FS.fingerprint
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_the_start_up_heap_is_frozen_out_of_the_collector_while_serving_and_released_after(
+    lake_cfg, model_source, tmp_path, freeze
+):
+    import gc
+
+    assert gc.get_freeze_count() == 0
+    app = _app(lake_cfg, model_source, tmp_path, gc_freeze=freeze)
+    with TestClient(app) as c:
+        frozen = gc.get_freeze_count()
+        assert c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T12:00:00Z"}).status_code == 200
+    assert (frozen > 10_000) is freeze  # the store, its index and the model: every object alive at start-up
+    assert gc.get_freeze_count() == 0  # undone at shutdown: a test process (or a reloaded app) is not left frozen
