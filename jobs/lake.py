@@ -215,6 +215,11 @@ class Lake:
     def __repr__(self) -> str:
         return f"Lake({self.root!r})"
 
+    @property
+    def fs_root(self) -> str:
+        """The lake's root as a path of its filesystem ``fs`` (no protocol): what ``fs.glob`` returns under."""
+        return self._root
+
     def path(self, *parts: str) -> str:
         """URL of a location in the lake (a plain absolute path for a local lake)."""
         for part in parts:

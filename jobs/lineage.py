@@ -74,7 +74,7 @@ def tables(lake: Lake) -> list[str]:
 
 def _partitions_with(lake: Lake, marker: str) -> list[tuple[str, str]]:
     """``(table, ds)`` of every partition directory of the lake holding the file ``marker``."""
-    root = lake._root.rstrip("/")
+    root = lake.fs_root.rstrip("/")
     out = []
     for path in lake.fs.glob(f"{root}/**/ds=*/{marker}"):
         rel = path[len(root) + 1 :] if path.startswith(root + "/") else path
