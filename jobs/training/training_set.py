@@ -41,7 +41,7 @@ from jobs.lake import (
     Table,
     UnvalidatedPartitionError,
     inputs_fingerprints,
-    unvalidated_inputs,
+    parse_input_key,
 )
 from jobs.schemas import feature_schema
 from jobs.training.labels import horizon_end_ds, labels_schema, labels_table, resolve_model
@@ -166,12 +166,20 @@ def _lineage(lake: Lake, m: Model, plans: list[_Cutoff]) -> list[tuple[dict, lis
     days read that are not validated (``table/ds=D``). Each source's manifests are read once for all
     cut-offs (``inputs_fingerprints``)."""
     labels = labels_table(lake, m)
+    # no suite validates the labels table: the raw days each labels partition was built from are checked
+    # instead (its manifest's input ranges), with the same one read per (table, first day) as the joins' ranges
+    label_reads = {
+        p.ds: [r for r in map(parse_input_key, p.labels.inputs) if r is not None and r[2] >= r[1]] for p in plans
+    }
     ends: dict[tuple[str, str], set[str]] = {}
     for p in plans:
         for name, lo, hi in p.reads.values():
             ends.setdefault((name, lo), set()).add(hi)
     fingerprints = {k: inputs_fingerprints(lake.table(k[0]), k[1], his) for k, his in ends.items()}
-    not_validated = {k: lake.table(k[0]).unvalidated(k[1], max(his)) for k, his in ends.items()}
+    checked = {k: set(his) for k, his in ends.items()}
+    for name, lo, hi in (r for rs in label_reads.values() for r in rs):
+        checked.setdefault((name, lo), set()).add(hi)
+    not_validated = {k: lake.table(k[0]).unvalidated(k[1], max(his)) for k, his in checked.items()}
     out = []
     for p in plans:
         inputs = {f"{labels.name}/ds={p.ds}": p.labels.content_fingerprint}
@@ -179,8 +187,9 @@ def _lineage(lake: Lake, m: Model, plans: list[_Cutoff]) -> list[tuple[dict, lis
         for key, (name, lo, hi) in p.reads.items():
             inputs[key] = fingerprints[(name, lo)][hi]
             unvalidated += [f"{name}/ds={d}" for d in not_validated[(name, lo)] if d <= hi]
-        # no suite validates the labels table: the raw days its partition was built from are checked instead
-        unvalidated += [u for u in unvalidated_inputs(lake, p.labels.inputs) if u not in unvalidated]
+        for name, lo, hi in label_reads[p.ds]:
+            days = (f"{name}/ds={d}" for d in not_validated[(name, lo)] if d <= hi)
+            unvalidated += [u for u in days if u not in unvalidated]
         out.append((inputs, unvalidated))
     return out
 
