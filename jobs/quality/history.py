@@ -11,8 +11,10 @@ later day) is not in it: that is a harmless duplicate. Content is every raw colu
 ingestion time (``${event_content}``), hashed as ``jobs.quality.keys.row_hashes`` does.
 
 Cost: the id column of every earlier partition (one Parquet column read per day, cached per
-process by content fingerprint, so ``lockstep validate --ds A --to B`` reads each day once), then the
-content of the matching rows of the days that share an id with this one.
+process by content fingerprint, so ``lockstep validate --ds A --to B`` reads each day once), matched
+against this partition's ids in ONE hashed lookup over all earlier days (not one sorted ``isin`` per
+day: validating a year day by day was quadratic in sorts), then the content of the matching rows of
+the days that share an id with this one.
 """
 
 from __future__ import annotations
@@ -42,14 +44,18 @@ def parameters(expectations, table, ds: str, dataset) -> tuple[dict, dict[str, l
     names the parameter, ``meta.content`` the content columns), and per parameter the lines that
     explain the first few offending values."""
     params, details = {}, {}
+    earlier: list[str] | None = None  # the published days before ds, listed once for every parameter
     for e in expectations:
         meta = e.get("meta") or {}
         name = meta.get(EARLIER)
+        if name and earlier is None:
+            earlier = [d for d in table.partitions() if d < ds]
         if name == "event_ids_reused":
-            ids, lines = reused_event_ids(table, ds, dataset, e["kwargs"]["column"], list(meta["content"]))
+            column, content = e["kwargs"]["column"], list(meta["content"])
+            ids, lines = reused_event_ids(table, ds, dataset, column, content, earlier=earlier)
             params[name], details[name] = ids, list(lines.values())
         elif name == "recent_median_rows":
-            params[name], days = recent_median_rows(table, ds, int(meta.get("recent_days", 7)))
+            params[name], days = recent_median_rows(table, ds, int(meta.get("recent_days", 7)), earlier=earlier)
             if days:
                 details[name] = [f"median of the rows of {', '.join(days)}: {params[name]:g}"]
         elif name:
@@ -57,11 +63,12 @@ def parameters(expectations, table, ds: str, dataset) -> tuple[dict, dict[str, l
     return params, details
 
 
-def recent_median_rows(table, ds: str, n: int) -> tuple[float | None, list[str]]:
+def recent_median_rows(table, ds: str, n: int, earlier: list[str] | None = None) -> tuple[float | None, list[str]]:
     """(the median rows of the last ``n`` non-empty published partitions before ``ds`` — from their
-    manifests —, those days); (None, []) without any (the ceiling is not evaluated)."""
+    manifests —, those days); (None, []) without any (the ceiling is not evaluated). ``earlier``: the
+    published days before ``ds`` when the caller has listed them."""
     days, rows = [], []
-    for day in reversed([d for d in table.partitions() if d < ds]):
+    for day in reversed(earlier if earlier is not None else [d for d in table.partitions() if d < ds]):
         try:
             m = table.manifest(day)
         except LakeError:
@@ -76,10 +83,13 @@ def recent_median_rows(table, ds: str, n: int) -> tuple[float | None, list[str]]
     return float(np.median(rows)), sorted(days)
 
 
-def reused_event_ids(table, ds: str, dataset, event_id: str, content: list[str]) -> tuple[list | None, dict]:
+def reused_event_ids(
+    table, ds: str, dataset, event_id: str, content: list[str], earlier: list[str] | None = None
+) -> tuple[list | None, dict]:
     """(ids of ``dataset`` — the version of ``ds`` being validated — that an earlier partition of
     ``table`` holds with other content, {id: "first seen on ds=E as {...}; on ds=D as {...}"} for
-    the first few). ``None`` when the version lacks the id or a content column (not evaluated)."""
+    the first few). ``None`` when the version lacks the id or a content column (not evaluated).
+    ``earlier``: the published days before ``ds`` when the caller has listed them."""
     content = [c for c in content if c != event_id]
     if not {event_id, *content} <= set(dataset.schema.names):  # schema drift: the schema checks say so
         return None, {}
@@ -91,17 +101,25 @@ def reused_event_ids(table, ds: str, dataset, event_id: str, content: list[str])
     if not ids or not sum(len(i) for i in ids):
         return [], {}
     here_ids, here_hash = np.concatenate(ids), np.concatenate(hashes)
-    conflicts: dict = {}  # id -> earlier ds (the first one)
-    for day in [d for d in table.partitions() if d < ds]:
+    days = earlier if earlier is not None else [d for d in table.partitions() if d < ds]
+    chunks, owners = [], []  # every earlier day's ids, and the index (in days) of the day holding each
+    for n, day in enumerate(days):
         try:
-            earlier = _ids_of(table, day, event_id)
+            chunk = _ids_of(table, day, event_id)
         except LakeError as exc:  # that day's own validation reports it; this check cannot use it
             log.warning("event-id history: skipping %s ds=%s: %s", table.name, day, exc)
             continue
-        hit = np.isin(here_ids, earlier)
-        if not hit.any():
-            continue
-        shared = pd.unique(here_ids[hit])
+        chunks.append(chunk)
+        owners.append(np.full(len(chunk), n, dtype=np.int32))
+    if not chunks:
+        return [], {}
+    before, owner = pd.Series(np.concatenate(chunks)), np.concatenate(owners)
+    found = before.isin(pd.unique(here_ids)).to_numpy()  # one hash table of this partition's ids
+    conflicts: dict = {}  # id -> earlier ds (the first one)
+    for n in np.unique(owner[found]):  # the days sharing an id with this one, in order
+        day = days[n]
+        shared = pd.unique(before[found & (owner == n)].to_numpy())
+        hit = pd.Series(here_ids).isin(shared).to_numpy()
         rows = table.read(day, columns=[event_id, *content])
         rows = rows[rows[event_id].isin(shared)]
         theirs = dict(zip(rows[event_id].tolist(), row_hashes(rows, content).tolist(), strict=True))
