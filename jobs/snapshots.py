@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 
+import numpy as np
 import pandas as pd
 
 from features.spec import FeatureSet, kernel_fingerprint
 from jobs import engines
 from jobs.config import Config
+from jobs.engines.join import history_start
 from jobs.lake import UNVALIDATED_INPUTS, Lake, Manifest, Table, day_range, inputs_fingerprint, inputs_fingerprints
 from jobs.schemas import feature_schema
 
@@ -80,7 +82,9 @@ def build_snapshot(
 
 
 def _history(lake: Lake, fs: FeatureSet, ds: str) -> tuple[Table, str]:
-    """The set's source table and its first partition; a clear error when nothing was landed by ``ds``."""
+    """The set's source table and the first partition the snapshot of ``ds`` reads: the table's first,
+    or for a set with bounded windows the first that can hold an event inside one
+    (``jobs.engines.join.history_start``); a clear error when nothing was landed by ``ds``."""
     if fs.source is None:
         raise ValueError(f"feature set {fs.name!r} declares no source: nothing to build a snapshot from")
     raw = lake.table(fs.source.table)
@@ -89,7 +93,12 @@ def _history(lake: Lake, fs: FeatureSet, ds: str) -> tuple[Table, str]:
         raise ValueError(
             f"no raw_events partitions at or before ds={ds} in {raw.name} of {lake.root}; run the landing first"
         )
-    return raw, first
+    return raw, _start(fs, first, ds)
+
+
+def _start(fs: FeatureSet, first: str, ds: str) -> str:
+    """The first partition the snapshot of ``ds`` reads, given the table's ``first``."""
+    return max(first, history_start(fs, cutoff(ds)) or first)
 
 
 def _producer(cfg: Config, fs: FeatureSet, ds: str) -> dict:
@@ -121,9 +130,9 @@ def up_to_date(cfg: Config, ds: str, feature_set: str | FeatureSet | None = None
     if not table.exists(ds) or not table.validated(ds):
         return False
     m = table.manifest(ds)
-    raw = lake.table(fs.source.table)
-    first = raw.first_ds()
-    if first is None or first > ds:
+    try:
+        raw, first = _history(lake, fs, ds)
+    except ValueError:
         return False
     try:
         want = {f"{raw.name}/ds={first}..{ds}": inputs_fingerprint(raw, first, ds)}
@@ -191,11 +200,12 @@ def build_snapshot_range(
 ) -> list[Manifest]:
     """The snapshots of every day ``ds_from..ds_to`` from ONE engine pass over the raw history.
 
-    The pass reads the raw partitions ``first..ds_to`` once and queries, per bucket, every entity
+    The pass reads the raw partitions ``first..ds_to`` once (``first``: the first day's, see
+    ``_history``) and queries, per bucket, every entity
     known at each day's cut-off (``engines.Snapshots``: the union of the single-day queries). Its
     output is spilled to scratch (Arrow IPC files) split by day, then each day is published in day order as
     its own partition — the rows, content fingerprint, producer and inputs fingerprint
-    (``raw/ds=<first>..<ds>``) a single-day ``build_snapshot`` writes. Bit-identical because the raw
+    (``raw/ds=<first of ds>..<ds>``) a single-day ``build_snapshot`` writes. Bit-identical because the raw
     partition of day P only holds rows ingested on P (the raw suite's partition-time rule), so a
     later partition adds nothing visible at an earlier cut-off in ``known_at`` mode.
 
@@ -212,8 +222,12 @@ def build_snapshot_range(
     fs = feature_set_of(cfg, feature_set)
     lake = cfg.lake()
     days = day_range(ds_from, ds_to)
-    raw, first = _history(lake, fs, days[0])
-    inputs = inputs_fingerprints(raw, first, days)  # verifies every raw manifest before any work
+    raw, first = _history(lake, fs, days[0])  # the pass reads from the first day's first partition
+    table_first = raw.first_ds() if fs.horizon_days is not None else first
+    starts = {d: _start(fs, table_first, d) for d in days}
+    inputs: dict[str, str] = {}  # each day's inputs as its single-day build names them; every manifest verified
+    for start in dict.fromkeys(starts.values()):
+        inputs.update(inputs_fingerprints(raw, start, [d for d in days if starts[d] == start]))
     unvalidated = raw.unvalidated(first, days[-1])
     if unvalidated and not allow_unvalidated:  # as ``build_snapshot``: refused before any work
         raw.require_validated(first, days[-1], dataset="raw_events")
@@ -226,6 +240,7 @@ def build_snapshot_range(
     table = snapshot_table(lake, fs)
     by_cutoff = {cutoff(d): d for d in days}
     queries = engines.Snapshots(tuple(by_cutoff))
+    active = _active_entities(raw, fs, starts, first)
     with Spill(cfg, "snapshot_range") as spill:
         frames = engines.run(cfg, fs, files, queries, SNAPSHOT_MODE, **engine_options)
         for frame in frames:
@@ -235,6 +250,8 @@ def build_snapshot_range(
                 d = by_cutoff.get(pd.Timestamp(t))
                 if d is None:  # the engine returned a cut-off nobody asked for: never publish it
                     raise RuntimeError(f"snapshot range {days[0]}..{days[-1]}: engine output as_of {t} is no cut-off")
+                if d in active:  # the entities the single-day build of d knows: an event in its own days
+                    rows = rows[rows[fs.entity].isin(active[d]).to_numpy()]
                 spill.add(d, rows)
             del frame
 
@@ -248,8 +265,10 @@ def build_snapshot_range(
                         table.write_partition(
                             d,
                             data,
-                            producer=_range_producer(cfg, fs, d, raw.name, [u for u in unvalidated if u <= d]),
-                            inputs={f"{raw.name}/ds={first}..{d}": inputs[d]},
+                            producer=_range_producer(
+                                cfg, fs, d, raw.name, [u for u in unvalidated if starts[d] <= u <= d]
+                            ),
+                            inputs={f"{raw.name}/ds={starts[d]}..{d}": inputs[d]},
                             gate=gate,
                         )
                     )
@@ -276,6 +295,23 @@ def build_snapshots(
     # closed on an error too, so the bar's line ends before the error is printed
     with tqdm(days, desc=f"snapshots ({cfg.engine})", unit="day", disable=not progress) as bar:
         return [build_snapshot(cfg, d, feature_set, allow_unvalidated=allow_unvalidated, **engine_options) for d in bar]
+
+
+def _active_entities(raw: Table, fs: FeatureSet, starts: dict[str, str], first: str) -> dict[str, pd.Index]:
+    """``{day: the entities with an event in raw partitions starts[day]..day}`` for the days of a range
+    whose single-day build reads fewer partitions than the range pass (bounded windows): the pass knows
+    every entity since ``first``, the single build of a later day only those since its own start."""
+    later = [d for d in starts if starts[d] > first]
+    if not later:
+        return {}
+    per_day = {
+        p: pd.unique(raw.read(p, columns=[fs.entity])[fs.entity].to_numpy()) for p in day_range(first, max(later))
+    }
+    out = {}
+    for d in later:
+        keys = [per_day[p] for p in day_range(starts[d], d)]
+        out[d] = pd.Index(pd.unique(np.concatenate(keys)) if keys else [])
+    return out
 
 
 def _stopped_note(days: list[str], k: int) -> str:

@@ -40,6 +40,12 @@ def add_validate_parser(subparsers) -> argparse.ArgumentParser:
         help="report only: leave a failed partition published (a failed candidate pending)",
     )
     s.add_argument("--no-alert", action="store_true", help="do not send alerts")
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="validate a range in this many processes, each a run of consecutive days (default 1)",
+    )
     s.add_argument("--show-suite", action="store_true", help="print the bound suite as JSON and exit")
     s.set_defaults(func=cmd_validate)
     return s
@@ -96,6 +102,7 @@ def cmd_validate(args) -> int:
             alert=not args.no_alert,
             raise_on_failure=False,
             skip_missing=True,
+            workers=args.workers,
         )
     except (SuiteError, KeyError, ValueError) as exc:  # bad flags or names: a usage error
         return errors.report(exc, "validate", debug=debug, status=2)

@@ -23,6 +23,12 @@ published: a gap is a loud ``MissingPartitionError``):
   ``events_through`` when given (the training set passes the label's own last input day),
   else through the table's last partition.
 
+"The first partition" is the table's first, or — for a set whose every window is bounded
+(``FeatureSet.horizon_days``) — the day of the earliest ``as_of`` minus the longest window
+(:func:`history_start`), whichever is later: an event inside a window was ingested at or after its
+event time (the raw suite checks ``ingested_at >= event_ts`` and that a partition holds the day's
+ingestion times), so no earlier partition can hold one. A 7-day set reads 8 days, not the year.
+
 Output frames: the model's id columns, ``as_of``, the pass-through query columns (in query
 order), then ``model.feature_names``. For a one-set model whose query column is the set's
 entity this is exactly what one ``engines.run`` yields.
@@ -69,7 +75,7 @@ def join_features(
     """
     mode_of = _modes(model, modes)
     _check_queries(model, queries, getattr(cfg, "storage_options", None))
-    as_of_max = latest_as_of(cfg, queries)
+    as_of_min, as_of_max = as_of_bounds(cfg, queries)
     joins = model.joins
     scratch = None
     try:
@@ -77,7 +83,7 @@ def join_features(
         for i, join in enumerate(joins):
             fs = join.feature_set
             mode = mode_of[fs.name]
-            events = _events_files(cfg, fs, mode, as_of_max, events_through)
+            events = _events_files(cfg, fs, mode, as_of_min, as_of_max, events_through)
             if isinstance(current, Snapshot):
                 if join.key_name != fs.entity:
                     raise ValueError(
@@ -158,42 +164,67 @@ def _file_columns(path: str, storage_options=None) -> list[str]:
         return list(pq.ParquetFile(f).schema_arrow.names)
 
 
-def latest_as_of(cfg, queries) -> pd.Timestamp | None:
-    """The latest ``as_of`` of ``queries`` (a frame, Parquet files or a Snapshot; None for no rows)."""
+def as_of_bounds(cfg, queries) -> tuple[pd.Timestamp | None, pd.Timestamp | None]:
+    """The earliest and latest ``as_of`` of ``queries`` (a frame, Parquet files or a Snapshot; Nones
+    for no rows)."""
     if isinstance(queries, Snapshot):
-        return queries.as_of
+        return queries.as_of, queries.as_of
     if isinstance(queries, pd.DataFrame):
         if queries.empty:
-            return None
+            return None, None
         s = pd.to_datetime(queries[AS_OF], utc=True)
-        return s.max()
+        return s.min(), s.max()
     opts = getattr(cfg, "storage_options", None) or {}
-    best = None
+    lo = hi = None
     for path in queries:
         fs, p = fsspec.core.url_to_fs(path, **opts)
         with fs.open(p, "rb") as f:
             col = pq.ParquetFile(f).read(columns=[AS_OF]).column(AS_OF)
         if len(col) == 0:
             continue
-        m = pc.max(col).as_py()
-        t = pd.Timestamp(m)
-        t = t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
-        best = t if best is None or t > best else best
-    return best
+        bounds = pc.min_max(col)
+        first, last = (_utc(bounds[k].as_py()) for k in ("min", "max"))
+        lo = first if lo is None or first < lo else lo
+        hi = last if hi is None or last > hi else hi
+    return lo, hi
+
+
+def _utc(value) -> pd.Timestamp:
+    t = pd.Timestamp(value)
+    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+
+
+def history_start(fs, as_of) -> str | None:
+    """The first ingest partition that can hold an event inside a window of ``fs`` for a query at
+    ``as_of``: the day of ``as_of`` minus the set's longest window; None when a window is unbounded
+    (every partition can) or there is no query."""
+    horizon = fs.horizon_days
+    if horizon is None or as_of is None:
+        return None
+    return (pd.Timestamp(as_of).tz_convert("UTC") - pd.Timedelta(days=horizon)).strftime("%Y-%m-%d")
 
 
 def events_range(
-    cfg, fs, mode: str, as_of_max, events_through: str | None = None, *, first: str | None = None
+    cfg,
+    fs,
+    mode: str,
+    as_of_max,
+    events_through: str | None = None,
+    *,
+    first: str | None = None,
+    as_of_min=None,
 ) -> tuple[str, str] | None:
     """``(first, last)`` ingest partitions of ``fs.source.table`` a pass reads (module docstring);
     None when there are none (no source, no queries, an empty table). ``first``: the table's first
-    partition when the caller already knows it (a range plans many cut-offs; listing is not free)."""
+    partition when the caller already knows it (a range plans many cut-offs; listing is not free).
+    ``as_of_min``: the earliest query, which bounds the first partition of a set with bounded windows."""
     if fs.source is None or as_of_max is None:
         return None
     table = cfg.lake().table(fs.source.table)
     first = first or table.first_ds()
     if first is None:
         return None
+    first = max(first, history_start(fs, as_of_min) or first)
     if mode == "known_at":
         last = (as_of_max - pd.Timedelta(microseconds=1)).strftime("%Y-%m-%d")
     else:
@@ -203,8 +234,8 @@ def events_range(
     return first, last
 
 
-def _events_files(cfg, fs, mode: str, as_of_max, events_through: str | None) -> list[str]:
-    rng = events_range(cfg, fs, mode, as_of_max, events_through)
+def _events_files(cfg, fs, mode: str, as_of_min, as_of_max, events_through: str | None) -> list[str]:
+    rng = events_range(cfg, fs, mode, as_of_max, events_through, as_of_min=as_of_min)
     if rng is None:
         return []
     return cfg.lake().table(fs.source.table).files(*rng)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import os
 import signal
 import subprocess
@@ -137,18 +138,62 @@ def land_history(cfg, model, validate_through: str | None = None) -> list:
     """Every source the model reads, landed over its declared span and validated (through
     ``validate_through``, default: the whole span) — what the daily DAGs would have landed and validated:
     labels, training sets and snapshots refuse raw days that are not validated."""
-    from jobs.ingest.landing import land
     from jobs.quality.validate import validate_range
+
+    out = land_sources(cfg, model)
+    for source in model.sources:
+        last = min(source.span[1], validate_through or source.span[1])
+        if last >= source.span[0]:
+            validate_range(
+                cfg,
+                "raw_events",
+                source.span[0],
+                last,
+                source=source.name,
+                alert=False,
+                docs=False,
+                workers=DEMO_WORKERS,
+            )
+    return out
+
+
+def land_sources(cfg, model) -> list:
+    """Every source the model reads, landed over its declared span (not validated)."""
+    from jobs.ingest.landing import land
 
     out = []
     for source in model.sources:
         if not source.span:
             raise ValueError(f"source {source.name!r} declares no span: the demo cannot tell which days to land")
         out += land(cfg, source.name, *source.span)
-        last = min(source.span[1], validate_through or source.span[1])
-        if last >= source.span[0]:
-            validate_range(cfg, "raw_events", source.span[0], last, source=source.name, alert=False, docs=False)
     return out
+
+
+#: Processes validating the history (the machine is otherwise idle then; 2 cores).
+DEMO_WORKERS = 2
+#: Days validated after the demo's last features day: what the skew job's late-data window (``late_days``,
+#: 3 by default) reads past it. The features backfill's first run also builds these days' snapshots (it
+#: builds every landed and validated day whose snapshot is missing), so the tail stays this short.
+DEMO_TAIL_DAYS = 3
+
+
+def validation_window(model, cutoffs: list[str], last_features_day: str) -> tuple[str | None, str]:
+    """The raw days the demo's pipeline reads, ``(first, last)``: from the first training cut-off's
+    look-back (the longest window of the model's sets, one day more, and the labels' own reads, e.g. a
+    timetable published ``lead_days`` ahead) — ``None`` when a set reads all history — through the last
+    cut-off's labels' reads or :data:`DEMO_TAIL_DAYS` after the last features day, whichever is later.
+    The demo validates these days of its sources (``first`` None: from the span's first): no stage of
+    the demo reads the others, and validating a year of three sources costs minutes."""
+    first_cutoff = min(cutoffs)
+    tail = (dt.date.fromisoformat(last_features_day) + dt.timedelta(days=DEMO_TAIL_DAYS)).isoformat()
+    last = max([tail, *(hi for _, hi in model.label_reads(max(cutoffs)).values())])
+    horizons = [fs.horizon_days for fs in model.feature_sets]
+    if any(h is None for h in horizons):
+        return None, last
+    cutoff = dt.date.fromisoformat(first_cutoff)
+    firsts = [(cutoff - dt.timedelta(days=math.ceil(max(horizons, default=0.0)) + 1)).isoformat()]
+    firsts += [lo for lo, _ in model.label_reads(first_cutoff).values()]
+    return min(firsts), last
 
 
 def _floor(cfg, model: str) -> str:
@@ -332,13 +377,33 @@ def run_demo(
     af.init()
     _step(1, STEPS, f"Airflow home {af.home} (SQLite, LocalExecutor, dags/ = {af.dags_folder})", t0)
 
-    raw = land_history(cfg, decl)
-    tables = sorted({m.table for m in raw})
-    _step(2, STEPS, f"{', '.join(tables)}: {len(raw)} days landed and validated ({raw[0].ds}..{raw[-1].ds})", t0)
-
+    from jobs.quality.validate import validate_range
     from jobs.training.labels import latest_mature_cutoff
 
-    conf = {**training_conf_for(decl, latest_mature_cutoff(cfg, decl), before=ds_from), **(training_conf or {})}
+    # A model whose sets read bounded windows reads only the raw days around its cut-offs and features
+    # days (``jobs.engines.join.history_start``): those are validated; the rest of the span is landed only
+    # (a year of three sources would be minutes of validation no stage of the demo reads).
+    raw = land_sources(cfg, decl)
+    latest = latest_mature_cutoff(cfg, decl)
+    conf = {**training_conf_for(decl, latest, before=ds_from), **(training_conf or {})}
+    before = (dt.date.fromisoformat(ds_from) - dt.timedelta(days=1)).isoformat()
+    window = o.training_window(decl, conf, None, min(d for d in (latest, before) if d))
+    first, through = validation_window(decl, window["cutoffs"], last)
+    checked = 0
+    for s in decl.sources:
+        lo, hi = max(s.span[0], first or s.span[0]), min(s.span[1], through)
+        checked += len(
+            validate_range(cfg, "raw_events", lo, hi, source=s.name, alert=False, docs=False, workers=DEMO_WORKERS)
+        )
+    tables = sorted({m.table for m in raw})
+    _step(
+        2,
+        STEPS,
+        f"{', '.join(tables)}: {len(raw)} days landed ({raw[0].ds}..{raw[-1].ds}), the {checked} the demo reads "
+        f"validated ({first or 'from the first'}..{through})",
+        t0,
+    )
+
     proc = af.dags_test(training_dag, conf=conf, check=False, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{training_dag} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}")

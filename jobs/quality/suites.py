@@ -41,6 +41,8 @@ from typing import Any
 
 from jobs.quality.errors import SuiteError
 
+#: The row-count floor of a bounded feature set's snapshot, as a GE parameter expression.
+BOUNDED_SNAPSHOT_ROWS_FLOOR = "previous_rows * 0.5"
 DATASETS = ("raw_events", "feature_snapshots", "training_sets", "predictions", "serving_logs")
 #: Which declaration each dataset's suite is derived from.
 BOUND_TO = {
@@ -269,6 +271,9 @@ def _binding(dataset: str, src, fs, mdl) -> dict[str, Any]:
         )
     if fs is not None:
         out.update({"${entity}": fs.entity, "${feature_set}": fs.name, "${features}": list(fs.feature_names)})
+        # a bounded set's snapshot lists only the entities seen within its longest window (README, "How much
+        # history a read takes"): its row count may fall, by less than half in a day
+        out["${snapshot_rows_floor}"] = "previous_rows" if fs.horizon_days is None else BOUNDED_SNAPSHOT_ROWS_FLOOR
     if mdl is not None:
         ids = [c for c, _ in mdl.id_columns]
         out.update(

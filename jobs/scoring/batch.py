@@ -38,7 +38,15 @@ import pyarrow as pa
 
 from features.model import EntitySnapshots
 from jobs.config import Config
-from jobs.lake import UNVALIDATED_INPUTS, LakeError, Manifest, Table, UnvalidatedPartitionError, unvalidated_inputs
+from jobs.lake import (
+    UNVALIDATED_INPUTS,
+    LakeError,
+    Manifest,
+    Table,
+    UnvalidatedPartitionError,
+    inputs_fingerprint,
+    unvalidated_inputs,
+)
 from jobs.models.registry import CHALLENGER, CHAMPION, LoadedModel, Registry
 from jobs.schemas import UTC_US, predictions_schema
 from jobs.snapshots import cutoff, snapshot_table
@@ -259,8 +267,7 @@ def query_rows_of_day(cfg: Config, decl, ds: str) -> pd.DataFrame:
         frame["as_of"] = pd.Series([], dtype="datetime64[us, UTC]")
         return frame
     cols = list(dict.fromkeys([*ids, q.time, src.ingested_at]))
-    # a query row of D+1 lands from D+1 - lead_days on; what has landed by D is what is scored
-    lo = max(first, (pd.Timestamp(ds) + pd.Timedelta(days=1 - q.lead_days)).strftime("%Y-%m-%d"))
+    lo = _query_days_from(decl, first, ds)
     rows = raw.read(lo, ds, columns=cols) if lo <= ds else raw.read(ds, ds, columns=cols).iloc[0:0]
     as_of = rows[q.time] + pd.Timedelta(microseconds=q.offset_us)
     day = as_of.dt.tz_convert("UTC").dt.floor("D")
@@ -271,6 +278,12 @@ def query_rows_of_day(cfg: Config, decl, ds: str) -> pd.DataFrame:
     return out
 
 
+def _query_days_from(decl, first: str, ds: str) -> str:
+    """The first ingest partition of the query source holding a query of day D+1: a query row of
+    D+1 lands from D+1 - ``lead_days`` on (what has landed by D is what is scored)."""
+    return max(first, (pd.Timestamp(ds) + pd.Timedelta(days=1 - decl.queries.lead_days)).strftime("%Y-%m-%d"))
+
+
 def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: dict):
     from jobs.engines.join import join_features
 
@@ -278,8 +291,10 @@ def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: 
     ids = [c for c, _ in decl.id_columns]
     names = list(decl.feature_names)
     src = decl.queries.source
-    first = cfg.lake().table(src.table).first_ds()
-    inputs = {f"{src.table}/ds={first}..{ds}": _inputs_fingerprint(cfg, src.table, ds)} if first else {}
+    raw = cfg.lake().table(src.table)
+    first = raw.first_ds()
+    lo = _query_days_from(decl, first, ds) if first else None
+    inputs = {f"{src.table}/ds={lo}..{ds}": inputs_fingerprint(raw, lo, ds)} if first and lo <= ds else {}
 
     def batches():
         for frame in join_features(cfg, decl, queries, **engine_options):
@@ -289,14 +304,6 @@ def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: 
                 yield tbl.select(ids), _matrix(tbl, names)
 
     return decl.fingerprint, inputs, batches(), len(queries)
-
-
-def _inputs_fingerprint(cfg: Config, table: str, ds: str) -> str:
-    from jobs.lake import inputs_fingerprint
-
-    raw = cfg.lake().table(table)
-    first = raw.first_ds()
-    return inputs_fingerprint(raw, first, ds) if first is not None and first <= ds else ""
 
 
 # ----------------------------------------------------------------------------- rows

@@ -60,6 +60,7 @@ import pyarrow as pa
 
 from features.spec import FeatureSet
 from jobs import engines
+from jobs.engines.join import history_start
 from jobs.lake import UNVALIDATED_INPUTS, MissingPartitionError, UnvalidatedPartitionError
 from jobs.serving.log import (
     SERVING_LOGS_TABLE,
@@ -414,6 +415,7 @@ def recompute(
     first, last = raw.first_ds(), raw.last_ds()
     if first is None:
         raise ValueError(f"no {fs.source.table} partitions in {cfg.lake().root}")
+    first = _reads_from(fs, first, ds, logs["request_time"].min() if len(logs) else None)
     end = min(last, (pd.Timestamp(ds) + pd.Timedelta(days=late_days)).strftime("%Y-%m-%d"))
     queries = pd.DataFrame(
         {
@@ -495,6 +497,15 @@ def stale_vectors(
     return out, notes
 
 
+def _reads_from(fs: FeatureSet, first: str, ds: str, earliest=None) -> str:
+    """The first raw partition the recomputation of ``fs`` for the log of ``ds`` reads: the table's
+    ``first``, or for bounded windows the first that can hold an event inside one for a request of day
+    ``ds`` (or at ``earliest``, when a logged request is earlier) — ``jobs.engines.join.history_start``."""
+    day = pd.Timestamp(ds, tz="UTC")
+    as_of = day if earliest is None else min(day, pd.Timestamp(earliest).tz_convert("UTC"))
+    return max(first, history_start(fs, as_of) or first)
+
+
 def _unvalidated_inputs(lake, decl, logs_table: str, ds: str, late_days: int, allow: bool) -> list[str]:
     """The serving-log day and each joined set's raw days ``first..min(last, ds + late_days)`` (what
     ``recompute`` reads) without a validated version; UnvalidatedPartitionError unless ``allow``."""
@@ -504,6 +515,7 @@ def _unvalidated_inputs(lake, decl, logs_table: str, ds: str, late_days: int, al
         raw = lake.table(name)
         first, last = raw.first_ds(), raw.last_ds()
         if first is not None:  # no raw day at all: recompute says so
+            first = min(_reads_from(fs, first, ds) for fs in decl.feature_sets if fs.source and fs.source.table == name)
             checks.append((raw, first, min(last, end), "raw_events"))
     out = []
     for table, lo, hi, dataset in checks:

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from features.model import EntitySnapshots, Model
 from jobs.config import Config
-from jobs.engines.join import events_range, join_features, latest_as_of
+from jobs.engines.join import as_of_bounds, events_range, join_features
 from jobs.lake import (
     UNVALIDATED_INPUTS,
     Lake,
@@ -148,13 +148,13 @@ def _plan(cfg: Config, m: Model, days: list[str]) -> list[_Cutoff]:
                 raise ValueError(f"no {hist.name} partitions before cut-off {ds} in {lake.root}")
         through = label_manifest.producer.get("inputs_through") or horizon_end_ds(m, ds)
         query_files = labels.files(ds)
-        as_of_max = latest_as_of(cfg, query_files)
+        as_of_min, as_of_max = as_of_bounds(cfg, query_files)
         reads = {}
         for fs in m.feature_sets:
             if fs.source is None:
                 continue
             name = lake.table(fs.source.table).name
-            rng = events_range(cfg, fs, modes[fs.name], as_of_max, through, first=first_of(name))
+            rng = events_range(cfg, fs, modes[fs.name], as_of_max, through, first=first_of(name), as_of_min=as_of_min)
             if rng is not None:
                 reads[f"{name}/ds={rng[0]}..{rng[1]}"] = (name, *rng)
         out.append(_Cutoff(ds, label_manifest, query_files, through, reads))

@@ -147,3 +147,17 @@ def test_the_demo_backfills_every_source_a_model_reads_and_trains_on_a_short_win
         "holdback_to": "2013-11-30",
     }
     assert demo.features_window(flights.queries.source) == ("2013-12-01", "2013-12-03")
+
+
+def test_the_demo_validates_the_days_its_pipeline_reads():
+    from jobs.config import Config
+
+    repo = Config().repo()
+    flights, cdnow_model = repo.model("dep_delay_15"), repo.model("repurchase_90d")
+    cutoffs = [f"2013-11-{d:02d}" for d in range(3, 31)]
+    # plane_recent_v1's 7-day window + 1 day before the first cut-off; the timetable's 7-day lead reads
+    # 2013-10-27; the last cut-off's outcomes read 2013-12-02; the skew job's late-data window 3 days past Dec 3
+    assert demo.validation_window(flights, cutoffs, "2013-12-03") == ("2013-10-26", "2013-12-06")
+    # CDNOW's set reads all history; the 90-day labels of the last cut-off read past the tail
+    first, last = demo.validation_window(cdnow_model, ["1998-02-02", "1998-03-30"], "1998-06-03")
+    assert first is None and last == cdnow_model.label_reads("1998-03-30")["cdnow_purchases"][1] > "1998-06-06"

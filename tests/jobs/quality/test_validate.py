@@ -252,6 +252,26 @@ def test_a_range_validates_every_day_and_quarantines_only_the_bad_one(cfg, cdnow
         validate_range(cfg, "raw_events", "1997-01-01", "1997-01-03")
 
 
+def test_a_range_in_two_processes_judges_every_day_as_one_process_does(cfg, cdnow):
+    """``validate_range(workers=2)``: runs of consecutive days in spawned processes, the last day here."""
+    table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
+    days = [f"1997-01-0{d}" for d in range(1, 8)]
+    for ds in days:
+        df = raw_day(cdnow, ds)
+        if ds == "1997-01-05":
+            df.loc[0, "amount"] = -1.0
+        table.write_partition(ds, df, producer={"job": "test"})
+    results = validate_range(cfg, "raw_events", days[0], days[-1], workers=2, raise_on_failure=False)
+    assert [(r.ds, r.success) for r in results] == [(d, d != "1997-01-05") for d in days]
+    (bad,) = [r for r in results if not r.success]
+    assert [o.type for o in bad.failed] == ["expect_column_values_to_be_between"]
+    assert table.partitions() == [d for d in days if d != "1997-01-05"]  # quarantined by its worker
+    assert [a["partition"] for a in alerts(cfg)] == ["raw_events/cdnow_purchases/ds=1997-01-05"]
+    for ds in table.partitions():  # each stored result is the one returned
+        stored = json.loads(Path(table.partition_path(ds), RESULT_FILE).read_text())
+        assert stored["success"] is True and stored["run_id"] == results[days.index(ds)].run_id
+
+
 def test_a_missing_day_does_not_stop_the_range(cfg, cdnow):
     table = cfg.lake().table(RAW_TABLE, RAW_EVENTS)
     for ds in ("1997-01-01", "1997-01-03", "1997-01-04"):

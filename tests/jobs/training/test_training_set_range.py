@@ -9,6 +9,7 @@ outcome per query row, three feature sets joined on two keys) on six landed days
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import shutil
 from pathlib import Path
 
@@ -207,12 +208,19 @@ def test_flights_range_equals_the_per_cutoff_builds(flights_lake, tmp_path):
     want, got = _manifests(single, model, days), _manifests(ranged, model, days)
     assert _lineage(got) == _lineage(want)
     assert len(model.feature_sets) == 3 and [m.rows for m in got.values()] == [942, 916, 915, 729, 825, 930]
-    # three sets' sources, each read through the day before the cut-off's last as_of
-    assert sorted(k.rpartition("/ds=")[0] for k in got[days[-1]].inputs) == [
+    # three sets' sources, each read through the day before the cut-off's last as_of, each from its own
+    # longest window before the first as_of: flights twice (plane_recent_v1 7 days, origin_congestion_v1 24 h)
+    reads = sorted(k.rpartition("/ds=") for k in got[days[-1]].inputs)
+    assert [t for t, _, _ in reads] == [
         "labels/dep_delay_15",
+        "raw_events/flights",
         "raw_events/flights",
         "raw_events/weather",
     ]
+    (congestion, plane) = sorted((r for t, _, r in reads if t == "raw_events/flights"), reverse=True)
+    first = dt.date.fromisoformat(congestion.split("..")[0])
+    assert plane.split("..")[1] == congestion.split("..")[1]
+    assert dt.date.fromisoformat(plane.split("..")[0]) == first - dt.timedelta(days=6)
     key = ["flight_id"]
     a = training_set_table(single.lake(), model).read(days[2]).sort_values(key, ignore_index=True)
     b = training_set_table(ranged.lake(), model).read(days[2]).sort_values(key, ignore_index=True)
