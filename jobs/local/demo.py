@@ -6,7 +6,8 @@ days come from the declarations: the sources' ``span``. Per model:
 
 1. an Airflow home ``.lockstep/airflow`` (SQLite, LocalExecutor, the repo's ``dags/``, the
    ``lockstep`` pool, login admin/admin);
-2. the history of every source the model reads landed in bulk (its declared span) and validated — what
+2. the history of every source the model reads landed in bulk (its declared span) and the days the demo's
+   stages read validated (:func:`validation_window`; all of them for a set with an unbounded window) — what
    months of ``features_daily__<source>`` runs would have landed and validated, so the labels of the
    training DAG are mature and its inputs validated;
 3. the ``training__<model>`` DAG (``airflow dags test``, with a small window): labels, point-in-time
@@ -14,7 +15,8 @@ days come from the declarations: the sources' ``span``. Per model:
    promotion to champion (only if it beats the baseline on validation);
 4. the scheduler, DAG processor and API server started; a **backfill** of ``features_daily__<source>``
    for every source the model reads, all at once, over ``days`` days (from the first day of the span's last month) created through the REST API (what
-   the UI's Backfill dialog does); each validated snapshot emits an Asset event that triggers
+   the UI's Backfill dialog does; its Param ``range_days`` = ``days``, so the first run's range build stops at
+   the backfill's last day); each validated snapshot emits an Asset event that triggers
    ``batch_scoring__<model>`` (champion + shadow challenger -> validation -> SQL table);
 5. the services stopped;
 6. the reference serving service (``uvicorn``, ``fresh`` mode, the champion) started on a free local
@@ -424,7 +426,9 @@ def run_demo(
         deadline = time.monotonic() + timeout
         # one backfill per source DAG, all at once (the scheduler interleaves their runs)
         backfills = {
-            dag_id: af.create_backfill(dag_id, ds_from, last, max_active_runs=2, reprocess="completed")
+            dag_id: af.create_backfill(
+                dag_id, ds_from, last, conf={"range_days": days}, max_active_runs=2, reprocess="completed"
+            )
             for dag_id in backfilled
         }
         for dag_id, backfill in backfills.items():

@@ -119,13 +119,19 @@ def test_training_set_equals_a_naive_per_row_computation(tmp_path, key_type):
     assert got["courier_pings_1h"].sum() > 0 and got["shop_orders_6h"].sum() > 0
     assert m.producer["feature_set_fingerprint"] == model.fingerprint
     assert [s["name"] for s in m.producer["feature_sets"]] == [fs.name for fs in model.feature_sets]
+    # each set reads from the day of the earliest query minus its longest window (hour windows: not the table's
+    # first day; README "How much history a read takes")
+    earliest = labels["as_of"].min()
+
+    def first(fs) -> str:
+        since = (earliest - pd.Timedelta(days=fs.horizon_days)).strftime("%Y-%m-%d")
+        return max(cfg.lake().table(fs.source.table).first_ds(), since)
+
     assert sorted(m.inputs) == sorted(
         [f"labels/{model.name}/ds=2024-01-03"]
-        + [
-            f"raw_events/{fs.source.name}/ds={cfg.lake().table(fs.source.table).first_ds()}..2024-01-03"
-            for fs in model.feature_sets
-        ]
+        + [f"raw_events/{fs.source.name}/ds={first(fs)}..2024-01-03" for fs in model.feature_sets]
     )
+    assert [first(fs) for fs in model.feature_sets] == ["2024-01-02", "2024-01-02"]
 
 
 @pytest.mark.parametrize("key_type", ["int64", "string"])
