@@ -71,6 +71,7 @@ import concurrent.futures as cf
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -163,6 +164,9 @@ class Settings:
     shadow: bool = True
     challenger_version: str | None = None
     shadow_queue_size: int = 1000
+    #: the shadow worker lets this many ms of offers queue up behind the first before one model call
+    #: scores them all (``ShadowScorer.linger_s``; 0: score what is queued at once)
+    shadow_linger_ms: float = 0.0
     #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
     #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
     #: salt of the entity hash (another salt: another population)
@@ -188,6 +192,10 @@ class Settings:
     #: garbage collector's reach (``gc.freeze``; undone at shutdown): a full collection otherwise walks
     #: that whole heap, a pause of a request or more (bench.serving: /predict/batch client p99)
     gc_freeze: bool = True
+    #: the interpreter's thread switch interval while the service runs (``sys.setswitchinterval``;
+    #: None: Python's, 5 ms): how long the event loop, coming back from a call that released the GIL,
+    #: may wait for a background thread (shadow worker, WAL writers) to hand it back
+    switch_interval_ms: float | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -842,6 +850,7 @@ def create_app(
             ServingLog(shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync),
             scores_of,
             queue_size=settings.shadow_queue_size,
+            linger_s=settings.shadow_linger_ms / 1000,
             on_drop=_shadow_dropped(cfg, decl.name, prom),
             on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
         )
@@ -1069,6 +1078,9 @@ def create_app(
                 challenger.wake()
 
         hup = _on_sighup(wake)
+        interval = sys.getswitchinterval()
+        if settings.switch_interval_ms is not None:
+            sys.setswitchinterval(settings.switch_interval_ms / 1000)
         if settings.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -1077,6 +1089,7 @@ def create_app(
         finally:
             if settings.gc_freeze:
                 gc.unfreeze()
+            sys.setswitchinterval(interval)
             hup()
             monitor.stop()
             drift.stop()
