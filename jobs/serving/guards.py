@@ -259,7 +259,11 @@ class GuardMonitor:
                     return verdict
                 theirs = self.peers.claimed(name)  # another worker claimed it first
             if verdict.breached or theirs is not None:
-                stop = verdict if theirs is None else Verdict.from_json(theirs)
+                stop = verdict
+                try:
+                    stop = verdict if theirs is None else Verdict.from_json(theirs)
+                except (KeyError, TypeError, ValueError):  # a claim without its evidence: stopped all the same
+                    log.warning("canary v%s: another worker's breach claim has no readable verdict", version)
                 log.warning("canary v%s stopped by another worker's guards: %s", version, stop.breaches)
                 try:
                     self.on_follow(version, stop)  # in this process only: the claimant recorded and alerted

@@ -79,6 +79,16 @@ def test_the_guards_judge_both_workers_windows_and_one_of_them_takes_the_breach(
     assert claim["by"] == "a" and claim["n_canary"] == 17
 
 
+def test_a_claim_without_its_evidence_still_stops_the_canary_in_this_worker(tmp_path):
+    wa, a, breaches, follows = worker(tmp_path, "a")
+    feed(wa, 12)  # healthy here
+    (tmp_path / "claim-canary-breach-2.json").write_text('{"by": "b"}')  # b took a breach, its evidence is gone
+    got = a.evaluate()
+    assert (got.judged, got.breached, got.n_canary) == (True, False, 12)  # a's own verdict
+    assert breaches == [] and follows == [("2", got)] and set(a.stopped) == {"2"}
+    assert a.evaluate() is None
+
+
 def test_the_last_window_observations_by_time_over_every_worker():
     old = np.array([[1.0, 0, 0, 0.1, 10.0], [2.0, 0, 0, 0.1, 30.0]])
     new = np.array([[3.0, 0, 0, 0.1, 20.0], [4.0, 0, 0, 0.1, 40.0]])
