@@ -165,8 +165,9 @@ class Settings:
     challenger_version: str | None = None
     shadow_queue_size: int = 1000
     #: the shadow worker lets this many ms of offers queue up behind the first before one model call
-    #: scores them all (``ShadowScorer.linger_s``; 0: score what is queued at once)
-    shadow_linger_ms: float = 0.0
+    #: scores them all (``ShadowScorer.linger_s``; 0: score what is queued at once). 20 ms halved the
+    #: shadow worker's CPU per request (``python -m bench.serving.profile_batch --single --shadow``)
+    shadow_linger_ms: float = 20.0
     #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
     #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
     #: salt of the entity hash (another salt: another population)
