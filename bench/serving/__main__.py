@@ -151,7 +151,7 @@ def cdnow_lake(root: Path, day: str):
     return cfg
 
 
-def lgbm_model(cfg, day: str, trees: int = 200):
+def lgbm_model(cfg, day: str, trees: int = 200, version: int = 1, seed: int = 0):
     """A LightGBM model the size of a production one (200 trees x 31 leaves) over the feature set,
     fit on the snapshot before ``day`` with a synthetic label: scoring cost is what matters here."""
     import lightgbm as lgb
@@ -162,15 +162,15 @@ def lgbm_model(cfg, day: str, trees: int = 200):
 
     snap = snapshot_table(cfg.lake(), FS).read((pd.Timestamp(day) - pd.Timedelta(days=1)).strftime("%Y-%m-%d"))
     x = snap[list(FS.feature_names)].to_numpy(dtype=np.float64, na_value=np.nan)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     y = ((snap["recency_days"].fillna(999).to_numpy() < 30) ^ (rng.random(len(x)) < 0.2)).astype(int)
     booster = lgb.train(
-        {"objective": "binary", "num_leaves": 31, "verbosity": -1, "seed": 0, "num_threads": 1},
+        {"objective": "binary", "num_leaves": 31, "verbosity": -1, "seed": seed, "num_threads": 1},
         lgb.Dataset(x, y),
         trees,
     )
     lineage = {"feature_set_fingerprint": FS.fingerprint, "feature_names": list(FS.feature_names)}
-    return BoosterModel(LoadedModel(ModelInfo("bench_lgbm", 1, [], {}, {}, "", ""), booster, lineage))
+    return BoosterModel(LoadedModel(ModelInfo("bench_lgbm", version, [], {}, {}, "", ""), booster, lineage))
 
 
 def bench_inprocess(cfg, day: str, model, n: int = 3000) -> list[tuple]:

@@ -250,6 +250,12 @@ def run_once(app_factory, script: Path, seconds: float, connections: int, profil
             out["loop"].call_soon_threadsafe(lambda: (prof.disable(), done.set()))
             done.wait(30)
         threads1 = {t.id: t.user_time + t.system_time for t in proc.threads()}
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        per: dict[str, float] = {}
+        for tid, cpu in threads1.items():
+            name = "event loop" if tid == main_tid else names.get(tid, "other (native)")
+            per[name] = per.get(name, 0.0) + cpu - threads0.get(tid, 0.0)
+        out["threads"] = per
         out["wrk"] = parse_wrk(text)
         out["wall"] = wall
         out["cpu"] = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
@@ -281,9 +287,15 @@ def main(argv=None) -> int:
     p.add_argument("--size", type=int, default=100)
     p.add_argument("--no-profile", action="store_true", help="only the unprofiled run")
     p.add_argument("--dump", help="write the cProfile stats here (pstats format)")
+    p.add_argument(
+        "--single", action="store_true", help="POST /predict one query per request (the lifecycle rows' load)"
+    )
+    p.add_argument("--shadow", action="store_true", help="a second 200-tree version shadows every request")
+    p.add_argument("--switch-interval-ms", type=float, help="Settings.switch_interval_ms of the service")
+    p.add_argument("--shadow-linger-ms", type=float, default=0.0, help="Settings.shadow_linger_ms of the service")
     args = p.parse_args(argv)
 
-    from bench.serving.__main__ import batch_bodies, cdnow_lake, lgbm_model, wrk_script
+    from bench.serving.__main__ import FS, batch_bodies, cdnow_lake, lgbm_model, wrk_script
     from jobs.serving.app import Settings, create_app
     from jobs.serving.model import StaticSource
 
@@ -292,27 +304,47 @@ def main(argv=None) -> int:
         root = Path(tmp)
         cfg = cdnow_lake(root, day)
         model = lgbm_model(cfg, day)
-        script = wrk_script(batch_bodies(cfg, day, size=args.size), root / "batch.lua", "/predict/batch")
+        models = (model, lgbm_model(cfg, day, version=2, seed=1)) if args.shadow else (model,)
+        challenger = (model.name, "2") if args.shadow else None
+        if args.single:
+            from jobs.serving.replay import plan_day
+            from jobs.serving.store import read_lake_events
+
+            plan = plan_day(read_lake_events(cfg, FS), day, 20_000, seed=4)
+            single = [
+                {"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()
+            ]
+            script = wrk_script(single, root / "single.lua", "/predict")
+            args.size = 1
+        else:
+            script = wrk_script(batch_bodies(cfg, day, size=args.size), root / "batch.lua", "/predict/batch")
         print(f"lake and model ready; load avg {os.getloadavg()[0]:.2f}", flush=True)
         runs = iter(range(10))
 
         def factory():
             settings = Settings(
-                lake_root=cfg.lake_root, wal_dir=str(root / f"wal{next(runs)}"), mode=args.mode, refresh_s=0
+                lake_root=cfg.lake_root,
+                wal_dir=str(root / f"wal{next(runs)}"),
+                mode=args.mode,
+                refresh_s=0,
+                shadow=args.shadow,
+                switch_interval_ms=args.switch_interval_ms,
+                shadow_linger_ms=args.shadow_linger_ms,
             )
-            return create_app(settings, model_source=StaticSource(model), cfg=cfg)
+            return create_app(settings, model_source=StaticSource(*models, challenger=challenger), cfg=cfg)
 
-        bodies = batch_bodies(cfg, day, size=args.size)
-        stages = stage_times(cfg, model, bodies, args.mode, root / "wal-stages")
+        bodies = batch_bodies(cfg, day, size=100)
+        stages = [] if args.single else stage_times(cfg, model, bodies, args.mode, root / "wal-stages")
         load = os.getloadavg()
-        kept = [st for st in stages if not st[0].startswith("replaced")]
-        wall, cpu = sum(w for _, w, _ in kept), sum(c for _, _, c in kept)
-        print(f"\n## stages in process, unprofiled ({len(bodies)} batches of {args.size}, load avg {load[0]:.2f})\n")
-        print("| step | wall ms per batch | CPU ms per batch (all threads) | CPU share |")
-        print("|---|---|---|---|")
-        for name, w, c in stages:
-            print(f"| {name} | {w:.2f} | {c:.2f} | {c / cpu:.0%} |")
-        print(f"| total | {wall:.2f} | {cpu:.2f} | |")
+        if stages:
+            kept = [st for st in stages if not st[0].startswith("replaced")]
+            wall, cpu = sum(w for _, w, _ in kept), sum(c for _, _, c in kept)
+            print(f"\n## stages in process, unprofiled ({len(bodies)} batches of 100, load avg {load[0]:.2f})\n")
+            print("| step | wall ms per batch | CPU ms per batch (all threads) | CPU share |")
+            print("|---|---|---|---|")
+            for name, w, c in stages:
+                print(f"| {name} | {w:.2f} | {c:.2f} | {c / cpu:.0%} |")
+            print(f"| total | {wall:.2f} | {cpu:.2f} | |")
         plain = run_once(factory, script, args.seconds, args.connections, profile=False)
         w = plain["wrk"]
         preds = w["requests"] * args.size
@@ -327,6 +359,10 @@ def main(argv=None) -> int:
             f"({plain['cpu'] / w['requests'] * 1000:.2f} ms/batch; event-loop thread "
             f"{plain['loop_cpu'] / w['requests'] * 1000:.2f} ms/batch)"
         )
+        print("\n| thread | CPU us per request | share of the process |")
+        print("|---|---|---|")
+        for name, sec in sorted(plain["threads"].items(), key=lambda kv: -kv[1]):
+            print(f"| {name} | {sec / w['requests'] * 1e6:.1f} | {sec / plain['cpu']:.1%} |")
         if args.no_profile:
             return 0
         prof = run_once(factory, script, args.seconds, args.connections, profile=True)

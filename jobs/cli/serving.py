@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 from jobs.cli.common import add_model_arg, model_name
@@ -12,6 +12,7 @@ from jobs.config import Config
 from jobs.serving.app import MODES, Settings, create_app
 from jobs.serving.log import model_wal_dir, publish
 from jobs.serving.metrics import MULTIPROC_ENV, clean_multiprocess_dir
+from jobs.serving.peers import clean_peer_dir
 from jobs.serving.replay import plan_day, replay
 
 
@@ -102,6 +103,11 @@ def _cmd_serve(args) -> int:
         # Before any worker starts (they inherit the environment, and prometheus_client picks its
         # multiprocess mode when a worker first imports it); stale files of a previous run go.
         os.environ[MULTIPROC_ENV] = str(clean_multiprocess_dir(metrics_dir))
+    if args.workers > 1:
+        # the workers share their canary guard and served-drift windows there (jobs.serving.peers):
+        # one directory per run, emptied before they start (a previous run's claims must not stop anything)
+        peers = settings.peers_dir or str(Path(metrics_dir) / "windows")
+        settings = replace(settings, peers_dir=str(clean_peer_dir(peers)))
     if args.workers > 1:  # workers import the factory and read the settings from the environment
         os.environ.update(
             {

@@ -19,9 +19,11 @@ trained for other feature-set versions, and swaps by replacing the ONE reference
 
 Canary guards (``jobs.serving.guards``): while a canary serves, every answered query feeds its arm's
 sliding window (latency of its arm's answer, failed, degraded, score); a thread judges the model's
-declared ``guards`` every ``guard_eval_s`` off the request path. A breach sets the share to 0 in this
-process at once, records the evidence on the challenger version (every poll reads it: no canary for
-that version until ``lockstep canary --reset-breach``), counts and alerts. A canary query whose
+declared ``guards`` every ``guard_eval_s`` off the request path, over the windows of every worker
+(``Settings.peers_dir``, ``jobs.serving.peers``). A breach sets the share to 0 in this process at
+once (in every other worker at its next judgement), records the evidence on the challenger version
+(every poll reads it: no canary for that version until ``lockstep canary --reset-breach``), counts
+and alerts. A canary query whose
 challenger raises is answered by the champion and counted as a canary error. The champion's training
 age is checked at start-up, after a swap and every ``staleness_check_s``: one alert per stale version.
 
@@ -69,6 +71,7 @@ import concurrent.futures as cf
 import gc
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -101,6 +104,7 @@ from jobs.serving.log import (
 )
 from jobs.serving.metrics import ServiceMetrics
 from jobs.serving.model import Model, ModelSource
+from jobs.serving.peers import PeerDir
 from jobs.serving.shadow import ShadowScorer
 from jobs.serving.shadow import recover as recover_shadow
 from jobs.serving.store import (
@@ -160,6 +164,10 @@ class Settings:
     shadow: bool = True
     challenger_version: str | None = None
     shadow_queue_size: int = 1000
+    #: the shadow worker lets this many ms of offers queue up behind the first before one model call
+    #: scores them all (``ShadowScorer.linger_s``; 0: score what is queued at once). 20 ms halved the
+    #: shadow worker's CPU per request (``python -m bench.serving.profile_batch --single --shadow``)
+    shadow_linger_ms: float = 20.0
     #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
     #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
     #: salt of the entity hash (another salt: another population)
@@ -177,10 +185,18 @@ class Settings:
     drift_eval_s: float = 60.0
     drift_window: int = 5000
     drift_min_rows: int = 500
+    #: the directory the workers of ONE service run share their guard and drift windows in
+    #: (``jobs.serving.peers``; emptied before the workers start: ``lockstep serve --workers N`` sets
+    #: it to ``<metrics-dir>/windows``); None: each process judges its own traffic only
+    peers_dir: str | None = None
     #: move everything alive once start-up is done (the store, its index, the models) out of the cyclic
     #: garbage collector's reach (``gc.freeze``; undone at shutdown): a full collection otherwise walks
     #: that whole heap, a pause of a request or more (bench.serving: /predict/batch client p99)
     gc_freeze: bool = True
+    #: the interpreter's thread switch interval while the service runs (``sys.setswitchinterval``;
+    #: None: Python's, 5 ms): how long the event loop, coming back from a call that released the GIL,
+    #: may wait for a background thread (shadow worker, WAL writers) to hand it back
+    switch_interval_ms: float | None = None
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -835,10 +851,12 @@ def create_app(
             ServingLog(shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync),
             scores_of,
             queue_size=settings.shadow_queue_size,
+            linger_s=settings.shadow_linger_ms / 1000,
             on_drop=_shadow_dropped(cfg, decl.name, prom),
             on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
         )
         windows = ArmWindows(decl.guards.window)
+        peers = PeerDir(settings.peers_dir) if settings.peers_dir else None
 
         def active() -> str | None:
             model, share = canary_model()
@@ -857,6 +875,7 @@ def create_app(
                 "window": decl.guards.window,
                 "n_champion": verdict.n_champion,
                 "n_canary": verdict.n_canary,
+                "workers": verdict.workers,
                 "at": pd.Timestamp.now(tz="UTC").isoformat(),
                 "pid": os.getpid(),
             }
@@ -880,6 +899,10 @@ def create_app(
                     f" (NOT recorded on the registry: {evidence['not_recorded']})" if "not_recorded" in evidence else ""
                 ),
             )
+
+        def follow(version: str, verdict: Verdict) -> None:
+            # another worker judged the breach first and recorded, counted and alerted it
+            state["canary"] = (version, 0.0)
 
         def champion_window():
             pred = state["predictor"]
@@ -923,6 +946,8 @@ def create_app(
             max_age_days=decl.champion_max_age_days,
             on_stale=stale,
             staleness_s=settings.staleness_check_s,
+            peers=peers,
+            on_follow=follow,
         )
 
         def drifted(version: str, psi: dict) -> None:
@@ -935,7 +960,8 @@ def create_app(
                 "served drift",
                 decl.name,
                 f"features served with champion v{version} drifted from its training features over the last "
-                f"{drift.last['rows']} requests of this process (PSI >= drift_psi {decl.drift_psi:g}): {listed}",
+                f"{drift.last['rows']} requests of {drift.last['workers']} worker(s) "
+                f"(PSI >= drift_psi {decl.drift_psi:g}): {listed}",
             )
 
         for feature in names:  # every series from the start: 0 until a feature drifts
@@ -949,6 +975,7 @@ def create_app(
             window=settings.drift_window,
             min_rows=settings.drift_min_rows,
             every_s=settings.drift_eval_s,
+            peers=peers,
         )
 
         def swapped(previous: str, version: str, rollback: bool) -> None:
@@ -1052,6 +1079,9 @@ def create_app(
                 challenger.wake()
 
         hup = _on_sighup(wake)
+        interval = sys.getswitchinterval()
+        if settings.switch_interval_ms is not None:
+            sys.setswitchinterval(settings.switch_interval_ms / 1000)
         if settings.gc_freeze:
             gc.collect()
             gc.freeze()
@@ -1060,9 +1090,12 @@ def create_app(
         finally:
             if settings.gc_freeze:
                 gc.unfreeze()
+            sys.setswitchinterval(interval)
             hup()
             monitor.stop()
             drift.stop()
+            if peers is not None:
+                peers.close()
             follower.stop()
             if challenger is not None:
                 challenger.stop()
@@ -1352,6 +1385,7 @@ def create_app(
         ok = pred is not None and state["log"].running
         return {
             "status": "ok" if ok else "starting",
+            "pid": os.getpid(),  # the worker that answered (``--workers N``)
             "model_declaration": decl.name,
             "feature_set": log_feature_sets(decl),
             "fingerprint": decl.fingerprint,
@@ -1615,6 +1649,7 @@ def _guard_health(monitor: GuardMonitor | None, canary: tuple | None) -> dict:
             "judged": last.judged,
             "n_champion": last.n_champion,
             "n_canary": last.n_canary,
+            "workers": last.workers,
             "breaches": [b.describe() for b in last.breaches],
             **last.observed,
         },

@@ -10,7 +10,10 @@ training values) of the window against the champion's training features
 or above the model's ``drift_psi`` calls ``on_drift(version, {feature: psi})`` once per champion
 version and feature (a later crossing of another feature alerts again); the service alerts
 (``served drift: <model> v<N>``) and counts it. The nightly skew job judges the whole day's log;
-this is the in-flight view of one process's recent traffic (``--workers N``: each worker its own).
+this is the in-flight view of the service's recent traffic. With ``--workers N`` (``peers``,
+``jobs.serving.peers``) each worker shares its window at every judgement and judges the last
+``window`` vectors over every worker's (by wall-clock time; a peer's as of its own last judgement),
+and each (version, feature) alert is claimed by one worker: alerted once for the service.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 
 import numpy as np
 
+from jobs.serving.peers import PeerDir, latest
 from jobs.skew.job import psi_js
 
 log = logging.getLogger(__name__)
@@ -30,7 +36,9 @@ log = logging.getLogger(__name__)
 
 class ServedDrift:
     """See the module docstring. ``champion()``: the champion model serving now; ``reference(model)``:
-    its training features (a frame with the feature columns; None: no reference, nothing judged)."""
+    its training features (a frame with the feature columns; None: no reference, nothing judged);
+    ``peers``: judge every worker's window (files rewritten within ``stale_s``, default
+    ``max(3 * every_s, 10)`` s), alert each drifted feature once for all of them."""
 
     def __init__(
         self,
@@ -43,11 +51,16 @@ class ServedDrift:
         window: int = 5000,
         min_rows: int = 500,
         every_s: float = 60.0,
+        peers: PeerDir | None = None,
+        stale_s: float | None = None,
     ):
+        self.peers = peers
+        self.stale_s = max(3 * every_s, 10.0) if stale_s is None else float(stale_s)
         self.names, self.threshold = list(names), float(threshold)
         self.champion, self.reference, self.on_drift = champion, reference, on_drift
         self.min_rows, self.every_s = int(min_rows), float(every_s)
-        self._window: deque = deque(maxlen=max(1, int(window)))
+        self.window = max(1, int(window))
+        self._window: deque = deque(maxlen=self.window)  # (wall-clock time, the served vector)
         self._ref: tuple[str, dict | None] | None = None  # (version, {feature: training values})
         self.alerted: set[tuple[str, str]] = set()  # (version, feature) already alerted
         self.last: dict | None = None  # the last judgement: version, rows, psi per feature, drifted
@@ -59,7 +72,7 @@ class ServedDrift:
         """Add served feature vectors (champion answers) to the window: appends only."""
         if self.threshold == math.inf:
             return
-        self._window.extend(rows)
+        self._window.extend(zip(repeat(time.time()), rows))
 
     def reset(self) -> None:
         """Forget the window (a new champion: its drift is judged on its own traffic)."""
@@ -82,25 +95,56 @@ class ServedDrift:
         """PSI per feature of the window now (None: too few rows, or no training reference); alerts
         the features at or above the threshold not alerted yet for this champion version."""
         rows = list(self._window)
-        if len(rows) < self.min_rows or self.threshold == math.inf:
+        if self.threshold == math.inf or (self.peers is None and len(rows) < self.min_rows):
             return None
         model = self.champion()
         ref = self._reference(model)
         if not ref:
             return None
-        version = str(model.version)
+        version, names = str(model.version), list(ref)
+        # one row per served vector: its features in ``names`` order, then the time it was served at
+        own = np.array(
+            [[np.nan if r.get(n) is None else r[n] for n in names] + [t] for t, r in rows], dtype=np.float64
+        ).reshape(-1, len(names) + 1)
+        served, workers = self._union(version, names, own)
+        if len(served) < self.min_rows:
+            return None
         psi = {}
-        for n, train in ref.items():
-            served = np.array([np.nan if r.get(n) is None else r[n] for r in rows], dtype=np.float64)
-            value = psi_js(train, served)[0]
+        for i, (n, train) in enumerate(ref.items()):
+            value = psi_js(train, served[:, i])[0]
             psi[n] = None if math.isnan(value) else round(value, 6)
         drifted = {n: v for n, v in psi.items() if v is not None and v >= self.threshold}
-        self.last = {"version": version, "rows": len(rows), "psi": psi, "drifted": sorted(drifted)}
+        self.last = {
+            "version": version,
+            "rows": len(served),
+            "workers": workers,
+            "psi": psi,
+            "drifted": sorted(drifted),
+        }
         new = {n: v for n, v in drifted.items() if (version, n) not in self.alerted}
         if new:
             self.alerted.update((version, n) for n in new)
-            self.on_drift(version, new)
+            if self.peers is not None:  # alerted once for the service: by the worker that claims it
+                new = {n: v for n, v in new.items() if self.peers.claim(f"drift-{version}-{n}", {"psi": v})}
+            if new:
+                self.on_drift(version, new)
         return psi
+
+    def _union(self, version: str, names: list[str], own: np.ndarray) -> tuple[np.ndarray, int]:
+        """This worker's vectors, with every peer's served by the same champion version over the same
+        features when shared: the last ``window`` of them, and how many workers they came from."""
+        if self.peers is None:
+            return own, 1
+        try:
+            self.peers.publish("drift", {"version": version, "names": names}, {"rows": own})
+        except OSError as exc:  # the others judge without this worker's vectors until the next write
+            log.warning("served drift window not shared with the other workers: %r", exc)
+        same = [
+            arrays["rows"]
+            for meta, arrays in self.peers.peers("drift", self.stale_s)
+            if meta.get("version") == version and meta.get("names") == names
+        ]
+        return latest([own, *same], self.window, len(names) + 1), 1 + len(same)
 
     # ---- the thread -------------------------------------------------------------------------------
     def start(self) -> ServedDrift:

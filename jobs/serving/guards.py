@@ -7,9 +7,13 @@ deque under a lock, on the request path — and a :class:`GuardMonitor` thread j
 once per challenger version: the service then stops the canary (share 0 in this process), records the
 verdict on the challenger's registry version (``jobs.models.registry.CANARY_BREACH_TAG``: every other
 worker's and a restarted service's challenger poll reads it and keeps the share at 0), counts it and
-alerts. The windows are per process: with ``--workers N`` every worker judges its own traffic, and the
-first worker that sees a breach stops the canary for all of them through the registry record (the
-others at their next challenger poll).
+alerts. With ``--workers N`` each worker still appends to its own windows, and at every judgement
+its monitor shares them with the other workers (``jobs.serving.peers``: a file per worker in the
+service's shared directory) and judges the LAST ``window`` observations of each arm over all of them
+(by wall-clock time): every worker's verdict covers the traffic of every worker (``Verdict.workers``:
+how many it read). The first worker to judge a breach claims it (an exclusive file) and alone
+records it on the registry, counts and alerts; every other worker stops serving the canary in its own
+process at its next judgement (``on_follow``, the winner's evidence), not at its next poll.
 
 The monitor also checks the champion's staleness (:func:`training_age_days`) at start and every
 ``staleness_s``: one alert per champion version whose training data ended more than the model's
@@ -24,12 +28,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from features.model import CanaryGuards
+from jobs.serving.peers import PeerDir, latest
 from jobs.skew.job import psi_js
 
 log = logging.getLogger(__name__)
@@ -41,6 +46,8 @@ GUARD_NAMES = ("p99_latency", "error_rate", "degraded_rate", "score_psi")
 class ArmStats:
     """One arm's window, as arrays (latency ms, error 0/1, degraded 0/1, score; NaN: no score)."""
 
+    COLUMNS = 5  # a window's row: the four above and the wall-clock time it was observed at
+
     latency_ms: np.ndarray
     error: np.ndarray
     degraded: np.ndarray
@@ -51,8 +58,14 @@ class ArmStats:
         return len(self.latency_ms)
 
     @classmethod
+    def of_rows(cls, rows: list) -> np.ndarray:
+        return np.array(rows, dtype=np.float64).reshape(-1, cls.COLUMNS)
+
+    @classmethod
     def of(cls, rows) -> ArmStats:
-        a = np.array(list(rows), dtype=np.float64).reshape(-1, 4)
+        """From window rows (``COLUMNS`` values each; the time is not part of the stats)."""
+        a = np.asarray(rows if isinstance(rows, np.ndarray) else list(rows), dtype=np.float64)
+        a = a.reshape(-1, cls.COLUMNS)
         return cls(a[:, 0], a[:, 1], a[:, 2], a[:, 3])
 
 
@@ -75,10 +88,26 @@ class Verdict:
     n_canary: int
     breaches: tuple[Breach, ...] = ()
     observed: dict = field(default_factory=dict)
+    workers: int = 1  # the service's workers whose windows it judged (jobs.serving.peers)
 
     @property
     def breached(self) -> bool:
         return bool(self.breaches)
+
+    def as_json(self) -> dict:
+        return {
+            "judged": self.judged,
+            "n_champion": self.n_champion,
+            "n_canary": self.n_canary,
+            "workers": self.workers,
+            "breaches": [[b.guard, b.observed, b.champion, b.threshold] for b in self.breaches],
+            "observed": self.observed,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Verdict:
+        breaches = tuple(Breach(*b) for b in d["breaches"])
+        return cls(d["judged"], d["n_champion"], d["n_canary"], breaches, d["observed"], d["workers"])
 
 
 def judge(guards: CanaryGuards, champion: ArmStats, canary: ArmStats) -> Verdict:
@@ -124,12 +153,13 @@ class ArmWindows:
         self._arms = {"champion": deque(maxlen=window), "canary": deque(maxlen=window)}
 
     def observe(self, arm: str, latency_ms: float, error: bool, degraded: bool, score: float | None) -> None:
-        row = (latency_ms, float(error), float(degraded), math.nan if score is None else score)
+        row = (latency_ms, float(error), float(degraded), math.nan if score is None else score, time.time())
         with self._lock:
             self._arms[arm].append(row)
 
     def observe_many(self, arm: str, latency_ms: float, degraded: list, scores: list, error: bool = False) -> None:
-        rows = [(latency_ms, float(error), float(d), math.nan if s is None else s) for d, s in zip(degraded, scores)]
+        t, err = time.time(), float(error)
+        rows = [(latency_ms, err, float(d), math.nan if s is None else s, t) for d, s in zip(degraded, scores)]
         with self._lock:
             self._arms[arm].extend(rows)
 
@@ -140,9 +170,14 @@ class ArmWindows:
                 d.clear()
 
     def stats(self) -> tuple[ArmStats, ArmStats]:
-        with self._lock:
-            rows = {arm: list(d) for arm, d in self._arms.items()}
+        rows = self.snapshot()[2]
         return ArmStats.of(rows["champion"]), ArmStats.of(rows["canary"])
+
+    def snapshot(self) -> tuple[str | None, float | None, dict[str, np.ndarray]]:
+        """(version, share, {arm: its rows as an ``(n, ArmStats.COLUMNS)`` array}), read at once."""
+        with self._lock:
+            version, share, rows = self.version, self.share, {arm: list(d) for arm, d in self._arms.items()}
+        return version, share, {arm: ArmStats.of_rows(r) for arm, r in rows.items()}
 
 
 def training_age_days(window: tuple[str, str] | None, now: pd.Timestamp) -> float | None:
@@ -161,7 +196,11 @@ class GuardMonitor:
     per champion version. ``on_pass(version, share, verdict)``: the guards judged the canary arm at
     ``share`` (the windows' share, all their observations served at it) and found no breach — the
     evidence the ramp advances on; called for the first passing verdict of a (version, share) stage,
-    then at most once every ``pass_every_s``; never for a stopped version or a share of 0."""
+    then at most once every ``pass_every_s``; never for a stopped version or a share of 0.
+
+    ``peers`` (``jobs.serving.peers``; None: this process's windows only): judge every worker's
+    windows (files rewritten within ``stale_s``, default ``max(5 * every_s, 5)`` s); a breach another
+    worker claimed first calls ``on_follow(version, its verdict)`` instead of ``on_breach``."""
 
     def __init__(
         self,
@@ -178,8 +217,13 @@ class GuardMonitor:
         now: Callable[[], pd.Timestamp] = lambda: pd.Timestamp.now(tz="UTC"),
         on_pass: Callable[[str, float, Verdict], None] | None = None,
         pass_every_s: float = 60.0,
+        peers: PeerDir | None = None,
+        on_follow: Callable[[str, Verdict], None] | None = None,
+        stale_s: float | None = None,
     ):
         self.on_pass, self.pass_every_s = on_pass, pass_every_s
+        self.peers, self.on_follow = peers, on_follow or (lambda _version, _verdict: None)
+        self.stale_s = max(5 * every_s, 5.0) if stale_s is None else float(stale_s)
         self.passed: dict[tuple[str, float], float] = {}  # (version, share) -> monotonic time of the last on_pass
         self.guards, self.windows, self.active, self.on_breach = guards, windows, active, on_breach
         self.every_s, self.staleness_s = every_s, staleness_s
@@ -197,19 +241,56 @@ class GuardMonitor:
             version = self.active()
             if version is None or version in self.stopped:
                 return None
-            if self.windows.version != version:  # the windows are another challenger's (reset at install)
+            # the stage these windows hold (compared again below: not reset since)
+            held, share, rows = self.windows.snapshot()
+            if held != version:  # the windows are another challenger's (reset at install)
                 return None
-            share = self.windows.share  # the stage these windows hold (read again below: not reset since)
-            verdict = self.last = judge(self.guards, *self.windows.stats())
-            if verdict.breached:
-                log.error("canary v%s stopped: %s", version, "; ".join(b.describe() for b in verdict.breaches))
+            champion, canary, workers = self._union(version, share, rows)
+            verdict = self.last = replace(judge(self.guards, champion, canary), workers=workers)
+            name = f"canary-breach-{version}"
+            theirs = None if self.peers is None else self.peers.claimed(name)
+            if verdict.breached and theirs is None:
+                if self.peers is None or self.peers.claim(name, verdict.as_json()):
+                    log.error("canary v%s stopped: %s", version, "; ".join(b.describe() for b in verdict.breaches))
+                    try:
+                        self.on_breach(version, verdict)  # stops it in this process first, then records and alerts
+                    finally:
+                        self.stopped[version] = verdict
+                    return verdict
+                theirs = self.peers.claimed(name)  # another worker claimed it first
+            if verdict.breached or theirs is not None:
+                stop = verdict
                 try:
-                    self.on_breach(version, verdict)  # stops it in this process first, then records and alerts
+                    stop = verdict if theirs is None else Verdict.from_json(theirs)
+                except (KeyError, TypeError, ValueError):  # a claim without its evidence: stopped all the same
+                    log.warning("canary v%s: another worker's breach claim has no readable verdict", version)
+                log.warning("canary v%s stopped by another worker's guards: %s", version, stop.breaches)
+                try:
+                    self.on_follow(version, stop)  # in this process only: the claimant recorded and alerted
                 finally:
-                    self.stopped[version] = verdict
-            elif verdict.judged and (self.windows.version, self.windows.share) == (version, share):
+                    self.stopped[version] = stop
+                return stop
+            if verdict.judged and (self.windows.version, self.windows.share) == (version, share):
                 self._passed(version, share, verdict)
             return verdict
+
+    def _union(self, version: str, share: float | None, rows: dict) -> tuple[ArmStats, ArmStats, int]:
+        """This worker's windows, with every peer's at the same (version, share) when shared: the last
+        ``window`` rows of each arm over all of them, and how many workers they came from."""
+        if self.peers is None:
+            return ArmStats.of(rows["champion"]), ArmStats.of(rows["canary"]), 1
+        try:
+            self.peers.publish("guards", {"version": version, "share": share}, rows)
+        except OSError as exc:  # the others judge without this worker's samples until the next write
+            log.warning("canary guard window not shared with the other workers: %r", exc)
+        same = [
+            arrays
+            for meta, arrays in self.peers.peers("guards", self.stale_s)
+            if (meta.get("version"), meta.get("share")) == (version, share)
+        ]
+        w, c = self.windows.window, ArmStats.COLUMNS
+        arms = [ArmStats.of(latest([rows[arm]] + [a[arm] for a in same], w, c)) for arm in ("champion", "canary")]
+        return arms[0], arms[1], 1 + len(same)
 
     def _passed(self, version: str, share: float | None, verdict: Verdict) -> None:
         if self.on_pass is None or not share or share <= 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -413,3 +414,51 @@ def test_the_start_up_heap_is_frozen_out_of_the_collector_while_serving_and_rele
         assert c.post("/predict", json={"entity_id": 5, "request_time": f"{DAY}T12:00:00Z"}).status_code == 200
     assert (frozen > 10_000) is freeze  # the store, its index and the model: every object alive at start-up
     assert gc.get_freeze_count() == 0  # undone at shutdown: a test process (or a reloaded app) is not left frozen
+
+
+def _records(n: int, tag: str) -> list[dict]:
+    at = pd.Timestamp(f"{DAY}T01:00Z")
+    return [
+        make_record(FS, request_id=f"{tag}{i}", entity_id=i, request_time=at, feature_set=FS.name, degraded=False)
+        for i in range(n)
+    ]
+
+
+def test_an_interval_fsync_in_progress_delays_no_acknowledgement(tmp_path):
+    """``fsync="interval"``: the disk flush is the fsync thread's; while it holds the segment (an fsync
+    that takes long), batches are still written and acknowledged; it syncs what they wrote next."""
+    slog = ServingLog(tmp_path / "w", FS, fsync_interval_s=0.05).start()
+    try:
+        slog.submit_many(_records(10, "a")).result(5)
+        deadline = time.monotonic() + 10
+        while slog.fsyncs == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slog.fsyncs >= 1
+        with slog._sync_lock:  # what an fsync in progress holds
+            before = slog.fsyncs
+            t0 = time.perf_counter()
+            for k in range(5):
+                slog.submit_many(_records(10, f"b{k}")).result(5)
+            acked = time.perf_counter() - t0
+            time.sleep(0.2)  # four fsync intervals: none could start
+            assert slog.fsyncs == before
+        assert acked < 0.2, acked  # acknowledged while the segment was held, not after
+        while slog.fsyncs == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert slog.fsyncs > before and slog.sync()  # synced after; nothing written since: nothing to do
+        assert slog.written == 60
+    finally:
+        slog.close()
+    assert len(read_wal(tmp_path / "w", FS)) == 60
+
+
+def test_a_failed_interval_fsync_is_counted_alerted_and_retried(tmp_path):
+    alerts = []
+    slog = ServingLog(tmp_path / "w", FS, fsync_interval_s=3600, notifier=alerts.append).start()
+    slog.submit_many(_records(3, "a")).result(5)
+    os.close(slog._fd)  # the segment's descriptor is gone under the log: its fsync fails (EBADF)
+    assert slog.sync() is False and slog.sync() is False  # still not synced: tried again
+    assert slog.fsync_errors == 2 and slog.fsyncs == 0
+    assert len(alerts) == 1 and "serving log fsync failed (1 so far)" in alerts[0]  # rate-limited
+    slog._fd = None  # nothing left to close
+    slog.close()

@@ -176,3 +176,33 @@ def test_the_registry_challenger_is_shadowed_and_a_refused_one_is_not(lake, trai
     assert value(got, "lockstep_serving_shadow_scored_total", model=MODEL.name, shadow_version=v2) == 5
     alerts = fresh_alerts(tmp_path / "lake" / "_alerts" / "alerts.jsonl")
     assert [a["title"] for a in alerts] == [f"challenger refused: {MODEL.name} v{bad}"]
+
+
+def test_a_lingering_shadow_worker_scores_the_offers_queued_behind_the_first_in_one_call(tmp_path):
+    from jobs.serving.log import ServingLog
+    from jobs.serving.shadow import ShadowScorer
+
+    calls = []
+
+    def score(model, names, rows):
+        calls.append(len(rows))
+        return [0.5] * len(rows)
+
+    names = list(MODEL.feature_names)
+    row = dict.fromkeys(names, 1.0)
+    now = f"{DAY}T12:00:00Z"
+    for linger, expected in ((1.0, [5]), (0.0, None)):
+        calls.clear()
+        writer = ServingLog(tmp_path / f"shadow-{linger}", MODEL).start()
+        shadow = ShadowScorer(names, writer, score, linger_s=linger).start()
+        shadow.install(champion())
+        for i in range(5):
+            assert shadow.offer([f"r{i}"], [now], [row])
+            time.sleep(0.05)  # offered one by one, as requests arrive
+        assert shadow.flush(timeout=10)
+        assert shadow.scored == 5
+        shadow.close()
+        if expected is not None:
+            assert calls == expected  # the four later offers waited behind the first: one model call
+        else:
+            assert sum(calls) == 5 and len(calls) > 1  # no linger: scored as they come
