@@ -31,10 +31,11 @@ import numpy as np
 
 from jobs.training import BACKENDS, CONSTRUCT, metrics
 from jobs.training.sequence import (
-    iter_tables,
     load_matrix,
+    parquet_row_groups,
     parquet_sequences,
     read_column,
+    read_row_group,
 )
 
 DEFAULT_PARAMS: dict = {
@@ -338,16 +339,47 @@ def predict_batches(
     extra: Sequence[str] = (),
     batch_rows: int = 100_000,
     storage_options: dict | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[np.ndarray, object]]:
-    """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``.
+    """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``, in file order.
 
     Each batch goes to LightGBM as the Arrow table it was read as (``predictable_table``), not as
     a float64 matrix: the scores are the same bits (LightGBM converts to double either way; checked
     in tests/jobs/training/test_predict_arrow.py), and the copy into a matrix is a measured share of
     the streamed time (README, Benchmarks).
+
+    Pipelined over row groups: ``workers`` threads (default: the CPUs this process may run on) each
+    decode one row group (single-threaded Parquet decode) and predict its batches with ONE LightGBM
+    thread, while the caller consumes (writes) the batches before. Rows are independent in
+    LightGBM's predict, so the thread count does not change a bit; but one OpenMP team per batch
+    waits at its barrier for its slowest thread, and a decode between two predicts leaves the
+    cores idle — independent single-threaded batches keep both cores busy (README, Benchmarks).
+    At most ``2 * workers`` row groups are in flight (memory stays bounded); a row group larger
+    than ``batch_rows`` is still cut into ``batch_rows`` batches.
     """
-    for x, tbl in iter_tables(files, features, batch_rows=batch_rows, extra=extra, storage_options=storage_options):
-        yield booster.predict(x, num_iteration=num_iteration), tbl
+    from concurrent.futures import ThreadPoolExecutor
+
+    n = max(1, workers or len(os.sched_getaffinity(0)))
+    wanted = list(dict.fromkeys([*features, *extra]))
+    groups = iter(parquet_row_groups(files, wanted, storage_options=storage_options))
+
+    def job(group) -> list:
+        out = []
+        for x, tbl in read_row_group(group, features, extra, batch_rows=batch_rows):
+            out.append((booster.predict(x, num_iteration=num_iteration, num_threads=1), tbl))
+        return out
+
+    pool = ThreadPoolExecutor(n, thread_name_prefix="predict")
+    try:
+        flight = [pool.submit(job, g) for _, g in zip(range(2 * n), groups)]
+        while flight:
+            done = flight.pop(0).result()
+            nxt = next(groups, None)
+            if nxt is not None:
+                flight.append(pool.submit(job, nxt))
+            yield from done
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def score_files(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import numbers
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import fsspec
 import lightgbm as lgb
@@ -21,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 FEATURE_DTYPE = np.float64
 #: Rows per block converted to a float matrix for single-row access (the sampling pass).
@@ -239,26 +241,53 @@ def predictable_table(table: pa.Table | pa.RecordBatch, columns: Sequence[str]) 
     return pa.Table.from_arrays(cols, names=list(columns))
 
 
-def iter_tables(
-    files: Sequence[str],
-    columns: Sequence[str],
-    *,
-    batch_rows: int = 100_000,
-    extra: Sequence[str] = (),
-    storage_options: dict | None = None,
-) -> Iterator[tuple[pa.Table, pa.Table]]:
-    """``(predictable_table of columns, Arrow table of extra columns)`` per bounded batch, in file order."""
-    wanted = list(dict.fromkeys([*columns, *extra]))
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of one Parquet file, located for a reader in another thread."""
+
+    url: str
+    fs: object
+    path: str
+    index: int
+    metadata: object = field(repr=False)
+    columns: tuple[str, ...]
+
+
+def parquet_row_groups(
+    files: Sequence[str], columns: Sequence[str], *, storage_options: dict | None = None
+) -> Iterator[RowGroup]:
+    """The row groups of ``files`` in order; a file missing one of ``columns`` raises a KeyError
+    naming it when it is reached (each file's footer is read once, here)."""
     for f in files:
         fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
         with fs.open(p, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            missing = [c for c in wanted if c not in pf.schema_arrow.names]
-            if missing:
-                raise KeyError(f"{f}: missing column(s) {missing}")
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
-                tbl = pa.Table.from_batches([batch])
-                yield predictable_table(tbl, columns), tbl.select(list(extra))
+            md = pf.metadata
+            missing = [c for c in columns if c not in pf.schema_arrow.names]
+        if missing:
+            raise KeyError(f"{f}: missing column(s) {missing}")
+        for i in range(md.num_row_groups):
+            yield RowGroup(f, fs, p, i, md, tuple(columns))
+
+
+def read_row_group(
+    group: RowGroup, features: Sequence[str], extra: Sequence[str] = (), *, batch_rows: int = 100_000
+) -> Iterator[tuple[pa.Table, pa.Table]]:
+    """``(predictable_table of features, Arrow table of extra columns)`` per ``batch_rows`` slice of
+    one row group, decoded single-threaded (the caller runs several of these in parallel; local
+    files are memory-mapped, others read through fsspec)."""
+    if isinstance(group.fs, LocalFileSystem):
+        tbl = pq.ParquetFile(group.path, memory_map=True, metadata=group.metadata).read_row_group(
+            group.index, columns=list(group.columns), use_threads=False
+        )
+    else:
+        with group.fs.open(group.path, "rb") as fh:
+            tbl = pq.ParquetFile(fh, metadata=group.metadata).read_row_group(
+                group.index, columns=list(group.columns), use_threads=False
+            )
+    for start in range(0, tbl.num_rows, batch_rows):
+        part = tbl.slice(start, batch_rows)
+        yield predictable_table(part, features), part.select(list(extra))
 
 
 def load_matrix(files: Sequence[str], columns: Sequence[str], storage_options: dict | None = None) -> np.ndarray:

@@ -89,3 +89,57 @@ def test_a_missing_feature_column_names_the_file(tmp_path, model_and_files):
     pq.write_table(_table(100, 5).drop_columns(["f_bool"]), path)
     with pytest.raises(KeyError, match=r"short\.parquet: missing column\(s\) \['f_bool'\]"):
         list(lgbm.predict_batches(booster, [str(path)], FEATS))
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_pipelined_batches_keep_file_order_for_any_worker_count(model_and_files, workers):
+    booster, files = model_and_files
+    got = list(lgbm.predict_batches(booster, files, FEATS, extra=["entity_id"], batch_rows=1_000, workers=workers))
+    whole = pa.concat_tables([pq.read_table(f) for f in files])
+    # 3_000-row groups cut into 1_000-row batches, 2 files of 7_000 rows (3 + 3 + 1 groups each)
+    assert [len(p) for p, _ in got] == ([1_000] * 6 + [1_000]) * 2
+    assert np.array_equal(np.concatenate([p for p, _ in got]), booster.predict(to_matrix(whole, FEATS)))
+    assert np.array_equal(
+        np.concatenate([t.column("entity_id").to_numpy() for _, t in got]), whole.column("entity_id").to_numpy()
+    )
+
+
+def test_files_behind_fsspec_are_scored_like_local_ones(model_and_files):
+    import fsspec
+
+    booster, files = model_and_files
+    mem = fsspec.filesystem("memory")
+    urls = []
+    for i, f in enumerate(files):
+        with open(f, "rb") as src, mem.open(f"/predict_arrow/part-{i}.parquet", "wb") as dst:
+            dst.write(src.read())
+        urls.append(f"memory:///predict_arrow/part-{i}.parquet")
+    got = np.concatenate([p for p, _ in lgbm.predict_batches(booster, urls, FEATS)])
+    want = np.concatenate([p for p, _ in lgbm.predict_batches(booster, files, FEATS)])
+    assert np.array_equal(got, want)
+
+
+def test_a_bad_row_group_after_good_ones_raises_and_stops_the_workers(tmp_path, model_and_files):
+    import threading
+
+    booster, files = model_and_files
+    bad = _table(100, 6).set_column(2, "f_int", pa.array([str(i) for i in range(100)]))
+    path = tmp_path / "bad_last.parquet"
+    pq.write_table(bad, path)
+    seen = []
+    with pytest.raises(TypeError, match="feature column 'f_int' is string"):
+        for p, _ in lgbm.predict_batches(booster, [*files, str(path)], FEATS, workers=2):
+            seen.append(len(p))
+    assert sum(seen) == 14_000  # every good batch before the bad group came out first
+    assert not [t for t in threading.enumerate() if t.name.startswith("predict")]
+
+
+def test_stopping_early_shuts_the_pool_down(model_and_files):
+    import threading
+
+    booster, files = model_and_files
+    gen = lgbm.predict_batches(booster, files, FEATS, batch_rows=1_000, workers=2)
+    first, _ = next(gen)
+    assert len(first) == 1_000
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("predict")]
