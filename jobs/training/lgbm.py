@@ -359,7 +359,8 @@ def predict_batches(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    n = max(1, workers or len(os.sched_getaffinity(0)))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, workers or cpus)
     wanted = list(dict.fromkeys([*features, *extra]))
     groups = iter(parquet_row_groups(files, wanted, storage_options=storage_options))
 
