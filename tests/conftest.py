@@ -10,6 +10,10 @@
   scheduler`` + 2 ``dask worker`` (1 thread, 2GiB each), started once per session. Their workers'
   ``PYTHONPATH`` holds this checkout's ``jobs`` only: ``features`` reaches them by the engines'
   shipping. Tests using them also carry the ``cluster`` marker.
+* ``new_airflow``: ``new_airflow(root, lake=None) -> AirflowLocal``, an initialised Airflow home under
+  ``root`` (db migrated, the Lockstep pool, admin/admin) on a free port: a copy of one home initialised
+  once per session (``AirflowLocal.init``), its ``airflow.cfg`` paths rewritten to the copy, its own
+  API / JWT secrets.
 
 Tests that use the first two should carry the ``spark`` / ``dask`` markers
 (registered in setup.cfg) so ``-m "not spark"`` deselects them.
@@ -18,6 +22,7 @@ Tests that use the first two should carry the ``spark`` / ``dask`` markers
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 from clusters import dask_cli_cluster, jobs_only_path, spark_standalone
@@ -80,6 +85,31 @@ def dask_cli_scheduler(tmp_path_factory):
     code = jobs_only_path(root / "code")
     with dask_cli_cluster(root, [code, code], memory_limit="2GiB") as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def new_airflow(tmp_path_factory):
+    """``new_airflow(root, lake=None)``: an initialised Airflow home ``root/home`` over ``lake``
+    (default ``root/lake``), not started. ``airflow db migrate`` + the pool run once per session, on the
+    first call; every home after that is a copy (the metadata DB holds no path; ``airflow.cfg`` does)."""
+    from jobs.local.airflow_local import AirflowLocal, free_port
+
+    template: list[Path] = []
+
+    def make(root, lake=None) -> AirflowLocal:
+        root = Path(root)
+        if not template:
+            seed_root = tmp_path_factory.mktemp("airflow-template")
+            seed = AirflowLocal(seed_root / "home", seed_root / "lake")
+            seed.init()
+            template.append(seed.home)
+        home = (root / "home").resolve()
+        shutil.copytree(template[0], home, ignore=shutil.ignore_patterns(".api_secret_key", ".jwt_secret"))
+        cfg = home / "airflow.cfg"
+        cfg.write_text(cfg.read_text().replace(str(template[0]), str(home)))
+        return AirflowLocal(home, root / "lake" if lake is None else lake, port=free_port())
+
+    return make
 
 
 # ---- the bad-input corpus -----------------------------------------------------------------------------

@@ -22,13 +22,9 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def airflow_local(tmp_path_factory):
+def airflow_local(tmp_path_factory, new_airflow):
     """An initialised Airflow home (db migrated, pool, admin/admin) with its own empty lake."""
-    from jobs.local.airflow_local import AirflowLocal, free_port
-
-    root = tmp_path_factory.mktemp("airflow")
-    af = AirflowLocal(root / "home", root / "lake", port=free_port())
-    af.init()
+    af = new_airflow(tmp_path_factory.mktemp("airflow"))
     yield af
     af.stop()
 
@@ -40,21 +36,35 @@ def lake(airflow_local):
     return Config(lake_root=airflow_local.lake).lake()
 
 
-@pytest.fixture(scope="session")
-def scheduler_stack(tmp_path_factory):
-    """A running Airflow (scheduler, dag-processor, api-server; LocalExecutor on SQLite) on a free port,
-    with its own home and lake. Shared by the end-to-end and UI tests."""
-    from jobs.local.airflow_local import AirflowLocal, free_port
+#: The running ``scheduler_stack``, stopped right after the last collected test that uses it.
+_STACK: dict[str, object] = {}
 
-    root = tmp_path_factory.mktemp("stack")
-    af = AirflowLocal(root / "home", root / "lake", port=free_port())
-    af.init()
+
+@pytest.fixture(scope="session")
+def scheduler_stack(tmp_path_factory, new_airflow):
+    """A running Airflow (scheduler, dag-processor, api-server; LocalExecutor on SQLite) on a free port,
+    with its own home and lake. Shared by the end-to-end and UI tests; stopped after the last of them
+    (``pytest_runtest_teardown``), not at the end of the session: an idle scheduler and DAG processor
+    would keep parsing and heartbeating through every test collected after them."""
+    af = new_airflow(tmp_path_factory.mktemp("stack"))
     af.start(("scheduler", "dag-processor", "api-server"))
+    _STACK["af"] = af
     try:
         af.wait_until_up(timeout=240)
         yield af
     finally:
+        _STACK.pop("af", None)
         af.stop()
+
+
+def pytest_runtest_teardown(item, nextitem):
+    af = _STACK.get("af")
+    if af is None or "scheduler_stack" not in item.fixturenames:
+        return
+    items = item.session.items
+    if not any("scheduler_stack" in later.fixturenames for later in items[items.index(item) + 1 :]):
+        _STACK.pop("af")
+        af.stop()  # idempotent: the fixture's own teardown finds nothing left to stop
 
 
 @pytest.fixture(scope="session")

@@ -58,8 +58,9 @@ def test_a_bad_reland_of_a_validated_day_fails_and_readers_keep_the_good_day(air
     from jobs.ingest.cdnow import CDNOW_PATH
 
     ds = "1997-01-01"
-    airflow_local.dags_test(FEATURES, ds)
     raw, snaps = lake.table(RAW), lake.table(SNAPSHOTS)
+    if not (raw.validated(ds) and snaps.validated(ds)):  # (the first test's run of this day left them so)
+        airflow_local.dags_test(FEATURES, ds)
     good_raw, good_snap = raw.manifest(ds), snaps.manifest(ds)
     assert raw.validated(ds) and snaps.validated(ds)
     lines = gzip.decompress(CDNOW_PATH.read_bytes()).decode().splitlines()
@@ -88,26 +89,28 @@ def test_a_bad_engine_fails_the_run_before_any_task(airflow_local, lake):
     assert not lake.table(RAW).exists("1997-01-20")
 
 
-# ---- training and batch scoring need mature labels: the whole CDNOW history landed -----------------
+# ---- training and batch scoring need mature labels: nine months of CDNOW history landed --------------
 TRAINING_CONF = {"train_weeks": 2, "valid_weeks": 1, "holdback_weeks": 1, "embargo_days": 0, "rounds": 30}
-SCORE_DAY = "1998-03-31"
+#: The history landed and validated: the source's first day .. LAST_DAY (not its whole span: every day of
+#: it is validated, and the tests need only what the latest mature cut-offs read — the training sets all
+#: days up to each cut-off, the 90-day labels the days after it — so the cut-offs are 1997-06-09 .. 06-30).
+LAST_DAY = "1997-09-30"
+SCORE_DAY = "1997-09-30"
 
 
 @pytest.fixture(scope="module")
-def history(tmp_path_factory):
+def history(tmp_path_factory, new_airflow):
     from jobs.config import Config
     from jobs.ingest.landing import land
-    from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.quality.validate import validate_range
 
     root = tmp_path_factory.mktemp("history")
-    af = AirflowLocal(root / "home", root / "lake", port=free_port())
-    af.init()
+    af = new_airflow(root)
     cfg = Config(lake_root=str(root / "lake"))
-    span = cfg.repo().source("cdnow_purchases").span
+    span = (cfg.repo().source("cdnow_purchases").span[0], LAST_DAY)
     land(cfg, "cdnow_purchases", *span)
     # validated, as the features DAG leaves them: labels, training sets and snapshots refuse unvalidated
-    # raw days (546 days: about 4 minutes here)
+    # raw days
     validate_range(cfg, "raw_events", *span, source="cdnow_purchases", alert=False, docs=False)
     return af, cfg
 
@@ -145,7 +148,7 @@ def test_batch_scoring_dag_scores_the_snapshot_and_publishes_sql(history):
     # ... but not its validate_snapshot task: scoring refuses the unvalidated snapshot, at once (no retries)
     proc = af.dags_test(SCORING, conf={"ds": SCORE_DAY}, check=False)
     out = proc.stdout + proc.stderr
-    assert "unvalidated input: table 'feature_snapshots/customer_activity_v1' ds=1998-03-31: not validated" in out
+    assert f"unvalidated input: table 'feature_snapshots/customer_activity_v1' ds={SCORE_DAY}: not validated" in out
     assert "--allow-unvalidated" in out and not cfg.lake().table("predictions").exists(SCORE_DAY)
     validate_partition(cfg, "feature_snapshots", SCORE_DAY, feature_set="customer_activity_v1", alert=False)
     af.dags_test(SCORING, conf={"ds": SCORE_DAY})

@@ -53,17 +53,15 @@ def _champion(cfg) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(tmp_path_factory, new_airflow):
     """Its own Airflow (the shared one's lake has no champion) over a lake with six validated snapshot days."""
     from jobs.config import Config
     from jobs.ingest.cdnow import ingest_cdnow
-    from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.quality.validate import validate_range
     from jobs.snapshots import build_snapshot
 
     root = tmp_path_factory.mktemp("catch_up")
-    af = AirflowLocal(root / "home", root / "lake", port=free_port())
-    af.init()
+    af = new_airflow(root)
     af.start(("scheduler", "dag-processor", "api-server"))
     try:
         cfg = Config(lake_root=str(root / "lake"))  # built while Airflow starts

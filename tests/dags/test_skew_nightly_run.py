@@ -48,13 +48,12 @@ def _register_champion(cfg, fs, ds: str):
 
 
 @pytest.fixture(scope="module")
-def served_day(tmp_path_factory):
+def served_day(tmp_path_factory, new_airflow):
     """Raw CDNOW days, three snapshots before DAY, a champion, and REQUESTS replayed against the service."""
     from fastapi.testclient import TestClient
 
     from jobs.config import Config
     from jobs.ingest.landing import land
-    from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.quality.validate import validate_range
     from jobs.serving.app import Settings, create_app
     from jobs.serving.model import RegistrySource
@@ -63,8 +62,7 @@ def served_day(tmp_path_factory):
     from jobs.snapshots import build_snapshot
 
     root = tmp_path_factory.mktemp("skew_nightly")
-    af = AirflowLocal(root / "home", root / "lake", port=free_port())
-    af.init()
+    af = new_airflow(root)
     cfg = Config(lake_root=str(root / "lake"))
     fs = cfg.repo().feature_set("customer_activity_v1")
     land(cfg, "cdnow_purchases", "1997-01-01", LAST_RAW)

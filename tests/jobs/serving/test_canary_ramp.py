@@ -277,9 +277,8 @@ def test_a_service_records_the_evidence_the_ramp_advances_on(lake, trained, tmp_
 # ---- the DAG ------------------------------------------------------------------------------------------------
 @pytest.mark.airflow
 @pytest.mark.timeout(600)
-def test_the_dag_advances_a_stage_and_then_holds(lake, trained, tmp_path):  # noqa: F811
+def test_the_dag_advances_a_stage_and_then_holds(lake, trained, tmp_path, new_airflow):  # noqa: F811
     from jobs import orchestration as o
-    from jobs.local.airflow_local import AirflowLocal, free_port
     from jobs.models.registry import CANARY_STAGE_AT_TAG, CANARY_TAG, Registry
 
     register(lake, trained, 5, 0.70, alias="champion")
@@ -289,8 +288,7 @@ def test_the_dag_advances_a_stage_and_then_holds(lake, trained, tmp_path):  # no
     began = dt.datetime.now(dt.UTC) - HOUR  # the stage began an hour ago, the guards passed since
     reg.client.set_model_version_tag(MODEL.name, v2, CANARY_STAGE_AT_TAG, began.isoformat())
     judged(lake, v2, 0.05, began + dt.timedelta(minutes=10))
-    af = AirflowLocal(tmp_path / "home", lake.lake_root, port=free_port())
-    af.init()
+    af = new_airflow(tmp_path, lake=lake.lake_root)
     t0 = time.monotonic()
     first = af.dags_test(o.canary_dag_id(MODEL.name), timeout=300)
     took = time.monotonic() - t0
