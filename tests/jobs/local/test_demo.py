@@ -102,7 +102,9 @@ def test_demo_without_airflow_lands_and_snapshots_a_repo_written_here(tmp_path, 
     out, err = capsys.readouterr()
     assert code == 0, out + err
     assert "[1/2] raw_events/shop_orders: 3 daily partitions, 4 events, validated through 2024-01-03" in out
-    assert "[2/2] shop_load_v1 snapshots on the local engine: 2 days, 2 shop keys on 2024-01-03" in out
+    # a 6-hour set: the snapshot of 01-03 reads 01-03 only, where shop b alone has an order (shop a's row
+    # would be all defaults; README "How much history a read takes")
+    assert "[2/2] shop_load_v1 snapshots on the local engine: 2 days, 1 shop keys on 2024-01-03" in out
     assert "feature_snapshots/shop_load_v1/ds=2024-01-03" in out
     assert "LOCKSTEP_REPO" not in os.environ  # --repo is this command's, not the process's
 
