@@ -437,7 +437,9 @@ def validate_range(
     own process (GE's per-partition overhead is CPU-bound Python: on 2 cores two processes validate a
     long history in about half the time). Each day is judged exactly as alone — a day's checks read only
     published earlier days and its own version — and the results come back in day order; the last day
-    is validated here after the others (it rebuilds the Data Docs index).
+    is validated here after the others (it rebuilds the Data Docs index). One difference when a day
+    FAILS: a later day in another process may be judged against the failing day's version before it is
+    quarantined (its history checks read it); one process judges it against the days still published.
 
     One bad day does not stop the others: every published partition is validated (and each failed
     one quarantined and alerted) before anything is raised. Then days without a published partition
