@@ -11,7 +11,7 @@ import pandas as pd
 from features.spec import FeatureSet, kernel_fingerprint
 from jobs import engines
 from jobs.config import Config
-from jobs.engines.join import history_start
+from jobs.engines.join import first_read
 from jobs.lake import UNVALIDATED_INPUTS, Lake, Manifest, Table, day_range, inputs_fingerprint, inputs_fingerprints
 from jobs.schemas import feature_schema
 
@@ -84,7 +84,7 @@ def build_snapshot(
 def _history(lake: Lake, fs: FeatureSet, ds: str) -> tuple[Table, str]:
     """The set's source table and the first partition the snapshot of ``ds`` reads: the table's first,
     or for a set with bounded windows the first that can hold an event inside one
-    (``jobs.engines.join.history_start``); a clear error when nothing was landed by ``ds``."""
+    (``jobs.engines.join.first_read``); a clear error when nothing was landed by ``ds``."""
     if fs.source is None:
         raise ValueError(f"feature set {fs.name!r} declares no source: nothing to build a snapshot from")
     raw = lake.table(fs.source.table)
@@ -98,7 +98,7 @@ def _history(lake: Lake, fs: FeatureSet, ds: str) -> tuple[Table, str]:
 
 def _start(fs: FeatureSet, first: str, ds: str) -> str:
     """The first partition the snapshot of ``ds`` reads, given the table's ``first``."""
-    return max(first, history_start(fs, cutoff(ds)) or first)
+    return first_read(fs, first, cutoff(ds))
 
 
 def _producer(cfg: Config, fs: FeatureSet, ds: str) -> dict:

@@ -204,6 +204,12 @@ def history_start(fs, as_of) -> str | None:
     return (pd.Timestamp(as_of).tz_convert("UTC") - pd.Timedelta(days=horizon)).strftime("%Y-%m-%d")
 
 
+def first_read(fs, first: str, as_of) -> str:
+    """The first partition a read of ``fs`` for queries from ``as_of`` on needs, given the table's
+    ``first``: :func:`history_start` when that is later, else ``first``."""
+    return max(first, history_start(fs, as_of) or first)
+
+
 def events_range(
     cfg,
     fs,
@@ -224,7 +230,7 @@ def events_range(
     first = first or table.first_ds()
     if first is None:
         return None
-    first = max(first, history_start(fs, as_of_min) or first)
+    first = first_read(fs, first, as_of_min)
     if mode == "known_at":
         last = (as_of_max - pd.Timedelta(microseconds=1)).strftime("%Y-%m-%d")
     else:

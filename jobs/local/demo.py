@@ -140,23 +140,24 @@ def land_history(cfg, model, validate_through: str | None = None) -> list:
     """Every source the model reads, landed over its declared span and validated (through
     ``validate_through``, default: the whole span) — what the daily DAGs would have landed and validated:
     labels, training sets and snapshots refuse raw days that are not validated."""
+    out = land_sources(cfg, model)
+    validate_sources(cfg, model, None, validate_through)
+    return out
+
+
+def validate_sources(cfg, model, first: str | None, through: str | None) -> int:
+    """Validate every source the model reads over ``first..through`` clipped to its declared span (None:
+    the span's end), in :data:`DEMO_WORKERS` processes; returns how many days were validated."""
     from jobs.quality.validate import validate_range
 
-    out = land_sources(cfg, model)
-    for source in model.sources:
-        last = min(source.span[1], validate_through or source.span[1])
-        if last >= source.span[0]:
-            validate_range(
-                cfg,
-                "raw_events",
-                source.span[0],
-                last,
-                source=source.name,
-                alert=False,
-                docs=False,
-                workers=DEMO_WORKERS,
+    checked = 0
+    for s in model.sources:
+        lo, hi = max(s.span[0], first or s.span[0]), min(s.span[1], through or s.span[1])
+        if hi >= lo:
+            checked += len(
+                validate_range(cfg, "raw_events", lo, hi, source=s.name, alert=False, docs=False, workers=DEMO_WORKERS)
             )
-    return out
+    return checked
 
 
 def land_sources(cfg, model) -> list:
@@ -379,7 +380,6 @@ def run_demo(
     af.init()
     _step(1, STEPS, f"Airflow home {af.home} (SQLite, LocalExecutor, dags/ = {af.dags_folder})", t0)
 
-    from jobs.quality.validate import validate_range
     from jobs.training.labels import latest_mature_cutoff
 
     # A model whose sets read bounded windows reads only the raw days around its cut-offs and features
@@ -391,12 +391,7 @@ def run_demo(
     before = (dt.date.fromisoformat(ds_from) - dt.timedelta(days=1)).isoformat()
     window = o.training_window(decl, conf, None, min(d for d in (latest, before) if d))
     first, through = validation_window(decl, window["cutoffs"], last)
-    checked = 0
-    for s in decl.sources:
-        lo, hi = max(s.span[0], first or s.span[0]), min(s.span[1], through)
-        checked += len(
-            validate_range(cfg, "raw_events", lo, hi, source=s.name, alert=False, docs=False, workers=DEMO_WORKERS)
-        )
+    checked = validate_sources(cfg, decl, first, through)
     tables = sorted({m.table for m in raw})
     _step(
         2,

@@ -115,11 +115,12 @@ def reused_event_ids(
         return [], {}
     before, owner = pd.Series(np.concatenate(chunks)), np.concatenate(owners)
     found = before.isin(pd.unique(here_ids)).to_numpy()  # one hash table of this partition's ids
+    here = pd.Series(here_ids)
     conflicts: dict = {}  # id -> earlier ds (the first one)
     for n in np.unique(owner[found]):  # the days sharing an id with this one, in order
         day = days[n]
         shared = pd.unique(before[found & (owner == n)].to_numpy())
-        hit = pd.Series(here_ids).isin(shared).to_numpy()
+        hit = here.isin(shared).to_numpy()
         rows = table.read(day, columns=[event_id, *content])
         rows = rows[rows[event_id].isin(shared)]
         theirs = dict(zip(rows[event_id].tolist(), row_hashes(rows, content).tolist(), strict=True))

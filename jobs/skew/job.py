@@ -60,7 +60,7 @@ import pyarrow as pa
 
 from features.spec import FeatureSet
 from jobs import engines
-from jobs.engines.join import history_start
+from jobs.engines.join import first_read
 from jobs.lake import UNVALIDATED_INPUTS, MissingPartitionError, UnvalidatedPartitionError
 from jobs.serving.log import (
     SERVING_LOGS_TABLE,
@@ -500,10 +500,10 @@ def stale_vectors(
 def _reads_from(fs: FeatureSet, first: str, ds: str, earliest=None) -> str:
     """The first raw partition the recomputation of ``fs`` for the log of ``ds`` reads: the table's
     ``first``, or for bounded windows the first that can hold an event inside one for a request of day
-    ``ds`` (or at ``earliest``, when a logged request is earlier) — ``jobs.engines.join.history_start``."""
+    ``ds`` (or at ``earliest``, when a logged request is earlier) — ``jobs.engines.join.first_read``."""
     day = pd.Timestamp(ds, tz="UTC")
     as_of = day if earliest is None else min(day, pd.Timestamp(earliest).tz_convert("UTC"))
-    return max(first, history_start(fs, as_of) or first)
+    return first_read(fs, first, as_of)
 
 
 def _unvalidated_inputs(lake, decl, logs_table: str, ds: str, late_days: int, allow: bool) -> list[str]:
