@@ -530,12 +530,128 @@ def _serve_registry(cfg, wal: Path, env_extra: dict):
     return proc, url
 
 
-def bench_lifecycle(cfg, root: Path, day: str, seconds: float = 15.0, swaps: int = 10, runs: int = 3) -> list[tuple]:
+def _children_alive() -> list[str]:
+    """This process's child processes still alive (a server that outlived its SIGTERM)."""
+    import psutil
+
+    out = []
+    for c in psutil.Process().children(recursive=True):
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{c.pid}:{c.name()}")
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def _thread_cpu(pid: int) -> tuple[float, float]:
+    """(main thread, every other thread) CPU seconds of process ``pid``: a uvicorn worker's main
+    thread runs the event loop (the request path); the others are the WAL writers, the shadow worker,
+    the pollers."""
+    import psutil
+
+    main = other = 0.0
+    for t in psutil.Process(pid).threads():
+        if t.id == pid:
+            main += t.user_time + t.system_time
+        else:
+            other += t.user_time + t.system_time
+    return main, other
+
+
+def shadow_runs(cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: float = 8.0) -> list[dict]:
+    """``pairs`` pairs of runs, shadow off and on, a fresh server each (uvicorn 1 worker, the MLflow
+    registry, wrk 1 thread x 16 connections); the order alternates (off/on, on/off, ...) so a drift
+    of the machine over the pairs falls on both arms alike. Each run records wrk's numbers, the
+    server's p50/p99 (its handler latency, ``/metrics.json``), the server's CPU seconds (event loop
+    and other threads), wrk's CPU seconds, what the machine did meanwhile (``bench.serving.machine``:
+    steal, the other jobs' CPU, disk, dirty pages, clock) and the children left after the SIGTERM."""
+    import httpx
+
+    from bench.serving import machine
+
+    script = wrk_script(bodies, root / "lifecycle.lua")
+    wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
+    out = []
+    for i in range(pairs):
+        for shadow in ("0", "1") if i % 2 == 0 else ("1", "0"):
+            wal = root / f"wal-lifecycle-shadow{shadow}-{i}"
+            proc, url = _serve_registry(
+                cfg, wal, {"LOCKSTEP_SERVING_SHADOW": shadow, "LOCKSTEP_SERVING_MODEL_POLL_S": "30"}
+            )
+            try:
+                loop0, bg0 = _thread_cpu(proc.pid)
+                m0 = machine.sample()
+                text = subprocess.run(
+                    wrk + [f"-d{seconds:.0f}s", url], capture_output=True, text=True, check=True
+                ).stdout
+                m1 = machine.sample()
+                loop1, bg1 = _thread_cpu(proc.pid)
+                health = httpx.get(f"{url}/health").json()
+                server = httpx.get(f"{url}/metrics.json").json()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            wrk_cpu = m1.children_cpu_s - m0.children_cpu_s
+            served = (loop1 - loop0) + (bg1 - bg0)
+            w = parse_wrk(text) | {"pair": i, "shadow": shadow == "1"}
+            w |= {"scored": health.get("shadow_scored"), "dropped": sum((health.get("shadow_dropped") or {}).values())}
+            w |= {"server_p50": server["p50_ms"], "server_p99": server["p99_ms"], "server_n": server["ok"]}
+            n = max(server["ok"], 1)
+            w |= {
+                "server_cpu_s": served,
+                "loop_us": (loop1 - loop0) / n * 1e6,
+                "bg_us": (bg1 - bg0) / n * 1e6,
+                "cpu_us": served / n * 1e6,
+                "wrk_cpu_s": wrk_cpu,
+                "machine": machine.delta(m0, m1, own_cpu_s=served + wrk_cpu),
+                "leftover": _children_alive(),
+            }
+            print(f"  shadow {'on ' if w['shadow'] else 'off'} pair {i}: {_run_line(w)}", flush=True)
+            out.append(w)
+    return out
+
+
+def _run_line(w: dict) -> str:
+    return (
+        f"{w['rps']:.0f} req/s, client p50/p99 {w['p50_ms']:.1f}/{w['p99_ms']:.1f} ms, server p50/p99 "
+        f"{w['server_p50']:.2f}/{w['server_p99']:.2f} ms, server CPU {w['cpu_us']:.0f} us/req (loop "
+        f"{w['loop_us']:.0f}, other threads {w['bg_us']:.0f}), wrk {w['wrk_cpu_s']:.1f} CPU-s; shadow scored "
+        f"{w['scored']}, dropped {w['dropped']}; {bench_machine_line(w)}"
+        + (f"; LEFT RUNNING {w['leftover']}" if w["leftover"] else "")
+    )
+
+
+def bench_machine_line(w: dict) -> str:
+    from bench.serving import machine
+
+    return machine.describe(w["machine"])
+
+
+def pair_ratios(runs: list[dict], keys=("p99_ms", "server_p99", "rps", "cpu_us", "loop_us")) -> dict:
+    """on / off of each key within each pair, and their medians: {key: (median, [per pair])}."""
+    by = {}
+    for w in runs:
+        by.setdefault(w["pair"], {})[w["shadow"]] = w
+    out = {}
+    for key in keys:
+        got = [
+            p[True][key] / p[False][key] for _, p in sorted(by.items()) if True in p and False in p and p[False][key]
+        ]
+        out[key] = (float(np.median(got)) if got else float("nan"), got)
+    return out
+
+
+def bench_lifecycle(
+    cfg, root: Path, day: str, seconds: float = 15.0, swaps: int = 10, pairs: int = 6, shadow_seconds: float = 8.0
+) -> list[tuple]:
     """The served model's lifecycle under load, over HTTP (uvicorn, 1 worker, the MLflow registry,
-    wrk 1 thread x 16 connections on the same 2 cores): (1) p50/p99 with the challenger shadowing
-    every request vs the shadow off (target: p99 within 10% of off); (2) requests failed while the
-    champion alias moves ``swaps`` times (v1 <-> v2, as ``lockstep model promote`` / ``rollback``
-    do; the service polls every 0.5 s) (target: 0), every 200 in the published log."""
+    wrk 1 thread x 16 connections on the same 2 cores): (1) p99 with the challenger shadowing every
+    request vs the shadow off, as the median over ``pairs`` interleaved pairs of the per-pair ratio
+    on/off (target: within 10%), with the server's CPU per request (load-independent) beside it;
+    (2) requests failed while the champion alias moves ``swaps`` times (v1 <-> v2, as ``lockstep model
+    promote`` / ``rollback`` do; the service polls every 0.5 s) (target: 0), every 200 in the
+    published log."""
     import shutil
     import threading
 
@@ -556,51 +672,45 @@ def bench_lifecycle(cfg, root: Path, day: str, seconds: float = 15.0, swaps: int
     script = wrk_script(bodies, root / "lifecycle.lua")
     wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
     setup = "uvicorn 1 worker, MLflow registry, 200-tree LightGBM v1 champion + v2 challenger, wrk 1 thread x 16 conn"
-    rows, got = [], {}
-    for shadow in ("0", "1") * runs:  # interleaved: the shared machine's load drifts
-        wal = root / f"wal-lifecycle-shadow{shadow}-{len(got.get(shadow, []))}"
-        proc, url = _serve_registry(
-            cfg, wal, {"LOCKSTEP_SERVING_SHADOW": shadow, "LOCKSTEP_SERVING_MODEL_POLL_S": "30"}
-        )
-        try:
-            load0 = os.getloadavg()[0]
-            out = subprocess.run(wrk + [f"-d{seconds:.0f}s", url], capture_output=True, text=True, check=True).stdout
-            health = httpx.get(f"{url}/health").json()
-            server = httpx.get(f"{url}/metrics.json").json()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(60)
-        w = parse_wrk(out) | {"scored": health.get("shadow_scored"), "dropped": health.get("shadow_dropped")}
-        w |= {"server_p50": server["p50_ms"], "server_p99": server["p99_ms"], "load": (load0 + os.getloadavg()[0]) / 2}
-        got.setdefault(shadow, []).append(w)
-    off, on = got["0"], got["1"]
+    rows = []
+    runs = shadow_runs(cfg, root, bodies, pairs, shadow_seconds)
+    RESULTS.parent.mkdir(exist_ok=True)
+    with open(RESULTS.with_name("serving-shadow-runs.jsonl"), "a") as f:  # every run, for a later look
+        import json
 
-    def med(ws, key) -> float:
-        return float(np.median([w[key] for w in ws]))
+        stamp = pd.Timestamp.now(tz="UTC").isoformat()
+        for w in runs:
+            f.write(json.dumps({"bench_at": stamp, **w}, default=str) + "\n")
+    ratios = pair_ratios(runs)
+    on = [w for w in runs if w["shadow"]]
+    client_ratio, server_ratio = ratios["p99_ms"][0], ratios["server_p99"][0]
 
-    def runs_of(ws) -> str:
-        return "; ".join(
-            f"{w['rps']:.0f} req/s, client p50/p99 {w['p50_ms']:.1f}/{w['p99_ms']:.1f} ms, "
-            f"server p50/p99 {w['server_p50']:.2f}/{w['server_p99']:.2f} ms (load {w['load']:.1f})"
-            for w in ws
-        )
+    def each(key: str) -> str:
+        return "/".join(f"{r:.2f}" for r in ratios[key][1])
 
-    dropped = sum(sum((w["dropped"] or {}).values()) for w in on)
-    client_ratio = med(on, "p99_ms") / med(off, "p99_ms")
-    server_ratio = med(on, "server_p99") / med(off, "server_p99")
+    steal = [w["machine"].get("steal_share", 0.0) * 100 for w in runs]
+    others = [w["machine"].get("others_cpu_s", 0.0) / max(w["machine"]["wall_s"], 1e-9) for w in runs]
     rows.append(
         (
-            "HTTP p50/p99, shadow on vs off",
-            f"{setup}; fresh mode, {seconds:.0f} s per run, {runs} runs each, interleaved; medians compared",
+            "HTTP p99, shadow on vs off",
+            f"{setup}; fresh mode, {pairs} pairs of {shadow_seconds:.0f} s runs, order alternating; per-pair on/off ratios",
             (
-                f"off: {runs_of(off)} || on: {runs_of(on)} || shadow scored {sum(w['scored'] or 0 for w in on)}, "
-                f"dropped {dropped}; median p99 on/off: client {client_ratio:.2f}, server {server_ratio:.2f}"
+                f"median on/off: client p99 {client_ratio:.2f} ({each('p99_ms')}), server p99 {server_ratio:.2f} "
+                f"({each('server_p99')}), req/s {ratios['rps'][0]:.2f}, server CPU/request {ratios['cpu_us'][0]:.2f} "
+                f"({each('cpu_us')}), event-loop CPU/request {ratios['loop_us'][0]:.2f}; off: "
+                f"{np.median([w['cpu_us'] for w in runs if not w['shadow']]):.0f} us/req, on: "
+                f"{np.median([w['cpu_us'] for w in on]):.0f} us/req; shadow scored {sum(w['scored'] or 0 for w in on)}, "
+                f"dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
+                f"{min(others):.2f}-{max(others):.2f} cores; leftover processes "
+                f"{sum(len(w['leftover']) for w in runs)}"
             ),
             "p99 within 10% of off",
             "ok" if client_ratio <= 1.10 and server_ratio <= 1.10 else "MISSED",
         )
     )
 
+    if swaps <= 0:
+        return rows
     wal = root / "wal-lifecycle-swaps"
     proc, url = _serve_registry(cfg, wal, {"LOCKSTEP_SERVING_SHADOW": "0", "LOCKSTEP_SERVING_MODEL_POLL_S": "0.5"})
     reg = Registry.from_config(cfg)
@@ -764,6 +874,9 @@ def main(argv=None) -> int:
     p.add_argument("--skip-cdnow", action="store_true", help="only the flights three-set vector")
     p.add_argument("--skip-flights", action="store_true")
     p.add_argument("--only-lifecycle", action="store_true", help="only the shadow on/off and swap-under-load rows")
+    p.add_argument("--shadow-pairs", type=int, default=6, help="interleaved shadow off/on pairs of runs")
+    p.add_argument("--shadow-seconds", type=float, default=8.0, help="seconds per shadow off/on run")
+    p.add_argument("--skip-swaps", action="store_true", help="lifecycle: the shadow rows only, no swaps under load")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to measure")
     p.add_argument(
         "--batch-only", action="store_true", help="CDNOW /predict/batch rows only (in process and HTTP), no flights"
@@ -774,7 +887,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp:
         root = Path(tmp)
         if args.only_lifecycle:
-            rows += bench_lifecycle(cdnow_lake(root, day), root, day, args.http_seconds)
+            rows += bench_lifecycle(
+                cdnow_lake(root, day),
+                root,
+                day,
+                args.http_seconds,
+                pairs=args.shadow_pairs,
+                shadow_seconds=args.shadow_seconds,
+                swaps=0 if args.skip_swaps else 10,
+            )
             args.skip_cdnow = args.skip_flights = args.skip_skew = True
         if not args.skip_cdnow:
             cfg = cdnow_lake(root, day)
@@ -783,7 +904,9 @@ def main(argv=None) -> int:
                 rows += bench_inprocess(cfg, day, model)
             rows += bench_batch_inprocess(cfg, day, model)
             if not args.skip_http:
-                rows += bench_lifecycle(cfg, root, day, args.http_seconds)
+                rows += bench_lifecycle(
+                    cfg, root, day, args.http_seconds, pairs=args.shadow_pairs, shadow_seconds=args.shadow_seconds
+                )
                 for workers in args.workers:
                     if not args.batch_only:
                         rows += bench_http(cfg, root, day, model, args.http_seconds, workers=workers)

@@ -791,13 +791,16 @@ def create_app(
                 refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
                 refreshers.append(refresher)
             timeout_ms = join.timeout_ms if join.timeout_ms is not None else settings.store_timeout_ms
+            vectors = SnapshotVectors(cfg, fs)
+            if (join.mode or settings.mode) == "materialized":
+                vectors.warm()  # loaded here, not by (and on the event loop of) the first request
             parts.append(
                 (
                     join,
                     Predictor(
                         fs,
                         cache,
-                        SnapshotVectors(cfg, fs),
+                        vectors,
                         model,
                         hook,
                         metrics,

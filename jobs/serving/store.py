@@ -24,6 +24,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from functools import lru_cache
 from typing import Protocol
 
 import numpy as np
@@ -395,7 +396,9 @@ class SnapshotVectors:
 
     For a request at ``t`` the vector comes from ``feature_snapshots/<set>/ds=date(t)-1`` (as
     known at ``date(t)`` 00:00 UTC). Partitions are loaded from the lake on first use and the
-    last ``keep_days`` are kept in process.
+    last ``keep_days`` are kept in process. Loading one turns every row into a Python tuple (on
+    the bench's CDNOW set, 23,570 entities x 22 features: 1.2 s at load ~4): the service calls
+    :meth:`warm` at start-up so the day being served is loaded before the first request, not by it.
     """
 
     def __init__(self, cfg, fs: FeatureSet, keep_days: int = 2):
@@ -406,7 +409,9 @@ class SnapshotVectors:
 
     @staticmethod
     def ds_for(request_time: pd.Timestamp) -> str:
-        return (request_time.tz_convert("UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+        # by the UTC day number (a tz-aware Timestamp's ``value`` is UTC ns): formatting the date with
+        # pandas per query cost ~48 us, most of a materialized query's CPU
+        return _ds_before_day(request_time.value // _DAY_NS)
 
     def vector(self, entity_id, request_time: pd.Timestamp) -> tuple[str, tuple | None]:
         """(ds, values in ``fs.feature_names`` order); values None for an entity with no history.
@@ -418,6 +423,18 @@ class SnapshotVectors:
         if day is None:
             raise StoreUnavailable("no_snapshot", f"feature_snapshots/{self.fs.name}/ds={ds} is not published")
         return ds, day.get(self._key(entity_id))
+
+    def warm(self, now: pd.Timestamp | None = None) -> str | None:
+        """Load the partition requests at ``now`` (default: the clock) read, or, when it is not
+        published, the latest published one before it (a service answering requests of a past day,
+        as the benchmarks do, reads that one); the ds loaded, or None when there is none."""
+        from jobs.snapshots import snapshot_table
+
+        want = self.ds_for(now if now is not None else pd.Timestamp.now(tz="UTC"))
+        days = [d for d in snapshot_table(self.cfg.lake(), self.fs).partitions() if d <= want]
+        if not days or self._day(days[-1]) is None:
+            return None
+        return days[-1]
 
     def _day(self, ds: str):
         with self._lock:
@@ -542,6 +559,15 @@ class StoreRefresher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+
+_DAY_NS = 86_400 * 10**9
+
+
+@lru_cache(maxsize=4096)
+def _ds_before_day(day: int) -> str:
+    """The ds of the UTC day before day number ``day`` (days since 1970-01-01)."""
+    return (pd.Timestamp((day - 1) * _DAY_NS, tz="UTC")).strftime("%Y-%m-%d")
 
 
 def _none_if_nan(v: float):

@@ -462,3 +462,43 @@ def test_a_failed_interval_fsync_is_counted_alerted_and_retried(tmp_path):
     assert len(alerts) == 1 and "serving log fsync failed (1 so far)" in alerts[0]  # rate-limited
     slog._fd = None  # nothing left to close
     slog.close()
+
+
+def test_a_materialized_service_loads_the_served_snapshot_day_at_start_up_not_on_the_first_request(
+    lake_cfg, model_source, tmp_path
+):
+    from jobs.config import Config
+    from jobs.snapshots import snapshot_table
+
+    root = tmp_path / "lake"
+    shutil.copytree(lake_cfg.lake_root, root)
+    cfg = Config(lake_root=str(root))
+    table = snapshot_table(cfg.lake(), FS)
+    latest = table.partitions()[-1]  # the day before DAY: what requests of DAY read
+    want = table.read(latest).set_index("customer_id").loc[5]
+    body = {"entity_id": 5, "request_time": f"{DAY}T12:00:00Z", "mode": "materialized"}
+    hidden = tmp_path / "hidden"
+    apps = {m: _app(cfg, model_source, tmp_path / m, mode=m) for m in ("materialized", "fresh")}
+    with TestClient(apps["materialized"]) as warm, TestClient(apps["fresh"]) as lazy:
+        # the partition disappears once both have started: only a day loaded at start-up can answer
+        shutil.move(str(root / table.name / f"ds={latest}"), hidden)
+        got, cold = warm.post("/predict", json=body).json(), lazy.post("/predict", json=body).json()
+    assert not got["degraded"] and got["features"]["txn_count_365d"] == want["txn_count_365d"]
+    assert got["features"]["recency_days"] == want["recency_days"]
+    # a service whose default mode is fresh loads a day on its first materialized request (not up front)
+    assert cold["degraded"] and cold["degraded_reason"] == "no_snapshot"
+
+
+def test_the_snapshot_day_of_a_request_is_the_utc_day_before_in_any_time_zone():
+    import numpy as np
+
+    from jobs.serving.store import SnapshotVectors
+
+    rng = np.random.default_rng(0)
+    for v in rng.integers(-(10**18), 4 * 10**18, 3000):
+        for tz in ("UTC", "America/New_York", "Asia/Kolkata"):
+            t = pd.Timestamp(int(v), tz="UTC").tz_convert(tz)
+            want = (t.tz_convert("UTC").normalize() - pd.Timedelta(days=1)).strftime("%Y-%m-%d")
+            assert SnapshotVectors.ds_for(t) == want
+    assert SnapshotVectors.ds_for(pd.Timestamp("1997-04-10T00:00:00-05:00")) == "1997-04-09"  # 05:00 UTC
+    assert SnapshotVectors.ds_for(pd.Timestamp("1997-04-09T23:59:59.999999Z")) == "1997-04-08"
