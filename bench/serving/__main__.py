@@ -319,6 +319,27 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def wait_workers(url: str, workers: int, timeout_s: float = 180.0) -> int:
+    """Wait until ``workers`` distinct worker processes have answered ``/health`` (a new connection
+    per call, so the kernel hands them to different workers): uvicorn's first worker answers while
+    the others are still loading the store, and a run started then measures one worker serving
+    beside others busy starting up. The number of workers seen (fewer: the timeout passed)."""
+    import httpx
+
+    pids: set = set()
+    deadline = time.monotonic() + timeout_s
+    while len(pids) < workers and time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/health", timeout=1)
+            if r.status_code == 200 and r.json().get("status") == "ok":
+                pids.add(r.json().get("pid"))
+                continue
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return len(pids)
+
+
 def _ms(v) -> str:
     return "n/a" if v is None else f"{v:.2f} ms"
 
@@ -336,6 +357,7 @@ def bench_http(
     label: str = "",
     endpoint: str = "/predict",
     per_request: int = 1,
+    modes: tuple[str, ...] = ("fresh", "materialized"),
 ) -> list[tuple]:
     """uvicorn (``workers`` processes) under ``wrk`` (C, one thread) on the same 2 cores. ``decl``: the
     declared model served (default: the repo's default, CDNOW); ``bodies``: its requests, to
@@ -361,7 +383,7 @@ def bench_http(
             {"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()
         ]
     script = wrk_script(bodies, root / f"predict-{decl.name}-{per_request}.lua", endpoint)
-    for mode in ("fresh", "materialized"):
+    for mode in modes:
         wal = root / f"wal-{decl.name}-{mode}-{workers}-{per_request}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -395,12 +417,7 @@ def bench_http(
             env=env,
         )
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        up = wait_workers(url, workers)
         cpu0 = _tree_cpu(proc.pid)
         out = subprocess.run(
             ["wrk", "-t1", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "-s", str(script), url],
@@ -422,6 +439,8 @@ def bench_http(
         # served and logged too. An acknowledged record is lost only if logged < 200s seen.
         lost = max(ok - logged, 0)
         setup = f"uvicorn {workers} worker(s), wrk 1 thread x {connections} connections, {seconds:.0f} s, same 2 cores"
+        if up < workers:
+            setup += f" (ONLY {up} of {workers} workers up when the run started)"
         if per_request > 1:
             rate = w["rps"] * per_request
             rows.append(

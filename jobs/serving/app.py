@@ -329,6 +329,7 @@ class Predictor:
         stamped = getattr(self.hook, "fingerprint", None)
         self.fingerprint = stamped if stamped and stamped.split(":", 1)[0] == fs.name else fs.fingerprint
         self._names = list(model.feature_names)
+        self._set_names = fs.feature_names  # a property building a tuple per call: once, not per query
         self.metrics = metrics or Metrics()
         self.defaults = {
             f.name: (int(f.default or 0) if f.is_integer else (None if f.default is None else float(f.default)))
@@ -350,7 +351,7 @@ class Predictor:
                 ds, vec = self.snapshots.vector(entity_id, request_time)
             except StoreUnavailable as exc:
                 return dict(self.defaults), exc.reason, None
-            return (dict(self.defaults) if vec is None else dict(zip(self.fs.feature_names, vec))), None, ds
+            return (dict(self.defaults) if vec is None else dict(zip(self._set_names, vec))), None, ds
         try:
             if history is None:
                 history = history_of(self.events, entity_id, self.fs)
