@@ -647,11 +647,26 @@ def bench_machine_line(w: dict) -> str:
     return machine.describe(w["machine"])
 
 
-def pair_ratios(runs: list[dict], keys=("p99_ms", "server_p99", "rps", "cpu_us", "loop_us")) -> dict:
-    """on / off of each key within each pair, and their medians: {key: (median, [per pair])}."""
+#: a run during which the other jobs on the machine used more than this many cores is "busy": its
+#: pair is left out of the quiet-pairs median (the off arm's throughput fell with the others' CPU)
+BUSY_CORES = 0.25
+
+
+def _others_cores(w: dict) -> float:
+    m = w["machine"]
+    return m.get("others_cpu_s", 0.0) / max(m["wall_s"], 1e-9)
+
+
+def pair_ratios(
+    runs: list[dict], keys=("p99_ms", "server_p99", "rps", "cpu_us", "loop_us"), quiet_only: bool = False
+) -> dict:
+    """on / off of each key within each pair, and their medians: {key: (median, [per pair])}.
+    ``quiet_only``: only the pairs whose both runs had the other jobs under ``BUSY_CORES``."""
     by = {}
     for w in runs:
         by.setdefault(w["pair"], {})[w["shadow"]] = w
+    if quiet_only:
+        by = {k: p for k, p in by.items() if all(_others_cores(w) < BUSY_CORES for w in p.values())}
     out = {}
     for key in keys:
         got = [
@@ -708,7 +723,14 @@ def bench_lifecycle(
         return "/".join(f"{r:.2f}" for r in ratios[key][1])
 
     steal = [w["machine"].get("steal_share", 0.0) * 100 for w in runs]
-    others = [w["machine"].get("others_cpu_s", 0.0) / max(w["machine"]["wall_s"], 1e-9) for w in runs]
+    others = [_others_cores(w) for w in runs]
+    quiet = pair_ratios(runs, quiet_only=True)
+    n_quiet = len(quiet["p99_ms"][1])
+    quiet_text = f"quiet pairs (other jobs < {BUSY_CORES} cores in both runs): {n_quiet}" + (
+        f", median on/off client p99 {quiet['p99_ms'][0]:.2f}, server p99 {quiet['server_p99'][0]:.2f}"
+        if n_quiet
+        else ""
+    )
     rows.append(
         (
             "HTTP p99, shadow on vs off",
@@ -720,7 +742,7 @@ def bench_lifecycle(
                 f"{np.median([w['cpu_us'] for w in runs if not w['shadow']]):.0f} us/req, on: "
                 f"{np.median([w['cpu_us'] for w in on]):.0f} us/req; shadow scored {sum(w['scored'] or 0 for w in on)}, "
                 f"dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
-                f"{min(others):.2f}-{max(others):.2f} cores; leftover processes "
+                f"{min(others):.2f}-{max(others):.2f} cores; {quiet_text}; leftover processes "
                 f"{sum(len(w['leftover']) for w in runs)}"
             ),
             "p99 within 10% of off",

@@ -32,9 +32,12 @@ def main(argv=None) -> int:
     p.add_argument("--arms", default="off,on,on,off,off,on", help="comma-separated off|on[:switch interval ms]")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--connections", type=int, default=16)
+    p.add_argument(
+        "--registry", action="store_true", help="models from the lake's MLflow registry (as bench.serving's rows)"
+    )
     args = p.parse_args(argv)
 
-    from bench.serving.__main__ import FS, cdnow_lake, lgbm_model, wrk_script
+    from bench.serving.__main__ import FS, cdnow_lake, lgbm_model, register_versions, wrk_script
     from bench.serving.profile_batch import run_once
     from jobs.serving import app as appmod
     from jobs.serving.app import Settings, create_app
@@ -47,6 +50,8 @@ def main(argv=None) -> int:
         root = Path(tmp)
         cfg = cdnow_lake(root, day)
         champion, challenger = lgbm_model(cfg, day), lgbm_model(cfg, day, version=2, seed=1)
+        if args.registry:
+            register_versions(cfg, day)  # v1 champion, v2 challenger alias
         plan = plan_day(read_lake_events(cfg, FS), day, 20_000, seed=4)
         bodies = [
             {"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()
@@ -87,7 +92,10 @@ def main(argv=None) -> int:
                     refresh_s=0,
                     shadow=on,
                     switch_interval_ms=float(interval) if interval else None,
+                    model_poll_s=30.0,
                 )
+                if args.registry:  # the service's own registry source (shadow on: the challenger alias)
+                    return create_app(settings, cfg=cfg)
                 src = StaticSource(champion, challenger, challenger=(champion.name, "2") if on else None)
                 return create_app(settings, model_source=src, cfg=cfg)
 
