@@ -676,6 +676,20 @@ def pair_ratios(
     return out
 
 
+#: quiet pairs needed to judge the shadow target: on a busy machine the per-pair ratios spread far
+#: wider than the 10% the target allows (0.3x-2.7x measured at load 3-15)
+MIN_QUIET_PAIRS = 3
+
+
+def shadow_verdict(ratios: dict, quiet: dict) -> str:
+    """``ok`` / ``MISSED`` by the medians over the quiet pairs when there are ``MIN_QUIET_PAIRS`` of
+    them; else ``unresolved`` (the all-pairs medians are printed, and say nothing within 10%)."""
+    n = len(quiet["p99_ms"][1])
+    if n < MIN_QUIET_PAIRS:
+        return f"unresolved: {n} quiet pair(s), {MIN_QUIET_PAIRS} needed"
+    return "ok" if quiet["p99_ms"][0] <= 1.10 and quiet["server_p99"][0] <= 1.10 else "MISSED"
+
+
 def bench_lifecycle(
     cfg, root: Path, day: str, seconds: float = 15.0, swaps: int = 10, pairs: int = 6, shadow_seconds: float = 8.0
 ) -> list[tuple]:
@@ -746,7 +760,7 @@ def bench_lifecycle(
                 f"{sum(len(w['leftover']) for w in runs)}"
             ),
             "p99 within 10% of off",
-            "ok" if client_ratio <= 1.10 and server_ratio <= 1.10 else "MISSED",
+            shadow_verdict(ratios, quiet),
         )
     )
 
