@@ -397,7 +397,7 @@ class SnapshotVectors:
     For a request at ``t`` the vector comes from ``feature_snapshots/<set>/ds=date(t)-1`` (as
     known at ``date(t)`` 00:00 UTC). Partitions are loaded from the lake on first use and the
     last ``keep_days`` are kept in process. Loading one turns every row into a Python tuple (on
-    the bench's CDNOW set, 23,570 entities x 22 features: 1.2 s at load ~4): the service calls
+    bench.serving's set, 23,570 entities x 22 features: 1.2 s at load ~4): the service calls
     :meth:`warm` at start-up so the day being served is loaded before the first request, not by it.
     """
 
