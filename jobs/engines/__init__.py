@@ -13,6 +13,7 @@ import importlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from features.spec import MODES, FeatureSet
@@ -70,11 +71,35 @@ Queries = pd.DataFrame | Sequence[str] | Snapshot | Snapshots
 
 
 def snapshot_queries(events: pd.DataFrame, fs: FeatureSet, queries: Snapshot | Snapshots, mode: str) -> pd.DataFrame:
-    """The query table of a Snapshot or Snapshots over ``events`` (one bucket's, or all of them)."""
+    """The query table of a Snapshot or Snapshots over ``events`` (one bucket's, or all of them).
+
+    One cut-off: ``features.kernel.snapshot_queries``. Several: the concatenation of that function's
+    frames for each cut-off, in cut-off order, computed in one pass over ``events`` instead of one per
+    cut-off: an entity has an event visible at ``t`` exactly when its earliest visibility instant
+    (the least ``event_ts`` — in ``known_at`` mode the least ``max(event_ts, ingested_at)`` — of its
+    events) is before ``t``; each cut-off's ids are then those entities, sorted, as the kernel sorts them.
+    """
     from features import kernel
 
-    frames = [kernel.snapshot_queries(events, fs, t, mode) for t in queries.cutoffs]
-    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if len(queries.cutoffs) == 1:
+        return kernel.snapshot_queries(events, fs, queries.cutoffs[0], mode)
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    visible_at = kernel.to_us(events[fs.timestamp], fs.timestamp)
+    if mode == "known_at":
+        visible_at = np.maximum(visible_at, kernel.to_us(events[fs.ingested_at], fs.ingested_at))
+    keyed = events[fs.entity].notna().to_numpy()
+    codes, uniques = pd.factorize(events[fs.entity].to_numpy()[keyed])
+    first = np.full(len(uniques), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, visible_at[keyed])
+    by_first = np.argsort(first, kind="stable")  # entities in order of visibility: a prefix per cut-off
+    first_sorted = first[by_first]
+    frames = []
+    for t in queries.cutoffs:
+        t_us = kernel.to_us(pd.Series([t]), AS_OF)[0]
+        ids = np.sort(uniques[by_first[: np.searchsorted(first_sorted, t_us, side="left")]])
+        frames.append(pd.DataFrame({fs.entity: ids, AS_OF: kernel.from_us(np.full(len(ids), t_us, dtype=np.int64))}))
+    return pd.concat(frames, ignore_index=True)
 
 
 def run(
