@@ -12,9 +12,9 @@ the end of its file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import fsspec
 import lightgbm as lgb
@@ -238,59 +238,26 @@ def iter_matrices(
                 yield to_matrix(tbl, columns, order=order), tbl.select(list(extra))
 
 
-@dataclass(frozen=True)
-class RowGroup:
-    """One row group of one Parquet file, located for a reader in another thread."""
-
-    url: str
-    fs: object
-    path: str
-    index: int
-    metadata: object = field(repr=False)
-    columns: tuple[str, ...]
-
-
-def parquet_row_groups(
-    files: Sequence[str], columns: Sequence[str], *, storage_options: dict | None = None
-) -> Iterator[RowGroup]:
-    """The row groups of ``files`` in order; a file missing one of ``columns`` raises a KeyError
-    naming it when it is reached (each file's footer is read once, here)."""
+def iter_tables(
+    files: Sequence[str], columns: Sequence[str], *, batch_rows: int = 100_000, storage_options: dict | None = None
+) -> Iterator[pa.Table]:
+    """``columns`` of ``files`` as Arrow tables of at most ``batch_rows`` rows, in file order, decoded
+    single-threaded in the calling thread (a scorer decodes here while its workers predict; local files
+    are memory-mapped, others read through fsspec). A file missing one of ``columns`` raises a
+    KeyError naming it when it is reached."""
     for f in files:
         fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
-        with fs.open(p, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            md = pf.metadata
+        with contextlib.ExitStack() as stack:
+            if isinstance(fs, LocalFileSystem):
+                pf = stack.enter_context(pq.ParquetFile(p, memory_map=True))
+            else:
+                pf = stack.enter_context(pq.ParquetFile(stack.enter_context(fs.open(p, "rb"))))
             missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise KeyError(f"{f}: missing column(s) {missing}")
-        for i in range(md.num_row_groups):
-            yield RowGroup(f, fs, p, i, md, tuple(columns))
-
-
-def read_row_group(
-    group: RowGroup,
-    features: Sequence[str],
-    extra: Sequence[str] = (),
-    *,
-    batch_rows: int = 100_000,
-    out: np.ndarray | None = None,
-) -> Iterator[tuple[np.ndarray, pa.Table]]:
-    """``(column-major float64 matrix of features, Arrow table of extra columns)`` per ``batch_rows``
-    slice of one row group, decoded single-threaded (the caller runs several of these in parallel;
-    local files are memory-mapped, others read through fsspec). With ``out`` (see ``to_matrix``)
-    every matrix is a view of that one buffer: use each before taking the next."""
-    if isinstance(group.fs, LocalFileSystem):
-        tbl = pq.ParquetFile(group.path, memory_map=True, metadata=group.metadata).read_row_group(
-            group.index, columns=list(group.columns), use_threads=False
-        )
-    else:
-        with group.fs.open(group.path, "rb") as fh:
-            tbl = pq.ParquetFile(fh, metadata=group.metadata).read_row_group(
-                group.index, columns=list(group.columns), use_threads=False
-            )
-    for start in range(0, tbl.num_rows, batch_rows):
-        part = tbl.slice(start, batch_rows)
-        yield to_matrix(part, features, order="F", out=out), part.select(list(extra))
+            if missing:
+                raise KeyError(f"{f}: missing column(s) {missing}")
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
 
 
 def load_matrix(files: Sequence[str], columns: Sequence[str], storage_options: dict | None = None) -> np.ndarray:
