@@ -381,7 +381,7 @@ def predict_batches(
     tests/jobs/training/test_predict_arrow.py); but one OpenMP team per batch waits at its barrier for
     its slowest thread, and a decode between two predicts leaves the cores idle (README, Benchmarks).
     The batches, not the row groups, are the unit: a lake file is often one row group. Not the Arrow
-    table itself: LightGBM's Arrow predict gives the same bits but took ~15% more CPU than filling and
+    table itself: LightGBM's Arrow predict gives the same bits but took 7-11% more CPU than filling and
     predicting the matrix (README, Benchmarks).
     """
     import threading
