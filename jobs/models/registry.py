@@ -167,9 +167,12 @@ class LoadedModel:
     def flavor(self) -> str:
         return self.info.flavor
 
-    def predict(self, x):
-        """P(label = 1) per row of the float64 feature matrix ``x``, whatever the flavor."""
-        return self.booster.predict(x) if self.booster is not None else self.model.predict(x)
+    def predict(self, x, num_threads: int | None = None):
+        """P(label = 1) per row of the float64 feature matrix ``x``, whatever the flavor. ``num_threads``:
+        LightGBM's threads for this call (default: the model's); the scores do not depend on it."""
+        if self.booster is None:
+            return self.model.predict(x)
+        return self.booster.predict(x) if num_threads is None else self.booster.predict(x, num_threads=num_threads)
 
 
 def check_lineage(c: Candidate, repo=None) -> None:

@@ -121,9 +121,9 @@ def score_snapshot(
     when = pd.Timestamp(scored_at) if scored_at is not None else scored_at_for(ds)
     when = when.tz_localize("UTC") if when.tz is None else when.tz_convert("UTC")
     if isinstance(decl.queries, EntitySnapshots):
-        built_with, inputs, batches, expected = _snapshot_batches(lake, decl, ds, batch_rows)
+        built_with, inputs, batches, matrix, expected = _snapshot_batches(lake, decl, ds, batch_rows)
     else:
-        built_with, inputs, batches, expected = _query_batches(cfg, decl, ds, batch_rows, engine_options)
+        built_with, inputs, batches, matrix, expected = _query_batches(cfg, decl, ds, batch_rows, engine_options)
     unvalidated = unvalidated_inputs(lake, inputs)
     if unvalidated and not allow_unvalidated:
         table, _, day = unvalidated[0].rpartition("/ds=")
@@ -132,7 +132,9 @@ def score_snapshot(
         raise UnvalidatedPartitionError(table, days, kind)
     for _, m in models:
         check_compatible(m, built_with, decl, ", ".join(inputs) or f"the queries of ds={ds}")
-    rows = _rows(decl, batches, models, built_with, when, expected)
+    rows = _rows(
+        decl, _scored(batches, matrix, models, len(decl.feature_names), batch_rows), models, built_with, when, expected
+    )
     producer = {
         "job": "score_snapshot",
         "model": decl.name,
@@ -205,7 +207,8 @@ def _known_fingerprints(decl) -> dict[str, str]:
 
 
 def _snapshot_batches(lake, decl, ds: str, batch_rows: int):
-    """(fingerprint built with, inputs, batches of (ids table, matrix), rows expected)."""
+    """(fingerprint built with, inputs, batches of (ids table, Arrow table of the first set's features),
+    the matrix of one batch: ``matrix(tbl, out)``, rows expected)."""
     first, *others = decl.joins
     tables = [snapshot_table(lake, j.feature_set) for j in decl.joins]
     manifests = [t.manifest(ds) for t in tables]
@@ -213,40 +216,54 @@ def _snapshot_batches(lake, decl, ds: str, batch_rows: int):
     inputs = {f"{t.name}/ds={ds}": m.content_fingerprint for t, m in zip(tables, manifests)}
     key = decl.id_columns[0][0]
     fs0 = first.feature_set
+    names = list(fs0.feature_names)
     dataset = tables[0].dataset(ds)  # verifies the files against the manifest here
-    lookups = [(j.feature_set, tables[i + 1].read(ds)) for i, j in enumerate(others)]
+    lookups = [_Lookup(j.feature_set, tables[i + 1].read(ds)) for i, j in enumerate(others)]
 
     def batches():
-        names = list(fs0.feature_names)
         for batch in dataset.to_batches(columns=[fs0.entity, *names], batch_size=batch_rows):
-            if not batch.num_rows:
-                continue
-            tbl = pa.Table.from_batches([batch])
-            ids = tbl.column(fs0.entity)
-            x = _matrix(tbl, names)
-            if lookups:
-                x = np.hstack([x, *(_looked_up(fs, frame, ids) for fs, frame in lookups)])
-            yield pa.table({key: ids}), x
+            if batch.num_rows:
+                tbl = pa.Table.from_batches([batch])
+                yield pa.table({key: tbl.column(fs0.entity)}), tbl
 
-    return built_with, inputs, batches(), manifests[0].rows
+    def matrix(tbl: pa.Table, out: np.ndarray) -> np.ndarray:
+        """The first set's columns, then each other set's looked-up vectors, one column-major matrix in ``out``."""
+        from jobs.training.sequence import to_matrix
 
+        n, k = tbl.num_rows, len(decl.feature_names)
+        x = out[: n * k].reshape((n, k), order="F")
+        to_matrix(tbl, names, order="F", out=out)  # the first len(names) columns of x
+        j, ids = len(names), tbl.column(fs0.entity).to_numpy()
+        for lookup in lookups:
+            j = lookup.fill(x, j, ids)
+        return x
 
-def _looked_up(fs, frame: pd.DataFrame, ids) -> np.ndarray:
-    """``fs``'s snapshot vectors of ``ids`` (declared defaults for an entity absent from it)."""
-    pos = pd.Index(frame[fs.entity].to_numpy()).get_indexer(ids.to_numpy())
-    found = pos >= 0
-    out = np.empty((len(pos), len(fs.features)), dtype=np.float64, order="F")
-    for j, f in enumerate(fs.features):
-        col = frame[f.name].to_numpy(dtype=np.float64, na_value=np.nan)
-        default = np.nan if f.default is None else float(f.default)
-        out[:, j] = np.where(found, col[np.maximum(pos, 0)] if len(col) else default, default)
-    return out
+    return built_with, inputs, batches(), matrix, manifests[0].rows
 
 
-def _matrix(tbl: pa.Table, names: list[str]) -> np.ndarray:
-    from jobs.training.sequence import to_matrix
+class _Lookup:
+    """One other joined set's snapshot, indexed once by entity for the scoring workers to look up."""
 
-    return to_matrix(tbl, names, order="F")  # Arrow straight into a float64 matrix (the one dtype contract)
+    def __init__(self, fs, frame: pd.DataFrame):
+        self.index = pd.Index(frame[fs.entity].to_numpy())
+        self.index.get_indexer(self.index[:0])  # build the hash table here, not racing in the workers
+        self.columns = [
+            (
+                frame[f.name].to_numpy(dtype=np.float64, na_value=np.nan),
+                np.nan if f.default is None else float(f.default),
+            )
+            for f in fs.features
+        ]
+
+    def fill(self, x: np.ndarray, j: int, ids: np.ndarray) -> int:
+        """Write the vectors of ``ids`` into columns ``j..`` of ``x`` (declared defaults for an entity
+        absent from the snapshot); returns the next column."""
+        pos = self.index.get_indexer(ids)
+        found = pos >= 0
+        for col, default in self.columns:
+            x[:, j] = np.where(found, col[np.maximum(pos, 0)] if len(col) else default, default)
+            j += 1
+        return j
 
 
 # ----------------------------------------------------------------------------- query rows
@@ -301,26 +318,56 @@ def _query_batches(cfg: Config, decl, ds: str, batch_rows: int, engine_options: 
             for start in range(0, len(frame), batch_rows):
                 part = frame.iloc[start : start + batch_rows]
                 tbl = pa.Table.from_pandas(part[[*ids, *names]], preserve_index=False)
-                yield tbl.select(ids), _matrix(tbl, names)
+                yield tbl.select(ids), tbl
 
-    return decl.fingerprint, inputs, batches(), len(queries)
+    def matrix(tbl: pa.Table, out: np.ndarray) -> np.ndarray:
+        from jobs.training.sequence import to_matrix
+
+        return to_matrix(tbl, names, order="F", out=out)
+
+    return decl.fingerprint, inputs, batches(), matrix, len(queries)
 
 
 # ----------------------------------------------------------------------------- rows
 
 
-def _rows(decl, batches, models, fingerprint: str, when: pd.Timestamp, expected: int):
-    schema = predictions_schema(decl)
-    n_ids = len(decl.id_columns)
-    seen = 0
-    for ids, x in batches:
-        n = len(x)
-        seen += n
-        for role, m in models:
-            p = m.predict(x)  # LightGBM booster or the linear baseline (LoadedModel.flavor)
+def _scored(batches, matrix, models, n_features: int, batch_rows: int):
+    """``(ids, [scores of each model])`` per batch, in order: ``lgbm.pipelined`` workers each fill a batch
+    into a float64 buffer of their own (reused from batch to batch) and predict it with ONE LightGBM
+    thread, while this thread reads the next batches and writes the ones before (the same bits as one
+    multi-threaded predict: rows are independent; README, Benchmarks)."""
+    import threading
+
+    from jobs.training.lgbm import pipelined
+
+    local = threading.local()
+
+    def job(item):
+        ids, tbl = item
+        buf = getattr(local, "buf", None)
+        if buf is None or buf.size < tbl.num_rows * n_features:
+            buf = local.buf = np.empty(max(batch_rows, tbl.num_rows) * n_features, dtype=np.float64)
+        x = matrix(tbl, buf)
+        scores = []
+        for _, m in models:
+            p = m.predict(x, num_threads=1)  # LightGBM booster or the linear baseline (LoadedModel.flavor)
             bad = ~np.isfinite(p) | (p < 0) | (p > 1)
             if bad.any():
                 raise LakeError(f"model {m.info.name} v{m.info.version}: {int(bad.sum())} score(s) outside [0, 1]")
+            scores.append(p)
+        return ids, scores
+
+    return pipelined(job, batches, name="score")
+
+
+def _rows(decl, scored, models, fingerprint: str, when: pd.Timestamp, expected: int):
+    schema = predictions_schema(decl)
+    n_ids = len(decl.id_columns)
+    seen = 0
+    for ids, scores in scored:
+        n = ids.num_rows
+        seen += n
+        for (role, m), p in zip(models, scores):
             yield pa.table(
                 [
                     *(ids.column(i).cast(schema.field(i).type) for i in range(n_ids)),

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import lightgbm as lgb
@@ -31,11 +31,11 @@ import numpy as np
 
 from jobs.training import BACKENDS, CONSTRUCT, metrics
 from jobs.training.sequence import (
+    iter_tables,
     load_matrix,
-    parquet_row_groups,
     parquet_sequences,
     read_column,
-    read_row_group,
+    to_matrix,
 )
 
 DEFAULT_PARAMS: dict = {
@@ -330,6 +330,36 @@ def staged_best_iteration(
 
 
 # ---- scoring ------------------------------------------------------------------------------------
+def pipelined(fn: Callable, items: Iterable, workers: int | None = None, *, name: str = "predict") -> Iterator:
+    """``fn(item)`` for each of ``items``, in their order, computed by ``workers`` threads (default:
+    the CPUs this process may run on) while the caller consumes the results before.
+
+    ``items`` is drawn in the calling thread (a reader decoding there keeps a third thread busy
+    next to the workers); at most ``2 * workers`` items are in flight, so memory stays bounded. An
+    exception from ``fn`` comes out at its item, after every result before it; stopping early (or an
+    exception) cancels what has not started and joins the threads.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n = max(1, workers or cpus)
+    items = iter(items)
+    pool = ThreadPoolExecutor(n, thread_name_prefix=name)
+    try:
+        flight = [pool.submit(fn, item) for _, item in zip(range(2 * n), items)]
+        while flight:
+            done = flight.pop(0).result()
+            nxt = next(items, _END)
+            if nxt is not _END:
+                flight.append(pool.submit(fn, nxt))
+            yield done
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
 def predict_batches(
     booster: lgb.Booster,
     files: Sequence[str],
@@ -341,46 +371,33 @@ def predict_batches(
     storage_options: dict | None = None,
     workers: int | None = None,
 ) -> Iterator[tuple[np.ndarray, object]]:
-    """``(scores, Arrow table of extra columns)`` per bounded batch of ``files``, in file order.
+    """``(scores, Arrow table of extra columns)`` per batch of at most ``batch_rows`` rows of ``files``,
+    in file order.
 
-    Each batch goes to LightGBM as the Arrow table it was read as (``predictable_table``), not as
-    a float64 matrix: the scores are the same bits (LightGBM converts to double either way; checked
-    in tests/jobs/training/test_predict_arrow.py), and the copy into a matrix is a measured share of
-    the streamed time (README, Benchmarks).
-
-    Pipelined over row groups: ``workers`` threads (default: the CPUs this process may run on) each
-    decode one row group (single-threaded Parquet decode) and predict its batches with ONE LightGBM
-    thread, while the caller consumes (writes) the batches before. Rows are independent in
-    LightGBM's predict, so the thread count does not change a bit; but one OpenMP team per batch
-    waits at its barrier for its slowest thread, and a decode between two predicts leaves the
-    cores idle — independent single-threaded batches keep both cores busy (README, Benchmarks).
-    At most ``2 * workers`` row groups are in flight (memory stays bounded); a row group larger
-    than ``batch_rows`` is still cut into ``batch_rows`` batches.
+    The calling thread decodes the Parquet batches (``iter_tables``, single-threaded) and ``pipelined``
+    workers each fill one into a column-major float64 buffer of their own, reused from batch to batch,
+    and predict it with ONE LightGBM thread. Rows are independent in LightGBM's predict, so the thread
+    count does not change a bit (the bits equal the in-memory matrix's:
+    tests/jobs/training/test_predict_arrow.py); but one OpenMP team per batch waits at its barrier for
+    its slowest thread, and a decode between two predicts leaves the cores idle (README, Benchmarks).
+    The batches, not the row groups, are the unit: a lake file is often one row group. Not the Arrow
+    table itself: LightGBM's Arrow predict gives the same bits but took 7-11% more CPU than filling and
+    predicting the matrix (README, Benchmarks).
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import threading
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n = max(1, workers or cpus)
     wanted = list(dict.fromkeys([*features, *extra]))
-    groups = iter(parquet_row_groups(files, wanted, storage_options=storage_options))
+    local = threading.local()
 
-    def job(group) -> list:
-        out = []
-        for x, tbl in read_row_group(group, features, extra, batch_rows=batch_rows):
-            out.append((booster.predict(x, num_iteration=num_iteration, num_threads=1), tbl))
-        return out
+    def job(tbl) -> tuple[np.ndarray, object]:
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty(batch_rows * len(features), dtype=np.float64)
+        x = to_matrix(tbl, features, order="F", out=buf)
+        return booster.predict(x, num_iteration=num_iteration, num_threads=1), tbl.select(list(extra))
 
-    pool = ThreadPoolExecutor(n, thread_name_prefix="predict")
-    try:
-        flight = [pool.submit(job, g) for _, g in zip(range(2 * n), groups)]
-        while flight:
-            done = flight.pop(0).result()
-            nxt = next(groups, None)
-            if nxt is not None:
-                flight.append(pool.submit(job, nxt))
-            yield from done
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    tables = iter_tables(files, wanted, batch_rows=batch_rows, storage_options=storage_options)
+    yield from pipelined(job, tables, workers)
 
 
 def score_files(
@@ -411,6 +428,7 @@ __all__ = [
     "construct_binary",
     "memory_dataset",
     "peak_rss_bytes",
+    "pipelined",
     "predict_batches",
     "score_files",
     "staged_best_iteration",

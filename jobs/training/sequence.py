@@ -12,9 +12,9 @@ the end of its file.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 
 import fsspec
 import lightgbm as lgb
@@ -30,17 +30,33 @@ ROW_BLOCK = 16_384
 
 
 def to_matrix(
-    table: pa.Table | pa.RecordBatch, columns: Sequence[str], dtype=FEATURE_DTYPE, order: str = "C"
+    table: pa.Table | pa.RecordBatch,
+    columns: Sequence[str],
+    dtype=FEATURE_DTYPE,
+    order: str = "C",
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``columns`` of an Arrow table as a float matrix (nulls -> NaN).
 
     ``order="F"`` (column-major) fills ~3x faster and LightGBM predicts from it as fast; the
-    Sequence path needs ``"C"`` (LightGBM pushes rows).
+    Sequence path needs ``"C"`` (LightGBM pushes rows). ``out``: a flat ``dtype`` buffer of at
+    least rows x columns values to fill instead of a new allocation (a scoring worker reuses one:
+    the pages of a fresh 40 MB matrix are faulted in on every batch); the result is a contiguous
+    view of its start, valid until the buffer is filled again.
     """
-    out = np.empty((table.num_rows, len(columns)), dtype=dtype, order=order)
+    shape = (table.num_rows, len(columns))
+    if out is None:
+        mat = np.empty(shape, dtype=dtype, order=order)
+    else:
+        need = shape[0] * shape[1]
+        if out.ndim != 1 or out.dtype != np.dtype(dtype) or out.size < need:
+            raise ValueError(
+                f"out must be a flat {np.dtype(dtype)} buffer of >= {need} values, got {out.dtype} {out.shape}"
+            )
+        mat = out[:need].reshape(shape, order=order)
     for j, name in enumerate(columns):
-        out[:, j] = _float_column(table.column(name), name)
-    return out
+        mat[:, j] = _float_column(table.column(name), name)
+    return mat
 
 
 def _check_numeric(t: pa.DataType, name: str) -> None:
@@ -222,72 +238,26 @@ def iter_matrices(
                 yield to_matrix(tbl, columns, order=order), tbl.select(list(extra))
 
 
-def predictable_table(table: pa.Table | pa.RecordBatch, columns: Sequence[str]) -> pa.Table:
-    """``columns`` of an Arrow table, in that order, as LightGBM's Arrow predict path takes them.
-
-    Integer and float columns go as they are (LightGBM converts each value to double itself, nulls
-    to NaN: the same values ``to_matrix`` gives, without building the float matrix); boolean and
-    all-null columns are cast to float64; anything else raises the ``to_matrix`` TypeError.
-    """
-    if isinstance(table, pa.RecordBatch):
-        table = pa.Table.from_batches([table])
-    cols = []
-    for name in columns:
-        col = table.column(name)
-        _check_numeric(col.type, name)
-        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)) or pa.types.is_float16(col.type):
-            col = pc.cast(col, pa.float64())
-        cols.append(col)
-    return pa.Table.from_arrays(cols, names=list(columns))
-
-
-@dataclass(frozen=True)
-class RowGroup:
-    """One row group of one Parquet file, located for a reader in another thread."""
-
-    url: str
-    fs: object
-    path: str
-    index: int
-    metadata: object = field(repr=False)
-    columns: tuple[str, ...]
-
-
-def parquet_row_groups(
-    files: Sequence[str], columns: Sequence[str], *, storage_options: dict | None = None
-) -> Iterator[RowGroup]:
-    """The row groups of ``files`` in order; a file missing one of ``columns`` raises a KeyError
-    naming it when it is reached (each file's footer is read once, here)."""
+def iter_tables(
+    files: Sequence[str], columns: Sequence[str], *, batch_rows: int = 100_000, storage_options: dict | None = None
+) -> Iterator[pa.Table]:
+    """``columns`` of ``files`` as Arrow tables of at most ``batch_rows`` rows, in file order, decoded
+    single-threaded in the calling thread (a scorer decodes here while its workers predict; local files
+    are memory-mapped, others read through fsspec). A file missing one of ``columns`` raises a
+    KeyError naming it when it is reached."""
     for f in files:
         fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
-        with fs.open(p, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            md = pf.metadata
+        with contextlib.ExitStack() as stack:
+            if isinstance(fs, LocalFileSystem):
+                pf = stack.enter_context(pq.ParquetFile(p, memory_map=True))
+            else:
+                pf = stack.enter_context(pq.ParquetFile(stack.enter_context(fs.open(p, "rb"))))
             missing = [c for c in columns if c not in pf.schema_arrow.names]
-        if missing:
-            raise KeyError(f"{f}: missing column(s) {missing}")
-        for i in range(md.num_row_groups):
-            yield RowGroup(f, fs, p, i, md, tuple(columns))
-
-
-def read_row_group(
-    group: RowGroup, features: Sequence[str], extra: Sequence[str] = (), *, batch_rows: int = 100_000
-) -> Iterator[tuple[pa.Table, pa.Table]]:
-    """``(predictable_table of features, Arrow table of extra columns)`` per ``batch_rows`` slice of
-    one row group, decoded single-threaded (the caller runs several of these in parallel; local
-    files are memory-mapped, others read through fsspec)."""
-    if isinstance(group.fs, LocalFileSystem):
-        tbl = pq.ParquetFile(group.path, memory_map=True, metadata=group.metadata).read_row_group(
-            group.index, columns=list(group.columns), use_threads=False
-        )
-    else:
-        with group.fs.open(group.path, "rb") as fh:
-            tbl = pq.ParquetFile(fh, metadata=group.metadata).read_row_group(
-                group.index, columns=list(group.columns), use_threads=False
-            )
-    for start in range(0, tbl.num_rows, batch_rows):
-        part = tbl.slice(start, batch_rows)
-        yield predictable_table(part, features), part.select(list(extra))
+            if missing:
+                raise KeyError(f"{f}: missing column(s) {missing}")
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+                if batch.num_rows:
+                    yield pa.Table.from_batches([batch])
 
 
 def load_matrix(files: Sequence[str], columns: Sequence[str], storage_options: dict | None = None) -> np.ndarray:

@@ -173,3 +173,26 @@ def test_an_unvalidated_snapshot_is_refused_unless_the_override_is_given(setup):
     assert (preds.manifest(DS) if preds.exists(DS) else None) == before  # nothing published
     m = score_snapshot(cfg, DS, NAME, registry=reg, validate=False, allow_unvalidated=True)
     assert m.producer[UNVALIDATED_INPUTS] == [f"{snap.name}/ds={DS}"]
+
+
+def test_a_score_outside_0_1_from_a_scoring_worker_publishes_nothing(setup):
+    """The range check runs in the scoring workers: a regression model's scores (~5) stop the write
+    with the error, and the published partition stays the one before."""
+    from jobs.lake import LakeError
+
+    cfg, reg, _, _ = setup
+    rng = np.random.default_rng(7)
+    x = rng.gamma(1.0, 5.0, (300, len(FS.feature_names)))
+    params = {"objective": "regression", "verbosity": -1, "min_data_in_leaf": 5, "num_threads": 1}
+    bad = lgb.train(params, lgb.Dataset(x, 5.0 + rng.random(300), feature_name=list(FS.feature_names)), 3)
+    other = _candidate(bad, 0.6)
+    other.name = "scorer_out_of_range"
+    reg.register(other, alias="champion")
+    table = predictions_table(cfg.lake(), MODEL)
+    before = table.manifest(DS) if table.exists(DS) else None
+    with pytest.raises(LakeError, match=r"model scorer_out_of_range v1: \d+ score\(s\) outside \[0, 1\]"):
+        score_snapshot(
+            cfg, DS, "scorer_out_of_range", registry=reg, batch_rows=1_000, validate=False, allow_unvalidated=True
+        )
+    after = table.manifest(DS) if table.exists(DS) else None
+    assert (after and after.content_fingerprint) == (before and before.content_fingerprint)

@@ -1,4 +1,5 @@
-"""Scoring from Arrow tables (``lgbm.predict_batches``) gives the bits of scoring the float64 matrix."""
+"""Streamed scoring (``lgbm.predict_batches``: row groups decoded in worker threads into one reused
+float64 buffer each) gives the bits of scoring the whole float64 matrix in memory."""
 
 import lightgbm as lgb
 import numpy as np
@@ -7,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.training import lgbm
-from jobs.training.sequence import predictable_table, to_matrix
+from jobs.training.sequence import to_matrix
 
 FEATS = ["f_float", "f_int", "f_int32", "f_bool", "f_f32", "f_allnull"]
 
@@ -66,12 +67,23 @@ def test_scores_are_bit_identical_to_the_matrix_path(model_and_files):
     assert np.unique(got).size > 50  # the model is not constant: equality means something
 
 
-def test_predictable_table_keeps_order_and_casts_only_what_lightgbm_cannot_take():
-    t = predictable_table(_table(10, 3), list(reversed(FEATS)))
-    assert t.column_names == list(reversed(FEATS))
-    assert t.schema.field("f_int").type == pa.int64()
-    assert t.schema.field("f_int32").type == pa.int32()
-    assert t.schema.field("f_bool").type == pa.float64()
+def test_a_reused_buffer_gives_the_fresh_matrix_each_time():
+    buf = np.full(40 * len(FEATS), -1.0)
+    for seed, n in [(3, 40), (4, 17), (5, 40)]:  # a shorter batch after a full one, then full again
+        t = _table(n, seed)
+        want = to_matrix(t, FEATS, order="F")
+        got = to_matrix(t, FEATS, order="F", out=buf)
+        assert got.flags["F_CONTIGUOUS"] and np.shares_memory(got, buf)
+        assert np.array_equal(got, want, equal_nan=True)
+        assert np.isnan(got).any()  # nulls -> NaN through the buffer too
+
+
+def test_a_buffer_too_small_or_of_another_dtype_is_refused():
+    t = _table(10, 3)
+    with pytest.raises(ValueError, match="flat float64 buffer of >= 60 values"):
+        to_matrix(t, FEATS, out=np.empty(59))
+    with pytest.raises(ValueError, match="flat float64 buffer"):
+        to_matrix(t, FEATS, out=np.empty(60, dtype=np.float32))
 
 
 def test_a_string_feature_is_refused_naming_the_column(tmp_path, model_and_files):
