@@ -42,7 +42,6 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
-from pandas.core.util.hashing import combine_hash_arrays  # what hash_pandas_object combines columns with
 
 MANIFEST = "_manifest.json"
 #: The manifest of a staged write waiting for validation (never read by readers of the table).
@@ -1166,42 +1165,14 @@ def _conform(tbl: pa.Table, schema: pa.Schema, table: str, ds: str) -> pa.Table:
 
 
 def row_hash_sums(tbl: pa.Table) -> tuple[int, int]:
-    """Two independent order-free sums (mod 2**64) of per-row hashes of the stored rows.
-
-    The row hashes are ``pd.util.hash_pandas_object(df, index=False, hash_key=k)`` of the table's pandas
-    view — the second with a constant salt column in front — for the two keys ``_HASH_KEYS``. That
-    function combines the hashes of the columns (``combine_hash_arrays``); only a string or object column's
-    hash depends on the key, so every other column is hashed once and its hash used in both rows' hashes.
-    """
+    """Two independent order-free sums (mod 2**64) of per-row hashes of the stored rows."""
     # Hash the pandas view of the *stored* Arrow table, so the result depends only on what is
     # written, never on whether the chunk arrived as pandas or Arrow.
     df = tbl.to_pandas(types_mapper=_HASH_TYPES.get)
-    if not len(df.columns):
-        h1 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[0]).to_numpy()
-        df.insert(0, "__lockstep_salt__", np.full(len(df), _HASH_SALT), allow_duplicates=True)
-        h2 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[1]).to_numpy()
-        return int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64))
-    first, second = [], []
-    for _, col in df.items():
-        h = pd.util.hash_pandas_object(col, index=False, hash_key=_HASH_KEYS[0]).to_numpy()
-        first.append(h)
-        keyed = not _key_free(col.dtype)
-        second.append(pd.util.hash_pandas_object(col, index=False, hash_key=_HASH_KEYS[1]).to_numpy() if keyed else h)
-    salt = pd.util.hash_pandas_object(pd.Series(np.full(len(df), _HASH_SALT)), index=False, hash_key=_HASH_KEYS[1])
-    h1 = combine_hash_arrays(iter(first), len(first))
-    h2 = combine_hash_arrays(iter([salt.to_numpy(), *second]), len(second) + 1)
+    h1 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[0]).to_numpy()
+    df.insert(0, "__lockstep_salt__", np.full(len(df), _HASH_SALT), allow_duplicates=True)
+    h2 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[1]).to_numpy()
     return int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64))
-
-
-def _key_free(dtype) -> bool:
-    """Whether pandas hashes values of ``dtype`` without its hash key (numbers, booleans, times)."""
-    t = pd.api.types
-    return bool(
-        t.is_numeric_dtype(dtype)
-        or t.is_bool_dtype(dtype)
-        or t.is_datetime64_any_dtype(dtype)
-        or t.is_timedelta64_dtype(dtype)
-    ) and not (t.is_object_dtype(dtype) or t.is_string_dtype(dtype))
 
 
 def _fingerprint(schema: str, rows: int, sum1: int, sum2: int) -> str:

@@ -386,51 +386,6 @@ def testrow_hash_sums_are_independent_for_numeric_rows():
     assert a != b
 
 
-def _row_hash_sums_reference(tbl: pa.Table) -> tuple[int, int]:
-    """The fingerprint's row hashes as first defined (every column hashed under each key): the values
-    every published manifest holds."""
-    from jobs.lake import _HASH_KEYS, _HASH_SALT, _HASH_TYPES
-
-    df = tbl.to_pandas(types_mapper=_HASH_TYPES.get)
-    h1 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[0]).to_numpy()
-    df.insert(0, "__lockstep_salt__", np.full(len(df), _HASH_SALT), allow_duplicates=True)
-    h2 = pd.util.hash_pandas_object(df, index=False, hash_key=_HASH_KEYS[1]).to_numpy()
-    return int(h1.sum(dtype=np.uint64)), int(h2.sum(dtype=np.uint64))
-
-
-def test_row_hash_sums_hash_key_free_columns_once_with_the_same_sums():
-    # numbers, booleans and times are hashed once for both sums; strings under each key: the sums must
-    # stay those of hashing every column twice, for every stored type, nulls included
-    from jobs.lake import row_hash_sums
-
-    n = 500
-    rng = np.random.default_rng(5)
-    floats = rng.normal(size=n)
-    floats[::7] = np.nan
-    tbl = pa.table(
-        {
-            "i64": pa.array([None if i % 11 == 0 else i * 3 for i in range(n)], pa.int64()),
-            "i32": pa.array(rng.integers(-5, 5, n), pa.int32()),
-            "u8": pa.array(rng.integers(0, 200, n), pa.uint8()),
-            "f64": pa.array(floats, pa.float64(), from_pandas=True),
-            "f64_nan": pa.array(floats, pa.float64()),  # NaN kept as a value, not a null
-            "f32": pa.array(rng.normal(size=n), pa.float32()),
-            "flag": pa.array([None if i % 13 == 0 else bool(i % 2) for i in range(n)], pa.bool_()),
-            "name": pa.array([None if i % 17 == 0 else f"n{i % 40}é" for i in range(n)], pa.string()),
-            "ts": pa.array(rng.integers(0, 10**15, n), pa.timestamp("us", tz="UTC")),
-            "naive": pa.array(rng.integers(0, 10**15, n), pa.timestamp("us")),
-            "day": pa.array(rng.integers(0, 20_000, n).astype(np.int32), pa.date32()),
-            "cents": pa.array([None if i % 9 == 0 else i for i in range(n)], pa.decimal128(12, 2)),
-            "gap": pa.array(rng.integers(0, 10**9, n), pa.duration("us")),
-        }
-    )
-    assert row_hash_sums(tbl) == _row_hash_sums_reference(tbl)
-    for name in tbl.column_names:  # and each column alone, where nothing else carries the sums
-        one = tbl.select([name])
-        assert row_hash_sums(one) == _row_hash_sums_reference(one), name
-    assert row_hash_sums(tbl.slice(0, 0)) == _row_hash_sums_reference(tbl.slice(0, 0)) == (0, 0)
-
-
 # ---- crash safety ------------------------------------------------------------------------------------
 CRASH_WRITER = r"""
 import sys, time
