@@ -262,10 +262,17 @@ class Table:
 
     def partitions(self) -> list[str]:
         """Published ds values, sorted: directories holding a valid manifest."""
+        # One listing of the table's directory, then one manifest read per partition directory: a glob
+        # of ``ds=*/manifest.json`` walks every partition directory's files (and scratch dirs) instead.
+        try:
+            entries = self.fs.ls(self._dir, detail=False)
+        except FileNotFoundError:
+            return []
         out = []
-        for path in self.fs.glob(f"{self._dir}/ds=*/{MANIFEST}"):
-            ds = path.rsplit("/", 2)[-2][len("ds=") :]
-            if _DS.match(ds) and self.exists(ds):
+        for path in entries:
+            name = path.rstrip("/").rsplit("/", 1)[-1]
+            ds = name[len("ds=") :]
+            if name.startswith("ds=") and _DS.match(ds) and self.exists(ds):
                 out.append(ds)
         return sorted(out)
 
