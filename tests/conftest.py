@@ -112,6 +112,32 @@ def new_airflow(tmp_path_factory):
     return make
 
 
+# ---- parallel runs (pytest-xdist, ``-n 2 --dist loadgroup`` in setup.cfg) ------------------------------
+#: Session fixtures that start real servers or clusters, or build a large lake: every test file using one of
+#: them runs on the same worker (one scheduler stack, one standalone cluster, one lake), not one per worker.
+SHARED_SESSION_FIXTURES = (
+    "scheduler_stack",
+    "spark_standalone_cluster",
+    "dask_cli_scheduler",
+    "training_lake_template",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks into the node ids
+def pytest_collection_modifyitems(config, items):
+    """Group the tests for ``--dist loadgroup``: a test file is one group (its module fixtures set up
+    once), and the files sharing one of ``SHARED_SESSION_FIXTURES`` are one group together."""
+    by_file: dict[str, str] = {}
+    for item in items:
+        file = item.nodeid.split("::", 1)[0]
+        shared = next((f for f in SHARED_SESSION_FIXTURES if f in item.fixturenames), None)
+        if shared is not None and not by_file.get(file, "").startswith("shared:"):
+            by_file[file] = f"shared:{shared}"
+        by_file.setdefault(file, file)
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(by_file[item.nodeid.split("::", 1)[0]]))
+
+
 # ---- the bad-input corpus -----------------------------------------------------------------------------
 # Every test that feeds one kind of bad input and asserts the clear error carries
 # ``@pytest.mark.bad_input("<where>: <kind>")`` (a test provoking several kinds carries one mark each).

@@ -32,6 +32,8 @@ def test_the_corpus_holds_at_least_30_kinds_of_bad_input(tmp_path):
             "-m",
             "pytest",
             "--collect-only",
+            "-n",
+            "0",
             "-q",
             "-m",
             "bad_input",
