@@ -301,7 +301,7 @@ def _spill_by_day(
     codes, cuts = pd.factorize(frame[engines.AS_OF], sort=True)
     order = np.argsort(codes, kind="stable")  # stable: each day keeps the frame's row order
     ends = np.cumsum(np.bincount(codes, minlength=len(cuts)))
-    entity = frame[fs.entity].to_numpy()[order]
+    entity = frame[fs.entity].to_numpy()[order] if active else None  # only to keep the active entities
     tbl = pa.Table.from_pandas(frame, preserve_index=False)
     if (codes[1:] < codes[:-1]).any():  # the local engine's output is already in cut-off order
         tbl = tbl.take(pa.array(order))

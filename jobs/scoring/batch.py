@@ -336,18 +336,13 @@ def _scored(batches, matrix, models, n_features: int, batch_rows: int):
     into a float64 buffer of their own (reused from batch to batch) and predict it with ONE LightGBM
     thread, while this thread reads the next batches and writes the ones before (the same bits as one
     multi-threaded predict: rows are independent; README, Benchmarks)."""
-    import threading
+    from jobs.training.lgbm import WorkerBuffers, pipelined
 
-    from jobs.training.lgbm import pipelined
-
-    local = threading.local()
+    buffers = WorkerBuffers()
 
     def job(item):
         ids, tbl = item
-        buf = getattr(local, "buf", None)
-        if buf is None or buf.size < tbl.num_rows * n_features:
-            buf = local.buf = np.empty(max(batch_rows, tbl.num_rows) * n_features, dtype=np.float64)
-        x = matrix(tbl, buf)
+        x = matrix(tbl, buffers.get(max(batch_rows, tbl.num_rows) * n_features))
         scores = []
         for _, m in models:
             p = m.predict(x, num_threads=1)  # LightGBM booster or the linear baseline (LoadedModel.flavor)

@@ -360,6 +360,23 @@ def pipelined(fn: Callable, items: Iterable, workers: int | None = None, *, name
 _END = object()
 
 
+class WorkerBuffers:
+    """One flat float64 buffer per worker thread of :func:`pipelined`, reused from batch to batch (the
+    pages of a fresh matrix are faulted in on every batch) and grown when a batch needs more."""
+
+    def __init__(self):
+        import threading
+
+        self._local = threading.local()
+
+    def get(self, size: int) -> np.ndarray:
+        """This thread's buffer, of at least ``size`` values."""
+        buf = getattr(self._local, "buf", None)
+        if buf is None or buf.size < size:
+            buf = self._local.buf = np.empty(size, dtype=np.float64)
+        return buf
+
+
 def predict_batches(
     booster: lgb.Booster,
     files: Sequence[str],
@@ -384,16 +401,11 @@ def predict_batches(
     table itself: LightGBM's Arrow predict gives the same bits but took 7-11% more CPU than filling and
     predicting the matrix (README, Benchmarks).
     """
-    import threading
-
     wanted = list(dict.fromkeys([*features, *extra]))
-    local = threading.local()
+    buffers = WorkerBuffers()
 
     def job(tbl) -> tuple[np.ndarray, object]:
-        buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = np.empty(batch_rows * len(features), dtype=np.float64)
-        x = to_matrix(tbl, features, order="F", out=buf)
+        x = to_matrix(tbl, features, order="F", out=buffers.get(batch_rows * len(features)))
         return booster.predict(x, num_iteration=num_iteration, num_threads=1), tbl.select(list(extra))
 
     tables = iter_tables(files, wanted, batch_rows=batch_rows, storage_options=storage_options)
@@ -428,6 +440,7 @@ __all__ = [
     "construct_binary",
     "memory_dataset",
     "peak_rss_bytes",
+    "WorkerBuffers",
     "pipelined",
     "predict_batches",
     "score_files",

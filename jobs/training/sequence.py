@@ -229,22 +229,22 @@ def iter_matrices(
 ) -> Iterator[tuple[np.ndarray, pa.Table]]:
     """``(float matrix of columns, Arrow table of extra columns)`` per bounded batch, in file order."""
     wanted = list(dict.fromkeys([*columns, *extra]))
-    for f in files:
-        fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
-        with fs.open(p, "rb") as fh:
-            pf = pq.ParquetFile(fh)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=wanted):
-                tbl = pa.Table.from_batches([batch])
-                yield to_matrix(tbl, columns, order=order), tbl.select(list(extra))
+    for tbl in iter_tables(files, wanted, batch_rows=batch_rows, storage_options=storage_options, use_threads=True):
+        yield to_matrix(tbl, columns, order=order), tbl.select(list(extra))
 
 
 def iter_tables(
-    files: Sequence[str], columns: Sequence[str], *, batch_rows: int = 100_000, storage_options: dict | None = None
+    files: Sequence[str],
+    columns: Sequence[str],
+    *,
+    batch_rows: int = 100_000,
+    storage_options: dict | None = None,
+    use_threads: bool = False,
 ) -> Iterator[pa.Table]:
-    """``columns`` of ``files`` as Arrow tables of at most ``batch_rows`` rows, in file order, decoded
-    single-threaded in the calling thread (a scorer decodes here while its workers predict; local files
-    are memory-mapped, others read through fsspec). A file missing one of ``columns`` raises a
-    KeyError naming it when it is reached."""
+    """``columns`` of ``files`` as Arrow tables of at most ``batch_rows`` rows, in file order, decoded in
+    the calling thread — single-threaded unless ``use_threads`` (a scorer decodes here while its workers
+    predict); local files are memory-mapped, others read through fsspec. A file missing one of
+    ``columns`` raises a KeyError naming it when it is reached."""
     for f in files:
         fs, p = fsspec.core.url_to_fs(f, **(storage_options or {}))
         with contextlib.ExitStack() as stack:
@@ -255,7 +255,7 @@ def iter_tables(
             missing = [c for c in columns if c not in pf.schema_arrow.names]
             if missing:
                 raise KeyError(f"{f}: missing column(s) {missing}")
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=False):
+            for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns), use_threads=use_threads):
                 if batch.num_rows:
                     yield pa.Table.from_batches([batch])
 
