@@ -73,7 +73,11 @@ def test_trains_on_more_partitions_than_fit_in_the_worker_memory_limit(tmp_path)
     from distributed import Client, LocalCluster
 
     files = _write_synthetic(str(tmp_path))
+    # No pausing: a worker paused at 80 % of its limit by unmanaged memory (pandas/pyarrow buffers
+    # the allocator keeps) never resumes, and the fit waits forever (CI: a 300 s timeout at a peak
+    # near 480 MB). Over the limit the nanny kills the worker instead, which the pid check reports.
     with (
+        dask.config.set({"distributed.worker.memory.pause": False}),
         LocalCluster(
             n_workers=1, threads_per_worker=1, memory_limit=MEMORY_LIMIT, processes=True, dashboard_address=None
         ) as cluster,
