@@ -259,8 +259,10 @@ def batch_bodies(cfg, day: str, size: int = 100, batches: int = 200) -> list[dic
     return [{"queries": bodies[i : i + size]} for i in range(0, len(bodies), size)]
 
 
-def wrk_script(bodies: list[dict], path: Path, endpoint: str = "/predict") -> Path:
-    """A wrk Lua script that POSTs the bodies to ``endpoint`` in turn."""
+def wrk_script(bodies: list[dict], path: Path, endpoint: str = "/predict", delay_ms: int | None = None) -> Path:
+    """A wrk Lua script that POSTs the bodies to ``endpoint`` in turn; ``delay_ms``: each connection
+    waits that long after a response before its next request (wrk's ``delay()``: a paced load, not
+    as fast as the server answers; wrk times each request from its send, not the wait)."""
     import json
 
     lines = ["local bodies = {"]
@@ -275,6 +277,8 @@ def wrk_script(bodies: list[dict], path: Path, endpoint: str = "/predict") -> Pa
         f"  return wrk.format(nil, '{endpoint}', nil, bodies[(i % #bodies) + 1])",
         "end",
     ]
+    if delay_ms is not None:
+        lines += ["delay = function()", f"  return {int(delay_ms)}", "end"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -578,9 +582,12 @@ def _thread_cpu(pid: int) -> tuple[float, float]:
     return main, other
 
 
-def shadow_runs(cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: float = 8.0) -> list[dict]:
+def shadow_runs(
+    cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: float = 8.0, delay_ms: int | None = None
+) -> list[dict]:
     """``pairs`` pairs of runs, shadow off and on, a fresh server each (uvicorn 1 worker, the MLflow
-    registry, wrk 1 thread x 16 connections); the order alternates (off/on, on/off, ...) so a drift
+    registry, wrk 1 thread x 16 connections, each pausing ``delay_ms`` between requests when given:
+    a paced load below the server's capacity); the order alternates (off/on, on/off, ...) so a drift
     of the machine over the pairs falls on both arms alike. Each run records wrk's numbers, the
     server's p50/p99 (its handler latency, ``/metrics.json``), the server's CPU seconds (event loop
     and other threads), wrk's CPU seconds, what the machine did meanwhile (``bench.serving.machine``:
@@ -589,7 +596,7 @@ def shadow_runs(cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: fl
 
     from bench.serving import machine
 
-    script = wrk_script(bodies, root / "lifecycle.lua")
+    script = wrk_script(bodies, root / f"lifecycle-{delay_ms}.lua", delay_ms=delay_ms)
     wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
     out = []
     for i in range(pairs):
@@ -613,7 +620,7 @@ def shadow_runs(cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: fl
                 proc.wait(60)
             wrk_cpu = m1.children_cpu_s - m0.children_cpu_s
             served = (loop1 - loop0) + (bg1 - bg0)
-            w = parse_wrk(text) | {"pair": i, "shadow": shadow == "1"}
+            w = parse_wrk(text) | {"pair": i, "shadow": shadow == "1", "delay_ms": delay_ms}
             w |= {"scored": health.get("shadow_scored"), "dropped": sum((health.get("shadow_dropped") or {}).values())}
             w |= {"server_p50": server["p50_ms"], "server_p99": server["p99_ms"], "server_n": server["ok"]}
             n = max(server["ok"], 1)
@@ -690,39 +697,12 @@ def shadow_verdict(ratios: dict, quiet: dict) -> str:
     return "ok" if quiet["p99_ms"][0] <= 1.10 and quiet["server_p99"][0] <= 1.10 else "MISSED"
 
 
-def bench_lifecycle(
-    cfg, root: Path, day: str, swaps: int = 10, pairs: int = 6, shadow_seconds: float = 8.0
-) -> list[tuple]:
-    """The served model's lifecycle under load, over HTTP (uvicorn, 1 worker, the MLflow registry,
-    wrk 1 thread x 16 connections on the same 2 cores): (1) p99 with the challenger shadowing every
-    request vs the shadow off, as the median over ``pairs`` interleaved pairs of the per-pair ratio
-    on/off (target: within 10%; judged on the quiet pairs, :func:`shadow_verdict`), with the server's
-    CPU per request beside it (it moves with the other jobs' load too, less than the latencies do);
-    (2) requests failed while the champion alias moves ``swaps`` times (v1 <-> v2, as ``lockstep model
-    promote`` / ``rollback`` do; the service polls every 0.5 s) (target: 0), every 200 in the
-    published log."""
-    import shutil
-    import threading
+def _median(runs: list[dict], key: str, shadow: bool) -> float:
+    return float(np.median([w[key] for w in runs if w["shadow"] == shadow]))
 
-    import httpx
 
-    from jobs.config import Config
-    from jobs.models.registry import Registry
-    from jobs.serving.log import model_wal_dir, publish
-    from jobs.serving.replay import plan_day
-    from jobs.serving.store import read_lake_events
-
-    if shutil.which("wrk") is None:
-        return [("lifecycle", "wrk not installed", "skipped", "", "skipped")]
-    decl = cfg.repo().default_model()
-    v1, v2 = register_versions(cfg, day)
-    plan = plan_day(read_lake_events(cfg, FS), day, 20_000, seed=4)
-    bodies = [{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()]
-    script = wrk_script(bodies, root / "lifecycle.lua")
-    wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
-    setup = "uvicorn 1 worker, MLflow registry, 200-tree LightGBM v1 champion + v2 challenger, wrk 1 thread x 16 conn"
-    rows = []
-    runs = shadow_runs(cfg, root, bodies, pairs, shadow_seconds)
+def _shadow_row(runs: list[dict], title: str, setup: str, pairs: int, shadow_seconds: float) -> tuple:
+    """One table row of :func:`shadow_runs`' pairs (every run appended to the results' JSONL too)."""
     RESULTS.parent.mkdir(exist_ok=True)
     with open(RESULTS.with_name("serving-shadow-runs.jsonl"), "a") as f:  # every run, for a later look
         import json
@@ -746,24 +726,93 @@ def bench_lifecycle(
         if n_quiet
         else ""
     )
-    rows.append(
+    return (
+        title,
+        f"{setup}; fresh mode, {pairs} pairs of {shadow_seconds:.0f} s runs, order alternating; per-pair on/off ratios",
         (
-            "HTTP p99, shadow on vs off",
-            f"{setup}; fresh mode, {pairs} pairs of {shadow_seconds:.0f} s runs, order alternating; per-pair on/off ratios",
-            (
-                f"median on/off: client p99 {client_ratio:.2f} ({each('p99_ms')}), server p99 {server_ratio:.2f} "
-                f"({each('server_p99')}), req/s {ratios['rps'][0]:.2f}, server CPU/request {ratios['cpu_us'][0]:.2f} "
-                f"({each('cpu_us')}), event-loop CPU/request {ratios['loop_us'][0]:.2f}; off: "
-                f"{np.median([w['cpu_us'] for w in runs if not w['shadow']]):.0f} us/req, on: "
-                f"{np.median([w['cpu_us'] for w in on]):.0f} us/req; shadow scored {sum(w['scored'] or 0 for w in on)}, "
-                f"dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
-                f"{min(others):.2f}-{max(others):.2f} cores; {quiet_text}; leftover processes "
-                f"{sum(len(w['leftover']) for w in runs)}"
-            ),
-            "p99 within 10% of off",
-            shadow_verdict(ratios, quiet),
-        )
+            f"median on/off: client p99 {client_ratio:.2f} ({each('p99_ms')}), server p99 {server_ratio:.2f} "
+            f"({each('server_p99')}), req/s {ratios['rps'][0]:.2f}, server CPU/request {ratios['cpu_us'][0]:.2f} "
+            f"({each('cpu_us')}), event-loop CPU/request {ratios['loop_us'][0]:.2f}; medians off/on: client p99 "
+            f"{_median(runs, 'p99_ms', False):.1f}/{_median(runs, 'p99_ms', True):.1f} ms, server p99 "
+            f"{_median(runs, 'server_p99', False):.2f}/{_median(runs, 'server_p99', True):.2f} ms, "
+            f"{_median(runs, 'rps', False):.0f}/{_median(runs, 'rps', True):.0f} req/s; off: "
+            f"{np.median([w['cpu_us'] for w in runs if not w['shadow']]):.0f} us/req, on: "
+            f"{np.median([w['cpu_us'] for w in on]):.0f} us/req; shadow scored {sum(w['scored'] or 0 for w in on)}, "
+            f"dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
+            f"{min(others):.2f}-{max(others):.2f} cores; {quiet_text}; leftover processes "
+            f"{sum(len(w['leftover']) for w in runs)}"
+        ),
+        "p99 within 10% of off",
+        shadow_verdict(ratios, quiet),
     )
+
+
+#: the paced shadow rows: each of wrk's 16 connections waits this long after a response before its
+#: next request (~250 req/s answered on a quiet machine, against 630-870 at saturation)
+PACED_DELAY_MS = 40
+
+
+def bench_lifecycle(
+    cfg,
+    root: Path,
+    day: str,
+    swaps: int = 10,
+    pairs: int = 6,
+    shadow_seconds: float = 8.0,
+    paced_delay_ms: int = PACED_DELAY_MS,
+) -> list[tuple]:
+    """The served model's lifecycle under load, over HTTP (uvicorn, 1 worker, the MLflow registry,
+    wrk 1 thread x 16 connections on the same 2 cores): (1) p99 with the challenger shadowing every
+    request vs the shadow off, as the median over ``pairs`` interleaved pairs of the per-pair ratio
+    on/off (target: within 10%; judged on the quiet pairs, :func:`shadow_verdict`), with the server's
+    CPU per request beside it (it moves with the other jobs' load too, less than the latencies do);
+    (2) requests failed while the champion alias moves ``swaps`` times (v1 <-> v2, as ``lockstep model
+    promote`` / ``rollback`` do; the service polls every 0.5 s) (target: 0), every 200 in the
+    published log. With ``paced_delay_ms``, (1) is repeated with each connection pausing that long
+    between requests (0: not)."""
+    import shutil
+    import threading
+
+    import httpx
+
+    from jobs.config import Config
+    from jobs.models.registry import Registry
+    from jobs.serving.log import model_wal_dir, publish
+    from jobs.serving.replay import plan_day
+    from jobs.serving.store import read_lake_events
+
+    if shutil.which("wrk") is None:
+        return [("lifecycle", "wrk not installed", "skipped", "", "skipped")]
+    decl = cfg.repo().default_model()
+    v1, v2 = register_versions(cfg, day)
+    plan = plan_day(read_lake_events(cfg, FS), day, 20_000, seed=4)
+    bodies = [{"entity_id": int(r.entity_id), "request_time": r.request_time.isoformat()} for r in plan.itertuples()]
+    script = wrk_script(bodies, root / "lifecycle.lua")
+    wrk = ["wrk", "-t1", "-c16", "--latency", "-s", str(script)]
+    setup = "uvicorn 1 worker, MLflow registry, 200-tree LightGBM v1 champion + v2 challenger, wrk 1 thread x 16 conn"
+    rows = [
+        _shadow_row(
+            shadow_runs(cfg, root, bodies, pairs, shadow_seconds),
+            "HTTP p99, shadow on vs off",
+            setup,
+            pairs,
+            shadow_seconds,
+        )
+    ]
+    if paced_delay_ms:
+        # the same pairs at a paced load: each of the 16 connections waits before its next request,
+        # so the server answers well below its capacity instead of as fast as it can: at saturation
+        # any extra CPU in the process is queueing for every request; paced, the response path
+        # waits only for what is in its way
+        rows.append(
+            _shadow_row(
+                shadow_runs(cfg, root, bodies, pairs, shadow_seconds, delay_ms=paced_delay_ms),
+                "HTTP p99, shadow on vs off, paced",
+                f"{setup}, each waiting {paced_delay_ms} ms between requests",
+                pairs,
+                shadow_seconds,
+            )
+        )
 
     if swaps <= 0:
         return rows
@@ -932,6 +981,12 @@ def main(argv=None) -> int:
     p.add_argument("--only-lifecycle", action="store_true", help="only the shadow on/off and swap-under-load rows")
     p.add_argument("--shadow-pairs", type=int, default=6, help="interleaved shadow off/on pairs of runs")
     p.add_argument("--shadow-seconds", type=float, default=8.0, help="seconds per shadow off/on run")
+    p.add_argument(
+        "--shadow-paced-delay-ms",
+        type=int,
+        default=PACED_DELAY_MS,
+        help="ms each connection waits between requests in the paced shadow pairs (0: only the saturated pairs)",
+    )
     p.add_argument("--skip-swaps", action="store_true", help="lifecycle: the shadow rows only, no swaps under load")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="uvicorn worker counts to measure")
     p.add_argument(
@@ -950,6 +1005,7 @@ def main(argv=None) -> int:
                 pairs=args.shadow_pairs,
                 shadow_seconds=args.shadow_seconds,
                 swaps=0 if args.skip_swaps else 10,
+                paced_delay_ms=args.shadow_paced_delay_ms,
             )
             args.skip_cdnow = args.skip_flights = args.skip_skew = True
         if not args.skip_cdnow:
@@ -959,7 +1015,14 @@ def main(argv=None) -> int:
                 rows += bench_inprocess(cfg, day, model)
             rows += bench_batch_inprocess(cfg, day, model)
             if not args.skip_http:
-                rows += bench_lifecycle(cfg, root, day, pairs=args.shadow_pairs, shadow_seconds=args.shadow_seconds)
+                rows += bench_lifecycle(
+                    cfg,
+                    root,
+                    day,
+                    pairs=args.shadow_pairs,
+                    shadow_seconds=args.shadow_seconds,
+                    paced_delay_ms=args.shadow_paced_delay_ms,
+                )
                 for workers in args.workers:
                     if not args.batch_only:
                         rows += bench_http(cfg, root, day, model, args.http_seconds, workers=workers)

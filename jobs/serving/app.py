@@ -166,8 +166,9 @@ class Settings:
     shadow_queue_size: int = 1000
     #: the shadow worker lets this many ms of offers queue up behind the first before one model call
     #: scores them all (``ShadowScorer.linger_s``; 0: score what is queued at once). 20 ms halved the
-    #: shadow worker's CPU per request (``python -m bench.serving.profile_batch --single --shadow``)
-    shadow_linger_ms: float = 20.0
+    #: shadow worker's CPU per request, 100 ms halved it again (50-70 -> 21-35 us, quiet machine;
+    #: ``python -m bench.serving.profile_batch --single --shadow``): the shadow record comes later
+    shadow_linger_ms: float = 100.0
     #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
     #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
     #: salt of the entity hash (another salt: another population)
