@@ -20,7 +20,7 @@ clock): ``build_training_set`` per cut-off vs one ``build_training_set_range``.
 
 Both publish ungated (``validate=False``: the gate costs the same per day either way, and
 the DAG validates a single-day build in its own task). Checks that every day built both ways has the
-same rows, content fingerprint and inputs fingerprint, and prints a table (also ``<out>/backfill.md``).
+same rows, content fingerprint and inputs fingerprint, and prints a table (also ``<out>/backfill.md``, the rows in ``<out>/backfill.json``).
 Peak RSS is the driver process's (``ru_maxrss``), not the Dask workers' or the Spark JVM's.
 """
 
@@ -241,6 +241,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(f"{args.out}/backfill.md", "w") as f:
         f.write(head + table)
+    with open(f"{args.out}/backfill.json", "w") as f:
+        json.dump({"args": vars(args), "rows": rows}, f, indent=1)
     return 0 if all(r["identical"] for r in rows) else 1
 
 
