@@ -766,7 +766,7 @@ def _shadow_row(runs: list[dict], title: str, setup: str, pairs: int, shadow_sec
 
 
 #: the paced shadow rows: each of wrk's 16 connections waits this long after a response before its
-#: next request (~250 req/s answered on a quiet machine, against 630-870 at saturation)
+#: next request (225-279 req/s answered on a quiet machine, against 449-904 at saturation)
 PACED_DELAY_MS = 40
 
 
