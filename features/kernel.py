@@ -7,10 +7,13 @@ hash buckets and the serving path calls it for one request. Exactness rules
 * an event counts for query ``(e, t)`` and window ``w`` when
   ``t - w <= event_ts < t``; in ``known_at`` mode also ``ingested_at < t``;
 * each window's aggregate is computed from that window's own rows, in
-  ``(event_ts, event_id)`` order, by sequential accumulation (``np.bincount``
-  with weights adds in array order; ``np.add.reduceat`` does not — its
-  vectorised inner loop rounds differently depending on the slice's memory
-  offset, so the same rows at another position could give another last bit);
+  ``(event_ts, event_id)`` order, by sequential accumulation from 0.0: one
+  compiled loop (numba) per aggregation walks each query's contiguous row range
+  of the sorted events. Not ``np.add.reduceat``: its vectorised inner loop
+  rounds differently depending on the slice's memory offset, so the same rows
+  at another position could give another last bit. (Until kernel 2026-12-04 the
+  loops were numpy gathers over materialised (query, event) pairs summed with
+  ``np.bincount``: the same bits, at several times the cost);
 * never by differencing prefix sums, so a truncated history (the online store)
   gives the same bits as the full one;
 * duplicated ``event_id``s keep the earliest ``ingested_at``; a null source value
@@ -22,19 +25,27 @@ Timestamps are handled as int64 microseconds since the epoch, UTC.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pandas as pd
 
 from features.spec import MODES, Feature, FeatureSet
 
 US_PER_DAY = 86_400_000_000
-#: Upper bound on (query, event) pairs materialised at once; queries are processed
-#: in chunks under it so memory stays bounded whatever the history length.
-MAX_PAIRS = 4_000_000
 #: (entity, microsecond offset) is packed into one int64 key below this bound; beyond it
 #: (very long spans x many entities) dense ranks of the event times are used instead.
 PACK_LIMIT = 2**62
 AS_OF = "as_of"
+
+
+def _jit(fn):
+    """Compile ``fn`` with numba (no Python objects, GIL released), cached on disk where numba can
+    place a cache (next to this file, a user cache directory, or for a zipped package its own);
+    else compiled once per process."""
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "no locator available": nowhere to keep a cache
+        return numba.njit(nogil=True)(fn)
 
 
 def compute(events: pd.DataFrame, queries: pd.DataFrame, fs: FeatureSet, mode: str = "known_at") -> pd.DataFrame:
@@ -142,19 +153,19 @@ class EventIndex:
         eid = _key_array(events[fs.event_id], fs.event_id)
         ts = to_us(events[fs.timestamp], f"events.{fs.timestamp}")
         ing = to_us(events[fs.ingested_at], f"events.{fs.ingested_at}")
-        by_id = np.argsort(eid, kind="stable")
+        by_id = _argsort(eid)
         sorted_ids = eid[by_id]
         if (sorted_ids[1:] == sorted_ids[:-1]).any():
             keep = _dedup(events, fs, eid, ts, ing)
             events, eid, ts, ing = events.iloc[keep], eid[keep], ts[keep], ing[keep]
-            by_id = np.argsort(eid, kind="stable")
+            by_id = _argsort(eid)
         self._frame = events
         codes, self._entity_uniques = pd.factorize(events[fs.entity], use_na_sentinel=True)
         codes = codes.astype(np.int64)
         coord = self._time_coordinates(ts, len(self._entity_uniques))
         key = codes * self._stride + coord
         # Stable sort by (entity, time) of rows already in event_id order = (entity, event_ts, event_id).
-        order = by_id[np.argsort(key[by_id], kind="stable")]
+        order = _argsort(key, by_id)
         self._order = order
         self.ts, self.ing, self.key = ts[order], ing[order], key[order]
         self._columns: dict = {}
@@ -227,6 +238,47 @@ class EventIndex:
         return got
 
 
+def _argsort(keys: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """Stable argsort of int64 ``keys`` (given ``order``: of ``keys[order]``, returned as positions
+    of ``keys``, ties kept in ``order``'s order): ``np.argsort(kind="stable")``'s result, by an
+    LSD radix sort when the keys' range fits 62 bits (3-6x faster here on millions of rows)."""
+    if order is None:
+        order = np.arange(len(keys), dtype=np.int64)
+    if len(keys) < 2:
+        return order
+    lo, hi = int(keys.min()), int(keys.max())
+    if hi - lo >= 2**62:
+        return order[np.argsort(keys[order], kind="stable")]
+    return _radix_argsort(keys[order] - lo, order, hi - lo)
+
+
+@_jit
+def _radix_argsort(keys, order, top):
+    """``order`` stably sorted by ``keys`` (aligned with it, in [0, top]): 11-bit digits, least
+    significant first, only as many passes as ``top`` has digits."""
+    n = len(keys)
+    k_src, k_dst = keys.copy(), np.empty_like(keys)
+    o_src, o_dst = order.copy(), np.empty_like(order)
+    shift = 0
+    while True:
+        counts = np.zeros(2049, dtype=np.int64)
+        for i in range(n):
+            counts[((k_src[i] >> shift) & 2047) + 1] += 1
+        for d in range(2048):
+            counts[d + 1] += counts[d]
+        for i in range(n):
+            d = (k_src[i] >> shift) & 2047
+            p = counts[d]
+            counts[d] = p + 1
+            k_dst[p] = k_src[i]
+            o_dst[p] = o_src[i]
+        k_src, k_dst = k_dst, k_src
+        o_src, o_dst = o_dst, o_src
+        shift += 11
+        if shift >= 63 or (top >> shift) == 0:
+            return o_src
+
+
 def _key_array(s: pd.Series, what: str) -> np.ndarray:
     if s.isna().any():
         raise ValueError(f"events.{what}: {int(s.isna().sum())} null value(s)")
@@ -267,132 +319,176 @@ def _evaluate(ev: EventIndex, q_code, q_t, fs: FeatureSet, mode: str) -> dict[st
     for f in fs.features:
         if f.agg != "ratio":
             by_window.setdefault(f.window_us, []).append(f)
-    # Work on queries sorted by (entity, as_of): searchsorted is fast on sorted needles.
+    # Work on queries sorted by (entity, as_of): searchsorted is fast on sorted needles, and the
+    # scans below then walk the events forward.
     order = np.lexsort((q_t, q_code))
     code, t_all = q_code[order], q_t[order]
     hi = ev.bound(code, t_all)
+    known = mode == "known_at"
     for w, feats in by_window.items():
         lo = ev.bound(code, None if w is None else t_all - w)
-        lengths = hi - lo
-        for qs, qe in _chunks(lengths, MAX_PAIRS):
-            qi, ei = _pairs(lo[qs:qe], lengths[qs:qe])
-            t = t_all[qs:qe]
-            if mode == "known_at":
-                keep = ev.ing[ei] < t[qi]
-                qi, ei = qi[keep], ei[keep]
-            rows = _WindowRows(ev, qi, ei, qe - qs)
-            for f in feats:
-                out[f.name][order[qs:qe]] = _aggregate(f, rows, t)
+        window = _Window(ev, lo, hi, t_all, known)
+        for f in feats:
+            out[f.name][order] = _aggregate(f, window)
     for f in fs.features:
         if f.agg == "ratio":
             out[f.name] = _ratio(out[f.numerator], out[f.denominator], f.default)
     return out
 
 
-def _chunks(lengths: np.ndarray, max_pairs: int):
-    """Contiguous query ranges whose pairs stay under max_pairs (a single huge query stands alone)."""
-    n = len(lengths)
-    if n == 0:
-        return
-    csum = np.cumsum(lengths)
-    start = 0
-    while start < n:
-        base = csum[start - 1] if start else 0
-        end = int(np.searchsorted(csum, base + max_pairs, side="right"))
-        end = max(end, start + 1)
-        yield start, min(end, n)
-        start = end
+class _Window:
+    """One window's rows per query: the contiguous event range ``[lo, hi)`` of its entity (less,
+    in ``known_at`` mode, the rows ingested at or after the query time), with the scans that several
+    features of the window share."""
 
-
-def _pairs(lo: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(query, event) index pairs for the ranges [lo, lo+len), in query then event order."""
-    total = int(lengths.sum())
-    qi = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    offsets = np.cumsum(lengths) - lengths
-    ei = np.arange(total, dtype=np.int64) + np.repeat(lo - offsets, lengths)
-    return qi, ei
-
-
-class _WindowRows:
-    """One window's (query, event) pairs, sorted by query then (event_ts, event_id),
-    with the gathers that several features of the window share."""
-
-    def __init__(self, ev: EventIndex, qi: np.ndarray, ei: np.ndarray, n: int):
-        self.ev, self.qi, self.ei, self.n = ev, qi, ei, n
+    def __init__(self, ev: EventIndex, lo: np.ndarray, hi: np.ndarray, t: np.ndarray, known: bool):
+        self.ev, self.lo, self.hi, self.t, self.known = ev, lo, hi, t, known
         self._cache: dict = {}
 
-    def segments(self) -> tuple[np.ndarray, np.ndarray]:
-        if "seg" not in self._cache:
-            self._cache["seg"] = _segments(self.qi)
-        return self._cache["seg"]
+    def count(self) -> np.ndarray:
+        if "count" not in self._cache:
+            if self.known:
+                self._cache["count"] = _scan_count(self.lo, self.hi, self.t, self.ev.ing)
+            else:
+                self._cache["count"] = self.hi - self.lo
+        return self._cache["count"]
 
-    def non_null(self, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(query ids, values, per-query count) of the non-null values of ``column``."""
-        key = ("num", column)
+    def sum(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(sum, count) of the non-null values of ``column``; the sum adds them in row order from 0.0."""
+        key = ("sum", column)
         if key not in self._cache:
-            v = self.ev.numeric(column)[self.ei]
-            nn = ~np.isnan(v)
-            qn = self.qi[nn]
-            self._cache[key] = (qn, v[nn], np.bincount(qn, minlength=self.n))
+            self._cache[key] = _scan_sum(self.lo, self.hi, self.t, self.ev.ing, self.known, self.ev.numeric(column))
         return self._cache[key]
 
+    def extreme(self, column: str, largest: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(min or max, count) of the non-null values of ``column`` (the first of equal values)."""
+        v = self.ev.numeric(column)
+        return _scan_extreme(self.lo, self.hi, self.t, self.ev.ing, self.known, v, largest)
 
-def _aggregate(f: Feature, rows: _WindowRows, t: np.ndarray) -> np.ndarray:
-    """One feature over a window's rows; ``t`` are the queries' times."""
-    n, qi, ei = rows.n, rows.qi, rows.ei
-    if f.agg == "count":
-        c = np.bincount(qi, minlength=n)
+    def edge(self, last: bool) -> np.ndarray:
+        """Index of each query's last (or first) row in the window; -1 for none."""
+        key = ("edge", last)
+        if key not in self._cache:
+            self._cache[key] = _scan_edge(self.lo, self.hi, self.t, self.ev.ing, self.known, last)
+        return self._cache[key]
+
+    def distinct(self, column: str) -> np.ndarray:
+        codes, ncat = self.ev.categorical(column)
+        return _scan_distinct(self.lo, self.hi, self.t, self.ev.ing, self.known, codes, ncat)
+
+
+def _aggregate(f: Feature, rows: _Window) -> np.ndarray:
+    """One feature over a window's rows."""
+    if f.agg in ("count", "distinct_count"):
+        c = rows.count() if f.agg == "count" else rows.distinct(f.column)
         return np.where(c > 0, c, int(f.default or 0)).astype(np.int64)
-    if f.agg == "distinct_count":
-        cnt = _distinct(rows, f.column)
-        return np.where(cnt > 0, cnt, int(f.default or 0)).astype(np.int64)
     default = np.nan if f.default is None else float(f.default)
     if f.agg in ("days_since_last", "days_since_first"):
-        res = np.full(n, default)
-        if len(qi):
-            starts, ends = rows.segments()
-            pick = ends - 1 if f.agg == "days_since_last" else starts
-            q = qi[pick]
-            res[q] = (t[q] - rows.ev.ts[ei[pick]]).astype(np.float64) / US_PER_DAY
+        pick = rows.edge(last=f.agg == "days_since_last")
+        res = np.full(len(pick), default)
+        q = np.flatnonzero(pick >= 0)
+        res[q] = (rows.t[q] - rows.ev.ts[pick[q]]).astype(np.float64) / US_PER_DAY
         return res
-    qn, vn, cnt = rows.non_null(f.column)
     if f.agg in ("sum", "mean"):
-        total = np.bincount(qn, weights=vn, minlength=n)  # sequential, in row order
+        total, cnt = rows.sum(f.column)
         if f.agg == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):
                 total = total / cnt
         return np.where(cnt > 0, total, default)
-    res = np.full(n, default)
-    if len(qn):
-        ufunc = np.minimum if f.agg == "min" else np.maximum
-        starts = np.flatnonzero(np.r_[True, qn[1:] != qn[:-1]])
-        res[qn[starts]] = ufunc.reduceat(vn, starts)  # min/max are exact in any order
-    return res
+    value, cnt = rows.extreme(f.column, largest=f.agg == "max")
+    return np.where(cnt > 0, value, default)
 
 
-def _distinct(rows: _WindowRows, column: str) -> np.ndarray:
-    """Distinct non-null values of ``column`` per query."""
-    codes, ncat = rows.ev.categorical(column)
-    c = codes[rows.ei]
-    if ncat <= 63 and len(c):
-        # one bit per category, OR-ed per query, then counted
-        bits = np.where(c >= 0, np.left_shift(np.uint64(1), np.maximum(c, 0).astype(np.uint64)), np.uint64(0))
-        starts, _ = rows.segments()
-        out = np.zeros(rows.n, dtype=np.int64)
-        out[rows.qi[starts]] = np.bitwise_count(np.bitwise_or.reduceat(bits, starts))
-        return out
-    valid = c >= 0
-    keys = np.sort(rows.qi[valid] * ncat + c[valid])
-    first = np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
-    return np.bincount(keys[first] // ncat, minlength=rows.n)
+# The scans: one compiled loop per aggregation over each query's rows [lo, hi), in row order, so
+# that every (query, window) reads exactly its own rows and nothing else (sequential accumulation:
+# the bits do not depend on what else is in the call, or on where the rows sit in memory). In
+# ``known_at`` mode a row ingested at or after the query time is skipped.
 
 
-def _segments(sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end positions of the runs of equal ids in a sorted array."""
-    change = np.flatnonzero(sorted_ids[1:] != sorted_ids[:-1]) + 1
-    starts = np.r_[0, change]
-    ends = np.r_[change, len(sorted_ids)]
-    return starts, ends
+@_jit
+def _scan_count(lo, hi, t, ing):
+    out = np.zeros(len(lo), dtype=np.int64)
+    for i in range(len(lo)):
+        c = 0
+        for j in range(lo[i], hi[i]):
+            if ing[j] < t[i]:
+                c += 1
+        out[i] = c
+    return out
+
+
+@_jit
+def _scan_sum(lo, hi, t, ing, known, v):
+    total = np.zeros(len(lo), dtype=np.float64)
+    count = np.zeros(len(lo), dtype=np.int64)
+    for i in range(len(lo)):
+        s = 0.0
+        c = 0
+        for j in range(lo[i], hi[i]):
+            if known and ing[j] >= t[i]:
+                continue
+            x = v[j]
+            if x == x:  # not NaN (null)
+                s += x
+                c += 1
+        total[i] = s
+        count[i] = c
+    return total, count
+
+
+@_jit
+def _scan_extreme(lo, hi, t, ing, known, v, largest):
+    value = np.zeros(len(lo), dtype=np.float64)
+    count = np.zeros(len(lo), dtype=np.int64)
+    for i in range(len(lo)):
+        m = 0.0
+        c = 0
+        for j in range(lo[i], hi[i]):
+            if known and ing[j] >= t[i]:
+                continue
+            x = v[j]
+            if x != x:
+                continue
+            if c == 0 or (x > m if largest else x < m):
+                m = x
+            c += 1
+        value[i] = m
+        count[i] = c
+    return value, count
+
+
+@_jit
+def _scan_edge(lo, hi, t, ing, known, last):
+    out = np.full(len(lo), -1, dtype=np.int64)
+    for i in range(len(lo)):
+        if last:
+            for j in range(hi[i] - 1, lo[i] - 1, -1):
+                if not known or ing[j] < t[i]:
+                    out[i] = j
+                    break
+        else:
+            for j in range(lo[i], hi[i]):
+                if not known or ing[j] < t[i]:
+                    out[i] = j
+                    break
+    return out
+
+
+@_jit
+def _scan_distinct(lo, hi, t, ing, known, codes, ncat):
+    out = np.zeros(len(lo), dtype=np.int64)
+    seen = np.full(max(ncat, 1), -1, dtype=np.int64)  # the last query that counted each category
+    for i in range(len(lo)):
+        c = 0
+        for j in range(lo[i], hi[i]):
+            if known and ing[j] >= t[i]:
+                continue
+            k = codes[j]
+            if k >= 0 and seen[k] != i:
+                seen[k] = i
+                c += 1
+        out[i] = c
+    return out
 
 
 def _ratio(num: np.ndarray, den: np.ndarray, default) -> np.ndarray:

@@ -229,8 +229,8 @@ def test_output_columns_match_compute_dtypes():
         assert cols[f.name] == ("int64" if out[f.name].dtype == np.int64 else "double")
 
 
-@pytest.mark.parametrize("knob, value", [("MAX_PAIRS", 50), ("PACK_LIMIT", 0)])
-def test_chunking_and_rank_keys_do_not_change_results(monkeypatch, knob, value):
+@pytest.mark.parametrize("knob, value", [("PACK_LIMIT", 0)])
+def test_rank_keys_do_not_change_results(monkeypatch, knob, value):
     rng = np.random.default_rng(1)
     n = 3000
     ev = events(
