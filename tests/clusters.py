@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from jobs.engines.dask_engine import WORKER_PRELOAD
+
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
 
@@ -214,7 +216,7 @@ def dask_cli_cluster(
             wlog = logs / f"worker-{name}.log"
             args = dask_cli() + ["worker", address, "--name", name, "--host", LOOPBACK]
             args += ["--nthreads", "1", "--memory-limit", memory_limit, "--no-dashboard"]
-            args += ["--local-directory", str(root / name)]
+            args += ["--local-directory", str(root / name), "--preload", WORKER_PRELOAD]
             if not nanny:
                 args.append("--no-nanny")
             for module in (preload or [[]] * len(python_paths))[i]:

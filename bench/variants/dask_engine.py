@@ -33,6 +33,8 @@ def setup(ctx):
 
     from distributed import Client, LocalCluster
 
+    from jobs.engines.dask_engine import WORKER_PRELOAD
+
     logging.getLogger("distributed").setLevel(logging.ERROR)
     cfg, knobs = config(ctx)
     # Exactly what jobs.engines.dask_engine._connect builds when no cluster is given.
@@ -42,6 +44,7 @@ def setup(ctx):
         memory_limit=cfg.dask_memory_limit,
         processes=True,
         dashboard_address=None,
+        preload=[WORKER_PRELOAD],
     )
     client = Client(cluster)
     return {"cfg": cfg, "knobs": knobs, "cluster": cluster, "client": client}

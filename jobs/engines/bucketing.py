@@ -10,8 +10,8 @@ strings are normalised to plain strings first. The same function buckets events 
 queries, so both sides of a key meet in one bucket. A null key (a nullable key: the
 event belongs to no entity of the set) goes to bucket 0.
 
-Bucketed files are laid out as ``<root>/bucket=<b>/part-<f>.parquet``: one file
-per (bucket, source file), written by exactly one task, so parallel tasks never
+Bucketed files are laid out as ``<root>/bucket=<b>/part-<f>.arrow`` (Arrow IPC): one file
+per (bucket, group of source files), written by exactly one task, so parallel tasks never
 share a file and a bucket is read back as the union of its parts.
 """
 
@@ -156,22 +156,39 @@ def split_by_bucket(table: pa.Table, key: str, n_buckets: int) -> dict[int, pa.T
     return {int(p): taken.slice(int(ends[p] - counts[p]), int(counts[p])) for p in np.flatnonzero(counts)}
 
 
-def scratch_parquet_options(schema: pa.Schema) -> dict:
-    """Writer options for short-lived scratch files: tables are split into many small row
-    groups, where dictionary-encoding every column and statistics cost ~3x the write time."""
-    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    return {"use_dictionary": strings, "compression": "lz4", "write_statistics": False}
+#: Scratch files (the buckets, a Dask run's outputs) are Arrow IPC files, uncompressed: written
+#: once, read once, by the same cluster, minutes apart. Measured on 1M bucketed event rows in 5k-row
+#: pieces: 0.04-0.08 s to write vs 0.15 s as lz4 Parquet (2.4x the bytes: 48 vs 20 MB), reads alike.
+SCRATCH_SUFFIX = ".arrow"
+_SCRATCH_IPC = pa.ipc.IpcWriteOptions(compression=None)
 
 
-def bucket_path(root: str, bucket: int, part: int) -> str:
-    return f"{root.rstrip('/')}/bucket={bucket}/part-{part:05d}.parquet"
+def open_scratch_writer(sink, schema: pa.Schema):
+    """An Arrow IPC file writer for a scratch file (close it, then the sink)."""
+    return pa.ipc.new_file(sink, schema, options=_SCRATCH_IPC)
+
+
+def write_scratch(sink, table: pa.Table) -> None:
+    with open_scratch_writer(sink, table.schema) as w:
+        w.write_table(table)
+
+
+def read_scratch(f) -> pa.Table:
+    return pa.ipc.open_file(f).read_all()
+
+
+def bucket_path(root: str, bucket: int, part: int, variant: int = 0) -> str:
+    tail = f"-{variant}" if variant else ""
+    return f"{root.rstrip('/')}/bucket={bucket}/part-{part:05d}{tail}{SCRATCH_SUFFIX}"
 
 
 class BucketWriter:
-    """Writes the tables of one source into ``<root>/bucket=<b>/part-<part>.parquet``, one writer per bucket.
+    """Writes the tables of one source into ``<root>/bucket=<b>/part-<part>.arrow``, one writer per bucket.
 
-    Rows are buffered across buckets and flushed as one row group per bucket, so
-    small batches do not turn into thousands of tiny row groups.
+    Rows are buffered across buckets and flushed as one record batch per bucket, so
+    small batches do not turn into thousands of tiny ones. Tables whose schema differs from
+    the buffered ones' (another input file of the group typed otherwise) flush the buffer and go
+    to files of their own (``part-<part>-<k>.arrow``); a bucket is read back as the union.
     """
 
     def __init__(
@@ -188,11 +205,20 @@ class BucketWriter:
         self.fs, _ = fsspec.core.url_to_fs(root, **(storage_options or {}))
         self._buffers: dict[int, list[pa.Table]] = {}
         self._buffered = 0
-        self._writers: dict[int, tuple[object, pq.ParquetWriter]] = {}
+        self._schemas: list[pa.Schema] = []  # one file variant per distinct schema
+        self._schema: int | None = None  # the variant of what is buffered
+        self._writers: dict[tuple[int, int], tuple[object, object]] = {}
         self.rows: dict[int, int] = {}
 
     def write(self, table: pa.Table) -> None:
         table = normalize_table(table, self.key, self.decode)
+        variant = next((k for k, sc in enumerate(self._schemas) if sc.equals(table.schema)), None)
+        if variant is None:
+            self._schemas.append(table.schema)
+            variant = len(self._schemas) - 1
+        if variant != self._schema:
+            self.flush()
+            self._schema = variant
         for b, piece in split_by_bucket(table, self.key, self.n_buckets).items():
             self._buffers.setdefault(b, []).append(piece)
             self._buffered += piece.num_rows
@@ -202,23 +228,24 @@ class BucketWriter:
     def flush(self) -> None:
         for b, pieces in self._buffers.items():
             t = pa.concat_tables(pieces)
-            if b not in self._writers:
-                path = bucket_path(self.root, b, self.part)
+            if (b, self._schema) not in self._writers:
+                path = bucket_path(self.root, b, self.part, self._schema)
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
                 f = self.fs.open(path, "wb")
-                self._writers[b] = (f, pq.ParquetWriter(f, t.schema, **scratch_parquet_options(t.schema)))
-            self._writers[b][1].write_table(t)
+                self._writers[(b, self._schema)] = (f, open_scratch_writer(f, t.schema))
+            self._writers[(b, self._schema)][1].write_table(t)
             self.rows[b] = self.rows.get(b, 0) + t.num_rows
         self._buffers.clear()
         self._buffered = 0
 
-    def close(self) -> dict[int, str]:
-        """Flush and close; returns ``{bucket: path}`` of the files written."""
+    def close(self) -> dict[int, list[str]]:
+        """Flush and close; returns ``{bucket: [paths]}`` of the files written."""
         self.flush()
-        for f, w in self._writers.values():
+        written: dict[int, list[str]] = {}
+        for (b, variant), (f, w) in sorted(self._writers.items()):
             w.close()
             f.close()
-        written = {b: bucket_path(self.root, b, self.part) for b in sorted(self._writers)}
+            written.setdefault(b, []).append(bucket_path(self.root, b, self.part, variant))
         self._writers.clear()
         return written
 
@@ -232,8 +259,8 @@ class BucketWriter:
         self._buffers.clear()
 
 
-def bucket_parquet_file(
-    src: str,
+def bucket_parquet_files(
+    srcs: Sequence[str],
     root: str,
     part: int,
     n_buckets: int,
@@ -241,26 +268,36 @@ def bucket_parquet_file(
     columns: Sequence[str] | None = None,
     storage_options: dict | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> dict[int, str]:
-    """Stream one Parquet file into bucket files (record batches; never the whole table)."""
-    fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
+) -> dict[int, list[str]]:
+    """Stream several Parquet files, one after the other, into ONE set of bucket files (part
+    ``part``): a bucket then has one file per group of inputs, not one per input, which on many
+    small inputs (a lake's day files) halves the bucketing's cost (writes and opens per file)."""
     writer = BucketWriter(root, part, n_buckets, key, storage_options)
+    cols = list(columns) if columns is not None else None
     try:
-        with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            cols = list(columns) if columns is not None else None
-            _require(pf.schema_arrow.names, cols or [key], src)
-            for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
-                writer.write(pa.Table.from_batches([batch]))
+        for src in srcs:
+            fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                _require(pf.schema_arrow.names, cols or [key], src)
+                for batch in pf.iter_batches(batch_size=batch_rows, columns=cols):
+                    writer.write(pa.Table.from_batches([batch]))
         return writer.close()
     except BaseException:
         writer.abort()
         raise
 
 
+def file_groups(files: Sequence[str], n_groups: int) -> list[list[str]]:
+    """``files`` cut into at most ``n_groups`` runs of consecutive files of near-equal count."""
+    n_groups = max(1, min(int(n_groups), len(files)))
+    bounds = np.linspace(0, len(files), n_groups + 1).round().astype(int)
+    return [list(files[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def bucket_frame(
     df: pd.DataFrame, root: str, part: int, n_buckets: int, key: str, storage_options: dict | None = None
-) -> dict[int, str]:
+) -> dict[int, list[str]]:
     """Bucket an in-memory frame (e.g. a query table) into bucket files."""
     _require(df.columns, [key], "frame")
     # One source, one schema: dictionary (categorical) columns stay as they are, so the
@@ -283,15 +320,22 @@ def read_tables(
     storage_options: dict | None = None,
     decode_dictionaries: bool = True,
 ) -> pa.Table | None:
-    """The union of Parquet files as one normalised Arrow table (None when there are no files)."""
+    """The union of Parquet files (or scratch ``.arrow`` files) as one normalised Arrow table (None
+    when there are no files)."""
     tables = []
     for p in paths:
         fs, path = fsspec.core.url_to_fs(p, **(storage_options or {}))
         with fs.open(path, "rb") as f:
-            pf = pq.ParquetFile(f)
-            if columns is not None:
-                _require(pf.schema_arrow.names, columns, p)
-            table = pf.read(columns=list(columns) if columns is not None else None)
+            if path.endswith(SCRATCH_SUFFIX):
+                table = read_scratch(f)
+                if columns is not None:
+                    _require(table.schema.names, columns, p)
+                    table = table.select(list(columns))
+            else:
+                pf = pq.ParquetFile(f)
+                if columns is not None:
+                    _require(pf.schema_arrow.names, columns, p)
+                table = pf.read(columns=list(columns) if columns is not None else None)
             tables.append(normalize_table(table, key, decode_dictionaries))
     if not tables:
         return None

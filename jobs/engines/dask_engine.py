@@ -1,9 +1,9 @@
 """Dask engine: hash-bucket the inputs to files, then one ``compute`` task per bucket.
 
-Phase 1 streams every input file into ``<scratch>/<events|queries>/bucket=<b>/``
-(one task per file). Phase 2 runs one task per bucket: read that bucket's events
+Phase 1 streams the input files into ``<scratch>/<events|queries>/bucket=<b>/``
+(one task per group of consecutive files, two groups per worker thread). Phase 2 runs one task per bucket: read that bucket's events
 and queries (or build a Snapshot's queries from the bucket's events), call
-``features.kernel.compute``, write ``<scratch>/out/bucket=<b>.parquet`` and
+``features.kernel.compute``, write ``<scratch>/out/bucket=<b>.arrow`` and
 return its path. The driver yields each bucket's frame as its task completes, so
 no process ever holds more than a bucket — the table may be far bigger than
 memory. Plain futures, not dask.dataframe: aligned buckets need no shuffle, and
@@ -21,7 +21,6 @@ from collections.abc import Iterator
 import fsspec
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from distributed import Client, LocalCluster, as_completed, default_client, get_worker
 from tqdm.auto import tqdm
 
@@ -29,18 +28,24 @@ from features import kernel
 from features.spec import FeatureSet, kernel_fingerprint
 from jobs.engines import Snapshot, Snapshots, shipping, snapshot_queries
 from jobs.engines.bucketing import (
+    SCRATCH_SUFFIX,
     bucket_frame,
-    bucket_parquet_file,
+    bucket_parquet_files,
     default_events_schema,
     default_queries_schema,
+    file_groups,
     file_schema,
     normalize_keys,
     normalize_table,
     read_frame,
-    scratch_parquet_options,
+    read_scratch,
+    write_scratch,
 )
 
 log = logging.getLogger(__name__)
+
+#: every Dask worker this platform starts runs it at start (``dask worker --preload ...``)
+WORKER_PRELOAD = "jobs.dask_preload"
 
 
 def run(
@@ -86,6 +91,7 @@ def _connect(cfg, client: Client | None):
             memory_limit=cfg.dask_memory_limit,
             processes=True,
             dashboard_address=":0",  # a free port: several runs may share a machine
+            preload=[WORKER_PRELOAD],
         ) as cluster,
         Client(cluster) as c,
     ):
@@ -106,11 +112,15 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
     t0 = time.monotonic()
     expected = kernel_fingerprint()
     ev_root, q_root, out_root = f"{scratch}/events", f"{scratch}/queries", f"{scratch}/out"
-    # Phase 1: bucket every input file (queries held by the driver are bucketed there).
+    # Phase 1: bucket the input files, a group of consecutive files per task (queries held by the
+    # driver are bucketed there): two groups per worker thread balance the load, and a bucket gets
+    # one file per group instead of one per input file (README, Benchmarks: PIT).
+    n_groups = 2 * max(1, sum(c.nthreads().values()))
+    event_groups = file_groups(events_files, n_groups)
     jobs = [
         c.submit(
-            bucket_parquet_file,
-            p,
+            bucket_parquet_files,
+            group,
             ev_root,
             i,
             n_buckets,
@@ -120,16 +130,16 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
             pure=False,
             key=f"lockstep-bucket-events-{i}-{_token()}",
         )
-        for i, p in enumerate(events_files)
+        for i, group in enumerate(event_groups)
     ]
-    frame_query_buckets: dict[int, str] = {}
+    frame_query_buckets: dict[int, list[str]] = {}
     if isinstance(queries, pd.DataFrame):
         frame_query_buckets = bucket_frame(queries, q_root, 0, n_buckets, fs.entity, opts)
     elif not isinstance(queries, (Snapshot, Snapshots)):
         jobs += [
             c.submit(
-                bucket_parquet_file,
-                p,
+                bucket_parquet_files,
+                group,
                 q_root,
                 i,
                 n_buckets,
@@ -139,24 +149,30 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
                 pure=False,
                 key=f"lockstep-bucket-queries-{i}-{_token()}",
             )
-            for i, p in enumerate(queries)
+            for i, group in enumerate(file_groups(queries, n_groups))
         ]
     events_by_bucket: dict[int, list[str]] = {}
-    queries_by_bucket: dict[int, list[str]] = {b: [p] for b, p in frame_query_buckets.items()}
-    is_events = {fut.key: i < len(events_files) for i, fut in enumerate(jobs)}
+    queries_by_bucket: dict[int, list[str]] = {b: list(p) for b, p in frame_query_buckets.items()}
+    is_events = {fut.key: i < len(event_groups) for i, fut in enumerate(jobs)}
     try:
         with tqdm(total=len(jobs), desc="bucketing files", unit="file", disable=None) as bar:
             for fut in as_completed(jobs):
                 target = events_by_bucket if is_events[fut.key] else queries_by_bucket
-                for b, path in fut.result().items():
-                    target.setdefault(b, []).append(path)
+                for b, paths in fut.result().items():
+                    target.setdefault(b, []).extend(paths)
                 fut.release()
                 bar.update()
     finally:
         _cancel(c, jobs)
     for paths in (*events_by_bucket.values(), *queries_by_bucket.values()):
         paths.sort()  # part-<file index>: a deterministic read order
-    log.info("dask: bucketed %d file(s) into %d bucket(s) in %.1fs", len(jobs), n_buckets, time.monotonic() - t0)
+    log.info(
+        "dask: bucketed %d file(s) in %d task(s) into %d bucket(s) in %.1fs",
+        len(events_files) + (0 if isinstance(queries, (pd.DataFrame, Snapshot, Snapshots)) else len(queries)),
+        len(jobs),
+        n_buckets,
+        time.monotonic() - t0,
+    )
 
     events_schema = (
         file_schema(events_files[0], fs.entity, fs.event_columns, opts) if events_files else default_events_schema(fs)
@@ -177,7 +193,7 @@ def _run(c: Client, n_buckets: int, fs: FeatureSet, events_files, queries, mode,
             mode,
             events_by_bucket.get(b, []),
             q,
-            f"{out_root}/bucket={b}.parquet",
+            f"{out_root}/bucket={b}{SCRATCH_SUFFIX}",
             events_schema,
             decode,
             opts,
@@ -227,15 +243,14 @@ def compute_bucket(
         fsys, p = fsspec.core.url_to_fs(out_path, **opts)
         fsys.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
         with fsys.open(p, "wb") as f:
-            table = pa.Table.from_pandas(out, preserve_index=False)
-            pq.write_table(table, f, **scratch_parquet_options(table.schema))
+            write_scratch(f, pa.Table.from_pandas(out, preserve_index=False))
     return out_path, len(out)
 
 
 def _read(path: str, opts: dict) -> pd.DataFrame:
     fsys, p = fsspec.core.url_to_fs(path, **opts)
     with fsys.open(p, "rb") as f:
-        return pq.read_table(f).to_pandas()
+        return read_scratch(f).to_pandas()
 
 
 def _empty_result(fs, queries, events_schema, mode, opts) -> pd.DataFrame:

@@ -30,7 +30,8 @@ from jobs.engines.bucketing import (
     as_int64_keys,
     bucket_frame,
     bucket_of,
-    bucket_parquet_file,
+    bucket_parquet_files,
+    file_groups,
     read_frame,
 )
 from jobs.ingest.cdnow_synthetic import to_raw_events
@@ -349,23 +350,49 @@ def test_streaming_bucketing_puts_each_entity_in_exactly_one_bucket(generated, t
     n = 8
     src32 = tmp_path / "int32.parquet"
     pq.write_table(to_raw_events(events).cast(to_raw_events(events).schema.set(1, pa.field(KEY, pa.int32()))), src32)
-    written = bucket_parquet_file(str(src32), root, 0, n, KEY, list(FS.event_columns), batch_rows=10_000)
-    written64 = bucket_parquet_file(files[3], root, 1, n, KEY, list(FS.event_columns))
+    written = bucket_parquet_files([str(src32)], root, 0, n, KEY, list(FS.event_columns), batch_rows=10_000)
+    written64 = bucket_parquet_files([files[3]], root, 1, n, KEY, list(FS.event_columns))
     assert set(written) == set(range(n))
     seen: dict[int, int] = {}
     for b in range(n):
-        paths = [p for p in (written.get(b), written64.get(b)) if p]
+        paths = [*written.get(b, []), *written64.get(b, [])]
         assert all(f"/bucket={b}/" in p for p in paths)
         part = read_frame(paths, KEY)
         assert part[KEY].dtype == np.int64
         assert (bucket_of(part[KEY], n) == b).all()
         for e in part[KEY].unique():
             assert seen.setdefault(int(e), b) == b, f"entity {e} in buckets {seen[int(e)]} and {b}"
-    whole = read_frame([w for b in range(n) for w in [written.get(b)] if w], KEY)
+    whole = read_frame([p for b in range(n) for p in written.get(b, [])], KEY)
     cols = list(FS.event_columns)
     a = whole.sort_values(["event_id", "ingested_at"], ignore_index=True)[cols]
     b = events.sort_values(["event_id", "ingested_at"], ignore_index=True)[cols]
     pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+def test_a_group_of_files_typed_differently_buckets_into_one_part_per_schema(generated, tmp_path):
+    """One task streams several files (``file_groups``); a file whose columns are typed otherwise
+    (int32 keys and amounts) goes to files of its own, and the bucket reads back every row."""
+    events, files = generated
+    raw = to_raw_events(events)
+    src32 = tmp_path / "int32.parquet"
+    pq.write_table(
+        raw.cast(
+            raw.schema.set(1, pa.field(KEY, pa.int32())).set(
+                raw.schema.get_field_index("amount"), pa.field("amount", pa.float32())
+            )
+        ),
+        src32,
+    )
+    groups = file_groups([files[3], str(src32), files[4]], 1)
+    assert groups == [[files[3], str(src32), files[4]]]
+    written = bucket_parquet_files(groups[0], str(tmp_path / "b"), 0, 4, KEY, list(FS.event_columns))
+    assert any(len(paths) > 1 for paths in written.values())  # the int32 file's rows: files of their own
+    got = read_frame([p for paths in written.values() for p in paths], KEY)
+    want = pd.concat([pq.read_table(p, columns=list(FS.event_columns)).to_pandas() for p in groups[0]])
+    assert len(got) == len(want) and got[KEY].dtype == np.int64
+    assert sorted(got["event_id"]) == sorted(want["event_id"])
+    assert [len(g) for g in file_groups([str(i) for i in range(10)], 4)] == [2, 3, 3, 2]
+    assert file_groups([], 4) == [] and file_groups(["a"], 0) == [["a"]]
 
 
 def test_bucket_frame_round_trips_pass_through_dtypes(tmp_path):
@@ -378,7 +405,9 @@ def test_bucket_frame_round_trips_pass_through_dtypes(tmp_path):
         }
     )
     written = bucket_frame(df, str(tmp_path), 0, 4, KEY)
-    back = read_frame(list(written.values()), KEY, decode_dictionaries=False).sort_values(KEY, ignore_index=True)
+    back = read_frame([p for ps in written.values() for p in ps], KEY, decode_dictionaries=False).sort_values(
+        KEY, ignore_index=True
+    )
     pd.testing.assert_frame_equal(back, df.astype({KEY: np.int64}), check_exact=True)
 
 
