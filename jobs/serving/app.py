@@ -85,6 +85,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from features.kernel import warm as warm_kernel
 from features.online import compute_many, compute_one
 from features.spec import FeatureSet
 from jobs.serving.auth import KeyRing
@@ -793,6 +794,7 @@ def create_app(
                 refresher = StoreRefresher(cfg, fs, cache, loaded, settings.refresh_s).start()
                 refreshers.append(refresher)
             timeout_ms = join.timeout_ms if join.timeout_ms is not None else settings.store_timeout_ms
+            warm_kernel(fs)  # numba's start-up paid here, not by the first request's kernel call
             vectors = SnapshotVectors(cfg, fs)
             if (join.mode or settings.mode) == "materialized":
                 vectors.warm()  # loaded here, not by (and on the event loop of) the first request

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from features.kernel import compute, output_columns, snapshot_queries, to_us
+from features.registry import get as get_set
 from features.spec import Feature, FeatureSet, agg, count, ratio
 
 DAY = pd.Timedelta(days=1)
@@ -273,3 +274,35 @@ def test_string_keys_hour_windows_and_events_without_the_key():
     assert out["delay_max_2h"].tolist()[:2] == [5.0, 7.0] and out["delay_max_2h"].isna().tolist()[2:] == [True, True]
     snap = snapshot_queries(events, fs, t0)
     assert snap["tailnum"].tolist() == ["N1", "N2"]
+
+
+WARM_SCRIPT = """
+import json
+import features.kernel as k
+from features.registry import get
+
+loops = ("_scan_sum", "_scan_count", "_scan_extreme", "_scan_edge", "_scan_distinct", "_radix_argsort")
+before = {n: len(getattr(k, n).signatures) for n in loops}
+k.warm(get("customer_activity_v1"))
+print(json.dumps([before, {n: len(getattr(k, n).signatures) for n in loops}]))
+"""
+
+
+def test_warm_loads_the_loops_a_set_uses_in_a_fresh_process():
+    """``warm`` (what the service runs at start, before any request) leaves a compiled specialisation
+    of every loop ``customer_activity_v1``'s features use; none is loaded before it."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", WARM_SCRIPT], capture_output=True, text=True, check=True, timeout=300)
+    before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(before.values()) == {0}
+    aggs = {f.agg for f in get_set("customer_activity_v1").features}
+    used = {"_radix_argsort"}  # the index's sorts
+    used |= {"_scan_count"} if "count" in aggs else set()  # counts in known_at mode
+    used |= {"_scan_edge"} if aggs & {"days_since_last", "days_since_first"} else set()
+    used |= {"_scan_sum"} if aggs & {"sum", "mean"} else set()
+    used |= {"_scan_extreme"} if aggs & {"min", "max"} else set()
+    used |= {"_scan_distinct"} if "distinct_count" in aggs else set()
+    assert {n for n, c in after.items() if c} == used
