@@ -8,7 +8,8 @@ Each part is the existing benchmark in its own process, one after the other on t
 * ``python -m bench.backfill`` — a 90-day backfill of daily snapshots at 20M events (100k entities, 20
   earlier days of history), Dask and Spark: the range pass vs one build per day (target >= 10x, every
   compared day identical). One build per day is timed for ``--single-sample`` days spread evenly over the
-  range and EXTRAPOLATED (mean x 90; the table says so): 90 single builds at 20M would take ~28-31 min per engine.
+  range and EXTRAPOLATED (mean x 90; the table says so): 90 single builds at 20M would take ~21 min on Dask,
+  ~31 min on Spark (2026-12-04, by that extrapolation).
 * ``python -m bench`` — the point-in-time build at 5M and 20M events: the Dask engine vs the fastest
   DuckDB/Polars variant (target >= 2x faster).
 * ``python -m bench.training --only streamed_bin,scoring`` — Parquet -> predict -> Parquet vs
