@@ -258,18 +258,19 @@ class AirflowLocal:
         }
         if conf:
             body["dag_run_conf"] = conf
-        for attempt in range(30):
+        # SQLite answers 503 when another component holds the write lock, and 409 "already a running
+        # backfill" for a while after the previous one reported completed_at (the scheduler closes its
+        # runs a loop later): both pass, so try again — for up to 3 minutes: 60 s was once not enough
+        # with the full test suite loading the 2 cores (2026-12-04).
+        deadline = time.monotonic() + 180
+        while True:
             try:
                 return self.api("POST", "backfills", body)
             except RuntimeError as exc:
-                # SQLite answers 503 when another component holds the write lock, and 409 "already
-                # a running backfill" for a short while after the previous one reported completed_at
-                # (the scheduler closes its runs a loop later): both pass, so try again.
                 transient = "HTTP 503" in str(exc) or ("HTTP 409" in str(exc) and "running backfill" in str(exc))
-                if not transient or attempt == 29:
+                if not transient or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
-        raise AssertionError("unreachable")
 
     def dag_runs(self, dag_id: str, **params) -> list[dict]:
         return self.api("GET", f"dags/{dag_id}/dagRuns", params={"limit": 100, **params})["dag_runs"]
