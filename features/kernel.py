@@ -13,7 +13,7 @@ hash buckets and the serving path calls it for one request. Exactness rules
   rounds differently depending on the slice's memory offset, so the same rows
   at another position could give another last bit. (Until kernel 2026-12-04 the
   loops were numpy gathers over materialised (query, event) pairs summed with
-  ``np.bincount``: the same bits, at several times the cost);
+  ``np.bincount``: the same bits, at 1.5-1.8x the evaluation's time at 5M events);
 * never by differencing prefix sums, so a truncated history (the online store)
   gives the same bits as the full one;
 * duplicated ``event_id``s keep the earliest ``ingested_at``; a null source value
@@ -252,7 +252,7 @@ class EventIndex:
 def _argsort(keys: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """Stable argsort of int64 ``keys`` (given ``order``: of ``keys[order]``, returned as positions
     of ``keys``, ties kept in ``order``'s order): ``np.argsort(kind="stable")``'s result, by an
-    LSD radix sort when the keys' range fits 62 bits (3-6x faster here on millions of rows)."""
+    LSD radix sort when the keys' range fits 62 bits (5M random 50-bit keys: 0.33 s vs 0.71 s)."""
     if order is None:
         order = np.arange(len(keys), dtype=np.int64)
     if len(keys) < 2:
@@ -364,17 +364,13 @@ class _Window:
                 self._cache["count"] = self.hi - self.lo
         return self._cache["count"]
 
-    def sum(self, column: str) -> tuple[np.ndarray, np.ndarray]:
-        """(sum, count) of the non-null values of ``column``; the sum adds them in row order from 0.0."""
-        key = ("sum", column)
+    def values(self, column: str, how: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sum, min or max; count) of the non-null values of ``column`` (``_scan_values``)."""
+        key = ("values", column, how)
         if key not in self._cache:
-            self._cache[key] = _scan_sum(self.lo, self.hi, self.t, self.ev.ing, self.known, self.ev.numeric(column))
+            v = self.ev.numeric(column)
+            self._cache[key] = _scan_values(self.lo, self.hi, self.t, self.ev.ing, self.known, v, how)
         return self._cache[key]
-
-    def extreme(self, column: str, largest: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(min or max, count) of the non-null values of ``column`` (the first of equal values)."""
-        v = self.ev.numeric(column)
-        return _scan_extreme(self.lo, self.hi, self.t, self.ev.ing, self.known, v, largest)
 
     def edge(self, last: bool) -> np.ndarray:
         """Index of each query's last (or first) row in the window; -1 for none."""
@@ -401,12 +397,12 @@ def _aggregate(f: Feature, rows: _Window) -> np.ndarray:
         res[q] = (rows.t[q] - rows.ev.ts[pick[q]]).astype(np.float64) / US_PER_DAY
         return res
     if f.agg in ("sum", "mean"):
-        total, cnt = rows.sum(f.column)
+        total, cnt = rows.values(f.column, _SUM)
         if f.agg == "mean":
             with np.errstate(invalid="ignore", divide="ignore"):
                 total = total / cnt
         return np.where(cnt > 0, total, default)
-    value, cnt = rows.extreme(f.column, largest=f.agg == "max")
+    value, cnt = rows.values(f.column, _MAX if f.agg == "max" else _MIN)
     return np.where(cnt > 0, value, default)
 
 
@@ -428,42 +424,31 @@ def _scan_count(lo, hi, t, ing):
     return out
 
 
-@_jit
-def _scan_sum(lo, hi, t, ing, known, v):
-    total = np.zeros(len(lo), dtype=np.float64)
-    count = np.zeros(len(lo), dtype=np.int64)
-    for i in range(len(lo)):
-        s = 0.0
-        c = 0
-        for j in range(lo[i], hi[i]):
-            if known and ing[j] >= t[i]:
-                continue
-            x = v[j]
-            if x == x:  # not NaN (null)
-                s += x
-                c += 1
-        total[i] = s
-        count[i] = c
-    return total, count
+#: what ``_scan_values`` accumulates
+_SUM, _MIN, _MAX = 0, 1, 2
 
 
 @_jit
-def _scan_extreme(lo, hi, t, ing, known, v, largest):
+def _scan_values(lo, hi, t, ing, known, v, how):
+    """(value, count) per query of the non-null values of ``v``: their sum (added in row order from
+    0.0) or their min / max (the first of equal values)."""
     value = np.zeros(len(lo), dtype=np.float64)
     count = np.zeros(len(lo), dtype=np.int64)
     for i in range(len(lo)):
-        m = 0.0
+        acc = 0.0
         c = 0
         for j in range(lo[i], hi[i]):
             if known and ing[j] >= t[i]:
                 continue
             x = v[j]
-            if x != x:
+            if x != x:  # NaN: null
                 continue
-            if c == 0 or (x > m if largest else x < m):
-                m = x
+            if how == _SUM:
+                acc += x
+            elif c == 0 or (x > acc if how == _MAX else x < acc):
+                acc = x
             c += 1
-        value[i] = m
+        value[i] = acc
         count[i] = c
     return value, count
 

@@ -271,7 +271,9 @@ def bucket_parquet_files(
 ) -> dict[int, list[str]]:
     """Stream several Parquet files, one after the other, into ONE set of bucket files (part
     ``part``): a bucket then has one file per group of inputs, not one per input, which on many
-    small inputs (a lake's day files) halves the bucketing's cost (writes and opens per file)."""
+    small inputs (a lake's day files) roughly halves the bucketing's cost: writes and opens per file
+    (5M events in 65 day files, 2 workers, both as lz4 Parquet: 5.65 task-s as 65 one-file tasks,
+    2.5-4.1 as 4 groups)."""
     writer = BucketWriter(root, part, n_buckets, key, storage_options)
     cols = list(columns) if columns is not None else None
     try:
