@@ -307,12 +307,14 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def _tree_cpu(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (uvicorn's workers) so far."""
+def _tree_cpu(pid: int, own: bool = True) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn's workers, the shadow process)
+    so far; ``own=False``: of its children only."""
     import psutil
 
     procs = [psutil.Process(pid)]
     procs += procs[0].children(recursive=True)
+    procs = procs if own else procs[1:]
     total = 0.0
     for p in procs:
         try:
@@ -582,6 +584,31 @@ def _thread_cpu(pid: int) -> tuple[float, float]:
     return main, other
 
 
+def _shadow_ready(url: str, timeout: float = 60.0) -> None:
+    """Wait until the service's shadow process (if any) has started and reported once."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        child = httpx.get(f"{url}/health").json().get("shadow_process")
+        if not child or child.get("ready"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the shadow process of {url} did not start within {timeout:.0f} s")
+
+
+def _caught_up(url: str, timeout: float = 120.0) -> tuple[float, dict]:
+    """(seconds until the shadow's backlog is 0 after the load stopped, the last /health)."""
+    import httpx
+
+    t0 = time.monotonic()
+    while True:
+        health = httpx.get(f"{url}/health").json()
+        if not health.get("shadow_backlog") or time.monotonic() - t0 > timeout:
+            return time.monotonic() - t0, health
+        time.sleep(0.1)
+
+
 def shadow_runs(
     cfg, root: Path, bodies: list[dict], pairs: int = 6, seconds: float = 8.0, delay_ms: int | None = None
 ) -> list[dict]:
@@ -606,28 +633,39 @@ def shadow_runs(
                 cfg, wal, {"LOCKSTEP_SERVING_SHADOW": shadow, "LOCKSTEP_SERVING_MODEL_POLL_S": "30"}
             )
             try:
+                _shadow_ready(url)  # its start-up (imports, unpickling the challenger) is not the load's
                 loop0, bg0 = _thread_cpu(proc.pid)
+                kids0 = _tree_cpu(proc.pid, own=False)
                 m0 = machine.sample()
                 text = subprocess.run(
                     wrk + [f"-d{seconds:.0f}s", url], capture_output=True, text=True, check=True
                 ).stdout
                 m1 = machine.sample()
                 loop1, bg1 = _thread_cpu(proc.pid)
-                health = httpx.get(f"{url}/health").json()
+                kids1 = _tree_cpu(proc.pid, own=False)
+                at_end = httpx.get(f"{url}/health").json()
                 server = httpx.get(f"{url}/metrics.json").json()
+                catch_up_s, health = _caught_up(url)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(60)
             wrk_cpu = m1.children_cpu_s - m0.children_cpu_s
-            served = (loop1 - loop0) + (bg1 - bg0)
+            shadow_cpu = kids1 - kids0  # the shadow process's, during the load
+            served = (loop1 - loop0) + (bg1 - bg0) + shadow_cpu
             w = parse_wrk(text) | {"pair": i, "shadow": shadow == "1", "delay_ms": delay_ms}
             w |= {"scored": health.get("shadow_scored"), "dropped": sum((health.get("shadow_dropped") or {}).values())}
+            w |= {
+                "scored_during_load": at_end.get("shadow_scored"),
+                "backlog_at_end": at_end.get("shadow_backlog"),
+                "catch_up_s": catch_up_s,
+            }
             w |= {"server_p50": server["p50_ms"], "server_p99": server["p99_ms"], "server_n": server["ok"]}
             n = max(server["ok"], 1)
             w |= {
                 "server_cpu_s": served,
                 "loop_us": (loop1 - loop0) / n * 1e6,
                 "bg_us": (bg1 - bg0) / n * 1e6,
+                "shadow_proc_us": shadow_cpu / n * 1e6,
                 "cpu_us": served / n * 1e6,
                 "wrk_cpu_s": wrk_cpu,
                 "machine": machine.delta(m0, m1, own_cpu_s=served + wrk_cpu),
@@ -642,8 +680,10 @@ def _run_line(w: dict) -> str:
     return (
         f"{w['rps']:.0f} req/s, client p50/p99 {w['p50_ms']:.1f}/{w['p99_ms']:.1f} ms, server p50/p99 "
         f"{w['server_p50']:.2f}/{w['server_p99']:.2f} ms, server CPU {w['cpu_us']:.0f} us/req (loop "
-        f"{w['loop_us']:.0f}, other threads {w['bg_us']:.0f}), wrk {w['wrk_cpu_s']:.1f} CPU-s; shadow scored "
-        f"{w['scored']}, dropped {w['dropped']}; {bench_machine_line(w)}"
+        f"{w['loop_us']:.0f}, other threads {w['bg_us']:.0f}, shadow process {w['shadow_proc_us']:.0f}), wrk "
+        f"{w['wrk_cpu_s']:.1f} CPU-s; shadow scored {w['scored_during_load']} during the load, backlog "
+        f"{w['backlog_at_end']} at its end, caught up {w['catch_up_s']:.1f} s later ({w['scored']} in all), "
+        f"dropped {w['dropped']}; {bench_machine_line(w)}"
         + (f"; LEFT RUNNING {w['leftover']}" if w["leftover"] else "")
     )
 
@@ -755,8 +795,10 @@ def _shadow_row(runs: list[dict], title: str, setup: str, pairs: int, shadow_sec
             f"{_median(runs, 'server_p99', False):.2f}/{_median(runs, 'server_p99', True):.2f} ms, "
             f"{_median(runs, 'rps', False):.0f}/{_median(runs, 'rps', True):.0f} req/s; off: "
             f"{_median(runs, 'cpu_us', False):.0f} us/req, on: "
-            f"{_median(runs, 'cpu_us', True):.0f} us/req; shadow scored {sum(w['scored'] or 0 for w in on)}, "
-            f"dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
+            f"{_median(runs, 'cpu_us', True):.0f} us/req (shadow process {_median(runs, 'shadow_proc_us', True):.0f}); "
+            f"shadow scored {sum(w['scored_during_load'] or 0 for w in on)} during the loads, "
+            f"{sum(w['scored'] or 0 for w in on)} in all (caught up {min(w['catch_up_s'] for w in on):.1f}-"
+            f"{max(w['catch_up_s'] for w in on):.1f} s after a load), dropped {sum(w['dropped'] for w in on)}; steal {min(steal):.1f}-{max(steal):.1f}%, other jobs "
             f"{min(others):.2f}-{max(others):.2f} cores; {quiet_text}; leftover processes "
             f"{sum(len(w['leftover']) for w in runs)}"
         ),

@@ -41,7 +41,7 @@ STAGES = {
     "request ids (uuid4 x N / uuid4_hexes)": [("uuid.py", "uuid4"), ("jobs/serving/app.py", "uuid4_hexes")],
     "features: ModelPredictor.batch_features (fetch + kernel)": [("jobs/serving/app.py", "batch_features")],
     "  of which compute_many (the kernel)": [("features/online.py", "compute_many")],
-    "model: scores_of (matrix + LightGBM)": [("jobs/serving/app.py", "scores_of")],
+    "model: scores_of (matrix + LightGBM)": [("jobs/serving/model.py", "scores_of")],
     "  of which LightGBM predict": [("lightgbm/basic.py", "predict")],
     "log records: record() x N / make_records": [
         ("jobs/serving/app.py", "record"),
@@ -68,7 +68,7 @@ def _profile_rows(stats: pstats.Stats) -> tuple[int, float, list[tuple[str, floa
         got = [(v[3], v[1]) for (f, _line, fn), v in items if f.endswith(fname) and fn == func]
         return max(got) if got else (0.0, 0)
 
-    batches = ct("jobs/serving/app.py", "scores_of")[1] or 1
+    batches = ct("jobs/serving/model.py", "scores_of")[1] or 1
     total = stats.total_tt
     rows, top = [], 0.0
     for stage, funcs in STAGES.items():
@@ -92,6 +92,7 @@ def stage_times(cfg, model, bodies: list[dict], mode: str, wal: Path) -> list[tu
     import pandas as pd
 
     from jobs.serving import app as A
+    from jobs.serving import model as M
     from jobs.serving.log import ServingLog, log_feature_sets, log_keys, make_record, make_records, model_wal_dir
     from jobs.serving.store import EmbeddedStore, L1Cache, SnapshotVectors, read_lake_events
 
@@ -122,7 +123,7 @@ def stage_times(cfg, model, bodies: list[dict], mode: str, wal: Path) -> list[tu
         t = lap("parse_query x N + request ids", t)
         values, reasons, snaps = mp.batch_features(queries, times, mode)
         t = lap("features: batch_features (fetch + kernel)", t)
-        scores = A.scores_of(model, names, values)
+        scores = M.scores_of(model, names, values)
         t = lap("model: scores_of (matrix + LightGBM)", t)
         by = (model.name, str(model.version))
         rows = [

@@ -104,10 +104,11 @@ from jobs.serving.log import (
     shadow_wal_dir,
 )
 from jobs.serving.metrics import ServiceMetrics
-from jobs.serving.model import Model, ModelSource
+from jobs.serving.model import Model, ModelSource, scores_of
 from jobs.serving.peers import PeerDir
-from jobs.serving.shadow import ShadowScorer
+from jobs.serving.shadow import Shadow, ShadowScorer
 from jobs.serving.shadow import recover as recover_shadow
+from jobs.serving.shadow_process import ShadowProcess
 from jobs.serving.store import (
     EmbeddedStore,
     L1Cache,
@@ -170,6 +171,12 @@ class Settings:
     #: shadow worker's CPU per request, 100 ms halved it again (50-70 -> 21-35 us, quiet machine;
     #: ``python -m bench.serving.profile_batch --single --shadow``): the shadow record comes later
     shadow_linger_ms: float = 100.0
+    #: score the challenger in a child process of its own (``jobs.serving.shadow_process``), which tails
+    #: this process's WAL at ``shadow_linger_ms`` intervals with ``nice`` ``shadow_nice``: the request
+    #: path shares neither the GIL nor, on a busy machine, the CPU with it. False: the in-process worker
+    #: thread (``jobs.serving.shadow.ShadowScorer``; for challengers that cannot be pickled)
+    shadow_process: bool = True
+    shadow_nice: int = 19
     #: canary serving (``jobs.serving.canary``): the share of entities the installed challenger serves
     #: (None: the challenger version's registry tag ``lockstep.canary_share``, 0 without one) and the
     #: salt of the entity hash (another salt: another population)
@@ -413,15 +420,6 @@ class Predictor:
 
     def score(self, values: dict) -> float:
         return score_of(self.model, self._names, values)
-
-
-def scores_of(model: Model, names: list[str], rows: list[dict]) -> list[float]:
-    """The scores of many feature vectors in ONE model call (a float64 matrix, nulls as NaN)."""
-    x = np.array([[np.nan if v[n] is None else v[n] for n in names] for v in rows], dtype=np.float64)
-    x = x.reshape(len(rows), len(names))
-    matrix = getattr(model, "predict_matrix", None)
-    scores = matrix(x) if matrix is not None else model.predict(pd.DataFrame(x, columns=names))
-    return [float(v) for v in np.asarray(scores)]
 
 
 def score_of(model: Model, names: list[str], values: dict) -> float:
@@ -853,15 +851,29 @@ def create_app(
             on_refused=refused,
             on_error=lambda _v, _exc: prom.reload_errors.inc(),
         )
-        shadow = ShadowScorer(
-            decl.feature_names,
-            ServingLog(shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync),
-            scores_of,
-            queue_size=settings.shadow_queue_size,
-            linger_s=settings.shadow_linger_ms / 1000,
-            on_drop=_shadow_dropped(cfg, decl.name, prom),
-            on_scored=lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n),
-        )
+        shadow_scored = lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n)  # noqa: E731
+        if settings.shadow_process:
+            shadow = ShadowProcess(
+                decl.feature_names,
+                slog.wal_dir,
+                lambda: slog.segment,
+                poll_s=max(settings.shadow_linger_ms, 10.0) / 1000,
+                nice=settings.shadow_nice,
+                on_drop=_shadow_dropped(cfg, decl.name, prom),
+                on_scored=shadow_scored,
+            )
+        else:
+            shadow = ShadowScorer(
+                decl.feature_names,
+                ServingLog(
+                    shadow_wal_dir(slog.wal_dir), decl, queue_size=settings.log_queue_size, fsync=settings.fsync
+                ),
+                scores_of,
+                queue_size=settings.shadow_queue_size,
+                linger_s=settings.shadow_linger_ms / 1000,
+                on_drop=_shadow_dropped(cfg, decl.name, prom),
+                on_scored=shadow_scored,
+            )
         windows = ArmWindows(decl.guards.window)
         peers = PeerDir(settings.peers_dir) if settings.peers_dir else None
 
@@ -1003,7 +1015,6 @@ def create_app(
         follower.on_swap = swapped
         challenger = None
         if settings.shadow or settings.challenger_version:
-            shadow.writer.start()
             shadow.start()
 
             def challenger_refused(version: str, exc: FingerprintMismatchError) -> None:
@@ -1121,7 +1132,7 @@ def create_app(
 
     def canary_model(pred: ModelPredictor | None = None):
         """The challenger serving the canary share now, and that share; (None, 0) when there is none."""
-        shadow: ShadowScorer = state["shadow"]
+        shadow: Shadow = state["shadow"]
         model, (version, share) = shadow.model, state.get("canary", (None, 0.0))
         if model is None or share <= 0 or str(model.version) != version:
             return None, 0.0
@@ -1628,7 +1639,7 @@ def _follower_health(follower: ChampionFollower | None, poll_s: float) -> dict:
     }
 
 
-def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer | None) -> dict:
+def _challenger_health(follower: ChampionFollower | None, shadow: Shadow | None) -> dict:
     if follower is None or shadow is None:
         return {"challenger_version": None, "challenger_refused": None, "shadow_dropped": None}
     return {
@@ -1639,6 +1650,10 @@ def _challenger_health(follower: ChampionFollower | None, shadow: ShadowScorer |
         "shadow_scored": shadow.scored,
         "shadow_dropped": dict(shadow.dropped),
         "shadow_recovered": None if shadow.recovered is None else dict(shadow.recovered),
+        "shadow_backlog": shadow.queue_depth,
+        "shadow_process": None
+        if not isinstance(shadow, ShadowProcess)
+        else {"pid": shadow.pid, "restarts": shadow.restarts, "ready": shadow.ready},
     }
 
 

@@ -49,6 +49,16 @@ class ModelSource(Protocol):
         ...
 
 
+def scores_of(model: Model, names: list[str], rows: list[dict]) -> list[float]:
+    """The scores of many feature vectors in ONE model call (a float64 matrix, nulls as NaN): the
+    service's batch and canary calls, and both shadow scorers' (``jobs.serving.shadow``)."""
+    x = np.array([[np.nan if v[n] is None else v[n] for n in names] for v in rows], dtype=np.float64)
+    x = x.reshape(len(rows), len(names))
+    matrix = getattr(model, "predict_matrix", None)
+    scores = matrix(x) if matrix is not None else model.predict(pd.DataFrame(x, columns=names))
+    return [float(v) for v in np.asarray(scores)]
+
+
 class StaticSource:
     """Models held in memory; the first one given is the champion unless named; a challenger only
     when named (``challenger=(name, version)``)."""

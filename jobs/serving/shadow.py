@@ -41,10 +41,39 @@ log = logging.getLogger(__name__)
 DROP_REASONS = ("queue_full", "log_full", "error", "crash")
 
 
-class ShadowScorer:
+class Shadow:
+    """What the service holds of a shadow scorer, whichever runs it: :class:`ShadowScorer` (a thread of
+    the serving process) or ``jobs.serving.shadow_process.ShadowProcess`` (a process of its own). Both
+    offer ``install``/``uninstall``, ``offer``, ``backlog``/``drop``/``flush`` (used by :func:`recover`),
+    ``start``/``close``, ``queue_depth`` and ``stopping``; the counters below are what ``/health`` and
+    the metrics read."""
+
+    def __init__(self, names, on_drop=None, on_scored=None):
+        self.names = list(names)
+        self.on_drop, self.on_scored = on_drop, on_scored
+        #: the challenger scoring new offers (None: nothing is shadowed); one reference, replaced whole
+        self.model = None
+        #: what :func:`recover` did at start-up (None: not run)
+        self.recovered: dict | None = None
+        self.dropped = dict.fromkeys(DROP_REASONS, 0)
+        self.scored = 0
+
+    def install(self, model) -> None:
+        self.model = model
+
+    def uninstall(self) -> None:
+        self.model = None
+
+    @property
+    def version(self) -> str | None:
+        model = self.model
+        return None if model is None else str(model.version)
+
+
+class ShadowScorer(Shadow):
     """See the module docstring. ``names``: the feature names, in the order both models score them;
-    ``writer``: a started ``jobs.serving.log.ServingLog`` over the shadow WAL (closed by :meth:`close`);
-    ``score(model, names, rows) -> scores``: one model call per offer."""
+    ``writer``: a ``jobs.serving.log.ServingLog`` over the shadow WAL (started by :meth:`start` unless
+    running, closed by :meth:`close`); ``score(model, names, rows) -> scores``: one model call per offer."""
 
     def __init__(
         self,
@@ -58,8 +87,8 @@ class ShadowScorer:
         batch_offers: int = 256,
         linger_s: float = 0.0,
     ):
-        self.names, self.writer, self.score = list(names), writer, score
-        self.on_drop, self.on_scored = on_drop, on_scored
+        super().__init__(names, on_drop, on_scored)
+        self.writer, self.score = writer, score
         #: offers the worker takes at once (queued meanwhile): scored in ONE model call per challenger
         self.batch_offers = max(1, int(batch_offers))
         #: after taking an offer, let the offers of this long queue up behind it before scoring them
@@ -67,30 +96,12 @@ class ShadowScorer:
         #: build, one WAL submit per batch instead of per request) and fewer GIL hand-offs with the
         #: event loop, for at most this much more delay of the shadow record (never of a response)
         self.linger_s = max(0.0, float(linger_s))
-        #: the challenger scoring new offers (None: nothing is shadowed); one reference, replaced whole
-        self.model = None
-        #: what :func:`recover` did at start-up (None: not run)
-        self.recovered: dict | None = None
-        self.dropped = dict.fromkeys(DROP_REASONS, 0)
-        self.scored = 0
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(queue_size)))
         self._idle = threading.Condition()
         self._pending = 0  # offers queued or being scored, not yet handed to the writer
         self._last_write = None  # the writer's future of the last records handed to it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-
-    # ---- the challenger ---------------------------------------------------------------------------
-    def install(self, model) -> None:
-        self.model = model
-
-    def uninstall(self) -> None:
-        self.model = None
-
-    @property
-    def version(self) -> str | None:
-        model = self.model
-        return None if model is None else str(model.version)
 
     # ---- request side -----------------------------------------------------------------------------
     def offer(self, request_ids: list, request_times: list, rows: list[dict], model=None) -> bool:
@@ -109,7 +120,7 @@ class ShadowScorer:
                 full = False
                 self._pending += 1
         if full:
-            self._drop(len(rows), "queue_full", model, request_ids, request_times)
+            self.drop(len(rows), "queue_full", model, request_ids, request_times)
             return False
         return True
 
@@ -117,7 +128,7 @@ class ShadowScorer:
     def queue_depth(self) -> int:
         return self._queue.qsize()
 
-    def _drop(self, n: int, reason: str, model=None, request_ids=(), request_times=()) -> None:
+    def drop(self, n: int, reason: str, model=None, request_ids=(), request_times=()) -> None:
         """Count ``n`` dropped requests (``model``: the model, or version, they were offered to: a
         drop marker per request goes to the shadow WAL)."""
         self.dropped[reason] += n
@@ -133,12 +144,7 @@ class ShadowScorer:
         """One ``shadow_dropped`` marker per request in the shadow WAL: a restart does not re-offer it."""
         from jobs.serving.log import LogQueueFull
 
-        version = str(getattr(model, "version", model))
-        markers = [
-            {"request_id": i, "request_time": _us(t), "shadow_version": version, "shadow_score": None}
-            | {"shadow_dropped": reason}
-            for i, t in zip(request_ids, request_times)
-        ]
+        markers = drop_markers(str(getattr(model, "version", model)), request_ids, request_times, reason)
         try:
             self.writer.submit_many(markers)
         except (LogQueueFull, RuntimeError):  # counted anyway; a restart re-offers or counts these rows
@@ -155,7 +161,15 @@ class ShadowScorer:
             self._pending += 1
 
     # ---- the worker -------------------------------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`close` has begun (a recovery in progress gives up)."""
+        return self._stop.is_set()
+
     def start(self) -> ShadowScorer:
+        """Start the shadow WAL's writer (unless running) and the worker thread."""
+        if not self.writer.running:
+            self.writer.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="lockstep-shadow", daemon=True)
         self._thread.start()
@@ -196,16 +210,13 @@ class ShadowScorer:
             scores = self.score(model, self.names, rows)
         except Exception:  # noqa: BLE001 - a failing challenger never touches the served path
             log.exception("shadow model v%s failed on %d row(s)", version, len(rows))
-            self._drop(len(rows), "error", model, request_ids, request_times)
+            self.drop(len(rows), "error", model, request_ids, request_times)
             return
-        records = [
-            {"request_id": i, "request_time": _us(t), "shadow_version": version, "shadow_score": float(s)}
-            for i, t, s in zip(request_ids, request_times, scores)
-        ]
+        records = shadow_records(version, request_ids, request_times, scores)
         try:
             self._last_write = self.writer.submit_many(records)
         except LogQueueFull:
-            self._drop(len(records), "log_full")
+            self.drop(len(records), "log_full")
             return
         self.scored += len(records)
         if self.on_scored is not None:
@@ -242,7 +253,7 @@ class ShadowScorer:
                 break
             with self._idle:
                 self._pending -= 1
-            self._drop(len(rows), "queue_full", model, ids, times)
+            self.drop(len(rows), "queue_full", model, ids, times)
         self._stop.set()
         self._thread.join(timeout)
         self._thread = None
@@ -260,12 +271,30 @@ def _runs(batch: list) -> list:
     return out
 
 
-def _us(t) -> int:
+def micros(t) -> int:
+    """A request time as int microseconds UTC (a WAL row's already is)."""
     import pandas as pd
 
     if isinstance(t, int):  # already microseconds (a recovered WAL row)
         return t
     return int(pd.Timestamp(t).value // 1000)
+
+
+def shadow_records(version: str, request_ids, request_times, scores) -> list[dict]:
+    """The shadow WAL's records of ``version``'s scores (``jobs.serving.log.SHADOW_FIELDS``)."""
+    return [
+        {"request_id": i, "request_time": micros(t), "shadow_version": version, "shadow_score": float(s)}
+        for i, t, s in zip(request_ids, request_times, scores)
+    ]
+
+
+def drop_markers(version: str, request_ids, request_times, reason: str) -> list[dict]:
+    """One ``shadow_dropped`` marker per request not shadowed: a restart does not re-offer it."""
+    return [
+        {"request_id": i, "request_time": micros(t), "shadow_version": version, "shadow_score": None}
+        | {"shadow_dropped": reason}
+        for i, t in zip(request_ids, request_times)
+    ]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -332,11 +361,11 @@ def recover(
                 scorer.backlog(ids, times, [{n: r.get(n) for n in scorer.names} for r in part], model)
             for version in sorted({r["shadow_version"] for r in lost}):
                 part = [r for r in lost if r["shadow_version"] == version]
-                scorer._drop(
+                scorer.drop(
                     len(part), "crash", version, [r["request_id"] for r in part], [r["request_time"] for r in part]
                 )
             while not scorer.flush(timeout=5.0):  # re-scored and written before the segment is marked
-                if scorer._stop.is_set():
+                if scorer.stopping:
                     return out
             (done_dir / seg.name).touch()
             (done_dir / f"{seg.name}.claim").unlink(missing_ok=True)

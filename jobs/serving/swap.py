@@ -160,7 +160,10 @@ class ChampionFollower:
                 self.on_refused(version, exc)
             return Outcome("refused", self.serving, version, reason=str(exc))
         previous, rollback = self.serving, is_older(version, self.serving)
-        self.install(model)
+        try:
+            self.install(model)
+        except Exception as exc:  # noqa: BLE001 - e.g. a challenger the shadow process cannot take: retried
+            return self._error(version, exc)
         self.swap_seconds = time.perf_counter() - t0
         self.serving, self.refused = version, None
         self.swaps += 1

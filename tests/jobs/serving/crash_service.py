@@ -5,8 +5,8 @@ settings from the environment as ``app_from_env`` does. Delays (nothing else cha
 * ``LOCKSTEP_TEST_HOLD_VERSION`` / ``LOCKSTEP_TEST_HOLD_S``: loading that registry version (a swap's
   load, on the follower's thread) first touches ``LOCKSTEP_TEST_HOLD_MARK`` then sleeps: the swap is
   in progress for that long, which is when the test kills the process;
-* ``LOCKSTEP_TEST_SLOW_VERSION`` / ``LOCKSTEP_TEST_SLOW_S``: that version sleeps that long per row it
-  scores (a slow challenger: the shadow backlog grows).
+* ``LOCKSTEP_TEST_SLOW_VERSION`` / ``LOCKSTEP_TEST_SLOW_S``: that version sleeps that long per model
+  call (a slow challenger: the shadow backlog grows; ``slow_booster.SlowBooster``).
 """
 
 from __future__ import annotations
@@ -17,18 +17,11 @@ import time
 from pathlib import Path
 
 import uvicorn
+from slow_booster import SlowBooster  # this file's directory is sys.path[0]
 
 from jobs.serving.model import RegistrySource
 
 _load = RegistrySource.load
-
-
-def _slowed(predict, delay_s: float):
-    def predict_matrix(x):
-        time.sleep(delay_s * len(x))  # per row: a batch of the backlog costs as much as its rows
-        return predict(x)
-
-    return predict_matrix
 
 
 def load(self, name: str, version: str):
@@ -36,9 +29,9 @@ def load(self, name: str, version: str):
         Path(os.environ["LOCKSTEP_TEST_HOLD_MARK"]).write_text(f"{os.getpid()} loading v{version}\n")
         time.sleep(float(os.environ.get("LOCKSTEP_TEST_HOLD_S", "60")))
     model = _load(self, name, version)
-    if str(version) == os.environ.get("LOCKSTEP_TEST_SLOW_VERSION") and not hasattr(model, "slowed"):
-        model.predict_matrix = _slowed(model.predict_matrix, float(os.environ.get("LOCKSTEP_TEST_SLOW_S", "0.05")))
-        model.slowed = True
+    if str(version) == os.environ.get("LOCKSTEP_TEST_SLOW_VERSION"):
+        # a class of an importable module: the shadow process unpickles it
+        return SlowBooster(model.loaded, float(os.environ.get("LOCKSTEP_TEST_SLOW_S", "0.05")))
     return model
 
 

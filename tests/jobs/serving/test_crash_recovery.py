@@ -149,11 +149,24 @@ def backlog_then_kill(svc, lake_events, tmp_path, depth: int = 40) -> set:
     return acknowledged(load)
 
 
-def test_kill9_during_a_shadow_backlog_rescores_it_at_restart_or_counts_it(lake, trained, lake_events, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("process", ["1", "0"], ids=["shadow_process", "shadow_thread"])
+def test_kill9_during_a_shadow_backlog_rescores_it_at_restart_or_counts_it(
+    lake,  # noqa: F811
+    trained,  # noqa: F811
+    lake_events,
+    tmp_path,
+    process,
+):
     boosters, _ = trained
     v1 = register(lake, trained, 5, 0.70, alias="champion")
-    v2 = register(lake, trained, 15, 0.80)  # the challenger: 20 ms per row in the shadow
-    svc = crash_service(lake, tmp_path, LOCKSTEP_TEST_SLOW_VERSION=v2, LOCKSTEP_TEST_SLOW_S="0.02")
+    v2 = register(lake, trained, 15, 0.80)  # the challenger: 0.5 s per model call in the shadow
+    svc = crash_service(
+        lake,
+        tmp_path,
+        LOCKSTEP_TEST_SLOW_VERSION=v2,
+        LOCKSTEP_TEST_SLOW_S="0.5",
+        LOCKSTEP_SERVING_SHADOW_PROCESS=process,
+    )
     svc.start()
     try:
         ack1 = backlog_then_kill(svc, lake_events, tmp_path)

@@ -119,7 +119,7 @@ def test_a_full_shadow_backlog_is_counted_and_alerted_and_never_blocks(lake, tmp
     gated = GatedModel(MODEL.name, "4", MODEL.fingerprint, MODEL.feature_names, weights())
     source = StaticSource(champion(), gated, challenger=(MODEL.name, "4"))
     try:
-        with client(lake, tmp_path, source, shadow_queue_size=1) as c:
+        with client(lake, tmp_path, source, shadow_queue_size=1, shadow_process=False) as c:
             timed(c, [body(1)])
             assert gated.entered.wait(10)  # the worker holds request 1; the queue has room for one more
             took = timed(c, [body(e) for e in (2, 3, 4, 5)])  # 2 queued, 3..5 dropped
