@@ -162,7 +162,8 @@ class Settings:
     #: shadow scoring (``jobs.serving.shadow``): follow the registry's challenger alias (same poll, same
     #: fingerprint check) and score every request with it off the request path; ``challenger_version``
     #: names a version to shadow instead of the alias'. ``shadow_queue_size``: offers waiting for the
-    #: shadow worker (a full queue drops, counts and alerts).
+    #: in-process shadow worker (a full queue drops, counts and alerts; the shadow process's queue is
+    #: the WAL itself, which never drops).
     shadow: bool = True
     challenger_version: str | None = None
     shadow_queue_size: int = 1000

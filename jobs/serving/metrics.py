@@ -47,7 +47,8 @@ for the requests the challenger served as its canary share, ``jobs.serving.canar
                                                 shadow backlog was full; log_full; error; crash: a
                                                 crashed process's backlog whose challenger is gone
                                                 at restart): alerted
-``lockstep_serving_shadow_queue_depth``         offers waiting for the shadow worker
+``lockstep_serving_shadow_queue_depth``         offers waiting for the shadow worker (the shadow
+                                                process: served rows offered, not yet scored)
 ``lockstep_serving_challenger_refused_total``   challengers refused (trained for other feature sets):
                                                 not shadowed, by ``reason``
 ``lockstep_serving_challenger_reload_errors_total`` challenger checks that failed (retried)

@@ -1,5 +1,11 @@
 """Shadow scoring: the challenger scores every request the champion answered, off the request path.
 
+Two runners share this module's :class:`Shadow` interface, :func:`recover` and the record shapes:
+``jobs.serving.shadow_process.ShadowProcess`` (the default, ``Settings.shadow_process``: a child
+process at low CPU priority tailing the service's WAL, the request path doing nothing more) and
+:class:`ShadowScorer` below (a worker thread of the serving process, for challengers that cannot be
+pickled), which the rest of this docstring describes.
+
 While a challenger is installed (the ``challenger`` alias followed by a ``jobs.serving.swap``
 follower, or a version named in the settings), the handler, after the champion's record is in the
 WAL and the response is built, hands the request's ids, times and the SAME feature vectors the
