@@ -229,6 +229,7 @@ class ShadowProcess(Shadow):
             if self._first is None:
                 self._first = self.segment()
             resume = self._proc is not None  # a child died: its successor skips what is already scored
+            self.ready = False
             mine, theirs = socket.socketpair()
             argv = [sys.executable, "-m", "jobs.serving.shadow_process", "--fd", str(theirs.fileno())]
             argv += ["--wal", str(self.wal_dir), "--first", self._first.name if self._first else ""]
@@ -265,27 +266,39 @@ class ShadowProcess(Shadow):
                 self._backlog = backlog
                 for version, n in scored.items():
                     self.scored += n
-                    if self.on_scored is not None:
-                        self.on_scored(version, n)
+                    _call(self.on_scored, version, n)
                 for reason, n in dropped.items():
                     self.dropped[reason] += n
-                    if self.on_drop is not None:
-                        try:
-                            self.on_drop(n, reason)
-                        except Exception:  # noqa: BLE001 - counting or alerting must not stop the reader
-                            log.exception("shadow drop callback failed")
+                    _call(self.on_drop, n, reason)
             elif msg[0] == "flushed":
                 done = self._flushed.get(msg[1])
                 if done is not None:
                     done.set()
+        conn.close()
         if not self._stop and self._conn is conn:  # died on its own: start a successor
-            log.error("shadow process %s exited (%s): starting another", self.pid, self._proc and self._proc.poll())
+            proc = self._proc
+            try:
+                code = proc.wait(10)  # its socket closes as it exits: reap it, so a successor is started
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait(5)
+            log.error("shadow process %s exited (%s): starting another", proc.pid, code)
             self.restarts += 1
             time.sleep(0.5)
             try:
                 self._ensure_child()
             except Exception:  # noqa: BLE001 - the next install or flush tries again
                 log.exception("shadow process not restarted")
+
+
+def _call(callback, *args) -> None:
+    """A counting or alerting callback: its failure must not stop the reader."""
+    if callback is None:
+        return
+    try:
+        callback(*args)
+    except Exception:  # noqa: BLE001
+        log.exception("shadow callback failed")
 
 
 # ---- the child process ----------------------------------------------------------------------------
