@@ -852,7 +852,10 @@ def create_app(
             on_refused=refused,
             on_error=lambda _v, _exc: prom.reload_errors.inc(),
         )
-        shadow_scored = lambda v, n: prom.shadow_scored.labels(model=decl.name, shadow_version=v).inc(n)  # noqa: E731
+
+        def shadow_scored(version: str, n: int) -> None:
+            prom.shadow_scored.labels(model=decl.name, shadow_version=version).inc(n)
+
         if settings.shadow_process:
             shadow = ShadowProcess(
                 decl.feature_names,
