@@ -109,6 +109,11 @@ class ShadowProcess(Shadow):
 
     # ---- the challenger ---------------------------------------------------------------------------
     def install(self, model) -> None:
+        self._give(model)
+        self.model = model  # after the child has it: no row names a version the child lacks
+
+    def _give(self, model) -> None:
+        """Send ``model`` to the child (started if need be), kept to re-send to a successor."""
         version = str(model.version)
         try:
             blob = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
@@ -123,7 +128,6 @@ class ShadowProcess(Shadow):
                 self._blobs.pop(next(iter(self._blobs)))
             self._ensure_child()
             self._send(("install", version, blob, self.names))
-        self.model = model  # after the child has it: no row names a version the child lacks
 
     @property
     def pid(self) -> int | None:
@@ -145,15 +149,9 @@ class ShadowProcess(Shadow):
         thread, never a request's)."""
         with self._spawn_lock:
             if str(model.version) not in self._blobs:
-                self.install_only(model)
+                self._give(model)  # the child can score it; new rows are still offered to self.model
             self._ensure_child()
             self._send(("rows", str(model.version), list(request_ids), list(request_times), list(rows)))
-
-    def install_only(self, model) -> None:
-        """Give the child ``model`` without making it the challenger new rows are offered to."""
-        current = self.model
-        self.install(model)
-        self.model = current
 
     def drop(self, n: int, reason: str, model=None, request_ids=(), request_times=()) -> None:
         """Count ``n`` requests as not shadowed: the child marks them in the shadow WAL (``model``: the
@@ -217,10 +215,7 @@ class ShadowProcess(Shadow):
 
     # ---- the child ----------------------------------------------------------------------------------
     def _segments(self) -> list[Path]:
-        first = self._first
-        if first is None:
-            return []
-        return [p for p in sorted(self.wal_dir.glob(f"segment-*-{os.getpid()}.jsonl")) if p.name >= first.name]
+        return [] if self._first is None else service_segments(self.wal_dir, os.getpid(), self._first.name)
 
     def _ensure_child(self) -> None:
         with self._spawn_lock:
@@ -301,6 +296,12 @@ def _call(callback, *args) -> None:
         log.exception("shadow callback failed")
 
 
+def service_segments(wal_dir: Path, pid: int, first: str) -> list[Path]:
+    """The WAL segments process ``pid`` wrote from segment ``first`` on (an earlier process with the
+    same pid, as in a restarted container, wrote older ones), in order: what the child tails."""
+    return [p for p in sorted(Path(wal_dir).glob(f"segment-*-{pid}.jsonl")) if p.name >= first]
+
+
 # ---- the child process ----------------------------------------------------------------------------
 class _Child:
     def __init__(self, conn: Connection, args):
@@ -343,8 +344,7 @@ class _Child:
                 self.pending += [(version, i, t, r) for i, t, r in zip(ids, times, rows)]
             elif kind == "drop":
                 _, version, n, ids, times, reason = msg
-                self.mark(version, ids, times, reason)
-                self.dropped[reason] = self.dropped.get(reason, 0) + n
+                self.drop(version, ids, times, reason, n)
             elif kind == "flush":
                 self.flushes.append((msg[1], msg[2]))
             elif kind == "stop":
@@ -354,10 +354,7 @@ class _Child:
     def tail(self) -> None:
         import msgspec
 
-        first = self.args.first
-        for seg in sorted(self.wal.glob(f"segment-*-{self.args.parent}.jsonl")):
-            if seg.name < first:
-                continue
+        for seg in service_segments(self.wal, self.args.parent, self.args.first):
             key = str(seg)
             offset = self.offsets.get(key, 0)
             with open(seg, "rb") as f:
@@ -384,12 +381,11 @@ class _Child:
         """Rows offered and not yet scored: those read (the run being scored included) and the bytes
         not read yet at the rows' mean size."""
         unread = 0
-        for seg in self.wal.glob(f"segment-*-{self.args.parent}.jsonl"):
-            if seg.name >= self.args.first:
-                try:
-                    unread += max(0, seg.stat().st_size - self.offsets.get(str(seg), 0))
-                except FileNotFoundError:
-                    continue
+        for seg in service_segments(self.wal, self.args.parent, self.args.first):
+            try:
+                unread += max(0, seg.stat().st_size - self.offsets.get(str(seg), 0))
+            except FileNotFoundError:
+                continue
         rows = len(self.pending) + self.inflight
         return rows + (int(unread / self.row_bytes) if self.row_bytes else 0)
 
@@ -397,7 +393,7 @@ class _Child:
     def score(self) -> None:
         from jobs.serving.model import scores_of
 
-        while self.pending and os.getppid() == self.args.parent:
+        while self.pending:  # a dead service ends this process at once (_watch_parent)
             version = self.pending[0][0]
             n = 0
             while n < len(self.pending) and n < self.args.batch_rows and self.pending[n][0] == version:
@@ -409,24 +405,22 @@ class _Child:
             model = self.models.get(version)
             if model is None:
                 log.error("shadow: %d row(s) name v%s, which this process was never given", n, version)
-                self.mark(version, ids, times, "error")
-                self.dropped["error"] = self.dropped.get("error", 0) + n
+                self.drop(version, ids, times, "error", n)
                 continue
             try:
                 scores = scores_of(model, self.names, [r[3] for r in run])
             except Exception:  # noqa: BLE001 - a failing challenger: counted, marked, never retried forever
                 log.exception("shadow model v%s failed on %d row(s)", version, n)
-                self.mark(version, ids, times, "error")
-                self.dropped["error"] = self.dropped.get("error", 0) + n
+                self.drop(version, ids, times, "error", n)
                 continue
             self.writer.submit_many(shadow_records(version, ids, times, scores)).result()
             self.scored[version] = self.scored.get(version, 0) + n
         self.inflight = 0
 
-    def mark(self, version, ids, times, reason: str) -> None:
-        if version is None:
-            return
-        markers = drop_markers(version, ids, times, reason)
+    def drop(self, version, ids, times, reason: str, n: int) -> None:
+        """Count ``n`` requests as not shadowed and mark each in the shadow WAL (when a version is known)."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+        markers = [] if version is None else drop_markers(version, ids, times, reason)
         if markers:
             self.writer.submit_many(markers).result()
 
@@ -455,9 +449,7 @@ class _Child:
     def run(self) -> None:
         self.drain()  # the models sent at start, then one status: the parent knows this process is up
         self.status()
-        while not self.stop:
-            if os.getppid() != self.args.parent:
-                break
+        while not self.stop:  # a dead service ends this process at once (_watch_parent)
             self.tail()
             self.drain()  # after the read: an install sent before a row named its version is here now
             self.score()
@@ -480,7 +472,7 @@ def main(argv=None) -> int:
     p.add_argument("--wal", required=True)
     p.add_argument("--first", default="")
     p.add_argument("--parent", type=int, required=True)
-    p.add_argument("--fsync", default="interval")
+    p.add_argument("--fsync", default="never")
     p.add_argument("--poll-s", type=float, default=0.1)
     p.add_argument("--nice", type=int, default=19)
     p.add_argument("--batch-rows", type=int, default=4096)
